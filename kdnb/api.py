@@ -1,0 +1,88 @@
+"""The public verbs. Each is a plain-PyTorch engine function; here it also gets the subscribers
+a person at a notebook wants: a progress bar and (``plot="auto"``) the live loss chart.
+
+Magics and Python calls go through these same functions, so both show the same.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from kdnb.engine import loop
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def subscribers(progress: bool = True, plot: bool | str = "auto", callbacks: Iterable[object] = ()) -> list[object]:
+    """The subscribers for one verb call: progress bar, live chart (in a notebook), then the user's."""
+    subs: list[object] = []
+    if plot and os.environ.get("KDNB_PLOT", "1").lower() not in ("0", "false", "off", "no"):
+        from kdnb.widgets import live_chart_for  # lazy: matplotlib and ipywidgets load only when needed
+
+        chart = live_chart_for(plot)
+        if chart is not None:
+            subs.append(chart)
+    if progress:
+        from kdnb.progress import ProgressBar
+
+        subs.append(ProgressBar())
+    subs.extend(callbacks or ())
+    return subs
+
+
+def with_subscribers(engine_fn: F) -> F:
+    """Wrap an engine verb (which takes ``callbacks=``) so it also takes ``progress=`` and ``plot=``."""
+
+    @functools.wraps(engine_fn)
+    def verb(*args: Any, progress: bool = True, plot: bool | str = "auto", callbacks: Iterable[object] = (),
+             **kwargs: Any) -> Any:
+        return engine_fn(*args, callbacks=subscribers(progress, plot, callbacks), **kwargs)
+
+    signature = inspect.signature(engine_fn)
+    params = list(signature.parameters.values())
+    extra = [inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=True, annotation="bool"),
+             inspect.Parameter("plot", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation="bool | str")]
+    names = {p.name for p in params}
+    params += [p for p in extra if p.name not in names]
+    verb.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return verb  # type: ignore[return-value]
+
+
+def _train(model, data, val=None, *, epochs: int = 5, optimizer=None, lr: float = 1e-3, loss=None,
+           device: str = "auto", amp: bool = False, seed: int | None = 0, callbacks: Iterable[object] = (),
+           scheduler=None, grad_clip: float | None = None):
+    from kdnb.engine.objective import Supervised
+
+    return loop.fit(model, data, val, epochs=epochs, optimizer=optimizer, lr=lr,
+                    objective=Supervised(loss) if loss is not None else None, device=device, amp=amp, seed=seed,
+                    callbacks=callbacks, scheduler=scheduler, grad_clip=grad_clip, title="train")
+
+
+_train.__doc__ = """Train ``model`` in place with hard labels and return its `History`.
+
+    Args:
+        model: any ``nn.Module`` that maps a batch of inputs to logits ``(batch, classes)``.
+        data: training ``DataLoader`` of ``(inputs, labels)``.
+        val: optional validation loader; val loss and accuracy are logged each epoch.
+        epochs: passes over ``data``.
+        optimizer: ``None`` (Adam with ``lr``), an optimizer, or a factory ``params -> optimizer``.
+        lr: learning rate of the default Adam.
+        loss: ``loss(logits, labels)``; cross-entropy by default. It may return
+            ``(loss, {"term": value})`` to log extra terms.
+        device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1"...
+        amp: mixed precision (float16 autocast + grad scaling) on CUDA; ignored on CPU.
+        seed: seeds torch, NumPy, Python and the loader's shuffling (None: leave the RNGs alone).
+        callbacks: subscribers to the run's events (see `kdnb.engine.events.Callback`).
+        progress: show a tqdm progress bar.
+        plot: "auto" shows the live loss chart in a notebook; True forces it, False hides it.
+
+    Returns:
+        History: per-step loss, per-epoch train/val loss and accuracy, status ("completed",
+        "interrupted" by the stop button, or "diverged" on a non-finite loss).
+    """
+
+train = with_subscribers(_train)
+train.__name__ = train.__qualname__ = "train"

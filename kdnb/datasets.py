@@ -1,0 +1,144 @@
+"""Embedded datasets: nothing is downloaded. Each `load` returns (train, val) DataLoaders,
+deterministic for a seed.
+
+- ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes).
+- ``mnist1d``: MNIST-1D (Greydanus 2020), generated offline by the ``mnist1d`` package:
+  40-sample 1-D signals, 10 classes; a small benchmark where architecture choices still matter.
+- ``synthetic``: Gaussian class clusters, for fast tests.
+
+`transfer_set` makes extra unlabeled inputs from the same distribution, which a teacher can
+label for distillation (Hinton et al. 2015 train the student on such a transfer set).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from kdnb.engine.errors import KdnbError, suggest
+
+NAMES = ("digits", "mnist1d", "synthetic")
+
+
+def load(
+    name: str,
+    batch_size: int = 64,
+    seed: int = 0,
+    *,
+    val_fraction: float = 0.2,
+    flat: bool = True,
+    num_samples: int | None = None,
+    num_workers: int = 0,
+) -> tuple[DataLoader, DataLoader]:
+    """Return ``(train, val)`` loaders of float32 inputs and int64 labels.
+
+    ``flat=True`` gives vectors (for MLPs); ``flat=False`` gives ``(1, 8, 8)`` digits images or
+    ``(1, 40)`` MNIST-1D signals (for CNNs). Inputs are standardised with the train split's
+    statistics. The train loader shuffles with its own generator seeded by ``seed``.
+    """
+    x_train, y_train, x_val, y_val = arrays(name, seed=seed, val_fraction=val_fraction, num_samples=num_samples)
+    if not flat:
+        x_train, x_val = _unflatten(name, x_train), _unflatten(name, x_val)
+    if not (isinstance(batch_size, int) and batch_size > 0):
+        raise KdnbError(f"batch_size should be a positive integer, got {batch_size!r}")
+    generator = torch.Generator().manual_seed(seed)
+    train = DataLoader(TensorDataset(x_train, y_train), batch_size=batch_size, shuffle=True,
+                       generator=generator, num_workers=num_workers)
+    val = DataLoader(TensorDataset(x_val, y_val), batch_size=max(batch_size, 256), shuffle=False,
+                     num_workers=num_workers)
+    return train, val
+
+
+def arrays(name: str, seed: int = 0, val_fraction: float = 0.2, num_samples: int | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The standardised (x_train, y_train, x_val, y_val) tensors behind `load`."""
+    if name not in NAMES:
+        raise KdnbError(f"unknown dataset {name!r}; {suggest(str(name), NAMES)} (known: {', '.join(NAMES)})")
+    if not 0.0 < val_fraction < 1.0:
+        raise KdnbError(f"val_fraction should be between 0 and 1, got {val_fraction!r}")
+    if name == "digits":
+        x, y = _digits()
+    elif name == "mnist1d":
+        x, y = _mnist1d(num_samples or 5000, seed=seed)
+    else:
+        x, y = _synthetic(num_samples or 2000, seed=seed)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    if num_samples is not None and name == "digits":
+        order = order[:num_samples]
+    cut = int(round(len(order) * (1 - val_fraction)))
+    train_idx, val_idx = order[:cut], order[cut:]
+    mean, std = x[train_idx].mean(axis=0), x[train_idx].std(axis=0) + 1e-6
+    x = (x - mean) / std
+    as_x = lambda idx: torch.tensor(x[idx], dtype=torch.float32)  # noqa: E731
+    as_y = lambda idx: torch.tensor(y[idx], dtype=torch.int64)  # noqa: E731
+    return as_x(train_idx), as_y(train_idx), as_x(val_idx), as_y(val_idx)
+
+
+def transfer_set(name: str = "mnist1d", num_samples: int = 10000, seed: int = 1, batch_size: int = 64,
+                 *, flat: bool = True, reference_seed: int = 0) -> DataLoader:
+    """Extra *unlabeled* inputs (batches of x only) from the same distribution as ``load(name)``.
+
+    Standardised with the statistics of ``load(name, seed=reference_seed)``'s train split so
+    a teacher sees them as it sees its training data. ``seed`` must differ from the dataset's own
+    seed, or the transfer set repeats the training inputs.
+    """
+    if name not in ("mnist1d", "synthetic"):
+        raise KdnbError(f"no transfer set generator for {name!r}; use 'mnist1d' or 'synthetic'")
+    x = _mnist1d(num_samples, seed=seed + 10_000)[0] if name == "mnist1d" else _synthetic(num_samples, seed=seed + 10_000)[0]
+    x_ref = _mnist1d(5000, seed=reference_seed)[0] if name == "mnist1d" else _synthetic(2000, seed=reference_seed)[0]
+    rng = np.random.default_rng(reference_seed)
+    ref_train = x_ref[rng.permutation(len(x_ref))[: int(round(len(x_ref) * 0.8))]]
+    x = (x - ref_train.mean(axis=0)) / (ref_train.std(axis=0) + 1e-6)
+    tensor = torch.tensor(x, dtype=torch.float32)
+    if not flat:
+        tensor = _unflatten(name, tensor)
+    return DataLoader(_Unlabeled(tensor), batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+class _Unlabeled(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.x[index]
+
+
+def _unflatten(name: str, x: torch.Tensor) -> torch.Tensor:
+    if name == "digits":
+        return x.reshape(-1, 1, 8, 8)
+    return x.reshape(len(x), 1, -1)
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.data.astype(np.float32), bunch.target.astype(np.int64)
+
+
+def _mnist1d(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Generate MNIST-1D offline (the package's own generator; its download URL is never used)."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed, args.train_split = num_samples, 42 + seed, 1.0 - 1e-9
+    data = make_dataset(args)
+    x = np.concatenate([data["x"], data["x_test"]]).astype(np.float32)
+    y = np.concatenate([data["y"], data["y_test"]]).astype(np.int64)
+    return x, y
+
+
+def _synthetic(num_samples: int, seed: int, num_features: int = 20, num_classes: int = 4
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian clusters: class c centred at a random point, unit noise, separable but not trivially."""
+    rng = np.random.default_rng(1234)  # the class centres are part of the dataset, the same for every seed
+    centres = rng.normal(0.0, 1.0, size=(num_classes, num_features)) * 1.5
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, num_classes, size=num_samples)
+    x = centres[y] + rng.normal(0.0, 1.0, size=(num_samples, num_features))
+    return x.astype(np.float32), y.astype(np.int64)
