@@ -86,3 +86,8 @@ _train.__doc__ = """Train ``model`` in place with hard labels and return its `Hi
 
 train = with_subscribers(_train)
 train.__name__ = train.__qualname__ = "train"
+
+# Each engine verb below plugs in here (one line each); see with_subscribers.
+# --- measure / compare / save / load (foundation) ---
+# --- distill (distillation issue) ---
+# --- prune (pruning issue) ---
