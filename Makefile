@@ -12,8 +12,11 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)" --extra-index-url $(TORCH_INDEX)
-	$(PY) -m pip install --quiet -e ".[dev]" --extra-index-url $(TORCH_INDEX)
+	# A local wheel or cache first (fast, offline); else the PyTorch CPU index.
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" 2>/dev/null || \
+	  $(PY) -m pip install --quiet "$(TORCH_SPEC)" --extra-index-url $(TORCH_INDEX)
+	# torch is satisfied now, so the package's own requirement pulls no other build.
+	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed
