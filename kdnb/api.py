@@ -88,6 +88,11 @@ train = with_subscribers(_train)
 train.__name__ = train.__qualname__ = "train"
 
 # Each engine verb below plugs in here (one line each); see with_subscribers.
-# --- measure / compare / save / load (foundation) ---
+from kdnb.engine.measure import compare, measure  # noqa: E402,F401 - no run, so no subscribers
+from kdnb.engine.serialize import load, save  # noqa: E402,F401
 # --- distill (distillation issue) ---
-# --- prune (pruning issue) ---
+from kdnb.engine.prune import make_permanent  # noqa: E402,F401 - no run, so no subscribers
+from kdnb.engine.prune import prune as _prune, sensitivity as _sensitivity  # noqa: E402
+
+prune = with_subscribers(_prune)
+sensitivity = with_subscribers(_sensitivity)

@@ -1,0 +1,58 @@
+"""Per-epoch validation of a student: loss, accuracy, and how often it agrees with its teacher."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import SequentialSampler
+
+from kdnb.engine.device import model_device, to_device
+from kdnb.engine.distill.objectives import FrozenTeacher
+from kdnb.engine.evaluate import predict
+from kdnb.engine.objective import split_batch
+
+
+class Agreement:
+    """``evaluate_fn`` for `fit`: {"val_agreement", "val_loss", "val_acc"}.
+
+    val_agreement = fraction of val samples where argmax(student) == argmax(teacher) (top-1
+    agreement). When ``val`` visits its samples in a fixed order (a SequentialSampler) the
+    teacher's predictions are computed once; otherwise the teacher runs beside the student.
+    """
+
+    def __init__(self, teacher: FrozenTeacher, val: Iterable):
+        self.teacher = teacher
+        logits, labels = predict(teacher.model, val)
+        self.teacher_accuracy = float((logits.argmax(1) == labels).float().mean()) if labels is not None else None
+        fixed = isinstance(getattr(val, "sampler", None), SequentialSampler)
+        self.teacher_pred = logits.argmax(1) if fixed else None
+
+    def __call__(self, model: torch.nn.Module, val: Iterable) -> dict[str, float]:
+        if self.teacher_pred is not None:
+            logits, labels = predict(model, val)
+            teacher_pred = self.teacher_pred
+        else:
+            logits, labels, teacher_pred = self._side_by_side(model, val)
+        metrics = {"val_agreement": float((logits.argmax(1) == teacher_pred).float().mean())}
+        if labels is not None:
+            metrics["val_loss"] = float(F.cross_entropy(logits, labels))
+            metrics["val_acc"] = float((logits.argmax(1) == labels).float().mean())
+        return metrics
+
+    @torch.no_grad()
+    def _side_by_side(self, model: torch.nn.Module, val: Iterable
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        was_training = model.training
+        model.eval()
+        logits, labels, teacher_pred = [], [], []
+        try:
+            for batch in val:
+                x, y = split_batch(to_device(batch, model_device(model)))
+                logits.append(model(x).float().cpu())
+                teacher_pred.append(self.teacher(x).argmax(1).cpu())
+                if y is not None:
+                    labels.append(y.cpu())
+        finally:
+            model.train(was_training)
+        return torch.cat(logits), (torch.cat(labels) if labels else None), torch.cat(teacher_pred)

@@ -1,0 +1,133 @@
+"""Every distillation loss of kdnb, one short function each; the docstring is the formula.
+
+Notation: ``s`` student logits and ``t`` teacher logits, shape (N, C); ``y`` integer labels, shape (N,),
+where -1 marks an unlabelled sample (a transfer-set input); ``T`` the temperature;
+``p^T = softmax(logits / T)``. Every loss is a mean over the batch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+UNLABELLED = -1  # the label of a transfer-set input: no hard-label term for it
+
+
+def hard_ce(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with the hard labels over the labelled rows only.
+
+    CE = mean over {i : y_i != -1} of -log softmax(s_i)[y_i]; 0 for a batch with no labelled row
+    (a batch drawn only from the transfer set has nothing to say about the labels).
+    """
+    labelled = y != UNLABELLED
+    if not bool(labelled.any()):
+        return s.sum() * 0.0  # zero that still belongs to the graph, so backward() works
+    return F.cross_entropy(s[labelled], y[labelled])
+
+
+def soft_kl(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The soft-target term of Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network":
+
+        T^2 * KL(p_t^T || p_s^T) = T^2 * sum_c p_t^T[c] * (log p_t^T[c] - log p_s^T[c]),   batch mean.
+
+    The gradient w.r.t. s is T * (p_s^T - p_t^T), which shrinks like 1/T^2 as T grows without the T^2
+    factor; with it the soft term keeps the same scale whatever T (Hinton et al., section 2).
+    """
+    log_p_s = F.log_softmax(s / temperature, dim=1)
+    log_p_t = F.log_softmax(t / temperature, dim=1)
+    return temperature**2 * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+
+
+def kd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float = 4.0,
+       alpha: float = 0.5) -> torch.Tensor:
+    """Knowledge distillation, Hinton, Vinyals & Dean 2015:
+
+        KD = alpha * CE(y, s) + (1 - alpha) * T^2 * KL(p_t^T || p_s^T)
+
+    here ``alpha`` weights the HARD-label term and ``1 - alpha`` the soft term. Libraries disagree:
+    some (e.g. the Keras distiller example, RepDistiller) give ``alpha`` to the soft term instead,
+    so alpha=0.9 there means alpha=0.1 here. Hinton et al. found a much lower weight on the
+    hard term works best (a small alpha here). CE uses the labelled rows only (see `hard_ce`).
+    """
+    return alpha * hard_ce(s, y) + (1 - alpha) * soft_kl(s, t, temperature)
+
+
+def fitnets(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+    """FitNets hint loss, Romero et al. 2015, "FitNets: Hints for Thin Deep Nets":
+
+        L_hint = mean over all elements of (r(u_s) - u_t)^2
+
+    where ``student_feature`` is already r(u_s), the student's guided layer passed through the
+    learned adapter r (the paper's regressor), and u_t the teacher's hint layer. The paper writes
+    1/2 ||u_t - r(u_s)||^2 summed; the elementwise mean (as torch's MSELoss) keeps the scale
+    independent of the layer size.
+    """
+    return F.mse_loss(student_feature, teacher_feature)
+
+
+def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Spatial attention map of Zagoruyko & Komodakis 2017, "Paying More Attention to Attention":
+
+        Q = vec( sum_c |A_c|^p ) / || vec( sum_c |A_c|^p ) ||_2
+
+    for a feature A of shape (N, C, *spatial): sum over channels, flatten the spatial positions,
+    divide each sample's map by its L2 norm. Returns shape (N, prod(spatial)).
+    """
+    q = feature.abs().pow(p).sum(dim=1).flatten(1)
+    return F.normalize(q, p=2.0, dim=1)
+
+
+def at(student_feature: torch.Tensor, teacher_feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Attention transfer, Zagoruyko & Komodakis 2017 (eq. 2, one layer pair, p = 2 in the norm):
+
+        AT = mean over the batch of || Q_s - Q_t ||_2,   Q = `attention_map` (L2-normalised)
+
+    The paper's beta/2 weight is the caller's ``beta``. (The authors' code instead takes the mean
+    of (Q_s - Q_t)^2 over batch and positions, a different scale for the same idea.)
+    """
+    diff = attention_map(student_feature, p) - attention_map(teacher_feature, p)
+    return diff.norm(p=2, dim=1).mean()
+
+
+def _target_mask(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.one_hot(y, logits.shape[1]).bool()
+
+
+def tckd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Target-class KD of Zhao et al. 2022, "Decoupled Knowledge Distillation":
+
+        TCKD = T^2 * KL(b_t || b_s),   b = [p^T[y], 1 - p^T[y]]
+
+    the binary distribution "target class vs all others", batch mean.
+    """
+    mask = _target_mask(s, y)
+    p_s, p_t = F.softmax(s / temperature, dim=1), F.softmax(t / temperature, dim=1)
+    b_s = torch.stack([p_s[mask], 1 - p_s[mask]], dim=1).clamp_min(1e-12)
+    b_t = torch.stack([p_t[mask], 1 - p_t[mask]], dim=1).clamp_min(1e-12)
+    return temperature**2 * (b_t * (b_t.log() - b_s.log())).sum(dim=1).mean()
+
+
+def nckd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Non-target-class KD of Zhao et al. 2022:
+
+        NCKD = T^2 * KL(p_hat_t || p_hat_s),   p_hat = softmax over the non-target classes of logits / T
+
+    i.e. the class distribution renormalised after removing the target class, batch mean.
+    """
+    hide = _target_mask(s, y) * 1e9  # the target logit drops out of the softmax
+    log_q_s = F.log_softmax(s / temperature - hide, dim=1)
+    log_q_t = F.log_softmax(t / temperature - hide, dim=1)
+    return temperature**2 * (log_q_t.exp() * (log_q_t - log_q_s)).sum(dim=1).mean()
+
+
+def dkd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float = 4.0,
+        alpha: float = 1.0, beta: float = 8.0) -> torch.Tensor:
+    """Decoupled knowledge distillation, Zhao et al. 2022 (CVPR):
+
+        DKD = alpha * TCKD + beta * NCKD
+
+    It rests on the identity KL(p_t || p_s) = TCKD + (1 - p_t[y]) * NCKD (all at the same T), in
+    which classic KD ties NCKD's weight to the teacher's confidence; DKD frees it (beta = 8 in
+    the paper on CIFAR-100). The training objective adds CE(y, s) and ramps DKD up linearly over
+    the first epochs (the paper's warm-up).
+    """
+    return alpha * tckd(s, t, y, temperature) + beta * nckd(s, t, y, temperature)

@@ -1,0 +1,346 @@
+"""How big and how fast a model is: parameters, sparsity, MACs, bytes on disk, latency, accuracy.
+
+`measure` looks at one model, `compare` puts several side by side with ratios to the first.
+Every number but latency is deterministic, so the printed text is stable (nbval compares it);
+latency stays on its own ``latency`` line.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from kdnb.engine.checks import check_labels_in_range, check_loader, check_model, check_model_fits_data, first_batch
+from kdnb.engine.device import model_device, resolve_device
+from kdnb.engine.errors import KdnbError, suggest
+from kdnb.engine.evaluate import evaluate
+from kdnb.engine.objective import split_batch
+from kdnb.engine.serialize import file_size, module_tensors, plain_modules
+from kdnb.engine.table import Table, format_value
+
+PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)  # the layers whose weights `sparsity` counts
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """What `measure` found. All counts are of the plain model `kdnb.save` would write (pruning masks folded).
+
+    Attributes:
+        params: number of parameters.
+        nonzero_params: parameters that are not zero.
+        sparsity: fraction of zeros among the weights of Linear and Conv layers (the prunable weights;
+            biases, BatchNorm and other parameters left out).
+        overall_sparsity: fraction of zeros among all parameters, ``1 - nonzero_params / params``.
+        macs: multiply-accumulates per sample of the matrix products and convolutions
+            (``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2).
+        nonzero_macs: the theoretical MACs of a sparse model: each Linear/Conv layer's MACs times the
+            density (fraction of non-zeros) of its weight, other MACs as they are (Blalock et al. 2020,
+            "What is the state of neural network pruning?").
+        bytes_dense: size of the `kdnb.save` file with every tensor stored dense.
+        bytes: size of the `kdnb.save` file (sparse tensors stored compactly).
+        latency_ms: median wall time of one forward pass over a batch, in milliseconds.
+        batch_size, device, threads: the batch, device and ``torch.get_num_threads()`` of the timing.
+        accuracy: top-1 accuracy over the labelled data, None without labels.
+    """
+
+    params: int
+    nonzero_params: int
+    sparsity: float
+    overall_sparsity: float
+    macs: int
+    nonzero_macs: int
+    bytes_dense: int
+    bytes: int
+    latency_ms: float
+    batch_size: int
+    device: str
+    threads: int
+    accuracy: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def latency_line(self) -> str:
+        return f"latency         {self.latency_ms:.3f} ms/batch (batch {self.batch_size}, {self._where()})"
+
+    def _where(self) -> str:
+        return f"{self.device}, {self.threads} threads" if self.device == "cpu" else self.device
+
+    def _rows(self) -> list[tuple[str, str]]:
+        return [
+            ("params", format_value(self.params)),
+            ("nonzero params", format_value(self.nonzero_params)),
+            ("sparsity", f"{_percent(self.sparsity)} of Linear/Conv weights, {_percent(self.overall_sparsity)} "
+                         "of all parameters"),
+            ("MACs", f"{format_value(self.macs)} per sample"),
+            ("nonzero MACs", f"{format_value(self.nonzero_macs)} per sample"),
+            ("bytes", f"{format_value(self.bytes)} (kdnb.save); {format_value(self.bytes_dense)} dense"),
+            ("accuracy", format_value(self.accuracy)),
+        ]
+
+    def __repr__(self) -> str:
+        return "\n".join(f"{name:<15} {value}" for name, value in self._rows()) + "\n" + self.latency_line()
+
+    def _repr_html_(self) -> str:
+        return Table(["measure", "value"], self._rows(), notes=[self.latency_line()]).to_html()
+
+
+def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch_size: int | None = None,
+            device: str | torch.device | None = None, repeats: int = 30, warmup: int = 5) -> Measurement:
+    """Measure ``model``'s size, cost, speed and (with labels) accuracy; the model is not changed.
+
+    Args:
+        model: any ``nn.Module``.
+        data_or_example: a ``DataLoader`` of ``(inputs, labels)`` (accuracy over all of it; timing on its
+            first batch) or of bare inputs, or an example input batch (a tensor whose first dimension
+            is the batch; no accuracy).
+        batch_size: time a batch of this many samples, drawn from the data (rows repeated when the data
+            has fewer); None: the first batch / the example as given.
+        device: where to time and evaluate; None: the model's own device. Another device measures a copy.
+        repeats: timed forward passes; the latency is their median.
+        warmup: untimed forward passes first (caches, allocators, lazy initialisation).
+
+    Timing runs in eval mode under ``torch.inference_mode()``, synchronising CUDA around each pass.
+    ``sparsity`` is the fraction of zeros among the weights of Linear and Conv layers (the prunable
+    weights); ``overall_sparsity`` counts all parameters. MACs come from
+    ``torch.utils.flop_counter.FlopCounterMode``: matrix products and convolutions, not elementwise ops.
+    See `Measurement` for each field.
+    """
+    check_model(model)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise KdnbError(f"batch_size should be a positive integer or None, got {batch_size!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise KdnbError(f"repeats should be a positive integer, got {repeats!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise KdnbError(f"warmup should be a non-negative integer, got {warmup!r}")
+    home = _full(model_device(model))
+    target = home if device is None else _full(resolve_device(device))
+    net = model if target == home else copy.deepcopy(model).to(target)
+
+    loader, labelled = None, False
+    if isinstance(data_or_example, torch.Tensor):
+        x = data_or_example
+    else:
+        loader = check_loader(data_or_example, "data_or_example")
+        first = first_batch(loader, "data_or_example")
+        try:
+            x, y = split_batch(first)
+        except TypeError:
+            raise KdnbError(f"measure needs input batches as tensors or (inputs, labels), got a batch of type "
+                            f"{type(first).__name__}; pass a DataLoader or an example input tensor") from None
+        labelled = y is not None
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        raise KdnbError(f"measure needs input batches as tensors (batch first), got {type(x).__name__}; "
+                        "pass a DataLoader of (inputs, labels) or an example input tensor")
+    x = _batch_of(x, loader, batch_size).to(target)
+
+    with _eval_mode(net):
+        if labelled:
+            num_classes = check_model_fits_data(net, first, target)
+            check_labels_in_range(loader, num_classes)
+        else:
+            _check_runs(net, x)
+        with torch.inference_mode():
+            macs, nonzero_macs = _macs(net, x)
+            latency = _latency_ms(net, x, target, repeats, warmup)
+            accuracy = evaluate(net, loader)["accuracy"] if labelled else None
+
+    params = nonzero = weights = zero_weights = 0
+    seen = {}  # a parameter shared by two modules (tied weights) counts once; holding the tensors keeps keys unique
+    for _, module in plain_modules(model):
+        for name, tensor, is_param in module_tensors(module):
+            key = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride())
+            if is_param and key not in seen:
+                seen[key] = tensor
+                params += tensor.numel()
+                nonzero += int(torch.count_nonzero(tensor))
+                if name == "weight" and isinstance(module, PRUNABLE):
+                    weights += tensor.numel()
+                    zero_weights += tensor.numel() - int(torch.count_nonzero(tensor))
+    return Measurement(
+        params=params, nonzero_params=nonzero,
+        sparsity=zero_weights / weights if weights else 0.0,
+        overall_sparsity=1 - nonzero / params if params else 0.0,
+        macs=macs, nonzero_macs=nonzero_macs,
+        bytes_dense=file_size(model, compact=False), bytes=file_size(model),
+        latency_ms=latency, batch_size=x.shape[0], device=_device_name(target), threads=torch.get_num_threads(),
+        accuracy=accuracy,
+    )
+
+
+def _full(device: torch.device) -> torch.device:
+    """'cuda' -> 'cuda:N' (the current GPU), so two names of one device compare equal."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _device_name(device: torch.device) -> str:
+    return f"{device} {torch.cuda.get_device_name(device)}" if device.type == "cuda" else str(device)
+
+
+def _batch_of(x: torch.Tensor, loader: Iterable | None, batch_size: int | None) -> torch.Tensor:
+    if batch_size is None:
+        return x
+    parts, count = [], 0
+    for batch in (loader if loader is not None else [x]):
+        part = split_batch(batch)[0]
+        parts.append(part)
+        count += part.shape[0]
+        if count >= batch_size:
+            break
+    rows = torch.cat(parts)
+    return rows.repeat(math.ceil(batch_size / rows.shape[0]), *[1] * (rows.dim() - 1))[:batch_size]
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside; afterwards each submodule gets back its own mode (they may differ)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@torch.no_grad()
+def _check_runs(model: nn.Module, x: torch.Tensor) -> None:
+    try:
+        model(x)
+    except (RuntimeError, ValueError, TypeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise KdnbError(f"model failed on an input batch of shape {tuple(x.shape)}: {first_line} "
+                        "-- check that the model's input size matches the data") from None
+
+
+def _macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """(MACs, nonzero MACs) per sample: FlopCounterMode's FLOPs / 2, per layer scaled by weight density."""
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    total = counter.get_total_flops()
+    per_module = counter.get_flop_counts()  # keys: root class name, then dotted submodule path
+    root = type(model).__name__
+    sparse_saving = 0.0
+    for path, module in plain_modules(model):
+        if isinstance(module, PRUNABLE):
+            flops = sum(per_module.get(f"{root}.{path}" if path else root, {}).values())
+            weight = dict((name, tensor) for name, tensor, _ in module_tensors(module))["weight"]
+            sparse_saving += flops * (1 - int(torch.count_nonzero(weight)) / max(weight.numel(), 1))
+    n = x.shape[0]
+    return round(total / 2 / n), round((total - sparse_saving) / 2 / n)
+
+
+def _latency_ms(model: nn.Module, x: torch.Tensor, device: torch.device, repeats: int, warmup: int) -> float:
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    times = []
+    for i in range(warmup + repeats):
+        sync()
+        start = time.perf_counter()
+        model(x)
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.1f}%"
+
+
+def _ratio(first: float | None, this: float | None) -> float | None:
+    """first / this: how many times smaller (or faster) this model is than the first."""
+    return first / this if first is not None and this else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Several `Measurement`s side by side; ratios are the first model's value / this model's."""
+
+    measurements: dict[str, Measurement]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per model: its `Measurement` fields, ``model``, and the ratios to the first model
+        ``params_x`` (nonzero params), ``macs_x`` (nonzero MACs), ``bytes_x`` and ``speedup`` (latency)."""
+        first = next(iter(self.measurements.values()))
+        return [{"model": name, **m.as_dict(),
+                 "params_x": _ratio(first.nonzero_params, m.nonzero_params),
+                 "macs_x": _ratio(first.nonzero_macs, m.nonzero_macs),
+                 "bytes_x": _ratio(first.bytes, m.bytes),
+                 "speedup": _ratio(first.latency_ms, m.latency_ms)}
+                for name, m in self.measurements.items()]
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {row["model"]: row for row in self.rows}
+
+    def latency_line(self) -> str:
+        rows = self.rows
+        same = len({(r["batch_size"], r["device"], r["threads"]) for r in rows}) == 1
+        parts = []
+        for i, r in enumerate(rows):
+            where = "" if same else f" (batch {r['batch_size']}, {Measurement._where(self.measurements[r['model']])})"
+            speed = f" ({r['speedup']:.2f}x)" if i and r["speedup"] is not None else ""
+            parts.append(f"{r['model']} {r['latency_ms']:.3f} ms{speed}{where}")
+        first = self.measurements[rows[0]["model"]]
+        tail = f"; per batch of {first.batch_size}, {first._where()}" if same else ""
+        return "latency  " + ", ".join(parts) + tail
+
+    def table(self) -> Table:
+        """The deterministic table (latency is in the notes' last line)."""
+        def times(r: float | None) -> str:
+            return "-" if r is None else f"{r:.2f}x"
+
+        rows = [[r["model"], r["accuracy"], r["params"], r["nonzero_params"], _percent(r["sparsity"]), r["macs"],
+                 r["nonzero_macs"], r["bytes"], times(r["params_x"]), times(r["macs_x"]), times(r["bytes_x"])]
+                for r in self.rows]
+        first = rows[0][0]
+        notes = [f"x: {first}'s value / this model's (params x: nonzero params; MACs x: nonzero MACs; "
+                 "bytes x: kdnb.save file size); sparsity: zeros among Linear/Conv weights",
+                 self.latency_line()]
+        return Table(["model", "accuracy", "params", "nonzeros", "sparsity", "MACs", "nz MACs", "bytes",
+                      "params x", "MACs x", "bytes x"], rows, notes=notes)
+
+    def __repr__(self) -> str:
+        return self.table().to_text()
+
+    def _repr_html_(self) -> str:
+        return self.table().to_html()
+
+
+_MEASURE_KWARGS = ("batch_size", "device", "repeats", "warmup")
+
+
+def compare(models: dict[str, nn.Module], data: Iterable | torch.Tensor, **measure_kwargs: Any) -> Comparison:
+    """Measure each model on the same ``data`` and put them side by side, with ratios to the FIRST model.
+
+    Args:
+        models: ``{"name": model, ...}``, the reference first (e.g. teacher, then students).
+        data: as `measure`'s ``data_or_example``.
+        **measure_kwargs: passed to `measure` (batch_size, device, repeats, warmup).
+
+    Returns:
+        Comparison: prints as a table; ``.rows`` / ``.as_dict()`` give the numbers.
+    """
+    if not isinstance(models, dict) or not models:
+        raise KdnbError(f"models should be a non-empty dict {{name: model}}, got {type(models).__name__}; "
+                        "e.g. kdnb.compare({'teacher': teacher, 'student': student}, val)")
+    for key in measure_kwargs:
+        if key not in _MEASURE_KWARGS:
+            raise KdnbError(f"compare got an unknown option {key!r}; {suggest(key, _MEASURE_KWARGS)}")
+    for name, model in models.items():
+        check_model(model, f"models[{name!r}]")
+    return Comparison({str(name): measure(model, data, **measure_kwargs) for name, model in models.items()})

@@ -1,0 +1,109 @@
+"""The statistics behind the data-driven criteria, accumulated over every batch given.
+
+- `squared_gradients`: :math:`\\overline{g^2}`, the batch gradient squared, averaged over batches (taylor);
+- `hutchinson_diagonal`: the Hessian diagonal by Hutchinson's estimator (hessian);
+- `slimming_phase`: the L1-on-BatchNorm-scales training that network slimming needs, run by the one loop.
+
+The model is scored in eval mode (BatchNorm running statistics, no dropout): the loss whose change the
+scores estimate is the loss of the model as it will be used.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdnb.engine.device import model_device, to_device
+from kdnb.engine.errors import KdnbError
+from kdnb.engine.objective import StepOutput, Supervised, split_batch
+from kdnb.engine.prune.criteria import slimming_penalty
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _batches(model: nn.Module, data: Iterable, criterion: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    device = model_device(model)
+    for batch in data:
+        x, y = split_batch(to_device(batch, device))
+        if y is None:
+            raise KdnbError(f"criterion {criterion!r} needs labelled batches (inputs, labels); "
+                            "data yielded inputs only")
+        yield x, y
+
+
+def _named_trainable(model: nn.Module) -> tuple[list[str], list[nn.Parameter]]:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [n for n, _ in named], [p for _, p in named]
+
+
+def squared_gradients(model: nn.Module, data: Iterable, loss_fn: Callable = F.cross_entropy) -> dict[str, torch.Tensor]:
+    """Mean over batches of the squared batch gradient, for every trainable parameter."""
+    names, params = _named_trainable(model)
+    sums = [torch.zeros_like(p) for p in params]
+    count = 0
+    with _eval_mode(model):
+        for x, y in _batches(model, data, "taylor"):
+            grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
+            for total, g in zip(sums, grads):
+                if g is not None:
+                    total += g.detach().pow(2)
+            count += 1
+    return {n: s / max(count, 1) for n, s in zip(names, sums)}
+
+
+def hutchinson_diagonal(model: nn.Module, data: Iterable, samples: int = 1, seed: int = 0,
+                        loss_fn: Callable = F.cross_entropy) -> dict[str, torch.Tensor]:
+    """Hutchinson's estimate of diag(H), averaged over all batches and ``samples`` probes per batch:
+    diag(H) ~ E_z[z * (H z)] with Rademacher z (Bekas, Kokiopoulou & Saad 2007)."""
+    names, params = _named_trainable(model)
+    sums = [torch.zeros_like(p) for p in params]
+    generator = torch.Generator().manual_seed(seed)
+    count = 0
+    with _eval_mode(model):
+        for x, y in _batches(model, data, "hessian"):
+            grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True, allow_unused=True)
+            used = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
+            for _ in range(samples):
+                probes = [torch.randint(0, 2, g.shape, generator=generator).to(g) * 2 - 1 for _, g in used]
+                hz = torch.autograd.grad([g for _, g in used], [params[i] for i, _ in used], grad_outputs=probes,
+                                         retain_graph=True, allow_unused=True)
+                for (i, _), z, h in zip(used, probes, hz):
+                    if h is not None:
+                        sums[i] += z * h.detach()
+                count += 1
+    return {n: s / max(count, 1) for n, s in zip(names, sums)}
+
+
+class SlimmingObjective:
+    """Cross-entropy plus ``l1 * sum |gamma|`` over every BatchNorm scale (Liu et al. 2017)."""
+
+    def __init__(self, l1: float):
+        self.l1 = l1
+        self.task = Supervised()
+
+    def __call__(self, model: nn.Module, batch: object) -> StepOutput:
+        out = self.task(model, batch)
+        gammas = [m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+        penalty = slimming_penalty(gammas)
+        return StepOutput(loss=out.loss + self.l1 * penalty, logits=out.logits, targets=out.targets,
+                          terms={"ce": out.loss.detach(), "l1_gamma": penalty.detach()})
+
+
+def slimming_phase(model: nn.Module, data: Iterable, *, epochs: int, l1: float, lr: float, device: str,
+                   seed: int | None, callbacks: Iterable[object] = ()) -> object:
+    """Train ``model`` in place for ``epochs`` with the slimming penalty; returns the run's History."""
+    from kdnb.engine.loop import fit
+
+    return fit(model, data, epochs=epochs, lr=lr, objective=SlimmingObjective(l1), device=device, seed=seed,
+               callbacks=callbacks, title="slimming")

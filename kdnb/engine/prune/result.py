@@ -1,0 +1,156 @@
+"""What `prune` and `sensitivity` return: the model, the numbers, a table and a picture."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdnb.engine.history import History
+from kdnb.engine.table import Table, format_value
+
+
+@dataclass
+class PruneResult:
+    """The outcome of `prune`.
+
+    Attributes:
+        model: the pruned model (unstructured: masks attached and fixed, see `make_permanent`;
+            structured: smaller layers). It carries a ``kdnb_pruned`` marker, so pruning it again needs
+            ``prune_again=True``.
+        dense: a copy of the model before pruning (the unpruned reference).
+        masks: unstructured: ``{"layer.weight": bool mask}`` (True = kept); structured: empty.
+        channels: structured: ``{"layer": (kept, original)}`` output channels of each layer that lost some.
+        sparsity: the fraction of prunable weights removed (``target`` was asked for).
+        history: the fine-tuning runs, one after the other (per-epoch "sparsity" included).
+        trajectory: one entry per pruning step: target, sparsity reached, val accuracy right after it
+            (and after fine-tuning, "finetuned_acc").
+        dense_accuracy: val accuracy of ``dense`` (None without val).
+        control: with ``control=True``, the unpruned model fine-tuned for as long (Blalock et al. 2020).
+    """
+
+    model: nn.Module
+    dense: nn.Module
+    masks: dict[str, torch.Tensor]
+    criterion: str
+    structured: bool
+    scope: str
+    schedule: str
+    steps: int
+    target: float
+    sparsity: float
+    finetune: int
+    distill: bool
+    history: History
+    trajectory: list[dict[str, Any]]
+    dense_accuracy: float | None = None
+    val: Iterable | None = None
+    example: torch.Tensor | None = None
+    control: nn.Module | None = None
+    channels: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _comparison: Any = field(default=None, repr=False)
+
+    def export(self, fold_batchnorm: bool = True) -> nn.Module:
+        """An inference copy: masks folded into plain weights, BatchNorm folded into the layer before it
+        (``fold_batchnorm``), eval mode."""
+        from kdnb.engine.prune.structured import fold_batchnorm as fold
+        from kdnb.engine.prune.unstructured import clone, make_permanent
+
+        model = make_permanent(clone(self.model)).eval()
+        return fold(model) if fold_batchnorm else model
+
+    def layers(self) -> Table:
+        """Per layer: weights kept of the original, and the layer's sparsity."""
+        from kdnb.engine.prune.groups import prunable_weights
+
+        before = {n: w.numel() for n, w in prunable_weights(self.dense).items()}
+        plain = self.export(fold_batchnorm=False)
+        rows = []
+        for name, weight in prunable_weights(plain).items():
+            kept = int(torch.count_nonzero(weight))
+            rows.append([name, before[name], kept, f"{1 - kept / before[name]:.1%}"])
+        return Table(["layer", "weights", "kept", "sparsity"], rows)
+
+    def comparison(self) -> Any:
+        """`kdnb.engine.measure.compare` of dense, pruned (masks folded) and, if run, the control, on CPU."""
+        if self._comparison is None:
+            from kdnb.engine.measure import compare
+
+            models = {"dense": self.dense, "pruned": self.export(fold_batchnorm=False)}
+            if self.control is not None:
+                models["control"] = self.control
+            self._comparison = compare(models, self.val if self.val is not None else self.example, device="cpu")
+        return self._comparison
+
+    def summary(self) -> Table:
+        """Before / after (and the control): accuracy, params, non-zeros, MACs, bytes on disk, CPU latency.
+        Compression ratio and theoretical speed-up are reported separately (Blalock et al. 2020)."""
+        rows = self.comparison().as_dict()
+        names = list(rows)
+        fields = [("accuracy", "accuracy"), ("params", "params"), ("nonzero params", "nonzero_params"),
+                  ("sparsity (Linear/Conv weights)", "sparsity"), ("MACs / sample", "macs"),
+                  ("nonzero MACs / sample", "nonzero_macs"), ("bytes on disk", "bytes")]
+        table_rows = [[label] + [rows[n][key] for n in names] for label, key in fields]
+        pruned = rows["pruned"]
+        notes = [f"compression ratio (dense params / pruned nonzero params): {format_value(pruned['params_x'])}x",
+                 f"theoretical speed-up (dense MACs / pruned nonzero MACs): {format_value(pruned['macs_x'])}x",
+                 self.comparison().latency_line()]
+        return Table(["", *names], table_rows, title=self._headline(), notes=notes)
+
+    def _headline(self) -> str:
+        kind = "structured" if self.structured else "unstructured"
+        tuned = f", fine-tuned {self.finetune} epoch(s){' with KD' if self.distill else ''}" if self.finetune else ""
+        status = "" if self.history.status == "completed" else f" [{self.history.status}]"
+        return (f"pruned {self.sparsity:.2%} of prunable weights (target {self.target:.2%}): {self.criterion}, "
+                f"{kind}, {self.scope}, {self.schedule}{tuned}{status}")
+
+    def plot(self) -> Any:
+        """Static figure: weights kept per layer, and accuracy against sparsity along the schedule."""
+        from kdnb.plots.prune import plot_prune
+
+        return plot_prune(self)
+
+    def __repr__(self) -> str:
+        return self.summary().to_text()
+
+    def _repr_html_(self) -> str:
+        return self.summary().to_html()
+
+
+@dataclass
+class SensitivityResult:
+    """Accuracy of the model with one layer pruned at a time (no fine-tuning), per sparsity.
+
+    ``accuracy[layer][i]`` is the val accuracy with ``layer`` pruned to ``sparsities[i]``; ``dense_accuracy``
+    the unpruned one.
+    """
+
+    criterion: str
+    structured: bool
+    sparsities: list[float]
+    accuracy: dict[str, list[float]]
+    sizes: dict[str, int]
+    dense_accuracy: float
+
+    def table(self) -> Table:
+        unit = "channels" if self.structured else "weights"
+        rows = [[layer, self.sizes[layer], *accs] for layer, accs in self.accuracy.items()]
+        return Table(["layer", unit, *[f"{s:.0%}" for s in self.sparsities]], rows,
+                     title=f"sensitivity ({self.criterion}, {'structured' if self.structured else 'unstructured'}): "
+                           "val accuracy with one layer pruned",
+                     notes=[f"dense accuracy {format_value(self.dense_accuracy)}"])
+
+    def plot(self) -> Any:
+        """Static figure: accuracy against sparsity, one line per layer."""
+        from kdnb.plots.prune import plot_sensitivity
+
+        return plot_sensitivity(self)
+
+    def __repr__(self) -> str:
+        return self.table().to_text()
+
+    def _repr_html_(self) -> str:
+        return self.table().to_html()

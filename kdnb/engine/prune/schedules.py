@@ -1,0 +1,55 @@
+"""When to prune how much.
+
+- "oneshot": prune to the target at once, then fine-tune.
+- "iterative": ``steps`` rounds of prune-then-fine-tune; each round removes the same fraction of the
+  weights still there, so round ``i`` of ``n`` reaches :math:`1 - (1 - s)^{i/n}` (Han et al. 2015;
+  Frankle & Carbin 2019).
+- "agp": gradual pruning during one fine-tuning run, by the cubic schedule of `agp` (Zhu & Gupta 2017),
+  applied by the `AGP` subscriber to the loop's events.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kdnb.engine.events import Callback, RunState
+
+SCHEDULES = ("oneshot", "iterative", "agp")
+DEFAULT_STEPS = {"oneshot": 1, "iterative": 3, "agp": 10}
+
+
+def iterative_targets(sparsity: float, steps: int) -> list[float]:
+    r"""Sparsity after each of ``steps`` rounds: :math:`s_i = 1 - (1 - s)^{i/n}`."""
+    return [1.0 - (1.0 - sparsity) ** (i / steps) for i in range(1, steps + 1)]
+
+
+def agp(t: int, final: float, initial: float, t0: int, n: int, dt: int) -> float:
+    r"""Automated gradual pruning, Zhu & Gupta 2017, "To prune, or not to prune":
+
+    .. math:: s_t = s_f + (s_i - s_f)\left(1 - \frac{t - t_0}{n\,\Delta t}\right)^3,
+       \quad t \in \{t_0, t_0 + \Delta t, \dots, t_0 + n\Delta t\}
+
+    Fast pruning early, while there are many redundant weights; slow near the end.
+    """
+    progress = min(max((t - t0) / (n * dt), 0.0), 1.0)
+    return final + (initial - final) * (1.0 - progress) ** 3
+
+
+class AGP(Callback):
+    """Subscriber that prunes ``steps`` times during a run following `agp`, then leaves the last quarter of
+    the run (``1 - ramp``) to fine-tune at the final sparsity. ``update(s)`` re-scores and re-masks the model
+    at sparsity ``s``; the current sparsity is published as ``state.extra["sparsity"]`` (logged per epoch)."""
+
+    def __init__(self, final: float, steps: int, update: Callable[[float], float], initial: float = 0.0,
+                 ramp: float = 0.75):
+        self.final, self.steps, self.update, self.initial, self.ramp = final, steps, update, initial, ramp
+        self.dt = 1
+
+    def on_run_start(self, state: RunState) -> None:
+        total = state.epochs * state.steps_per_epoch
+        self.dt = max(1, int(self.ramp * total) // self.steps)
+        state.extra["sparsity"] = self.initial
+
+    def on_step_end(self, state: RunState) -> None:
+        if state.step % self.dt == 0 and state.step <= self.steps * self.dt:
+            target = agp(state.step, self.final, self.initial, 0, self.steps, self.dt)
+            state.extra["sparsity"] = self.update(target)

@@ -1,0 +1,85 @@
+"""Sensitivity analysis (Li et al. 2017, "Pruning Filters for Efficient ConvNets", Fig. 2): prune one layer
+at a time, at several sparsities, without fine-tuning, and see how much accuracy each layer can lose."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from kdnb.engine import checks
+from kdnb.engine.errors import KdnbError
+from kdnb.engine.evaluate import evaluate
+from kdnb.engine.prune.groups import keep_vectors, masks_from_keep
+from kdnb.engine.prune.result import SensitivityResult
+from kdnb.engine.prune.scores import Scores, check_sparsity, importance, masks_at
+
+
+def _layer_masks(scores: Scores, layer: str, sparsity: float) -> dict[str, torch.Tensor]:
+    """Masks pruning only ``layer`` (a weight, or a channel group's root when structured) to ``sparsity``."""
+    if not scores.structured:
+        alone = Scores(scores.criterion, False, scores.model, {layer: scores.weights[layer]}, scores.shapes)
+        return masks_at(alone, sparsity, scope="local")
+    values = scores.channels[layer]
+    gone = torch.zeros(len(values), dtype=torch.bool)
+    gone[torch.argsort(values, stable=True)[:min(round(sparsity * len(values)), len(values) - 1)]] = True
+    return masks_from_keep(keep_vectors(scores.groups, {layer: gone}, scores.shapes), scores.shapes)
+
+
+def sensitivity(
+    model: nn.Module,
+    val: Iterable,
+    sparsities: Sequence[float] = (0.25, 0.5, 0.75, 0.9, 0.95),
+    criterion: str = "l1",
+    data: Iterable | None = None,
+    structured: bool = False,
+    layers: Sequence[str] | None = None,
+    example: torch.Tensor | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    callbacks: Iterable[object] = (),
+) -> SensitivityResult:
+    """Val accuracy of ``model`` with each layer alone pruned to each of ``sparsities`` (no fine-tuning).
+
+    Scores are computed once (`importance`); each point then masks one layer of a copy and evaluates.
+    Unstructured: the layer's lowest-scored weights; structured: its lowest-scored channels (with
+    everything coupled to them), ``sparsity`` being the fraction of the layer's channels.
+
+    Args:
+        model: the trained model; not changed.
+        val: labelled loader to evaluate on.
+        sparsities: the sparsities to try, each in [0, 1).
+        criterion: as in `prune`; taylor, hessian and slimming need ``data``.
+        layers: names to analyse (weight names like "1.weight", or, structured, layer names like "1");
+            default all.
+        callbacks: subscribers to the training run slimming needs.
+    """
+    checks.check_model(model)
+    checks.check_loader(val, "val")
+    sparsities = [check_sparsity(s) for s in sparsities]
+    scores = importance(model, criterion, data, structured=structured, example=example, seed=seed, device=device,
+                        callbacks=callbacks)
+    known = list(scores.channels if structured else scores.weights)
+    if layers is None:
+        layers = known
+    unknown = [name for name in layers if name not in known]
+    if unknown:
+        raise KdnbError(f"unknown layer {unknown[0]!r} for sensitivity; known: {', '.join(known)}")
+    net = copy.deepcopy(scores.model).cpu().eval()
+    params = dict(net.named_parameters())
+    accuracy: dict[str, list[float]] = {}
+    for layer in layers:
+        accuracy[layer] = []
+        for s in sparsities:
+            masks = _layer_masks(scores, layer, s)
+            saved = {name: params[name].detach().clone() for name in masks}
+            with torch.no_grad():
+                for name, mask in masks.items():
+                    params[name].mul_(mask)
+            accuracy[layer].append(evaluate(net, val)["accuracy"])
+            with torch.no_grad():
+                for name, value in saved.items():
+                    params[name].copy_(value)
+    sizes = {layer: (len(scores.channels[layer]) if structured else scores.shapes[layer].numel()) for layer in layers}
+    return SensitivityResult(criterion, structured, sparsities, accuracy, sizes, evaluate(net, val)["accuracy"])

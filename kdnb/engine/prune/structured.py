@@ -1,0 +1,80 @@
+"""Physical removal of channels with Torch-Pruning, and BatchNorm folding for inference export.
+
+`remove_channels` deletes the chosen channels of each coupled group: Torch-Pruning's
+``DependencyGraph.get_pruning_group(layer, prune_out_channels, idxs).prune()`` resizes the layer, its
+BatchNorm, the next layers' inputs, the other branches of residual adds and depthwise convs, together.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kdnb.engine.errors import KdnbError
+from kdnb.engine.prune.groups import dependency_graph
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        return model(example)
+    finally:
+        model.train(was_training)
+
+
+def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example: torch.Tensor) -> nn.Module:
+    """Delete, in place, the channels ``removed[layer]`` (True = remove) of each group rooted at ``layer``.
+
+    The model must carry no masks (see `make_permanent`). Afterwards its outputs on ``example`` must
+    keep their shape and be finite, or a `KdnbError` says so.
+    """
+    expected = _outputs(model, example).shape
+    graph = dependency_graph(model, example)
+    for root, gone in removed.items():
+        idxs = torch.nonzero(gone).flatten().tolist()
+        if not idxs:
+            continue
+        layer = model.get_submodule(root)
+        group = graph.get_pruning_group(layer, graph.get_pruner_of_module(layer).prune_out_channels, idxs)
+        group.prune()
+    out = _outputs(model, example)
+    if out.shape != expected or not bool(torch.isfinite(out).all()):
+        raise KdnbError(f"structured pruning broke the model: outputs {tuple(out.shape)} (expected "
+                        f"{tuple(expected)}), finite={bool(torch.isfinite(out).all())}; use structured=False")
+    return model
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold each BatchNorm that directly follows a Conv or Linear (in the same ``nn.Sequential``) into it, in
+    place, and put the model in eval mode: ``w' = w * gamma / sqrt(var + eps)``,
+    ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``. The BatchNorm becomes ``nn.Identity``.
+
+    Inference export only: the folded model computes the eval-mode function with one pass less per layer,
+    and can no longer train its BatchNorm statistics.
+    """
+    model.eval()
+    for container in model.modules():
+        if not isinstance(container, nn.Sequential):
+            continue
+        names = list(container._modules)
+        for first, second in zip(names, names[1:]):
+            layer, norm = container._modules[first], container._modules[second]
+            if not (isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats
+                    and isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)) and not getattr(layer, "transposed", False)
+                    and _channels(layer) == norm.num_features):
+                continue
+            scale = (norm.running_var + norm.eps).rsqrt()
+            if norm.affine:
+                scale = scale * norm.weight
+            shift = -norm.running_mean * scale + (norm.bias if norm.affine else 0.0)
+            bias = layer.bias if layer.bias is not None else torch.zeros_like(norm.running_mean)
+            layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.dim() - 1)))
+            layer.bias = nn.Parameter(bias * scale + shift)
+            container._modules[second] = nn.Identity()
+    return model
+
+
+def _channels(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels

@@ -1,0 +1,263 @@
+"""``%%distill``, ``%%prune`` and ``%kdnb``: parse the cell, resolve its names in the notebook, call the
+public verb (`kdnb.distill`, `kdnb.prune`) once, and return its result.
+
+The options are the verb's own keyword arguments, read from its signature when the extension loads,
+so the magics can never disagree with the Python API::
+
+    %%distill -o res --epochs 5
+    teacher = teacher_net          # one `name = expression` per line, evaluated in the notebook
+    student = small_net
+    data = train_loader
+    temperature = 4.0
+
+Every mistake is a one-line `UsageError`, and the notebook's variables change only when the verb
+succeeds (``-o NAME``).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import keyword
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from kdnb.engine.errors import KdnbError, suggest
+
+VERBS = ("distill", "prune")
+# The two options `kdnb.api.with_subscribers` adds to every verb.
+SUBSCRIBER_HELP = {"progress": "show a tqdm progress bar per run.",
+                   "plot": "'auto' shows the live loss chart in a notebook; True forces it, False hides it."}
+SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register %%distill, %%prune and %kdnb (``%load_ext kdnb``)."""
+    ipython.register_magics(KdnbMagics(ipython))
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Remove the magics again (``%unload_ext kdnb``; ``%reload_ext kdnb`` loads them anew)."""
+    for kind, names in (("cell", VERBS), ("line", ("kdnb",))):
+        for name in names:
+            ipython.magics_manager.magics[kind].pop(name, None)
+    ipython.magics_manager.registry.pop(KdnbMagics.__name__, None)
+
+
+def verb_parameters(verb: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    """The verb's arguments that a cell can set by name."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {name: p for name, p in inspect.signature(verb).parameters.items() if p.kind in kinds}
+
+
+def argument_help(verb: Callable[..., Any]) -> dict[str, str]:
+    """Each argument's description in the verb's ``Args:`` docstring section (Google style)."""
+    described: dict[str, str] = {}
+    section, current = False, None
+    for line in (inspect.getdoc(verb) or "").splitlines():
+        if line.strip().endswith(":") and not line.startswith(" "):
+            section, current = line.strip() == "Args:", None
+            continue
+        match = re.match(r"^ {4}(\w+(?:, \w+)*)(?: \(.*?\))?: (.*)$", line) if section else None
+        if match:
+            current = match.group(1).split(", ")
+            described.update({name: match.group(2) for name in current})
+        elif current and line.startswith(" " * 8):
+            described.update({name: described[name] + " " + line.strip() for name in current})
+    return {**SUBSCRIBER_HELP, **described}
+
+
+def _expression_names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+class VerbMagic:
+    """The cell magic of one verb: ``%%<name> [--option VALUE ...] [-o NAME]`` over ``name = expression`` lines."""
+
+    def __init__(self, shell: Any, name: str, verb: Callable[..., Any]):
+        self.shell, self.name, self.verb = shell, name, verb
+        self.params = verb_parameters(verb)
+        self.magic = self._build()
+
+    def _build(self) -> Callable[[str, str], Any]:
+        def magic(line: str, cell: str = "") -> Any:
+            return self(line, cell)
+
+        first = (inspect.getdoc(self.verb) or "").split("\n\n")[0]
+        magic.__name__ = self.name
+        magic.__doc__ = (f"Call kdnb.{self.name} on the cell: one `name = expression` per line (any of the "
+                         f"options below, without the dashes), evaluated in the notebook. {first}")
+        described = argument_help(self.verb)
+        decorators = [argument("-o", "--output", metavar="NAME", help="store the result in this notebook variable")]
+        for name, param in self.params.items():
+            default = "required" if param.default is param.empty else f"default: {param.default!r}"
+            text = f"{described.get(name, '')} ({default})".strip().replace("%", "%%")
+            if isinstance(param.default, bool):
+                decorators.append(argument(f"--{name}", nargs="?", const="True", default=argparse.SUPPRESS,
+                                           metavar="BOOL", help=text))
+            else:
+                decorators.append(argument(f"--{name}", default=argparse.SUPPRESS, metavar="EXPR", help=text))
+        for decorator in reversed(decorators):  # the parser lists them in the order of the signature
+            magic = decorator(magic)
+        magic = magic_arguments(f"%{self.name}")(magic)  # usage reads %%name
+        magic.parser.allow_abbrev = False  # an option is its keyword's full name, nothing shorter
+        return magic
+
+    def __call__(self, line: str, cell: str) -> Any:
+        try:
+            args, unknown = self.magic.parser.parse_argstring(line, partial=True)
+        except UsageError as error:
+            raise UsageError(f"%%{self.name}: {error}") from None
+        if unknown:
+            self._unknown(unknown[0].split("=")[0].lstrip("-"), "on the line")
+        options = vars(args)
+        output = options.pop("output", None)
+        sources = {name: self._line_source(name, text) for name, text in options.items()}
+        for name, (lineno, node) in self._body(cell).items():
+            if name in sources:
+                raise UsageError(f"%%{self.name}: {name!r} is set twice (on the line and on line {lineno}); keep one")
+            sources[name] = (f"line {lineno}", node)
+        missing = [n for n, p in self.params.items() if p.default is p.empty and n not in sources]
+        if missing:
+            raise UsageError(f"%%{self.name} needs {', '.join(repr(m) for m in missing)}: add a line "
+                             f"`{missing[0]} = ...` to the cell")
+        if output is not None:
+            self._check_output(output, sources)
+        values = {name: self._evaluate(name, where, node) for name, (where, node) in sources.items()}
+        try:
+            result = self.verb(**values)
+        except KdnbError as error:
+            raise UsageError(f"%%{self.name}: {error}") from None
+        if output is not None:
+            self.shell.user_ns[output] = result
+        return result
+
+    def _unknown(self, name: str, where: str) -> None:
+        raise UsageError(f"%%{self.name}: unknown option {name!r} {where}; {suggest(name, self.params)}")
+
+    def _line_source(self, name: str, text: str) -> tuple[str, ast.expr]:
+        """A value on the magic's line is a Python expression; a bare word for a text option is that text
+        (``--criterion taylor``)."""
+        if isinstance(self.params[name].default, str) and text.isidentifier() and not keyword.iskeyword(text):
+            return "the line", ast.parse(repr(text), mode="eval").body
+        try:
+            return "the line", ast.parse(text, mode="eval").body
+        except SyntaxError:
+            raise UsageError(f"%%{self.name}: --{name} {text}: not a Python expression") from None
+
+    def _body(self, cell: str) -> dict[str, tuple[int, ast.expr]]:
+        """``name = expression`` per line (blank lines and comments allowed), checked before anything runs."""
+        try:
+            tree = ast.parse(cell)
+        except SyntaxError as error:
+            raise UsageError(f"%%{self.name}: line {error.lineno}: {error.msg}; each line should be "
+                             f"`name = expression`") from None
+        assigned: dict[str, tuple[int, ast.expr]] = {}
+        for statement in tree.body:
+            if not (isinstance(statement, ast.Assign) and len(statement.targets) == 1
+                    and isinstance(statement.targets[0], ast.Name)):
+                text = ast.get_source_segment(cell, statement) or ""
+                raise UsageError(f"%%{self.name}: line {statement.lineno}: expected `name = expression`, got "
+                                 f"{text.splitlines()[0]!r}; run other code in a cell of its own")
+            name = statement.targets[0].id
+            if name not in self.params:
+                self._unknown(name, f"on line {statement.lineno}")
+            if name in assigned:
+                raise UsageError(f"%%{self.name}: {name!r} is set twice (lines {assigned[name][0]} and "
+                                 f"{statement.lineno}); keep one")
+            assigned[name] = (statement.lineno, statement.value)
+        return assigned
+
+    def _check_output(self, output: str, sources: dict[str, tuple[str, ast.expr]]) -> None:
+        if not output.isidentifier() or keyword.iskeyword(output):
+            raise UsageError(f"%%{self.name}: -o {output}: not a valid variable name")
+        read = set().union(*(_expression_names(node) for _, node in sources.values()))
+        if output in read:
+            raise UsageError(f"%%{self.name}: -o {output} would replace {output!r}, which this cell reads, so "
+                             f"running the cell again would {self.name} the result; store it under another name")
+
+    def _evaluate(self, name: str, where: str, node: ast.expr) -> Any:
+        """The value of one option, evaluated in the notebook's namespace, and its type checked."""
+        code = compile(ast.Expression(body=node), f"<%%{self.name} {name}>", "eval")
+        try:
+            value = eval(code, self.shell.user_ns)  # noqa: S307 — the user's own notebook expression
+        except NameError as error:
+            missing = getattr(error, "name", None) or str(error)
+            known = [n for n in self.shell.user_ns if not n.startswith("_")]
+            raise UsageError(f"%%{self.name}: {where}: {name} = ...: name {missing!r} is not defined; "
+                             f"{suggest(missing, known)}") from None
+        except Exception as error:  # noqa: BLE001 — any failure of the user's expression is reported in one line
+            raise UsageError(f"%%{self.name}: {where}: {name} = ...: {type(error).__name__}: {error}") from None
+        self._check_type(name, value)
+        return value
+
+    def _check_type(self, name: str, value: Any) -> None:
+        """Options annotated with simple types (``int``, ``float | None``, ...) get the right kind of value."""
+        annotation = self.params[name].annotation
+        if not isinstance(annotation, str):
+            annotation = getattr(annotation, "__name__", "")
+        parts = [part.strip() for part in annotation.split("|")]
+        if not parts or not all(part in SIMPLE_TYPES for part in parts):
+            return
+        allowed = tuple(SIMPLE_TYPES[p] for p in parts)
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise UsageError(f"%%{self.name}: {name} should be {annotation}, got {type(value).__name__} {value!r}")
+
+
+@magics_class
+class KdnbMagics(Magics):
+    """%%distill and %%prune (built from the verbs' signatures) and the %kdnb line magic."""
+
+    def __init__(self, shell: Any):
+        super().__init__(shell)
+        import kdnb.api
+
+        self.verbs = {name: VerbMagic(shell, name, getattr(kdnb.api, name)) for name in VERBS if hasattr(kdnb.api, name)}
+        self.magics["cell"].update({name: verb.magic for name, verb in self.verbs.items()})
+
+    @line_magic
+    def kdnb(self, line: str) -> Any:
+        """%kdnb [version | status | help]: the installed versions, what this notebook will show, or the magics."""
+        command = line.strip() or "help"
+        commands = {"version": self._version, "status": self._status, "help": self._help}
+        if command not in commands:
+            raise UsageError(f"%kdnb {command}: unknown command; {suggest(command, commands)}")
+        print(commands[command]())
+
+    def _version(self) -> str:
+        from importlib.metadata import version
+
+        import kdnb
+
+        return f"kdnb {kdnb.__version__} (torch {version('torch')}, torch-pruning {version('torch-pruning')})"
+
+    def _status(self) -> str:
+        import torch
+
+        from kdnb.widgets._support import in_kernel, INSTALL_HINT, ipywidgets_or_none
+
+        plot_off = os.environ.get("KDNB_PLOT", "1").lower() in ("0", "false", "off", "no")
+        chart = "off (KDNB_PLOT=0)" if plot_off else ("live PNG" if in_kernel() else "none outside a notebook kernel (plot=True prints a summary)")
+        widgets = "yes" if ipywidgets_or_none() else f"no — {INSTALL_HINT}"
+        device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+        lines = [self._version(), f"device: {device}", f"live chart: {chart}", f"ipywidgets: {widgets}",
+                 f"magics: {', '.join('%%' + v for v in self.verbs) or 'none'}, %kdnb"]
+        return "\n".join(lines)
+
+    def _help(self) -> str:
+        lines = ["kdnb magics (`%%distill?` lists every option):"]
+        for name, verb in self.verbs.items():
+            lines.append(f"  %%{name} [-o NAME] [--option VALUE ...], then lines `option = expression`; options: "
+                         f"{', '.join(verb.params)}")
+        lines.append("  %kdnb version | status | help")
+        return "\n".join(lines)
+

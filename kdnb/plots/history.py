@@ -1,0 +1,194 @@
+"""The figure of one or more training runs: loss terms per step, accuracy per epoch, sparsity.
+
+Runs of one verb call (e.g. "scratch" then "distill") share the step axis one after another,
+separated by a dashed line and named above the plot; their accuracies are overlaid per epoch.
+`HistoryFigure` updates its lines in place, so the live chart can redraw it several times a second;
+`plot_history` draws a finished history once.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kdnb.engine.history import History
+
+# Fixed colours per loss term so "kd" is the same colour in every chart of a notebook.
+TERM_COLORS = {"loss": "black", "ce": "tab:blue", "kd": "tab:orange", "hint": "tab:green", "at": "tab:green",
+               "tckd": "tab:purple", "nckd": "tab:brown"}
+SPARE_COLORS = ("tab:red", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+RUN_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+SIZE = (9.6, 3.4)  # inches, at 100 dpi
+MAX_POINTS = 400  # per curve: longer runs are averaged in bins, which also smooths per-batch noise
+
+
+@dataclass
+class Run:
+    """One run on the chart: its title, its (possibly still growing) history, where it starts on the
+    shared step axis, and its sparsity as (step within the run, fraction) pairs."""
+
+    title: str
+    history: History
+    offset: int = 0
+    sparsity: list[tuple[int, float]] = field(default_factory=list)
+
+    @classmethod
+    def from_history(cls, title: str, history: History, offset: int = 0) -> Run:
+        """A finished run; its sparsity (if a schedule logged one) is placed at each epoch's last step."""
+        values = history.epochs.get("sparsity", [])
+        per_epoch = history.num_steps // max(history.num_epochs, 1)
+        return cls(title, history, offset, [((i + 1) * per_epoch, v) for i, v in enumerate(values)])
+
+
+def binned(values: Sequence[float], max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """(step, value) of a per-step series, averaged over equal bins when longer than ``max_points``."""
+    y = np.asarray(values, dtype=float)
+    size = math.ceil(len(y) / max_points) if len(y) > max_points else 1
+    if size == 1:
+        return np.arange(1, len(y) + 1, dtype=float), y
+    starts = np.arange(0, len(y), size)
+    means = np.add.reduceat(y, starts) / np.diff(np.append(starts, len(y)))
+    centers = starts + (np.minimum(starts + size, len(y)) - starts + 1) / 2
+    return centers, means
+
+
+class HistoryFigure:
+    """A figure with a loss panel, an accuracy panel and (when a run reports it) a sparsity panel.
+
+    ``update(runs)`` moves existing lines to the new data and adds lines only for new runs or terms,
+    which keeps a redraw cheap enough for a live chart.
+    """
+
+    def __init__(self, figure: Any = None):
+        if figure is None:  # an Agg figure outside pyplot: no GUI, no global state, no auto-display
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+
+            figure = Figure(figsize=SIZE, dpi=100)
+            FigureCanvasAgg(figure)
+        self.figure = figure
+        self._panels: dict[str, Any] = {}
+        self._artists: dict[tuple, Any] = {}
+        self._legends: dict[str, tuple] = {}
+        self._term_colors: dict[str, str] = dict(TERM_COLORS)
+        self._labelled: set[str] = set()
+
+    def update(self, runs: Sequence[Run]) -> Any:
+        """Draw ``runs`` (in order) and return the matplotlib Figure."""
+        self._layout(with_sparsity=any(run.sparsity for run in runs))
+        for index, run in enumerate(runs):
+            self._draw_loss(index, run)
+            self._draw_accuracy(index, run)
+            if run.sparsity:
+                self._draw_sparsity(index, run)
+        for name, ax in self._panels.items():
+            ax.relim()
+            ax.autoscale_view()
+            handles = tuple(line for line in ax.get_lines() if not line.get_label().startswith("_"))
+            if handles and self._legends.get(name) != handles:
+                ax.legend(handles=list(handles), fontsize=8, loc="best", frameon=False)
+                self._legends[name] = handles
+        return self.figure
+
+    def _layout(self, with_sparsity: bool) -> None:
+        names = ("loss", "accuracy", "sparsity") if with_sparsity else ("loss", "accuracy")
+        if tuple(self._panels) == names:
+            return
+        from matplotlib.ticker import MaxNLocator
+
+        self.figure.clear()
+        self._artists.clear()
+        self._legends.clear()
+        self._labelled.clear()
+        grid = self.figure.add_gridspec(1, len(names), width_ratios=[1.6, 1, 1][:len(names)])
+        loss = self.figure.add_subplot(grid[0])
+        self._panels = {"loss": loss, "accuracy": self.figure.add_subplot(grid[1])}
+        if with_sparsity:  # same steps as the loss panel, so a pruning step lines up with its loss
+            self._panels["sparsity"] = self.figure.add_subplot(grid[2], sharex=loss)
+        self.figure.subplots_adjust(left=0.065, right=0.985, bottom=0.15, top=0.86, wspace=0.28)
+        acc = self._panels["accuracy"]
+        loss.set_xlabel("step")
+        loss.set_ylabel("loss")
+        acc.set_xlabel("epoch")
+        acc.set_ylabel("accuracy (%)")
+        acc.set_title("validation accuracy", fontsize=9)
+        acc.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if with_sparsity:
+            sparsity = self._panels["sparsity"]
+            sparsity.set_xlabel("step")
+            sparsity.set_ylabel("sparsity (%)")
+            sparsity.set_title("pruned weights", fontsize=9)
+        for ax in self._panels.values():
+            ax.tick_params(labelsize=8)
+            ax.grid(alpha=0.25)
+
+    def _artist(self, key: tuple, make: Any) -> Any:
+        if key not in self._artists:
+            self._artists[key] = make()
+        return self._artists[key]
+
+    def _draw_loss(self, index: int, run: Run) -> None:
+        for term in run.history.steps:
+            line = self._artist(("loss", index, term), lambda: self._term_line(term))
+            x, y = binned(run.history.steps[term])
+            line.set_data(x + run.offset, y)
+        self._run_marker(index, run)
+
+    def _term_line(self, term: str) -> Any:
+        """A new line for a loss term: same colour in every run, in the legend once."""
+        if term not in self._term_colors:
+            spare = len(self._term_colors) - len(TERM_COLORS)
+            self._term_colors[term] = SPARE_COLORS[spare % len(SPARE_COLORS)]
+        label = "_" + term if term in self._labelled else term
+        self._labelled.add(term)
+        return self._panels["loss"].plot([], [], color=self._term_colors[term], lw=1.1 if term == "loss" else 0.9,
+                                         label=label)[0]
+
+    def _run_marker(self, index: int, run: Run) -> None:
+        """A dashed line where the run starts (after the first) and its title above the loss panel."""
+        ax = self._panels["loss"]
+        if index > 0:
+            self._artist(("start", index), lambda: ax.axvline(run.offset + 0.5, color="0.5", ls="--", lw=0.8))
+        self._artist(("title", index), lambda: ax.text(run.offset + 0.5, 1.02, run.title, transform=ax.get_xaxis_transform(),
+                                                       fontsize=9, ha="left", va="bottom"))
+
+    def _draw_accuracy(self, index: int, run: Run) -> None:
+        ax = self._panels["accuracy"]
+        name, style, label = "val_acc", "-", run.title
+        if name not in run.history.epochs and "train_acc" in run.history.epochs:
+            name, style, label = "train_acc", "--", f"{run.title} (train)"
+        values = run.history.epochs.get(name, [])
+        color = RUN_COLORS[index % len(RUN_COLORS)]
+        line = self._artist(("acc", index), lambda: ax.plot([], [], style, color=color, marker="o", ms=3.5,
+                                                            label=label)[0])
+        line.set_data(np.arange(1, len(values) + 1), 100 * np.asarray(values, dtype=float))
+
+    def _draw_sparsity(self, index: int, run: Run) -> None:
+        ax = self._panels["sparsity"]
+        color = RUN_COLORS[index % len(RUN_COLORS)]
+        line = self._artist(("sparsity", index), lambda: ax.plot([], [], color=color, label=run.title)[0])
+        steps = [run.offset + step for step, _ in run.sparsity]
+        line.set_data(steps, [100 * value for _, value in run.sparsity])
+
+
+def plot_history(history: History | Mapping[str, History], title: str = "train") -> Any:
+    """A static figure of one history, or of several named runs drawn in order (e.g. a result's runs).
+
+    Returns the matplotlib Figure: a notebook shows it as the cell's value; save it with
+    ``fig.savefig("history.png")``.
+    """
+    runs_by_title = {title: history} if isinstance(history, History) else dict(history)
+    runs, offset = [], 0
+    for name, record in runs_by_title.items():
+        runs.append(Run.from_history(name, record, offset))
+        offset += record.num_steps
+    import matplotlib.pyplot as plt
+
+    # A pyplot figure, so a notebook's inline backend knows how to show it; closed at once, so the
+    # notebook shows it once, as the cell's value, not a second time when the cell ends.
+    figure = plt.figure(figsize=SIZE, dpi=100)
+    plt.close(figure)
+    return HistoryFigure(figure).update(runs)

@@ -1,0 +1,68 @@
+"""Static figures of pruning: what each layer kept, accuracy against sparsity, and layer sensitivity."""
+from __future__ import annotations
+
+from typing import Any
+
+SIZE = (9.6, 3.4)  # inches, at 100 dpi, as the other kdnb figures
+
+
+def _figure(columns: int) -> tuple[Any, list[Any]]:
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, columns, figsize=SIZE, dpi=100, squeeze=False)
+    plt.close(figure)  # the notebook shows the returned figure once, as the cell's value
+    return figure, list(axes[0])
+
+
+def plot_prune(result: Any) -> Any:
+    """Left: weights kept / removed per layer. Right: val accuracy against sparsity at each pruning step
+    (before and after fine-tuning) and, per fine-tuning epoch, the accuracy at the sparsity then in force."""
+    from kdnb.engine.prune.groups import prunable_weights
+
+    figure, (layers, curve) = _figure(2)
+    before = {n: w.numel() for n, w in prunable_weights(result.dense).items()}
+    after = {n: int(w.count_nonzero()) for n, w in prunable_weights(result.export(fold_batchnorm=False)).items()}
+    names = list(before)
+    kept = [after[n] for n in names]
+    layers.barh(names, kept, color="tab:blue", label="kept")
+    layers.barh(names, [before[n] - k for n, k in zip(names, kept)], left=kept, color="lightgray", label="removed")
+    layers.invert_yaxis()
+    layers.set_xlabel("weights")
+    layers.set_title(f"{result.sparsity:.1%} of prunable weights removed", fontsize=10)
+    layers.legend(fontsize=8, loc="lower right")
+
+    steps = [t for t in result.trajectory if t.get("val_acc") is not None]
+    if steps:
+        curve.plot([t["sparsity"] for t in steps], [t["val_acc"] for t in steps], "o--", color="tab:red",
+                   label="right after pruning")
+    tuned = [t for t in steps if t.get("finetuned_acc") is not None]
+    if tuned:
+        curve.plot([t["sparsity"] for t in tuned], [t["finetuned_acc"] for t in tuned], "o-", color="tab:green",
+                   label="after fine-tuning")
+    epochs = result.history.epochs
+    if result.schedule == "agp" and "val_acc" in epochs and "sparsity" in epochs:
+        curve.plot(epochs["sparsity"], epochs["val_acc"], "s-", color="tab:green", label="end of each epoch")
+    if result.dense_accuracy is not None:
+        curve.axhline(result.dense_accuracy, color="gray", linestyle=":", label="dense")
+    curve.set_xlabel("sparsity (fraction of prunable weights removed)")
+    curve.set_ylabel("val accuracy")
+    curve.set_title(f"{result.criterion}, {'structured' if result.structured else 'unstructured'}, "
+                    f"{result.schedule}", fontsize=10)
+    if curve.lines:
+        curve.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_sensitivity(result: Any) -> Any:
+    """Val accuracy against sparsity, one line per layer pruned alone; the dense accuracy dotted."""
+    figure, (axis,) = _figure(1)
+    for layer, accuracy in result.accuracy.items():
+        axis.plot(result.sparsities, accuracy, "o-", label=layer)
+    axis.axhline(result.dense_accuracy, color="gray", linestyle=":", label="dense")
+    axis.set_xlabel("fraction of the layer's " + ("channels" if result.structured else "weights") + " removed")
+    axis.set_ylabel("val accuracy")
+    axis.set_title(f"sensitivity per layer ({result.criterion})", fontsize=10)
+    axis.legend(fontsize=8, ncol=2)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,150 @@
+"""The temperature explorer: the teacher's soft labels softmax(z / T) for one sample, as T moves.
+
+At T = 1 a confident teacher puts nearly all its probability on one class; raising T spreads it,
+and the small probabilities it gives the *other* classes — which digits look alike to it — become
+visible. Those are the "dark knowledge" a student learns from soft labels (Hinton et al. 2015).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from kdnb.engine.checks import check_model
+from kdnb.engine.errors import KdnbError
+from kdnb.engine.evaluate import predict
+from kdnb.engine.objective import split_batch
+from kdnb.widgets._support import Explorer, png
+
+
+def first_samples(samples: Any, limit: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Up to ``limit`` inputs (and labels, if any) from a tensor, an (x, y) pair, a Dataset or a DataLoader."""
+    if isinstance(samples, torch.Tensor):
+        return samples[:limit], None
+    if isinstance(samples, (tuple, list)) and samples and isinstance(samples[0], torch.Tensor):
+        x, y = split_batch(samples)
+        return x[:limit], (y[:limit] if isinstance(y, torch.Tensor) else None)
+    if isinstance(samples, torch.utils.data.Dataset) and hasattr(samples, "__len__"):
+        items = [split_batch(samples[i]) for i in range(min(limit, len(samples)))]
+        labels = [y for _, y in items]
+        return (torch.stack([x for x, _ in items]),
+                torch.as_tensor(labels) if all(y is not None for y in labels) and labels else None)
+    if hasattr(samples, "__iter__"):
+        xs, ys = [], []
+        for batch in samples:
+            x, y = split_batch(batch)
+            xs.append(x)
+            ys.append(y)
+            if sum(len(part) for part in xs) >= limit:
+                break
+        if xs:
+            labels = torch.cat(ys)[:limit] if all(y is not None for y in ys) else None
+            return torch.cat(xs)[:limit], labels
+    raise KdnbError(f"samples should be a tensor of inputs, an (inputs, labels) pair, a Dataset or a DataLoader, "
+                    f"got {type(samples).__name__}")
+
+
+def soft_labels(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """p^T = softmax(z / T): the teacher's class distribution softened by the temperature T."""
+    return torch.softmax(logits / temperature, dim=-1)
+
+
+class TemperatureExplorer(Explorer):
+    """A slider for the temperature T and a sample chooser; bars show the teacher's soft labels
+    softmax(z / T) for that sample, next to its ordinary output at T = 1.
+
+    Args:
+        teacher: the trained teacher ``nn.Module`` (run in eval mode, never changed).
+        samples: inputs to choose from: a tensor, an (inputs, labels) pair, a Dataset or a DataLoader
+            (e.g. the validation loader); the first ``max_samples`` are used.
+        temperature: the slider's starting T.
+        classes: names of the classes (default: their indices).
+        max_samples: how many samples the chooser offers.
+
+    Drive it from code with ``explorer.temperature.value = 8`` and ``explorer.sample.value = 3``
+    (the widgets), or ``explorer.show(sample, temperature)`` (also without ipywidgets).
+    """
+
+    image: Any = None  # the widgets, set when ipywidgets is installed
+
+    def __init__(self, teacher: torch.nn.Module, samples: Any, *, temperature: float = 4.0,
+                 classes: Sequence[str] | None = None, max_samples: int = 32):
+        check_model(teacher, "teacher")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise KdnbError(f"temperature should be a positive number, got {temperature!r}")
+        inputs, self.labels = first_samples(samples, max_samples)
+        self.logits, _ = predict(teacher, [inputs])
+        num_classes = self.logits.shape[1]
+        self.classes = [str(c) for c in classes] if classes is not None else [str(i) for i in range(num_classes)]
+        if len(self.classes) != num_classes:
+            raise KdnbError(f"classes has {len(self.classes)} names but the teacher outputs {num_classes} classes")
+        self.current = (0, float(temperature))
+        self._build_widget()
+
+    def _build(self, widgets: Any) -> Any:
+        self.temperature = widgets.FloatLogSlider(value=self.current[1], base=10, min=-0.5, max=1.5, step=0.01,
+                                                  description="T", readout_format=".2f",
+                                                  continuous_update=True, layout={"width": "420px"})
+        options = [(self._sample_name(i), i) for i in range(len(self.logits))]
+        self.sample = widgets.Dropdown(options=options, value=self.current[0], description="sample")
+        self.numbers = widgets.HTML()
+        self.image = widgets.Image(format="png", layout={"width": "760px"})
+        for control in (self.temperature, self.sample):
+            control.observe(lambda change: self.show(self.sample.value, self.temperature.value), names="value")
+        self.show(*self.current)
+        return widgets.VBox([widgets.HBox([self.temperature, self.sample]), self.numbers, self.image])
+
+    def _sample_name(self, index: int) -> str:
+        label = f" (class {self.classes[int(self.labels[index])]})" if self.labels is not None else ""
+        return f"{index}{label}"
+
+    def show(self, sample: int, temperature: float) -> str:
+        """Show sample ``sample`` at temperature ``temperature``; returns the numbers as text."""
+        if not 0 <= sample < len(self.logits):
+            raise KdnbError(f"sample should be between 0 and {len(self.logits) - 1}, got {sample}")
+        self.current = (int(sample), float(temperature))
+        if self.image is not None:
+            self.numbers.value = f"<pre>{self.text()}</pre>"
+            self.image.value = png(self.figure())
+        return self.text()
+
+    def text(self) -> str:
+        sample, temperature = self.current
+        p = soft_labels(self.logits[sample], temperature)
+        top = torch.argsort(p, descending=True)[:3].tolist()
+        entropy = -float((p * torch.log2(p.clamp_min(1e-12))).sum())
+        ranked = ", ".join(f"{self.classes[c]} {float(p[c]):.3f}" for c in top)
+        return (f"sample {self._sample_name(sample)}, T = {temperature:.2f}: top classes {ranked}; "
+                f"entropy {entropy:.2f} of {math.log2(len(p)):.2f} bits")
+
+    def figure(self) -> Any:
+        """Bars of softmax(z / T) for the current sample, with the T = 1 output outlined behind them."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        sample, temperature = self.current
+        soft = soft_labels(self.logits[sample], temperature).numpy()
+        hard = soft_labels(self.logits[sample], 1.0).numpy()
+        figure = Figure(figsize=(7.6, 3.2), dpi=100)
+        FigureCanvasAgg(figure)
+        ax = figure.add_subplot()
+        positions = range(len(soft))
+        ax.bar(positions, hard, width=0.8, fill=False, edgecolor="0.45", linestyle="--", label="T = 1 (ordinary output)")
+        colors = ["tab:orange" if self.labels is not None and c == int(self.labels[sample]) else "tab:blue"
+                  for c in positions]
+        ax.bar(positions, soft, width=0.55, color=colors, label=f"T = {temperature:.2f} (soft labels)")
+        for c, value in zip(positions, soft):
+            if value >= 0.005:
+                ax.text(c, value + 0.015, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(list(positions), self.classes, fontsize=8)
+        ax.set_xlabel("class" + ("  (orange: the true class)" if self.labels is not None else ""))
+        ax.set_ylabel("probability")
+        ax.set_ylim(0, 1.28)  # headroom above p = 1 for the legend, so it never covers a bar
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        ax.set_title(f"teacher's class probabilities for sample {self._sample_name(sample)}", fontsize=10)
+        ax.legend(fontsize=8, loc="upper center", ncol=2, frameon=False)
+        ax.grid(axis="y", alpha=0.25)
+        figure.subplots_adjust(left=0.08, right=0.99, bottom=0.16, top=0.9)
+        return figure

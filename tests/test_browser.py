@@ -1,0 +1,253 @@
+"""The notebooks in a real frontend: JupyterLab in headless Chromium (Playwright, Debian's chromium).
+
+Tests without a browser can't show that widgets render and respond; these run the notebooks in
+JupyterLab, watch the DOM, press keys on sliders and save screenshots (the path is printed).
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from browser_support import CHROMIUM_FLAGS, JupyterLab, Notebook, find_chromium
+
+T = TypeVar("T")
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+SHOTS = REPO / "bench" / "out" / "browser"
+
+# A small notebook that exercises what the quickstart needs from the frontend: a kdnb run with its
+# progress bar, an image widget redrawn with Agg PNGs (as the live chart is), and a slider whose
+# moves reach the kernel and come back as text (as the sparsity explorer's do).
+HARNESS_CELLS = [
+    """import io, time
+import ipywidgets as widgets
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import kdnb
+
+train, val = kdnb.datasets.load("synthetic", batch_size=64, seed=0)
+net = kdnb.models.mlp(20, [32], 4)
+history = kdnb.train(net, train, val=val, epochs=1)""",
+    """def png(step):
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot(range(step + 2), [1 / (i + 1) for i in range(step + 2)])
+    ax.set_title(f"step {step}")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+image = widgets.Image(format="png", value=png(0))
+display(image)
+for step in range(1, 4):
+    time.sleep(0.4)
+    image.value = png(step)""",
+    """slider = widgets.IntSlider(value=0, min=0, max=99, description="sparsity %")
+label = widgets.Label(value="value 0")
+slider.observe(lambda change: setattr(label, "value", f"value {change['new']}"), names="value")
+widgets.VBox([slider, label])""",
+]
+
+
+def _notebook(cells: list[str]) -> dict:
+    return {
+        "cells": [{"cell_type": "code", "execution_count": None, "id": f"cell-{i}", "metadata": {},
+                   "outputs": [], "source": source} for i, source in enumerate(cells)],
+        "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                    "name": "python3"},
+                     "language_info": {"name": "python"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = find_chromium()
+    if path is None:
+        pytest.skip("Chromium is not installed (/usr/bin/chromium or `chromium` on PATH); `make browser` installs it")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not importable; `make setup` installs it")
+    return path
+
+
+@pytest.fixture(scope="module")
+def lab(chromium, tmp_path_factory):
+    """JupyterLab serving a temporary copy of notebooks/ (the repo's notebooks stay untouched)."""
+    import json
+
+    home = tmp_path_factory.mktemp("jupyter")
+    root = home / "notebooks"
+    shutil.copytree(NOTEBOOKS, root)
+    (root / "browser-harness.ipynb").write_text(json.dumps(_notebook(HARNESS_CELLS)))
+    server = JupyterLab(root, home)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(server.log_path, SHOTS / "jupyterlab.log")
+
+
+@pytest.fixture(scope="module")
+def browser(chromium, tmp_path_factory):
+    """Headless Chromium with a fresh profile, stopped at the end (also on failure)."""
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    try:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=chromium, headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 1000})
+        try:
+            yield context
+        finally:
+            context.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def open_notebook(lab, browser, shots):
+    """Open a notebook in a new tab: ``open_notebook("name.ipynb") -> Notebook``.
+
+    At the end the tab's last screen and its console messages are saved next to the screenshots.
+    """
+    pages = []
+    console: list[str] = []
+
+    def open_(path: str) -> Notebook:
+        page = browser.new_page()
+        pages.append(page)
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+        page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+        page.set_default_timeout(30_000)
+        page.goto(lab.url(path))
+        page.wait_for_function("() => window.jupyterapp !== undefined", timeout=60_000)
+        return Notebook(page, path)
+
+    yield open_
+    (shots / "console.txt").write_text("\n".join(console))
+    for page in pages:
+        page.screenshot(path=shots / "page.png")
+        page.close()
+
+
+@pytest.fixture
+def shots(request) -> Path:
+    """The folder for this test's screenshots (printed: look at them)."""
+    folder = SHOTS / request.node.name
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"browser screenshots: {folder}")
+    return folder
+
+
+def _press_until_changed(page, handle, key: str, read: Callable[[], T], before: T, timeout: float = 10.0) -> T:
+    """Focus the slider's handle, press ``key``, and wait until ``read()`` differs from ``before``."""
+    handle.focus()
+    page.keyboard.press(key)
+    deadline = time.monotonic() + timeout
+    while (now := read()) == before and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    return now
+
+
+def test_harness_widgets_render_and_respond(open_notebook, shots):
+    """The frontend itself: the widget manager renders widgets, image updates arrive, keys move sliders."""
+    notebook = open_notebook("browser-harness.ipynb")
+    notebook.run_all(timeout=90)
+    assert notebook.errors() == []
+
+    chart = notebook.cell_index("widgets.Image(")
+    assert len(notebook.image_srcs(chart, live=True)) >= 2, "the image widget never changed"
+    notebook.outputs(chart).screenshot(path=shots / "image.png")
+
+    cell = notebook.cell_index("widgets.IntSlider(")
+    outputs = notebook.outputs(cell)
+    handle = outputs.locator(".widget-slider .noUi-handle")
+    label = outputs.locator(".widget-label").last
+    assert label.inner_text() == "value 0"
+    assert _press_until_changed(notebook.page, handle, "ArrowRight", label.inner_text, "value 0") == "value 1"
+    assert _press_until_changed(notebook.page, handle, "PageUp", label.inner_text, "value 1") == "value 6"
+    assert outputs.locator(".widget-readout").inner_text() == "6"
+    outputs.screenshot(path=shots / "slider.png")
+
+
+QUICKSTART = "00-quickstart.ipynb"
+# What the sparsity explorer shows, read from its output text (a stable CSS class, when the widget
+# sets one, is preferred: see _explorer_numbers).
+ACCURACY = re.compile(r"accuracy\D{0,20}?(\d+(?:\.\d+)?)", re.IGNORECASE)
+NONZEROS = re.compile(r"non-?zero\D{0,30}?(\d[\d,]*)", re.IGNORECASE)
+
+
+def _explorer_numbers(outputs) -> tuple[str, str]:
+    """(accuracy, non-zero params) as the sparsity explorer displays them."""
+    text = outputs.inner_text()
+    accuracy, nonzeros = ACCURACY.search(text), NONZEROS.search(text)
+    assert accuracy and nonzeros, f"the sparsity explorer shows no accuracy / non-zero count:\n{text}"
+    return accuracy.group(1), nonzeros.group(1)
+
+
+def test_quickstart_live_chart_and_sparsity_slider(open_notebook, shots):
+    """notebooks/00-quickstart.ipynb runs in JupyterLab: the live chart redraws, the slider responds."""
+    assert (NOTEBOOKS / QUICKSTART).exists(), f"notebooks/{QUICKSTART} is missing"
+    notebook = open_notebook(QUICKSTART)
+    distill = notebook.cell_index("%%distill")
+    live_shot = shots / "chart-live.png"
+
+    def screenshot_live_chart() -> None:
+        """Best effort while the chart redraws: the image may be gone by the time Chromium looks."""
+        from playwright.sync_api import Error as PlaywrightError
+
+        if not live_shot.exists() and len(notebook.image_srcs(distill, live=True)) >= 2:
+            try:
+                notebook.outputs(distill).locator("img.widget-image").last.screenshot(path=live_shot, timeout=2_000)
+            except PlaywrightError:
+                pass
+
+    live_shot.unlink(missing_ok=True)
+    notebook.run_all(timeout=150, during=screenshot_live_chart)
+    assert notebook.errors() == []
+
+    # The %%distill cell: the live chart's image changed while it ran, then a static PNG and a summary stayed.
+    seen = notebook.page.evaluate("() => window.__kdnb.srcs")
+    static_at = min((s["t"] for s in seen if s["cell"] == distill and not s["live"]), default=None)
+    assert static_at is not None, "the %%distill cell left no static chart image"
+    live_before_static = {s["src"] for s in seen if s["cell"] == distill and s["live"] and s["t"] < static_at}
+    assert len(live_before_static) >= 2, "the live chart image never changed during the %%distill run"
+    outputs = notebook.outputs(distill)
+    static = outputs.locator(".jp-RenderedImage img").last
+    assert static.evaluate("img => img.complete && img.naturalWidth > 0"), "the static chart image is empty"
+    saved = notebook.notebook_json()["cells"][distill]["outputs"]
+    assert any("image/png" in output.get("data", {}) for output in saved), "no PNG saved with the %%distill cell"
+    summary = [output for output in saved if output["output_type"] != "error"
+               and "application/vnd.jupyter.widget-view+json" not in output.get("data", {})
+               and ("text/plain" in output.get("data", {}) or output["output_type"] == "stream")]
+    assert summary, "the %%distill cell left no text summary"
+    outputs.screenshot(path=shots / "chart-final.png")
+
+    # The sparsity explorer: keyboard moves on its slider change the accuracy and the non-zero count.
+    explorer = notebook.outputs(notebook.cell_index("SparsityExplorer"))
+    handle = explorer.locator(".widget-slider .noUi-handle").first
+    explorer.screenshot(path=shots / "slider-before.png")
+    start = _explorer_numbers(explorer)
+    after_arrow = _press_until_changed(notebook.page, handle, "ArrowRight", lambda: _explorer_numbers(explorer),
+                                       start)
+    assert after_arrow[1] != start[1], f"one step right left the non-zero count at {start[1]}"
+    now = after_arrow
+    while now[0] == start[0]:  # PageUp moves 5 steps; at the end of the range nothing changes any more
+        before, now = now, _press_until_changed(notebook.page, handle, "PageUp", lambda: _explorer_numbers(explorer),
+                                                now)
+        if now == before:
+            break
+    assert now[0] != start[0], f"accuracy stayed at {start[0]} over the whole slider range"
+    assert now[1] != start[1]
+    explorer.screenshot(path=shots / "slider-after.png")

@@ -1,0 +1,120 @@
+"""Pruning criteria against their formulas, the batch statistics behind them, and an oracle:
+taylor and hessian neuron scores must rank neurons like the true loss change of removing them."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+from torch.utils.data import DataLoader, TensorDataset
+
+import kdnb
+from kdnb.engine.loop import fit
+from kdnb.engine.prune import criteria, estimate, importance, masks_at
+
+
+def test_formulas_on_hand_checkable_tensors():
+    w = torch.tensor([[-2.0, 0.5], [0.0, 3.0]])
+    g2 = torch.tensor([[1.0, 4.0], [9.0, 0.25]])
+    h = torch.tensor([[0.5, 2.0], [1.0, -1.0]])
+    assert torch.equal(criteria.l1(w), torch.tensor([[2.0, 0.5], [0.0, 3.0]]))
+    assert torch.equal(criteria.taylor(w, g2), torch.tensor([[4.0, 1.0], [0.0, 2.25]]))  # (g w)^2
+    assert torch.equal(criteria.hessian(w, h), torch.tensor([[1.0, 0.25], [0.0, -4.5]]))  # h w^2 / 2
+    assert torch.equal(criteria.slimming(torch.tensor([-0.3, 0.1])), torch.tensor([0.3, 0.1]))
+    assert criteria.slimming_penalty([torch.tensor([-1.0, 2.0]), torch.tensor([0.5])]).item() == 3.5
+    r = criteria.random(w, torch.Generator().manual_seed(0))
+    assert r.shape == w.shape and bool(((r >= 0) & (r < 1)).all())
+    assert torch.equal(r, criteria.random(w, torch.Generator().manual_seed(0)))
+
+
+def _tiny():
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 3), torch.randint(0, 2, (12,))
+    return nn.Linear(3, 2), DataLoader(TensorDataset(x, y), batch_size=4)
+
+
+def test_squared_gradients_average_each_batch_gradient_squared():
+    model, data = _tiny()
+    expected = torch.zeros_like(model.weight)
+    for x, y in data:
+        g, = torch.autograd.grad(F.cross_entropy(model(x), y), [model.weight])
+        expected += g.pow(2) / len(data)
+    assert torch.allclose(estimate.squared_gradients(model, data)["weight"], expected, atol=1e-7)
+
+
+def test_hutchinson_estimates_the_hessian_diagonal_over_all_batches():
+    model, data = _tiny()
+    w, b = model.weight.detach().clone(), model.bias.detach().clone()
+    exact = torch.zeros(6)
+    for x, y in data:  # the exact diagonal, averaged over every batch
+        loss = lambda flat: F.cross_entropy(F.linear(x, flat.view(2, 3), b), y)  # noqa: E731
+        exact += torch.autograd.functional.hessian(loss, w.flatten()).diagonal() / len(data)
+    estimated = estimate.hutchinson_diagonal(model, data, samples=400, seed=0)["weight"].flatten()
+    assert torch.allclose(estimated, exact, atol=0.1 * exact.abs().max())
+
+
+def test_global_l1_masks_equal_torch_global_unstructured():
+    torch.manual_seed(0)
+    net = kdnb.models.mlp(8, [16, 12], 3)
+    scores = importance(net, "l1")
+    ours = masks_at(scores, 0.7, scope="global")
+    layers = [m for m in net if isinstance(m, nn.Linear)]
+    torch_prune.global_unstructured([(m, "weight") for m in layers], torch_prune.L1Unstructured, amount=0.7)
+    for name, module in zip(["1.weight", "3.weight", "5.weight"], layers):
+        assert torch.equal(ours[name], module.weight_mask.bool())
+
+
+def test_local_l1_masks_equal_torch_l1_unstructured_per_layer():
+    torch.manual_seed(1)
+    net = kdnb.models.mlp(8, [16], 3)
+    ours = masks_at(importance(net, "l1"), 0.4, scope="local")
+    for name in ("1", "3"):
+        layer = net.get_submodule(name)
+        torch_prune.l1_unstructured(layer, "weight", amount=0.4)
+        assert torch.equal(ours[f"{name}.weight"], layer.weight_mask.bool())
+
+
+def test_masks_at_is_cheap_and_nested_across_sparsities():
+    torch.manual_seed(0)
+    scores = importance(kdnb.models.mlp(8, [16], 3), "l1")
+    low, high = masks_at(scores, 0.3), masks_at(scores, 0.6)
+    for name in low:
+        assert bool((high[name] <= low[name]).all())  # what 30 % removes, 60 % removes too
+    kept = sum(int(m.sum()) for m in high.values())
+    assert kept == round(0.4 * sum(m.numel() for m in high.values()))
+
+
+@pytest.fixture(scope="module")
+def trained_mlp():
+    train, val = kdnb.datasets.load("digits", batch_size=128, seed=0)
+    torch.manual_seed(0)
+    net = kdnb.models.mlp(64, [24], 10)
+    fit(net, train, epochs=15, lr=3e-3, seed=0, check_inputs=False)
+    return net, train
+
+
+def _spearman(a, b):
+    ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    return float(np.corrcoef(ranks(np.asarray(a)), ranks(np.asarray(b)))[0, 1])
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "hessian"])
+def test_oracle_neuron_scores_rank_like_the_true_loss_change(trained_mlp, criterion):
+    net, train = trained_mlp
+    x, y = (torch.cat(t) for t in zip(*train))
+
+    def loss(model):
+        with torch.no_grad():
+            return F.cross_entropy(model.eval()(x), y).item()
+
+    base = loss(net)
+    true_change = []
+    for k in range(24):  # ablate hidden neuron k: its input row, its bias, its output column
+        ablated = kdnb.engine.prune.unstructured.clone(net)
+        with torch.no_grad():
+            ablated[1].weight[k] = 0
+            ablated[1].bias[k] = 0
+            ablated[3].weight[:, k] = 0
+        true_change.append(loss(ablated) - base)
+    scores = importance(net, criterion, train, structured=True)
+    assert _spearman(scores.channels["1"].numpy(), true_change) > 0.5
