@@ -80,13 +80,23 @@ def _expression_names(node: ast.AST) -> set[str]:
 class VerbMagic:
     """The cell magic of one verb: ``%%<name> [--option VALUE ...] [-o NAME]`` over ``name = expression`` lines."""
 
-    def __init__(self, shell: Any, name: str, verb: Callable[..., Any]):
-        self.shell, self.name, self.verb = shell, name, verb
-        self.params = verb_parameters(verb)
+    def __init__(self, shell: Any, name: str):
+        self.shell, self.name = shell, name
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Read the verb and its signature now: the options always mirror the ``kdnb.api`` of this moment."""
+        import kdnb.api
+
+        verb = getattr(kdnb.api, self.name)
+        if getattr(self, "verb", None) is verb:
+            return
+        self.verb, self.params = verb, verb_parameters(verb)
         self.magic = self._build()
 
     def _build(self) -> Callable[[str, str], Any]:
         def magic(line: str, cell: str = "") -> Any:
+            self._refresh()
             return self(line, cell)
 
         first = (inspect.getdoc(self.verb) or "").split("\n\n")[0]
@@ -221,7 +231,7 @@ class KdnbMagics(Magics):
         super().__init__(shell)
         import kdnb.api
 
-        self.verbs = {name: VerbMagic(shell, name, getattr(kdnb.api, name)) for name in VERBS if hasattr(kdnb.api, name)}
+        self.verbs = {name: VerbMagic(shell, name) for name in VERBS if hasattr(kdnb.api, name)}
         self.magics["cell"].update({name: verb.magic for name, verb in self.verbs.items()})
 
     @line_magic

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -172,19 +173,24 @@ KERNEL_IDLE_JS = """() => {
   return !!kernel && kernel.connectionStatus === 'connected' && kernel.status === 'idle';
 }"""
 
-# Record every src an <img> takes inside a cell's outputs, with the cell's index and whether the
-# image is an image widget (live: ipywidgets' Image view is an <img class="widget-image">) or an
-# image/png output of the cell itself (static: what a saved notebook keeps). A MutationObserver sees
-# each change, however short-lived, which polling from Python could miss.
+# Record every src an <img> takes inside a cell's outputs: the cell's index, which of its outputs
+# (a display handle updates its output in place, at the same index), the kind of image ("widget": an
+# ipywidgets Image, <img class="widget-image">; "output": an image/png output of the cell itself,
+# which a saved notebook keeps) and whether the cell was still running (its prompt shows [*]).
+# A MutationObserver sees each change, however short-lived, which polling from Python could miss.
 WATCH_IMAGES_JS = """() => {
   const state = window.__kdnb, content = state.panel.content;
   const record = (img) => {
     const cellNode = img.closest('.jp-Cell');
-    const index = content.widgets.findIndex((cell) => cell.node === cellNode);
-    if (index < 0 || !img.getAttribute('src')) return;
-    const live = img.classList.contains('widget-image');
-    if (!live && (!img.closest('.jp-RenderedImage') || img.closest('.jupyter-widgets'))) return;
-    state.srcs.push({cell: index, live, src: img.getAttribute('src'), t: performance.now()});
+    const cell = content.widgets.findIndex((widget) => widget.node === cellNode);
+    if (cell < 0 || !img.getAttribute('src')) return;
+    const kind = img.classList.contains('widget-image') ? 'widget'
+      : (img.closest('.jp-RenderedImage') && !img.closest('.jupyter-widgets')) ? 'output' : null;
+    const child = img.closest('.jp-OutputArea-child');
+    if (!kind || !child) return;
+    const output = Array.prototype.indexOf.call(child.parentElement.children, child);
+    const prompt = cellNode.querySelector('.jp-InputPrompt')?.textContent || '';
+    state.srcs.push({cell, output, kind, running: prompt.includes('*'), src: img.getAttribute('src')});
   };
   const observer = new MutationObserver((mutations) => {
     for (const m of mutations) {
@@ -224,13 +230,15 @@ class Notebook:
         page.wait_for_function(KERNEL_IDLE_JS, timeout=60_000)
 
     def sources(self) -> list[str]:
-        return self.page.evaluate(
-            "() => window.__kdnb.panel.content.widgets.map((cell) => cell.model.sharedModel.getSource())")
+        """The source of each code cell ("" for markdown and raw cells, so indices match the DOM's cells)."""
+        return self.page.evaluate("""() => window.__kdnb.panel.content.widgets.map(
+          (cell) => cell.model.type === 'code' ? cell.model.sharedModel.getSource() : '')""")
 
-    def cell_index(self, text: str) -> int:
-        matches = [i for i, source in enumerate(self.sources()) if text in source]
+    def cell_index(self, pattern: str) -> int:
+        """The first code cell whose source matches the regular expression (``^`` matches at each line)."""
+        matches = [i for i, source in enumerate(self.sources()) if re.search(pattern, source, re.MULTILINE)]
         if not matches:
-            raise AssertionError(f"no cell contains {text!r}")
+            raise AssertionError(f"no cell matches {pattern!r}")
         return matches[0]
 
     def cell(self, index: int) -> Any:
@@ -258,10 +266,26 @@ class Notebook:
         if not run["ok"]:
             raise AssertionError(f"Run All Cells stopped early: {run}; errors: {self.errors()}")
 
-    def image_srcs(self, index: int, live: bool) -> list[str]:
-        """The distinct srcs the cell's live (widget) or static images have shown, in order."""
+    def image_changes(self, index: int, kind: str | None = None, running: bool | None = None
+                      ) -> dict[int, list[str]]:
+        """For each output of the cell that showed images, the distinct srcs it showed, in order: of one
+        ``kind`` ("widget" or "output"; None: both), and with ``running=True`` only while the cell ran."""
+        changes: dict[int, list[str]] = {}
+        for seen in self.page.evaluate("() => window.__kdnb.srcs"):
+            if seen["cell"] == index and kind in (None, seen["kind"]) and running in (None, seen["running"]):
+                srcs = changes.setdefault(seen["output"], [])
+                if seen["src"] not in srcs:
+                    srcs.append(seen["src"])
+        return changes
+
+    def most_changes(self, index: int, kind: str | None = None, running: bool | None = None) -> int:
+        """The most distinct images any one output of the cell showed (2 or more: it was redrawn)."""
+        return max(map(len, self.image_changes(index, kind, running).values()), default=0)
+
+    def image_log(self, index: int) -> list[tuple[int, str, bool, str]]:
+        """(output, kind, running, start of src) for each image change seen in the cell, for failure messages."""
         seen = self.page.evaluate("() => window.__kdnb.srcs")
-        return list(dict.fromkeys(s["src"] for s in seen if s["cell"] == index and s["live"] == live))
+        return [(s["output"], s["kind"], s["running"], s["src"][:40]) for s in seen if s["cell"] == index]
 
     def notebook_json(self) -> dict:
         return self.page.evaluate(NOTEBOOK_JSON_JS)

@@ -42,15 +42,32 @@ def test_squared_gradients_average_each_batch_gradient_squared():
     assert torch.allclose(estimate.squared_gradients(model, data)["weight"], expected, atol=1e-7)
 
 
-def test_hutchinson_estimates_the_hessian_diagonal_over_all_batches():
+class _Scale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor([0.5, -1.0, 2.0]))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+def test_hutchinson_is_exact_for_a_diagonal_hessian_and_averages_all_batches():
+    x = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 1.0]])
+    data = DataLoader(TensorDataset(x, torch.zeros(2)), batch_size=1)
+    loss = lambda out, y: out.pow(2).sum()  # noqa: E731  d2/dw_k2 = 2 x_k^2, no cross terms
+    estimated = estimate.hutchinson_diagonal(_Scale(), data, samples=1, loss_fn=loss)["weight"]
+    assert torch.allclose(estimated, (2 * x.pow(2)).mean(0))
+
+
+def test_hutchinson_estimates_the_hessian_diagonal_of_a_classifier():
     model, data = _tiny()
     w, b = model.weight.detach().clone(), model.bias.detach().clone()
     exact = torch.zeros(6)
     for x, y in data:  # the exact diagonal, averaged over every batch
         loss = lambda flat: F.cross_entropy(F.linear(x, flat.view(2, 3), b), y)  # noqa: E731
         exact += torch.autograd.functional.hessian(loss, w.flatten()).diagonal() / len(data)
-    estimated = estimate.hutchinson_diagonal(model, data, samples=400, seed=0)["weight"].flatten()
-    assert torch.allclose(estimated, exact, atol=0.1 * exact.abs().max())
+    estimated = estimate.hutchinson_diagonal(model, data, samples=60, seed=0)["weight"].flatten()
+    assert torch.allclose(estimated, exact, atol=0.25 * exact.abs().max())
 
 
 def test_global_l1_masks_equal_torch_global_unstructured():
@@ -86,10 +103,10 @@ def test_masks_at_is_cheap_and_nested_across_sparsities():
 
 @pytest.fixture(scope="module")
 def trained_mlp():
-    train, val = kdnb.datasets.load("digits", batch_size=128, seed=0)
+    train, _ = kdnb.datasets.load("digits", batch_size=256, seed=0)
     torch.manual_seed(0)
     net = kdnb.models.mlp(64, [24], 10)
-    fit(net, train, epochs=15, lr=3e-3, seed=0, check_inputs=False)
+    fit(net, train, epochs=5, lr=1e-2, seed=0, check_inputs=False)
     return net, train
 
 

@@ -254,6 +254,7 @@ class Boom:
     ("state_dict", "looks like a state_dict"),
     ("pickle", "is not a kdnb file"),
     ("newer", "newer kdnb"),
+    ("damaged", "cannot load .*size mismatch"),
 ])
 def test_files_that_are_not_kdnb_files(content, match, tmp_path):
     path = tmp_path / "bad.kdnb"
@@ -261,6 +262,11 @@ def test_files_that_are_not_kdnb_files(content, match, tmp_path):
         torch.save(nn.Linear(2, 2).state_dict(), path)
     elif content == "pickle":
         path.write_bytes(pickle.dumps(Boom(), protocol=2))
+    elif content == "damaged":  # a spec that does not match its tensors
+        kdnb.save(nn.Linear(2, 2), path)
+        payload = torch.load(path, weights_only=True)
+        payload["tensors"]["weight"] = torch.zeros(3, 3)
+        torch.save(payload, path)
     elif content == "newer":
         torch.save({"format": "kdnb", "version": FORMAT_VERSION + 1, "spec": {}, "tensors": {}}, path)
     else:

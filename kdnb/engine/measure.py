@@ -73,7 +73,8 @@ class Measurement:
         return f"latency         {self.latency_ms:.3f} ms/batch (batch {self.batch_size}, {self._where()})"
 
     def _where(self) -> str:
-        return f"{self.device}, {self.threads} threads" if self.device == "cpu" else self.device
+        threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        return f"{self.device}, {threads}" if self.device == "cpu" else self.device
 
     def _rows(self) -> list[tuple[str, str]]:
         return [
@@ -232,10 +233,11 @@ def _macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     per_module = counter.get_flop_counts()  # keys: root class name, then dotted submodule path
     root = type(model).__name__
     sparse_saving = 0.0
-    for path, module in plain_modules(model):
-        if isinstance(module, PRUNABLE):
-            flops = sum(per_module.get(f"{root}.{path}" if path else root, {}).values())
-            weight = dict((name, tensor) for name, tensor, _ in module_tensors(module))["weight"]
+    # A layer used at two places is counted under one of its names: look it up under all of them.
+    for path, module in plain_modules(model, remove_duplicate=False):
+        flops = sum(per_module.get(f"{root}.{path}" if path else root, {}).values())
+        if flops and isinstance(module, PRUNABLE):
+            weight = next(tensor for name, tensor, _ in module_tensors(module) if name == "weight")
             sparse_saving += flops * (1 - int(torch.count_nonzero(weight)) / max(weight.numel(), 1))
     n = x.shape[0]
     return round(total / 2 / n), round((total - sparse_saving) / 2 / n)

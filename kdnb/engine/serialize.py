@@ -179,12 +179,17 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     payload = _read(_check_path(path, writing=False))
     tensors = {key: _decode(entry) for key, entry in payload["tensors"].items()}
     spec = payload["spec"]
-    if model is None:
-        model = _build(spec, {}, "", str(path))
-        model.load_state_dict(tensors, strict=True, assign=True)  # assign: keep each tensor's saved dtype
-    else:
-        _fit_skeleton(model, spec, tensors)
-        model.load_state_dict(tensors, strict=True)
+    try:
+        if model is None:
+            model = _build(spec, {}, "", str(path))
+            model.load_state_dict(tensors, strict=True, assign=True)  # assign: keep each tensor's saved dtype
+        else:
+            _fit_skeleton(model, spec, tensors)
+            model.load_state_dict(tensors, strict=True)
+    except (RuntimeError, TypeError) as error:  # a damaged file, or one written by another torch
+        last_line = str(error).strip().splitlines()[-1].strip() if str(error).strip() else type(error).__name__
+        raise KdnbError(f"cannot load {str(path)!r}: {last_line}; pass a fresh model=YourNet() built as "
+                        "when saved") from None
     _set_modes(model, spec)
     return model
 

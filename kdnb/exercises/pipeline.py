@@ -69,6 +69,6 @@ def compression(model: nn.Module, original: nn.Module, val: Iterable, *, max_wei
         report.ok(f"val accuracy {mine:.4f} vs the original's {theirs:.4f} (allowed drop {max_drop:g})")
     else:
         report.wrong(f"val accuracy {mine:.4f} vs the original's {theirs:.4f}",
-                     f"it lost {theirs - mine:.4f}, more than {max_drop:g}: recover by distilling from the original "
-                     "(more epochs, or a temperature of 2-4) rather than fine-tuning on hard labels alone")
+                     f"it lost {theirs - mine:.4f}, more than {max_drop:g}: recover for longer (more epochs of "
+                     "distillation from the original, or a higher lr), or remove fewer weights")
     return report

@@ -21,7 +21,7 @@ def plot_prune(result: Any) -> Any:
 
     figure, (layers, curve) = _figure(2)
     before = {n: w.numel() for n, w in prunable_weights(result.dense).items()}
-    after = {n: int(w.count_nonzero()) for n, w in prunable_weights(result.export(fold_batchnorm=False)).items()}
+    after = {n: int(w.count_nonzero()) for n, w in prunable_weights(result.plain_model()).items()}
     names = list(before)
     kept = [after[n] for n in names]
     layers.barh(names, kept, color="tab:blue", label="kept")

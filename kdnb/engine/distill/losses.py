@@ -97,13 +97,17 @@ def tckd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float) 
 
         TCKD = T^2 * KL(b_t || b_s),   b = [p^T[y], 1 - p^T[y]]
 
-    the binary distribution "target class vs all others", batch mean.
+    the binary distribution "target class vs all others", batch mean. log(1 - p[y]) is taken as the
+    logsumexp of the other classes' log-probabilities, which stays exact when p[y] is near 1.
     """
     mask = _target_mask(s, y)
-    p_s, p_t = F.softmax(s / temperature, dim=1), F.softmax(t / temperature, dim=1)
-    b_s = torch.stack([p_s[mask], 1 - p_s[mask]], dim=1).clamp_min(1e-12)
-    b_t = torch.stack([p_t[mask], 1 - p_t[mask]], dim=1).clamp_min(1e-12)
-    return temperature**2 * (b_t * (b_t.log() - b_s.log())).sum(dim=1).mean()
+
+    def log_binary(logits: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits / temperature, dim=1)
+        return torch.stack([log_p[mask], torch.logsumexp(log_p.masked_fill(mask, float("-inf")), dim=1)], dim=1)
+
+    log_b_s, log_b_t = log_binary(s), log_binary(t)
+    return temperature**2 * (log_b_t.exp() * (log_b_t - log_b_s)).sum(dim=1).mean()
 
 
 def nckd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -69,21 +69,30 @@ def check_structured_support(model: nn.Module) -> None:
 
 
 def dependency_graph(model: nn.Module, example: torch.Tensor):  # -> tp.DependencyGraph
-    """Torch-Pruning's graph of ``model``, traced on ``example``; tracing errors become one line."""
+    """Torch-Pruning's graph of ``model``, traced on ``example``; tracing errors become one line.
+
+    The graph also records, as ``input_coupled``, the nodes that combine the model's input itself with
+    features (e.g. a residual add with an identity shortcut from the input): those channels cannot go.
+    """
     import torch_pruning as tp
 
     check_structured_support(model)
     was_training = model.training
+    x = example.detach().clone().requires_grad_(True)  # so ops reading the input show it in the graph
     try:
         with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example,
-                                                         forward_fn=lambda m, x: m(x), verbose=False)
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=x, forward_fn=lambda m, v: m(v),
+                                                          verbose=False)
     except (RuntimeError, TypeError, ValueError, AssertionError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise KdnbError(f"structured pruning could not trace the model on an input of shape "
                         f"{tuple(example.shape)}: {first}") from None
     finally:
         model.train(was_training)
+    graph.input_coupled = {node for node in graph.module2node.values()
+                           if not isinstance(node.module, STRUCTURED_LAYERS) and node.grad_fn is not None
+                           and any(getattr(f, "variable", None) is x for f, _ in node.grad_fn.next_functions)}
+    return graph
 
 
 def output_layers(graph) -> set[nn.Module]:
@@ -120,14 +129,15 @@ def _param_slices(name: str, module: nn.Module, is_out: bool) -> Iterator[tuple[
 
 
 def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
-    """Every group of coupled channels that may be pruned (the model's output channels are excluded)."""
+    """Every group of coupled channels that may be pruned: not the model's outputs, nor channels added to
+    the model's input."""
     names = {module: name for name, module in model.named_modules()}
     outputs = output_layers(graph)
     groups = []
     for group in graph.get_all_groups(root_module_types=PRUNABLE):
         root = group[0].dep.target.module
         if any(item.dep.target.module in outputs and graph.is_out_channel_pruning_fn(item.dep.handler)
-               for item in group):
+               or item.dep.target in graph.input_coupled for item in group):
             continue
         slices: dict[tuple[str, int], Slice] = {}
         for item in group:

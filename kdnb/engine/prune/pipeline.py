@@ -181,7 +181,7 @@ def prune(
         if distill:
             from kdnb.engine.distill import kd_objective
 
-            objective = kd_objective(dense, temperature=temperature, alpha=alpha)
+            objective = kd_objective(clone(dense).eval(), temperature=temperature, alpha=alpha)
         history = fit(net, data, val, epochs=epochs, lr=lr, objective=objective, device=run_device,  # type: ignore[arg-type]
                       seed=seed, callbacks=[*subscribers, *callbacks], title=title)
         return history

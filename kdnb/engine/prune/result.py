@@ -1,7 +1,6 @@
 """What `prune` and `sensitivity` return: the model, the numbers, a table and a picture."""
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,21 +52,25 @@ class PruneResult:
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)
     _comparison: Any = field(default=None, repr=False)
 
-    def export(self, fold_batchnorm: bool = True) -> nn.Module:
-        """An inference copy: masks folded into plain weights, BatchNorm folded into the layer before it
-        (``fold_batchnorm``), eval mode."""
-        from kdnb.engine.prune.structured import fold_batchnorm as fold
+    def export(self, fold_batchnorm: bool = True, channels_last: bool = True) -> nn.Module:
+        """An inference copy of the pruned model (see `kdnb.engine.prune.inference.export`): masks folded,
+        BatchNorm folded into the layer before it, channels-last weights, eval mode."""
+        from kdnb.engine.prune.inference import export
+
+        return export(self.model, fold_batchnorm=fold_batchnorm, channels_last=channels_last)
+
+    def plain_model(self) -> nn.Module:
+        """The pruned model with its masks folded, as `kdnb.save` stores it (compared like for like)."""
         from kdnb.engine.prune.unstructured import clone, make_permanent
 
-        model = make_permanent(clone(self.model)).eval()
-        return fold(model) if fold_batchnorm else model
+        return make_permanent(clone(self.model))
 
     def layers(self) -> Table:
         """Per layer: weights kept of the original, and the layer's sparsity."""
         from kdnb.engine.prune.groups import prunable_weights
 
         before = {n: w.numel() for n, w in prunable_weights(self.dense).items()}
-        plain = self.export(fold_batchnorm=False)
+        plain = self.plain_model()
         rows = []
         for name, weight in prunable_weights(plain).items():
             kept = int(torch.count_nonzero(weight))
@@ -79,7 +82,7 @@ class PruneResult:
         if self._comparison is None:
             from kdnb.engine.measure import compare
 
-            models = {"dense": self.dense, "pruned": self.export(fold_batchnorm=False)}
+            models = {"dense": self.dense, "pruned": self.plain_model()}
             if self.control is not None:
                 models["control"] = self.control
             self._comparison = compare(models, self.val if self.val is not None else self.example, device="cpu")
@@ -93,7 +96,8 @@ class PruneResult:
         fields = [("accuracy", "accuracy"), ("params", "params"), ("nonzero params", "nonzero_params"),
                   ("sparsity (Linear/Conv weights)", "sparsity"), ("MACs / sample", "macs"),
                   ("nonzero MACs / sample", "nonzero_macs"), ("bytes on disk", "bytes")]
-        table_rows = [[label] + [rows[n][key] for n in names] for label, key in fields]
+        table_rows = [[label] + [f"{rows[n][key]:.2%}" if key == "sparsity" else rows[n][key] for n in names]
+                      for label, key in fields]
         pruned = rows["pruned"]
         notes = [f"compression ratio (dense params / pruned nonzero params): {format_value(pruned['params_x'])}x",
                  f"theoretical speed-up (dense MACs / pruned nonzero MACs): {format_value(pruned['macs_x'])}x",

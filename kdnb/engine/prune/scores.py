@@ -32,7 +32,9 @@ class Scores:
         structured: channel scores (True) or weight scores (False).
         model: the model the scores belong to (for "slimming", the copy trained with the L1 penalty):
             apply the masks to this one.
-        weights: element score of every prunable weight, by parameter name.
+        weights: element score of every prunable weight, by parameter name (structured: those the
+            criterion scores).
+        prunable: names of the prunable weights (those sparsity counts).
         groups: structured only: the coupled channel groups, and ``channels[root]`` each channel's score.
         shapes: shape of every parameter, by name.
     """
@@ -41,6 +43,7 @@ class Scores:
     structured: bool
     model: nn.Module
     weights: dict[str, torch.Tensor]
+    prunable: list[str]
     shapes: dict[str, torch.Size]
     groups: list[ChannelGroup] = field(default_factory=list)
     channels: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -95,8 +98,9 @@ def score(model: nn.Module, criterion: str, data: Iterable | None = None, *, str
     """`Scores` of ``model`` as it is (no training), on the model itself."""
     weights = saliency(model, criterion, data, structured=structured, seed=seed, hutchinson_samples=hutchinson_samples)
     shapes = {n: p.shape for n, p in model.named_parameters()}
-    result = Scores(criterion, structured, model, weights if not structured else
-                    {n: s for n, s in weights.items() if n in prunable_weights(model)}, shapes)
+    prunable = list(prunable_weights(model))
+    result = Scores(criterion, structured, model, {n: s for n, s in weights.items() if n in prunable}, prunable,
+                    shapes)
     if structured:
         if example is None:
             raise KdnbError("structured pruning needs an example input to trace the model: pass data= "
@@ -201,7 +205,7 @@ def _weight_masks(scores: Scores, sparsity: float, scope: str, pruned: dict[str,
 def removed_channels(scores: Scores, sparsity: float, scope: str = "global",
                      pruned: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Structured: which channels of each group to remove (True = removed) to reach ``sparsity``."""
-    weights = list(scores.weights)
+    weights = scores.prunable
     total = sum(scores.shapes[n].numel() for n in weights)
     ranked = {}
     for group in scores.groups:

@@ -11,6 +11,7 @@ from torch import nn
 from kdnb.engine import checks
 from kdnb.engine.errors import KdnbError
 from kdnb.engine.evaluate import evaluate
+from kdnb.engine.objective import split_batch
 from kdnb.engine.prune.groups import keep_vectors, masks_from_keep
 from kdnb.engine.prune.result import SensitivityResult
 from kdnb.engine.prune.scores import Scores, check_sparsity, importance, masks_at
@@ -19,7 +20,7 @@ from kdnb.engine.prune.scores import Scores, check_sparsity, importance, masks_a
 def _layer_masks(scores: Scores, layer: str, sparsity: float) -> dict[str, torch.Tensor]:
     """Masks pruning only ``layer`` (a weight, or a channel group's root when structured) to ``sparsity``."""
     if not scores.structured:
-        alone = Scores(scores.criterion, False, scores.model, {layer: scores.weights[layer]}, scores.shapes)
+        alone = Scores(scores.criterion, False, scores.model, {layer: scores.weights[layer]}, [layer], scores.shapes)
         return masks_at(alone, sparsity, scope="local")
     values = scores.channels[layer]
     gone = torch.zeros(len(values), dtype=torch.bool)
@@ -51,6 +52,7 @@ def sensitivity(
         val: labelled loader to evaluate on.
         sparsities: the sparsities to try, each in [0, 1).
         criterion: as in `prune`; taylor, hessian and slimming need ``data``.
+        example: an input batch to trace the model (structured); by default the first batch of data or val.
         layers: names to analyse (weight names like "1.weight", or, structured, layer names like "1");
             default all.
         callbacks: subscribers to the training run slimming needs.
@@ -58,6 +60,8 @@ def sensitivity(
     checks.check_model(model)
     checks.check_loader(val, "val")
     sparsities = [check_sparsity(s) for s in sparsities]
+    if structured and example is None:
+        example = split_batch(checks.first_batch(data if data is not None else val))[0]
     scores = importance(model, criterion, data, structured=structured, example=example, seed=seed, device=device,
                         callbacks=callbacks)
     known = list(scores.channels if structured else scores.weights)

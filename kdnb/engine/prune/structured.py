@@ -38,7 +38,11 @@ def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example:
         layer = model.get_submodule(root)
         group = graph.get_pruning_group(layer, graph.get_pruner_of_module(layer).prune_out_channels, idxs)
         group.prune()
-    out = _outputs(model, example)
+    try:
+        out = _outputs(model, example)
+    except RuntimeError as error:
+        first = (str(error).strip().splitlines() or ["RuntimeError"])[0]
+        raise KdnbError(f"structured pruning broke the model ({first}); use structured=False") from None
     if out.shape != expected or not bool(torch.isfinite(out).all()):
         raise KdnbError(f"structured pruning broke the model: outputs {tuple(out.shape)} (expected "
                         f"{tuple(expected)}), finite={bool(torch.isfinite(out).all())}; use structured=False")

@@ -1,0 +1,69 @@
+"""What the live loss chart costs a training run: kdnb.train with the chart drawing its PNGs vs without.
+
+Both runs have the progress bar, as a notebook user sees them. The chart renders and publishes
+exactly as in a Jupyter kernel (an IPython shell whose display publisher keeps the outputs), so
+the cost measured is Agg drawing + PNG encoding + publishing. Timed in one process, alternating
+A/B, median over rounds. Last line: the ratio chart / no chart (goal <= 1.03).
+
+    python bench/chart_overhead.py [--rounds 5] [--epochs 6]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+import kdnb
+from kdnb.widgets.live import LiveChart
+
+
+def run(model, data, val, epochs: int, chart: LiveChart | None) -> None:
+    kdnb.train(model, data, val, epochs=epochs, seed=0, device="cpu", progress=True, plot=False,
+               callbacks=[chart] if chart else [])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=6)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    InteractiveShell.instance()
+    data, val = kdnb.datasets.load("digits", batch_size=32, seed=0)
+    make = lambda: kdnb.models.lenet_300_100(64, 10)  # noqa: E731
+    times: dict[str, list[float]] = {"no chart": [], "chart": []}
+    redraws = []
+    sys.stderr = open(os.devnull, "w")  # the progress bar draws to stderr; keep the report readable
+    for round_ in range(args.rounds + 1):  # round 0 warms up both (matplotlib's first import and fonts)
+        for name in (("no chart", "chart") if round_ % 2 else ("chart", "no chart")):
+            torch.manual_seed(0)
+            model = make()
+            chart = LiveChart(image=True) if name == "chart" else None
+            with capture_output() as captured:
+                start = time.perf_counter()
+                run(model, data, val, args.epochs, chart)
+                elapsed = time.perf_counter() - start
+            if round_:
+                times[name].append(elapsed)
+                if chart:
+                    redraws.append(chart.redraws)
+                    assert len(captured.outputs) == chart.redraws  # one display, then updates of it
+    sys.stderr = sys.__stderr__
+    steps = args.epochs * len(data)
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:9s} median {median * 1000:8.1f} ms for {steps} steps ({median / steps * 1e6:6.0f} us/step)")
+    print(f"redraws per run with the chart: {redraws}")
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    ratio = statistics.median(times["chart"]) / statistics.median(times["no chart"])
+    print(f"ratio chart / no chart: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""How far can LeNet-300-100 be pruned on digits before it loses accuracy?
+
+For each criterion and schedule: the highest sparsity (of a grid) at which the mean val accuracy over
+``SEEDS`` seeds stays within 0.5 percentage points of the dense models' mean. Every method gets the same
+fine-tuning budget of 20 epochs (oneshot: 20 after pruning; iterative: 4 rounds of 5; agp: one run of 20
+with 10 pruning updates), as the baseline measured in the same run: torch's
+``torch.nn.utils.prune.global_unstructured`` (L1, one shot) plus 20 epochs of fine-tuning. Goal: >= 97 %.
+
+    .venv/bin/python bench/prune_sparsity.py
+
+The grid is walked upwards and stops at the first sparsity that loses more than 0.5 pp. Slimming needs
+BatchNorm, which LeNet-300-100 has none of.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+
+import torch
+from torch.nn.utils import prune as torch_prune
+
+import kdnb
+from kdnb.engine.evaluate import evaluate
+from kdnb.engine.loop import fit
+from kdnb.engine.prune import prune
+from kdnb.engine.prune.unstructured import clone
+
+torch.set_num_threads(2)
+SEEDS = (0, 1, 2)
+GRID = (0.9, 0.95, 0.97, 0.98, 0.99)
+TOLERANCE = 0.005  # 0.5 percentage points
+BUDGET = 20  # fine-tuning epochs, every method
+SCHEDULES = {"oneshot": dict(finetune=BUDGET), "iterative": dict(finetune=BUDGET // 4, steps=4),
+             "agp": dict(finetune=BUDGET, steps=10)}
+CRITERIA = ("l1", "taylor", "hessian", "random")
+
+
+def dense_models(train, val) -> dict[int, torch.nn.Module]:
+    models = {}
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        net = kdnb.models.lenet_300_100()
+        fit(net, train, epochs=30, lr=1e-3, seed=seed, check_inputs=False)
+        models[seed] = net
+    return models
+
+
+def torch_baseline(net: torch.nn.Module, sparsity: float, train, val, seed: int) -> float:
+    net = clone(net)
+    layers = [(m, "weight") for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    torch_prune.global_unstructured(layers, torch_prune.L1Unstructured, amount=sparsity)
+    fit(net, train, epochs=BUDGET, lr=1e-3, seed=seed, check_inputs=False)
+    return evaluate(net, val)["accuracy"]
+
+
+def kdnb_run(net: torch.nn.Module, sparsity: float, train, val, seed: int, criterion: str, schedule: str) -> float:
+    result = prune(net, sparsity, criterion=criterion, data=train, schedule=schedule, seed=seed,
+                   **SCHEDULES[schedule])
+    return evaluate(result.model, val)["accuracy"]
+
+
+def highest(run, models, dense_mean: float) -> tuple[float | None, str]:
+    """Walk the grid upwards; the last sparsity whose seed-mean accuracy is within tolerance."""
+    best, notes = None, []
+    for sparsity in GRID:
+        mean = statistics.mean(run(models[seed], sparsity, seed) for seed in SEEDS)
+        notes.append(f"{sparsity:.0%}:{mean:.4f}")
+        if mean < dense_mean - TOLERANCE:
+            break
+        best = sparsity
+    return best, " ".join(notes)
+
+
+def main() -> None:
+    warnings.simplefilter("ignore", RuntimeWarning)  # "keeps its highest-scored weight" at extreme sparsity
+    started = time.perf_counter()
+    train, val = kdnb.datasets.load("digits", batch_size=128, seed=0)
+    models = dense_models(train, val)
+    dense = [evaluate(models[s], val)["accuracy"] for s in SEEDS]
+    dense_mean = statistics.mean(dense)
+    print(f"dense LeNet-300-100 on digits: val accuracy {dense_mean:.4f} (seeds {', '.join(f'{a:.4f}' for a in dense)}); "
+          f"tolerance {TOLERANCE * 100:.1f} pp; fine-tuning budget {BUDGET} epochs")
+    results = {}
+    best, notes = highest(lambda net, s, seed: torch_baseline(net, s, train, val, seed), models, dense_mean)
+    results["torch global L1 oneshot"] = best
+    print(f"  {'torch global L1 oneshot':28s} highest {best if best is None else f'{best:.0%}'}   ({notes})")
+    for schedule in SCHEDULES:
+        for criterion in CRITERIA:
+            name = f"kdnb {criterion} {schedule}"
+            best, notes = highest(lambda net, s, seed: kdnb_run(net, s, train, val, seed, criterion, schedule),
+                                  models, dense_mean)
+            results[name] = best
+            print(f"  {name:28s} highest {best if best is None else f'{best:.0%}'}   ({notes})", flush=True)
+    print("  kdnb slimming: n/a (LeNet-300-100 has no BatchNorm)")
+    winner = max((k for k in results if k.startswith("kdnb")), key=lambda k: results[k] or 0.0)
+    print(f"done in {time.perf_counter() - started:.0f} s")
+    baseline = results["torch global L1 oneshot"]
+    print(f"highest sparsity within 0.5 pp: kdnb {results[winner] or 0:.0%} ({winner[5:]}) vs torch baseline "
+          f"{baseline or 0:.0%} (goal >= 97%)")
+
+
+if __name__ == "__main__":
+    main()

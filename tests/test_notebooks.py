@@ -1,0 +1,74 @@
+"""The saved notebooks: executed top to bottom with outputs, an exercise notebook per tutorial with a
+solutions notebook beside it, stubs reporting "not done yet" and solutions passing every check.
+
+nbval (pytest's notebooks/ run) re-executes every notebook; these tests read the saved files, so
+they also catch a notebook committed without its outputs or regenerated only in part.
+"""
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+TUTORIALS = sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb"))
+EXERCISES = sorted((NOTEBOOKS / "exercises").glob("*.ipynb"))
+SOLUTIONS = sorted((NOTEBOOKS / "exercises" / "solutions").glob("*.ipynb"))
+
+
+def code_cells(path):
+    return [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+
+
+def text(cell):
+    parts = []
+    for output in cell.outputs:
+        parts.append(output.get("text", "") or output.get("data", {}).get("text/plain", ""))
+    return "".join(parts)
+
+
+def test_the_five_tutorials_exist():
+    assert [p.name[:2] for p in TUTORIALS] == ["00", "01", "02", "03", "04"]
+
+
+@pytest.mark.parametrize("path", TUTORIALS + EXERCISES + SOLUTIONS, ids=lambda p: p.name)
+def test_saved_executed_in_order_without_errors(path):
+    cells = code_cells(path)
+    counts = [c.execution_count for c in cells]
+    assert counts == list(range(1, len(cells) + 1)), "run it top to bottom: tools/make_notebooks.py"
+    errors = [o for c in cells for o in c.outputs if o.output_type == "error"]
+    assert not errors, errors[0].get("evalue")
+    assert sum("# NBVAL_CHECK_OUTPUT" in c.source for c in cells) >= 1, "no cell's output is checked"
+
+
+def test_quickstart_is_short_and_uses_the_magics():
+    cells = nbformat.read(NOTEBOOKS / "00-quickstart.ipynb", as_version=4).cells
+    assert len(cells) < 10
+    source = "\n".join(c.source for c in cells)
+    for needed in ("%load_ext kdnb", "%%distill", "%%prune", "kdnb.compare", "SparsityExplorer"):
+        assert needed in source
+
+
+@pytest.mark.parametrize("tutorial", TUTORIALS, ids=lambda p: p.name)
+def test_each_tutorial_has_an_exercise_notebook_with_solutions(tutorial):
+    exercises = [p for p in EXERCISES if p.name[:2] == tutorial.name[:2]]
+    assert exercises, f"no exercise notebook for {tutorial.name}"
+    for exercise in exercises:
+        assert (NOTEBOOKS / "exercises" / "solutions" / f"{exercise.stem}-solutions.ipynb").exists()
+
+
+@pytest.mark.parametrize("path", EXERCISES, ids=lambda p: p.name)
+def test_unfilled_exercises_report_not_done_yet(path):
+    checks = [c for c in code_cells(path) if "check." in c.source]
+    assert checks
+    for cell in checks:
+        assert "not done yet" in text(cell), cell.source
+        assert "NotImplementedError" in cell.source or "None  # your code here" in cell.source
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_solutions_pass_every_check(path):
+    checks = [c for c in code_cells(path) if "check." in c.source]
+    assert checks
+    for cell in checks:
+        assert "Well done" in text(cell), text(cell)
+        assert "NotImplementedError" not in cell.source

@@ -1,0 +1,195 @@
+"""kdnb.prune end to end: non-destructive, fixed masks, schedules, results, saving, bad input."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import kdnb
+from kdnb.engine.errors import KdnbError
+from kdnb.engine.prune import make_permanent, prune, schedules, sensitivity
+from kdnb.engine.prune.unstructured import clone
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return kdnb.datasets.load("digits", batch_size=256, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    train, _ = digits
+    torch.manual_seed(0)
+    net = kdnb.models.mlp(64, [32, 16], 10)
+    kdnb.train(net, train, epochs=4, lr=1e-2, progress=False)
+    return net
+
+
+def state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_the_users_model_stays_bit_identical(trained, digits, structured):
+    before = state(trained)
+    result = prune(trained, 0.5, criterion="taylor", structured=structured, data=digits[0], finetune=1)
+    assert same(state(trained), before) and not hasattr(trained, "kdnb_pruned")
+    assert result.model is not trained
+
+
+def test_inplace_prunes_the_model_itself_and_marks_it(trained):
+    net = clone(trained)
+    result = prune(net, 0.5, inplace=True)
+    assert result.model is net and net.kdnb_pruned[-1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_pruning_a_pruned_model_again_must_be_explicit(trained):
+    once = prune(trained, 0.5)
+    with pytest.raises(KdnbError, match="prune_again=True"):
+        prune(once.model, 0.8)
+    twice = prune(once.model, 0.8, prune_again=True)
+    assert twice.sparsity == pytest.approx(0.8, abs=1e-3) and len(twice.model.kdnb_pruned) == 2
+    for name, mask in twice.masks.items():
+        assert bool((mask <= once.masks[name]).all())  # what was pruned stays pruned
+
+
+def test_masks_stay_fixed_through_fine_tuning(trained, digits):
+    result = prune(trained, 0.8, data=digits[0], val=digits[1], finetune=2)
+    for name, mask in result.masks.items():
+        weight = result.model.get_parameter(name.replace("weight", "weight_orig"))
+        effective = result.model.get_submodule(name.rpartition(".")[0]).weight
+        assert bool((effective[~mask] == 0).all()) and bool((weight[mask] != 0).all())
+    assert result.history.num_epochs == 2 and result.history["sparsity"] == [pytest.approx(0.8, abs=1e-3)] * 2
+    assert result.trajectory[0]["finetuned_acc"] >= result.trajectory[0]["val_acc"]
+
+
+def test_make_permanent_folds_masks_into_plain_weights(trained):
+    result = prune(trained, 0.7)
+    x = torch.randn(5, 64)
+    expected = result.model(x)
+    plain = make_permanent(result.model)
+    assert not any(n.endswith("_orig") for n, _ in plain.named_parameters())
+    assert not any(m._forward_pre_hooks for m in plain.modules())
+    assert torch.equal(plain(x), expected)
+
+
+def test_schedule_formulas():
+    assert schedules.iterative_targets(0.875, 3) == pytest.approx([0.5, 0.75, 0.875])  # half of what is left
+    assert schedules.agp(0, 0.9, 0.0, 0, 10, 5) == 0.0
+    assert schedules.agp(50, 0.9, 0.0, 0, 10, 5) == pytest.approx(0.9)
+    assert schedules.agp(25, 0.9, 0.0, 0, 10, 5) == pytest.approx(0.9 * (1 - 0.5 ** 3))
+    assert schedules.agp(80, 0.9, 0.1, 0, 10, 5) == pytest.approx(0.9)
+
+
+def test_agp_prunes_gradually_during_fine_tuning(trained, digits):
+    result = prune(trained, 0.9, data=digits[0], val=digits[1], finetune=4, schedule="agp", steps=4)
+    logged = result.history["sparsity"]
+    assert logged == sorted(logged) and logged[-1] == pytest.approx(0.9, abs=1e-3) and logged[0] < 0.9
+    assert len(result.trajectory) == 4 and result.sparsity == pytest.approx(0.9, abs=1e-3)
+
+
+def test_iterative_rounds_reach_the_target(trained, digits):
+    result = prune(trained, 0.875, criterion="hessian", data=digits[0], finetune=1, schedule="iterative", steps=3)
+    assert [t["target"] for t in result.trajectory] == pytest.approx([0.5, 0.75, 0.875])
+    assert result.history.num_epochs == 3 and result.sparsity == pytest.approx(0.875, abs=1e-3)
+
+
+def test_distill_fine_tunes_with_the_unpruned_model_as_teacher(trained, digits):
+    result = prune(trained, 0.8, data=digits[0], finetune=1, distill=True, alpha=0.5)
+    assert "kd" in result.history.steps and "ce" in result.history.steps
+
+
+def test_summary_repr_and_plot(trained, digits):
+    result = prune(trained, 0.9, data=digits[0], val=digits[1], finetune=1, control=True)
+    text = repr(result).splitlines()
+    assert text[0].startswith("pruned 90.00% of prunable weights (target 90.00%): l1, unstructured, global, oneshot")
+    assert text[1].split() == ["dense", "pruned", "control"]
+    assert any(line.startswith("compression ratio") for line in text)
+    assert any(line.startswith("theoretical speed-up") for line in text)
+    assert text[-1].startswith("latency") and sum(" ms" in line for line in text) == 1  # only the last line varies
+    result._comparison = None
+    again = repr(result).splitlines()
+    assert again[:-1] == text[:-1]
+    assert "<table>" in result._repr_html_()
+    import matplotlib.figure
+
+    assert isinstance(result.plot(), matplotlib.figure.Figure)
+
+
+def test_sensitivity_table_and_plot(trained, digits):
+    result = sensitivity(trained, digits[1], sparsities=(0.5, 0.9))
+    assert list(result.accuracy) == ["1.weight", "3.weight", "5.weight"]
+    assert all(0 <= a <= 1 for accs in result.accuracy.values() for a in accs)
+    assert result.table().to_text().splitlines()[1].split() == ["layer", "weights", "50%", "90%"]
+    structured = sensitivity(trained, digits[1], sparsities=(0.5,), structured=True, layers=["1"])
+    assert list(structured.accuracy) == ["1"] and structured.sizes["1"] == 32
+    import matplotlib.figure
+
+    assert isinstance(result.plot(), matplotlib.figure.Figure)
+
+
+def test_importance_then_masks_at_for_the_explorer(trained, digits):
+    scores = kdnb.engine.prune.importance(trained, "taylor", digits[0])
+    for s in (0.1, 0.5, 0.95):
+        masks = kdnb.engine.prune.masks_at(scores, s)
+        kept = sum(int(m.sum()) for m in masks.values())
+        assert kept == pytest.approx((1 - s) * sum(m.numel() for m in masks.values()), abs=1)
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_save_load_round_trip(trained, tmp_path, structured):
+    result = prune(trained, 0.8, structured=structured, example=torch.randn(2, 64))
+    path = tmp_path / "pruned.kdnb"
+    kdnb.save(result.model, path)
+    loaded = kdnb.load(path)
+    x = torch.randn(7, 64)
+    assert torch.equal(loaded.eval()(x), result.model.eval()(x))
+
+
+def test_api_verb_takes_progress_and_plot(trained):
+    result = kdnb.prune(trained, 0.5, progress=False, plot=False)
+    assert result.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+def test_a_layer_is_never_emptied(trained):
+    with pytest.warns(RuntimeWarning, match="keeps its highest-scored one"):
+        result = prune(trained, 0.999, scope="local")
+    assert all(int(m.sum()) >= 1 for m in result.masks.values())
+
+
+BN_NET = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(sparsity=1.0), "sparsity should be a number in [0, 1)"),
+    (dict(sparsity=-0.1), "sparsity should be a number in [0, 1)"),
+    (dict(sparsity=0.5, criterion="taylr"), "unknown criterion 'taylr'; did you mean 'taylor'?"),
+    (dict(sparsity=0.5, criterion="taylor"), "criterion 'taylor' needs data"),
+    (dict(sparsity=0.5, criterion="hessian"), "criterion 'hessian' needs data"),
+    (dict(sparsity=0.5, criterion="slimming", structured=True, data=True), "has no BatchNorm"),
+    (dict(sparsity=0.5, structured=True), "needs an example input"),
+    (dict(sparsity=0.5, schedule="gradual"), "unknown schedule 'gradual'"),
+    (dict(sparsity=0.5, scope="layer"), "unknown scope 'layer'"),
+    (dict(sparsity=0.5, schedule="agp"), "set finetune >= 1"),
+    (dict(sparsity=0.5, finetune=2), "fine-tuning needs data"),
+    (dict(sparsity=0.5, schedule="oneshot", steps=3), "use schedule='iterative'"),
+])
+def test_bad_input_is_one_clear_line_and_the_model_is_untouched(digits, kwargs, message):
+    torch.manual_seed(0)
+    net = clone(BN_NET)
+    before = state(net)
+    if kwargs.get("data") is True:
+        kwargs["data"] = digits[0]
+    with pytest.raises(KdnbError) as error:
+        prune(net, **kwargs)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert same(state(net), before)
+
+
+def test_model_without_prunable_layers_is_a_clear_error():
+    with pytest.raises(KdnbError, match="has no prunable layers"):
+        prune(nn.Sequential(nn.ReLU()), 0.5)

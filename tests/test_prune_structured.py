@@ -1,0 +1,184 @@
+"""Structured pruning: channels deleted with their coupled layers, on MLPs, BN CNNs, residual and
+depthwise nets and random small architectures; the classifier kept; BatchNorm folding exact."""
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import kdnb
+from kdnb.engine.errors import KdnbError
+from kdnb.engine.measure import measure
+from kdnb.engine.prune import fold_batchnorm, importance, masks_at, prune
+from kdnb.engine.prune.groups import prunable_weights
+
+M = kdnb.models
+
+
+def _weights(model):
+    return sum(w.numel() for w in prunable_weights(model).values())
+
+
+def _macs(model, x):
+    return measure(model, x, repeats=1, warmup=0).macs
+
+
+CASES = {
+    "mlp": (lambda: M.mlp(16, [32, 24], 5), (4, 16)),
+    "cnn_bn": (lambda: M.cnn_bn(5, width=8), (2, 1, 8, 8)),
+    "resnet_small": (lambda: M.resnet_small(5, width=4, blocks=1), (2, 1, 8, 8)),
+    "mobile_cnn": (lambda: M.mobile_cnn(5, width=8), (2, 1, 8, 8)),
+    "cnn1d": (lambda: M.cnn1d(5, width=8, length=16), (2, 1, 16)),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_structured_pruning_deletes_channels_and_keeps_outputs(name):
+    make, shape = CASES[name]
+    torch.manual_seed(0)
+    net, x = make().eval(), torch.randn(shape)
+    result = prune(net, 0.5, structured=True, example=x)
+    small = result.model.eval()
+    out = small(x)
+    assert out.shape == net(x).shape and bool(torch.isfinite(out).all())
+    assert result.sparsity >= 0.5 and result.sparsity == pytest.approx(1 - _weights(small) / _weights(net))
+    assert result.sparsity < 0.65  # channels are added one by one until the target is reached
+    assert _macs(small, x) < 0.75 * _macs(net, x)
+    assert result.channels and result.masks == {}
+
+
+def test_residual_branches_lose_the_same_channels():
+    torch.manual_seed(0)
+    net = M.resnet_small(5, width=4, blocks=2)
+    small = prune(net, 0.6, structured=True, example=torch.randn(2, 1, 8, 8), scope="local").model
+    for block in (small[3], small[4]):  # the two blocks of stage one share the stem's channels
+        assert block.body[4].num_features == small[1].num_features
+
+
+def test_depthwise_conv_keeps_in_equal_out():
+    torch.manual_seed(0)
+    small = prune(M.mobile_cnn(5, width=8), 0.5, structured=True, example=torch.randn(2, 1, 8, 8)).model
+    for conv in (small[3], small[9]):
+        assert conv.groups == conv.in_channels == conv.out_channels < 16
+
+
+def test_classifier_outputs_are_kept_even_at_high_sparsity():
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = prune(M.mlp(16, [8], 5), 0.95, structured=True, example=torch.randn(2, 16))
+    assert result.model[3].out_features == 5 and result.model[1].out_features == 1
+    assert any("keeps 1 of 8" in str(w.message) or "at most sparsity" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "hessian", "slimming", "random"])
+def test_data_criteria_prune_structured(criterion):
+    train, _ = kdnb.datasets.load("synthetic", batch_size=64, seed=0, num_samples=256)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+    result = prune(net, 0.4, criterion=criterion, structured=True, data=train, slimming_epochs=1)
+    assert result.sparsity >= 0.4 and result.model[0].out_features < 16
+    assert result.model[1].num_features == result.model[0].out_features == result.model[3].in_features
+
+
+def test_taylor_scores_include_batchnorm():
+    train, _ = kdnb.datasets.load("synthetic", batch_size=64, seed=0, num_samples=128)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 4))
+    with_bn = importance(net, "taylor", train, structured=True).channels["0"]
+    net[1].weight.data.zero_()
+    net[1].bias.data.zero_()  # BN scale and shift now contribute nothing (w = 0)
+    without_bn = importance(net, "taylor", train, structured=True).channels["0"]
+    assert not torch.allclose(with_bn, without_bn)
+
+
+def test_structured_masks_equal_physical_removal():
+    torch.manual_seed(0)
+    net, x = M.cnn_bn(5, width=8).eval(), torch.randn(2, 1, 8, 8)
+    scores = importance(net, "l1", structured=True, example=x)
+    masked = kdnb.engine.prune.unstructured.clone(net)
+    with torch.no_grad():
+        for name, mask in masks_at(scores, 0.5).items():
+            masked.get_parameter(name).mul_(mask)
+    removed = prune(net, 0.5, structured=True, example=x).model.eval()
+    assert torch.allclose(masked(x), removed(x), atol=1e-5)
+
+
+def test_fold_batchnorm_computes_the_same_function():
+    torch.manual_seed(0)
+    net, x = M.resnet_small(5, width=4, blocks=1), torch.randn(4, 1, 8, 8)
+    kdnb.train(net, [(x, torch.tensor([0, 1, 2, 3]))], epochs=2, progress=False)  # non-trivial running stats
+    folded = fold_batchnorm(kdnb.engine.prune.unstructured.clone(net))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert torch.allclose(net.eval()(x), folded(x), atol=1e-5)
+
+
+class _Gate(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(n))
+
+    def forward(self, x):
+        return x * self.scale[:, None]
+
+
+@pytest.mark.parametrize("layer, message", [
+    (_Gate(8), "'1' (_Gate)"),
+    (nn.Conv1d(8, 8, 1, groups=2), "groups=2"),
+])
+def test_unsupported_layer_is_a_clear_error(layer, message):
+    net = nn.Sequential(nn.Conv1d(1, 8, 3), layer, nn.Flatten(), nn.LazyLinear(3))
+    net(torch.randn(1, 1, 6))
+    with pytest.raises(KdnbError, match="does not support layer") as error:
+        prune(net, 0.5, structured=True, example=torch.randn(1, 1, 6))
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert prune(net, 0.5).sparsity == pytest.approx(0.5, abs=0.01)  # unstructured handles any layer
+
+
+@st.composite
+def architectures(draw):
+    conv = draw(st.booleans())
+    widths = draw(st.lists(st.integers(2, 12), min_size=1, max_size=3))
+    norm, residual = draw(st.booleans()), draw(st.booleans())
+    layers, width = [], 3
+    for i, w in enumerate(widths):
+        block = [nn.Conv2d(width, w, 3, padding=1) if conv else nn.Linear(width, w)]
+        block += [nn.BatchNorm2d(w) if conv else nn.BatchNorm1d(w)] if norm else []
+        block += [nn.ReLU()]
+        if residual and width == w:
+            layers.append(M.Residual(nn.Sequential(*block[:-1])))
+        else:
+            layers += block
+        width = w
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if conv else []
+    return nn.Sequential(*layers, *head, nn.Linear(width, 4)), (2, 3, 5, 5) if conv else (2, 3)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(architectures(), st.floats(0.0, 0.9), st.sampled_from(["global", "local"]))
+def test_random_architectures_stay_valid(arch, sparsity, scope):
+    make_net, shape = arch
+    torch.manual_seed(0)
+    net, x = make_net.eval(), torch.randn(shape)
+    expected = net(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # small layers hit "keeps 1 channel" / "at most sparsity"
+        result = prune(net, sparsity, structured=True, scope=scope, example=x)
+    out = result.model.eval()(x)
+    assert out.shape == expected.shape and bool(torch.isfinite(out).all())
+    assert result.sparsity == pytest.approx(1 - _weights(result.model) / _weights(net))
+    assert torch.equal(net(x), expected)  # the original is untouched
+
+
+def test_export_folds_masks_and_batchnorm_and_keeps_the_function():
+    torch.manual_seed(0)
+    net, x = M.cnn_bn(5, width=8), torch.randn(4, 1, 8, 8)
+    kdnb.train(net, [(x, torch.tensor([0, 1, 2, 3]))], epochs=1, progress=False)
+    result = prune(net, 0.6)
+    fast = result.export()
+    assert not any(isinstance(m, nn.BatchNorm2d) or m._forward_pre_hooks for m in fast.modules())
+    assert fast[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(result.model.eval()(x), fast(x), atol=1e-5)
+    assert torch.equal(net.eval()(x), result.dense.eval()(x))  # export copies; nothing else changes
