@@ -90,7 +90,9 @@ train.__name__ = train.__qualname__ = "train"
 # Each engine verb below plugs in here (one line each); see with_subscribers.
 from kdnb.engine.measure import compare, measure  # noqa: E402,F401 - no run, so no subscribers
 from kdnb.engine.serialize import load, save  # noqa: E402,F401
-# --- distill (distillation issue) ---
+from kdnb.engine.distill import distill as _distill  # noqa: E402
+
+distill = with_subscribers(_distill)
 from kdnb.engine.prune import make_permanent  # noqa: E402,F401 - no run, so no subscribers
 from kdnb.engine.prune import prune as _prune, sensitivity as _sensitivity  # noqa: E402
 

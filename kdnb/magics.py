@@ -1,8 +1,8 @@
 """``%%distill``, ``%%prune`` and ``%kdnb``: parse the cell, resolve its names in the notebook, call the
 public verb (`kdnb.distill`, `kdnb.prune`) once, and return its result.
 
-The options are the verb's own keyword arguments, read from its signature when the extension loads,
-so the magics can never disagree with the Python API::
+The options are the verb's own keyword arguments, read from its signature (when the extension loads
+and again at each run), so the magics can never disagree with the Python API::
 
     %%distill -o res --epochs 5
     teacher = teacher_net          # one `name = expression` per line, evaluated in the notebook
@@ -124,6 +124,9 @@ class VerbMagic:
             args, unknown = self.magic.parser.parse_argstring(line, partial=True)
         except UsageError as error:
             raise UsageError(f"%%{self.name}: {error}") from None
+        if unknown and not unknown[0].startswith("-"):
+            raise UsageError(f"%%{self.name}: unexpected {unknown[0]!r} on the line; write options as "
+                             f"--name VALUE, and -o NAME to store the result")
         if unknown:
             self._unknown(unknown[0].split("=")[0].lstrip("-"), "on the line")
         options = vars(args)
@@ -152,13 +155,16 @@ class VerbMagic:
         raise UsageError(f"%%{self.name}: unknown option {name!r} {where}; {suggest(name, self.params)}")
 
     def _line_source(self, name: str, text: str) -> tuple[str, ast.expr]:
-        """A value on the magic's line is a Python expression; a bare word for a text option is that text
-        (``--criterion taylor``)."""
-        if isinstance(self.params[name].default, str) and text.isidentifier() and not keyword.iskeyword(text):
+        """A value on the magic's line is a Python expression; for a text option, a bare word or anything
+        that is not an expression is that text (``--criterion taylor``, ``--device cuda:0``)."""
+        text_option = isinstance(self.params[name].default, str)
+        if text_option and text.isidentifier() and not keyword.iskeyword(text):
             return "the line", ast.parse(repr(text), mode="eval").body
         try:
             return "the line", ast.parse(text, mode="eval").body
         except SyntaxError:
+            if text_option:
+                return "the line", ast.parse(repr(text), mode="eval").body
             raise UsageError(f"%%{self.name}: --{name} {text}: not a Python expression") from None
 
     def _body(self, cell: str) -> dict[str, tuple[int, ast.expr]]:
@@ -199,11 +205,12 @@ class VerbMagic:
             value = eval(code, self.shell.user_ns)  # noqa: S307 — the user's own notebook expression
         except NameError as error:
             missing = getattr(error, "name", None) or str(error)
-            known = [n for n in self.shell.user_ns if not n.startswith("_")]
-            raise UsageError(f"%%{self.name}: {where}: {name} = ...: name {missing!r} is not defined; "
-                             f"{suggest(missing, known)}") from None
+            hint = suggest(missing, [n for n in self.shell.user_ns if not n.startswith("_")])
+            hint = hint if hint.startswith("did you mean") else "define it in a cell above first"
+            raise UsageError(f"%%{self.name}: {where}: {name} = ...: name {missing!r} is not defined; {hint}") from None
         except Exception as error:  # noqa: BLE001 — any failure of the user's expression is reported in one line
-            raise UsageError(f"%%{self.name}: {where}: {name} = ...: {type(error).__name__}: {error}") from None
+            first = (str(error).splitlines() or [""])[0]
+            raise UsageError(f"%%{self.name}: {where}: {name} = ...: {type(error).__name__}: {first}") from None
         self._check_type(name, value)
         return value
 
@@ -211,7 +218,7 @@ class VerbMagic:
         """Options annotated with simple types (``int``, ``float | None``, ...) get the right kind of value."""
         annotation = self.params[name].annotation
         if not isinstance(annotation, str):
-            annotation = getattr(annotation, "__name__", "")
+            annotation = getattr(annotation, "__name__", str(annotation))
         parts = [part.strip() for part in annotation.split("|")]
         if not parts or not all(part in SIMPLE_TYPES for part in parts):
             return
@@ -220,7 +227,9 @@ class VerbMagic:
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
-            raise UsageError(f"%%{self.name}: {name} should be {annotation}, got {type(value).__name__} {value!r}")
+            shown = repr(value)
+            shown = shown if len(shown) <= 40 and "\n" not in shown else "..."
+            raise UsageError(f"%%{self.name}: {name} should be {annotation}, got {type(value).__name__} {shown}")
 
 
 @magics_class

@@ -52,7 +52,10 @@ def test_repo2docker_renders_the_config(tmp_path):
     result = subprocess.run([r2d, "--no-build", "--no-run", "--debug", str(ROOT)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "binder/requirements.txt" in result.stdout + result.stderr
+    dockerfile = result.stdout + result.stderr  # --debug prints the Dockerfile it would build
+    assert 'pip install --no-cache-dir -r "binder/requirements.txt"' in dockerfile
+    version = (BINDER / "runtime.txt").read_text().strip().removeprefix("python-")
+    assert f"python={version}" in dockerfile
 
 
 @pytest.mark.slow

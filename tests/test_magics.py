@@ -120,8 +120,9 @@ def test_line_options_expressions_words_and_flags(shell, calls):
     kwargs = calls[-1][1]
     assert kwargs["sparsity"] == pytest.approx(0.9) and kwargs["criterion"] == "taylor"
     assert kwargs["structured"] is True and kwargs["finetune"] == 2 and kwargs["plot"] is False
-    cell(shell, "prune --sparsity 0.5 --structured False --criterion 'l1'", "model = net")
-    assert calls[-1][1]["structured"] is False and calls[-1][1]["criterion"] == "l1"
+    cell(shell, "prune --sparsity 0.5 --structured False --criterion 'l1' --device cuda:0", "model = net")
+    kwargs = calls[-1][1]
+    assert kwargs["structured"] is False and kwargs["criterion"] == "l1" and kwargs["device"] == "cuda:0"
 
 
 def test_distill_options_include_a_lambda_optimizer(shell, calls):
@@ -144,6 +145,9 @@ MISTAKES = [
     ("prune --sparsity 0.5", "model = net\nsparsty = 0.9", "did you mean 'sparsity'?"),
     ("prune --sparsity 0.5 --critrion l1", "model = net", "did you mean 'criterion'?"),
     ("prune --sparsity 0.5", "model = nett", "name 'nett' is not defined; did you mean 'net'?"),
+    ("prune --sparsity 0.5", "model = qqqq", "name 'qqqq' is not defined; define it in a cell above first"),
+    ("prune --sparsity net", "model = net", "sparsity should be float, got Sequential ..."),
+    ("prune res --sparsity 0.5", "model = net", "unexpected 'res' on the line"),
     ("prune", "model = net\nsparsity = 'half'", "sparsity should be float, got str 'half'"),
     ("prune --sparsity 0.5", "model = net\nfinetune = 1.5", "finetune should be int, got float 1.5"),
     ("prune", "model = net", "needs 'sparsity'"),
@@ -216,6 +220,7 @@ def test_rerunning_an_inplace_prune_cell_never_prunes_twice(shell):
 
 
 def test_distill_cell_trains_the_student_and_returns_the_result(shell):
+    shell.user_ns["net"].eval()  # a teacher is used in eval mode
     res = shell.run_cell("%%distill -o res --epochs 1 --progress False\nteacher = net\nstudent = small\n"
                          "data = train\nval = val").result
     assert res is shell.user_ns["res"] and res.student is not shell.user_ns["small"]

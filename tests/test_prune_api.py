@@ -193,3 +193,13 @@ def test_bad_input_is_one_clear_line_and_the_model_is_untouched(digits, kwargs, 
 def test_model_without_prunable_layers_is_a_clear_error():
     with pytest.raises(KdnbError, match="has no prunable layers"):
         prune(nn.Sequential(nn.ReLU()), 0.5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("structured", [False, True])
+def test_prune_on_cuda_returns_the_model_where_it_was(trained, digits, structured):
+    result = prune(trained, 0.6, criterion="hessian", structured=structured, data=digits[0], val=digits[1],
+                   finetune=1, schedule="agp", steps=2, device="cuda")
+    assert next(result.model.parameters()).device.type == "cpu"
+    assert result.sparsity >= 0.6 - 1e-3 and result.history.status == "completed"
+    assert result.trajectory[-1]["val_acc"] is not None

@@ -18,7 +18,8 @@ def exercise(task: str, stub: str, solution: str, check: str, solved: bool):
 
 
 def notebook(title: str, setup: str, parts: list[tuple[str, str, str, str]], solved: bool, extra=None):
-    cells = [md(f"# {title}{' — solutions' if solved else ''}\n" + INTRO), code(setup)]
+    intro = "\nOne solution of each exercise; every check passes. Other correct answers exist.\n" if solved else INTRO
+    cells = [md(f"# {title}{' — solutions' if solved else ''}\n" + intro), code(setup)]
     for part in parts:
         cells += exercise(*part, solved=solved)
     if extra:

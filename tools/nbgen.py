@@ -42,7 +42,8 @@ def execute(path: Path, timeout: int = 600) -> float:
     notebook = nbformat.read(path, as_version=4)
     km = KernelManager(kernel_name="python3")
     km.kernel_cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    client = NotebookClient(notebook, km=km, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(notebook, km=km, timeout=timeout, record_timing=False,  # no timestamps: small diffs
+                            resources={"metadata": {"path": str(path.parent)}})
     started = time.perf_counter()
     with client.setup_kernel(stderr=subprocess.DEVNULL):
         for index, cell in enumerate(notebook.cells):

@@ -144,7 +144,7 @@ def sparsity(fn: Callable[[nn.Module], float]) -> Report:
     weights = prunable_weights(model).values()
     zeros, total = sum(int((w == 0).sum()) for w in weights), sum(w.numel() for w in weights)
     expected = zeros / total
-    everything = [p for p in model.parameters()]
+    everything = list(model.parameters())
     all_zeros = sum(int((p == 0).sum()) for p in everything) / sum(p.numel() for p in everything)
     what = "sparsity(a 2-layer MLP with 120 of its 300 weights zero)"
     value = attempt(report, fn, model)

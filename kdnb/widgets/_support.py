@@ -34,8 +34,8 @@ def png(figure: Any) -> bytes:
     canvas = figure.canvas
     canvas.draw()
     buffer = io.BytesIO()
-    Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).save(buffer, format="png",
-                                                                                  compress_level=1)
+    rgba = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba())
+    rgba.convert("RGB").save(buffer, format="png", compress_level=1)  # opaque figure: no alpha channel to encode
     return buffer.getvalue()
 
 

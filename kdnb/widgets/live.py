@@ -19,12 +19,14 @@ from kdnb.widgets._support import in_kernel, png
 
 
 def summary_line(run: Run) -> str:
-    """``distill: completed, 5 epochs (115 steps), loss 2.301 -> 0.412, val_acc 91.20%`` — deterministic."""
+    """``distill: completed, 5 epochs (115 steps), loss 2.301 -> 0.412, val_acc 91.20%``: deterministic, from
+    the first step's loss to the last epoch's mean loss and accuracy."""
     history = run.history
-    parts = [f"{run.title}: {history.status}, {history.num_epochs} epochs ({history.num_steps} steps)"]
-    losses = history.epochs.get("train_loss") or history.steps.get("loss") or []
-    if losses:
-        parts.append(f"loss {losses[0]:.4g} -> {losses[-1]:.4g}")
+    epochs, steps = history.num_epochs, history.num_steps
+    parts = [f"{run.title}: {history.status}, {epochs} epoch{'s' * (epochs != 1)} ({steps} step{'s' * (steps != 1)})"]
+    first, last = history.steps.get("loss", [None])[0], (history.epochs.get("train_loss") or [None])[-1]
+    if first is not None:  # the first step's loss -> the last epoch's mean loss
+        parts.append(f"loss {first:.4g} -> {last if last is not None else history.steps['loss'][-1]:.4g}")
     for name in ("val_acc", "train_acc"):
         if history.epochs.get(name):
             parts.append(f"{name} {100 * history.epochs[name][-1]:.2f}%")

@@ -7,6 +7,7 @@ so the numbers follow the slider. The accuracy-vs-sparsity curve fills in as the
 from __future__ import annotations
 
 import copy
+import html
 import warnings
 from collections.abc import Iterable, MutableMapping
 from typing import Any
@@ -25,6 +26,8 @@ from kdnb.widgets._support import Explorer, png
 
 CRITERIA = ("l1", "taylor", "hessian", "random")
 MODES = {"unstructured": False, "structured": True}
+NUMBERS_STYLE = ("<style>.kdnb-sparsity-numbers td, .kdnb-sparsity-numbers th {padding: 1px 10px}"
+                 ".kdnb-sparsity-numbers td + td, .kdnb-sparsity-numbers th + th {text-align: right}</style>")
 CURVE_COLORS = {"l1": "tab:blue", "taylor": "tab:orange", "hessian": "tab:green", "random": "tab:gray"}
 
 
@@ -96,6 +99,8 @@ class SparsityExplorer(Explorer):
         self.button = widgets.Button(description="apply", button_style="primary", icon="scissors",
                                      tooltip="prune a copy of the model at this setting and store it in the variable")
         self.status = widgets.HTML()
+        self.slider.add_class("kdnb-sparsity-slider")  # stable handles for browser tests and custom CSS
+        self.table.add_class("kdnb-sparsity-numbers")
         self.slider.observe(lambda change: self.at(change["new"]), names="value")
         self.criterion.observe(lambda change: self.at(self.slider.value, criterion=change["new"]), names="value")
         self.mode.observe(lambda change: self.at(self.slider.value, structured=MODES[change["new"]]), names="value")
@@ -145,8 +150,10 @@ class SparsityExplorer(Explorer):
     def _show(self) -> None:
         if self.slider is None:
             return
-        self.table.value = self.summary().to_html() + (f"<div style='color:#b00'>{self.message}</div>"
-                                                       if self.message else "")
+        table = self.summary()
+        title, table.title = table.title, ""  # above the table, on one line, not a caption as wide as the table
+        self.table.value = (f"{NUMBERS_STYLE}<div><b>{html.escape(title)}</b></div>{table.to_html()}"
+                            + (f"<div style='color:#b00'>{html.escape(self.message)}</div>" if self.message else ""))
         self.image.value = png(self.figure())  # after the numbers, which the frontend already shows
 
     def summary(self) -> Table:

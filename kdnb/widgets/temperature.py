@@ -6,6 +6,7 @@ visible. Those are the "dark knowledge" a student learns from soft labels (Hinto
 """
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -84,9 +85,9 @@ class TemperatureExplorer(Explorer):
         self._build_widget()
 
     def _build(self, widgets: Any) -> Any:
-        self.temperature = widgets.FloatLogSlider(value=self.current[1], base=10, min=-0.5, max=1.5, step=0.01,
-                                                  description="T", readout_format=".2f",
-                                                  continuous_update=True, layout={"width": "420px"})
+        self.temperature = widgets.FloatSlider(value=self.current[1], min=0.5, max=max(20.0, self.current[1]), step=0.5, description="T",
+                                               readout_format=".1f", continuous_update=True,
+                                               layout={"width": "420px"})
         options = [(self._sample_name(i), i) for i in range(len(self.logits))]
         self.sample = widgets.Dropdown(options=options, value=self.current[0], description="sample")
         self.numbers = widgets.HTML()
@@ -106,7 +107,7 @@ class TemperatureExplorer(Explorer):
             raise KdnbError(f"sample should be between 0 and {len(self.logits) - 1}, got {sample}")
         self.current = (int(sample), float(temperature))
         if self.image is not None:
-            self.numbers.value = f"<pre>{self.text()}</pre>"
+            self.numbers.value = html.escape(self.text())
             self.image.value = png(self.figure())
         return self.text()
 
@@ -116,7 +117,7 @@ class TemperatureExplorer(Explorer):
         top = torch.argsort(p, descending=True)[:3].tolist()
         entropy = -float((p * torch.log2(p.clamp_min(1e-12))).sum())
         ranked = ", ".join(f"{self.classes[c]} {float(p[c]):.3f}" for c in top)
-        return (f"sample {self._sample_name(sample)}, T = {temperature:.2f}: top classes {ranked}; "
+        return (f"sample {self._sample_name(sample)}, T = {temperature:.1f}: top classes {ranked}; "
                 f"entropy {entropy:.2f} of {math.log2(len(p)):.2f} bits")
 
     def figure(self) -> Any:
@@ -134,7 +135,7 @@ class TemperatureExplorer(Explorer):
         ax.bar(positions, hard, width=0.8, fill=False, edgecolor="0.45", linestyle="--", label="T = 1 (ordinary output)")
         colors = ["tab:orange" if self.labels is not None and c == int(self.labels[sample]) else "tab:blue"
                   for c in positions]
-        ax.bar(positions, soft, width=0.55, color=colors, label=f"T = {temperature:.2f} (soft labels)")
+        ax.bar(positions, soft, width=0.55, color=colors, label=f"T = {temperature:.1f} (soft labels)")
         for c, value in zip(positions, soft):
             if value >= 0.005:
                 ax.text(c, value + 0.015, f"{value:.2f}", ha="center", va="bottom", fontsize=7)

@@ -88,7 +88,11 @@ def cache_blocker(data: Any) -> str | None:
 
 
 class SoftLabelled(Dataset):
-    """``dataset`` with a teacher's logits per sample: item i is (x_i, y_i, logits_i)."""
+    """``dataset`` with a teacher's logits per sample: item i is (x_i, y_i, logits_i).
+
+    A whole batch is read by `__getitems__`: the samples collated as the user's loader would, plus
+    one gather of their logits, so the cache adds next to nothing to loading a batch.
+    """
 
     def __init__(self, dataset: Any, logits: torch.Tensor):
         self.dataset, self.logits = dataset, logits
@@ -99,6 +103,17 @@ class SoftLabelled(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, Any, torch.Tensor]:
         x, y = split_batch(self.dataset[index])
         return x, y, self.logits[index]
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        read = getattr(self.dataset, "__getitems__", None)
+        samples = read(indices) if read else [self.dataset[i] for i in indices]
+        x, y = split_batch(default_collate(samples))
+        return [x, y, self.logits[indices]]
+
+
+def _collated(batch: list[Any]) -> list[Any]:
+    """The collate_fn of a cached loader: `SoftLabelled.__getitems__` already made the batch."""
+    return batch
 
 
 @torch.no_grad()
@@ -115,7 +130,7 @@ def cached_loader(data: DataLoader, logits: torch.Tensor) -> DataLoader:
     It reuses ``data``'s own batch sampler, so a seeded run visits the samples in the same order
     whether the soft labels come from the cache or from the live teacher.
     """
-    return DataLoader(SoftLabelled(data.dataset, logits), batch_sampler=data.batch_sampler,
+    return DataLoader(SoftLabelled(data.dataset, logits), batch_sampler=data.batch_sampler, collate_fn=_collated,
                       num_workers=data.num_workers, pin_memory=data.pin_memory, generator=data.generator)
 
 
@@ -138,4 +153,5 @@ def decide(cache: Any, loader: DataLoader, augmented: str | None, features: bool
         warnings.warn(f"cached soft labels go stale: {augmented} shows a new view of each sample every epoch, but "
                       "the cache holds the teacher's logits for one view; use cache='auto' to run the teacher live",
                       UserWarning, stacklevel=3)
-    return True, "cached soft labels" + (" (float16)" if cache == "fp16" else "") + (" (stale: augmented)" if augmented else "")
+    how = "cached soft labels" + (" (float16)" if cache == "fp16" else "")
+    return True, how + (" (stale: the data is augmented)" if augmented else "")

@@ -13,15 +13,14 @@ UNLABELLED = -1  # the label of a transfer-set input: no hard-label term for it
 
 
 def hard_ce(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with the hard labels over the labelled rows only.
+    """Cross-entropy with the hard labels over the labelled rows only:
 
-    CE = mean over {i : y_i != -1} of -log softmax(s_i)[y_i]; 0 for a batch with no labelled row
-    (a batch drawn only from the transfer set has nothing to say about the labels).
+        CE = sum over {i : y_i != -1} of -log softmax(s_i)[y_i]  /  max(number of labelled rows, 1)
+
+    so a batch drawn only from the transfer set has CE = 0 (it says nothing about the labels).
     """
-    labelled = y != UNLABELLED
-    if not bool(labelled.any()):
-        return s.sum() * 0.0  # zero that still belongs to the graph, so backward() works
-    return F.cross_entropy(s[labelled], y[labelled])
+    total = F.cross_entropy(s, y, ignore_index=UNLABELLED, reduction="sum")
+    return total / (y != UNLABELLED).sum().clamp_min(1)
 
 
 def soft_kl(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -92,7 +92,9 @@ class Distillation(nn.Module):
                 terms[name] = self._feature_loss()
                 loss = loss + self.beta * terms[name]
         labelled = y != losses.UNLABELLED
-        return StepOutput(loss=loss, logits=s[labelled], targets=y[labelled], terms=terms)
+        if not bool(labelled.all()):  # train accuracy counts the labelled rows only
+            s, y = s[labelled], y[labelled]
+        return StepOutput(loss=loss, logits=s, targets=y, terms=terms)
 
     def _feature_loss(self) -> torch.Tensor:
         total = 0.0

@@ -23,7 +23,8 @@ class DistillResult:
         baseline: with ``baseline=True``, the same student trained from the same initial weights
             on hard labels only, with the same budget; else None.
         baseline_history: its run, with the same per-epoch records.
-        method, settings: the method and its temperature, alpha, beta, epochs.
+        method, settings: the method and its temperature, alpha, beta, epochs, and baseline_epochs
+            (the scratch run's epochs over the labelled data: as many steps as the distillation).
         soft_labels: where the soft labels came from ("cached soft labels" or "live teacher (why)").
         teacher_accuracy: the teacher's val accuracy (None without val).
     """
@@ -69,12 +70,22 @@ class DistillResult:
                 f"{self.soft_labels}, status={self.history.status!r}")
 
     def _verdict(self) -> str:
-        closure = self.gap_closure
+        closure, acc = self.gap_closure, self.accuracy
         if closure is not None:
             return f"gap closure {100 * closure:.1f}% = (distilled - scratch) / (teacher - scratch), val accuracy"
         if self.baseline_history is None:
             return "gap closure: run with baseline=True (and val=) to compare with a student trained from scratch"
-        return "gap closure: undefined (no val accuracy, or the scratch student already matches the teacher)"
+        if None in acc.values():
+            return "gap closure: needs val= (labelled) to compare accuracies"
+        return (f"gap closure: none to close, the scratch student ({100 * acc['scratch']:.1f}%) already matches "
+                f"or beats the teacher ({100 * acc['teacher']:.1f}%)")
+
+    def _scratch_note(self) -> list[str]:
+        """The scratch run's budget, when it differs in epochs (a transfer set lengthens distillation)."""
+        s = self.settings
+        if self.baseline_history is None or s["baseline_epochs"] == s["epochs"]:
+            return []
+        return [f"scratch: {s['baseline_epochs']} epochs over the labelled data, the same number of steps"]
 
     def overview(self) -> Table:
         """Val accuracy and agreement with the teacher, per model, from the runs (no new measurement)."""
@@ -83,7 +94,7 @@ class DistillResult:
         if self.baseline_history is not None:
             rows.append(["scratch student", acc["scratch"], agree["scratch"]])
         rows.append(["distilled student", acc["distilled"], agree["distilled"]])
-        notes = [self._verdict()] + ([self.history.message] if self.history.message else [])
+        notes = [self._verdict(), *self._scratch_note()] + ([self.history.message] if self.history.message else [])
         return Table(["model", "val accuracy", "agreement"], rows, title=self._headline(), notes=notes)
 
     def summary(self, **measure_kwargs: Any) -> Any:
@@ -106,7 +117,7 @@ class DistillResult:
             rows.append([row["model"], row["accuracy"], agreement, row["params"], row["macs"], row["bytes"],
                          "-" if row["params_x"] is None else f"{row['params_x']:.2f}x"])
         where = "val" if self.val is not None else "the training data (no val given)"
-        notes = [self._verdict(), f"accuracy on {where}; agreement: top-1 agreement with the teacher on val; "
+        notes = [self._verdict(), *self._scratch_note(), f"accuracy on {where}; agreement: top-1 agreement with the teacher on val; "
                  "params x: teacher's params / this model's", comparison.latency_line()]
         return Table(["model", "accuracy", "agreement", "params", "MACs", "bytes", "params x"], rows,
                      title=self._headline(), notes=notes)

@@ -66,7 +66,8 @@ def distill(
         beta: fitnets/at: weight of the feature term (default 1.0); dkd: weight of NCKD (default 8.0).
         epochs: passes over the training set (data, plus the transfer set if any).
         baseline: also train the same student from the same initial weights with hard labels only,
-            same epochs, optimizer, lr and seed (on ``data`` alone: a transfer set has no labels).
+            with the same optimizer, lr, seed and number of optimizer steps: on ``data`` alone (a
+            transfer set has no labels), so with a transfer set it runs more epochs.
         cache: "auto" caches the teacher's logits once per sample unless the data is randomly
             augmented; True forces it (warning if the labels go stale), "fp16" forces it in float16,
             False always runs the teacher live.
@@ -134,24 +135,36 @@ def distill(
                       title="distill", check_inputs=False, **common)
     finally:
         objective.close()
-    baseline_history = None
+    baseline_history, baseline_epochs = None, _same_steps(epochs, loader, data)
     if scratch is not None and history.status == "completed":
+        common["epochs"] = baseline_epochs
         baseline_history = fit(scratch, data, val, callbacks=callbacks, title="scratch", **common)
 
     return DistillResult(
         student=trained, history=history, teacher=teacher, baseline=scratch if baseline_history else None,
         baseline_history=baseline_history, method=method,
-        settings={"temperature": temperature, "alpha": alpha, "beta": beta, "epochs": epochs},
+        settings={"temperature": temperature, "alpha": alpha, "beta": beta, "epochs": epochs,
+                  "baseline_epochs": baseline_epochs},
         soft_labels=how, teacher_accuracy=agreement.teacher_accuracy if agreement else None,
         val=val, data=data)
 
 
+def _same_steps(epochs: int, loader: Iterable, data: Iterable) -> int:
+    """Epochs over ``data`` alone that take as many optimizer steps as ``epochs`` over ``loader``
+    (more when a transfer set made ``loader`` longer); ``epochs`` when a loader has no length."""
+    try:
+        return max(1, round(epochs * len(loader) / len(data)))  # type: ignore[arg-type]
+    except TypeError:
+        return epochs
+
+
 def _check_pair(teacher: nn.Module, student: nn.Module, batch: Any, device: torch.device) -> int:
     """Both models run on the first batch and output the same number of classes; returns it."""
-    if split_batch(batch)[1] is None:
+    x, y = split_batch(batch)
+    if y is None:
         raise KdnbError("data should yield (inputs, labels) batches; pass unlabelled inputs as transfer= instead")
     classes = checks.check_model_fits_data(teacher, batch, device, what="teacher")
-    student_classes = checks.check_model_fits_data(student, batch, device, what="student")
+    student_classes = checks.check_model_fits_data(student, (x,), device, what="student")  # sizes first, then labels
     if student_classes != classes:
         raise KdnbError(f"teacher outputs {classes} classes but student outputs {student_classes}; "
                         f"give the student's last layer {classes} outputs")

@@ -39,8 +39,11 @@ def hessian(weight: torch.Tensor, hessian_diag: torch.Tensor) -> torch.Tensor:
 
     LeCun, Denker & Solla 1990, "Optimal Brain Damage": at a minimum the loss grows by
     :math:`\tfrac{1}{2} h_{kk} w_k^2` when :math:`w_k` is set to zero (diagonal Hessian, cross terms
-    ignored). ``hessian_diag`` is :math:`h_{kk}`, estimated with Hutchinson's estimator
-    :math:`\mathrm{diag}(H) \approx \mathbb{E}_z[z \odot Hz]`, :math:`z` Rademacher.
+    ignored). ``hessian_diag`` is :math:`h_{kk}`, estimated over all batches by the empirical Fisher
+    :math:`h_{kk} \approx \frac{1}{N}\sum_n (\partial L_n / \partial w_k)^2` (per-sample gradients squared;
+    a common stand-in for the Hessian near a minimum, never negative) or by Hutchinson's estimator
+    :math:`\mathrm{diag}(H) \approx \mathbb{E}_z[z \odot Hz]`, :math:`z` Rademacher (exact in expectation,
+    noisy with few probes).
     """
     return 0.5 * hessian_diag * weight.pow(2)
 

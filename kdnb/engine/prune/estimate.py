@@ -1,7 +1,8 @@
 """The statistics behind the data-driven criteria, accumulated over every batch given.
 
-- `squared_gradients`: :math:`\\overline{g^2}`, the batch gradient squared, averaged over batches (taylor);
-- `hutchinson_diagonal`: the Hessian diagonal by Hutchinson's estimator (hessian);
+- `squared_gradients`: the batch gradient squared, averaged over batches (taylor);
+- `fisher_diagonal`: the Hessian diagonal by the empirical Fisher (hessian, the default estimator);
+- `hutchinson_diagonal`: the Hessian diagonal by Hutchinson's estimator (hessian, ``estimator="hutchinson"``);
 - `slimming_phase`: the L1-on-BatchNorm-scales training that network slimming needs, run by the one loop.
 
 The model is scored in eval mode (BatchNorm running statistics, no dropout): the loss whose change the
@@ -59,6 +60,34 @@ def squared_gradients(model: nn.Module, data: Iterable, loss_fn: Callable = F.cr
                 if g is not None:
                     total += g.detach().pow(2)
             count += 1
+    return {n: s / max(count, 1) for n, s in zip(names, sums)}
+
+
+def fisher_diagonal(model: nn.Module, data: Iterable, loss_fn: Callable = F.cross_entropy,
+                    chunk: int = 64) -> dict[str, torch.Tensor]:
+    """Empirical Fisher diagonal, F_kk = mean over every sample n of (dL_n/dw_k)^2: a stand-in for the
+    Hessian diagonal near a minimum (never negative), from per-sample gradients (``torch.func.vmap`` of
+    ``torch.func.grad``, ``chunk`` samples at a time)."""
+    from torch.func import functional_call, grad, vmap
+
+    names, params = _named_trainable(model)
+    buffers = dict(model.named_buffers())
+    sums = [torch.zeros_like(p) for p in params]
+    count = 0
+
+    def sample_loss(weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, ({**weights, **buffers},), (x.unsqueeze(0),))
+        return loss_fn(out, y.unsqueeze(0))
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+    weights = {n: p.detach() for n, p in zip(names, params)}
+    with _eval_mode(model):
+        for x, y in _batches(model, data, "hessian"):
+            for start in range(0, len(x), chunk):
+                grads = per_sample(weights, x[start:start + chunk], y[start:start + chunk])
+                for total, name in zip(sums, names):
+                    total += grads[name].pow(2).sum(0)
+            count += len(x)
     return {n: s / max(count, 1) for n, s in zip(names, sums)}
 
 

@@ -59,7 +59,7 @@ def prune(
     alpha: float = 0.5,
     slimming_epochs: int = 2,
     slimming_l1: float = 1e-3,
-    hutchinson_samples: int = 1,
+    hessian_estimator: str = "fisher",
 ) -> PruneResult:
     """Prune ``model`` to ``sparsity`` by ``criterion``, optionally fine-tuning, and return a `PruneResult`.
 
@@ -99,14 +99,16 @@ def prune(
         prune_again: allow pruning a model that is already a `prune` result (never by accident).
         control: also fine-tune an unpruned copy for the same epochs, the control of Blalock et al. 2020.
         slimming_epochs, slimming_l1: the L1-on-BatchNorm-scales training phase of network slimming.
-        hutchinson_samples: Rademacher probes per batch for the hessian criterion.
+        hessian_estimator: the hessian criterion's diagonal: "fisher" (empirical Fisher) or "hutchinson".
 
     Returns:
         PruneResult: ``.model``, ``.masks``, ``.sparsity``, ``.history``, ``.summary()``, ``.plot()``.
     """
+    if isinstance(model, PruneResult):
+        raise KdnbError("got a PruneResult; pass its .model (with prune_again=True) to prune it further")
     checks.check_model(model)
     sparsity = check_sparsity(sparsity)
-    check_criterion(criterion, data, model, structured)
+    check_criterion(criterion, data, model, structured, hessian_estimator)
     if scope not in SCOPES:
         raise KdnbError(f"unknown scope {scope!r}; {suggest(str(scope), SCOPES)}")
     if schedule not in schedules.SCHEDULES:
@@ -161,7 +163,7 @@ def prune(
         plain = make_permanent(clone(work))
         scores = score(plain, criterion, data, structured=structured,
                        example=example.to(model_device(plain)) if example is not None else None,
-                       seed=seed, hutchinson_samples=hutchinson_samples)
+                       seed=seed, hessian_estimator=hessian_estimator)
         pruned = current_masks(work)
         if structured:
             removed.clear()

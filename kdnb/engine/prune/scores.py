@@ -53,10 +53,16 @@ class Scores:
         return f"Scores(criterion={self.criterion!r}, structured={self.structured}, {what})"
 
 
-def check_criterion(criterion: str, data: Iterable | None, model: nn.Module, structured: bool) -> None:
+ESTIMATORS = ("fisher", "hutchinson")
+
+
+def check_criterion(criterion: str, data: Iterable | None, model: nn.Module, structured: bool,
+                    hessian_estimator: str = "fisher") -> None:
     if criterion not in criteria.CRITERIA:
         raise KdnbError(f"unknown criterion {criterion!r}; {suggest(str(criterion), criteria.CRITERIA)} "
                         f"(known: {', '.join(criteria.CRITERIA)})")
+    if hessian_estimator not in ESTIMATORS:
+        raise KdnbError(f"unknown hessian_estimator {hessian_estimator!r}; {suggest(str(hessian_estimator), ESTIMATORS)}")
     if criterion in criteria.NEEDS_DATA and data is None:
         raise KdnbError(f"criterion {criterion!r} needs data to score with: pass data=train_loader "
                         "(or use criterion='l1')")
@@ -70,7 +76,7 @@ def check_criterion(criterion: str, data: Iterable | None, model: nn.Module, str
 
 
 def saliency(model: nn.Module, criterion: str, data: Iterable | None = None, *, structured: bool = False,
-             seed: int = 0, hutchinson_samples: int = 1) -> dict[str, torch.Tensor]:
+             seed: int = 0, hessian_estimator: str = "fisher") -> dict[str, torch.Tensor]:
     """Element scores of ``model``'s parameters by ``criterion`` (weights only, unless structured: then every
     parameter the criterion scores, BatchNorm included). The model's weights are not changed."""
     params = dict(model.named_parameters())
@@ -87,16 +93,17 @@ def saliency(model: nn.Module, criterion: str, data: Iterable | None = None, *, 
         stats = estimate.squared_gradients(model, data)  # type: ignore[arg-type]
         formula = criteria.taylor
     else:
-        stats = estimate.hutchinson_diagonal(model, data, samples=hutchinson_samples, seed=seed)  # type: ignore[arg-type]
+        stats = (estimate.fisher_diagonal(model, data) if hessian_estimator == "fisher"  # type: ignore[arg-type]
+                 else estimate.hutchinson_diagonal(model, data, seed=seed))  # type: ignore[arg-type]
         formula = criteria.hessian
     names = params if structured else weights
     return {n: formula(params[n].detach(), stats[n]) for n in names if n in stats}
 
 
 def score(model: nn.Module, criterion: str, data: Iterable | None = None, *, structured: bool = False,
-          example: torch.Tensor | None = None, seed: int = 0, hutchinson_samples: int = 1) -> Scores:
+          example: torch.Tensor | None = None, seed: int = 0, hessian_estimator: str = "fisher") -> Scores:
     """`Scores` of ``model`` as it is (no training), on the model itself."""
-    weights = saliency(model, criterion, data, structured=structured, seed=seed, hutchinson_samples=hutchinson_samples)
+    weights = saliency(model, criterion, data, structured=structured, seed=seed, hessian_estimator=hessian_estimator)
     shapes = {n: p.shape for n, p in model.named_parameters()}
     prunable = list(prunable_weights(model))
     result = Scores(criterion, structured, model, {n: s for n, s in weights.items() if n in prunable}, prunable,
@@ -116,7 +123,7 @@ def score(model: nn.Module, criterion: str, data: Iterable | None = None, *, str
 
 
 def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = None, *, structured: bool = False,
-               example: torch.Tensor | None = None, seed: int = 0, hutchinson_samples: int = 1,
+               example: torch.Tensor | None = None, seed: int = 0, hessian_estimator: str = "fisher",
                slimming_epochs: int = 2, slimming_l1: float = 1e-3, lr: float = 1e-3, device: str = "cpu",
                callbacks: Iterable[object] = ()) -> Scores:
     """Score every weight (or, ``structured=True``, every channel) of ``model`` once; then
@@ -132,12 +139,14 @@ def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = 
         structured: score channels (coupled groups, via Torch-Pruning's DependencyGraph) instead of weights.
         example: an input batch to trace the model (structured); by default the first batch of ``data``.
         seed: seeds the random criterion and Hutchinson's probes.
+        hessian_estimator: the hessian criterion's diagonal: "fisher" (empirical Fisher, per-sample gradients
+            squared) or "hutchinson" (Hutchinson's estimator, one Rademacher probe per batch).
     """
     from kdnb.engine.checks import first_batch
     from kdnb.engine.objective import split_batch
     from kdnb.engine.prune.unstructured import clone, make_permanent
 
-    check_criterion(criterion, data, model, structured)
+    check_criterion(criterion, data, model, structured, hessian_estimator)
     work = make_permanent(clone(model))
     if criterion == "slimming":
         estimate.slimming_phase(work, data, epochs=slimming_epochs, l1=slimming_l1, lr=lr,  # type: ignore[arg-type]
@@ -146,7 +155,7 @@ def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = 
     if structured and example is None and data is not None:
         example = split_batch(first_batch(data))[0]
     return score(work, criterion, data, structured=structured, example=example, seed=seed,
-                 hutchinson_samples=hutchinson_samples)
+                 hessian_estimator=hessian_estimator)
 
 
 def check_sparsity(sparsity: object) -> float:
