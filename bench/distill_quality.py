@@ -31,12 +31,13 @@ from torch.utils.data import DataLoader, TensorDataset
 import kdnb
 from kdnb.engine.evaluate import evaluate, predict
 
-TEACHER_WIDTH, STUDENT_WIDTH, LR = 64, 8, 3e-3
+TEACHER_WIDTH, LR = 64, 3e-3
 
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, float]:
     quiet = dict(progress=False, plot=False, device="cpu", lr=LR, seed=seed)
-    train, val = kdnb.datasets.load("mnist1d", batch_size=64, seed=seed, flat=False)
+    train, val = kdnb.datasets.load("mnist1d", batch_size=64, seed=seed, flat=False, num_samples=args.samples,
+                                    val_fraction=args.val_fraction)
     transfer = kdnb.datasets.transfer_set("mnist1d", num_samples=args.transfer, seed=seed + 1, flat=False,
                                           reference_seed=seed)
     torch.manual_seed(seed)
@@ -44,7 +45,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, float]:
     kdnb.train(teacher, train, epochs=args.teacher_epochs, **quiet)
     teacher.eval()
     torch.manual_seed(seed + 1000)
-    student = kdnb.models.cnn1d(10, width=STUDENT_WIDTH)
+    student = make_student(args.student)
 
     result = kdnb.distill(teacher, student, train, val, transfer=transfer, temperature=args.temperature,
                           alpha=args.alpha, epochs=args.epochs, baseline=True, **quiet)
@@ -65,6 +66,13 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, float]:
             "gap closure": result.gap_closure, "gap closure, no transfer": alone_closure(alone, acc)}
 
 
+def make_student(spec: str) -> torch.nn.Module:
+    kind, _, sizes = spec.partition(":")
+    if kind == "mlp":
+        return kdnb.models.mlp(40, [int(w) for w in sizes.split(",")], 10)
+    return kdnb.models.cnn1d(10, width=int(sizes))
+
+
 def alone_closure(alone: kdnb.engine.distill.DistillResult, acc: dict[str, float]) -> float:
     return (alone.accuracy["distilled"] - acc["scratch"]) / (acc["teacher"] - acc["scratch"])
 
@@ -75,6 +83,9 @@ def main() -> None:
     parser.add_argument("--transfer", type=int, default=20_000, help="unlabelled transfer-set signals")
     parser.add_argument("--epochs", type=int, default=15, help="student epochs over labelled + transfer data")
     parser.add_argument("--teacher-epochs", type=int, default=25)
+    parser.add_argument("--samples", type=int, default=5000, help="labelled signals (train + val)")
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--student", default="cnn1d:16", help="cnn1d:WIDTH or mlp:W1,W2,...")
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label CE (1 - alpha: KD)")
     args = parser.parse_args()
@@ -84,7 +95,7 @@ def main() -> None:
     for seed in range(args.seeds):
         rows.append(run_seed(seed, args))
         print(f"seed {seed}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in rows[-1].items()), flush=True)
-    print(f"MNIST-1D, teacher cnn1d(width={TEACHER_WIDTH}), student cnn1d(width={STUDENT_WIDTH}), "
+    print(f"MNIST-1D, teacher cnn1d(width={TEACHER_WIDTH}), student {args.student}, "
           f"transfer set {args.transfer:,}, T={args.temperature:g}, alpha={args.alpha:g}, {args.epochs} epochs, "
           f"{args.seeds} seeds:")
     for name in rows[0]:

@@ -41,7 +41,7 @@ def dense_models(train, val) -> dict[int, torch.nn.Module]:
     for seed in SEEDS:
         torch.manual_seed(seed)
         net = kdnb.models.lenet_300_100()
-        fit(net, train, epochs=30, lr=1e-3, seed=seed, check_inputs=False)
+        fit(net, train, epochs=20, lr=1e-3, seed=seed, check_inputs=False)
         models[seed] = net
     return models
 

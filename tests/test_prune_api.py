@@ -21,7 +21,7 @@ def trained(digits):
     train, _ = digits
     torch.manual_seed(0)
     net = kdnb.models.mlp(64, [32, 16], 10)
-    kdnb.train(net, train, epochs=4, lr=1e-2, progress=False)
+    kdnb.train(net, train, epochs=4, lr=1e-2, device="cpu", progress=False)
     return net
 
 

@@ -42,6 +42,16 @@ def test_squared_gradients_average_each_batch_gradient_squared():
     assert torch.allclose(estimate.squared_gradients(model, data)["weight"], expected, atol=1e-7)
 
 
+def test_fisher_diagonal_averages_per_sample_gradients_squared_over_all_batches():
+    model, data = _tiny()
+    expected = torch.zeros_like(model.weight)
+    for x, y in data:
+        for xi, yi in zip(x, y):
+            g, = torch.autograd.grad(F.cross_entropy(model(xi[None]), yi[None]), [model.weight])
+            expected += g.pow(2) / 12
+    assert torch.allclose(estimate.fisher_diagonal(model, data, chunk=3)["weight"], expected, atol=1e-7)
+
+
 class _Scale(nn.Module):
     def __init__(self):
         super().__init__()
@@ -106,7 +116,7 @@ def trained_mlp():
     train, _ = kdnb.datasets.load("digits", batch_size=256, seed=0)
     torch.manual_seed(0)
     net = kdnb.models.mlp(64, [24], 10)
-    fit(net, train, epochs=5, lr=1e-2, seed=0, check_inputs=False)
+    fit(net, train, epochs=5, lr=1e-2, seed=0, device="cpu", check_inputs=False)
     return net, train
 
 
@@ -115,8 +125,9 @@ def _spearman(a, b):
     return float(np.corrcoef(ranks(np.asarray(a)), ranks(np.asarray(b)))[0, 1])
 
 
-@pytest.mark.parametrize("criterion", ["taylor", "hessian"])
-def test_oracle_neuron_scores_rank_like_the_true_loss_change(trained_mlp, criterion):
+@pytest.mark.parametrize("criterion, estimator", [("taylor", "fisher"), ("hessian", "fisher"),
+                                                  ("hessian", "hutchinson")])
+def test_oracle_neuron_scores_rank_like_the_true_loss_change(trained_mlp, criterion, estimator):
     net, train = trained_mlp
     x, y = (torch.cat(t) for t in zip(*train))
 
@@ -133,5 +144,5 @@ def test_oracle_neuron_scores_rank_like_the_true_loss_change(trained_mlp, criter
             ablated[1].bias[k] = 0
             ablated[3].weight[:, k] = 0
         true_change.append(loss(ablated) - base)
-    scores = importance(net, criterion, train, structured=True)
+    scores = importance(net, criterion, train, structured=True, hessian_estimator=estimator)
     assert _spearman(scores.channels["1"].numpy(), true_change) > 0.5

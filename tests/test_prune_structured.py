@@ -109,7 +109,7 @@ def test_structured_masks_equal_physical_removal():
 def test_fold_batchnorm_computes_the_same_function():
     torch.manual_seed(0)
     net, x = M.resnet_small(5, width=4, blocks=1), torch.randn(4, 1, 8, 8)
-    kdnb.train(net, [(x, torch.tensor([0, 1, 2, 3]))], epochs=2, progress=False)  # non-trivial running stats
+    kdnb.train(net, [(x, torch.tensor([0, 1, 2, 3]))], epochs=2, device="cpu", progress=False)  # non-trivial running stats
     folded = fold_batchnorm(kdnb.engine.prune.unstructured.clone(net))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert torch.allclose(net.eval()(x), folded(x), atol=1e-5)
@@ -175,7 +175,7 @@ def test_random_architectures_stay_valid(arch, sparsity, scope):
 def test_export_folds_masks_and_batchnorm_and_keeps_the_function():
     torch.manual_seed(0)
     net, x = M.cnn_bn(5, width=8), torch.randn(4, 1, 8, 8)
-    kdnb.train(net, [(x, torch.tensor([0, 1, 2, 3]))], epochs=1, progress=False)
+    kdnb.train(net, [(x, torch.tensor([0, 1, 2, 3]))], epochs=1, device="cpu", progress=False)
     result = prune(net, 0.6)
     fast = result.export()
     assert not any(isinstance(m, nn.BatchNorm2d) or m._forward_pre_hooks for m in fast.modules())

@@ -258,6 +258,10 @@ def test_a_criterion_that_needs_data_says_so(trained):
     explorer.criterion.value = "hessian"
     assert "needs data" in explorer.message and "needs data" in explorer.table.value
     assert explorer.numbers == before and explorer.setting["criterion"] == "l1"
+    with pytest.raises(KdnbError, match="needs data"):
+        SparsityExplorer(trained, loader(seed=1), criterion="taylor", namespace={})
+    with pytest.raises(KdnbError, match="did you mean 'taylor'"):
+        SparsityExplorer(trained, loader(seed=1), criterion="tailor", namespace={})
 
 
 def test_apply_stores_a_pruned_copy_and_leaves_the_model(trained):

@@ -80,6 +80,7 @@ class SparsityExplorer(Explorer):
         self.message = ""
         self._figure: Any = None
         self._lines: dict[tuple[str, bool], Any] = {}
+        self._scores(criterion, bool(structured))  # a criterion that cannot start (no data) fails here, clearly
         self._build_widget()
         self.at(0.0)
 
