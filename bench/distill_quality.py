@@ -36,8 +36,7 @@ TEACHER_WIDTH, LR = 64, 3e-3
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, float]:
     quiet = dict(progress=False, plot=False, device="cpu", lr=LR, seed=seed)
-    train, val = kdnb.datasets.load("mnist1d", batch_size=64, seed=seed, flat=False, num_samples=args.samples,
-                                    val_fraction=args.val_fraction)
+    train, val = kdnb.datasets.load("mnist1d", batch_size=64, seed=seed, flat=False)
     transfer = kdnb.datasets.transfer_set("mnist1d", num_samples=args.transfer, seed=seed + 1, flat=False,
                                           reference_seed=seed)
     torch.manual_seed(seed)
@@ -81,10 +80,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--transfer", type=int, default=20_000, help="unlabelled transfer-set signals")
-    parser.add_argument("--epochs", type=int, default=15, help="student epochs over labelled + transfer data")
-    parser.add_argument("--teacher-epochs", type=int, default=25)
-    parser.add_argument("--samples", type=int, default=5000, help="labelled signals (train + val)")
-    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--epochs", type=int, default=20, help="student epochs over labelled + transfer data")
+    parser.add_argument("--teacher-epochs", type=int, default=50)
     parser.add_argument("--student", default="cnn1d:16", help="cnn1d:WIDTH or mlp:W1,W2,...")
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label CE (1 - alpha: KD)")
@@ -100,7 +97,8 @@ def main() -> None:
           f"{args.seeds} seeds:")
     for name in rows[0]:
         values = [100 * row[name] for row in rows]
-        print(f"  {name:25s} {statistics.mean(values):5.1f} +- {statistics.stdev(values) if len(values) > 1 else 0:4.1f} %")
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"  {name:25s} {statistics.mean(values):5.1f} +- {spread:4.1f} %")
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread; "
           f"{time.perf_counter() - start:.0f} s")
     closures = [100 * row["gap closure"] for row in rows]

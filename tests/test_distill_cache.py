@@ -151,7 +151,7 @@ def test_custom_collate_cannot_be_cached(setup):
 
 def test_transfer_inputs_enter_the_soft_term_but_not_ce(setup):
     teacher, student, _, _ = setup
-    objective = Distillation(FrozenTeacher(teacher), "kd", temperature=4.0, alpha=0.3)
+    objective = Distillation(FrozenTeacher(teacher), "kd", temperature=4.0, alpha=0.3, unlabelled=True)
     x, y = torch.randn(6, 20), torch.tensor([0, 1, -1, -1, 2, -1])
     out = objective(student, (x, y))
     s, t = student(x), teacher(x)
@@ -159,3 +159,17 @@ def test_transfer_inputs_enter_the_soft_term_but_not_ce(setup):
     expected = 0.3 * F.cross_entropy(s[labelled], y[labelled]) + 0.7 * losses.soft_kl(s, t, 4.0)
     assert torch.allclose(out.loss, expected, atol=1e-6)
     assert torch.equal(out.targets, y[labelled]) and out.logits.shape == (3, 4)
+
+
+def test_random_transforms_are_found_inside_compositions_and_wrappers():
+    class Compose:  # the shape of torchvision.transforms.Compose
+        def __init__(self, transforms):
+            self.transforms = transforms
+
+    class RandomCrop:
+        pass
+
+    inner = Augmented(torch.zeros(2, 3), transform=Compose([RandomJitter(), lambda x: x, RandomCrop()]))
+    wrapped = torch.utils.data.ConcatDataset([TensorDataset(torch.zeros(2, 3)), inner])
+    assert cache.random_transforms(wrapped) == ["RandomJitter", "RandomCrop"]
+    assert cache.random_transforms(TensorDataset(torch.zeros(2, 3))) == []

@@ -192,3 +192,15 @@ def test_plot_draws_losses_accuracy_and_agreement(digits):
     assert titles == ["loss terms (distill)", "val accuracy", "agreement with the teacher"]
     labels = [line.get_label() for line in figure.axes[1].get_lines()]
     assert labels == ["teacher", "scratch", "distilled"]
+
+
+@pytest.mark.cuda
+def test_distill_on_the_gpu_leaves_the_user_models_on_the_cpu(digits):
+    teacher, train, val = digits
+    student = small_student()
+    before_t, before_s = snapshot(teacher), snapshot(student)
+    for cache in (True, False):
+        result = distill(teacher, student, train, val, epochs=1, device="cuda", amp=True, cache=cache, baseline=True)
+        assert next(result.student.parameters()).is_cuda and result.history.status == "completed"
+        assert result.history["val_agreement"][-1] > 0.3
+    assert unchanged(teacher, before_t) and unchanged(student, before_s)

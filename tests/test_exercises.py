@@ -167,7 +167,7 @@ def test_compression_checks_size_and_accuracy():
     train, val = kdnb.datasets.load("synthetic", batch_size=64, seed=0)
     torch.manual_seed(0)
     original = kdnb.models.mlp(20, [32], 4)
-    kdnb.train(original, train, epochs=3, progress=False, plot=False)
+    kdnb.train(original, train, epochs=1, progress=False, plot=False)
     assert "not done yet" in repr(check.compression(None, original, val))
     assert "the original model itself" in repr(check.compression(original, original, val))
 

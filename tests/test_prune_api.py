@@ -1,5 +1,4 @@
 """kdnb.prune end to end: non-destructive, fixed masks, schedules, results, saving, bad input."""
-import warnings
 
 import pytest
 import torch
@@ -93,7 +92,7 @@ def test_agp_prunes_gradually_during_fine_tuning(trained, digits):
 
 
 def test_iterative_rounds_reach_the_target(trained, digits):
-    result = prune(trained, 0.875, criterion="hessian", data=digits[0], finetune=1, schedule="iterative", steps=3)
+    result = prune(trained, 0.875, criterion="taylor", data=digits[0], finetune=1, schedule="iterative", steps=3)
     assert [t["target"] for t in result.trajectory] == pytest.approx([0.5, 0.75, 0.875])
     assert result.history.num_epochs == 3 and result.sparsity == pytest.approx(0.875, abs=1e-3)
 
@@ -118,6 +117,12 @@ def test_summary_repr_and_plot(trained, digits):
     import matplotlib.figure
 
     assert isinstance(result.plot(), matplotlib.figure.Figure)
+
+
+def test_without_data_the_summary_is_the_layer_table(trained):
+    text = repr(prune(trained, 0.5)).splitlines()
+    assert text[0].startswith("pruned 50.00%") and text[1].split() == ["layer", "weights", "kept", "sparsity"]
+    assert text[-1].startswith("pass val=")
 
 
 def test_sensitivity_table_and_plot(trained, digits):
@@ -177,6 +182,8 @@ BN_NET = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
     (dict(sparsity=0.5, schedule="agp"), "set finetune >= 1"),
     (dict(sparsity=0.5, finetune=2), "fine-tuning needs data"),
     (dict(sparsity=0.5, schedule="oneshot", steps=3), "use schedule='iterative'"),
+    (dict(sparsity=0.5, criterion="hessian", data=True, hessian_estimator="exact"), "unknown hessian_estimator"),
+    (dict(sparsity=0.5, distill=True), "set finetune >= 1"),
 ])
 def test_bad_input_is_one_clear_line_and_the_model_is_untouched(digits, kwargs, message):
     torch.manual_seed(0)
@@ -188,6 +195,19 @@ def test_bad_input_is_one_clear_line_and_the_model_is_untouched(digits, kwargs, 
         prune(net, **kwargs)
     assert message in str(error.value) and "\n" not in str(error.value)
     assert same(state(net), before)
+
+
+def test_a_prune_result_instead_of_a_model_names_the_fix(trained):
+    with pytest.raises(KdnbError, match=r"pass its \.model \(with prune_again=True\)"):
+        prune(prune(trained, 0.5), 0.8)
+
+
+def test_slimming_needs_structured_and_sensitivity_checks_layer_names(trained, digits):
+    net = nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 10))
+    with pytest.raises(KdnbError, match="use structured=True"):
+        prune(net, 0.5, criterion="slimming", data=digits[0])
+    with pytest.raises(KdnbError, match="unknown layer '9.weight' for sensitivity; known: 1.weight"):
+        sensitivity(trained, digits[1], layers=["9.weight"])
 
 
 def test_model_without_prunable_layers_is_a_clear_error():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import warnings
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -27,19 +28,19 @@ RANDOM_NAMES = ("Random", "AutoAugment", "RandAugment", "TrivialAugment", "AugMi
 def random_transforms(dataset: Any) -> list[str]:
     """Names of the random transforms found on ``dataset`` (and datasets it wraps), in the order found."""
     found: list[str] = []
-    stack, seen = [dataset], set()
-    while stack:
-        obj = stack.pop()
+    queue, seen = deque([dataset]), set()
+    while queue:
+        obj = queue.popleft()
         if obj is None or id(obj) in seen or isinstance(obj, (torch.Tensor, np.ndarray, str, bytes)):
             continue
         seen.add(id(obj))
         if any(fragment in type(obj).__name__ for fragment in RANDOM_NAMES):
             found.append(type(obj).__name__)
         if isinstance(obj, (list, tuple)):
-            stack.extend(obj)
+            queue.extend(obj)
             continue
         for attr in ("transform", "transforms", "target_transform", "dataset", "datasets"):
-            stack.append(getattr(obj, attr, None))
+            queue.append(getattr(obj, attr, None))
     return found
 
 

@@ -34,7 +34,7 @@ class Tap:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
-        self.handles = []
+        self.handles, self.outputs = [], {}
 
 
 @torch.no_grad()

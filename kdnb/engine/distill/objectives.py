@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kdnb.engine.device import model_device
@@ -57,19 +58,20 @@ class Distillation(nn.Module):
         dkd:      CE + w * (alpha * TCKD + beta * NCKD),  w = min((epoch + 1) / warmup, 1)
 
     With ``cached=True`` a batch is ``(x, y, teacher_logits)``; otherwise the teacher runs on ``x``.
-    Labels of -1 mark transfer-set inputs: they enter every term but CE (and DKD needs labels).
+    With ``unlabelled=True`` (a transfer set), labels of -1 mark inputs without a label: they enter
+    every term but CE (and DKD needs labels).
     As a subscriber of the run (pass it in ``callbacks``) it follows the epoch for DKD's warm-up.
     The adapters of FitNets are submodules, so the loop trains them with the student.
     """
 
     def __init__(self, teacher: FrozenTeacher, method: str = "kd", temperature: float = 4.0, alpha: float = 0.5,
-                 beta: float = 0.0, *, cached: bool = False, warmup: int = 1,
+                 beta: float = 0.0, *, cached: bool = False, unlabelled: bool = False, warmup: int = 1,
                  pairs: Sequence[tuple[str, str]] = (), adapters: nn.ModuleList | None = None,
                  student_tap: Tap | None = None, teacher_tap: Tap | None = None):
         super().__init__()
         self.teacher = teacher  # a plain object, not a submodule: the loop must not train or move it
         self.method, self.temperature, self.alpha, self.beta = method, temperature, alpha, beta
-        self.cached, self.warmup, self.epoch = cached, max(1, warmup), 0
+        self.cached, self.unlabelled, self.warmup, self.epoch = cached, unlabelled, max(1, warmup), 0
         self.pairs = list(pairs)
         self.adapters = adapters if adapters is not None else nn.ModuleList()
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
@@ -78,7 +80,8 @@ class Distillation(nn.Module):
         x, y = split_batch(batch)
         s = model(x)
         t = batch[2].to(s.dtype) if self.cached else self.teacher(x)
-        ce = losses.hard_ce(s, y)
+        # hard_ce equals plain cross-entropy when every row is labelled, which is cheaper to compute
+        ce = losses.hard_ce(s, y) if self.unlabelled else F.cross_entropy(s, y)
         if self.method == "dkd":
             terms = {"ce": ce, "tckd": losses.tckd(s, t, y, self.temperature),
                      "nckd": losses.nckd(s, t, y, self.temperature)}
@@ -91,8 +94,8 @@ class Distillation(nn.Module):
                 name = "hint" if self.method == "fitnets" else "at"  # FitNets calls its term the hint loss
                 terms[name] = self._feature_loss()
                 loss = loss + self.beta * terms[name]
-        labelled = y != losses.UNLABELLED
-        if not bool(labelled.all()):  # train accuracy counts the labelled rows only
+        if self.unlabelled:  # train accuracy counts the labelled rows only
+            labelled = y != losses.UNLABELLED
             s, y = s[labelled], y[labelled]
         return StepOutput(loss=loss, logits=s, targets=y, terms=terms)
 

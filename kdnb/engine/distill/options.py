@@ -34,7 +34,8 @@ def _number(value: Any) -> bool:
 
 def check_weights(method: str, temperature: Any, alpha: Any, beta: Any) -> None:
     if not _number(temperature) or temperature <= 0:
-        raise KdnbError(f"temperature should be a number > 0 (soft labels are softmax(logits / T)), got {temperature!r}")
+        raise KdnbError(f"temperature should be a number > 0 (soft labels are softmax(logits / T)), "
+                        f"got {temperature!r}")
     if method == "dkd":
         for name, value in (("alpha", alpha), ("beta", beta)):
             if not _number(value) or value < 0:

@@ -117,7 +117,8 @@ class DistillResult:
             rows.append([row["model"], row["accuracy"], agreement, row["params"], row["macs"], row["bytes"],
                          "-" if row["params_x"] is None else f"{row['params_x']:.2f}x"])
         where = "val" if self.val is not None else "the training data (no val given)"
-        notes = [self._verdict(), *self._scratch_note(), f"accuracy on {where}; agreement: top-1 agreement with the teacher on val; "
+        notes = [self._verdict(), *self._scratch_note(),
+                 f"accuracy on {where}; agreement: top-1 agreement with the teacher on val; "
                  "params x: teacher's params / this model's", comparison.latency_line()]
         return Table(["model", "accuracy", "agreement", "params", "MACs", "bytes", "params x"], rows,
                      title=self._headline(), notes=notes)

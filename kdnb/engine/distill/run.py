@@ -123,8 +123,8 @@ def distill(
         loader = soft_cache.cached_loader(loader, logits)
 
     objective = Distillation(
-        frozen, method, temperature, alpha, beta, cached=cached, warmup=warmup or max(1, epochs // 10),
-        pairs=pairs, adapters=adapters,
+        frozen, method, temperature, alpha, beta, cached=cached, unlabelled=transfer is not None,
+        warmup=warmup or max(1, epochs // 10), pairs=pairs, adapters=adapters,
         student_tap=hooks.Tap(trained, [s for _, s in pairs]) if pairs else None,
         teacher_tap=hooks.Tap(frozen.model, [t for t, _ in pairs]) if pairs else None)
     agreement = Agreement(frozen, val) if val is not None else None

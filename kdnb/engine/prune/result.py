@@ -90,7 +90,12 @@ class PruneResult:
 
     def summary(self) -> Table:
         """Before / after (and the control): accuracy, params, non-zeros, MACs, bytes on disk, CPU latency.
-        Compression ratio and theoretical speed-up are reported separately (Blalock et al. 2020)."""
+        Compression ratio and theoretical speed-up are reported separately (Blalock et al. 2020).
+        Without ``val`` or an example input to measure on, the per-layer table instead."""
+        if self.val is None and self.example is None:
+            layers = self.layers()
+            return Table(layers.columns, layers.rows, title=self._headline(),
+                         notes=["pass val= (or example=) to prune to measure accuracy, MACs, bytes and latency"])
         rows = self.comparison().as_dict()
         names = list(rows)
         fields = [("accuracy", "accuracy"), ("params", "params"), ("nonzero params", "nonzero_params"),

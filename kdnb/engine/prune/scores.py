@@ -6,7 +6,6 @@ and BatchNorm parameters are not counted) that are zero or gone, in both modes.
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
