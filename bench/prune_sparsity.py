@@ -82,7 +82,8 @@ def main() -> None:
     models = dense_models(train, val)
     dense = [evaluate(models[s], val)["accuracy"] for s in SEEDS]
     dense_mean = statistics.mean(dense)
-    print(f"dense LeNet-300-100 on digits: val accuracy {dense_mean:.4f} (seeds {', '.join(f'{a:.4f}' for a in dense)}); "
+    seeds = ", ".join(f"{a:.4f}" for a in dense)
+    print(f"dense LeNet-300-100 on digits: val accuracy {dense_mean:.4f} (seeds {seeds}); "
           f"tolerance {TOLERANCE * 100:.1f} pp; fine-tuning {BUDGET} epochs, Adam lr {LR:g}")
     results = {}
     best, notes = highest(lambda net, s, seed: torch_baseline(net, s, train, val, seed), models, dense_mean)

@@ -143,6 +143,10 @@ def test_importance_then_masks_at_for_the_explorer(trained, digits):
         masks = kdnb.engine.prune.masks_at(scores, s)
         kept = sum(int(m.sum()) for m in masks.values())
         assert kept == pytest.approx((1 - s) * sum(m.numel() for m in masks.values()), abs=1)
+    net = kdnb.engine.prune.masked_model(scores, 0.5)
+    assert sum(int(net.get_parameter(n).count_nonzero()) for n in masks) == pytest.approx(
+        0.5 * sum(m.numel() for m in masks.values()), abs=1)
+    assert not hasattr(net, "kdnb_pruned") and same(state(scores.model), state(trained))
 
 
 @pytest.mark.parametrize("structured", [False, True])

@@ -109,7 +109,8 @@ def test_structured_masks_equal_physical_removal():
 def test_fold_batchnorm_computes_the_same_function():
     torch.manual_seed(0)
     net, x = M.resnet_small(5, width=4, blocks=1), torch.randn(4, 1, 8, 8)
-    kdnb.train(net, [(x, torch.tensor([0, 1, 2, 3]))], epochs=2, device="cpu", progress=False)  # non-trivial running stats
+    labels = torch.tensor([0, 1, 2, 3])
+    kdnb.train(net, [(x, labels)], epochs=2, device="cpu", progress=False)  # non-trivial running stats
     folded = fold_batchnorm(kdnb.engine.prune.unstructured.clone(net))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert torch.allclose(net.eval()(x), folded(x), atol=1e-5)

@@ -82,12 +82,13 @@ class TemperatureExplorer(Explorer):
         if len(self.classes) != num_classes:
             raise KdnbError(f"classes has {len(self.classes)} names but the teacher outputs {num_classes} classes")
         self.current = (0, float(temperature))
+        self._figure: Any = None
         self._build_widget()
 
     def _build(self, widgets: Any) -> Any:
-        self.temperature = widgets.FloatSlider(value=self.current[1], min=0.5, max=max(20.0, self.current[1]), step=0.5, description="T",
-                                               readout_format=".1f", continuous_update=True,
-                                               layout={"width": "420px"})
+        self.temperature = widgets.FloatSlider(value=self.current[1], min=0.5, max=max(20.0, self.current[1]),
+                                               step=0.5, description="T", readout_format=".1f",
+                                               continuous_update=True, layout={"width": "420px"})
         options = [(self._sample_name(i), i) for i in range(len(self.logits))]
         self.sample = widgets.Dropdown(options=options, value=self.current[0], description="sample")
         self.numbers = widgets.HTML()
@@ -121,30 +122,42 @@ class TemperatureExplorer(Explorer):
                 f"entropy {entropy:.2f} of {math.log2(len(p)):.2f} bits")
 
     def figure(self) -> Any:
-        """Bars of softmax(z / T) for the current sample, with the T = 1 output outlined behind them."""
+        """Bars of softmax(z / T) for the current sample, with the T = 1 output outlined behind them.
+        One figure, its bars resized in place, so a slider move redraws quickly."""
+        sample, temperature = self.current
+        soft = soft_labels(self.logits[sample], temperature).tolist()
+        hard = soft_labels(self.logits[sample], 1.0).tolist()
+        if self._figure is None:
+            self._figure = self._empty_figure(len(soft))
+        ax = self._figure.axes[0]
+        true_class = int(self.labels[sample]) if self.labels is not None else None
+        for c, (outline, bar, text) in enumerate(zip(self._hard, self._soft, self._values)):
+            outline.set_height(hard[c])
+            bar.set_height(soft[c])
+            bar.set_color("tab:orange" if c == true_class else "tab:blue")
+            text.set_position((c, soft[c] + 0.015))
+            text.set_text(f"{soft[c]:.2f}" if soft[c] >= 0.005 else "")
+        ax.get_legend().get_texts()[1].set_text(f"T = {temperature:.1f} (soft labels)")
+        ax.set_title(f"teacher's class probabilities for sample {self._sample_name(sample)}", fontsize=10)
+        return self._figure
+
+    def _empty_figure(self, num_classes: int) -> Any:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        sample, temperature = self.current
-        soft = soft_labels(self.logits[sample], temperature).numpy()
-        hard = soft_labels(self.logits[sample], 1.0).numpy()
         figure = Figure(figsize=(7.6, 3.2), dpi=100)
         FigureCanvasAgg(figure)
         ax = figure.add_subplot()
-        positions = range(len(soft))
-        ax.bar(positions, hard, width=0.8, fill=False, edgecolor="0.45", linestyle="--", label="T = 1 (ordinary output)")
-        colors = ["tab:orange" if self.labels is not None and c == int(self.labels[sample]) else "tab:blue"
-                  for c in positions]
-        ax.bar(positions, soft, width=0.55, color=colors, label=f"T = {temperature:.1f} (soft labels)")
-        for c, value in zip(positions, soft):
-            if value >= 0.005:
-                ax.text(c, value + 0.015, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(list(positions), self.classes, fontsize=8)
+        positions = list(range(num_classes))
+        self._hard = ax.bar(positions, [0] * num_classes, width=0.8, fill=False, edgecolor="0.45", linestyle="--",
+                            label="T = 1 (ordinary output)")
+        self._soft = ax.bar(positions, [0] * num_classes, width=0.55, color="tab:blue", label="soft labels")
+        self._values = [ax.text(c, 0, "", ha="center", va="bottom", fontsize=7) for c in positions]
+        ax.set_xticks(positions, self.classes, fontsize=8)
         ax.set_xlabel("class" + ("  (orange: the true class)" if self.labels is not None else ""))
         ax.set_ylabel("probability")
         ax.set_ylim(0, 1.28)  # headroom above p = 1 for the legend, so it never covers a bar
         ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-        ax.set_title(f"teacher's class probabilities for sample {self._sample_name(sample)}", fontsize=10)
         ax.legend(fontsize=8, loc="upper center", ncol=2, frameon=False)
         ax.grid(axis="y", alpha=0.25)
         figure.subplots_adjust(left=0.08, right=0.99, bottom=0.16, top=0.9)

@@ -194,7 +194,8 @@ def remaining_weights(keep: dict[tuple[str, int], torch.Tensor], shapes: dict[st
     return total
 
 
-def masks_from_keep(keep: dict[tuple[str, int], torch.Tensor], shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+def masks_from_keep(keep: dict[tuple[str, int], torch.Tensor],
+                    shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
     """Full-shape boolean masks (True = kept) of every parameter a removal touches."""
     masks: dict[str, torch.Tensor] = {}
     for (param, dim), vector in keep.items():

@@ -71,10 +71,11 @@ def prune(
     - ``structured=True``: whole neurons/channels are deleted (Torch-Pruning's DependencyGraph finds the
       coupled layers: BatchNorm, next layers' inputs, residual branches, depthwise convs). Each channel
       takes a known number of weights with it, so channels are removed in ascending score (``scope=
-      "global"``) or as the same fraction of every layer (``"local"``), the fraction found by bisection,
-      until the prunable-weight sparsity reaches ``sparsity``: the channel fraction follows from it
-      (about ``1 - sqrt(1 - sparsity)`` for a chain of equal layers). The classifier's outputs are kept;
-      the sparsity reached is ``result.sparsity``.
+      "global"``; l1 scores divided by their layer's mean first) or as the same fraction of every layer
+      (``"local"``), the number of channels found by bisection, until the prunable-weight sparsity
+      reaches ``sparsity``: the channel fraction follows from it (about ``1 - sqrt(1 - sparsity)`` for a
+      chain of equal layers, since a weight goes when its input or its output channel goes). The
+      classifier's outputs are kept; the sparsity reached is ``result.sparsity``.
 
     Args:
         model: a trained ``nn.Module``; left bit-identical unless ``inplace=True``.
@@ -184,9 +185,8 @@ def prune(
             from kdnb.engine.distill import kd_objective
 
             objective = kd_objective(clone(dense).eval(), temperature=temperature, alpha=alpha)
-        history = fit(net, data, val, epochs=epochs, lr=lr, objective=objective, device=run_device,  # type: ignore[arg-type]
-                      seed=seed, callbacks=[*subscribers, *callbacks], title=title)
-        return history
+        return fit(net, data, val, epochs=epochs, lr=lr, objective=objective,  # type: ignore[arg-type]
+                   device=run_device, seed=seed, callbacks=[*subscribers, *callbacks], title=title)
 
     if schedule == "agp":
         runs.append(finetune_run(finetune, "finetune", [schedules.AGP(sparsity, steps, prune_to)]))

@@ -1,5 +1,6 @@
 """Score once, mask at any sparsity: `importance` computes a criterion's scores (the costly part, with
-data), `masks_at` turns them into masks for a given sparsity (cheap: a sort), so a slider can move.
+data), `masks_at` turns them into masks for a given sparsity (cheap: a sort), so a slider can move;
+`masked_model` is a copy of the scored model with those masks applied.
 
 Sparsity always means the fraction of *prunable weights* (those of every Linear and Conv layer; biases
 and BatchNorm parameters are not counted) that are zero or gone, in both modes.
@@ -61,7 +62,8 @@ def check_criterion(criterion: str, data: Iterable | None, model: nn.Module, str
         raise KdnbError(f"unknown criterion {criterion!r}; {suggest(str(criterion), criteria.CRITERIA)} "
                         f"(known: {', '.join(criteria.CRITERIA)})")
     if hessian_estimator not in ESTIMATORS:
-        raise KdnbError(f"unknown hessian_estimator {hessian_estimator!r}; {suggest(str(hessian_estimator), ESTIMATORS)}")
+        raise KdnbError(f"unknown hessian_estimator {hessian_estimator!r}; "
+                        f"{suggest(str(hessian_estimator), ESTIMATORS)}")
     if criterion in criteria.NEEDS_DATA and data is None:
         raise KdnbError(f"criterion {criterion!r} needs data to score with: pass data=train_loader "
                         "(or use criterion='l1')")
@@ -186,6 +188,18 @@ def masks_at(scores: Scores, sparsity: float, scope: str = "global",
     return _weight_masks(scores, sparsity, scope, pruned or {})
 
 
+def masked_model(scores: Scores, sparsity: float, scope: str = "global") -> nn.Module:
+    """A plain copy of ``scores.model`` with what ``masks_at(scores, sparsity, scope)`` removes set to zero
+    (structured: whole channels zeroed, which computes what deleting them computes)."""
+    from kdnb.engine.prune.unstructured import clone
+
+    model = clone(scores.model)
+    with torch.no_grad():
+        for name, mask in masks_at(scores, sparsity, scope).items():
+            model.get_parameter(name).mul_(mask.to(model.get_parameter(name).device))
+    return model
+
+
 def _lowest(values: torch.Tensor, k: int) -> torch.Tensor:
     keep = torch.ones(values.numel(), dtype=torch.bool)
     if k > 0:
@@ -193,7 +207,8 @@ def _lowest(values: torch.Tensor, k: int) -> torch.Tensor:
     return keep
 
 
-def _weight_masks(scores: Scores, sparsity: float, scope: str, pruned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _weight_masks(scores: Scores, sparsity: float, scope: str,
+                  pruned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     values = {n: s.detach().cpu().float().masked_fill(~pruned[n].cpu(), float("-inf")) if n in pruned
               else s.detach().cpu().float() for n, s in scores.weights.items()}
     if scope == "global":

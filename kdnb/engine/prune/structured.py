@@ -66,7 +66,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         for first, second in zip(names, names[1:]):
             layer, norm = container._modules[first], container._modules[second]
             if not (isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats
-                    and isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)) and not getattr(layer, "transposed", False)
+                    and isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd))
+                    and not getattr(layer, "transposed", False)
                     and _channels(layer) == norm.num_features):
                 continue
             scale = (norm.running_var + norm.eps).rsqrt()
