@@ -53,7 +53,7 @@ class LiveChart(Callback):
         runs: the runs drawn, in order.
     """
 
-    def __init__(self, image: bool | None = None, max_rate: float = 4.0, budget: float = 0.02):
+    def __init__(self, image: bool | None = None, max_rate: float = 4.0, budget: float = 0.015):
         self.image = in_kernel() if image is None else bool(image)
         self.min_interval = 1.0 / max_rate
         self.budget = budget

@@ -46,10 +46,10 @@ def output_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...
     model.eval()
     try:
         model(x)
+        return {name: tuple(out.shape) for name, out in tap.outputs.items() if isinstance(out, torch.Tensor)}
     finally:
         tap.remove()
         model.train(was_training)
-    return {name: tuple(out.shape) for name, out in tap.outputs.items() if isinstance(out, torch.Tensor)}
 
 
 def describe(shapes: dict[str, tuple[int, ...]], limit: int = 12) -> str:

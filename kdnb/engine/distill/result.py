@@ -97,7 +97,7 @@ class DistillResult:
         notes = [self._verdict(), *self._scratch_note()] + ([self.history.message] if self.history.message else [])
         return Table(["model", "val accuracy", "agreement"], rows, title=self._headline(), notes=notes)
 
-    def summary(self, **measure_kwargs: Any) -> Any:
+    def summary(self, **measure_kwargs: Any) -> Table:
         """Teacher / scratch / distilled side by side: accuracy, agreement, params, MACs, bytes; latency
         on the last line (the only number that varies run to run). ``measure_kwargs`` go to `kdnb.measure`.
         """
@@ -124,7 +124,7 @@ class DistillResult:
                      title=self._headline(), notes=notes)
 
     def plot(self) -> Any:
-        """A static matplotlib figure: loss terms per epoch, val accuracy and agreement per epoch."""
+        """A static matplotlib figure: loss terms per step, val accuracy and agreement per epoch."""
         from kdnb.plots.distill import plot_distill
 
         return plot_distill(self)
