@@ -100,7 +100,7 @@ def main() -> None:
     for name in rows[0]:
         values = [100 * row[name] for row in rows]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"  {name:25s} {statistics.mean(values):5.1f} +- {spread:4.1f} %")
+        print(f"  {name:36s} {statistics.mean(values):5.1f} +- {spread:4.1f} %")
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread; "
           f"{time.perf_counter() - start:.0f} s")
     closures = [100 * row["gap closure, distilled"] for row in rows]

@@ -17,6 +17,8 @@ _VERBS = {
     "compare": "kdnb.api",
     "save": "kdnb.api",
     "load": "kdnb.api",
+    "sensitivity": "kdnb.api",
+    "make_permanent": "kdnb.api",
     "KdnbError": "kdnb.engine.errors",
     "Callback": "kdnb.engine.events",
 }

@@ -262,10 +262,11 @@ class KdnbMagics(Magics):
     def _status(self) -> str:
         import torch
 
-        from kdnb.widgets._support import in_kernel, INSTALL_HINT, ipywidgets_or_none
+        from kdnb.widgets._support import INSTALL_HINT, in_kernel, ipywidgets_or_none
 
         plot_off = os.environ.get("KDNB_PLOT", "1").lower() in ("0", "false", "off", "no")
-        chart = "off (KDNB_PLOT=0)" if plot_off else ("live PNG" if in_kernel() else "none outside a notebook kernel (plot=True prints a summary)")
+        chart = ("off (KDNB_PLOT=0)" if plot_off else "live PNG" if in_kernel()
+                 else "none outside a notebook kernel (plot=True prints a summary)")
         widgets = "yes" if ipywidgets_or_none() else f"no — {INSTALL_HINT}"
         device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
         lines = [self._version(), f"device: {device}", f"live chart: {chart}", f"ipywidgets: {widgets}",

@@ -3,8 +3,10 @@ import os
 import pytest
 import torch
 
-os.environ.setdefault("KDNB_PLOT", "0")  # unit tests run without the live chart unless a test turns it on
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Tiny models on a small shared CPU run fastest, and identically, on one thread.
+torch.set_num_threads(1)
+# device="auto" means CPU in tests, so results compare across machines; CUDA tests ask for "cuda".
+os.environ["KDNB_DEVICE"] = "cpu"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -129,13 +129,16 @@ def test_runs_of_one_call_are_drawn_apart(shell, clock):
     with capture_output() as captured:
         drive(chart, clock, steps=100, step_s=0.01, title="scratch")
         drive(chart, clock, steps=50, step_s=0.01, title="distill", extra=lambda step: step / 100)
-    assert [run.title for run in chart.runs] == ["scratch", "distill"] and chart.runs[1].offset == 100
+    assert [run.title for run in chart.runs] == ["scratch", "distill"]
     figure = chart._figure.figure
     loss, accuracy, sparsity = figure.axes
     assert {t.get_text() for t in loss.texts} == {"scratch", "distill"}
     assert loss.get_xlabel() == "step" and accuracy.get_ylabel() == "accuracy (%)"
     assert sparsity.get_ylabel() == "sparsity (%)" and sparsity.get_lines()[0].get_xdata()[0] == 101
     assert [t.get_text() for t in accuracy.get_legend().get_texts()] == ["scratch", "distill"]
+    artists = chart._figure._artists  # runs follow one another: "distill" starts where "scratch" ended
+    assert list(artists["acc", 0].get_xdata()) == [1, 2, 3, 4, 5] and list(artists["acc", 1].get_xdata())[0] == 6
+    assert artists["loss", 1, "loss"].get_xdata()[0] == 101
     assert captured.outputs[-1].data["text/plain"].splitlines() == [summary_line(run) for run in chart.runs]
     assert "sparsity 50.0%" in captured.outputs[-1].data["text/plain"]
 

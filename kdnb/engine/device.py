@@ -1,6 +1,7 @@
 """Resolve a device name, move nested batches to it."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -9,7 +10,10 @@ from kdnb.engine.errors import KdnbError
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU; any other name must exist on this machine."""
+    """"auto" -> CUDA when available, else CPU (the environment variable KDNB_DEVICE, e.g. "cpu",
+    overrides what "auto" picks); any other name must exist on this machine."""
+    if device == "auto" and os.environ.get("KDNB_DEVICE", "auto") != "auto":
+        device = os.environ["KDNB_DEVICE"]
     if isinstance(device, torch.device):
         resolved = device
     elif device == "auto":

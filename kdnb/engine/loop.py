@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from kdnb.engine import checks
-from kdnb.engine.device import resolve_device, to_device
+from kdnb.engine.device import model_device, resolve_device, to_device
 from kdnb.engine.errors import KdnbError
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Dispatcher, RunState
@@ -116,13 +116,13 @@ def fit(
     checks.check_positive("lr", lr)
     device = resolve_device(device)
     objective = objective or Supervised()
+    if check_inputs:  # before moving the model, so a bad input leaves it exactly where it was
+        here = model_device(model)
+        num_classes = checks.check_model_fits_data(model, to_device(checks.first_batch(data, "data"), here), here)
+        checks.check_labels_in_range(data, num_classes)
     model.to(device)
     if isinstance(objective, torch.nn.Module):
         objective.to(device)
-    if check_inputs:
-        batch = to_device(checks.first_batch(data, "data"), device)
-        num_classes = checks.check_model_fits_data(model, batch, device)
-        checks.check_labels_in_range(data, num_classes)
     if seed is not None:
         seed_everything(seed, data)
 

@@ -1,7 +1,8 @@
 """The figure of one or more training runs: loss terms per step, accuracy per epoch, sparsity.
 
-Runs of one verb call (e.g. "scratch" then "distill") share the step axis one after another,
-separated by a dashed line and named above the plot; their accuracies are overlaid per epoch.
+Runs of one verb call (e.g. "distill" then "scratch", or the rounds of iterative pruning) follow
+one another on the step and epoch axes: a dashed line separates them, their titles stand above
+the loss panel and the accuracy legend names them.
 `HistoryFigure` updates its lines in place, so the live chart can redraw it several times a second;
 `plot_history` draws a finished history once.
 """
@@ -22,26 +23,28 @@ TERM_COLORS = {"loss": "black", "ce": "tab:blue", "kd": "tab:orange", "hint": "t
 SPARE_COLORS = ("tab:red", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 RUN_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 SIZE = (9.6, 3.4)  # inches, at 100 dpi
+# Where each panel's curves usually are not: losses fall, accuracy and sparsity rise. A fixed place also
+# keeps the legend still between redraws (and "best" would search for a place at every redraw).
+LEGEND_PLACES = {"loss": "upper right", "accuracy": "lower right", "sparsity": "lower right"}
 ROUND_STEPS = [1, 2, 2.5, 5, 10]  # tick spacings: 0.5, 1, 2.5, 5, 10, 20, 25, 50, 100 ...
 MAX_POINTS = 400  # per curve: longer runs are averaged in bins, which also smooths per-batch noise
 
 
 @dataclass
 class Run:
-    """One run on the chart: its title, its (possibly still growing) history, where it starts on the
-    shared step axis, and its sparsity as (step within the run, fraction) pairs."""
+    """One run on the chart: its title, its (possibly still growing) history, and its sparsity as
+    (step within the run, fraction) pairs."""
 
     title: str
     history: History
-    offset: int = 0
     sparsity: list[tuple[int, float]] = field(default_factory=list)
 
     @classmethod
-    def from_history(cls, title: str, history: History, offset: int = 0) -> Run:
+    def from_history(cls, title: str, history: History) -> Run:
         """A finished run; its sparsity (if a schedule logged one) is placed at each epoch's last step."""
         values = history.epochs.get("sparsity", [])
         per_epoch = history.num_steps // max(history.num_epochs, 1)
-        return cls(title, history, offset, [((i + 1) * per_epoch, v) for i, v in enumerate(values)])
+        return cls(title, history, [((i + 1) * per_epoch, v) for i, v in enumerate(values)])
 
 
 def binned(values: Sequence[float], max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
@@ -80,18 +83,21 @@ class HistoryFigure:
     def update(self, runs: Sequence[Run]) -> Any:
         """Draw ``runs`` (in order) and return the matplotlib Figure."""
         self._layout(with_sparsity=any(run.sparsity for run in runs))
+        steps = epochs = 0  # where each run starts: the runs before it have finished
         for index, run in enumerate(runs):
-            self._draw_loss(index, run)
-            self._draw_accuracy(index, run)
+            self._draw_loss(index, run, steps)
+            self._draw_accuracy(index, run, epochs)
             if run.sparsity:
-                self._draw_sparsity(index, run)
+                self._draw_sparsity(index, run, steps)
+            steps, epochs = steps + run.history.num_steps, epochs + run.history.num_epochs
         for name, ax in self._panels.items():
             ax.relim()
             ax.autoscale_view()
             handles = tuple(line for line in ax.get_lines() if not line.get_label().startswith("_"))
             if handles and self._legends.get(name) != handles:
-                ax.legend(handles=list(handles), fontsize=8, loc="best", frameon=False)
+                ax.legend(handles=list(handles), fontsize=8, loc=LEGEND_PLACES[name], frameon=False)
                 self._legends[name] = handles
+        self._panels["accuracy"].set_xlim(0.5, max(epochs, 1) + 0.5)  # whole epochs, even for one
         return self.figure
 
     def _layout(self, with_sparsity: bool) -> None:
@@ -134,12 +140,12 @@ class HistoryFigure:
             self._artists[key] = make()
         return self._artists[key]
 
-    def _draw_loss(self, index: int, run: Run) -> None:
+    def _draw_loss(self, index: int, run: Run, offset: int) -> None:
         for term in run.history.steps:
             line = self._artist(("loss", index, term), lambda: self._term_line(term))
             x, y = binned(run.history.steps[term])
-            line.set_data(x + run.offset, y)
-        self._run_marker(index, run)
+            line.set_data(x + offset, y)
+        self._run_marker(index, run, offset)
 
     def _term_line(self, term: str) -> Any:
         """A new line for a loss term: same colour in every run, in the legend once."""
@@ -151,15 +157,15 @@ class HistoryFigure:
         return self._panels["loss"].plot([], [], color=self._term_colors[term], lw=1.1 if term == "loss" else 0.9,
                                          label=label)[0]
 
-    def _run_marker(self, index: int, run: Run) -> None:
+    def _run_marker(self, index: int, run: Run, offset: int) -> None:
         """A dashed line where the run starts (after the first) and its title above the loss panel."""
         ax = self._panels["loss"]
         if index > 0:
-            self._artist(("start", index), lambda: ax.axvline(run.offset + 0.5, color="0.5", ls="--", lw=0.8))
-        self._artist(("title", index), lambda: ax.text(run.offset + 0.5, 1.02, run.title, transform=ax.get_xaxis_transform(),
-                                                       fontsize=9, ha="left", va="bottom"))
+            self._artist(("start", index), lambda: ax.axvline(offset + 0.5, color="0.5", ls="--", lw=0.8))
+        self._artist(("title", index), lambda: ax.text(offset + 0.5, 1.02, run.title, fontsize=9, ha="left",
+                                                       va="bottom", transform=ax.get_xaxis_transform()))
 
-    def _draw_accuracy(self, index: int, run: Run) -> None:
+    def _draw_accuracy(self, index: int, run: Run, offset: int) -> None:
         ax = self._panels["accuracy"]
         name, style, label = "val_acc", "-", run.title
         if name not in run.history.epochs and "train_acc" in run.history.epochs:
@@ -168,13 +174,15 @@ class HistoryFigure:
         color = RUN_COLORS[index % len(RUN_COLORS)]
         line = self._artist(("acc", index), lambda: ax.plot([], [], style, color=color, marker="o", ms=3.5,
                                                             label=label)[0])
-        line.set_data(np.arange(1, len(values) + 1), 100 * np.asarray(values, dtype=float))
+        line.set_data(offset + np.arange(1, len(values) + 1), 100 * np.asarray(values, dtype=float))
+        if index > 0:
+            self._artist(("epoch start", index), lambda: ax.axvline(offset + 0.5, color="0.5", ls="--", lw=0.8))
 
-    def _draw_sparsity(self, index: int, run: Run) -> None:
+    def _draw_sparsity(self, index: int, run: Run, offset: int) -> None:
         ax = self._panels["sparsity"]
         color = RUN_COLORS[index % len(RUN_COLORS)]
         line = self._artist(("sparsity", index), lambda: ax.plot([], [], color=color, label=run.title)[0])
-        steps = [run.offset + step for step, _ in run.sparsity]
+        steps = [offset + step for step, _ in run.sparsity]
         line.set_data(steps, [100 * value for _, value in run.sparsity])
 
 
@@ -185,10 +193,7 @@ def plot_history(history: History | Mapping[str, History], title: str = "train")
     ``fig.savefig("history.png")``.
     """
     runs_by_title = {title: history} if isinstance(history, History) else dict(history)
-    runs, offset = [], 0
-    for name, record in runs_by_title.items():
-        runs.append(Run.from_history(name, record, offset))
-        offset += record.num_steps
+    runs = [Run.from_history(name, record) for name, record in runs_by_title.items()]
     import matplotlib.pyplot as plt
 
     # A pyplot figure, so a notebook's inline backend knows how to show it; closed at once, so the

@@ -65,8 +65,7 @@ class LiveChart(Callback):
         self._run_started = self._spent = self._last_draw = 0.0
 
     def on_run_start(self, state: RunState) -> None:
-        offset = sum(run.history.num_steps for run in self.runs)
-        self.runs.append(Run(state.title, state.history, offset))
+        self.runs.append(Run(state.title, state.history))
         self._run_started = self._last_draw = time.perf_counter()
         self._spent = 0.0
 
