@@ -151,7 +151,7 @@ def test_real_run_with_the_chart(shell):
     assert history.status == "completed" and captured.stdout.strip().endswith(summary_line(chart.runs[0]))
 
 
-def test_without_a_notebook_the_chart_prints_its_summary_only(shell, capsys):
+def test_without_a_notebook_the_chart_prints_its_summary_only(shell):
     chart = LiveChart(image=False)
     with capture_output() as captured:
         fit(models.mlp(8, [8], 3), loader(), epochs=1, callbacks=[chart])

@@ -23,9 +23,10 @@ TERM_COLORS = {"loss": "black", "ce": "tab:blue", "kd": "tab:orange", "hint": "t
 SPARE_COLORS = ("tab:red", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 RUN_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 SIZE = (9.6, 3.4)  # inches, at 100 dpi
-# Where each panel's curves usually are not: losses fall, accuracy and sparsity rise. A fixed place also
-# keeps the legend still between redraws (and "best" would search for a place at every redraw).
-LEGEND_PLACES = {"loss": "upper right", "accuracy": "lower right", "sparsity": "lower right"}
+# Where the curves usually are not: losses fall, sparsity rises. A fixed place keeps the legend still
+# between redraws, and "best" searches every line's points at every redraw: fine for the few accuracy
+# points (which fall when a pruning round goes too far), too slow for thousands of loss steps.
+LEGEND_PLACES = {"loss": "upper right", "accuracy": "best", "sparsity": "lower right"}
 ROUND_STEPS = [1, 2, 2.5, 5, 10]  # tick spacings: 0.5, 1, 2.5, 5, 10, 20, 25, 50, 100 ...
 MAX_POINTS = 400  # per curve: longer runs are averaged in bins, which also smooths per-batch noise
 
