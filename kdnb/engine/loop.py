@@ -154,7 +154,10 @@ def fit(
                 correct = seen = batches = 0
                 for batch in data:
                     batch = to_device(batch, device)
-                    with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+                    if use_amp:
+                        with torch.autocast(device_type="cuda", dtype=torch.float16):
+                            out = objective(model, batch)
+                    else:
                         out = objective(model, batch)
                     loss_value = float(out.loss.detach())
                     if not math.isfinite(loss_value):
