@@ -27,8 +27,11 @@ browser:
 	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) || \
 	  echo "chromium could not be installed; the browser test will skip"
 
+# Jupyter refuses to run as root (containers, CI) unless told it may.
+ALLOW_ROOT  := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/00-quickstart.ipynb
+	$(VENV)/bin/jupyter lab $(ALLOW_ROOT) notebooks/00-quickstart.ipynb
 
 test: setup browser
 	$(PY) -m pytest
