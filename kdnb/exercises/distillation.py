@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from kdnb.engine.distill import losses
-from kdnb.exercises.report import FAILED, NOT_DONE, Report, as_number, as_tensor, attempt, close
+from kdnb.exercises.report import FAILED, NOT_DONE, Report, as_number, as_tensor, attempt, close, grade_fraction
 
 
 def _logits(seed: int, rows: int = 6, classes: int = 10, scale: float = 3.0) -> torch.Tensor:
@@ -144,19 +144,10 @@ def gap_closure(fn: Callable[[float, float, float], float | None]) -> Report:
             return report
         if value is FAILED:
             continue
-        mine = as_number(value)
-        if mine is None:
-            report.wrong(what, f"return a number, got {value!r}")
-        elif abs(mine - expected) < 1e-9:
-            report.ok(f"{what} = {expected:g}")
-        elif abs(mine - 100 * expected) < 1e-6:
-            report.wrong(what, f"return a fraction ({expected:g}), not a percentage ({mine:g})")
-        elif abs(mine + expected) < 1e-9:
-            report.wrong(what, "the sign is flipped: (distilled - scratch) / (teacher - scratch)")
-        elif abs(mine - (distilled - scratch) / teacher) < 1e-9:
-            report.wrong(what, "divide by the gap (teacher - scratch), not by the teacher's accuracy")
-        else:
-            report.wrong(what, f"got {mine:g}, expected {expected:g} = ({distilled} - {scratch}) / ({teacher} - {scratch})")
+        grade_fraction(report, what, value, expected, f"({distilled} - {scratch}) / ({teacher} - {scratch})", (
+            (-expected, "the sign is flipped: (distilled - scratch) / (teacher - scratch)"),
+            ((distilled - scratch) / teacher, "divide by the gap (teacher - scratch), not by the teacher's accuracy"),
+        ))
     what = "gap_closure(teacher=0.9, scratch=0.9, distilled=0.92): no gap to close"
     value = attempt(report, fn, 0.9, 0.9, 0.92, none_is_stub=False)
     if value is None:

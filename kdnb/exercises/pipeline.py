@@ -8,7 +8,7 @@ from torch import nn
 
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.prune.groups import prunable_weights
-from kdnb.exercises.report import FAILED, NOT_DONE, Report, as_number, attempt
+from kdnb.exercises.report import FAILED, NOT_DONE, Report, attempt, grade_fraction
 
 
 def recovered_fraction(fn: Callable[[float, float, float], float]) -> Report:
@@ -22,20 +22,12 @@ def recovered_fraction(fn: Callable[[float, float, float], float]) -> Report:
             return report
         if value is FAILED:
             continue
-        mine = as_number(value)
-        if mine is None:
-            report.wrong(what, f"return a number, got {type(value).__name__}")
-        elif abs(mine - expected) < 1e-9:
-            report.ok(f"{what} = {expected:g}")
-        elif abs(mine - 100 * expected) < 1e-6:
-            report.wrong(what, "return a fraction, not a percentage")
-        elif abs(mine - recovered / original) < 1e-9:
-            report.wrong(what, "that is the accuracy kept; the question is how much of the LOST accuracy came back: "
-                               "(recovered - pruned) / (original - pruned)")
-        elif abs(mine - (original - recovered) / (original - pruned)) < 1e-9:
-            report.wrong(what, "that is the share still missing; the recovered share is 1 minus it")
-        else:
-            report.wrong(what, f"got {mine:g}, expected {expected:g} = ({recovered} - {pruned}) / ({original} - {pruned})")
+        grade_fraction(report, what, value, expected, f"({recovered} - {pruned}) / ({original} - {pruned})", (
+            (recovered / original, "that is the accuracy kept; the question is how much of the LOST accuracy "
+                                   "came back: (recovered - pruned) / (original - pruned)"),
+            ((original - recovered) / (original - pruned),
+             "that is the share still missing; the recovered share is 1 minus it"),
+        ))
     return report
 
 

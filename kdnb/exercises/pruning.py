@@ -12,7 +12,7 @@ from torch import nn
 
 from kdnb.engine.prune import criteria
 from kdnb.engine.prune.groups import prunable_weights
-from kdnb.exercises.report import FAILED, NOT_DONE, Report, as_number, as_tensor, attempt, close
+from kdnb.exercises.report import FAILED, NOT_DONE, Report, as_number, as_tensor, attempt, close, grade_fraction
 
 
 def _tensor(seed: int, *shape: int) -> torch.Tensor:
@@ -150,18 +150,9 @@ def sparsity(fn: Callable[[nn.Module], float]) -> Report:
     value = attempt(report, fn, model)
     if value is NOT_DONE or value is FAILED:
         return report
-    mine = as_number(value)
-    if mine is None:
-        report.wrong(what, f"return a number, got {type(value).__name__}")
-    elif abs(mine - expected) < 1e-9:
-        report.ok(f"{what} = {expected:g}")
-    elif abs(mine - 100 * expected) < 1e-6:
-        report.wrong(what, f"return a fraction ({expected:g}), not a percentage")
-    elif abs(mine - (1 - expected)) < 1e-9:
-        report.wrong(what, "that is the density (the fraction of NON-zero weights): sparsity = zeros / total")
-    elif abs(mine - all_zeros) < 1e-9:
-        report.wrong(what, "you counted the biases too: sparsity counts the weights of Linear and Conv layers only "
-                           "(iterate over modules and use module.weight)")
-    else:
-        report.wrong(what, f"got {mine:g}, expected {expected:g} = {zeros} zero weights / {total} weights")
+    grade_fraction(report, what, value, expected, f"{zeros} zero weights / {total} weights", (
+        (1 - expected, "that is the density (the fraction of NON-zero weights): sparsity = zeros / total"),
+        (all_zeros, "you counted the biases too: sparsity counts the weights of Linear and Conv layers only "
+                    "(iterate over modules and use module.weight)"),
+    ))
     return report

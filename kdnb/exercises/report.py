@@ -5,7 +5,7 @@ with a hint that names the likely mistake), and "not done yet" for an unfilled s
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -112,3 +112,19 @@ def as_number(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
+
+
+def grade_fraction(report: Report, what: str, value: Any, expected: float, formula: str,
+                   mistakes: Sequence[tuple[float, str]] = ()) -> None:
+    """Grade a student's fraction: right; a percentage instead; one of the known ``mistakes``
+    (the value that mistake gives, and its hint); or wrong, with the ``formula`` to compare against."""
+    mine = as_number(value)
+    if mine is None:
+        report.wrong(what, f"return a number, got {type(value).__name__}")
+    elif abs(mine - expected) < 1e-9:
+        report.ok(f"{what} = {expected:g}")
+    elif abs(mine - 100 * expected) < 1e-6:
+        report.wrong(what, f"return a fraction ({expected:g}), not a percentage ({mine:g})")
+    else:
+        hint = next((hint for wrong, hint in mistakes if abs(mine - wrong) < 1e-9), None)
+        report.wrong(what, hint or f"got {mine:g}, expected {expected:g} = {formula}")
