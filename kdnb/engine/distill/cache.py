@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from kdnb.engine.errors import KdnbError
@@ -91,8 +91,9 @@ def cache_blocker(data: Any) -> str | None:
 class SoftLabelled(Dataset):
     """``dataset`` with a teacher's logits per sample: item i is (x_i, y_i, logits_i).
 
-    A whole batch is read by `__getitems__`: the samples collated as the user's loader would, plus
-    one gather of their logits, so the cache adds next to nothing to loading a batch.
+    A whole batch is read by `__getitems__`: the samples collated as the user's loader would (for a
+    TensorDataset, one gather per tensor), plus one gather of their logits, so the cache adds next to
+    nothing to loading a batch.
     """
 
     def __init__(self, dataset: Any, logits: torch.Tensor):
@@ -106,9 +107,14 @@ class SoftLabelled(Dataset):
         return x, y, self.logits[index]
 
     def __getitems__(self, indices: list[int]) -> list[Any]:
-        read = getattr(self.dataset, "__getitems__", None)
-        samples = read(indices) if read else [self.dataset[i] for i in indices]
-        x, y = split_batch(default_collate(samples))
+        if isinstance(self.dataset, TensorDataset):
+            # One gather per tensor gives what collating the samples one by one would, without the loop.
+            index = torch.as_tensor(indices)
+            x, y = split_batch(tuple(tensor[index] for tensor in self.dataset.tensors))
+        else:
+            read = getattr(self.dataset, "__getitems__", None)
+            samples = read(indices) if read else [self.dataset[i] for i in indices]
+            x, y = split_batch(default_collate(samples))
         return [x, y, self.logits[indices]]
 
 
