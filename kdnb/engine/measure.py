@@ -155,18 +155,7 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
             latency = _latency_ms(net, x, target, repeats, warmup)
             accuracy = evaluate(net, loader)["accuracy"] if labelled else None
 
-    params = nonzero = weights = zero_weights = 0
-    seen = {}  # a parameter shared by two modules (tied weights) counts once; holding the tensors keeps keys unique
-    for _, module in plain_modules(model):
-        for name, tensor, is_param in module_tensors(module):
-            key = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride())
-            if is_param and key not in seen:
-                seen[key] = tensor
-                params += tensor.numel()
-                nonzero += int(torch.count_nonzero(tensor))
-                if name == "weight" and isinstance(module, PRUNABLE):
-                    weights += tensor.numel()
-                    zero_weights += tensor.numel() - int(torch.count_nonzero(tensor))
+    params, nonzero, weights, zero_weights = parameter_counts(model)
     return Measurement(
         params=params, nonzero_params=nonzero,
         sparsity=zero_weights / weights if weights else 0.0,
@@ -223,6 +212,25 @@ def _check_runs(model: nn.Module, x: torch.Tensor) -> None:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise KdnbError(f"model failed on an input batch of shape {tuple(x.shape)}: {first_line} "
                         "-- check that the model's input size matches the data") from None
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int, int, int]:
+    """(parameters, non-zero parameters, Linear/Conv weights, zero Linear/Conv weights) of ``model`` as
+    `kdnb.save` writes it (pruning masks folded). A parameter shared by two modules (tied weights) counts once."""
+    params = nonzero = weights = zero_weights = 0
+    seen = {}  # holding the tensors keeps their keys unique
+    for _, module in plain_modules(model):
+        for name, tensor, is_param in module_tensors(module):
+            key = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride())
+            if is_param and key not in seen:
+                seen[key] = tensor
+                zeros = tensor.numel() - int(torch.count_nonzero(tensor))
+                params += tensor.numel()
+                nonzero += tensor.numel() - zeros
+                if name == "weight" and isinstance(module, PRUNABLE):
+                    weights += tensor.numel()
+                    zero_weights += zeros
+    return params, nonzero, weights, zero_weights
 
 
 def _macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:

@@ -20,7 +20,8 @@ from kdnb.engine.evaluate import evaluate
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune.scores import Scores, check_sparsity, importance, masks_at
 from kdnb.engine.prune.unstructured import apply_masks
-from kdnb.engine.serialize import file_size, module_tensors, plain_modules
+from kdnb.engine.measure import parameter_counts
+from kdnb.engine.serialize import file_size
 from kdnb.engine.table import Table
 from kdnb.widgets._support import Explorer, png
 
@@ -33,13 +34,8 @@ CURVE_COLORS = {"l1": "tab:blue", "taylor": "tab:orange", "hessian": "tab:green"
 
 def nonzero_params(model: torch.nn.Module) -> tuple[int, int]:
     """(non-zero, all) parameters of the model as `kdnb.save` would write it (masks folded)."""
-    nonzero = total = 0
-    for _, module in plain_modules(model):
-        for _, tensor, is_param in module_tensors(module):
-            if is_param:
-                nonzero += int(torch.count_nonzero(tensor))
-                total += tensor.numel()
-    return nonzero, total
+    params, nonzero, _, _ = parameter_counts(model)
+    return nonzero, params
 
 
 class SparsityExplorer(Explorer):
