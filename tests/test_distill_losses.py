@@ -142,3 +142,14 @@ def test_alpha_weights_the_hard_labels():
     s, t, y = logits(1)
     assert math.isclose(losses.kd(s, t, y, 4.0, alpha=1.0).item(), F.cross_entropy(s, y).item(), rel_tol=1e-6)
     assert math.isclose(losses.kd(s, t, y, 4.0, alpha=0.0).item(), losses.soft_kl(s, t, 4.0).item(), rel_tol=1e-6)
+
+
+@fast
+@given(seeds, temperatures)
+def test_soft_labels_equal_the_formula_and_flatten_as_t_grows(seed, temperature):
+    z, _, _ = logits(seed)
+    p = losses.soft_labels(z, temperature)
+    by_hand = torch.exp(z / temperature) / torch.exp(z / temperature).sum(dim=1, keepdim=True)
+    assert torch.allclose(p, by_hand, atol=1e-6)
+    hotter = losses.soft_labels(z, temperature * 2)
+    assert (hotter.max(dim=1).values <= p.max(dim=1).values + 1e-6).all()

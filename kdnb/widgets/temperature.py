@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from kdnb.engine.checks import check_model
+from kdnb.engine.distill.losses import soft_labels
 from kdnb.engine.errors import KdnbError
 from kdnb.engine.evaluate import predict
 from kdnb.engine.objective import split_batch
@@ -45,11 +46,6 @@ def first_samples(samples: Any, limit: int) -> tuple[torch.Tensor, torch.Tensor 
             return torch.cat(xs)[:limit], labels
     raise KdnbError(f"samples should be a tensor of inputs, an (inputs, labels) pair, a Dataset or a DataLoader, "
                     f"got {type(samples).__name__}")
-
-
-def soft_labels(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """p^T = softmax(z / T): the teacher's class distribution softened by the temperature T."""
-    return torch.softmax(logits / temperature, dim=-1)
 
 
 class TemperatureExplorer(Explorer):

@@ -12,6 +12,17 @@ import torch.nn.functional as F
 UNLABELLED = -1  # the label of a transfer-set input: no hard-label term for it
 
 
+def soft_labels(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The soft labels of Hinton, Vinyals & Dean 2015: the class distribution softened by T,
+
+        p^T = softmax(z / T)   over the classes (the last dimension)
+
+    T = 1 is the ordinary softmax; a higher T spreads probability onto the non-target classes,
+    showing how the network relates them ("dark knowledge").
+    """
+    return F.softmax(logits / temperature, dim=-1)
+
+
 def hard_ce(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy with the hard labels over the labelled rows only:
 
