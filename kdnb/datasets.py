@@ -11,6 +11,8 @@ label for distillation (Hinton et al. 2015 train the student on such a transfer 
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -56,19 +58,9 @@ def arrays(name: str, seed: int = 0, val_fraction: float = 0.2, num_samples: int
         raise KdnbError(f"unknown dataset {name!r}; {suggest(str(name), NAMES)} (known: {', '.join(NAMES)})")
     if not 0.0 < val_fraction < 1.0:
         raise KdnbError(f"val_fraction should be between 0 and 1, got {val_fraction!r}")
-    if name == "digits":
-        x, y = _digits()
-    elif name == "mnist1d":
-        x, y = _mnist1d(num_samples or 5000, seed=seed)
-    else:
-        x, y = _synthetic(num_samples or 2000, seed=seed)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
-    if num_samples is not None and name == "digits":
-        order = order[:num_samples]
-    cut = int(round(len(order) * (1 - val_fraction)))
-    train_idx, val_idx = order[:cut], order[cut:]
-    mean, std = x[train_idx].mean(axis=0), x[train_idx].std(axis=0) + 1e-6
+    x, y = _raw(name, num_samples, seed)
+    train_idx, val_idx = _split(len(x), seed, val_fraction, num_samples if name == "digits" else None)
+    mean, std = _statistics(x[train_idx])
     x = (x - mean) / std
     as_x = lambda idx: torch.tensor(x[idx], dtype=torch.float32)  # noqa: E731
     as_y = lambda idx: torch.tensor(y[idx], dtype=torch.int64)  # noqa: E731
@@ -85,16 +77,36 @@ def transfer_set(name: str = "mnist1d", num_samples: int = 10000, seed: int = 1,
     """
     if name not in ("mnist1d", "synthetic"):
         raise KdnbError(f"no transfer set generator for {name!r}; use 'mnist1d' or 'synthetic'")
-    x = _mnist1d(num_samples, seed=seed + 10_000)[0] if name == "mnist1d" else _synthetic(num_samples, seed=seed + 10_000)[0]
-    x_ref = _mnist1d(5000, seed=reference_seed)[0] if name == "mnist1d" else _synthetic(2000, seed=reference_seed)[0]
-    rng = np.random.default_rng(reference_seed)
-    ref_train = x_ref[rng.permutation(len(x_ref))[: int(round(len(x_ref) * 0.8))]]
-    x = (x - ref_train.mean(axis=0)) / (ref_train.std(axis=0) + 1e-6)
+    x = _raw(name, num_samples, seed + 10_000)[0]
+    reference = _raw(name, None, reference_seed)[0]
+    mean, std = _statistics(reference[_split(len(reference), reference_seed, 0.2)[0]])
+    x = (x - mean) / std
     tensor = torch.tensor(x, dtype=torch.float32)
     if not flat:
         tensor = _unflatten(name, tensor)
     return DataLoader(_Unlabeled(tensor), batch_size=batch_size, shuffle=True,
                       generator=torch.Generator().manual_seed(seed))
+
+
+def _raw(name: str, num_samples: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset's inputs and labels before splitting and standardising."""
+    if name == "digits":
+        return _digits()
+    if name == "mnist1d":
+        return _mnist1d(num_samples or 5000, seed=seed)
+    return _synthetic(num_samples or 2000, seed=seed)
+
+
+def _split(count: int, seed: int, val_fraction: float, keep: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices: a seeded permutation of ``count`` samples (its first ``keep``), cut at val_fraction."""
+    order = np.random.default_rng(seed).permutation(count)[:keep]
+    cut = int(round(len(order) * (1 - val_fraction)))
+    return order[:cut], order[cut:]
+
+
+def _statistics(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std of the train split; every split and transfer set is standardised with them."""
+    return x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
 
 
 class _Unlabeled(torch.utils.data.Dataset):
@@ -121,6 +133,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return bunch.data.astype(np.float32), bunch.target.astype(np.int64)
 
 
+@functools.lru_cache(maxsize=8)  # generating takes seconds; load() and transfer_set() reuse the arrays (never mutated)
 def _mnist1d(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Generate MNIST-1D offline (the package's own generator; its download URL is never used)."""
     from mnist1d.data import get_dataset_args, make_dataset
