@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from kdnb.engine.errors import KdnbError
+from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.objective import split_batch
 
 
@@ -51,17 +52,14 @@ def check_model_fits_data(model: torch.nn.Module, batch: Any, device: torch.devi
     Returns the number of classes the model outputs.
     """
     x, y = split_batch(batch)
-    was_training = model.training
-    model.eval()
     try:
-        out = model(x.to(device))
+        with eval_mode(model):
+            out = model(x.to(device))
     except (RuntimeError, ValueError, TypeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise KdnbError(f"{what} failed on an input batch of shape {shape}: {first_line} "
                         "-- check that the model's input size matches the data") from None
-    finally:
-        model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise KdnbError(f"{what} should return logits of shape (batch, classes), got {shape}")

@@ -1,7 +1,8 @@
 """Loss and accuracy of a model over a loader, without touching its weights or mode."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -10,21 +11,30 @@ from kdnb.engine.device import model_device, to_device
 from kdnb.engine.objective import split_batch
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Eval mode inside (dropout off, BatchNorm running statistics); afterwards each submodule gets back
+    its own mode, which may differ from its parent's (e.g. a frozen BatchNorm inside a training model)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, data: Iterable) -> tuple[torch.Tensor, torch.Tensor | None]:
     """All logits (on CPU) and labels (or None) of ``data``, in loader order, in eval mode."""
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     logits, labels = [], []
-    try:
+    with eval_mode(model):
         for batch in data:
             x, y = split_batch(to_device(batch, device))
             logits.append(model(x).float().cpu())
             if y is not None:
                 labels.append(y.cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(logits), (torch.cat(labels) if labels else None)
 
 
@@ -32,18 +42,14 @@ def predict(model: torch.nn.Module, data: Iterable) -> tuple[torch.Tensor, torch
 def evaluate(model: torch.nn.Module, data: Iterable) -> dict[str, float]:
     """{"loss": mean cross-entropy, "accuracy": top-1} over labelled ``data``."""
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     total_loss, correct, count = 0.0, 0, 0
-    try:
+    with eval_mode(model):
         for batch in data:
             x, y = split_batch(to_device(batch, device))
             out = model(x).float()
             total_loss += F.cross_entropy(out, y, reduction="sum").item()
             correct += (out.argmax(dim=1) == y).sum().item()
             count += y.numel()
-    finally:
-        model.train(was_training)
     if count == 0:
         return {"loss": float("nan"), "accuracy": float("nan")}
     return {"loss": total_loss / count, "accuracy": correct / count}

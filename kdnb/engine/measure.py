@@ -6,13 +6,12 @@ latency stays on its own ``latency`` line.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
 import statistics
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -22,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from kdnb.engine.checks import check_labels_in_range, check_loader, check_model, check_model_fits_data, first_batch
 from kdnb.engine.device import model_device, resolve_device
 from kdnb.engine.errors import KdnbError, suggest
-from kdnb.engine.evaluate import evaluate
+from kdnb.engine.evaluate import eval_mode, evaluate
 from kdnb.engine.objective import split_batch
 from kdnb.engine.serialize import file_size, module_tensors, plain_modules
 from kdnb.engine.table import Table, format_value
@@ -144,7 +143,7 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
                         "pass a DataLoader of (inputs, labels) or an example input tensor")
     x = _batch_of(x, loader, batch_size).to(target)
 
-    with _eval_mode(net):
+    with eval_mode(net):
         if labelled:
             num_classes = check_model_fits_data(net, first, target)
             check_labels_in_range(loader, num_classes)
@@ -190,18 +189,6 @@ def _batch_of(x: torch.Tensor, loader: Iterable | None, batch_size: int | None) 
             break
     rows = torch.cat(parts)
     return rows.repeat(math.ceil(batch_size / rows.shape[0]), *[1] * (rows.dim() - 1))[:batch_size]
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode inside; afterwards each submodule gets back its own mode (they may differ)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 @torch.no_grad()

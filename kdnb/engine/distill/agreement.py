@@ -9,7 +9,7 @@ from torch.utils.data import SequentialSampler
 
 from kdnb.engine.device import model_device, to_device
 from kdnb.engine.distill.objectives import FrozenTeacher
-from kdnb.engine.evaluate import predict
+from kdnb.engine.evaluate import eval_mode, predict
 from kdnb.engine.objective import split_batch
 
 
@@ -43,16 +43,12 @@ class Agreement:
     @torch.no_grad()
     def _side_by_side(self, model: torch.nn.Module, val: Iterable
                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        was_training = model.training
-        model.eval()
         logits, labels, teacher_pred = [], [], []
-        try:
+        with eval_mode(model):
             for batch in val:
                 x, y = split_batch(to_device(batch, model_device(model)))
                 logits.append(model(x).float().cpu())
                 teacher_pred.append(self.teacher(x).argmax(1).cpu())
                 if y is not None:
                     labels.append(y.cpu())
-        finally:
-            model.train(was_training)
         return torch.cat(logits), (torch.cat(labels) if labels else None), torch.cat(teacher_pred)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from kdnb.engine.errors import KdnbError, suggest
+from kdnb.engine.evaluate import eval_mode
 
 FeaturePairs = Sequence[tuple[str, str]]
 
@@ -42,14 +43,12 @@ def output_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...
     """The output shape of every named module of ``model`` on input ``x`` (one dry run, eval mode)."""
     names = [name for name, _ in model.named_modules() if name]
     tap = Tap(model, names)
-    was_training = model.training
-    model.eval()
     try:
-        model(x)
+        with eval_mode(model):
+            model(x)
         return {name: tuple(out.shape) for name, out in tap.outputs.items() if isinstance(out, torch.Tensor)}
     finally:
         tap.remove()
-        model.train(was_training)
 
 
 def describe(shapes: dict[str, tuple[int, ...]], limit: int = 12) -> str:

@@ -11,7 +11,6 @@ scores estimate is the loss of the model as it will be used.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -19,18 +18,9 @@ from torch import nn
 
 from kdnb.engine.device import model_device, to_device
 from kdnb.engine.errors import KdnbError
+from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.objective import StepOutput, Supervised, split_batch
 from kdnb.engine.prune.criteria import slimming_penalty
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _batches(model: nn.Module, data: Iterable, criterion: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -53,7 +43,7 @@ def squared_gradients(model: nn.Module, data: Iterable, loss_fn: Callable = F.cr
     names, params = _named_trainable(model)
     sums = [torch.zeros_like(p) for p in params]
     count = 0
-    with _eval_mode(model):
+    with eval_mode(model):
         for x, y in _batches(model, data, "taylor"):
             grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
             for total, g in zip(sums, grads):
@@ -81,7 +71,7 @@ def fisher_diagonal(model: nn.Module, data: Iterable, loss_fn: Callable = F.cros
 
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
     weights = {n: p.detach() for n, p in zip(names, params)}
-    with _eval_mode(model):
+    with eval_mode(model):
         for x, y in _batches(model, data, "hessian"):
             for start in range(0, len(x), chunk):
                 grads = per_sample(weights, x[start:start + chunk], y[start:start + chunk])
@@ -99,7 +89,7 @@ def hutchinson_diagonal(model: nn.Module, data: Iterable, samples: int = 1, seed
     sums = [torch.zeros_like(p) for p in params]
     generator = torch.Generator().manual_seed(seed)
     count = 0
-    with _eval_mode(model):
+    with eval_mode(model):
         for x, y in _batches(model, data, "hessian"):
             grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True, allow_unused=True)
             used = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]

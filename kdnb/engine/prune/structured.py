@@ -10,17 +10,14 @@ import torch
 from torch import nn
 
 from kdnb.engine.errors import KdnbError
+from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.prune.groups import dependency_graph
 
 
 @torch.no_grad()
 def _outputs(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return model(example)
-    finally:
-        model.train(was_training)
 
 
 def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example: torch.Tensor) -> nn.Module:
