@@ -7,7 +7,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from kdnb.env import version as _version
+
+__version__ = _version("kdnb")  # one source: pyproject.toml, as installed
 
 _VERBS = {
     "train": "kdnb.api",
@@ -19,10 +21,10 @@ _VERBS = {
     "load": "kdnb.api",
     "sensitivity": "kdnb.api",
     "make_permanent": "kdnb.api",
-    "KdnbError": "kdnb.engine.errors",
+    "KdnbError": "kdnb.errors",
     "Callback": "kdnb.engine.events",
 }
-_MODULES = ("datasets", "models", "widgets", "plots", "engine", "exercises", "api")
+_MODULES = ("datasets", "models", "widgets", "plots", "engine", "exercises", "api", "env", "errors")
 __all__ = [*_VERBS, *_MODULES, "__version__"]
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from kdnb.engine import loop
+from kdnb.env import plotting_enabled
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -19,7 +19,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def subscribers(progress: bool = True, plot: bool | str = "auto", callbacks: Iterable[object] = ()) -> list[object]:
     """The subscribers for one verb call: progress bar, live chart (in a notebook), then the user's."""
     subs: list[object] = []
-    if plot and os.environ.get("KDNB_PLOT", "1").lower() not in ("0", "false", "off", "no"):
+    if plot and plotting_enabled():
         from kdnb.widgets import live_chart_for  # lazy: matplotlib and ipywidgets load only when needed
 
         chart = live_chart_for(plot)

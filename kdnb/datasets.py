@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from kdnb.engine.errors import KdnbError, suggest
+from kdnb.errors import KdnbError, suggest
 
 NAMES = ("digits", "mnist1d", "synthetic")
 

@@ -19,7 +19,6 @@ import argparse
 import ast
 import inspect
 import keyword
-import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +27,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from kdnb.engine.errors import KdnbError, suggest
+from kdnb import env
+from kdnb.errors import KdnbError, suggest
 
 VERBS = ("distill", "prune")
 # The two options `kdnb.api.with_subscribers` adds to every verb.
@@ -253,21 +253,14 @@ class KdnbMagics(Magics):
         print(commands[command]())
 
     def _version(self) -> str:
-        from importlib.metadata import version
-
-        import kdnb
-
-        return f"kdnb {kdnb.__version__} (torch {version('torch')}, torch-pruning {version('torch-pruning')})"
+        return f"kdnb {env.version()} (torch {env.version('torch')}, torch-pruning {env.version('torch-pruning')})"
 
     def _status(self) -> str:
         import torch
 
-        from kdnb.widgets._support import INSTALL_HINT, in_kernel, ipywidgets_or_none
-
-        plot_off = os.environ.get("KDNB_PLOT", "1").lower() in ("0", "false", "off", "no")
-        chart = ("off (KDNB_PLOT=0)" if plot_off else "live PNG" if in_kernel()
+        chart = ("off (KDNB_PLOT=0)" if not env.plotting_enabled() else "live PNG" if env.in_kernel()
                  else "none outside a notebook kernel (plot=True prints a summary)")
-        widgets = "yes" if ipywidgets_or_none() else f"no — {INSTALL_HINT}"
+        widgets = "yes" if env.ipywidgets_or_none() else f"no — {env.INSTALL_HINT}"
         device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
         lines = [self._version(), f"device: {device}", f"live chart: {chart}", f"ipywidgets: {widgets}",
                  f"magics: {', '.join('%%' + v for v in self.verbs) or 'none'}, %kdnb"]

@@ -8,13 +8,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 
 _NAMES = {
     "LiveChart": "kdnb.widgets.live",
     "SparsityExplorer": "kdnb.widgets.sparsity",
     "TemperatureExplorer": "kdnb.widgets.temperature",
-    "in_kernel": "kdnb.widgets._support",
+    "in_kernel": "kdnb.env",
 }
 __all__ = [*_NAMES, "live_chart_for"]
 
@@ -29,7 +29,7 @@ def live_chart_for(plot: bool | str) -> Any:
         raise KdnbError(f"plot should be True, False or 'auto', got {plot!r}")
     if plot is False:
         return None
-    from kdnb.widgets._support import in_kernel
+    from kdnb.widgets._support import in_kernel  # at call time: tests stand in a kernel by patching it
 
     if plot == "auto" and not in_kernel():
         return None

@@ -1,30 +1,12 @@
-"""What the widgets need from their surroundings: is there a notebook to draw in, is ipywidgets
-installed, and a figure as PNG bytes."""
+"""What the widgets share: the environment questions (asked on the ground floor, `kdnb.env`), a figure
+as PNG bytes, and the explorers' ipywidgets-or-text base class."""
 from __future__ import annotations
 
 import io
-import sys
 from types import ModuleType
 from typing import Any
 
-INSTALL_HINT = "pip install 'ipywidgets>=8' (then restart the kernel)"
-
-
-def in_kernel() -> bool:
-    """True inside a Jupyter kernel (JupyterLab, Notebook, VS Code, Colab, nbconvert), where images show."""
-    if "IPython" not in sys.modules:
-        return False
-    shell = sys.modules["IPython"].get_ipython()
-    return any(cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__)
-
-
-def ipywidgets_or_none() -> ModuleType | None:
-    """The ipywidgets module, or None when it is not installed."""
-    try:
-        import ipywidgets
-    except ImportError:
-        return None
-    return ipywidgets
+from kdnb.env import INSTALL_HINT, in_kernel, ipywidgets_or_none  # noqa: F401 - the widgets' names for them
 
 
 def png(figure: Any) -> bytes:
