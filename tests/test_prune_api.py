@@ -104,14 +104,18 @@ def test_distill_fine_tunes_with_the_unpruned_model_as_teacher(trained, digits):
 
 def test_summary_repr_and_plot(trained, digits):
     result = prune(trained, 0.9, data=digits[0], val=digits[1], finetune=1, control=True)
-    text = repr(result).splitlines()
+    overview = repr(result).splitlines()  # from the run's numbers: nothing measured just to show itself
+    assert result._comparison is None and not any(" ms" in line for line in overview)
+    assert overview[0].startswith("pruned 90.00%") and overview[1].split() == ["dense", "pruned"]
+    text = str(result.summary()).splitlines()
     assert text[0].startswith("pruned 90.00% of prunable weights (target 90.00%): l1, unstructured, global, oneshot")
     assert text[1].split() == ["dense", "pruned", "control"]
     assert any(line.startswith("compression ratio") for line in text)
     assert any(line.startswith("theoretical speed-up") for line in text)
     assert text[-1].startswith("latency") and sum(" ms" in line for line in text) == 1  # only the last line varies
+    assert str(result.summary()).splitlines() == text  # measured once, then kept
     result._comparison = None
-    again = repr(result).splitlines()
+    again = str(result.summary()).splitlines()
     assert again[:-1] == text[:-1]
     assert "<table>" in result._repr_html_()
     import matplotlib.figure

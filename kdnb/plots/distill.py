@@ -9,18 +9,18 @@ from typing import Any
 
 import numpy as np
 
+from kdnb.engine.distill.result import DistillResult
+from kdnb.engine.drawing import drawer
+from kdnb.plots.figure import SIZE, new_figure
 from kdnb.plots.history import SPARE_COLORS, TERM_COLORS, binned
 
 STUDENT_COLORS = {"scratch": "tab:gray", "distilled": "tab:orange"}
 
 
-def plot_distill(result: Any) -> Any:
+@drawer(DistillResult)
+def plot_distill(result: DistillResult) -> Any:
     """A static matplotlib Figure of a `DistillResult`; save it with ``fig.savefig("distill.png")``."""
-    import matplotlib.pyplot as plt
-
-    # A pyplot figure so a notebook's inline backend can show it, closed at once so it shows once.
-    figure = plt.figure(figsize=(11.0, 3.4), dpi=100)
-    plt.close(figure)
+    figure = new_figure((11.0, SIZE[1]))  # three panels: a little wider than the two of the others
     grid = figure.add_gridspec(1, 3, width_ratios=[1.5, 1, 1])
     loss, accuracy, agreement = (figure.add_subplot(grid[i]) for i in range(3))
     figure.subplots_adjust(left=0.06, right=0.985, bottom=0.15, top=0.88, wspace=0.3)

@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from kdnb.engine.drawing import drawer
 from kdnb.engine.history import History
+from kdnb.plots.figure import new_figure
 
 # Fixed colours per loss term so "kd" is the same colour in every chart of a notebook.
 TERM_COLORS = {"loss": "black", "ce": "tab:blue", "kd": "tab:orange", "hint": "tab:green", "at": "tab:green",
                "tckd": "tab:purple", "nckd": "tab:brown"}
 SPARE_COLORS = ("tab:red", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 RUN_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
-SIZE = (9.6, 3.4)  # inches, at 100 dpi
 # Where the curves usually are not: losses fall, sparsity rises. A fixed place keeps the legend still
 # between redraws, and "best" searches every line's points at every redraw: fine for the few accuracy
 # points (which fall when a pruning round goes too far), too slow for thousands of loss steps.
@@ -68,13 +69,7 @@ class HistoryFigure:
     """
 
     def __init__(self, figure: Any = None):
-        if figure is None:  # an Agg figure outside pyplot: no GUI, no global state, no auto-display
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-
-            figure = Figure(figsize=SIZE, dpi=100)
-            FigureCanvasAgg(figure)
-        self.figure = figure
+        self.figure = figure if figure is not None else new_figure(live=True)
         self._panels: dict[str, Any] = {}
         self._artists: dict[tuple, Any] = {}
         self._legends: dict[str, tuple] = {}
@@ -187,6 +182,7 @@ class HistoryFigure:
         line.set_data(steps, [100 * value for _, value in run.sparsity])
 
 
+@drawer(History)
 def plot_history(history: History | Mapping[str, History], title: str = "train") -> Any:
     """A static figure of one history, or of several named runs drawn in order (e.g. a result's runs).
 
@@ -195,10 +191,4 @@ def plot_history(history: History | Mapping[str, History], title: str = "train")
     """
     runs_by_title = {title: history} if isinstance(history, History) else dict(history)
     runs = [Run.from_history(name, record) for name, record in runs_by_title.items()]
-    import matplotlib.pyplot as plt
-
-    # A pyplot figure, so a notebook's inline backend knows how to show it; closed at once, so the
-    # notebook shows it once, as the cell's value, not a second time when the cell ends.
-    figure = plt.figure(figsize=SIZE, dpi=100)
-    plt.close(figure)
-    return HistoryFigure(figure).update(runs)
+    return HistoryFigure(new_figure()).update(runs)

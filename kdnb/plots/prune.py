@@ -3,29 +3,26 @@ from __future__ import annotations
 
 from typing import Any
 
-SIZE = (9.6, 3.4)  # inches, at 100 dpi, as the other kdnb figures
+from kdnb.engine.drawing import drawer
+from kdnb.engine.prune.result import PruneResult, SensitivityResult
+from kdnb.plots.figure import new_figure
 
 
 def _figure(columns: int) -> tuple[Any, list[Any]]:
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, columns, figsize=SIZE, dpi=100, squeeze=False)
-    plt.close(figure)  # the notebook shows the returned figure once, as the cell's value
-    return figure, list(axes[0])
+    figure = new_figure()
+    return figure, list(figure.subplots(1, columns, squeeze=False)[0])
 
 
-def plot_prune(result: Any) -> Any:
+@drawer(PruneResult)
+def plot_prune(result: PruneResult) -> Any:
     """Left: weights kept / removed per layer. Right: val accuracy against sparsity at each pruning step
     (before and after fine-tuning) and, per fine-tuning epoch, the accuracy at the sparsity then in force."""
-    from kdnb.engine.prune.groups import prunable_weights
-
     figure, (layers, curve) = _figure(2)
-    before = {n: w.numel() for n, w in prunable_weights(result.dense).items()}
-    after = {n: int(w.count_nonzero()) for n, w in prunable_weights(result.plain_model()).items()}
-    names = list(before)
-    kept = [after[n] for n in names]
+    rows = result.layers().rows  # [layer, weights, kept, sparsity]: the result's own numbers
+    names = [row[0] for row in rows]
+    kept = [row[2] for row in rows]
     layers.barh(names, kept, color="tab:blue", label="kept")
-    layers.barh(names, [before[n] - k for n, k in zip(names, kept)], left=kept, color="lightgray", label="removed")
+    layers.barh(names, [row[1] - row[2] for row in rows], left=kept, color="lightgray", label="removed")
     layers.invert_yaxis()
     layers.set_xlabel("weights")
     layers.set_title(f"{result.sparsity:.1%} of prunable weights removed", fontsize=10)
@@ -54,7 +51,8 @@ def plot_prune(result: Any) -> Any:
     return figure
 
 
-def plot_sensitivity(result: Any) -> Any:
+@drawer(SensitivityResult)
+def plot_sensitivity(result: SensitivityResult) -> Any:
     """Val accuracy against sparsity, one line per layer pruned alone; the dense accuracy dotted."""
     figure, (axis,) = _figure(1)
     for layer, accuracy in result.accuracy.items():

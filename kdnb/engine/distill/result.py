@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from kdnb.engine.drawing import draw
 from kdnb.engine.history import History
 from kdnb.engine.table import Table
 
@@ -40,6 +41,7 @@ class DistillResult:
     teacher_accuracy: float | None
     val: Iterable | None = field(default=None)
     data: Iterable | None = field(default=None)
+    _comparison: Any = field(default=None, compare=False)  # see comparison()
 
     @property
     def accuracy(self) -> dict[str, float | None]:
@@ -97,19 +99,29 @@ class DistillResult:
         notes = [self._verdict(), *self._scratch_note()] + ([self.history.message] if self.history.message else [])
         return Table(["model", "val accuracy", "agreement"], rows, title=self._headline(), notes=notes)
 
-    def summary(self, **measure_kwargs: Any) -> Table:
-        """Teacher / scratch / distilled side by side: accuracy, agreement, params, MACs, bytes; latency
-        on the last line (the only number that varies run to run). ``measure_kwargs`` go to `kdnb.measure`.
-        """
+    def comparison(self, **measure_kwargs: Any) -> Any:
+        """`kdnb.engine.measure.compare` of teacher, scratch (if run) and distilled student, on the device
+        the student is on; measured on the first call, then kept (set ``_comparison = None`` to measure
+        again). ``measure_kwargs`` (see `kdnb.measure`) measure anew with those options, uncached."""
+        if self._comparison is not None and not measure_kwargs:
+            return self._comparison
+        from kdnb.engine.device import model_device
         from kdnb.engine.measure import compare  # measured on demand: latency takes a moment
 
-        data = self.val if self.val is not None else self.data
-        device = next((p.device for p in self.student.parameters()), None)
         models = {"teacher": self.teacher}
         if self.baseline is not None:
             models["scratch"] = self.baseline
         models["distilled"] = self.student
-        comparison = compare(models, data, **{"device": device, **measure_kwargs})
+        data = self.val if self.val is not None else self.data
+        comparison = compare(models, data, **{"device": model_device(self.student), **measure_kwargs})
+        if not measure_kwargs:
+            self._comparison = comparison
+        return comparison
+
+    def summary(self, **measure_kwargs: Any) -> Table:
+        """Teacher / scratch / distilled side by side: accuracy, agreement, params, MACs, bytes; latency
+        on the last line (the only number that varies run to run). Measured once, by `comparison`."""
+        comparison = self.comparison(**measure_kwargs)
         agree = self.agreement
         rows = []
         for row in comparison.rows:
@@ -125,9 +137,7 @@ class DistillResult:
 
     def plot(self) -> Any:
         """A static matplotlib figure: loss terms per step, val accuracy and agreement per epoch."""
-        from kdnb.plots.distill import plot_distill
-
-        return plot_distill(self)
+        return draw(self)
 
     def __repr__(self) -> str:
         return self.overview().to_text()

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdnb.engine.drawing import draw
 from kdnb.engine.history import History
 from kdnb.engine.table import Table, format_value
 
@@ -77,26 +78,44 @@ class PruneResult:
             rows.append([name, before[name], kept, f"{1 - kept / before[name]:.1%}"])
         return Table(["layer", "weights", "kept", "sparsity"], rows)
 
-    def comparison(self) -> Any:
-        """`kdnb.engine.measure.compare` of dense, pruned (masks folded) and, if run, the control, on CPU."""
-        if self._comparison is None:
-            from kdnb.engine.measure import compare
+    def comparison(self, **measure_kwargs: Any) -> Any:
+        """`kdnb.engine.measure.compare` of dense, pruned (masks folded) and, if run, the control, on the
+        device the pruned model is on; measured on the first call, then kept (set ``_comparison = None``
+        to measure again). ``measure_kwargs`` (see `kdnb.measure`) measure anew with those options, uncached."""
+        if self._comparison is not None and not measure_kwargs:
+            return self._comparison
+        from kdnb.engine.device import model_device
+        from kdnb.engine.measure import compare  # measured on demand: latency takes a moment
 
-            models = {"dense": self.dense, "pruned": self.plain_model()}
-            if self.control is not None:
-                models["control"] = self.control
-            self._comparison = compare(models, self.val if self.val is not None else self.example, device="cpu")
-        return self._comparison
+        models = {"dense": self.dense, "pruned": self.plain_model()}
+        if self.control is not None:
+            models["control"] = self.control
+        data = self.val if self.val is not None else self.example
+        comparison = compare(models, data, **{"device": model_device(self.model), **measure_kwargs})
+        if not measure_kwargs:
+            self._comparison = comparison
+        return comparison
 
-    def summary(self) -> Table:
-        """Before / after (and the control): accuracy, params, non-zeros, MACs, bytes on disk, CPU latency.
+    def overview(self) -> Table:
+        """Accuracy and sparsity from the run (no new measurement: cheap enough for ``repr``)."""
+        if self.dense_accuracy is None:
+            return self._layer_table()
+        last = self.trajectory[-1] if self.trajectory else {}
+        pruned_acc = self.history.last("val_acc") if self.finetune else last.get("val_acc")
+        rows = [["val accuracy", self.dense_accuracy, pruned_acc],
+                ["sparsity (Linear/Conv weights)", f"{0:.2%}", f"{self.sparsity:.2%}"]]
+        return Table(["", "dense", "pruned"], rows, title=self._headline(),
+                     notes=["summary() measures params, non-zeros, MACs, bytes on disk and latency"])
+
+    def summary(self, **measure_kwargs: Any) -> Table:
+        """Before / after (and the control): accuracy, params, non-zeros, MACs, bytes on disk, latency
+        (measured once by `comparison`, on the pruned model's device).
         Compression ratio and theoretical speed-up are reported separately (Blalock et al. 2020).
         Without ``val`` or an example input to measure on, the per-layer table instead."""
         if self.val is None and self.example is None:
-            layers = self.layers()
-            return Table(layers.columns, layers.rows, title=self._headline(),
-                         notes=["pass val= (or example=) to prune to measure accuracy, MACs, bytes and latency"])
-        rows = self.comparison().as_dict()
+            return self._layer_table()
+        comparison = self.comparison(**measure_kwargs)
+        rows = comparison.as_dict()
         names = list(rows)
         fields = [("accuracy", "accuracy"), ("params", "params"), ("nonzero params", "nonzero_params"),
                   ("sparsity (Linear/Conv weights)", "sparsity"), ("MACs / sample", "macs"),
@@ -106,8 +125,13 @@ class PruneResult:
         pruned = rows["pruned"]
         notes = [f"compression ratio (dense params / pruned nonzero params): {format_value(pruned['params_x'])}x",
                  f"theoretical speed-up (dense MACs / pruned nonzero MACs): {format_value(pruned['macs_x'])}x",
-                 self.comparison().latency_line()]
+                 comparison.latency_line()]
         return Table(["", *names], table_rows, title=self._headline(), notes=notes)
+
+    def _layer_table(self) -> Table:
+        layers = self.layers()
+        return Table(layers.columns, layers.rows, title=self._headline(),
+                     notes=["pass val= (or example=) to prune to measure accuracy, MACs, bytes and latency"])
 
     def _headline(self) -> str:
         kind = "structured" if self.structured else "unstructured"
@@ -118,15 +142,13 @@ class PruneResult:
 
     def plot(self) -> Any:
         """Static figure: weights kept per layer, and accuracy against sparsity along the schedule."""
-        from kdnb.plots.prune import plot_prune
-
-        return plot_prune(self)
+        return draw(self)
 
     def __repr__(self) -> str:
-        return self.summary().to_text()
+        return self.overview().to_text()
 
     def _repr_html_(self) -> str:
-        return self.summary().to_html()
+        return self.overview().to_html()
 
 
 @dataclass
@@ -154,9 +176,7 @@ class SensitivityResult:
 
     def plot(self) -> Any:
         """Static figure: accuracy against sparsity, one line per layer."""
-        from kdnb.plots.prune import plot_sensitivity
-
-        return plot_sensitivity(self)
+        return draw(self)
 
     def __repr__(self) -> str:
         return self.table().to_text()
