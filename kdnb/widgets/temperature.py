@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from kdnb.engine.checks import check_model
+from kdnb.engine.checks import check_model, check_positive
 from kdnb.engine.distill.losses import soft_labels
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import predict
 from kdnb.engine.objective import split_batch
 from kdnb.widgets._support import Explorer, png
@@ -69,8 +69,7 @@ class TemperatureExplorer(Explorer):
     def __init__(self, teacher: torch.nn.Module, samples: Any, *, temperature: float = 4.0,
                  classes: Sequence[str] | None = None, max_samples: int = 32):
         check_model(teacher, "teacher")
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise KdnbError(f"temperature should be a positive number, got {temperature!r}")
+        check_positive("temperature", temperature)
         inputs, self.labels = first_samples(samples, max_samples)
         self.logits, _ = predict(teacher, [inputs])
         num_classes = self.logits.shape[1]
@@ -118,43 +117,15 @@ class TemperatureExplorer(Explorer):
                 f"entropy {entropy:.2f} of {math.log2(len(p)):.2f} bits")
 
     def figure(self) -> Any:
-        """Bars of softmax(z / T) for the current sample, with the T = 1 output outlined behind them.
-        One figure, its bars resized in place, so a slider move redraws quickly."""
+        """Bars of softmax(z / T) for the current sample, with the T = 1 output outlined behind them
+        (drawn by `kdnb.plots.temperature.SoftLabelFigure`, resized in place)."""
         sample, temperature = self.current
-        soft = soft_labels(self.logits[sample], temperature).tolist()
-        hard = soft_labels(self.logits[sample], 1.0).tolist()
         if self._figure is None:
-            self._figure = self._empty_figure(len(soft))
-        ax = self._figure.axes[0]
+            from kdnb.plots.temperature import SoftLabelFigure  # matplotlib loads with the first picture
+
+            self._figure = SoftLabelFigure(self.classes, labelled=self.labels is not None)
         true_class = int(self.labels[sample]) if self.labels is not None else None
-        for c, (outline, bar, text) in enumerate(zip(self._hard, self._soft, self._values)):
-            outline.set_height(hard[c])
-            bar.set_height(soft[c])
-            bar.set_color("tab:orange" if c == true_class else "tab:blue")
-            text.set_position((c, soft[c] + 0.015))
-            text.set_text(f"{soft[c]:.2f}" if soft[c] >= 0.005 else "")
-        ax.get_legend().get_texts()[1].set_text(f"T = {temperature:.1f} (soft labels)")
-        ax.set_title(f"teacher's class probabilities for sample {self._sample_name(sample)}", fontsize=10)
-        return self._figure
-
-    def _empty_figure(self, num_classes: int) -> Any:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        figure = Figure(figsize=(7.6, 3.2), dpi=100)
-        FigureCanvasAgg(figure)
-        ax = figure.add_subplot()
-        positions = list(range(num_classes))
-        self._hard = ax.bar(positions, [0] * num_classes, width=0.8, fill=False, edgecolor="0.45", linestyle="--",
-                            label="T = 1 (ordinary output)")
-        self._soft = ax.bar(positions, [0] * num_classes, width=0.55, color="tab:blue", label="soft labels")
-        self._values = [ax.text(c, 0, "", ha="center", va="bottom", fontsize=7) for c in positions]
-        ax.set_xticks(positions, self.classes, fontsize=8)
-        ax.set_xlabel("class" + ("  (orange: the true class)" if self.labels is not None else ""))
-        ax.set_ylabel("probability")
-        ax.set_ylim(0, 1.28)  # headroom above p = 1 for the legend, so it never covers a bar
-        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-        ax.legend(fontsize=8, loc="upper center", ncol=2, frameon=False)
-        ax.grid(axis="y", alpha=0.25)
-        figure.subplots_adjust(left=0.08, right=0.99, bottom=0.16, top=0.9)
-        return figure
+        return self._figure.update(soft_labels(self.logits[sample], temperature).tolist(),
+                                   soft_labels(self.logits[sample], 1.0).tolist(), temperature,
+                                   f"teacher's class probabilities for sample {self._sample_name(sample)}",
+                                   true_class)
