@@ -28,6 +28,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from kdnb import env
+from kdnb.engine.checks import first_line, is_integer
 from kdnb.errors import KdnbError, suggest
 
 VERBS = ("distill", "prune")
@@ -209,8 +210,9 @@ class VerbMagic:
             hint = hint if hint.startswith("did you mean") else "define it in a cell above first"
             raise UsageError(f"%%{self.name}: {where}: {name} = ...: name {missing!r} is not defined; {hint}") from None
         except Exception as error:  # noqa: BLE001 — any failure of the user's expression is reported in one line
-            first = (str(error).splitlines() or [""])[0]
-            raise UsageError(f"%%{self.name}: {where}: {name} = ...: {type(error).__name__}: {first}") from None
+            kind, detail = type(error).__name__, first_line(error)
+            shown = detail if detail == kind else f"{kind}: {detail}"
+            raise UsageError(f"%%{self.name}: {where}: {name} = ...: {shown}") from None
         self._check_type(name, value)
         return value
 
@@ -224,7 +226,7 @@ class VerbMagic:
             return
         allowed = tuple(SIMPLE_TYPES[p] for p in parts)
         ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
-        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        if float in allowed and is_integer(value):
             ok = True
         if not ok:
             shown = repr(value)

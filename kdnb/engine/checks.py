@@ -6,9 +6,25 @@ from typing import Any
 
 import torch
 
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.objective import split_batch
+
+
+def is_integer(value: Any) -> bool:
+    """An ``int`` that is not a ``bool``: True is an int to Python, never a count of epochs to a user."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A real ``int`` or ``float``, not a ``bool``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (torch's run to many lines), or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_model(model: Any, what: str = "model") -> torch.nn.Module:
@@ -40,8 +56,7 @@ def first_batch(data: Iterable, what: str = "data") -> Any:
 
 
 def check_positive(name: str, value: Any, integer: bool = False) -> None:
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+    if not (is_integer(value) if integer else is_number(value)) or value <= 0:
         raise KdnbError(f"{name} should be a positive {'integer' if integer else 'number'}, got {value!r}")
 
 
@@ -56,9 +71,8 @@ def check_model_fits_data(model: torch.nn.Module, batch: Any, device: torch.devi
         with eval_mode(model):
             out = model(x.to(device))
     except (RuntimeError, ValueError, TypeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise KdnbError(f"{what} failed on an input batch of shape {shape}: {first_line} "
+        raise KdnbError(f"{what} failed on an input batch of shape {shape}: {first_line(error)} "
                         "-- check that the model's input size matches the data") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
