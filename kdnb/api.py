@@ -51,31 +51,26 @@ def with_subscribers(engine_fn: F) -> F:
     return verb  # type: ignore[return-value]
 
 
-def _train(model, data, val=None, *, epochs: int = 5, optimizer=None, lr: float = 1e-3, loss=None,
-           device: str = "auto", amp: bool = False, seed: int | None = 0, callbacks: Iterable[object] = (),
-           scheduler=None, grad_clip: float | None = None):
+def _train(model, data, val=None, *, epochs: int = 5, loss=None, optimizer=None, lr: float = 1e-3,
+           scheduler=None, amp: bool = False, grad_clip: float | None = None, device: str = "auto",
+           seed: int | None = 0, callbacks: Iterable[object] = ()):
     from kdnb.engine.objective import Supervised
 
-    return loop.fit(model, data, val, epochs=epochs, optimizer=optimizer, lr=lr,
-                    objective=Supervised(loss) if loss is not None else None, device=device, amp=amp, seed=seed,
-                    callbacks=callbacks, scheduler=scheduler, grad_clip=grad_clip, title="train")
+    return loop.fit(model, data, val, epochs=epochs, objective=Supervised(loss) if loss is not None else None,
+                    title="train", optimizer=optimizer, lr=lr, scheduler=scheduler, amp=amp, grad_clip=grad_clip,
+                    device=device, seed=seed, callbacks=callbacks)
 
 
-_train.__doc__ = """Train ``model`` in place with hard labels and return its `History`.
+_train.__doc__ = f"""Train ``model`` in place with hard labels and return its `History`.
 
     Args:
         model: any ``nn.Module`` that maps a batch of inputs to logits ``(batch, classes)``.
         data: training ``DataLoader`` of ``(inputs, labels)``.
         val: optional validation loader; val loss and accuracy are logged each epoch.
         epochs: passes over ``data``.
-        optimizer: ``None`` (Adam with ``lr``), an optimizer, or a factory ``params -> optimizer``.
-        lr: learning rate of the default Adam.
         loss: ``loss(logits, labels)``; cross-entropy by default. It may return
-            ``(loss, {"term": value})`` to log extra terms.
-        device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1"...
-        amp: mixed precision (float16 autocast + grad scaling) on CUDA; ignored on CPU.
-        seed: seeds torch, NumPy, Python and the loader's shuffling (None: leave the RNGs alone).
-        callbacks: subscribers to the run's events (see `kdnb.engine.events.Callback`).
+            ``(loss, {{"term": value}})`` to log extra terms.
+{loop.settings_help()}
         progress: show a tqdm progress bar.
         plot: "auto" shows the live loss chart in a notebook; True forces it, False hides it.
 
