@@ -78,7 +78,7 @@ def imports(name: str) -> list[tuple[int, str]]:
         elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
               and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             found.append((node.lineno, node.args[0].value))
-    return [(line, target) for line, target in found if within(target, "kdnb")]
+    return sorted({(line, target) for line, target in found if within(target, "kdnb")})
 
 
 def problems(name: str) -> list[str]:
