@@ -7,10 +7,10 @@
 - ``exercises`` stands beside ``api``: it grades a student's code with the engine's formulas and is a leaf,
   which nothing else in kdnb imports.
 - ``plots`` draws data: from the engine it reads only the results, histories and tables (and registers its
-  drawers in ``kdnb.engine.drawing``); it computes nothing there, so a figure never calls back into pruning.
+  drawers in ``kdnb.engine.results``); it computes nothing there, so a figure never calls back into pruning.
 - A private module (``_name``) is imported only from inside its own package.
-- The engine hands a result to ``plots`` through ``kdnb.engine.drawing`` (a registry, filled when the package
-  named by ``drawing.BACKEND`` loads), never by an import.
+- The engine hands a result to ``plots`` through ``kdnb.engine.results`` (a registry, filled when the package
+  named by ``results.BACKEND`` loads), never by an import.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ LAYERS = [  # top first; a module's layer is that of its longest matching prefix
     ("kdnb.datasets", "kdnb.models"),
     ("kdnb.errors", "kdnb.env"),
 ]
-PLOTS_MAY_READ = ("kdnb.engine.history", "kdnb.engine.table", "kdnb.engine.drawing", "kdnb.engine.errors")
+PLOTS_MAY_READ = ("kdnb.engine.history", "kdnb.engine.table", "kdnb.engine.results", "kdnb.engine.errors")
 LEAVES = ("kdnb.exercises",)
 
 

@@ -1,5 +1,5 @@
 """Static matplotlib figures of kdnb's results (no widgets). A result's ``.plot()`` comes here through
-`kdnb.engine.drawing`: each drawer registers itself for its result type (``@drawer(PruneResult)``), and
+`kdnb.engine.results`: each drawer registers itself for its result type (``@drawer(PruneResult)``), and
 importing this package registers them all. matplotlib itself loads only when a figure is drawn."""
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from kdnb.engine.distill.result import DistillResult
-from kdnb.engine.drawing import drawer
+from kdnb.engine.results import drawer
 from kdnb.plots.figure import SIZE, new_figure
 from kdnb.plots.history import SPARE_COLORS, TERM_COLORS, binned
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kdnb.engine.drawing import drawer
+from kdnb.engine.results import drawer
 from kdnb.engine.history import History
 from kdnb.plots.figure import new_figure
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdnb.engine.drawing import drawer
+from kdnb.engine.results import drawer
 from kdnb.engine.prune.result import PruneResult, SensitivityResult
 from kdnb.plots.figure import new_figure
 

@@ -7,13 +7,13 @@ from typing import Any
 
 from torch import nn
 
-from kdnb.engine.drawing import draw
+from kdnb.engine.results import Result
 from kdnb.engine.history import History
 from kdnb.engine.table import Table
 
 
 @dataclass(repr=False)
-class DistillResult:
+class DistillResult(Result):
     """The outcome of `kdnb.distill`.
 
     Attributes:
@@ -41,7 +41,7 @@ class DistillResult:
     teacher_accuracy: float | None
     val: Iterable | None = field(default=None)
     data: Iterable | None = field(default=None)
-    _comparison: Any = field(default=None, compare=False)  # see comparison()
+    _comparison: Any = field(default=None, compare=False)  # see Result.comparison
 
     @property
     def accuracy(self) -> dict[str, float | None]:
@@ -99,24 +99,15 @@ class DistillResult:
         notes = [self._verdict(), *self._scratch_note()] + ([self.history.message] if self.history.message else [])
         return Table(["model", "val accuracy", "agreement"], rows, title=self._headline(), notes=notes)
 
-    def comparison(self, **measure_kwargs: Any) -> Any:
-        """`kdnb.engine.measure.compare` of teacher, scratch (if run) and distilled student, on the device
-        the student is on; measured on the first call, then kept (set ``_comparison = None`` to measure
-        again). ``measure_kwargs`` (see `kdnb.measure`) measure anew with those options, uncached."""
-        if self._comparison is not None and not measure_kwargs:
-            return self._comparison
-        from kdnb.engine.device import model_device
-        from kdnb.engine.measure import compare  # measured on demand: latency takes a moment
-
+    def _compared(self) -> tuple[dict[str, nn.Module], Any]:
         models = {"teacher": self.teacher}
         if self.baseline is not None:
             models["scratch"] = self.baseline
         models["distilled"] = self.student
-        data = self.val if self.val is not None else self.data
-        comparison = compare(models, data, **{"device": model_device(self.student), **measure_kwargs})
-        if not measure_kwargs:
-            self._comparison = comparison
-        return comparison
+        return models, self.val if self.val is not None else self.data
+
+    def _home(self) -> nn.Module:
+        return self.student
 
     def summary(self, **measure_kwargs: Any) -> Table:
         """Teacher / scratch / distilled side by side: accuracy, agreement, params, MACs, bytes; latency
@@ -134,13 +125,3 @@ class DistillResult:
                  "params x: teacher's params / this model's", comparison.latency_line()]
         return Table(["model", "accuracy", "agreement", "params", "MACs", "bytes", "params x"], rows,
                      title=self._headline(), notes=notes)
-
-    def plot(self) -> Any:
-        """A static matplotlib figure: loss terms per step, val accuracy and agreement per epoch."""
-        return draw(self)
-
-    def __repr__(self) -> str:
-        return self.overview().to_text()
-
-    def _repr_html_(self) -> str:
-        return self.overview().to_html()

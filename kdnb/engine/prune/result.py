@@ -8,13 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdnb.engine.drawing import draw
+from kdnb.engine.results import Result, draw
 from kdnb.engine.history import History
 from kdnb.engine.table import Table, format_value
 
 
-@dataclass
-class PruneResult:
+@dataclass(repr=False)
+class PruneResult(Result):
     """The outcome of `prune`.
 
     Attributes:
@@ -51,7 +51,7 @@ class PruneResult:
     example: torch.Tensor | None = None
     control: nn.Module | None = None
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)
-    _comparison: Any = field(default=None, repr=False)
+    _comparison: Any = field(default=None, compare=False)  # see Result.comparison
 
     def export(self, fold_batchnorm: bool = True, channels_last: bool = True) -> nn.Module:
         """An inference copy of the pruned model (see `kdnb.engine.prune.inference.export`): masks folded,
@@ -78,23 +78,14 @@ class PruneResult:
             rows.append([name, before[name], kept, f"{1 - kept / before[name]:.1%}"])
         return Table(["layer", "weights", "kept", "sparsity"], rows)
 
-    def comparison(self, **measure_kwargs: Any) -> Any:
-        """`kdnb.engine.measure.compare` of dense, pruned (masks folded) and, if run, the control, on the
-        device the pruned model is on; measured on the first call, then kept (set ``_comparison = None``
-        to measure again). ``measure_kwargs`` (see `kdnb.measure`) measure anew with those options, uncached."""
-        if self._comparison is not None and not measure_kwargs:
-            return self._comparison
-        from kdnb.engine.device import model_device
-        from kdnb.engine.measure import compare  # measured on demand: latency takes a moment
-
+    def _compared(self) -> tuple[dict[str, nn.Module], Any]:
         models = {"dense": self.dense, "pruned": self.plain_model()}
         if self.control is not None:
             models["control"] = self.control
-        data = self.val if self.val is not None else self.example
-        comparison = compare(models, data, **{"device": model_device(self.model), **measure_kwargs})
-        if not measure_kwargs:
-            self._comparison = comparison
-        return comparison
+        return models, self.val if self.val is not None else self.example
+
+    def _home(self) -> nn.Module:
+        return self.model
 
     def overview(self) -> Table:
         """Accuracy and sparsity from the run (no new measurement: cheap enough for ``repr``)."""
@@ -140,15 +131,6 @@ class PruneResult:
         return (f"pruned {self.sparsity:.2%} of prunable weights (target {self.target:.2%}): {self.criterion}, "
                 f"{kind}, {self.scope}, {self.schedule}{tuned}{status}")
 
-    def plot(self) -> Any:
-        """Static figure: weights kept per layer, and accuracy against sparsity along the schedule."""
-        return draw(self)
-
-    def __repr__(self) -> str:
-        return self.overview().to_text()
-
-    def _repr_html_(self) -> str:
-        return self.overview().to_html()
 
 
 @dataclass
