@@ -16,6 +16,7 @@ _VERBS = {
     "distill": "kdnb.api",
     "prune": "kdnb.api",
     "measure": "kdnb.api",
+    "evaluate": "kdnb.api",
     "compare": "kdnb.api",
     "save": "kdnb.api",
     "load": "kdnb.api",

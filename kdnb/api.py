@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from kdnb.engine import loop
+from kdnb.engine import checks, loop
 from kdnb.env import plotting_enabled
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -81,6 +81,16 @@ _train.__doc__ = f"""Train ``model`` in place with hard labels and return its `H
 
 train = with_subscribers(_train)
 train.__name__ = train.__qualname__ = "train"
+
+def evaluate(model, data) -> dict[str, float]:
+    """``{"loss": mean cross-entropy, "accuracy": top-1}`` of ``model`` over the labelled loader ``data``,
+    in eval mode; the model's weights and mode are left as they were."""
+    from kdnb.engine.evaluate import evaluate as evaluate_model
+
+    checks.check_model(model)
+    checks.check_loader(data, "data")
+    return evaluate_model(model, data)
+
 
 # Each engine verb below plugs in here (one line each); see with_subscribers.
 from kdnb.engine.measure import compare, measure  # noqa: E402,F401 - no run, so no subscribers

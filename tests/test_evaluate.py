@@ -18,3 +18,18 @@ def test_each_submodule_gets_its_own_mode_back():
         model(torch.randn(2, 4))
     assert seen == [False] * 5
     assert model.training and not model[1].training and model[0].training
+
+
+def test_public_evaluate_checks_its_input_and_matches_the_engine():
+    import pytest
+
+    import kdnb
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    data = DataLoader(TensorDataset(torch.randn(16, 4), torch.randint(0, 3, (16,))), batch_size=8)
+    assert kdnb.evaluate(model, data) == evaluate(model, data)
+    with pytest.raises(kdnb.KdnbError, match="data should be a torch DataLoader"):
+        kdnb.evaluate(model, torch.randn(16, 4))
+    with pytest.raises(kdnb.KdnbError, match="model should be a torch.nn.Module"):
+        kdnb.evaluate("net", data)

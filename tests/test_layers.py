@@ -156,3 +156,16 @@ def test_the_engine_never_loads_the_notebook_libraries():
 
 def test_import_kdnb_stays_light():
     assert loaded_after("import kdnb; kdnb.__version__") & (NOTEBOOK_ONLY | {"torch", "numpy"}) == set()
+
+
+def test_a_result_is_drawn_by_the_drawer_registered_for_its_type():
+    """``.plot()`` loads `kdnb.plots` (and matplotlib) only when called; an unregistered type gets a one-line error."""
+    code = ("import sys; from kdnb.engine.history import History; h = History(); h.log_step({'loss': 1.0})\n"
+            "assert 'kdnb.plots' not in sys.modules and 'matplotlib' not in sys.modules\n"
+            "figure = h.plot()\n"
+            "from kdnb.engine import results; from kdnb.plots.history import plot_history\n"
+            "assert type(figure).__name__ == 'Figure' and results._find(History) is plot_history\n"
+            "try:\n    results.draw(object())\nexcept ValueError as error:\n    print('error:', error)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"})
+    assert out.stdout.startswith("error: no figure is registered for object")

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -50,6 +51,12 @@ class History:
     def last(self, name: str, default: float | None = None) -> float | None:
         values = self.epochs.get(name) or self.steps.get(name)
         return values[-1] if values else default
+
+    def plot(self, title: str = "train") -> Any:
+        """A static matplotlib figure of this run (loss terms per step, accuracy per epoch), by `kdnb.plots`."""
+        from kdnb.engine.results import draw
+
+        return draw(self, title=title)
 
     def __repr__(self) -> str:
         parts = [f"epochs={self.num_epochs}", f"steps={self.num_steps}", f"status={self.status!r}"]
