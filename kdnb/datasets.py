@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from kdnb.errors import KdnbError, suggest
+from kdnb.errors import KdnbError, is_integer, suggest
 
 NAMES = ("digits", "mnist1d", "synthetic")
 
@@ -41,7 +41,7 @@ def load(
     x_train, y_train, x_val, y_val = arrays(name, seed=seed, val_fraction=val_fraction, num_samples=num_samples)
     if not flat:
         x_train, x_val = _unflatten(name, x_train), _unflatten(name, x_val)
-    if not (isinstance(batch_size, int) and batch_size > 0):
+    if not (is_integer(batch_size) and batch_size > 0):
         raise KdnbError(f"batch_size should be a positive integer, got {batch_size!r}")
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(TensorDataset(x_train, y_train), batch_size=batch_size, shuffle=True,

@@ -1,5 +1,6 @@
 """The ground floor: one error type for every bad input (so the notebook layer can turn it into a
-one-line UsageError), and warnings that point at the user's line. Every layer imports this downwards."""
+one-line UsageError), the few words every check is made of, and warnings that point at the user's line.
+Every layer imports this downwards."""
 from __future__ import annotations
 
 import difflib
@@ -7,6 +8,7 @@ import sys
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
@@ -22,6 +24,22 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     if close:
         return f"did you mean {close[0]!r}?"
     return "choose from " + ", ".join(repr(c) for c in choices)
+
+
+def is_integer(value: Any) -> bool:
+    """An ``int`` that is not a ``bool``: True is an int to Python, never a count of epochs to a user."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A real ``int`` or ``float``, not a ``bool``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (torch's run to many lines), or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:

@@ -28,8 +28,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from kdnb import env
-from kdnb.engine.checks import first_line, is_integer
-from kdnb.errors import KdnbError, suggest
+from kdnb.errors import KdnbError, first_line, is_integer, suggest
 
 VERBS = ("distill", "prune")
 # The two options `kdnb.api.with_subscribers` adds to every verb.

@@ -6,25 +6,9 @@ from typing import Any
 
 import torch
 
-from kdnb.errors import KdnbError
+from kdnb.errors import KdnbError, first_line, is_integer, is_number  # noqa: F401 - the checks' words
 from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.objective import split_batch
-
-
-def is_integer(value: Any) -> bool:
-    """An ``int`` that is not a ``bool``: True is an int to Python, never a count of epochs to a user."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    """A real ``int`` or ``float``, not a ``bool``."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (torch's run to many lines), or its type's name when it has none."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_model(model: Any, what: str = "model") -> torch.nn.Module:
