@@ -34,6 +34,7 @@ import io
 import math
 import os
 import pickle
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -316,7 +317,8 @@ def _meta_module(node: dict, path: str, file: str) -> nn.Module:
     cls = _BY_NAME[node["class"]]
     config = {key: tuple(v) if isinstance(v, list) else v for key, v in node["config"].items()}
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():  # init's warnings (a zero size) are not the user's
+            warnings.simplefilter("ignore")
             return _EMPTY[cls]() if cls in _EMPTY else cls(**config)
     except (TypeError, ValueError, RuntimeError, OverflowError) as error:  # e.g. Dropout(p=2), a negative size
         raise _damaged(file, f"the {node['class']} at {_where(path)} cannot be built from its config "
@@ -374,7 +376,8 @@ def _fit_skeleton(model: nn.Module, payload: dict, file: str) -> list[tuple[nn.M
         name, shape = next(iter(changed.items()))
         if attrs is None or node is None or node.get("class") != class_name(plain_class(module)):
             raise KdnbError(f"saved tensor {_join(path, name)!r} in {file!r} has shape {shape} but model= has "
-                            f"{tuple(own[name].shape)}; only Linear/Conv/BatchNorm layers are resized")
+                            f"{tuple(own[name].shape)}; pass a model= of the class that was saved (only Linear/Conv/BatchNorm "
+                            "layers are resized)")
         meta = _meta_module(node, path, file)  # what the saved config makes of each tensor: must be the file's
         for name, (shape, _) in declared.items():
             if shape != tuple(getattr(meta, name).shape):
@@ -401,8 +404,8 @@ def _resize(resizes: list[tuple[nn.Module, dict, dict]]) -> None:
 def _check_kind(key: str, dtype: torch.dtype, tensor: torch.Tensor, file: str) -> None:
     """A float weight may come back as float16 or float64, never as integers (nor an int counter as float)."""
     if _kind(dtype) != _kind(tensor.dtype):
-        raise _damaged(file, f"tensor {key!r} is {str(dtype).removeprefix('torch.')} but its layer needs a "
-                             f"{_kind(tensor.dtype)} tensor")
+        raise _damaged(file, f"tensor {key!r} holds {str(dtype).removeprefix('torch.')} but its layer needs "
+                             f"{_kind(tensor.dtype)} values")
 
 
 def _kind(dtype: torch.dtype) -> str:
@@ -731,7 +734,7 @@ def _check_path(path: Any, *, writing: bool) -> Path:
         raise KdnbError(f"directory {str(target.parent)!r} does not exist; create it first "
                         f"(Path({str(target.parent)!r}).mkdir(parents=True))")
     if not writing and not target.exists():
-        raise KdnbError(f"no such file: {str(path)!r}")
+        raise KdnbError(f"no such file: {str(path)!r}; check the name (relative paths start at {os.getcwd()!r})")
     return target
 
 
