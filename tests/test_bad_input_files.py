@@ -160,7 +160,11 @@ DAMAGED = {
     "unknown class inside": (lambda d: edited(d, lambda p: set_in(node(p, "1"), "class", "mylib.Magic")),
                              r"mylib.Magic \(at '1'\)"),
     "config key removed": (lambda d: edited(d, lambda p: node(p, "1")["config"].pop("in_features")),
-                           "cannot be built from its config.*in_features"),
+                           "Linear at '1' lacks config key 'in_features'"),
+    "a default config key removed": (lambda d: cnn(d, lambda p: node(p, "0")["config"].pop("padding")),
+                                     "Conv2d at '0' lacks config key 'padding'"),
+    "bias flag and bias removed": (lambda d: edited(d, lambda p: (node(p, "1")["config"].pop("bias"),
+                                                                  p["tensors"].pop("1.bias"))), "missing 1.bias"),
     "config key added": (lambda d: edited(d, lambda p: set_in(node(p, "1")["config"], "foo", 1)),
                          "config key 'foo'"),
     "config value a string": (lambda d: edited(d, lambda p: set_in(node(p, "1")["config"], "in_features", "64")),
@@ -270,6 +274,13 @@ def test_read_metadata_checks_the_file_too(case, tmp_path):
     make, match = DAMAGED[case]
     path = make(tmp_path)
     assert_clean_error(serialize.read_metadata, path, match=match, names=str(path))
+
+
+def test_a_config_without_bias_loads_as_from_an_older_torch(tmp_path):
+    """Norm layers gained a `bias` argument late; whether a layer has a bias, its tensors say."""
+    net = sparse_mlp().eval()
+    path = edited(tmp_path, lambda p: node(p, "1")["config"].pop("bias"), net)
+    assert same_outputs(net, kdnb.load(path))
 
 
 def test_every_config_argument_has_a_type_check():

@@ -652,6 +652,11 @@ def _check_config(cls: str, config: Any, where: str, file: str) -> None:
     if not isinstance(config, dict):
         raise _damaged(file, f"the {cls} at {where} has config {config!r}, not a dict of its arguments")
     allowed = REBUILDABLE.get(_BY_NAME.get(cls), ())
+    # A missing argument would silently take its default (a Conv's padding: other outputs). Only `bias` may be
+    # missing (a file from a torch whose norm layers lacked it): whether a layer has one, its tensors tell.
+    missing = [key for key in allowed if key not in config and key != "bias"]
+    if missing:
+        raise _damaged(file, f"the {cls} at {where} lacks config key {missing[0]!r}")
     for key, value in config.items():
         if cls in _BY_NAME and key not in allowed:
             raise _damaged(file, f"the {cls} at {where} has config key {key!r}, which it does not take "
