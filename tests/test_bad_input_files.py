@@ -67,6 +67,16 @@ def flipped(data: bytes, at: int, count: int = 16) -> bytes:
     return bytes(out)
 
 
+def compressed_copy(path):
+    """The same records deflated (as a zip tool would re-pack them): torch.save never writes that."""
+    with zipfile.ZipFile(path) as archive:
+        records = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in records:
+            archive.writestr(name, data)
+    return path
+
+
 def payload_of(tmp_path, obj):
     path = tmp_path / "model.kdnb"
     torch.save(obj, path)
@@ -126,6 +136,7 @@ DAMAGED = {
     "a bare tensor": (lambda d: payload_of(d, torch.ones(3)), "is not a kdnb file"),
     "a list": (lambda d: payload_of(d, [1, 2, 3]), "is not a kdnb file"),
     "zip header then garbage": (lambda d: raw(d, lambda b: b"PK\x03\x04" + b"x" * 500), "truncated or its zip"),
+    "a compressed zip": (lambda d: compressed_copy(saved(d)), "compressed records"),
     # --- truncated or changed bytes ---
     "truncated to 10%": (lambda d: raw(d, lambda b: b[: len(b) // 10]), "truncated or its zip"),
     "truncated to 50%": (lambda d: raw(d, lambda b: b[: len(b) // 2]), "truncated or its zip"),

@@ -523,13 +523,12 @@ def _check_zip(path: Path, file: str) -> None:
     flipped byte inside a tensor, or fail with ``OSError: Invalid argument`` on a truncated file)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            if any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist()):
-                raise _damaged(file, "its zip archive holds compressed records, which torch.save never writes")
-            bad = archive.testzip()
-    except KdnbError:
-        raise
+            compressed = any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist())
+            bad = None if compressed else archive.testzip()  # never inflate: a zip bomb stays unopened
     except Exception as error:  # noqa: BLE001 - zipfile raises many types on a broken archive
         raise _damaged(file, f"it is truncated or its zip archive is broken ({_first_line(error)})") from None
+    if compressed:
+        raise _damaged(file, "its zip archive holds compressed records, which torch.save never writes")
     if bad is not None:
         raise _damaged(file, f"record {bad!r} fails its CRC check (bytes changed after saving)")
 
