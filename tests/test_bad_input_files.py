@@ -9,6 +9,7 @@ import random
 import struct
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -593,3 +594,103 @@ def test_shrunk_tied_user_model_resizes_its_skeleton_and_reties(tmp_path):
     assert same_outputs(net, loaded)
     sgd_steps(loaded)
     assert loaded.dec.weight is loaded.enc.weight
+
+
+# ---- the harness itself: it must catch each thing it promises to check ----
+
+def small_loader(generator: bool = True) -> torch.utils.data.DataLoader:
+    data = torch.utils.data.TensorDataset(torch.randn(32, 64), torch.randint(0, 10, (32,)))
+    return torch.utils.data.DataLoader(data, batch_size=8, shuffle=True,
+                                       generator=torch.Generator().manual_seed(0) if generator else None)
+
+
+def negative_zero(net: nn.Module) -> None:
+    """0.0 -> -0.0: equal as numbers, different bits (a restore through arithmetic could do this)."""
+    row, col = (net[1].weight == 0).nonzero()[0].tolist()
+    net[1].weight.data[row, col] = -0.0
+
+
+CHANGES = {
+    "a weight's value": lambda net, _: net[1].weight.data[0, 0].add_(1),
+    "a zero's sign": lambda net, _: negative_zero(net),
+    "a Parameter replaced by an equal copy": lambda net, _: setattr(net[1], "weight",
+                                                                  nn.Parameter(net[1].weight.detach().clone())),
+    "a gradient left behind": lambda net, _: net(torch.randn(2, 64)).sum().backward(),
+    "requires_grad switched off": lambda net, _: net[1].bias.requires_grad_(False),
+    "a submodule's training flag": lambda net, _: net[3].eval(),
+    "a forward hook left behind": lambda net, _: net[1].register_forward_hook(lambda *a: None),
+    "a pre-hook left behind": lambda net, _: net.register_forward_pre_hook(lambda *a: None),
+    "a backward hook left behind": lambda net, _: net[4].register_full_backward_hook(lambda *a: None),
+    "a pruning mask left behind": lambda net, _: prune.l1_unstructured(net[4], "weight", amount=0.5),
+    "a parametrization left behind": lambda net, _: parametrize.register_parametrization(net[4], "weight",
+                                                                                         ZeroSmall()),
+    "the dtype": lambda net, _: net.double(),
+    "a global forward hook": lambda net, _: nn.modules.module.register_module_forward_hook(lambda *a: None),
+    "the loader's generator advanced": lambda net, loader: next(iter(loader)),
+    "the loader's data": lambda net, loader: loader.dataset.tensors[0].mul_(2),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_assert_unchanged_sees(change):
+    torch.manual_seed(0)
+    net, loader = sparse_mlp(), small_loader()
+    before = snapshot(net, loader)
+    handles = nn.modules.module._global_forward_hooks.copy()
+    try:
+        CHANGES[change](net, loader)
+        with pytest.raises(AssertionError):
+            assert_unchanged(before, net, loader)
+    finally:
+        for key in set(nn.modules.module._global_forward_hooks) - set(handles):
+            del nn.modules.module._global_forward_hooks[key]
+
+
+def test_assert_unchanged_sees_the_global_rng_a_generatorless_loader_shuffles_with():
+    net, loader = sparse_mlp(), small_loader(generator=False)
+    before = snapshot(net, loader)
+    assert_unchanged(before, net, loader)
+    next(iter(loader))
+    with pytest.raises(AssertionError, match="global torch RNG"):
+        assert_unchanged(before, net, loader)
+
+
+def test_assert_unchanged_accepts_an_untouched_model_with_nan():
+    net, loader = sparse_mlp(), small_loader()
+    net[1].weight.data[0, 0] = float("nan")
+    before = snapshot(net, loader)
+    with torch.no_grad():
+        net.eval()(torch.randn(2, 64))
+    net.train()
+    assert_unchanged(before, net, loader)
+
+
+def raise_from_inside_torch():
+    """A KdnbError whose innermost frame sits in torch/ (as a leak through a torch callback would)."""
+    fake = str(Path(torch.__file__).parent / "nn" / "fake_module.py")
+    exec(compile("raise KdnbError('bad lr; pass lr=0.1')", fake, "exec"), {"KdnbError": kdnb.KdnbError})
+
+
+def three_lines() -> None:
+    raise kdnb.KdnbError("bad lr\nreally\nbad\npass lr=0.1")
+
+
+@pytest.mark.parametrize("fn, kwargs", [
+    (lambda: None, {}),                                                    # nothing raised
+    (lambda: torch.zeros(2) @ torch.zeros(3), {}),                        # a raw torch error
+    (lambda: {}["x"], {}),                                                 # a plain Python error
+    (three_lines, {}),                                                     # 4 lines
+    (lambda: (_ for _ in ()).throw(kdnb.KdnbError("lr is bad")), {}),      # no fix
+    (lambda: (_ for _ in ()).throw(kdnb.KdnbError("bad; pass 0.1")), {"names": "lr"}),  # argument not named
+    (raise_from_inside_torch, {}),                                         # raised inside torch
+    (lambda: (_ for _ in ()).throw(KeyboardInterrupt()), {}),              # an interrupt where an error was due
+])
+def test_assert_clean_error_refuses(fn, kwargs):
+    with pytest.raises(AssertionError):
+        assert_clean_error(fn, **kwargs)
+
+
+def test_assert_clean_error_takes_an_interrupt_where_stated():
+    def stopped():
+        raise KeyboardInterrupt
+    assert isinstance(assert_clean_error(stopped, expect=KeyboardInterrupt, fix=None), KeyboardInterrupt)
