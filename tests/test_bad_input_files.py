@@ -230,7 +230,8 @@ DAMAGED = {
                                                                          torch.ones(4, dtype=torch.bool))),
                                        "holds bool but"),
     # --- compact (sparse) entries ---
-    "compact without mask": (lambda d: edited(d, lambda p: compact(p).pop("mask")), "compact entry '1.weight' has keys"),
+    "compact without mask": (lambda d: edited(d, lambda p: compact(p).pop("mask")),
+                             "compact entry '1.weight' has keys"),
     "compact with an extra key": (lambda d: edited(d, lambda p: set_in(compact(p), "x", 1)), "has keys"),
     "compact shape a string": (lambda d: edited(d, lambda p: set_in(compact(p), "shape", "32x64")),
                                "shape '32x64', not a list"),

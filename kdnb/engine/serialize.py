@@ -36,7 +36,7 @@ import os
 import pickle
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -376,8 +376,8 @@ def _fit_skeleton(model: nn.Module, payload: dict, file: str) -> list[tuple[nn.M
         name, shape = next(iter(changed.items()))
         if attrs is None or node is None or node.get("class") != class_name(plain_class(module)):
             raise KdnbError(f"saved tensor {_join(path, name)!r} in {file!r} has shape {shape} but model= has "
-                            f"{tuple(own[name].shape)}; pass a model= of the class that was saved (only Linear/Conv/BatchNorm "
-                            "layers are resized)")
+                            f"{tuple(own[name].shape)}; pass a model= of the class that was saved (only "
+                            "Linear/Conv/BatchNorm layers are resized)")
         meta = _meta_module(node, path, file)  # what the saved config makes of each tensor: must be the file's
         for name, (shape, _) in declared.items():
             if shape != tuple(getattr(meta, name).shape):
@@ -547,8 +547,9 @@ def _check_payload(payload: Any, file: str) -> None:
         raise _damaged(file, f"its format version is {version!r}, not one kdnb ever wrote (1..{FORMAT_VERSION})")
     missing, unknown = _KEYS - payload.keys(), payload.keys() - _KEYS - {"tied"}
     if missing or unknown:
-        raise _damaged(file, "its top-level dict " + "; ".join(
-            ([f"lacks {sorted(missing)}"] if missing else []) + ([f"has unknown keys {sorted(unknown)}"] if unknown else [])))
+        parts = ([f"lacks {sorted(missing)}"] if missing else []) + \
+                ([f"has unknown keys {sorted(unknown)}"] if unknown else [])
+        raise _damaged(file, "its top-level dict " + "; ".join(parts))
     if not isinstance(payload["metadata"], dict) or not all(isinstance(k, str) for k in payload["metadata"]):
         raise _damaged(file, f"its metadata is a {type(payload['metadata']).__name__}, not a dict with str keys")
     _check_tensors(payload["tensors"], file)
@@ -579,13 +580,8 @@ def _check_compact(key: str, entry: dict, file: str) -> None:
     shape, mask, values = entry["shape"], entry["mask"], entry["values"]
     if not (isinstance(shape, list) and len(shape) <= 64 and all(type(n) is int and n >= 0 for n in shape)):
         raise _damaged(file, f"compact entry {key!r} has shape {shape!r}, not a list of sizes >= 0")
-    for part, tensor, ok in [("mask", mask, lambda t: t.dtype == torch.uint8),
-                             ("values", values, lambda t: t.dtype.is_floating_point)]:
-        if not (isinstance(tensor, torch.Tensor) and tensor.layout == torch.strided and tensor.dim() == 1 and ok(tensor)):
-            what = f"{str(tensor.dtype).removeprefix('torch.')} of shape {list(tensor.shape)}" \
-                if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-            need = "uint8 bits" if part == "mask" else "floating-point values"
-            raise _damaged(file, f"compact entry {key!r}: its {part} is {what}, not a 1-D tensor of {need}")
+    _check_vector(key, "mask", mask, lambda dtype: dtype == torch.uint8, "uint8 bits", file)
+    _check_vector(key, "values", values, lambda dtype: dtype.is_floating_point, "floating-point values", file)
     count = math.prod(shape)
     if mask.numel() != (count + 7) // 8:
         raise _damaged(file, f"compact entry {key!r} has shape {shape} ({count:,} elements) but a mask of "
@@ -594,6 +590,16 @@ def _check_compact(key: str, entry: dict, file: str) -> None:
     if kept != values.numel():
         raise _damaged(file, f"compact entry {key!r} marks {kept:,} non-zeros in its mask but holds "
                              f"{values.numel():,} values")
+
+
+def _check_vector(key: str, part: str, tensor: Any, dtype_ok: Callable[[torch.dtype], bool], need: str,
+                  file: str) -> None:
+    if isinstance(tensor, torch.Tensor) and tensor.layout == torch.strided and tensor.dim() == 1 \
+            and dtype_ok(tensor.dtype):
+        return
+    what = (f"{str(tensor.dtype).removeprefix('torch.')} of shape {list(tensor.shape)}"
+            if isinstance(tensor, torch.Tensor) else type(tensor).__name__)
+    raise _damaged(file, f"compact entry {key!r}: its {part} is {what}, not a 1-D tensor of {need}")
 
 
 def _shape_dtype(entry: torch.Tensor | dict) -> tuple[tuple[int, ...], torch.dtype]:
