@@ -350,6 +350,25 @@ def test_a_damaged_file_leaves_the_skeleton_untouched(case, tmp_path):
     assert_unchanged(before, skeleton)
 
 
+class RefusingNet(UserNet):
+    """A skeleton whose own loading code raises after torch has resized and filled some layers."""
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        raise RuntimeError("this class refuses weights with a bias")
+
+
+def test_a_skeleton_whose_loading_code_fails_gets_its_layers_back(tmp_path):
+    torch.manual_seed(0)
+    pruned = UserNet(width=4)  # as structured pruning leaves it: the skeleton's 8-wide layers must shrink
+    path = kdnb.save(pruned, tmp_path / "pruned.kdnb")
+    skeleton = RefusingNet()
+    before = snapshot(skeleton)
+    assert_clean_error(kdnb.load, path, model=skeleton, match="into model=: this class refuses", names=str(path))
+    assert_unchanged(before, skeleton)
+    assert skeleton.conv.out_channels == 8 and skeleton.head.in_features == 8
+
+
 def test_meta_models_are_refused_on_save_and_as_skeletons(tmp_path):
     with torch.device("meta"):
         ghost = UserNet()

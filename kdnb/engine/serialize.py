@@ -202,13 +202,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     else:
         resizes = _fit_skeleton(model, payload, file)
     tensors = _decode_all(payload["tensors"], tied)
-    try:
-        _resize(resizes)
-        model.load_state_dict(tensors, strict=True, assign=rebuild)  # assign: the saved tensors, dtype and all
-    except (RuntimeError, TypeError) as error:  # a skeleton whose own loading code disagrees with the file
-        last_line = str(error).strip().splitlines()[-1].strip() if str(error).strip() else type(error).__name__
-        raise KdnbError(f"cannot load {file!r}: {last_line}; pass a fresh model=YourNet() built as "
-                        "when saved") from None
+    if rebuild:
+        model.load_state_dict(tensors, strict=True, assign=True)  # assign: the saved tensors, dtype and all
+    else:
+        _load_into(model, tensors, resizes, file)
     _tie(model, tied)
     _set_modes(model, spec)
     return model
@@ -386,6 +383,31 @@ def _fit_skeleton(model: nn.Module, payload: dict, file: str) -> list[tuple[nn.M
         resizes.append((module, {attr: getattr(meta, attr) for attr in attrs}, changed))
     _check_ties_fit(expected, payload.get("tied", {}), file)
     return resizes
+
+
+def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], resizes: list[tuple[nn.Module, dict, dict]],
+               file: str) -> None:
+    """Resize and fill the user's skeleton. The file fits (checked); should the skeleton's own loading code
+    (a ``_load_from_state_dict`` or load hook of its class) raise, it gets back the layers and values it had."""
+    layers = [(module, {attr: getattr(module, attr) for attr in attrs}, dict(module._parameters),
+               dict(module._buffers)) for module, attrs, _ in resizes]
+    values = {key: tensor.detach().clone() for key, tensor in model.state_dict().items()}
+    try:
+        _resize(resizes)
+        model.load_state_dict(tensors, strict=True)
+    except Exception as error:
+        for module, attrs, parameters, buffers in layers:
+            for attr, value in attrs.items():
+                setattr(module, attr, value)
+            module._parameters.update(parameters)
+            module._buffers.update(buffers)
+        with torch.no_grad():
+            for key, tensor in model.state_dict(keep_vars=True).items():
+                tensor.copy_(values[key])
+        if not isinstance(error, (RuntimeError, TypeError)):
+            raise  # the skeleton's own code failed: its own traceback says where
+        raise KdnbError(f"cannot load {file!r} into model=: {_first_line(error)}; pass a fresh model=YourNet() "
+                        "built as when saved") from None
 
 
 def _resize(resizes: list[tuple[nn.Module, dict, dict]]) -> None:
