@@ -77,6 +77,12 @@ def compressed_copy(path):
     return path
 
 
+def other_zip(path):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not a model")
+    return path
+
+
 def payload_of(tmp_path, obj):
     path = tmp_path / "model.kdnb"
     torch.save(obj, path)
@@ -135,6 +141,7 @@ DAMAGED = {
     "a plain state_dict": (lambda d: payload_of(d, nn.Linear(2, 2).state_dict()), "looks like a state_dict"),
     "a bare tensor": (lambda d: payload_of(d, torch.ones(3)), "is not a kdnb file"),
     "a list": (lambda d: payload_of(d, [1, 2, 3]), "is not a kdnb file"),
+    "a zip of something else": (lambda d: other_zip(d / "model.kdnb"), "a zip archive, but not one torch.save"),
     "zip header then garbage": (lambda d: raw(d, lambda b: b"PK\x03\x04" + b"x" * 500), "truncated or its zip"),
     "a compressed zip": (lambda d: compressed_copy(saved(d)), "compressed records"),
     # --- truncated or changed bytes ---

@@ -534,8 +534,9 @@ def _read(path: Path) -> dict:
             raise KdnbError(f"{file!r} is not a kdnb file: it holds pickled Python objects (a model saved whole "
                             "with torch.save?), which weights_only=True refuses to run; if you trust its source, "
                             "torch.load(path, weights_only=False) reads it") from None
-        raise KdnbError(f"{file!r} is not a kdnb file (torch.load with weights_only=True cannot read it: "
-                        f"{_first_line(error)[:80]}); write one with kdnb.save(model, path)") from None
+        what = "a zip archive, but not one torch.save wrote" if is_zip else \
+            "torch.load with weights_only=True cannot read it"
+        raise KdnbError(f"{file!r} is not a kdnb file ({what}); write one with kdnb.save(model, path)") from None
     _check_payload(payload, file)
     return payload
 
