@@ -206,7 +206,7 @@ DAMAGED = {
     "alias to nothing": (lambda d: edited(d, lambda p: set_in(node(p)["children"], "2", {"alias": "9"})),
                          "refers to '9'"),
     "alias to an ancestor": (lambda d: edited(d, lambda p: set_in(node(p)["children"], "2", {"alias": ""})),
-                             "refers to ''"),
+                             "refers to the top, which is not a module saved before it"),
     "a tree 150 deep": (lambda d: edited(d, lambda p: set_in(p, "spec", nested(150))), "deeper than 100"),
     # --- the tensors ---
     "tensors a list": (lambda d: edited(d, lambda p: set_in(p, "tensors", [])), "'tensors' is a list"),

@@ -567,7 +567,8 @@ def _check_payload(payload: Any, file: str) -> None:
         raise KdnbError(f"{file!r} was written by a newer kdnb (file format {version}, this kdnb reads up to "
                         f"{FORMAT_VERSION}); upgrade kdnb: pip install -U kdnb")
     if type(version) is not int or version < 1:
-        raise _damaged(file, f"its format version is {version!r}, not one kdnb ever wrote (1..{FORMAT_VERSION})")
+        raise _damaged(file, f"its format version is {version!r}, where kdnb writes an integer from 1 to "
+                             f"{FORMAT_VERSION}")
     missing, unknown = _KEYS - payload.keys(), payload.keys() - _KEYS - {"tied"}
     if missing or unknown:
         parts = ([f"lacks {sorted(missing)}"] if missing else []) + \
@@ -655,7 +656,9 @@ def _check_node(node: Any, path: str, paths: set[str], file: str, depth: int) ->
         alias = node["alias"]
         if node.keys() != {"alias"} or not isinstance(alias, str) or alias not in paths or \
                 alias == "" or path.startswith(alias + "."):  # an ancestor would make the tree a loop
-            raise _damaged(file, f"the module at {where} refers to {alias!r}, which is no module saved before it")
+            target = _where(alias) if isinstance(alias, str) else repr(alias)
+            raise _damaged(file, f"the module at {where} refers to {target}, which is not a module saved before "
+                                 "it (nor may it be one of its parents)")
         return
     if node.keys() != _NODE_KEYS:
         raise _damaged(file, f"the module at {where} has keys {sorted(map(str, node))}, not {sorted(_NODE_KEYS)}")
