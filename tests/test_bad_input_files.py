@@ -468,6 +468,15 @@ def test_tied_sequential_keeps_one_parameter(tmp_path):
     assert same_outputs(net, loaded)
 
 
+def test_a_file_from_before_ties_were_written_loads_tied(tmp_path):
+    """Older files lack 'tied', but stored the tied weight once: that is enough to tie it again."""
+    torch.manual_seed(0)
+    net = tied_net()
+    path = edited(tmp_path, lambda p: p.pop("tied"), net)
+    loaded = kdnb.load(path)
+    assert loaded[3].weight is loaded[1].weight and n_params(loaded) == 4874 and same_outputs(net, loaded)
+
+
 def test_training_the_loaded_copy_keeps_it_tied_and_trains_like_the_original(tmp_path):
     torch.manual_seed(0)
     net = tied_net()

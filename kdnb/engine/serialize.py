@@ -20,7 +20,7 @@ and dicts, so `load` reads it with ``torch.load(weights_only=True)``:
   folded into the plain weight they compute, so the loaded model is a plain model.
 - **Tied weights** (one Parameter used by two modules, computed the same way) are stored once; ``tied``
   maps each further name to the first, and `load` hands back one Parameter again, so the copies cannot
-  train apart. (Files without ``tied`` load untied, as before.)
+  train apart. (In a file written before ``tied`` existed, names stored as one tensor are tied.)
 
 `load` checks the zip records' CRCs before it unpickles, then the file's whole structure (types, the
 module tree, each config against its class, every tensor's shape and dtype against the layer that will
@@ -193,7 +193,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         _check_not_meta(check_model(model, "model="), "model=")
     target = _check_path(path, writing=False)
     payload = _read(target)
-    file, spec, tied = str(path), payload["spec"], payload.get("tied", {})
+    file, spec, tied = str(path), payload["spec"], payload["tied"]
     rebuild = model is None
     if rebuild:
         model = _build(spec, {}, "", file)  # on the meta device: a hand-edited size allocates nothing
@@ -344,7 +344,7 @@ def _check_fit(expected: dict[str, torch.Tensor], payload: dict, file: str) -> N
             raise _damaged(file, f"tensor {key!r} has shape {list(shape)} but its layer's config makes it "
                                  f"{list(tensor.shape)}")
         _check_kind(key, dtype, tensor, file)
-    _check_ties_fit(expected, payload.get("tied", {}), file)
+    _check_ties_fit(expected, payload["tied"], file)
 
 
 def _fit_skeleton(model: nn.Module, payload: dict, file: str) -> list[tuple[nn.Module, dict, dict]]:
@@ -381,7 +381,7 @@ def _fit_skeleton(model: nn.Module, payload: dict, file: str) -> list[tuple[nn.M
                 raise _damaged(file, f"tensor {_join(path, name)!r} has shape {list(shape)} but its layer's config "
                                      f"makes it {list(getattr(meta, name).shape)}")
         resizes.append((module, {attr: getattr(meta, attr) for attr in attrs}, changed))
-    _check_ties_fit(expected, payload.get("tied", {}), file)
+    _check_ties_fit(expected, payload["tied"], file)
     return resizes
 
 
@@ -577,7 +577,9 @@ def _check_payload(payload: Any, file: str) -> None:
     if not isinstance(payload["metadata"], dict) or not all(isinstance(k, str) for k in payload["metadata"]):
         raise _damaged(file, f"its metadata is a {type(payload['metadata']).__name__}, not a dict with str keys")
     _check_tensors(payload["tensors"], file)
-    _check_tied(payload.get("tied", {}), payload["tensors"], file)
+    if "tied" not in payload:  # a file from before ties were written down: one stored tensor was one weight
+        payload["tied"] = _stored_once(payload["tensors"])
+    _check_tied(payload["tied"], payload["tensors"], file)
     _check_node(payload["spec"], "", set(), file, depth=0)
 
 
@@ -631,6 +633,12 @@ def _shape_dtype(entry: torch.Tensor | dict) -> tuple[tuple[int, ...], torch.dty
     if isinstance(entry, torch.Tensor):
         return tuple(entry.shape), entry.dtype
     return tuple(entry["shape"]), entry["values"].dtype
+
+
+def _stored_once(entries: dict) -> dict[str, str]:
+    """``tied`` for the names whose entries unpickled as one object (`_payload` encoded them once)."""
+    first: dict[int, str] = {}
+    return {key: first[id(entry)] for key, entry in entries.items() if first.setdefault(id(entry), key) != key}
 
 
 def _check_tied(tied: Any, entries: dict, file: str) -> None:
