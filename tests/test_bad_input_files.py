@@ -227,6 +227,10 @@ DAMAGED = {
     "weight of integers": (lambda d: edited(d, lambda p: set_in(p["tensors"], "4.weight",
                                                                 torch.zeros(10, 32, dtype=torch.int64))),
                            "'4.weight' holds int64 but its layer needs floating-point values"),
+    "a stride-0 view posing as a big weight": (
+        lambda d: edited(d, lambda p: (set_in(p["tensors"], "4.weight", torch.zeros(1).expand(10, 10**9)),
+                                       set_in(node(p, "4")["config"], "in_features", 10**9))),
+        r"'4.weight' of shape \[10, 1000000000\] is a view of 4 bytes"),
     "sparse COO tensor": (lambda d: edited(d, lambda p: set_in(p["tensors"], "4.weight",
                                                                torch.zeros(10, 32).to_sparse())), "sparse_coo"),
     "BatchNorm counter as float": (lambda d: cnn(d, lambda p: set_in(p["tensors"], "1.num_batches_tracked",

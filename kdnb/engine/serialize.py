@@ -592,6 +592,9 @@ def _check_tensors(entries: Any, file: str) -> None:
         if isinstance(entry, torch.Tensor):
             if entry.layout != torch.strided:
                 raise _damaged(file, f"tensor {key!r} is a {entry.layout} tensor; kdnb writes dense ones")
+            if entry.untyped_storage().nbytes() < entry.numel() * entry.element_size():  # `_encode` never does
+                raise _damaged(file, f"tensor {key!r} of shape {list(entry.shape)} is a view of "
+                                     f"{entry.untyped_storage().nbytes():,} bytes (its elements overlap)")
         elif isinstance(entry, dict):
             _check_compact(key, entry, file)
         else:
