@@ -172,6 +172,7 @@ ZOO = {
     "shufflenet_v2": (shufflenet_v2, IMAGE),
     "convnext": (lambda: M.convnext_small(10, width=16, in_channels=1), IMAGE),
     "vit": (vit, (8, 1, 8, 8)),
+    "vit_tiny": (lambda: M.vit_tiny(10, dim=32, heads=4), (8, 1, 8, 8)),
     "gpt": (gpt, "tokens"),
     "cnn1d_grouped": (cnn1d_grouped, (8, 1, 32)),
     "lstm": (LSTMClassifier, (8, 6, 8)),

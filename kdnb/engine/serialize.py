@@ -34,6 +34,7 @@ from torch.nn.utils import parametrize, prune
 
 from kdnb.engine.checks import check_model
 from kdnb.engine.errors import KdnbError
+from kdnb import models
 from kdnb.models import Residual
 
 FORMAT = "kdnb"
@@ -50,6 +51,7 @@ _AVGPOOL = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"
 # (for "bias", whether the module has one).
 _ARGS: dict[type[nn.Module], tuple[str, ...]] = {
     nn.Linear: ("in_features", "out_features", "bias"),
+    nn.modules.linear.NonDynamicallyQuantizableLinear: ("in_features", "out_features", "bias"),  # MHA's out_proj
     nn.Conv1d: _CONV, nn.Conv2d: _CONV,
     nn.BatchNorm1d: _BN, nn.BatchNorm2d: _BN,
     nn.LayerNorm: ("normalized_shape", "eps", "elementwise_affine", "bias"),
@@ -60,6 +62,15 @@ _ARGS: dict[type[nn.Module], tuple[str, ...]] = {
     nn.AvgPool1d: _AVGPOOL, nn.AvgPool2d: (*_AVGPOOL, "divisor_override"),
     nn.AdaptiveAvgPool1d: ("output_size",), nn.AdaptiveAvgPool2d: ("output_size",),
     nn.Sequential: (), nn.ModuleList: (), Residual: (),
+    nn.GroupNorm: ("num_groups", "num_channels", "eps", "affine"), nn.ReLU6: ("inplace",),
+    nn.Hardswish: ("inplace",), nn.Hardsigmoid: ("inplace",), nn.AdaptiveAvgPool3d: ("output_size",),
+    nn.Embedding: ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq",
+                   "sparse"),
+    nn.MultiheadAttention: ("embed_dim", "num_heads", "dropout", "kdim", "vdim", "batch_first"),
+    models.LayerNorm2d: ("normalized_shape", "eps", "elementwise_affine", "bias"), models.LayerScale: ("shape",),
+    models.ConvNeXtBlock: (), models.SelfAttention: ("dim", "num_heads", "head_dim", "causal"),
+    models.TorchAttention: (), models.TransformerBlock: (), models.Tokens: (), models.ClassToken: ("dim",),
+    models.PositionEmbedding: ("length", "dim"), models.VisionTransformer: (), models.GPT: (),
 }
 # Only the arguments this torch's constructors take (BatchNorm's bias, say, is recent).
 REBUILDABLE = {cls: tuple(arg for arg in args if arg in inspect.signature(cls).parameters)
@@ -67,10 +78,13 @@ REBUILDABLE = {cls: tuple(arg for arg in args if arg in inspect.signature(cls).p
 # Containers whose constructor needs arguments: build them empty, then add the saved children.
 _EMPTY = {Residual: lambda: Residual(nn.Identity())}
 # Layers load(model=...) may resize when structured pruning changed a saved tensor's shape.
+# Attributes that follow the tensors' shapes (a property such as SelfAttention.head_dim follows by itself).
 _RESIZABLE: dict[type[nn.Module], tuple[str, ...]] = {
     nn.Linear: ("in_features", "out_features"),
     nn.modules.conv._ConvNd: ("in_channels", "out_channels", "groups"),
     nn.modules.batchnorm._NormBase: ("num_features",),
+    nn.LayerNorm: ("normalized_shape",), nn.GroupNorm: ("num_channels",), nn.Embedding: ("embedding_dim",),
+    nn.MultiheadAttention: ("embed_dim", "kdim", "vdim"), models.SelfAttention: ("num_heads",),
 }
 
 
@@ -327,19 +341,25 @@ def _fit_skeleton(model: nn.Module, spec: dict, tensors: dict[str, torch.Tensor]
                    for name, tensor in [*module._parameters.items(), *module._buffers.items()]
                    if tensor is not None and (f"{path}.{name}" if path else name) in tensors
                    and tensors[f"{path}.{name}" if path else name].shape != tensor.shape}
-        if not changed:
-            continue
         attrs = next((attrs for cls, attrs in _RESIZABLE.items() if isinstance(module, cls)), None)
         node = _node(spec, path)
-        if attrs is None or node is None or not node.get("config"):
+        config = (node or {}).get("config") or {}
+        updates = {a: tuple(config[a]) if isinstance(config[a], list) else config[a]
+                   for a in attrs or () if a in config and getattr(module, a) != config[a]}
+        # a module of the saved class that owns the resized tensor (a class token, a layer scale) resizes too
+        same_class = node is not None and node.get("class") == class_name(plain_class(module))
+        if changed and attrs is None and not same_class:
             name, shape = next(iter(changed.items()))
             key = f"{path}.{name}" if path else name
             raise KdnbError(f"saved tensor {key!r} has shape {tuple(shape)} but model= has "
-                            f"{tuple(getattr(module, name).shape)}; only Linear/Conv/BatchNorm layers are resized")
-        resizes.append((module, {attr: node["config"][attr] for attr in attrs}, changed))
+                            f"{tuple(getattr(module, name).shape)}; pass a fresh instance of the class that was saved")
+        if changed or updates:
+            resizes.append((module, updates, changed))
     for module, attrs, changed in resizes:
         for attr, value in attrs.items():
             setattr(module, attr, value)
+        if isinstance(module, nn.MultiheadAttention):
+            module.head_dim = module.embed_dim // module.num_heads
         for name, shape in changed.items():
             old = getattr(module, name)
             new = torch.empty(shape, dtype=old.dtype, device=old.device)
