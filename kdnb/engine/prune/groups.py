@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from kdnb.engine.errors import KdnbError
+from kdnb.engine.evaluate import eval_mode
 
 PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)  # layers whose weights count towards sparsity
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
@@ -36,6 +37,7 @@ class Slice:
     dim: int
     index: torch.Tensor
     channel: torch.Tensor
+    consumer: bool = False  # the slice reads the channels (a next layer's inputs) rather than producing them
 
 
 @dataclass
@@ -96,6 +98,7 @@ def dependency_graph(model: nn.Module, example: torch.Tensor):  # -> tp.Dependen
                         f"{tuple(example.shape)}: {first}") from None
     finally:
         model.train(was_training)
+    graph.example = example.detach()  # for the consistency probe of `channel_groups`
     graph.input_coupled = {node for node in graph.module2node.values()
                            if not isinstance(node.module, STRUCTURED_LAYERS) and node.grad_fn is not None
                            and any(getattr(f, "variable", None) is x for f, _ in node.grad_fn.next_functions)}
@@ -234,23 +237,48 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
             layout = None if isinstance(module, nn.Parameter) else _channel_layout(module, is_out, fused)
             if layout is not None:
                 layouts.append((layout, index, channel))
-            entries += [(p, d, i, channel) for p, d, i in
+            entries += [(p, d, i, channel, not is_out) for p, d, i in
                         (_unwrapped_slices(names[module], graph, module, index) if isinstance(module, nn.Parameter)
                          else _param_slices(names[module], module, is_out, index))]
         unit = _units(size, layouts)
         slices: dict[tuple[str, int], Slice] = {}
-        for param, dim, index, channel in entries:
+        for param, dim, index, channel, consumer in entries:
             channel = channel.repeat(len(index) // len(channel))
-            slices.setdefault((param, dim), Slice(param, dim, index, unit[channel]))
-        shapes = {name: p.shape for name, p in model.named_parameters()}
-        if any(s.param in shapes and (s.index.numel() and int(s.index.max()) >= shapes[s.param][s.dim])
-               for s in slices.values()):
+            slices.setdefault((param, dim), Slice(param, dim, index, unit[channel], consumer))
+        candidate = ChannelGroup(names[root], int(unit.max()) + 1, list(slices.values()), unit)
+        if not _consistent(model, candidate, getattr(graph, "example", None)):
             warnings.warn(f"structured pruning leaves the channels of layer {names[root]!r} whole: they pass through "
                           "a view/transpose that mixes channels (a channel shuffle?), which Torch-Pruning cannot map",
                           RuntimeWarning, stacklevel=4)
             continue
-        groups.append(ChannelGroup(names[root], int(unit.max()) + 1, list(slices.values()), unit))
+        groups.append(candidate)
     return groups
+
+
+@torch.no_grad()
+def _consistent(model: nn.Module, group: ChannelGroup, example: torch.Tensor | None) -> bool:
+    """Do the next layers read the group's channels where Torch-Pruning says? Silence one unit where it is
+    produced, then also where it is said to be read: if the mapping is right, the reads were zeros already and
+    the outputs do not move (a channel shuffle the graph cannot follow makes them move)."""
+    params = dict(model.named_parameters())
+    if any(s.param in params and s.index.numel() and int(s.index.max()) >= params[s.param].shape[s.dim]
+           for s in group.slices):
+        return False
+    if example is None:
+        return True
+    saved = {s.param: params[s.param].detach().clone() for s in group.slices if s.param in params}
+    outputs = []
+    with eval_mode(model):
+        try:
+            for stage in (False, True):
+                for s in group.slices:
+                    if s.consumer == stage and s.param in params:
+                        params[s.param].index_fill_(s.dim, s.index[s.channel == 0], 0.0)
+                outputs.append(model(example[:2]).float())
+        finally:
+            for name, value in saved.items():
+                params[name].copy_(value)
+    return bool(torch.allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-5 * float(outputs[0].abs().max()) + 1e-7))
 
 
 def _unwrapped_slices(name: str, graph, param: nn.Parameter, index: torch.Tensor) -> Iterator[tuple[str, int, torch.Tensor]]:
