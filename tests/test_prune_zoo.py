@@ -180,3 +180,45 @@ def test_channels_a_shuffle_interleaves_are_left_whole_not_pruned_wrongly():
         small = prune(net, 0.3, structured=True, example=x).model.eval()
     assert any("layer '0' whole" in str(w.message) for w in caught)
     assert small[0].out_channels == 12 and torch.allclose(masked(x), small(x), atol=1e-6)
+
+
+class _SeparateProjections(nn.Module):
+    """nanoGPT-style attention with q, k, v as three Linears: their channels are tied through q @ k^T and
+    the head reshape, which the graph does not see, and ``reshape(b, t, d)`` ties the heads' width to the
+    residual width: kdnb leaves both whole (with a warning) and prunes the MLP."""
+
+    def __init__(self, dim=16, num_heads=2):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.proj = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = (f(x).view(b, t, self.num_heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        y = ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+def test_separate_qkv_projections_are_left_whole_and_the_mlp_is_pruned():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), M.Residual(_SeparateProjections()),
+                        M.Residual(nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 16))), nn.Linear(16, 3))
+    x = torch.randn(2, 5, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small = prune(net, 0.3, structured=True, example=x).model
+    assert any("whole" in str(w.message) and "view(B, T, C)" in str(w.message) for w in caught)
+    attn = small[1].body
+    assert attn.q.out_features == attn.k.out_features == attn.v.out_features == attn.proj.in_features == 16
+    assert small[2].body[0].out_features < 64 and small(x).shape == (2, 5, 3)
+
+
+def test_a_tracing_error_names_the_layer():
+    class Picky(nn.Module):
+        def forward(self, x):
+            raise ValueError("needs 3 channels")
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), Picky(), nn.Flatten(), nn.Linear(36, 2))
+    with pytest.raises(KdnbError, match="at layer '1'.*needs 3 channels; pass example=") as error:
+        prune(net, 0.5, structured=True, example=torch.randn(1, 1, 5, 5))
+    assert "\n" not in str(error.value)

@@ -48,7 +48,7 @@ class ChannelGroup:
     root: str
     size: int
     slices: list[Slice] = field(default_factory=list)
-    channels: torch.Tensor | None = None  # unit of each root channel (None: one channel, one unit)
+    units: torch.Tensor | None = None  # unit of each root channel (None: one channel, one unit)
 
 
 def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -88,16 +88,27 @@ def dependency_graph(model: nn.Module, example: torch.Tensor):  # -> tp.Dependen
     x = example.detach().clone()
     if x.is_floating_point():
         x.requires_grad_(True)  # so ops reading the input show it in the graph
+    names = {module: name for name, module in model.named_modules()}
+    running: list[str] = []  # the innermost layer running when tracing fails: the error names it
+
+    def remember(module, args):
+        running.append(names.get(module, "?"))
+
+    hooks = [m.register_forward_pre_hook(remember) for m in model.modules() if m is not model]
     try:
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=x, forward_fn=lambda m, v: m(v),
                                                           verbose=False)
     except (RuntimeError, TypeError, ValueError, AssertionError, ZeroDivisionError, IndexError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        where = f" at layer {running[-1]!r}" if running else ""
         raise KdnbError(f"structured pruning could not trace the model on an input of shape "
-                        f"{tuple(example.shape)}: {first}") from None
+                        f"{tuple(example.shape)}{where}: {first}; pass example= an input the model accepts, "
+                        "or use structured=False") from None
     finally:
         model.train(was_training)
+        for hook in hooks:
+            hook.remove()
     graph.example = example.detach()  # for the consistency probe of `channel_groups`
     graph.input_coupled = {node for node in graph.module2node.values()
                            if not isinstance(node.module, STRUCTURED_LAYERS) and node.grad_fn is not None
@@ -215,7 +226,7 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
     """Every group of coupled channels that may be pruned: not the model's outputs, nor channels added to
     the model's input, nor separate q/k/v projections. A group's "channels" are its *units*: root channels
     that must go together (the same position in every group of a grouped conv, a whole attention head) are
-    one unit, and ``ChannelGroup.channels`` maps each root channel to its unit."""
+    one unit, and ``ChannelGroup.units`` maps each root channel to its unit."""
     names = {module: name for name, module in model.named_modules()}
     names.update(getattr(graph, "_param_to_name", {}))  # unwrapped parameters (class token, position embedding)
     outputs = output_layers(graph)
@@ -252,7 +263,48 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
                           RuntimeWarning, stacklevel=4)
             continue
         groups.append(candidate)
-    return groups
+    broken = _breaking_roots(model, groups, getattr(graph, "example", None))
+    for root in broken:
+        warnings.warn(f"structured pruning leaves the channels of layer {root!r} whole: the model stops running "
+                      "when one of them goes (a reshape to a fixed width, such as view(B, T, C) in attention?)",
+                      RuntimeWarning, stacklevel=4)
+    return [group for group in groups if group.root not in broken]
+
+
+def _breaking_roots(model: nn.Module, groups: list[ChannelGroup], example: torch.Tensor | None) -> set[str]:
+    """Roots of the groups whose removal of one unit stops a copy of the model from running (a shape the
+    code fixes, such as ``view(B, T, C)`` with C the residual width, or a shuffle into 3 groups): tried all
+    at once, then (only if that fails) one group at a time."""
+    import torch_pruning as tp
+
+    candidates = [group for group in groups if group.size > 1]
+    if example is None or not candidates:
+        return set()
+    with eval_mode(model), torch.no_grad():
+        expected = model(example[:2]).shape
+
+    def runs(subset: list[ChannelGroup]) -> bool:
+        copy = clone_plain(model).eval()
+        try:
+            graph = tp.DependencyGraph().build_dependency(copy, example_inputs=example[:2], verbose=False)
+            for group in subset:
+                layer = copy.get_submodule(group.root)
+                idxs = [0] if group.units is None else torch.nonzero(group.units == 0).flatten().tolist()
+                graph.get_pruning_group(layer, graph.get_pruner_of_module(layer).prune_out_channels, idxs).prune()
+            with torch.no_grad():
+                return copy(example[:2]).shape == expected
+        except (RuntimeError, ValueError, AssertionError, ZeroDivisionError, IndexError, TypeError):
+            return False
+
+    if runs(candidates):
+        return set()
+    return {group.root for group in candidates if not runs([group])}
+
+
+def clone_plain(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example:
     """
     expected = _outputs(model, example).shape
     graph = dependency_graph(model, example)
-    units = {group.root: group.channels for group in channel_groups(model, graph)}
+    units = {group.root: group.units for group in channel_groups(model, graph)}
     fused, _ = attention_layers(model)
     head_dims = {qkv: qkv.out_features // (3 * heads) for qkv, heads in fused.items()}
     for root, gone in removed.items():
