@@ -222,3 +222,21 @@ def test_a_tracing_error_names_the_layer():
     with pytest.raises(KdnbError, match="at layer '1'.*needs 3 channels; pass example=") as error:
         prune(net, 0.5, structured=True, example=torch.randn(1, 1, 5, 5))
     assert "\n" not in str(error.value)
+
+
+def test_tiny_transformers_take_the_embedded_datasets_and_rebuild_without_code(tmp_path):
+    train, _ = kdnb.datasets.load("digits", batch_size=8, seed=0)  # flat 64-vectors
+    x, _ = next(iter(train))
+    torch.manual_seed(0)
+    vit = M.vit_tiny(10).eval()
+    assert vit(x).shape == (8, 10) and torch.allclose(vit(x), vit(x.view(8, 1, 8, 8)))
+    gpt = M.gpt_tiny(32, length=8).eval()
+    tokens = torch.randint(0, 32, (2, 8))
+    logits = gpt(tokens)
+    changed = tokens.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % 32
+    assert torch.equal(gpt(changed)[:, :-1], logits[:, :-1])  # causal: the past does not see the future
+    for model, inputs in ((vit, x), (gpt, tokens), (M.resnext_small(10, width=16), torch.randn(2, 1, 8, 8)),
+                          (M.convnext_small(10, width=8), torch.randn(2, 1, 8, 8))):
+        loaded = kdnb.load(kdnb.save(model.eval(), tmp_path / "m.kdnb"))
+        assert torch.equal(loaded.eval()(inputs), model(inputs))
