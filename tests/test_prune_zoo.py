@@ -240,3 +240,17 @@ def test_tiny_transformers_take_the_embedded_datasets_and_rebuild_without_code(t
                           (M.convnext_small(10, width=8), torch.randn(2, 1, 8, 8))):
         loaded = kdnb.load(kdnb.save(model.eval(), tmp_path / "m.kdnb"))
         assert torch.equal(loaded.eval()(inputs), model(inputs))
+
+
+def test_group_norm_loses_the_same_positions_in_every_group():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
+                        M.Residual(nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.GroupNorm(4, 16))),
+                        nn.Conv2d(16, 32, 3, padding=1), nn.GroupNorm(8, 32), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    x = torch.randn(4, 1, 8, 8)
+    small = prune(net, 0.5, structured=True, example=x).model
+    norms = [m for m in small.modules() if isinstance(m, nn.GroupNorm)]
+    assert [n.num_groups for n in norms] == [4, 4, 8]
+    assert all(n.num_channels % n.num_groups == 0 for n in norms) and norms[0].num_channels < 16
+    assert small(x).shape == (4, 10) and bool(torch.isfinite(small(x)).all())
