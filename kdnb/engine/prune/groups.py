@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import warnings
+from copy import deepcopy
 
 import torch
 from torch import nn
@@ -284,7 +285,7 @@ def _breaking_roots(model: nn.Module, groups: list[ChannelGroup], example: torch
         expected = model(example[:2]).shape
 
     def runs(subset: list[ChannelGroup]) -> bool:
-        copy = clone_plain(model).eval()
+        copy = deepcopy(model).eval()
         try:
             graph = tp.DependencyGraph().build_dependency(copy, example_inputs=example[:2], verbose=False)
             for group in subset:
@@ -299,12 +300,6 @@ def _breaking_roots(model: nn.Module, groups: list[ChannelGroup], example: torch
     if runs(candidates):
         return set()
     return {group.root for group in candidates if not runs([group])}
-
-
-def clone_plain(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 @torch.no_grad()
