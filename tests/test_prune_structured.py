@@ -125,16 +125,44 @@ class _Gate(nn.Module):
         return x * self.scale[:, None]
 
 
+@pytest.mark.parametrize("layer", [_Gate(8), nn.Conv1d(8, 8, 1, groups=2)], ids=["own-parameter", "grouped"])
+def test_parameters_owned_by_a_module_and_grouped_convs_are_pruned(layer):
+    """Once refused: a module's own parameter is an unwrapped parameter to Torch-Pruning (narrowed with its
+    channels); a grouped conv loses the same positions in every group, so masking equals deleting."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(1, 8, 3), layer, nn.Flatten(), nn.LazyLinear(3))
+    x = torch.randn(2, 1, 6)
+    net(x)
+    net = kdnb.engine.prune.unstructured.clone(net)  # materialise the lazy layer
+    scores = importance(net, "l1", structured=True, example=x)
+    masked = kdnb.engine.prune.unstructured.clone(net)
+    with torch.no_grad():
+        for name, mask in masks_at(scores, 0.4).items():
+            masked.get_parameter(name).mul_(mask)
+    small = prune(net, 0.4, structured=True, example=x).model
+    assert small[0].out_channels < 8 and torch.allclose(masked(x), small(x), atol=1e-6)
+    if isinstance(layer, nn.Conv1d):
+        assert small[1].groups == 2 and small[1].in_channels % 2 == 0
+
+
 @pytest.mark.parametrize("layer, message", [
-    (_Gate(8), "'1' (_Gate)"),
-    (nn.Conv1d(8, 8, 1, groups=2), "groups=2"),
+    (nn.LSTM(8, 8, batch_first=True), "recurrent layer '1' (LSTM)"),
+    (nn.ConvTranspose1d(8, 8, 1), "layer '1' (ConvTranspose1d, transposed)"),
 ])
 def test_unsupported_layer_is_a_clear_error(layer, message):
-    net = nn.Sequential(nn.Conv1d(1, 8, 3), layer, nn.Flatten(), nn.LazyLinear(3))
-    net(torch.randn(1, 1, 6))
-    with pytest.raises(KdnbError, match="does not support layer") as error:
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Conv1d(1, 8, 3), layer, nn.Linear(8, 3)])
+
+        def forward(self, x):
+            x = self.layers[0](x)
+            x = self.layers[1](x.transpose(1, 2))[0] if isinstance(layer, nn.LSTM) else self.layers[1](x).transpose(1, 2)
+            return self.layers[2](x[:, -1])
+    net = Net()
+    with pytest.raises(KdnbError, match="does not") as error:
         prune(net, 0.5, structured=True, example=torch.randn(1, 1, 6))
-    assert message in str(error.value) and "\n" not in str(error.value)
+    assert message.replace("'1'", "'layers.1'") in str(error.value) and "\n" not in str(error.value)
     assert prune(net, 0.5).sparsity == pytest.approx(0.5, abs=0.01)  # unstructured handles any layer
 
 

@@ -46,6 +46,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from kdnb.engine.checks import check_model
+from kdnb import models
 from kdnb.errors import KdnbError
 from kdnb.models import Residual
 
@@ -63,6 +64,7 @@ _AVGPOOL = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"
 # (for "bias", whether the module has one).
 _ARGS: dict[type[nn.Module], tuple[str, ...]] = {
     nn.Linear: ("in_features", "out_features", "bias"),
+    nn.modules.linear.NonDynamicallyQuantizableLinear: ("in_features", "out_features", "bias"),  # MHA's out_proj
     nn.Conv1d: _CONV, nn.Conv2d: _CONV,
     nn.BatchNorm1d: _BN, nn.BatchNorm2d: _BN,
     nn.LayerNorm: ("normalized_shape", "eps", "elementwise_affine", "bias"),
@@ -73,6 +75,15 @@ _ARGS: dict[type[nn.Module], tuple[str, ...]] = {
     nn.AvgPool1d: _AVGPOOL, nn.AvgPool2d: (*_AVGPOOL, "divisor_override"),
     nn.AdaptiveAvgPool1d: ("output_size",), nn.AdaptiveAvgPool2d: ("output_size",),
     nn.Sequential: (), nn.ModuleList: (), Residual: (),
+    nn.GroupNorm: ("num_groups", "num_channels", "eps", "affine"), nn.ReLU6: ("inplace",),
+    nn.Hardswish: ("inplace",), nn.Hardsigmoid: ("inplace",), nn.AdaptiveAvgPool3d: ("output_size",),
+    nn.Embedding: ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq",
+                   "sparse"),
+    nn.MultiheadAttention: ("embed_dim", "num_heads", "dropout", "kdim", "vdim", "batch_first"),
+    models.LayerNorm2d: ("normalized_shape", "eps", "elementwise_affine", "bias"), models.LayerScale: ("shape",),
+    models.ConvNeXtBlock: (), models.SelfAttention: ("dim", "num_heads", "head_dim", "causal"),
+    models.TorchAttention: (), models.TransformerBlock: (), models.Tokens: (), models.ClassToken: ("dim",),
+    models.PositionEmbedding: ("length", "dim"), models.VisionTransformer: (), models.GPT: (),
 }
 # Only the arguments this torch's constructors take (BatchNorm's bias, say, is recent).
 REBUILDABLE = {cls: tuple(arg for arg in args if arg in inspect.signature(cls).parameters)
@@ -80,10 +91,13 @@ REBUILDABLE = {cls: tuple(arg for arg in args if arg in inspect.signature(cls).p
 # Containers whose constructor needs arguments: build them empty, then add the saved children.
 _EMPTY = {Residual: lambda: Residual(nn.Identity())}
 # Layers load(model=...) may resize when structured pruning changed a saved tensor's shape.
+# Attributes that follow the tensors' shapes (a property such as SelfAttention.head_dim follows by itself).
 _RESIZABLE: dict[type[nn.Module], tuple[str, ...]] = {
     nn.Linear: ("in_features", "out_features"),
     nn.modules.conv._ConvNd: ("in_channels", "out_channels", "groups"),
     nn.modules.batchnorm._NormBase: ("num_features",),
+    nn.LayerNorm: ("normalized_shape",), nn.GroupNorm: ("num_channels",), nn.Embedding: ("embedding_dim",),
+    nn.MultiheadAttention: ("embed_dim", "kdim", "vdim"), models.SelfAttention: ("num_heads",),
 }
 
 
@@ -366,21 +380,25 @@ def _fit_skeleton(model: nn.Module, payload: dict, file: str) -> list[tuple[nn.M
         for name, tensor in own.items():
             _check_kind(_join(path, name), declared[name][1], tensor, file)
         changed = {name: shape for name, (shape, _) in declared.items() if shape != tuple(own[name].shape)}
-        if not changed:
-            continue
-        attrs = next((attrs for cls, attrs in _RESIZABLE.items() if isinstance(module, cls)), None)
+        attrs = next((attrs for cls, attrs in _RESIZABLE.items() if isinstance(module, cls)), ())
         node = _node(spec, path)
-        name, shape = next(iter(changed.items()))
-        if attrs is None or node is None or node.get("class") != class_name(plain_class(module)):
+        # a module of the saved class may resize (its own tensors: a class token, a layer scale) or change the
+        # attributes that follow its children's shapes (an attention's num_heads) with no tensor of its own changed
+        same_class = node is not None and node.get("class") == class_name(plain_class(module))
+        if changed and not same_class:
+            name, shape = next(iter(changed.items()))
             raise KdnbError(f"saved tensor {_join(path, name)!r} in {file!r} has shape {shape} but model= has "
-                            f"{tuple(own[name].shape)}; pass a model= of the class that was saved (only "
-                            "Linear/Conv/BatchNorm layers are resized)")
+                            f"{tuple(own[name].shape)}; pass a fresh instance of the class that was saved")
+        if not same_class or not (changed or attrs):
+            continue
         meta = _meta_module(node, path, file)  # what the saved config makes of each tensor: must be the file's
         for name, (shape, _) in declared.items():
             if shape != tuple(getattr(meta, name).shape):
                 raise _damaged(file, f"tensor {_join(path, name)!r} has shape {list(shape)} but its layer's config "
                                      f"makes it {list(getattr(meta, name).shape)}")
-        resizes.append((module, {attr: getattr(meta, attr) for attr in attrs}, changed))
+        updates = {attr: getattr(meta, attr) for attr in attrs if getattr(module, attr) != getattr(meta, attr)}
+        if changed or updates:
+            resizes.append((module, updates, changed))
     _check_ties_fit(expected, payload["tied"], file)
     return resizes
 
@@ -414,6 +432,8 @@ def _resize(resizes: list[tuple[nn.Module, dict, dict]]) -> None:
     for module, attrs, changed in resizes:
         for attr, value in attrs.items():
             setattr(module, attr, value)
+        if isinstance(module, nn.MultiheadAttention):
+            module.head_dim = module.embed_dim // module.num_heads
         for name, shape in changed.items():
             old = getattr(module, name)
             new = torch.empty(shape, dtype=old.dtype, device=old.device)
@@ -758,7 +778,11 @@ def _is_output_size(v: Any) -> bool:
 # The type of each constructor argument `REBUILDABLE` reads off a module (a test keeps this complete).
 _CONFIG_TYPES = {
     **dict.fromkeys(("in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
-                     "start_dim", "end_dim"), _is_int),
+                     "start_dim", "end_dim", "num_groups", "num_channels", "num_embeddings", "embedding_dim",
+                     "embed_dim", "num_heads", "head_dim", "dim", "length"), _is_int),
+    **dict.fromkeys(("kdim", "vdim", "padding_idx"), _or_none(_is_int)),
+    **dict.fromkeys(("batch_first", "causal", "scale_grad_by_freq", "sparse"), _is_bool),
+    "max_norm": _or_none(_is_number), "norm_type": _is_number, "dropout": _is_number, "shape": _is_size,
     **dict.fromkeys(("bias", "affine", "track_running_stats", "elementwise_affine", "inplace", "return_indices",
                      "ceil_mode", "count_include_pad"), _is_bool),
     **dict.fromkeys(("eps", "negative_slope", "p"), _is_number),

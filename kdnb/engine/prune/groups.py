@@ -12,16 +12,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import warnings
+from copy import deepcopy
+
 import torch
 from torch import nn
 
 from kdnb.engine.errors import KdnbError
+from kdnb.engine.evaluate import eval_mode
 
 PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)  # layers whose weights count towards sparsity
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
-STRUCTURED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, _BATCHNORM)
-
-
+_NORMS = (_BATCHNORM, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+# Layers Torch-Pruning's pruner functions resize (parameters owned by other modules, such as a class token,
+# are "unwrapped parameters" to it: it narrows their last non-singleton dimension with the channels).
+STRUCTURED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_NORMS, nn.Embedding, nn.MultiheadAttention,
+                     nn.PReLU)
+_QKV_NAMES = ("qkv", "c_attn", "in_proj", "Wqkv", "query_key_value")
 @dataclass
 class Slice:
     """Positions ``index`` along dimension ``dim`` of parameter ``param``; ``channel[i]`` is the
@@ -31,15 +38,18 @@ class Slice:
     dim: int
     index: torch.Tensor
     channel: torch.Tensor
+    consumer: bool = False  # the slice reads the channels (a next layer's inputs) rather than producing them
 
 
 @dataclass
 class ChannelGroup:
-    """The ``size`` output channels of layer ``root`` and everything coupled to them."""
+    """The output channels of layer ``root`` and everything coupled to them, in ``size`` units that are
+    scored and removed whole (a channel, or the channels of one attention head, ...)."""
 
     root: str
     size: int
     slices: list[Slice] = field(default_factory=list)
+    units: torch.Tensor | None = None  # unit of each root channel (None: one channel, one unit)
 
 
 def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -56,16 +66,14 @@ def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 def check_structured_support(model: nn.Module) -> None:
     """A clear error naming the first layer structured pruning cannot resize."""
     for name, module in model.named_modules():
-        if not any(True for _ in module.parameters(recurse=False)):
-            continue
-        supported = isinstance(module, STRUCTURED_LAYERS)
-        if isinstance(module, nn.modules.conv._ConvNd):
-            supported = supported and module.groups in (1, module.in_channels) and not module.transposed
-        if not supported:
-            detail = f"groups={module.groups}" if isinstance(module, nn.modules.conv._ConvNd) else ""
-            raise KdnbError(f"structured pruning does not support layer {name or '(model)'!r} "
-                            f"({type(module).__name__}{' ' + detail if detail else ''}); it resizes Linear, "
-                            "Conv (plain or depthwise) and BatchNorm layers -- use structured=False for this model")
+        if isinstance(module, nn.RNNBase):
+            raise KdnbError(f"structured pruning does not resize recurrent layer {name!r} ({type(module).__name__}): "
+                            "its hidden units are tied across time steps and gates -- use structured=False, "
+                            "or pass the layers after it only")
+        if isinstance(module, nn.modules.conv._ConvNd) and module.transposed:
+            raise KdnbError(f"structured pruning does not support layer {name!r} ({type(module).__name__}, "
+                            "transposed); it resizes Linear, Conv, norm, embedding and attention layers -- "
+                            "use structured=False for this model")
 
 
 def dependency_graph(model: nn.Module, example: torch.Tensor):  # -> tp.DependencyGraph
@@ -78,17 +86,31 @@ def dependency_graph(model: nn.Module, example: torch.Tensor):  # -> tp.Dependen
 
     check_structured_support(model)
     was_training = model.training
-    x = example.detach().clone().requires_grad_(True)  # so ops reading the input show it in the graph
+    x = example.detach().clone()
+    if x.is_floating_point():
+        x.requires_grad_(True)  # so ops reading the input show it in the graph
+    names = {module: name for name, module in model.named_modules()}
+    running: list[str] = []  # the innermost layer running when tracing fails: the error names it
+
+    def remember(module, args):
+        running.append(names.get(module, "?"))
+
+    hooks = [m.register_forward_pre_hook(remember) for m in model.modules() if m is not model]
     try:
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=x, forward_fn=lambda m, v: m(v),
                                                           verbose=False)
-    except (RuntimeError, TypeError, ValueError, AssertionError) as error:
+    except (RuntimeError, TypeError, ValueError, AssertionError, ZeroDivisionError, IndexError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        where = f" at layer {running[-1]!r}" if running else ""
         raise KdnbError(f"structured pruning could not trace the model on an input of shape "
-                        f"{tuple(example.shape)}: {first}") from None
+                        f"{tuple(example.shape)}{where}: {first}; pass example= an input the model accepts, "
+                        "or use structured=False") from None
     finally:
         model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    graph.example = example.detach()  # for the consistency probe of `channel_groups`
     graph.input_coupled = {node for node in graph.module2node.values()
                            if not isinstance(node.module, STRUCTURED_LAYERS) and node.grad_fn is not None
                            and any(getattr(f, "variable", None) is x for f, _ in node.grad_fn.next_functions)}
@@ -112,44 +134,203 @@ def output_layers(graph) -> set[nn.Module]:
     return found
 
 
-def _param_slices(name: str, module: nn.Module, is_out: bool) -> Iterator[tuple[str, int]]:
+def _param_slices(name: str, module: nn.Module, is_out: bool, index: torch.Tensor) -> Iterator[tuple[str, int, torch.Tensor]]:
+    """(parameter, dim, positions) that the channels at ``index`` of ``module`` own (output side if ``is_out``);
+    positions may repeat ``index`` (an attention projection holds q, k and v rows of each channel)."""
     prefix = f"{name}." if name else ""
-    if isinstance(module, _BATCHNORM):
-        if module.affine:
-            yield prefix + "weight", 0
-            yield prefix + "bias", 0
+    if isinstance(module, (*_NORMS, nn.PReLU)):
+        for param in ("weight", "bias"):
+            tensor = getattr(module, param, None)
+            if isinstance(tensor, torch.Tensor) and tensor.numel() > 1:
+                yield prefix + param, 0, index
         return
-    depthwise = isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+    if isinstance(module, nn.Embedding):
+        yield prefix + "weight", 1, index
+        return
+    if isinstance(module, nn.MultiheadAttention):  # the embedding dim: every projection's rows and columns
+        rows = torch.cat([index + part * module.embed_dim for part in range(3)])
+        yield prefix + "in_proj_weight", 1, index
+        yield from ((prefix + p, 0, rows) for p in ("in_proj_weight", "in_proj_bias") if getattr(module, p) is not None)
+        yield prefix + "out_proj.weight", 0, index
+        yield prefix + "out_proj.weight", 1, index
+        if module.out_proj.bias is not None:
+            yield prefix + "out_proj.bias", 0, index
+        return
+    depthwise = isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.in_channels > 1
     if is_out or depthwise:  # a depthwise conv's input channel is its output channel: dim 0
-        yield prefix + "weight", 0
+        yield prefix + "weight", 0, index
         if module.bias is not None:
-            yield prefix + "bias", 0
+            yield prefix + "bias", 0, index
+    elif isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
+        yield prefix + "weight", 1, index % (module.in_channels // module.groups)  # position inside its group
     else:
-        yield prefix + "weight", 1
+        yield prefix + "weight", 1, index
+
+
+def _channel_layout(module: nn.Module, is_out: bool, heads: dict[nn.Module, int]) -> tuple[str, int, int] | None:
+    """How the channels of ``module`` must go together: ("offset", groups, size) -- the same position in every
+    one of ``groups`` equal groups (grouped conv, GroupNorm, the heads of nn.MultiheadAttention) -- or
+    ("block", heads, head_dim) for a fused (3, heads, head_dim) qkv projection: a whole head at a time."""
+    if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.in_channels:
+        size = module.out_channels if is_out else module.in_channels
+        return "offset", module.groups, size // module.groups
+    if isinstance(module, nn.GroupNorm) and module.num_groups > 1:
+        return "offset", module.num_groups, module.num_channels // module.num_groups
+    if isinstance(module, nn.MultiheadAttention):
+        return "offset", module.num_heads, module.head_dim
+    if is_out and module in heads:
+        return "block", heads[module], module.out_features // (3 * heads[module])
+    return None
+
+
+def attention_layers(model: nn.Module) -> tuple[dict[nn.Module, int], set[nn.Module]]:
+    """Hand-written attention: ``{fused qkv Linear: num_heads}`` of every module with an int ``num_heads``
+    attribute and a Linear child named qkv/c_attn/in_proj/... whose outputs are (3, heads, head_dim);
+    and the separate q/k/v projections of the others (left whole: their channels are tied across layers)."""
+    fused: dict[nn.Module, int] = {}
+    separate: set[nn.Module] = set()
+    for module in model.modules():
+        heads = getattr(module, "num_heads", None)
+        if isinstance(module, nn.MultiheadAttention) or not isinstance(heads, int) or heads < 1:
+            continue
+        linears = {n: m for n, m in module.named_children() if isinstance(m, nn.Linear)}
+        qkv = next((m for n, m in linears.items() if n in _QKV_NAMES and m.out_features % (3 * heads) == 0), None)
+        if qkv is not None:
+            fused[qkv] = heads
+        else:
+            separate |= {m for n, m in linears.items() if n not in ("proj", "out_proj", "o_proj", "c_proj", "out")}
+    return fused, separate
+
+
+def _units(size: int, items: list[tuple[tuple[str, int, int], torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Unit of each of ``size`` root channels: channels that must be removed together share one (union-find
+    over the layouts of `_channel_layout`), numbered 0.. in order of their first channel."""
+    parent = list(range(size))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for (kind, count, width), positions, channels in items:
+        key = positions % width if kind == "offset" else (positions // width) % count
+        first: dict[int, int] = {}
+        for k, c in zip(key.tolist(), channels.tolist()):
+            parent[find(c)] = find(first.setdefault(k, c))
+    roots = [find(i) for i in range(size)]
+    number = {r: n for n, r in enumerate(dict.fromkeys(roots))}
+    return torch.tensor([number[r] for r in roots], dtype=torch.long)
 
 
 def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
     """Every group of coupled channels that may be pruned: not the model's outputs, nor channels added to
-    the model's input."""
+    the model's input, nor separate q/k/v projections. A group's "channels" are its *units*: root channels
+    that must go together (the same position in every group of a grouped conv, a whole attention head) are
+    one unit, and ``ChannelGroup.units`` maps each root channel to its unit."""
     names = {module: name for name, module in model.named_modules()}
+    names.update(getattr(graph, "_param_to_name", {}))  # unwrapped parameters (class token, position embedding)
     outputs = output_layers(graph)
+    fused, separate = attention_layers(model)
     groups = []
     for group in graph.get_all_groups(root_module_types=PRUNABLE):
         root = group[0].dep.target.module
-        if any(item.dep.target.module in outputs and graph.is_out_channel_pruning_fn(item.dep.handler)
-               or item.dep.target in graph.input_coupled for item in group):
+        if root in separate or any(item.dep.target.module in outputs and graph.is_out_channel_pruning_fn(item.dep.handler)
+                                   or item.dep.target in graph.input_coupled for item in group):
             continue
-        slices: dict[tuple[str, int], Slice] = {}
+        size = graph.get_out_channels(root)
+        entries, layouts = [], []
         for item in group:
             module = item.dep.target.module
             if module not in names or None in item.root_idxs:
                 continue  # graph-internal ops (add, reshape) own no parameters
             is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
-            for param, dim in _param_slices(names[module], module, is_out):
-                slices.setdefault((param, dim), Slice(param, dim, torch.tensor(item.idxs, dtype=torch.long),
-                                                      torch.tensor(item.root_idxs, dtype=torch.long)))
-        groups.append(ChannelGroup(names[root], graph.get_out_channels(root), list(slices.values())))
-    return groups
+            index, channel = torch.tensor(item.idxs, dtype=torch.long), torch.tensor(item.root_idxs, dtype=torch.long)
+            layout = None if isinstance(module, nn.Parameter) else _channel_layout(module, is_out, fused)
+            if layout is not None:
+                layouts.append((layout, index, channel))
+            entries += [(p, d, i, channel, not is_out) for p, d, i in
+                        (_unwrapped_slices(names[module], graph, module, index) if isinstance(module, nn.Parameter)
+                         else _param_slices(names[module], module, is_out, index))]
+        unit = _units(size, layouts)
+        slices: dict[tuple[str, int], Slice] = {}
+        for param, dim, index, channel, consumer in entries:
+            channel = channel.repeat(len(index) // len(channel))
+            slices.setdefault((param, dim), Slice(param, dim, index, unit[channel], consumer))
+        candidate = ChannelGroup(names[root], int(unit.max()) + 1, list(slices.values()), unit)
+        if not _consistent(model, candidate, getattr(graph, "example", None)):
+            warnings.warn(f"structured pruning leaves the channels of layer {names[root]!r} whole: they pass through "
+                          "a view/transpose that mixes channels (a channel shuffle?), which Torch-Pruning cannot map",
+                          RuntimeWarning, stacklevel=4)
+            continue
+        groups.append(candidate)
+    broken = _breaking_roots(model, groups, getattr(graph, "example", None))
+    for root in broken:
+        warnings.warn(f"structured pruning leaves the channels of layer {root!r} whole: the model stops running "
+                      "when one of them goes (a reshape to a fixed width, such as view(B, T, C) in attention?)",
+                      RuntimeWarning, stacklevel=4)
+    return [group for group in groups if group.root not in broken]
+
+
+def _breaking_roots(model: nn.Module, groups: list[ChannelGroup], example: torch.Tensor | None) -> set[str]:
+    """Roots of the groups whose removal of one unit stops a copy of the model from running (a shape the
+    code fixes, such as ``view(B, T, C)`` with C the residual width, or a shuffle into 3 groups): tried all
+    at once, then (only if that fails) one group at a time."""
+    import torch_pruning as tp
+
+    candidates = [group for group in groups if group.size > 1]
+    if example is None or not candidates:
+        return set()
+    with eval_mode(model), torch.no_grad():
+        expected = model(example[:2]).shape
+
+    def runs(subset: list[ChannelGroup]) -> bool:
+        copy = deepcopy(model).eval()
+        try:
+            graph = tp.DependencyGraph().build_dependency(copy, example_inputs=example[:2], verbose=False)
+            for group in subset:
+                layer = copy.get_submodule(group.root)
+                idxs = [0] if group.units is None else torch.nonzero(group.units == 0).flatten().tolist()
+                graph.get_pruning_group(layer, graph.get_pruner_of_module(layer).prune_out_channels, idxs).prune()
+            with torch.no_grad():
+                return copy(example[:2]).shape == expected
+        except (RuntimeError, ValueError, AssertionError, ZeroDivisionError, IndexError, TypeError):
+            return False
+
+    if runs(candidates):
+        return set()
+    return {group.root for group in candidates if not runs([group])}
+
+
+@torch.no_grad()
+def _consistent(model: nn.Module, group: ChannelGroup, example: torch.Tensor | None) -> bool:
+    """Do the next layers read the group's channels where Torch-Pruning says? Silence one unit where it is
+    produced, then also where it is said to be read: if the mapping is right, the reads were zeros already and
+    the outputs do not move (a channel shuffle the graph cannot follow makes them move)."""
+    params = dict(model.named_parameters())
+    if any(s.param in params and s.index.numel() and int(s.index.max()) >= params[s.param].shape[s.dim]
+           for s in group.slices):
+        return False
+    if example is None:
+        return True
+    saved = {s.param: params[s.param].detach().clone() for s in group.slices if s.param in params}
+    outputs = []
+    with eval_mode(model):
+        try:
+            for stage in (False, True):
+                for s in group.slices:
+                    if s.consumer == stage and s.param in params:
+                        params[s.param].index_fill_(s.dim, s.index[s.channel == 0], 0.0)
+                outputs.append(model(example[:2]).float())
+        finally:
+            for name, value in saved.items():
+                params[name].copy_(value)
+    return bool(torch.allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-5 * float(outputs[0].abs().max()) + 1e-7))
+
+
+def _unwrapped_slices(name: str, graph, param: nn.Parameter, index: torch.Tensor) -> Iterator[tuple[str, int, torch.Tensor]]:
+    dim = next((u.pruning_dim for u in graph.unwrapped_parameters if u.parameters is param), -1)
+    yield name, dim % param.dim(), index
 
 
 def channel_scores(group: ChannelGroup, saliency: dict[str, torch.Tensor]) -> torch.Tensor | None:

@@ -1,0 +1,256 @@
+"""Structured pruning of the reference zoo (tests/zoo.py): every family keeps its output shape, stays finite,
+loses weights and MACs, and saves/loads to the same outputs; grouped convs, heads, class tokens and channel
+shuffles are handled consistently, and what cannot be pruned is refused in one line naming the layer."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import kdnb
+from kdnb.engine.errors import KdnbError
+from kdnb.engine.measure import measure
+from kdnb.engine.prune import importance, masks_at, prune
+from kdnb.engine.prune.groups import prunable_weights
+from kdnb.engine.prune.unstructured import clone
+
+from zoo import REFUSED, ZOO, example
+
+M = kdnb.models
+PRUNED = [name for name in ZOO if name not in REFUSED]
+# Channels that pass through a channel shuffle stay whole, so ShuffleNet stops just short of 50 %.
+REACHED = {"shufflenet_v2": 0.45}
+BATCHNORM_ONLY = ["resnet_basic", "resnet_bottleneck", "resnext", "mobilenet_v2", "mobilenet_v3", "efficientnet",
+                  "densenet", "shufflenet_v2", "cnn1d_grouped"]
+
+
+def _weights(model):
+    return sum(w.numel() for w in prunable_weights(model).values())
+
+
+def _pruned(name):
+    torch.manual_seed(0)
+    net, x = ZOO[name][0]().eval(), example(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "keeps 1 of n channels", "leaves the channels ... whole"
+        result = prune(net, 0.5, structured=True, example=x)
+    return net, result, x
+
+
+@pytest.mark.parametrize("name", PRUNED)
+def test_zoo_model_prunes_to_half_its_weights_and_saves(name, tmp_path):
+    net, result, x = _pruned(name)
+    small = result.model.eval()
+    out = small(x)
+    assert out.shape == net(x).shape and bool(torch.isfinite(out).all())
+    assert REACHED.get(name, 0.5) <= result.sparsity < 0.65
+    assert result.sparsity == pytest.approx(1 - _weights(small) / _weights(net))
+    assert sum(p.numel() for p in small.parameters()) < 0.75 * sum(p.numel() for p in net.parameters())
+    dense_macs, small_macs = (measure(m, x, repeats=1, warmup=0).macs for m in (net, small))
+    assert small_macs < 0.8 * dense_macs
+    path = kdnb.save(small, tmp_path / f"{name}.kdnb")
+    try:
+        loaded = kdnb.load(path)  # every kdnb.models class rebuilds without code
+    except KdnbError as error:
+        assert "cannot rebuild" in str(error)
+        loaded = kdnb.load(path, model=ZOO[name][0]())  # test classes load into a fresh skeleton
+    assert torch.equal(loaded.eval()(x), out)
+
+
+@pytest.mark.parametrize("name", BATCHNORM_ONLY)
+def test_masking_the_chosen_channels_computes_what_deleting_them_computes(name):
+    """With BatchNorm in eval mode a zeroed channel contributes nothing, so the masked model and the
+    physically pruned one agree: the coupled slices (groups, concatenations, SE gates) are consistent."""
+    torch.manual_seed(0)
+    net, x = ZOO[name][0]().eval(), example(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = importance(net, "l1", structured=True, example=x)
+        masked = clone(net)
+        with torch.no_grad():
+            for param, mask in masks_at(scores, 0.5).items():
+                masked.get_parameter(param).mul_(mask)
+        small = prune(net, 0.5, structured=True, example=x).model.eval()
+    assert torch.allclose(masked(x), small(x), atol=1e-5)
+
+
+def test_grouped_convs_keep_their_groups():
+    _, result, _ = _pruned("resnext")
+    for module in result.model.modules():
+        if isinstance(module, nn.Conv2d) and module.groups == 4:
+            assert module.in_channels % 4 == 0 and module.out_channels % 4 == 0
+    assert any(kept < full for kept, full in result.channels.values())
+    _, result, x = _pruned("cnn1d_grouped")  # the client's residual Conv1d(groups=4) network
+    convs = [m for m in result.model.modules() if isinstance(m, nn.Conv1d) and m.groups == 4]
+    assert len(convs) == 2 and convs[0].in_channels < 16 and convs[0].in_channels % 4 == 0
+
+
+def test_hand_written_attention_loses_whole_heads():
+    torch.manual_seed(0)
+    net, x = M.vit_tiny(10, dim=32, heads=4).eval(), torch.randn(8, 1, 8, 8)
+    small = prune(net, 0.6, structured=True, example=x, scope="local").model
+    for block in small.blocks:
+        attn = block.attn
+        assert attn.qkv.out_features == 3 * attn.num_heads * attn.head_dim and attn.head_dim == 8
+        assert attn.proj.in_features == attn.num_heads * attn.head_dim
+    assert sum(b.attn.num_heads for b in small.blocks) < 8
+    assert small(x).shape == (8, 10)
+
+
+def test_torch_attention_narrows_every_head_alike():
+    """nn.MultiheadAttention needs embed_dim == num_heads * head_dim: each head loses the same positions."""
+    net, result, x = _pruned("vit")
+    for block in result.model.blocks:
+        attn = block.attn.attn
+        assert attn.num_heads == 4 and attn.embed_dim == 4 * attn.head_dim < 32
+        assert attn.in_proj_weight.shape == (3 * attn.embed_dim, attn.embed_dim)
+    assert result.model.cls.token.shape[-1] == result.model.pos.embedding.shape[-1] == attn.embed_dim
+
+
+def test_a_parameter_the_model_owns_is_narrowed_with_the_embedding():
+    class Net(nn.Module):  # a ViT that keeps its class token on the top module itself
+        def __init__(self):
+            super().__init__()
+            self.embed, self.class_token = nn.Linear(4, 16), nn.Parameter(torch.randn(1, 1, 16))
+            self.mlp = nn.Sequential(nn.LayerNorm(16), nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            x = torch.cat([self.class_token.expand(len(x), -1, -1), self.embed(x)], 1)
+            return self.head((x + self.mlp(x))[:, 0])
+
+    torch.manual_seed(0)
+    result = prune(Net(), 0.5, structured=True, example=torch.randn(2, 5, 4))
+    assert result.model.class_token.shape[-1] == result.model.embed.out_features < 16
+
+
+def test_channel_shuffle_is_pruned_where_it_can_be_and_says_where_it_cannot():
+    torch.manual_seed(0)
+    net, x = ZOO["shufflenet_v2"][0]().eval(), example("shufflenet_v2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = prune(net, 0.3, structured=True, example=x)
+    shuffle = [str(w.message) for w in caught if "channel shuffle" in str(w.message)]
+    assert shuffle and all("\n" not in m and "'2.branch.2.0'" in m for m in shuffle)
+    assert result.model[1].branch[0][0].out_channels < 8  # inside a branch, channels go
+
+
+def test_lstm_is_refused_in_one_line():
+    net = ZOO["lstm"][0]()
+    with pytest.raises(KdnbError, match="recurrent layer 'lstm' \\(LSTM\\).*structured=False") as error:
+        prune(net, 0.5, structured=True, example=example("lstm"))
+    assert "\n" not in str(error.value)
+
+
+def test_tracing_errors_name_no_torch_internals():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) / 0 if x.shape[0] else 1 // 0  # ZeroDivisionError while tracing an empty batch
+
+    with pytest.raises(KdnbError, match="could not trace") as error:
+        prune(Broken(), 0.5, structured=True, example=torch.randn(0, 4))
+    assert "\n" not in str(error.value)
+
+
+class _Shuffle(nn.Module):
+    def forward(self, x):
+        b, c, h, w = x.shape
+        return x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+def test_channels_a_shuffle_interleaves_are_left_whole_not_pruned_wrongly():
+    """Torch-Pruning maps a shuffled channel to the wrong input of the next conv; kdnb's probe finds that
+    and keeps those channels, so what it deletes is exactly what its masks say."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(), _Shuffle(),
+                        nn.Conv2d(12, 12, 3, padding=1, groups=2), nn.ReLU(), nn.Conv2d(12, 8, 1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = importance(net, "l1", structured=True, example=x)
+        masked = clone(net)
+        with torch.no_grad():
+            for param, mask in masks_at(scores, 0.3).items():
+                masked.get_parameter(param).mul_(mask)
+        small = prune(net, 0.3, structured=True, example=x).model.eval()
+    assert any("layer '0' whole" in str(w.message) for w in caught)
+    assert small[0].out_channels == 12 and torch.allclose(masked(x), small(x), atol=1e-6)
+
+
+class _SeparateProjections(nn.Module):
+    """nanoGPT-style attention with q, k, v as three Linears: their channels are tied through q @ k^T and
+    the head reshape, which the graph does not see, and ``reshape(b, t, d)`` ties the heads' width to the
+    residual width: kdnb leaves both whole (with a warning) and prunes the MLP."""
+
+    def __init__(self, dim=16, num_heads=2):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.proj = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = (f(x).view(b, t, self.num_heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        y = ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+def test_separate_qkv_projections_are_left_whole_and_the_mlp_is_pruned():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), M.Residual(_SeparateProjections()),
+                        M.Residual(nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 16))), nn.Linear(16, 3))
+    x = torch.randn(2, 5, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small = prune(net, 0.3, structured=True, example=x).model
+    assert any("whole" in str(w.message) and "view(B, T, C)" in str(w.message) for w in caught)
+    attn = small[1].body
+    assert attn.q.out_features == attn.k.out_features == attn.v.out_features == attn.proj.in_features == 16
+    assert small[2].body[0].out_features < 64 and small(x).shape == (2, 5, 3)
+
+
+def test_a_tracing_error_names_the_layer():
+    class Picky(nn.Module):
+        def forward(self, x):
+            raise ValueError("needs 3 channels")
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), Picky(), nn.Flatten(), nn.Linear(36, 2))
+    with pytest.raises(KdnbError, match="at layer '1'.*needs 3 channels; pass example=") as error:
+        prune(net, 0.5, structured=True, example=torch.randn(1, 1, 5, 5))
+    assert "\n" not in str(error.value)
+
+
+def test_tiny_transformers_take_the_embedded_datasets_and_rebuild_without_code(tmp_path):
+    train, _ = kdnb.datasets.load("digits", batch_size=8, seed=0)  # flat 64-vectors
+    x, _ = next(iter(train))
+    torch.manual_seed(0)
+    vit = M.vit_tiny(10).eval()
+    assert vit(x).shape == (8, 10) and torch.allclose(vit(x), vit(x.view(8, 1, 8, 8)))
+    gpt = M.gpt_tiny(32, length=8).eval()
+    tokens = torch.randint(0, 32, (2, 8))
+    logits = gpt(tokens)
+    changed = tokens.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % 32
+    assert torch.equal(gpt(changed)[:, :-1], logits[:, :-1])  # causal: the past does not see the future
+    for model, inputs in ((vit, x), (gpt, tokens), (M.resnext_small(10, width=16), torch.randn(2, 1, 8, 8)),
+                          (M.convnext_small(10, width=8), torch.randn(2, 1, 8, 8))):
+        loaded = kdnb.load(kdnb.save(model.eval(), tmp_path / "m.kdnb"))
+        assert torch.equal(loaded.eval()(inputs), model(inputs))
+
+
+def test_group_norm_loses_the_same_positions_in_every_group():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
+                        M.Residual(nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.GroupNorm(4, 16))),
+                        nn.Conv2d(16, 32, 3, padding=1), nn.GroupNorm(8, 32), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    x = torch.randn(4, 1, 8, 8)
+    small = prune(net, 0.5, structured=True, example=x).model
+    norms = [m for m in small.modules() if isinstance(m, nn.GroupNorm)]
+    assert [n.num_groups for n in norms] == [4, 4, 8]
+    assert all(n.num_channels % n.num_groups == 0 for n in norms) and norms[0].num_channels < 16
+    assert small(x).shape == (4, 10) and bool(torch.isfinite(small(x)).all())
