@@ -105,7 +105,8 @@ def test_distill_fine_tunes_with_the_unpruned_model_as_teacher(trained, digits):
 def test_summary_repr_and_plot(trained, digits):
     result = prune(trained, 0.9, data=digits[0], val=digits[1], finetune=1, control=True)
     text = repr(result).splitlines()
-    assert text[0].startswith("pruned 90.00% of prunable weights (target 90.00%): l1, unstructured, global, oneshot")
+    assert text[0].startswith("pruned 90.00% of prunable weights (target 90.00%): lamp, unstructured, global, oneshot, "
+                              "reconstructed")  # the default with data (bench/prune_oneshot.py)
     assert text[1].split() == ["dense", "pruned", "control"]
     assert any(line.startswith("compression ratio") for line in text)
     assert any(line.startswith("theoretical speed-up") for line in text)

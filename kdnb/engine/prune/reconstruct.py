@@ -95,9 +95,11 @@ def reconstruct_layer(module: nn.Module, gram: torch.Tensor, cross: torch.Tensor
                          (bias.detach().double().to(gram.device) * bias_keep if bias is not None
                           else torch.zeros(out, dtype=torch.float64, device=gram.device))[:, None]], 1)
     support = torch.cat([keep, bias_keep[:, None]], 1)
+    dead = gram.diagonal() == 0  # inputs never non-zero on the calibration set: their weights stay as they are
     if rows < support.shape[1]:  # underdetermined: at least SparseGPT's damping
         damp = max(damp, DAMP)
-    solved = solve_rows(gram, cross, support, damp)
+    solved = solve_rows(gram, cross, support & ~dead, damp)
+    solved[:, dead] = current[:, dead]
     energy = torch.zeros(out, dtype=torch.float64, device=gram.device)  # ||y_r||^2 cancels in the comparison
     better = row_errors(solved, gram, cross, energy) < row_errors(current, gram, cross, energy)
     final = torch.where(better[:, None], solved, current)
