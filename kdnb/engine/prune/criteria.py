@@ -112,6 +112,44 @@ def wanda(weight: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
     return weight.abs() * input_norm
 
 
+def thinet(consumers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    r"""Greedy channel selection by the next layers' reconstruction error, each removal by group OBS.
+
+    ThiNet (Luo et al. 2017) removes, one at a time, the channel whose removal least increases the error of
+    the layers that consume it, refitting them by least squares (He et al. 2017). With the consumer's input
+    Hessian :math:`H = 2X^	op X` the increase and the refit are OBS's closed form for a block ``B`` of input
+    columns (Hassibi & Stork 1993; Frantar & Alistarh 2022):
+    :math:`\Delta E_B = 	frac12 \sum_r W_{rB} [H^{-1}]_{BB}^{-1} W_{rB}^	op`,
+    :math:`W \leftarrow W - W_{:B} [H^{-1}]_{BB}^{-1} [H^{-1}]_{B:}`,
+    :math:`H^{-1} \leftarrow H^{-1} - [H^{-1}]_{:B} [H^{-1}]_{BB}^{-1} [H^{-1}]_{B:}`.
+    ``consumers``: for each consuming layer, its weight ``(out, d)``, :math:`H^{-1}` ``(d, d)`` and each channel's
+    ``b`` input columns ``(channels, b)``. Score = the error accumulated when the channel goes, over the error of
+    removing all but the last (which scores 2): comparable across layers, the removal order inside one.
+    """
+    count = consumers[0][2].shape[0]
+    alive = torch.ones(count, dtype=torch.bool)
+    scores = torch.zeros(count, dtype=torch.float64)
+    consumers = [(w.clone(), h.clone(), cols) for w, h, cols in consumers]
+    total = 0.0
+    for _ in range(count - 1):
+        cost = torch.zeros(count, dtype=torch.float64)
+        for weight, inverse, cols in consumers:
+            blocks = inverse[cols[:, :, None], cols[:, None, :]]  # (channels, b, b)
+            blocks[~alive] = torch.eye(cols.shape[1], dtype=blocks.dtype)
+            rows = weight[:, cols].permute(1, 2, 0)  # (channels, b, out)
+            cost += 0.5 * (rows * torch.linalg.solve(blocks, rows)).sum((1, 2))
+        cost[~alive] = float("inf")
+        chosen = int(cost.argmin())
+        total += float(cost[chosen])
+        scores[chosen], alive[chosen] = total, False
+        for weight, inverse, cols in consumers:
+            b = cols[chosen]
+            step = torch.linalg.solve(inverse[b][:, b], inverse[b, :])  # [H^-1]_BB^-1 [H^-1]_B:
+            weight -= weight[:, b] @ step
+            inverse -= inverse[:, b] @ step
+    return torch.where(alive, 2.0, scores / max(total, torch.finfo(torch.float64).tiny))
+
+
 def slimming(gamma: torch.Tensor) -> torch.Tensor:
     r"""Network slimming: :math:`s_c = |\gamma_c|`, the BatchNorm scale of channel ``c``.
 
@@ -143,12 +181,15 @@ class Criterion:
         needs_data: the statistic is estimated on batches of ``data``.
         unstructured, structured: the modes it can score (single weights, whole channels).
         label, colour: how plots and widgets show it.
-        channel: the formula scores channels directly (from a channel-level statistic), not elements.
+        channel: structured, the formula scores channels directly (from a channel-level statistic: random draws
+            one number per channel), not their elements.
         per_row: with ``scope="local"``, weights compete within each output row (Wanda), not the whole layer.
         normalise: structured global ranking divides a layer's channel scores by their mean first (magnitudes
             of different layers are not comparable).
-        layerwise: the scores measure one layer's output error, not comparable across layers; unstructured
-            global ranking uses their `lamp_normalise` form (so it cannot empty a layer either).
+        layerwise: the scores are not comparable across layers (one layer's output error for obs/wanda; loss
+            estimates whose scale varies by orders of magnitude between layers for taylor/hessian, so that a raw
+            global threshold empties layers: bench/prune_oneshot.py); unstructured global ranking uses their
+            `lamp_normalise` form, which cannot empty a layer either.
     """
 
     name: str
@@ -168,14 +209,16 @@ class Criterion:
 REGISTRY: dict[str, Criterion] = {c.name: c for c in (
     Criterion("l1", l1, None, False, True, True, "L1 magnitude", "tab:blue", normalise=True),
     Criterion("lamp", lamp, None, False, True, True, "LAMP", "tab:cyan"),
-    Criterion("taylor", taylor, "grad_sq", True, True, True, "Taylor", "tab:orange"),
+    Criterion("taylor", taylor, "grad_sq", True, True, True, "Taylor", "tab:orange", layerwise=True),
     Criterion("taylor_group", taylor_group, "group_gradient_weight", True, False, True, "group Taylor",
               "tab:brown", channel=True),
-    Criterion("hessian", hessian, "hessian_diag", True, True, True, "Hessian (OBD)", "tab:green"),
+    Criterion("hessian", hessian, "hessian_diag", True, True, True, "Hessian (OBD)", "tab:green", layerwise=True),
     Criterion("obs", obs, "inverse_hessian_diag", True, True, True, "OBS", "tab:olive", layerwise=True),
     Criterion("wanda", wanda, "input_norm", True, True, True, "Wanda", "tab:pink", per_row=True, layerwise=True),
+    Criterion("thinet", thinet, "consumer_inverse_hessian", True, False, True, "ThiNet (group OBS)", "tab:red",
+              channel=True),
     Criterion("slimming", slimming, "batchnorm_scale", True, False, True, "network slimming", "tab:purple"),
-    Criterion("random", random, "generator", False, True, True, "random", "tab:gray"),
+    Criterion("random", random, "generator", False, True, True, "random", "tab:gray", channel=True),
 )}
 
 

@@ -27,7 +27,7 @@ from kdnb.engine.prune.structured import remove_channels
 from kdnb.engine.prune.unstructured import apply_masks, clone, current_masks, make_permanent
 
 MARKER = "kdnb_pruned"  # attribute a pruned model carries: the list of prunings it went through
-DEFAULT_CRITERION = {False: "lamp", True: "l1"}  # by bench/prune_oneshot.py (with reconstruction when data is given)
+DEFAULT_CRITERION = {False: "lamp", True: "l1"}  # the best of bench/prune_oneshot.py (reconstructing, with data)
 
 
 class _Sparsity(Callback):

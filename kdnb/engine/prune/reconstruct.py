@@ -26,6 +26,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from kdnb.engine.errors import warn
 from kdnb.engine.prune.calibration import SAMPLES, calibration_batches, forward_order, layer_statistics, solvable
@@ -106,6 +107,9 @@ def reconstruct_layer(module: nn.Module, gram: torch.Tensor, cross: torch.Tensor
     weight.copy_(torch.where(keep, final[:, :-1], flat.to(gram.device)).view_as(weight).to(weight))
     if bias is not None:
         bias.copy_(torch.where(bias_keep, final[:, -1], bias.detach().double().to(gram.device)).to(bias))
+    for hook in module._forward_pre_hooks.values():  # masked tensors are recomputed at the next forward: now
+        if isinstance(hook, prune.BasePruningMethod):
+            setattr(module, hook._tensor_name, hook.apply_mask(module))
 
 
 def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int = SAMPLES,

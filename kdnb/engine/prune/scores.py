@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable, Iterable
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
@@ -130,12 +131,47 @@ def _per_input(ctx: _Context, of_gram: Callable[[torch.Tensor], torch.Tensor]) -
             for n, g in grams.items()}
 
 
-def _inverse_hessian_diag(gram: torch.Tensor) -> torch.Tensor:
-    """diag of H^-1, H = 2 (X^T X + damp I), damped as the reconstruction is."""
+def _damped_hessian(gram: torch.Tensor) -> torch.Tensor:
+    """H = 2 (X^T X + damp I), damped as the reconstruction is (so it is invertible)."""
     from kdnb.engine.prune.reconstruct import DAMP
 
-    hessian = 2 * (gram + DAMP * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype))
-    return torch.cholesky_inverse(torch.linalg.cholesky(hessian)).diagonal()
+    scale = float(gram.diagonal().mean()) or 1.0
+    return 2 * (gram + DAMP * scale * torch.eye(len(gram), dtype=gram.dtype, device=gram.device))
+
+
+def _inverse_hessian_diag(gram: torch.Tensor) -> torch.Tensor:
+    """diag of H^-1, H = 2 (X^T X + damp I)."""
+    return torch.cholesky_inverse(torch.linalg.cholesky(_damped_hessian(gram))).diagonal()
+
+
+def _consumer_columns(group: ChannelGroup, module: nn.Module, slice_: Any) -> torch.Tensor | None:
+    """``(channels, b)``: the input columns (im2col order for a conv) each channel of ``group`` feeds."""
+    kernel = module.weight[0, 0].numel() if module.weight.dim() > 2 else 1
+    per = [slice_.index[slice_.channel == c] for c in range(group.size)]
+    if len({len(p) for p in per}) != 1:
+        return None
+    positions = torch.stack(per)  # (channels, positions per channel)
+    return (positions[:, :, None] * kernel + torch.arange(kernel)).reshape(group.size, -1)
+
+
+def _consumers(ctx: _Context) -> dict[str, tuple]:
+    """For each group, every Linear/Conv consuming its channels: (weight (out, d), H^-1 (d, d), columns)."""
+    grams = calibration.input_grams(ctx.model, ctx.data)  # type: ignore[arg-type]
+    found = {}
+    for group in ctx.groups:
+        consumers = []
+        for s in group.slices:
+            if s.dim != 1 or s.param not in grams:
+                continue
+            module = ctx.model.get_submodule(s.param.rpartition(".")[0])
+            cols = _consumer_columns(group, module, s)
+            if cols is not None:
+                inverse = torch.cholesky_inverse(torch.linalg.cholesky(_damped_hessian(grams[s.param])))
+                consumers.append((module.weight.detach().double().reshape(module.weight.shape[0], -1).cpu(),
+                                  inverse.cpu(), cols))
+        if consumers:
+            found[group.root] = (consumers,)
+    return found
 
 
 def _generator(ctx: _Context) -> dict[str, tuple]:
@@ -154,6 +190,7 @@ STATISTICS: dict[str | None, Callable[[_Context], dict[str, tuple]]] = {
     "batchnorm_scale": lambda ctx: {f"{n}.weight" if n else "weight": (m.weight.detach(),)
                                     for n, m in ctx.model.named_modules() if isinstance(m, _BATCHNORM) and m.affine},
     "generator": _generator,
+    "consumer_inverse_hessian": _consumers,
     "group_gradient_weight": lambda ctx: {root: (v,) for root, v in estimate.group_gradient_weight(
         ctx.model, ctx.data, ctx.groups).items()},  # type: ignore[arg-type]
 }
