@@ -76,7 +76,7 @@ def prune(
     model: nn.Module,
     sparsity: float,
     *,
-    criterion: str | None = None,
+    criterion: str = "auto",
     structured: bool = False,
     scope: str = "global",
     pattern: str | None = None,
@@ -132,8 +132,9 @@ def prune(
     Args:
         model: a trained ``nn.Module``; left bit-identical unless ``inplace=True``.
         sparsity: fraction of prunable weights to remove, in [0, 1).
-        criterion: a name of `kdnb.engine.prune.criteria.REGISTRY`: "lamp" (default unstructured), "l1"
-            (default structured), "taylor", "taylor_group", "hessian", "obs", "wanda", "slimming", "random".
+        criterion: a name of `kdnb.engine.prune.criteria.REGISTRY` ("l1", "lamp", "taylor", "taylor_group",
+            "hessian", "obs", "wanda", "thinet", "slimming", "random"); "auto" (the default) is the best of
+            bench/prune_oneshot.py: "lamp" for single weights, "l1" for channels (both reconstructed with data).
         structured: delete channels (True) or zero single weights (False).
         scope: "global" (rank across layers) or "local" (the same sparsity in every layer; Wanda: per row).
         pattern: "N:M" semi-structured sparsity (unstructured only).
@@ -174,7 +175,7 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
     checks.check_model(model)
     options["sparsity"] = check_sparsity(options["sparsity"])
     structured, data = options["structured"], options["data"]
-    criterion = options["criterion"] or DEFAULT_CRITERION[bool(structured)]
+    criterion = DEFAULT_CRITERION[bool(structured)] if options["criterion"] == "auto" else options["criterion"]
     options["criterion"] = criterion
     record = check_criterion(criterion, data, model, structured, options["hessian_estimator"])
     for name, value, choices in (("scope", options["scope"], SCOPES), ("schedule", options["schedule"],
