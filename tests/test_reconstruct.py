@@ -160,3 +160,19 @@ def test_default_with_data_reconstructs_and_beats_masking():
     structured = prune(net, 0.5, structured=True, data=train, val=val, scope="local")
     plain = prune(net, 0.5, structured=True, data=train, val=val, scope="local", reconstruct=False)
     assert structured.trajectory[0]["val_acc"] >= plain.trajectory[0]["val_acc"]
+
+
+def test_sparsegpt_keeps_the_asked_fraction_or_pattern_and_obs_reselects():
+    from kdnb.engine.prune.reconstruct import sparsegpt
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 16, dtype=torch.float64)
+    w = torch.randn(5, 16, dtype=torch.float64)
+    keep = sparsegpt(w, x.T @ x, 0.75, blocksize=8)
+    assert int(keep.sum()) == 5 * 16 // 4
+    two_four = sparsegpt(w, x.T @ x, 0.5, pattern=(2, 4))
+    assert bool((two_four.view(5, 4, 4).sum(2) == 2).all())
+    net = kdnb.models.mlp(16, [8], 4)
+    data = DataLoader(TensorDataset(torch.randn(64, 16), torch.randint(0, 4, (64,))), batch_size=16)
+    result = prune(net, 0.5, criterion="obs", data=data, pattern="2:4")
+    assert all(bool((m.reshape(m.shape[0], -1, 4).sum(2) == 2).all()) for m in result.masks.values())

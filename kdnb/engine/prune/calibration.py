@@ -118,19 +118,21 @@ def _run_until(model: nn.Module, layer: str, x: torch.Tensor, output: bool) -> t
 @torch.no_grad()
 def layer_statistics(model: nn.Module, layer: str, batches: list[torch.Tensor],
                      dense: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """``(A^T A, A^T Y, rows)`` of ``layer`` in fp64: ``A`` its inputs in ``model`` (with the ones column),
-    ``Y`` the same layer's outputs in ``dense`` (bias included; None without ``dense``)."""
+    """``(A^T A, A^T Y, rows)`` of ``layer``: ``A`` its inputs in ``model`` (with the ones column), ``Y`` the same
+    layer's outputs in ``dense`` (bias included; None without ``dense``). Each batch's products are taken in
+    the model's dtype and summed in fp64 (as SparseGPT accumulates H), which keeps the im2col matrices of
+    convs fast."""
     module = model.get_submodule(layer)
-    gram, cross, rows = None, None, 0
+    gram, cross, rows = 0, 0, 0
     with eval_mode(model), eval_mode(dense) if dense is not None else nullcontext():
         for x in batches:
-            a = _with_ones(as_matrix(module, _run_until(model, layer, x, output=False)).double())
-            gram = a.T @ a if gram is None else gram.addmm_(a.T, a)
+            a = _with_ones(as_matrix(module, _run_until(model, layer, x, output=False)))
+            gram = gram + (a.T @ a).double()
             if dense is not None:
-                y = output_matrix(module, _run_until(dense, layer, x, output=True)).double().to(a.device)
-                cross = a.T @ y if cross is None else cross.addmm_(a.T, y)
+                y = output_matrix(module, _run_until(dense, layer, x, output=True)).to(a)
+                cross = cross + (a.T @ y).double()
             rows += len(a)
-    return gram, cross, rows  # type: ignore[return-value]
+    return gram, (cross if dense is not None else None), rows  # type: ignore[return-value]
 
 
 def input_grams(model: nn.Module, data: Iterable, samples: int = SAMPLES) -> dict[str, torch.Tensor]:

@@ -190,6 +190,8 @@ class Criterion:
             estimates whose scale varies by orders of magnitude between layers for taylor/hessian, so that a raw
             global threshold empties layers: bench/prune_oneshot.py); unstructured global ranking uses their
             `lamp_normalise` form, which cannot empty a layer either.
+        reselect: with reconstruction, each layer's mask is re-chosen at the sparsity the scores gave it, by
+            SparseGPT's OBS sweep on the already-pruned inputs (`kdnb.engine.prune.reconstruct.sparsegpt`).
     """
 
     name: str
@@ -204,6 +206,7 @@ class Criterion:
     per_row: bool = False
     normalise: bool = False
     layerwise: bool = False
+    reselect: bool = False
 
 
 REGISTRY: dict[str, Criterion] = {c.name: c for c in (
@@ -213,7 +216,8 @@ REGISTRY: dict[str, Criterion] = {c.name: c for c in (
     Criterion("taylor_group", taylor_group, "group_gradient_weight", True, False, True, "group Taylor",
               "tab:brown", channel=True),
     Criterion("hessian", hessian, "hessian_diag", True, True, True, "Hessian (OBD)", "tab:green", layerwise=True),
-    Criterion("obs", obs, "inverse_hessian_diag", True, True, True, "OBS", "tab:olive", layerwise=True),
+    Criterion("obs", obs, "inverse_hessian_diag", True, True, True, "OBS", "tab:olive", layerwise=True,
+              reselect=True),
     Criterion("wanda", wanda, "input_norm", True, True, True, "Wanda", "tab:pink", per_row=True, layerwise=True),
     Criterion("thinet", thinet, "consumer_inverse_hessian", True, False, True, "ThiNet (group OBS)", "tab:red",
               channel=True),

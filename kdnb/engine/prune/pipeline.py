@@ -277,7 +277,8 @@ def _prune_to(run: _Run, target: float) -> float:
         masks = masks_at(scores, target, run.scope, pruned, pattern=run.pattern)
     apply_masks(run.work, masks)
     if reference is not None:
-        reconstruct_layers(run.work, reference, run.data, run.calibration_samples)
+        reconstruct_layers(run.work, reference, run.data, run.calibration_samples,
+                           reselect=run.record.reselect and not run.structured, pattern=parse_pattern(run.pattern))
     reached = _masked_sparsity(run.work, run.weights, run.total)
     run.trajectory.append({"target": target, "sparsity": reached, "val_acc": run.accuracy(run.work)})
     return reached

@@ -83,6 +83,49 @@ def solve_rows(gram: torch.Tensor, cross: torch.Tensor, support: torch.Tensor, d
 
 
 @torch.no_grad()
+def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, pattern: tuple[int, int] | None = None,
+              blocksize: int = 128, damp: float = DAMP) -> torch.Tensor:
+    r"""SparseGPT's OBS sweep (Frantar & Alistarh 2023, Algorithm 1): which weights of ``weight`` (out, d) to keep.
+
+    With the upper Cholesky factor ``U`` of :math:`H^{-1}` (:math:`H = 2X^\top X` damped), columns are visited
+    in blocks of ``blocksize``: in each block the weights of lowest OBS saliency :math:`w^2 / U_{qq}^2` are
+    pruned (``sparsity`` of the block, or M-N of every M with ``pattern=(N, M)``), then column by column the
+    pruned weight's error :math:`(w_q - 0) / U_{qq}` is pushed onto the later columns through row ``q`` of ``U``,
+    the lazy-batch form of OBS's update. Returns the keep mask (True = kept); `reconstruct_layer` then
+    re-solves the kept weights exactly.
+    """
+    w = weight.detach().double().clone()
+    h = gram.detach().double().clone()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h.diagonal().add_(damp * float(h.diagonal().mean()))
+    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    pruned = torch.zeros_like(w, dtype=torch.bool)
+    for start in range(0, w.shape[1], blocksize):
+        end = min(start + blocksize, w.shape[1])
+        block, inverse = w[:, start:end].clone(), upper[start:end, start:end]
+        mask = torch.zeros_like(block, dtype=torch.bool)
+        if pattern is None:
+            saliency = block.pow(2) / inverse.diagonal().pow(2)
+            count = int(saliency.numel() * sparsity)
+            if count:
+                mask.view(-1)[torch.topk(saliency.flatten(), count, largest=False).indices] = True
+        errors = torch.zeros_like(block)
+        for i in range(end - start):
+            if pattern is not None and i % pattern[1] == 0:
+                saliency = block[:, i:i + pattern[1]].pow(2) / inverse.diagonal()[i:i + pattern[1]].pow(2)
+                mask.scatter_(1, i + torch.topk(saliency, pattern[1] - pattern[0], dim=1, largest=False).indices, True)
+            column = block[:, i]
+            error = torch.where(mask[:, i], column, 0.0) / inverse[i, i]
+            block[:, i:] -= error[:, None] * inverse[i, i:][None, :]
+            errors[:, i] = error
+        w[:, end:] -= errors @ upper[start:end, end:]
+        pruned[:, start:end] = mask
+    return ~pruned
+
+
+@torch.no_grad()
 def reconstruct_layer(module: nn.Module, gram: torch.Tensor, cross: torch.Tensor, rows: int,
                       damp: float = DAMP) -> None:
     """Re-solve ``module``'s kept weights and bias in place from ``gram = A^T A`` and ``cross = A^T Y``."""
@@ -113,9 +156,12 @@ def reconstruct_layer(module: nn.Module, gram: torch.Tensor, cross: torch.Tensor
 
 
 def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int = SAMPLES,
-                damp: float = DAMP) -> nn.Module:
+                damp: float = DAMP, reselect: bool = False, pattern: tuple[int, int] | None = None) -> nn.Module:
     """Re-solve every Linear/Conv layer of ``model`` (masked or with zeroed channels) against ``dense``, in
     forward order, on the first ``samples`` samples of ``data``; in place, returns ``model``.
+
+    ``reselect``: first re-choose each masked layer's mask, at the sparsity it has, by `sparsegpt` on the
+    inputs the already-pruned layers produce (criterion "obs"); ``pattern`` (N, M) makes it N:M.
 
     Cost: one forward pass of the calibration set per layer, and a ``(d+1) x (d+1)`` fp64 Gram matrix
     (``d`` = the layer's inputs, ``in_channels x kernel`` for a conv) plus ``(d+1) x out`` per layer at a time.
@@ -131,5 +177,10 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
             warn(f"calibration has {count} samples ({rows} input rows) for layer {name!r} with {gram.shape[0]} "
                  "inputs: its least squares is underdetermined and is damped; pass more data for a better fit",
                  RuntimeWarning)
+        if reselect and isinstance(getattr(module, "weight_mask", None), torch.Tensor):
+            mask = module.weight_mask
+            flat = _weight(module).detach().reshape(mask.shape[0], -1)
+            keep = sparsegpt(flat, gram[:-1, :-1], 1.0 - float(mask.float().mean()), pattern, damp=damp)
+            mask.copy_(keep.view_as(mask).to(mask))
         reconstruct_layer(module, gram, cross, rows, damp)
     return model
