@@ -1,7 +1,8 @@
 """Pruning: score each weight or channel (`criteria`), remove the unimportant ones (masks, or deleting
 channels with Torch-Pruning's DependencyGraph), fine-tune with the one training loop, following a schedule.
 
-`prune` does it all; with data it re-solves the kept weights layer by layer (`reconstruct`). `importance` scores once, then `masks_at` / `masked_model` mask at any sparsity (the
+`prune` does it all; with data it re-solves the kept weights layer by layer (`reconstruct`).
+`importance` scores once, then `masks_at` / `masked_model` mask at any sparsity (the
 sparsity explorer). `sensitivity` prunes one layer at a time. `make_permanent` folds masks for inference;
 `export` makes a fast inference copy (masks and BatchNorm folded, channels-last).
 """

@@ -51,7 +51,8 @@ def _mask(module: nn.Module, attr: str, like: torch.Tensor) -> torch.Tensor:
 
 def row_errors(weights: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, target_energy: torch.Tensor
                ) -> torch.Tensor:
-    r"""Squared error of each row: :math:`\lVert A w_r - y_r\rVert^2 = w_r^\top G w_r - 2 w_r^\top c_r + \lVert y_r\rVert^2`."""
+    r"""Squared error of each row, :math:`\lVert A w_r - y_r\rVert^2 = w_r^\top G w_r - 2 w_r^\top c_r + \lVert y_r\rVert^2`
+    (``G = A^T A``, ``c = A^T Y``, ``target_energy`` the last term)."""
     return ((weights @ gram) * weights).sum(1) - 2 * (weights * cross.T).sum(1) + target_energy
 
 

@@ -112,8 +112,8 @@ class PruneResult:
                  f"theoretical speed-up (dense MACs / pruned nonzero MACs): {format_value(pruned['macs_x'])}x",
                  self.comparison().latency_line()]
         if self.pattern is not None:
-            notes.append(f"{self.pattern} sparsity runs faster only on sparse tensor cores "
-                         "(torch.sparse.to_sparse_semi_structured, CUDA, Ampere or newer); on CPU its speed-up is 1.00x")
+            notes.append(f"{self.pattern} sparsity runs faster only on sparse tensor cores (torch.sparse."
+                         "to_sparse_semi_structured, CUDA, Ampere or newer); on CPU its speed-up is 1.00x")
         return Table(["", *names], table_rows, title=self._headline(), notes=notes)
 
     def _headline(self) -> str:
