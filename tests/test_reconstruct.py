@@ -176,3 +176,39 @@ def test_sparsegpt_keeps_the_asked_fraction_or_pattern_and_obs_reselects():
     data = DataLoader(TensorDataset(torch.randn(64, 16), torch.randint(0, 4, (64,))), batch_size=16)
     result = prune(net, 0.5, criterion="obs", data=data, pattern="2:4")
     assert all(bool((m.reshape(m.shape[0], -1, 4).sum(2) == 2).all()) for m in result.masks.values())
+
+
+def test_thinet_removes_first_the_channel_of_least_obs_error_and_refits():
+    torch.manual_seed(0)
+    x = torch.randn(50, 3, dtype=torch.float64)
+    w = torch.randn(4, 3, dtype=torch.float64)
+    inverse = torch.linalg.inv(2 * x.T @ x)
+    cost = 0.5 * (w ** 2).sum(0) / inverse.diagonal()  # removing input column c alone, the others refit
+    scores = criteria.thinet([(w, inverse, torch.arange(3)[:, None])])
+    assert int(scores.argmin()) == int(cost.argmin()) and float(scores.max()) == 2.0
+    first = int(cost.argmin())
+    kept = [c for c in range(3) if c != first]
+    refit = torch.linalg.lstsq(x[:, kept], x @ w.T).solution  # least squares on the kept columns
+    assert torch.allclose(((x[:, kept] @ refit - x @ w.T) ** 2).sum(), cost[first], rtol=1e-9)  # = the error
+
+
+def test_group_taylor_squares_the_summed_gradient_times_weight_per_batch():
+    from kdnb.engine.prune import estimate
+    from kdnb.engine.prune.groups import channel_groups, dependency_graph
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    data = DataLoader(TensorDataset(x, y), batch_size=4)
+    groups = channel_groups(net, dependency_graph(net, x[:1]))
+    sums = estimate.group_gradient_weight(net, data, groups)["0"]
+    expected = []
+    for xb, yb in data:
+        net.zero_grad()
+        torch.nn.functional.cross_entropy(net(xb), yb).backward()
+        gw = [(net[0].weight.grad * net[0].weight)[c].sum() + (net[0].bias.grad * net[0].bias)[c]
+              + (net[2].weight.grad * net[2].weight)[:, c].sum() for c in range(2)]
+        expected.append(torch.stack(gw))
+    assert torch.allclose(sums.float(), torch.stack(expected).detach(), atol=1e-6)
+    scores = importance(net, "taylor_group", data, structured=True)
+    assert torch.allclose(scores.channels["0"], criteria.taylor_group(torch.stack(expected).detach().double()))
