@@ -241,6 +241,7 @@ def _check_pattern(model: nn.Module, options: dict[str, Any]) -> None:
 
 def _check_reconstruct(options: dict[str, Any]) -> bool:
     reconstruct, data = options["reconstruct"], options["data"]
+    checks.check_positive("calibration_samples", options["calibration_samples"], integer=True)
     if reconstruct is None:
         return data is not None
     if not isinstance(reconstruct, bool):
@@ -248,7 +249,6 @@ def _check_reconstruct(options: dict[str, Any]) -> bool:
     if reconstruct and data is None:
         raise KdnbError("reconstruct=True re-solves the kept weights on calibration samples: pass data=train_loader "
                         "(or reconstruct=False)")
-    checks.check_positive("calibration_samples", options["calibration_samples"], integer=True)
     return reconstruct
 
 
