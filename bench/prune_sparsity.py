@@ -4,18 +4,23 @@ For each criterion and schedule: the highest sparsity (of a grid) at which the m
 ``SEEDS`` seeds stays within 0.5 percentage points of the dense models' mean. Every method gets the same
 fine-tuning budget of 20 epochs (oneshot: 20 after pruning; iterative: 4 rounds of 5; agp: one run of 20
 with 10 pruning updates), as the baseline measured in the same run: torch's
-``torch.nn.utils.prune.global_unstructured`` (L1, one shot) plus 20 epochs of fine-tuning. Goal: >= 97 %.
+``torch.nn.utils.prune.global_unstructured`` (L1, one shot) plus 20 epochs of fine-tuning. Goal (issue 11):
+>= 99 % for kdnb's default (LAMP scores, each layer re-solved on the training data, then fine-tuned), and
+>= 98 % with a one-shot start and the same 20-epoch budget.
 Fine-tuning is Adam at lr 3e-3 for every method and the baseline (at 1e-3, kdnb's default, taylor agp at
 97 % lost 0.6-0.7 pp, mean of 3 seeds). Everything runs on the CPU.
 
     .venv/bin/python bench/prune_sparsity.py
 
 The grid is walked upwards and stops at the first sparsity that loses more than 0.5 pp. Slimming needs
-BatchNorm, which LeNet-300-100 has none of.
+BatchNorm, which LeNet-300-100 has none of. To stay within about five minutes this bench runs the default
+("auto": lamp + reconstruction) one-shot and agp, l1/taylor one-shot masked, obs one-shot reconstructed,
+taylor agp masked and hessian agp with and without reconstruction; ``--full`` runs every combination.
 """
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 import warnings
 
@@ -28,15 +33,19 @@ from kdnb.engine.loop import fit
 from kdnb.engine.prune import prune
 from kdnb.engine.prune.unstructured import clone
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 SEEDS = (0, 1, 2)
-GRID = (0.9, 0.95, 0.97, 0.98, 0.99)
+GRID = (0.9, 0.95, 0.98, 0.99, 0.995)
 TOLERANCE = 0.005  # 0.5 percentage points
 LR = 3e-3  # fine-tuning, every method
 BUDGET = 20  # fine-tuning epochs, every method
 SCHEDULES = {"oneshot": dict(finetune=BUDGET), "iterative": dict(finetune=BUDGET // 4, steps=4),
              "agp": dict(finetune=BUDGET, steps=10)}
-CRITERIA = ("l1", "taylor", "hessian", "random")
+FULL = "--full" in sys.argv
+MASKED = ("l1", "taylor", "hessian", "random")  # reconstruct=False: the methods as they were
+RUNS = ([(c, s, r) for s in SCHEDULES for c in ("auto", *MASKED, "obs", "wanda") for r in (False, True)] if FULL else
+        [("auto", "oneshot", True), ("auto", "agp", True), ("l1", "oneshot", False), ("taylor", "oneshot", False),
+         ("obs", "oneshot", True), ("taylor", "agp", False), ("hessian", "agp", False), ("hessian", "agp", True)])
 
 
 def dense_models(train, val) -> dict[int, torch.nn.Module]:
@@ -57,9 +66,10 @@ def torch_baseline(net: torch.nn.Module, sparsity: float, train, val, seed: int)
     return evaluate(net, val)["accuracy"]
 
 
-def kdnb_run(net: torch.nn.Module, sparsity: float, train, val, seed: int, criterion: str, schedule: str) -> float:
+def kdnb_run(net: torch.nn.Module, sparsity: float, train, val, seed: int, criterion: str, schedule: str,
+             rebuild: bool) -> float:
     result = prune(net, sparsity, criterion=criterion, data=train, schedule=schedule, seed=seed, lr=LR,
-                   device="cpu", **SCHEDULES[schedule])
+                   reconstruct=rebuild, device="cpu", **SCHEDULES[schedule])
     return evaluate(result.model, val)["accuracy"]
 
 
@@ -68,7 +78,7 @@ def highest(run, models, dense_mean: float) -> tuple[float | None, str]:
     best, notes = None, []
     for sparsity in GRID:
         mean = statistics.mean(run(models[seed], sparsity, seed) for seed in SEEDS)
-        notes.append(f"{sparsity:.0%}:{mean:.4f}")
+        notes.append(f"{sparsity:.1%}:{mean:.4f}")
         if mean < dense_mean - TOLERANCE:
             break
         best = sparsity
@@ -89,19 +99,18 @@ def main() -> None:
     best, notes = highest(lambda net, s, seed: torch_baseline(net, s, train, val, seed), models, dense_mean)
     results["torch global L1 oneshot"] = best
     print(f"  {'torch global L1 oneshot':28s} highest {best if best is None else f'{best:.0%}'}   ({notes})")
-    for schedule in SCHEDULES:
-        for criterion in CRITERIA:
-            name = f"kdnb {criterion} {schedule}"
-            best, notes = highest(lambda net, s, seed: kdnb_run(net, s, train, val, seed, criterion, schedule),
-                                  models, dense_mean)
-            results[name] = best
-            print(f"  {name:28s} highest {best if best is None else f'{best:.0%}'}   ({notes})", flush=True)
+    for criterion, schedule, rebuild in RUNS:
+        name = f"kdnb {criterion} {schedule}{' reconstructed' if rebuild else ''}"
+        best, notes = highest(lambda net, s, seed: kdnb_run(net, s, train, val, seed, criterion, schedule, rebuild),
+                              models, dense_mean)
+        results[name] = best
+        print(f"  {name:36s} highest {best if best is None else f'{best:.1%}'}   ({notes})", flush=True)
     print("  kdnb slimming: n/a (LeNet-300-100 has no BatchNorm)")
     winner = max((k for k in results if k.startswith("kdnb")), key=lambda k: results[k] or 0.0)
     print(f"done in {time.perf_counter() - started:.0f} s")
     baseline = results["torch global L1 oneshot"]
-    print(f"highest sparsity within 0.5 pp: kdnb {results[winner] or 0:.0%} ({winner[5:]}) vs torch baseline "
-          f"{baseline or 0:.0%} (goal >= 97%)")
+    print(f"highest sparsity within 0.5 pp: kdnb {results[winner] or 0:.1%} ({winner[5:]}) vs torch baseline "
+          f"{baseline or 0:.1%} (goal >= 99%)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 - `squared_gradients`: the batch gradient squared, averaged over batches (taylor);
 - `fisher_diagonal`: the Hessian diagonal by the empirical Fisher (hessian, the default estimator);
 - `hutchinson_diagonal`: the Hessian diagonal by Hutchinson's estimator (hessian, ``estimator="hutchinson"``);
+- `group_gradient_weight`: per batch, the sum of gradient x weight over each channel's parameters (taylor_group);
 - `slimming_phase`: the L1-on-BatchNorm-scales training that network slimming needs, run by the one loop.
 
 The model is scored in eval mode (BatchNorm running statistics, no dropout): the loss whose change the
@@ -21,6 +22,7 @@ from kdnb.engine.errors import KdnbError
 from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.objective import StepOutput, Supervised, split_batch
 from kdnb.engine.prune.criteria import slimming_penalty
+from kdnb.engine.prune.groups import _BATCHNORM, ChannelGroup, channel_scores
 
 
 def _batches(model: nn.Module, data: Iterable, criterion: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -51,6 +53,20 @@ def squared_gradients(model: nn.Module, data: Iterable, loss_fn: Callable = F.cr
                     total += g.detach().pow(2)
             count += 1
     return {n: s / max(count, 1) for n, s in zip(names, sums)}
+
+
+def group_gradient_weight(model: nn.Module, data: Iterable, groups: list[ChannelGroup],
+                          loss_fn: Callable = F.cross_entropy) -> dict[str, torch.Tensor]:
+    """For each group root, ``(batches, channels)``: sum over the channel's parameters s of g_s w_s, per batch."""
+    names, params = _named_trainable(model)
+    rows: dict[str, list[torch.Tensor]] = {g.root: [] for g in groups}
+    with eval_mode(model):
+        for x, y in _batches(model, data, "taylor_group"):
+            grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
+            products = {n: (g * p).detach() for n, p, g in zip(names, params, grads) if g is not None}
+            for group in groups:
+                rows[group.root].append(channel_scores(group, products))
+    return {root: torch.stack(values) for root, values in rows.items() if values and values[0] is not None}
 
 
 def fisher_diagonal(model: nn.Module, data: Iterable, loss_fn: Callable = F.cross_entropy,
@@ -113,7 +129,7 @@ class SlimmingObjective:
 
     def __call__(self, model: nn.Module, batch: object) -> StepOutput:
         out = self.task(model, batch)
-        gammas = [m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+        gammas = [m.weight for m in model.modules() if isinstance(m, _BATCHNORM) and m.affine]
         penalty = slimming_penalty(gammas)
         return StepOutput(loss=out.loss + self.l1 * penalty, logits=out.logits, targets=out.targets,
                           terms={"ce": out.loss.detach(), "l1_gamma": penalty.detach()})

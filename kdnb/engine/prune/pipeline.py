@@ -1,8 +1,10 @@
-"""`prune`: score, remove, fine-tune, on a copy of the model, following a schedule."""
+"""`prune`: check -> prepare -> score and mask (then reconstruct) -> fine-tune -> finish, on a copy of the model,
+following a schedule. Each step is one function below; `prune` only calls them in order."""
 from __future__ import annotations
 
-
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,14 +16,18 @@ from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Callback, RunState
 from kdnb.engine.history import History
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune import estimate, schedules
+from kdnb.engine.prune import calibration, estimate, schedules
+from kdnb.engine.prune.criteria import Criterion
 from kdnb.engine.prune.groups import check_structured_support, keep_vectors, masks_from_keep, prunable_weights
+from kdnb.engine.prune.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
-from kdnb.engine.prune.scores import (SCOPES, check_criterion, check_sparsity, masks_at, removed_channels, score)
+from kdnb.engine.prune.scores import (SCOPES, _score, check_criterion, check_pattern, check_sparsity, masks_at,
+                                      parse_pattern, removed_channels)
 from kdnb.engine.prune.structured import remove_channels
 from kdnb.engine.prune.unstructured import apply_masks, clone, current_masks, make_permanent
 
 MARKER = "kdnb_pruned"  # attribute a pruned model carries: the list of prunings it went through
+DEFAULT_CRITERION = {False: "lamp", True: "l1"}  # the best of bench/prune_oneshot.py (reconstructing, with data)
 
 
 class _Sparsity(Callback):
@@ -34,25 +40,55 @@ class _Sparsity(Callback):
         state.extra["sparsity"] = self.value
 
 
+@dataclass
+class _Run:
+    """Everything one `prune` call decided at its entry, and what it builds on the way."""
+
+    options: dict[str, Any]
+    record: Criterion
+    reconstruct: bool
+    steps: int
+    example: torch.Tensor | None
+    weights: dict[str, torch.Tensor]
+    home: torch.device
+    device: torch.device
+    dense: nn.Module = None  # type: ignore[assignment]
+    work: nn.Module = None  # type: ignore[assignment]
+    removed: dict[str, torch.Tensor] = field(default_factory=dict)
+    runs: list[History] = field(default_factory=list)
+    trajectory: list[dict[str, float | None]] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:  # the options read as attributes: run.sparsity, run.data...
+        try:
+            return self.__dict__["options"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def total(self) -> int:
+        return sum(w.numel() for w in self.weights.values())
+
+    def accuracy(self, net: nn.Module) -> float | None:
+        return evaluate(net, self.val)["accuracy"] if self.val is not None else None
+
+
 def prune(
     model: nn.Module,
     sparsity: float,
-    criterion: str = "l1",
+    *,
+    criterion: str = "auto",
     structured: bool = False,
     scope: str = "global",
+    pattern: str | None = None,
     data: Iterable | None = None,
     val: Iterable | None = None,
+    reconstruct: bool | None = None,
     finetune: int = 0,
     schedule: str = "oneshot",
     steps: int | None = None,
     distill: bool = False,
     inplace: bool = False,
     example: torch.Tensor | None = None,
-    lr: float = 1e-3,
-    device: str = "auto",
-    seed: int = 0,
-    callbacks: Iterable[object] = (),
-    *,
     prune_again: bool = False,
     control: bool = False,
     temperature: float = 4.0,
@@ -60,32 +96,52 @@ def prune(
     slimming_epochs: int = 2,
     slimming_l1: float = 1e-3,
     hessian_estimator: str = "fisher",
+    calibration_samples: int = calibration.SAMPLES,
+    optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
+    lr: float = 1e-3,
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    amp: bool = False,
+    grad_clip: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    callbacks: Iterable[object] = (),
 ) -> PruneResult:
-    """Prune ``model`` to ``sparsity`` by ``criterion``, optionally fine-tuning, and return a `PruneResult`.
+    """Prune ``model`` to ``sparsity`` by ``criterion``, re-solve what is kept, optionally fine-tune, and
+    return a `PruneResult`.
 
     ``sparsity`` is the fraction of the *prunable weights* (the weights of every Linear and Conv layer;
     biases and BatchNorm parameters are not counted) that are removed, in both modes:
 
     - ``structured=False``: that many single weights are zeroed by masks (``torch.nn.utils.prune``), which
       stay fixed through fine-tuning; ``make_permanent(result.model)`` folds them for fast inference.
+      ``pattern="2:4"``: N of every M consecutive input weights of each row are kept (``sparsity`` must be
+      1 - N/M); fast only on sparse tensor cores (``torch.sparse.to_sparse_semi_structured``, CUDA).
     - ``structured=True``: whole neurons/channels are deleted (Torch-Pruning's DependencyGraph finds the
       coupled layers: BatchNorm, next layers' inputs, residual branches, depthwise convs). Each channel
       takes a known number of weights with it, so channels are removed in ascending score (``scope=
       "global"``; l1 scores divided by their layer's mean first) or as the same fraction of every layer
       (``"local"``), the number of channels found by bisection, until the prunable-weight sparsity
-      reaches ``sparsity``: the channel fraction follows from it (about ``1 - sqrt(1 - sparsity)`` for a
-      chain of equal layers, since a weight goes when its input or its output channel goes). The
-      classifier's outputs are kept; the sparsity reached is ``result.sparsity``.
+      reaches ``sparsity`` (about ``1 - sqrt(1 - sparsity)`` of the channels for a chain of equal layers).
+      The classifier's outputs are kept; the sparsity reached is ``result.sparsity``.
+
+    With ``data`` (and ``reconstruct`` not False), after each pruning step every layer's kept weights and
+    bias are re-solved, layer by layer in forward order, to reproduce the unpruned layer's outputs on the
+    first ``calibration_samples`` samples of ``data`` (`kdnb.engine.prune.reconstruct`: Optimal Brain
+    Surgeon's update, layer-wise; structured: the least-squares refit of the consumers of removed channels).
 
     Args:
         model: a trained ``nn.Module``; left bit-identical unless ``inplace=True``.
         sparsity: fraction of prunable weights to remove, in [0, 1).
-        criterion: "l1", "taylor", "hessian", "slimming" or "random" (`kdnb.engine.prune.criteria`).
+        criterion: a name of `kdnb.engine.prune.criteria.REGISTRY` ("l1", "lamp", "taylor", "taylor_group",
+            "hessian", "obs", "wanda", "thinet", "slimming", "random"); "auto" (the default) is the best of
+            bench/prune_oneshot.py: "lamp" for single weights, "l1" for channels (both reconstructed with data).
         structured: delete channels (True) or zero single weights (False).
-        scope: "global" (rank across layers) or "local" (the same sparsity in every layer).
-        data: training ``DataLoader``: scores for taylor/hessian (all batches), slimming's L1 phase, fine-tuning,
-            and (first batch) the example input for structured tracing.
+        scope: "global" (rank across layers) or "local" (the same sparsity in every layer; Wanda: per row).
+        pattern: "N:M" semi-structured sparsity (unstructured only).
+        data: training ``DataLoader``: statistics for the data criteria, calibration for reconstruction,
+            slimming's L1 phase, fine-tuning, and (first batch) the example input for structured tracing.
         val: validation loader for accuracies in the history and the summary.
+        reconstruct: re-solve the kept weights on ``data`` (default: True when ``data`` is given).
         finetune: fine-tuning epochs after pruning (per round for "iterative"; the whole run for "agp").
         schedule: "oneshot", "iterative" (``steps`` prune/fine-tune rounds) or "agp" (gradual pruning over
             ``steps`` updates during fine-tuning, Zhu & Gupta 2017); see `kdnb.engine.prune.schedules`.
@@ -93,47 +149,51 @@ def prune(
         distill: fine-tune with the unpruned model as teacher (Hinton KD, ``temperature``, ``alpha``).
         inplace: prune ``model`` itself instead of a copy.
         example: an input batch for structured tracing; by default the first batch of ``data``.
-        lr: Adam's learning rate for fine-tuning (and slimming's phase).
-        device: "auto", "cpu", "cuda"...; the result comes back on the model's original device.
-        seed: seeds fine-tuning, the random criterion and Hutchinson's probes.
-        callbacks: subscribers to every training run (titles "slimming", "finetune", "control").
         prune_again: allow pruning a model that is already a `prune` result (never by accident).
         control: also fine-tune an unpruned copy for the same epochs, the control of Blalock et al. 2020.
         slimming_epochs, slimming_l1: the L1-on-BatchNorm-scales training phase of network slimming.
         hessian_estimator: the hessian criterion's diagonal: "fisher" (empirical Fisher) or "hutchinson".
+        calibration_samples: samples of ``data`` that wanda, obs and the reconstruction read.
+        optimizer, lr, scheduler, amp, grad_clip, device, seed, callbacks: the training settings of the
+            fine-tuning (and slimming) runs, as in `kdnb.train` (``optimizer``: None for Adam(lr), or a factory
+            ``params -> optimizer``, since the run trains a copy). ``seed`` also seeds the random criterion
+            and Hutchinson's probes; the result comes back on the model's original device.
 
     Returns:
         PruneResult: ``.model``, ``.masks``, ``.sparsity``, ``.history``, ``.summary()``, ``.plot()``.
     """
+    run = _check(model, dict(locals()))
+    _prepare(run, model)
+    _prune_and_finetune(run)
+    return _finish(run)
+
+
+def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
+    """Every argument, once, before anything changes; a one-line `KdnbError` names the problem and the fix."""
     if isinstance(model, PruneResult):
         raise KdnbError("got a PruneResult; pass its .model (with prune_again=True) to prune it further")
     checks.check_model(model)
-    sparsity = check_sparsity(sparsity)
-    check_criterion(criterion, data, model, structured, hessian_estimator)
-    if scope not in SCOPES:
-        raise KdnbError(f"unknown scope {scope!r}; {suggest(str(scope), SCOPES)}")
-    if schedule not in schedules.SCHEDULES:
-        raise KdnbError(f"unknown schedule {schedule!r}; {suggest(str(schedule), schedules.SCHEDULES)}")
-    if isinstance(finetune, bool) or not isinstance(finetune, int) or finetune < 0:
-        raise KdnbError(f"finetune should be a number of epochs (an integer >= 0), got {finetune!r}")
-    steps = schedules.DEFAULT_STEPS[schedule] if steps is None else steps
-    checks.check_positive("steps", steps, integer=True)
-    if schedule == "oneshot" and steps != 1:
-        raise KdnbError(f"schedule 'oneshot' prunes in one step, got steps={steps}; use schedule='iterative' or 'agp'")
-    if schedule == "agp" and finetune < 1:
-        raise KdnbError("schedule 'agp' prunes gradually during fine-tuning: set finetune >= 1 (epochs)")
-    if (finetune or control) and data is None:
-        raise KdnbError("fine-tuning needs data: pass data=train_loader, or finetune=0")
-    if distill and not finetune:
-        raise KdnbError("distill=True fine-tunes with the unpruned model as teacher: set finetune >= 1")
-    for loader, what in ((data, "data"), (val, "val")):
+    options["sparsity"] = check_sparsity(options["sparsity"])
+    structured, data = options["structured"], options["data"]
+    criterion = DEFAULT_CRITERION[bool(structured)] if options["criterion"] == "auto" else options["criterion"]
+    options["criterion"] = criterion
+    record = check_criterion(criterion, data, model, structured, options["hessian_estimator"])
+    for name, value, choices in (("scope", options["scope"], SCOPES), ("schedule", options["schedule"],
+                                                                       schedules.SCHEDULES)):
+        if value not in choices:
+            raise KdnbError(f"unknown {name} {value!r}; {suggest(str(value), choices)}")
+    _check_schedule(options)
+    for loader, what in ((data, "data"), (options["val"], "val")):
         if loader is not None:
             checks.check_loader(loader, what)
-    if getattr(model, MARKER, None) and not prune_again:
+    if getattr(model, MARKER, None) and not options["prune_again"]:
         last = getattr(model, MARKER)[-1]
         raise KdnbError(f"this model is already pruned (sparsity {last['sparsity']:.4f}, {last['criterion']}); "
                         "pass prune_again=True to prune it further")
     weights = prunable_weights(model)
+    _check_pattern(model, options)
+    reconstruct = _check_reconstruct(options)
+    example = options["example"]
     if structured:
         check_structured_support(model)
         if example is None and data is None:
@@ -141,84 +201,146 @@ def prune(
                             "(its first batch is used) or example=torch.randn(1, ...)")
     if example is None and data is not None:
         example = split_batch(checks.first_batch(data))[0]
-    total = sum(w.numel() for w in weights.values())
+    steps = schedules.DEFAULT_STEPS[options["schedule"]] if options["steps"] is None else options["steps"]
+    return _Run(options, record, reconstruct, steps, example, weights, model_device(model),
+                resolve_device(options["device"]))
 
-    home = model_device(model)
-    run_device = resolve_device(device)
-    dense = clone(model)
-    work = make_permanent(model if inplace else clone(model)).to(run_device)
-    callbacks = list(callbacks)
-    runs: list[History] = []
-    trajectory: list[dict[str, float | None]] = []
 
-    def accuracy(net: nn.Module) -> float | None:
-        return evaluate(net, val)["accuracy"] if val is not None else None
+def _check_schedule(options: dict[str, Any]) -> None:
+    finetune, schedule, steps = options["finetune"], options["schedule"], options["steps"]
+    if isinstance(finetune, bool) or not isinstance(finetune, int) or finetune < 0:
+        raise KdnbError(f"finetune should be a number of epochs (an integer >= 0), got {finetune!r}")
+    steps = schedules.DEFAULT_STEPS[schedule] if steps is None else steps
+    checks.check_positive("steps", steps, integer=True)
+    checks.check_positive("lr", options["lr"])
+    if schedule == "oneshot" and steps != 1:
+        raise KdnbError(f"schedule 'oneshot' prunes in one step, got steps={steps}; use schedule='iterative' or 'agp'")
+    if schedule == "agp" and finetune < 1:
+        raise KdnbError("schedule 'agp' prunes gradually during fine-tuning: set finetune >= 1 (epochs)")
+    if (finetune or options["control"]) and options["data"] is None:
+        raise KdnbError("fine-tuning needs data: pass data=train_loader, or finetune=0")
+    if options["distill"] and not finetune:
+        raise KdnbError("distill=True fine-tunes with the unpruned model as teacher: set finetune >= 1")
+    if isinstance(options["optimizer"], torch.optim.Optimizer):
+        raise KdnbError("prune fine-tunes a copy of the model, so an optimizer built on the model's parameters "
+                        "would train nothing: pass a factory, e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)")
 
-    if criterion == "slimming":
-        estimate.slimming_phase(work, data, epochs=slimming_epochs, l1=slimming_l1, lr=lr,  # type: ignore[arg-type]
-                                device=str(run_device), seed=seed, callbacks=callbacks)
-    removed: dict[str, torch.Tensor] = {}
 
-    def prune_to(target: float) -> float:
-        """Re-score the current model and mask it at ``target``; returns the sparsity reached."""
-        plain = make_permanent(clone(work))
-        scores = score(plain, criterion, data, structured=structured,
-                       example=example.to(model_device(plain)) if example is not None else None,
-                       seed=seed, hessian_estimator=hessian_estimator)
-        pruned = current_masks(work)
-        if structured:
-            removed.clear()
-            removed.update(removed_channels(scores, target, scope, pruned))
-            masks = masks_from_keep(keep_vectors(scores.groups, removed, scores.shapes), scores.shapes)
-        else:
-            masks = masks_at(scores, target, scope, pruned)
-        apply_masks(work, masks)
-        reached = _masked_sparsity(work, weights, total)
-        trajectory.append({"target": target, "sparsity": reached, "val_acc": accuracy(work)})
-        return reached
+def _check_pattern(model: nn.Module, options: dict[str, Any]) -> None:
+    parsed = parse_pattern(options["pattern"])
+    if parsed is None:
+        return
+    if options["structured"]:
+        raise KdnbError(f"pattern {options['pattern']!r} masks single weights; use structured=False")
+    n, m = parsed
+    if abs(options["sparsity"] - (1 - n / m)) > 1e-9:
+        raise KdnbError(f"pattern {options['pattern']!r} keeps {n} of every {m} weights, sparsity {1 - n / m:g}; "
+                        f"pass sparsity={1 - n / m:g}")
+    check_pattern(model, options["pattern"])
 
-    def finetune_run(epochs: int, title: str, subscribers: list[object], net: nn.Module = work) -> History:
-        from kdnb.engine.loop import fit
 
-        objective = None
-        if distill:
-            from kdnb.engine.distill import kd_objective
+def _check_reconstruct(options: dict[str, Any]) -> bool:
+    reconstruct, data = options["reconstruct"], options["data"]
+    checks.check_positive("calibration_samples", options["calibration_samples"], integer=True)
+    if reconstruct is None:
+        return data is not None
+    if not isinstance(reconstruct, bool):
+        raise KdnbError(f"reconstruct should be True or False (or None: True when data is given), got {reconstruct!r}")
+    if reconstruct and data is None:
+        raise KdnbError("reconstruct=True re-solves the kept weights on calibration samples: pass data=train_loader "
+                        "(or reconstruct=False)")
+    return reconstruct
 
-            objective = kd_objective(clone(dense).eval(), temperature=temperature, alpha=alpha)
-        return fit(net, data, val, epochs=epochs, lr=lr, objective=objective,  # type: ignore[arg-type]
-                   device=run_device, seed=seed, callbacks=[*subscribers, *callbacks], title=title)
 
-    if schedule == "agp":
-        runs.append(finetune_run(finetune, "finetune", [schedules.AGP(sparsity, steps, prune_to)]))
+def _prepare(run: _Run, model: nn.Module) -> None:
+    """The dense reference, the working copy on the run's device, slimming's training phase."""
+    run.dense = clone(model)
+    run.work = make_permanent(model if run.inplace else clone(model)).to(run.device)
+    if run.record.statistic == "batchnorm_scale":
+        estimate.slimming_phase(run.work, run.data, epochs=run.slimming_epochs, l1=run.slimming_l1, lr=run.lr,
+                                device=str(run.device), seed=run.seed, callbacks=list(run.callbacks))
+
+
+def _prune_to(run: _Run, target: float) -> float:
+    """Re-score the current model, mask it at ``target`` (then re-solve the rest); returns the sparsity reached."""
+    plain = make_permanent(clone(run.work))
+    reference = plain if run.reconstruct else None
+    scores = _score(plain, run.record, run.data, run.structured,
+                    run.example.to(model_device(plain)) if run.example is not None else None, run.seed,
+                    run.hessian_estimator)
+    pruned = current_masks(run.work)
+    if run.structured:
+        run.removed.clear()
+        run.removed.update(removed_channels(scores, target, run.scope, pruned))
+        masks = masks_from_keep(keep_vectors(scores.groups, run.removed, scores.shapes), scores.shapes)
     else:
-        targets = [sparsity] if schedule == "oneshot" else schedules.iterative_targets(sparsity, steps)
-        for i, target in enumerate(targets):
-            reached = prune_to(target)
-            if finetune:
-                title = "finetune" if len(targets) == 1 else f"finetune {i + 1}/{len(targets)}"
-                runs.append(finetune_run(finetune, title, [_Sparsity(reached)]))
-                trajectory[-1]["finetuned_acc"] = accuracy(work)
-                if runs[-1].status != "completed":
-                    break
+        masks = masks_at(scores, target, run.scope, pruned, pattern=run.pattern)
+    apply_masks(run.work, masks)
+    if reference is not None:
+        reconstruct_layers(run.work, reference, run.data, run.calibration_samples,
+                           reselect=run.record.reselect and not run.structured, pattern=parse_pattern(run.pattern))
+    reached = _masked_sparsity(run.work, run.weights, run.total)
+    run.trajectory.append({"target": target, "sparsity": reached, "val_acc": run.accuracy(run.work)})
+    return reached
 
-    if structured:
+
+def _finetune(run: _Run, epochs: int, title: str, subscribers: list[object], net: nn.Module | None = None) -> History:
+    """One fine-tuning run of the one loop, with the training settings given to `prune`."""
+    from kdnb.engine.loop import fit
+
+    objective = None
+    if run.distill:
+        from kdnb.engine.distill import kd_objective
+
+        objective = kd_objective(clone(run.dense).eval(), temperature=run.temperature, alpha=run.alpha)
+    return fit(run.work if net is None else net, run.data, run.val, epochs=epochs, optimizer=run.optimizer,
+               lr=run.lr, objective=objective, device=run.device, amp=run.amp, seed=run.seed,
+               callbacks=[*subscribers, *run.callbacks], scheduler=run.scheduler, grad_clip=run.grad_clip,
+               title=title)
+
+
+def _prune_and_finetune(run: _Run) -> None:
+    """The schedule: one step, rounds of prune-then-fine-tune, or gradual pruning during fine-tuning."""
+    if run.schedule == "agp":
+        run.runs.append(_finetune(run, run.finetune, "finetune",
+                                  [schedules.AGP(run.sparsity, run.steps, lambda s: _prune_to(run, s))]))
+        return
+    targets = [run.sparsity] if run.schedule == "oneshot" else schedules.iterative_targets(run.sparsity, run.steps)
+    for i, target in enumerate(targets):
+        reached = _prune_to(run, target)
+        if run.finetune:
+            title = "finetune" if len(targets) == 1 else f"finetune {i + 1}/{len(targets)}"
+            run.runs.append(_finetune(run, run.finetune, title, [_Sparsity(reached)]))
+            run.trajectory[-1]["finetuned_acc"] = run.accuracy(run.work)
+            if run.runs[-1].status != "completed":
+                break
+
+
+def _finish(run: _Run) -> PruneResult:
+    """Delete the removed channels, run the control, mark the model, and gather the result."""
+    work = run.work
+    if run.structured:
         make_permanent(work)
-        remove_channels(work, removed, example.to(model_device(work)))  # type: ignore[union-attr]
-    reached = _structured_sparsity(work, total) if structured else _masked_sparsity(work, weights, total)
+        remove_channels(work, run.removed, run.example.to(model_device(work)))  # type: ignore[union-attr]
+    reached = _structured_sparsity(work, run.total) if run.structured else _masked_sparsity(work, run.weights,
+                                                                                             run.total)
     control_model = None
-    if control and finetune:
-        control_model = clone(dense).to(run_device)
-        finetune_run(finetune * (1 if schedule != "iterative" else steps), "control", [], net=control_model)
-        control_model.to(home)
-    work.to(home)
-    record = {"sparsity": reached, "criterion": criterion, "structured": structured}
-    setattr(work, MARKER, [*getattr(work, MARKER, []), record])
-    return PruneResult(model=work, dense=dense, masks={} if structured else current_masks(work),
-                       criterion=criterion, structured=structured, scope=scope, schedule=schedule, steps=steps,
-                       target=sparsity, sparsity=reached, finetune=finetune, distill=distill,
-                       history=_merge(runs), trajectory=trajectory, dense_accuracy=accuracy(dense), val=val,
-                       example=example.cpu() if example is not None else None, control=control_model,
-                       channels=_channels(dense, work) if structured else {})
+    if run.control and run.finetune:
+        control_model = clone(run.dense).to(run.device)
+        _finetune(run, run.finetune * (1 if run.schedule != "iterative" else run.steps), "control", [],
+                  net=control_model)
+        control_model.to(run.home)
+    work.to(run.home)
+    setattr(work, MARKER, [*getattr(work, MARKER, []), {"sparsity": reached, "criterion": run.criterion,
+                                                        "structured": run.structured}])
+    return PruneResult(model=work, dense=run.dense, masks={} if run.structured else current_masks(work),
+                       criterion=run.criterion, structured=run.structured, scope=run.scope, schedule=run.schedule,
+                       steps=run.steps, target=run.sparsity, sparsity=reached, finetune=run.finetune,
+                       distill=run.distill, history=_merge(run.runs), trajectory=run.trajectory,
+                       dense_accuracy=run.accuracy(run.dense), val=run.val,
+                       example=run.example.cpu() if run.example is not None else None, control=control_model,
+                       channels=_channels(run.dense, work) if run.structured else {},
+                       reconstructed=run.reconstruct, pattern=run.pattern)
 
 
 def _effective(module: nn.Module) -> torch.Tensor:

@@ -30,6 +30,8 @@ class PruneResult(Result):
             (and after fine-tuning, "finetuned_acc").
         dense_accuracy: val accuracy of ``dense`` (None without val).
         control: with ``control=True``, the unpruned model fine-tuned for as long (Blalock et al. 2020).
+        reconstructed: the kept weights were re-solved on calibration data (`kdnb.engine.prune.reconstruct`).
+        pattern: the "N:M" semi-structured pattern of the masks, or None.
     """
 
     model: nn.Module
@@ -51,6 +53,8 @@ class PruneResult(Result):
     example: torch.Tensor | None = None
     control: nn.Module | None = None
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)
+    reconstructed: bool = False
+    pattern: str | None = None
     _comparison: Any = field(default=None, compare=False)  # see Result.comparison
 
     def export(self, fold_batchnorm: bool = True, channels_last: bool = True) -> nn.Module:
@@ -117,6 +121,9 @@ class PruneResult(Result):
         notes = [f"compression ratio (dense params / pruned nonzero params): {format_value(pruned['params_x'])}x",
                  f"theoretical speed-up (dense MACs / pruned nonzero MACs): {format_value(pruned['macs_x'])}x",
                  comparison.latency_line()]
+        if self.pattern is not None:
+            notes.append(f"{self.pattern} sparsity runs faster only on sparse tensor cores (torch.sparse."
+                         "to_sparse_semi_structured, CUDA, Ampere or newer); on CPU its speed-up is 1.00x")
         return Table(["", *names], table_rows, title=self._headline(), notes=notes)
 
     def _layer_table(self) -> Table:
@@ -126,10 +133,11 @@ class PruneResult(Result):
 
     def _headline(self) -> str:
         kind = "structured" if self.structured else "unstructured"
+        how = (f", {self.pattern}" if self.pattern else "") + (", reconstructed" if self.reconstructed else "")
         tuned = f", fine-tuned {self.finetune} epoch(s){' with KD' if self.distill else ''}" if self.finetune else ""
         status = "" if self.history.status == "completed" else f" [{self.history.status}]"
         return (f"pruned {self.sparsity:.2%} of prunable weights (target {self.target:.2%}): {self.criterion}, "
-                f"{kind}, {self.scope}, {self.schedule}{tuned}{status}")
+                f"{kind}, {self.scope}, {self.schedule}{how}{tuned}{status}")
 
 
 

@@ -3,24 +3,27 @@ data), `masks_at` turns them into masks for a given sparsity (cheap: a sort), so
 `masked_model` is a copy of the scored model with those masks applied.
 
 Sparsity always means the fraction of *prunable weights* (those of every Linear and Conv layer; biases
-and BatchNorm parameters are not counted) that are zero or gone, in both modes.
+and BatchNorm parameters are not counted) that are zero or gone, in both modes. The criteria and what
+each needs come from the registry, `kdnb.engine.prune.criteria.REGISTRY`; the statistics are `STATISTICS`.
 """
 from __future__ import annotations
 
+import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from kdnb.engine.errors import KdnbError, suggest
-from kdnb.engine.prune import criteria, estimate
-from kdnb.engine.prune.groups import (ChannelGroup, channel_groups, channel_scores, dependency_graph, keep_vectors,
-                                      masks_from_keep, prunable_weights, remaining_weights)
+from kdnb.engine.prune import calibration, criteria, estimate
+from kdnb.engine.prune.groups import (_BATCHNORM, ChannelGroup, channel_groups, channel_scores, dependency_graph,
+                                      keep_vectors, masks_from_keep, prunable_weights, remaining_weights)
 
 SCOPES = ("global", "local")
-_BATCHNORM = nn.modules.batchnorm._BatchNorm
+ESTIMATORS = ("fisher", "hutchinson")
 
 
 @dataclass
@@ -53,79 +56,149 @@ class Scores:
         return f"Scores(criterion={self.criterion!r}, structured={self.structured}, {what})"
 
 
-ESTIMATORS = ("fisher", "hutchinson")
+def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
+    """``"2:4"`` -> (2, 4): N of every M consecutive input weights kept; a one-line error otherwise."""
+    if pattern is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(pattern))
+    if not match:
+        raise KdnbError(f"pattern should be 'N:M' (keep N of every M consecutive weights), e.g. '2:4'; got {pattern!r}")
+    n, m = int(match[1]), int(match[2])
+    if not 0 < n < m:
+        raise KdnbError(f"pattern {pattern!r} keeps N={n} of every M={m} weights: it needs 0 < N < M, e.g. '2:4'")
+    return n, m
 
 
 def check_criterion(criterion: str, data: Iterable | None, model: nn.Module, structured: bool,
-                    hessian_estimator: str = "fisher") -> None:
-    if criterion not in criteria.CRITERIA:
-        raise KdnbError(f"unknown criterion {criterion!r}; {suggest(str(criterion), criteria.CRITERIA)} "
-                        f"(known: {', '.join(criteria.CRITERIA)})")
+                    hessian_estimator: str = "fisher") -> criteria.Criterion:
+    """The registry record of ``criterion``, after checking it fits the mode and the inputs."""
+    record = criteria.REGISTRY.get(criterion) if isinstance(criterion, str) else None
+    if record is None:
+        raise KdnbError(f"unknown criterion {criterion!r}; {suggest(str(criterion), criteria.names())} "
+                        f"(known: {', '.join(criteria.names())})")
     if hessian_estimator not in ESTIMATORS:
         raise KdnbError(f"unknown hessian_estimator {hessian_estimator!r}; "
                         f"{suggest(str(hessian_estimator), ESTIMATORS)}")
-    if criterion in criteria.NEEDS_DATA and data is None:
+    if record.needs_data and data is None:
         raise KdnbError(f"criterion {criterion!r} needs data to score with: pass data=train_loader "
                         "(or use criterion='l1')")
-    if criterion == "slimming":
-        if not any(isinstance(m, _BATCHNORM) and m.affine for m in model.modules()):
-            raise KdnbError("criterion 'slimming' prunes by BatchNorm scales but the model has no BatchNorm "
-                            "layer; use criterion='l1', 'taylor' or 'hessian'")
-        if not structured:
-            raise KdnbError("criterion 'slimming' scores whole channels by their BatchNorm scale; "
-                            "use structured=True (or another criterion for single weights)")
+    if record.statistic == "batchnorm_scale" and not any(isinstance(m, _BATCHNORM) and m.affine
+                                                          for m in model.modules()):
+        raise KdnbError(f"criterion {criterion!r} prunes by BatchNorm scales but the model has no BatchNorm "
+                        "layer; use criterion='l1', 'taylor' or 'hessian'")
+    if not (record.structured if structured else record.unstructured):
+        if structured:
+            raise KdnbError(f"criterion {criterion!r} scores single weights; use structured=False "
+                            f"(or one of {', '.join(criteria.names(structured=True))})")
+        raise KdnbError(f"criterion {criterion!r} scores whole channels; use structured=True "
+                        f"(or another criterion for single weights: {', '.join(criteria.names(structured=False))})")
+    return record
 
 
-def saliency(model: nn.Module, criterion: str, data: Iterable | None = None, *, structured: bool = False,
-             seed: int = 0, hessian_estimator: str = "fisher") -> dict[str, torch.Tensor]:
-    """Element scores of ``model``'s parameters by ``criterion`` (weights only, unless structured: then every
-    parameter the criterion scores, BatchNorm included). The model's weights are not changed."""
-    params = dict(model.named_parameters())
-    weights = prunable_weights(model)
-    if criterion == "l1":
-        return {n: criteria.l1(w.detach()) for n, w in weights.items()}
-    if criterion == "random":
-        generator = torch.Generator().manual_seed(seed)
-        return {n: criteria.random(w, generator) for n, w in weights.items()}
-    if criterion == "slimming":
-        return {f"{n}.weight" if n else "weight": criteria.slimming(m.weight.detach())
-                for n, m in model.named_modules() if isinstance(m, _BATCHNORM) and m.affine}
-    if criterion == "taylor":
-        stats = estimate.squared_gradients(model, data)  # type: ignore[arg-type]
-        formula = criteria.taylor
-    else:
-        stats = (estimate.fisher_diagonal(model, data) if hessian_estimator == "fisher"  # type: ignore[arg-type]
-                 else estimate.hutchinson_diagonal(model, data, seed=seed))  # type: ignore[arg-type]
-        formula = criteria.hessian
-    names = params if structured else weights
-    return {n: formula(params[n].detach(), stats[n]) for n in names if n in stats}
+@dataclass
+class _Context:
+    """What a statistic may read: the model, the data, the mode, the seed."""
+
+    model: nn.Module
+    data: Iterable | None
+    structured: bool
+    seed: int
+    hessian_estimator: str
+    groups: list[ChannelGroup]
+
+    def scored(self) -> dict[str, torch.Tensor]:
+        """The parameters an element criterion scores: every one when structured (BatchNorm included)."""
+        params = dict(self.model.named_parameters())
+        return {n: p.detach() for n, p in params.items()} if self.structured else \
+            {n: params[n].detach() for n in prunable_weights(self.model)}
 
 
-def score(model: nn.Module, criterion: str, data: Iterable | None = None, *, structured: bool = False,
-          example: torch.Tensor | None = None, seed: int = 0, hessian_estimator: str = "fisher") -> Scores:
-    """`Scores` of ``model`` as it is (no training), on the model itself."""
-    weights = saliency(model, criterion, data, structured=structured, seed=seed, hessian_estimator=hessian_estimator)
-    shapes = {n: p.shape for n, p in model.named_parameters()}
-    prunable = list(prunable_weights(model))
-    result = Scores(criterion, structured, model, {n: s for n, s in weights.items() if n in prunable}, prunable,
-                    shapes)
-    if structured:
-        if example is None:
-            raise KdnbError("structured pruning needs an example input to trace the model: pass data= "
-                            "(its first batch is used) or example=torch.randn(1, ...)")
-        result.groups = channel_groups(model, dependency_graph(model, example))
-        generator = torch.Generator().manual_seed(seed)
-        for group in result.groups:
-            channel = (torch.rand(group.size, generator=generator, dtype=torch.float64) if criterion == "random"
-                       else channel_scores(group, weights))
-            if channel is not None:
-                result.channels[group.root] = channel
-    return result
+def _with(ctx: _Context, stats: dict[str, torch.Tensor]) -> dict[str, tuple]:
+    return {n: (w, stats[n]) for n, w in ctx.scored().items() if n in stats}
+
+
+def _hessian_diag(ctx: _Context) -> dict[str, tuple]:
+    stats = (estimate.fisher_diagonal(ctx.model, ctx.data) if ctx.hessian_estimator == "fisher"  # type: ignore
+             else estimate.hutchinson_diagonal(ctx.model, ctx.data, seed=ctx.seed))  # type: ignore[arg-type]
+    return _with(ctx, stats)
+
+
+def _per_input(ctx: _Context, of_gram: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, tuple]:
+    """A statistic of each layer's input Gram matrix ``X^T X``, one value per input, shaped as the weight."""
+    weights = prunable_weights(ctx.model)
+    grams = calibration.input_grams(ctx.model, ctx.data)  # type: ignore[arg-type]
+    return {n: (weights[n].detach(), of_gram(g).to(weights[n]).view(1, *weights[n].shape[1:]))
+            for n, g in grams.items()}
+
+
+def _damped_hessian(gram: torch.Tensor) -> torch.Tensor:
+    """H = 2 (X^T X + damp I), damped as the reconstruction is (so it is invertible)."""
+    from kdnb.engine.prune.reconstruct import DAMP
+
+    scale = float(gram.diagonal().mean()) or 1.0
+    return 2 * (gram + DAMP * scale * torch.eye(len(gram), dtype=gram.dtype, device=gram.device))
+
+
+def _inverse_hessian_diag(gram: torch.Tensor) -> torch.Tensor:
+    """diag of H^-1, H = 2 (X^T X + damp I)."""
+    return torch.cholesky_inverse(torch.linalg.cholesky(_damped_hessian(gram))).diagonal()
+
+
+def _consumer_columns(group: ChannelGroup, module: nn.Module, slice_: Any) -> torch.Tensor | None:
+    """``(channels, b)``: the input columns (im2col order for a conv) each channel of ``group`` feeds."""
+    kernel = module.weight[0, 0].numel() if module.weight.dim() > 2 else 1
+    per = [slice_.index[slice_.channel == c] for c in range(group.size)]
+    if len({len(p) for p in per}) != 1:
+        return None
+    positions = torch.stack(per)  # (channels, positions per channel)
+    return (positions[:, :, None] * kernel + torch.arange(kernel)).reshape(group.size, -1)
+
+
+def _consumers(ctx: _Context) -> dict[str, tuple]:
+    """For each group, every Linear/Conv consuming its channels: (weight (out, d), H^-1 (d, d), columns)."""
+    grams = calibration.input_grams(ctx.model, ctx.data)  # type: ignore[arg-type]
+    found = {}
+    for group in ctx.groups:
+        consumers = []
+        for s in group.slices:
+            if s.dim != 1 or s.param not in grams:
+                continue
+            module = ctx.model.get_submodule(s.param.rpartition(".")[0])
+            cols = _consumer_columns(group, module, s)
+            if cols is not None:
+                inverse = torch.cholesky_inverse(torch.linalg.cholesky(_damped_hessian(grams[s.param])))
+                consumers.append((module.weight.detach().double().reshape(module.weight.shape[0], -1).cpu(),
+                                  inverse.cpu(), cols))
+        if consumers:
+            found[group.root] = (consumers,)
+    return found
+
+
+def _generator(ctx: _Context) -> dict[str, tuple]:
+    generator = torch.Generator().manual_seed(ctx.seed)
+    if ctx.structured:  # one draw per channel
+        return {g.root: (torch.zeros(g.size, dtype=torch.float64), generator) for g in ctx.groups}
+    return {n: (w, generator) for n, w in ctx.scored().items()}
+
+
+STATISTICS: dict[str | None, Callable[[_Context], dict[str, tuple]]] = {
+    None: lambda ctx: {n: (w,) for n, w in ctx.scored().items()},
+    "grad_sq": lambda ctx: _with(ctx, estimate.squared_gradients(ctx.model, ctx.data)),  # type: ignore[arg-type]
+    "hessian_diag": _hessian_diag,
+    "input_norm": lambda ctx: _per_input(ctx, lambda g: g.diagonal().clamp_min(0).sqrt()),
+    "inverse_hessian_diag": lambda ctx: _per_input(ctx, _inverse_hessian_diag),
+    "batchnorm_scale": lambda ctx: {f"{n}.weight" if n else "weight": (m.weight.detach(),)
+                                    for n, m in ctx.model.named_modules() if isinstance(m, _BATCHNORM) and m.affine},
+    "generator": _generator,
+    "consumer_inverse_hessian": _consumers,
+    "group_gradient_weight": lambda ctx: {root: (v,) for root, v in estimate.group_gradient_weight(
+        ctx.model, ctx.data, ctx.groups).items()},  # type: ignore[arg-type]
+}
 
 
 def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = None, *, structured: bool = False,
                example: torch.Tensor | None = None, seed: int = 0, hessian_estimator: str = "fisher",
-               slimming_epochs: int = 2, slimming_l1: float = 1e-3, lr: float = 1e-3, device: str = "cpu",
+               slimming_epochs: int = 2, slimming_l1: float = 1e-3, lr: float = 1e-3, device: str = "auto",
                callbacks: Iterable[object] = ()) -> Scores:
     """Score every weight (or, ``structured=True``, every channel) of ``model`` once; then
     ``masks_at(scores, s)`` gives the masks at any sparsity ``s`` cheaply.
@@ -135,8 +208,9 @@ def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = 
 
     Args:
         model: the network to score.
-        criterion: "l1", "taylor", "hessian", "slimming" or "random" (see `kdnb.engine.prune.criteria`).
-        data: labelled batches: taylor and hessian accumulate over all of them; slimming trains on them.
+        criterion: a name of `kdnb.engine.prune.criteria.REGISTRY` ("l1", "lamp", "taylor", "obs", ...).
+        data: labelled batches: gradient statistics accumulate over all of them, layer-input statistics over
+            the first `calibration.SAMPLES`; slimming trains on them.
         structured: score channels (coupled groups, via Torch-Pruning's DependencyGraph) instead of weights.
         example: an input batch to trace the model (structured); by default the first batch of ``data``.
         seed: seeds the random criterion and Hutchinson's probes.
@@ -144,19 +218,40 @@ def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = 
             squared) or "hutchinson" (Hutchinson's estimator, one Rademacher probe per batch).
     """
     from kdnb.engine.checks import first_batch
+    from kdnb.engine.device import resolve_device
     from kdnb.engine.objective import split_batch
     from kdnb.engine.prune.unstructured import clone, make_permanent
 
-    check_criterion(criterion, data, model, structured, hessian_estimator)
+    record = check_criterion(criterion, data, model, structured, hessian_estimator)
     work = make_permanent(clone(model))
-    if criterion == "slimming":
+    if record.statistic == "batchnorm_scale" and slimming_epochs:
         estimate.slimming_phase(work, data, epochs=slimming_epochs, l1=slimming_l1, lr=lr,  # type: ignore[arg-type]
-                                device=device, seed=seed, callbacks=callbacks)
+                                device=str(resolve_device(device)), seed=seed, callbacks=callbacks)
         work.to("cpu")
-    if structured and example is None and data is not None:
+    if structured and example is None:
+        if data is None:
+            raise KdnbError("structured pruning needs an example input to trace the model: pass data= "
+                            "(its first batch is used) or example=torch.randn(1, ...)")
         example = split_batch(first_batch(data))[0]
-    return score(work, criterion, data, structured=structured, example=example, seed=seed,
-                 hessian_estimator=hessian_estimator)
+    return _score(work, record, data, structured, example, seed, hessian_estimator)
+
+
+def _score(model: nn.Module, record: criteria.Criterion, data: Iterable | None, structured: bool,
+           example: torch.Tensor | None, seed: int, hessian_estimator: str) -> Scores:
+    """`Scores` of ``model`` as it is (no training)."""
+    groups = channel_groups(model, dependency_graph(model, example.to(next(model.parameters()).device))) \
+        if structured else []  # type: ignore[union-attr]
+    context = _Context(model, data, structured, seed, hessian_estimator, groups)
+    values = {key: record.formula(*args) for key, args in STATISTICS[record.statistic](context).items()}
+    prunable = list(prunable_weights(model))
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    result = Scores(record.name, structured, model, {} if record.channel and structured else
+                    {n: s for n, s in values.items() if n in prunable}, prunable, shapes, groups)
+    for group in groups:
+        channel = values.get(group.root) if record.channel else channel_scores(group, values)
+        if channel is not None:
+            result.channels[group.root] = channel.detach().double().cpu()
+    return result
 
 
 def check_sparsity(sparsity: object) -> float:
@@ -167,7 +262,7 @@ def check_sparsity(sparsity: object) -> float:
 
 
 def masks_at(scores: Scores, sparsity: float, scope: str = "global",
-             pruned: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+             pruned: dict[str, torch.Tensor] | None = None, pattern: str | None = None) -> dict[str, torch.Tensor]:
     """Boolean masks (True = kept) that remove the lowest-scored weights or channels, at ``sparsity``.
 
     Unstructured: the ``round(sparsity * n)`` lowest-scored weights, among all layers ("global", as
@@ -175,9 +270,11 @@ def masks_at(scores: Scores, sparsity: float, scope: str = "global",
     in ascending score ("global"; l1 scores are divided by their layer's mean first, as magnitudes of
     different layers are not comparable) or the same fraction of each layer ("local"), adding channels
     until the prunable-weight sparsity reaches ``sparsity`` (it may overshoot by less than one channel).
-    Each layer keeps at least one weight or channel (with a warning).
+    Each layer keeps at least one weight or channel (with a warning). Criteria marked ``per_row`` (Wanda)
+    compare weights within each output row when ``scope="local"``.
 
-    ``pruned``: masks already in force; those weights/channels stay pruned.
+    ``pruned``: masks already in force; those weights/channels stay pruned. ``pattern="N:M"`` (unstructured):
+    in every row, N of each M consecutive input weights are kept, the highest-scored (``sparsity`` = 1 - N/M).
     """
     check_sparsity(sparsity)
     if scope not in SCOPES:
@@ -185,6 +282,8 @@ def masks_at(scores: Scores, sparsity: float, scope: str = "global",
     if scores.structured:
         return masks_from_keep(keep_vectors(scores.groups, removed_channels(scores, sparsity, scope, pruned),
                                             scores.shapes), scores.shapes)
+    if pattern is not None:
+        return _pattern_masks(scores, *parse_pattern(pattern), pruned or {})  # type: ignore[misc]
     return _weight_masks(scores, sparsity, scope, pruned or {})
 
 
@@ -207,11 +306,56 @@ def _lowest(values: torch.Tensor, k: int) -> torch.Tensor:
     return keep
 
 
+def _values(scores: Scores, pruned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Scores on the CPU, with what is pruned already at -inf (it goes first)."""
+    return {n: s.detach().cpu().float().masked_fill(~pruned[n].cpu(), float("-inf")) if n in pruned
+            else s.detach().cpu().float() for n, s in scores.weights.items()}
+
+
+def _pattern_masks(scores: Scores, n: int, m: int, pruned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    masks = {}
+    for name, values in _values(scores, pruned).items():
+        rows = values.reshape(values.shape[0], -1)
+        blocks = rows.reshape(rows.shape[0], -1, m)  # N:M along each row's inputs (checked to divide)
+        keep = torch.zeros_like(blocks, dtype=torch.bool).scatter_(2, blocks.topk(n, dim=2).indices, True)
+        masks[name] = keep.view(values.shape)
+    return masks
+
+
+def check_pattern(model: nn.Module, pattern: str | None) -> None:
+    """N:M needs M to divide every prunable layer's input size (a row of ``in_channels x kernel`` weights)."""
+    parsed = parse_pattern(pattern)
+    if parsed is None:
+        return
+    for name, weight in prunable_weights(model).items():
+        width = weight[0].numel()
+        if width % parsed[1]:
+            raise KdnbError(f"pattern {pattern!r} groups every {parsed[1]} consecutive inputs, but layer {name!r} has "
+                            f"{width} inputs per output, not a multiple of {parsed[1]}; use another M or no pattern")
+
+
+def _row_masks(values: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+    masks = {}
+    for name, v in values.items():
+        rows = v.reshape(v.shape[0], -1)
+        k = round(sparsity * rows.shape[1])
+        keep = torch.ones_like(rows, dtype=torch.bool)
+        if k:
+            keep.scatter_(1, torch.topk(rows, k, dim=1, largest=False).indices, False)
+        masks[name] = keep.view(v.shape)
+    return masks
+
+
 def _weight_masks(scores: Scores, sparsity: float, scope: str,
                   pruned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    values = {n: s.detach().cpu().float().masked_fill(~pruned[n].cpu(), float("-inf")) if n in pruned
-              else s.detach().cpu().float() for n, s in scores.weights.items()}
-    if scope == "global":
+    values = _values(scores, pruned)
+    record = criteria.REGISTRY[scores.criterion]
+    if scope == "global" and record.layerwise:
+        values = {n: criteria.lamp_normalise(v.clamp_min(0)).masked_fill(v == float("-inf"), float("-inf"))
+                  for n, v in values.items()}
+    if scope == "local" and record.per_row:
+        masks = _row_masks(values, sparsity)
+    elif scope == "global":
         flat = torch.cat([v.flatten() for v in values.values()])
         keep = _lowest(flat, round(sparsity * flat.numel())).split([v.numel() for v in values.values()])
         masks = {n: k.view(v.shape) for (n, v), k in zip(values.items(), keep)}
@@ -235,7 +379,7 @@ def removed_channels(scores: Scores, sparsity: float, scope: str = "global",
         if group.root not in scores.channels:
             continue
         values = scores.channels[group.root].clone()
-        if scope == "global" and scores.criterion == "l1":
+        if scope == "global" and criteria.REGISTRY[scores.criterion].normalise:
             values /= values.mean().clamp_min(1e-12)
         if pruned:
             values[_already_removed(group, pruned)] = float("-inf")

@@ -3,7 +3,8 @@ at a time, at several sparsities, without fine-tuning, and see how much accuracy
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,14 +32,20 @@ def _layer_masks(scores: Scores, layer: str, sparsity: float) -> dict[str, torch
 def sensitivity(
     model: nn.Module,
     val: Iterable,
+    *,
     sparsities: Sequence[float] = (0.25, 0.5, 0.75, 0.9, 0.95),
     criterion: str = "l1",
     data: Iterable | None = None,
     structured: bool = False,
     layers: Sequence[str] | None = None,
     example: torch.Tensor | None = None,
+    optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
+    lr: float = 1e-3,
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    amp: bool = False,
+    grad_clip: float | None = None,
+    device: str = "auto",
     seed: int = 0,
-    device: str = "cpu",
     callbacks: Iterable[object] = (),
 ) -> SensitivityResult:
     """Val accuracy of ``model`` with each layer alone pruned to each of ``sparsities`` (no fine-tuning).
@@ -55,15 +62,17 @@ def sensitivity(
         example: an input batch to trace the model (structured); by default the first batch of data or val.
         layers: names to analyse (weight names like "1.weight", or, structured, layer names like "1");
             default all.
-        callbacks: subscribers to the training run slimming needs.
+        optimizer, lr, scheduler, amp, grad_clip, device, seed, callbacks: the training settings, as in
+            `kdnb.train`; only slimming's L1 phase trains (with ``lr``, on ``device``); ``seed`` also seeds the
+            random criterion.
     """
     checks.check_model(model)
     checks.check_loader(val, "val")
     sparsities = [check_sparsity(s) for s in sparsities]
     if structured and example is None:
         example = split_batch(checks.first_batch(data if data is not None else val))[0]
-    scores = importance(model, criterion, data, structured=structured, example=example, seed=seed, device=device,
-                        callbacks=callbacks)
+    scores = importance(model, criterion, data, structured=structured, example=example, seed=seed, lr=lr,
+                        device=device, callbacks=callbacks)
     known = list(scores.channels if structured else scores.weights)
     if layers is None:
         layers = known

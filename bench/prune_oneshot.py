@@ -1,0 +1,187 @@
+"""One-shot pruning without fine-tuning: how much accuracy each criterion keeps, with and without
+reconstruction, beside torch's ``global_unstructured`` L1, Torch-Pruning's own importances (MetaPruner) and
+random. Two networks: the notebook-02 teacher (mlp 64-[256,256]-10, 8 epochs on digits) and a conv net
+(``cnn_bn`` width 16 on digits images, 8 epochs). Three seeds (each seed trains its own network and
+seeds the loaders); cells are ``mean ± std (seconds per run)``.
+
+Unstructured rows: fraction of Linear/Conv weights removed. Structured rows: fraction of the hidden
+neurons / channels removed in every layer (the classifier's outputs kept): kdnb with ``scope="local"`` at
+the weight sparsity that fraction implies; Torch-Pruning with ``MetaPruner(pruning_ratio=fraction)``.
+kdnb's columns reconstruct (the default with data) unless marked "no rec". One CPU thread.
+
+    .venv/bin/python bench/prune_oneshot.py [--net mlp|cnn_bn] [--quick]
+
+The MLP takes about 3.5 minutes on one thread, the conv net about 5 (``--net`` runs one; both by default);
+``--quick`` runs one seed. To fit, the conv net calibrates its reconstruction on 512 samples (x 64 positions
+= 32768 rows per layer; the default 2048 gained 0.3-2 pp at about 3x the time) and skips kdnb's hessian,
+taylor and taylor_group columns (per-sample and per-batch gradients of convs are slow), not TP's.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+import kdnb
+from kdnb.engine.evaluate import evaluate
+from kdnb.engine.loop import fit
+from kdnb.engine.prune import prune, reconstruct
+from kdnb.engine.prune.unstructured import clone
+
+torch.set_num_threads(1)
+QUICK = "--quick" in sys.argv
+SEEDS = (0,) if QUICK else (0, 1, 2)
+NETS = (sys.argv[sys.argv.index("--net") + 1],) if "--net" in sys.argv else ("mlp", "cnn_bn")
+UNSTRUCTURED = (0.8, 0.9, 0.95, 0.98)
+STRUCTURED = (0.5, 0.75, 0.9)
+KDNB_UNSTRUCTURED = {"mlp": ("lamp", "l1", "wanda", "obs", "taylor", "hessian", "random"),
+                     "cnn_bn": ("lamp", "l1", "wanda", "obs", "random")}
+KDNB_STRUCTURED = {"mlp": ("l1", "taylor", "taylor_group", "hessian", "obs", "wanda", "thinet", "random"),
+                   "cnn_bn": ("l1", "obs", "thinet", "random")}
+CALIBRATION = {"mlp": 2048, "cnn_bn": 512}
+
+
+def networks(seed: int) -> dict[str, tuple[nn.Module, object, object]]:
+    nets = {}
+    for name, flat, build in (("mlp", True, lambda: kdnb.models.mlp(64, [256, 256], 10)),
+                              ("cnn_bn", False, lambda: kdnb.models.cnn_bn(width=16))):
+        if name not in NETS:
+            continue
+        train, val = kdnb.datasets.load("digits", batch_size=64, seed=seed, flat=flat)
+        torch.manual_seed(seed)
+        net = build()
+        fit(net, train, epochs=8, seed=seed, device="cpu", check_inputs=False)
+        nets[name] = (net.eval(), train, val)
+    return nets
+
+
+def timed(fn) -> tuple[float, float]:
+    start = time.perf_counter()
+    model, val = fn()
+    elapsed = time.perf_counter() - start
+    return evaluate(model, val)["accuracy"], elapsed
+
+
+def torch_global_l1(net, sparsity, train, val):
+    net = clone(net)
+    layers = [(m, "weight") for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    torch_prune.global_unstructured(layers, torch_prune.L1Unstructured, amount=sparsity)
+    return net, val
+
+
+def kdnb_unstructured(criterion, rec, samples):
+    def run(net, sparsity, train, val):
+        return prune(net, sparsity, criterion=criterion, data=train, reconstruct=rec, calibration_samples=samples,
+                     device="cpu").model, val
+    return run
+
+
+def channel_sparsity(net: nn.Module, fraction: float) -> float:
+    """Weight sparsity of removing ``fraction`` of every hidden layer's outputs in a chain of layers."""
+    layers = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    before = after = 0
+    kept_in = None
+    for i, layer in enumerate(layers):
+        out = layer.weight.shape[0]
+        kept_out = out if i == len(layers) - 1 else out - int(fraction * out + 1e-9)
+        per = layer.weight[0, 0].numel()
+        inputs = layer.weight.shape[1]
+        before += out * inputs * per
+        after += kept_out * (inputs if kept_in is None else kept_in) * per
+        kept_in = kept_out
+    return 1 - after / before
+
+
+def kdnb_structured(criterion, rec, samples):
+    def run(net, fraction, train, val):
+        result = prune(net, channel_sparsity(net, fraction) - 1e-9, criterion=criterion, structured=True,
+                       scope="local", data=train, reconstruct=rec, calibration_samples=samples, device="cpu")
+        return result.model, val
+    return run
+
+
+def torch_pruning(importance):
+    def run(net, fraction, train, val):
+        net = clone(net)
+        x, y = next(iter(train))
+        imp = importance()
+        last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+        pruner = tp.pruner.MetaPruner(net, x[:1], importance=imp, pruning_ratio=fraction, ignored_layers=[last])
+        if isinstance(imp, tp.importance.GroupHessianImportance):
+            imp.zero_grad()
+            for i in range(256):  # per-sample gradients, as TP's Hessian example does
+                net.zero_grad()
+                F.cross_entropy(net(x[i % len(x)][None]), y[i % len(y)][None]).backward()
+                imp.accumulate_grad(net)
+        elif isinstance(imp, tp.importance.GroupTaylorImportance):
+            net.zero_grad()
+            for xb, yb in train:
+                F.cross_entropy(net(xb), yb).backward()
+        pruner.step()
+        return net, val
+    return run
+
+
+TP_IMPORTANCES = {"TP magnitude": tp.importance.MagnitudeImportance, "TP taylor": tp.importance.TaylorImportance,
+                  "TP hessian": tp.importance.HessianImportance, "TP random": tp.importance.RandomImportance}
+
+
+def table(title: str, rows, methods: dict, seeds_nets, net_name: str) -> None:
+    print(f"\n## {title}")
+    cells: dict[tuple[float, str], list[tuple[float, float]]] = {}
+    for nets in seeds_nets:
+        net, train, val = nets[net_name]
+        for row in rows:
+            for name, fn in methods.items():
+                cells.setdefault((row, name), []).append(timed(lambda: fn(net, row, train, val)))
+    print("| " + " | ".join(["removed", *methods]) + " |")
+    print("|" + "---|" * (len(methods) + 1))
+    for row in rows:
+        out = []
+        for name in methods:
+            accs = [a for a, _ in cells[(row, name)]]
+            secs = statistics.mean(t for _, t in cells[(row, name)])
+            std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            out.append(f"{statistics.mean(accs):.3f}±{std:.3f} ({secs:.2f}s)")
+        print(f"| {row:.0%} | " + " | ".join(out) + " |")
+
+
+def reconstruction_time(nets) -> float:
+    net, train, _ = nets["mlp"]
+    masked = prune(net, 0.9, criterion="lamp", reconstruct=False).model
+    start = time.perf_counter()
+    reconstruct(masked, net, train)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    warnings.simplefilter("ignore")
+    started = time.perf_counter()
+    seeds_nets = [networks(seed) for seed in SEEDS]
+    for name in NETS:
+        dense = [evaluate(n[name][0], n[name][2])["accuracy"] for n in seeds_nets]
+        print(f"{name}: dense accuracy {statistics.mean(dense):.4f} over seeds {SEEDS}")
+    if "mlp" in NETS:
+        print(f"reconstruction of the tutorial teacher (mlp, 90 %, 1 thread): {reconstruction_time(seeds_nets[0]):.2f} s")
+    for name in NETS:
+        n = CALIBRATION[name]
+        unstructured = {"torch global L1": torch_global_l1, "l1 no rec": kdnb_unstructured("l1", False, n),
+                        **{c: kdnb_unstructured(c, True, n) for c in KDNB_UNSTRUCTURED[name]}}
+        structured = {**{k: torch_pruning(v) for k, v in TP_IMPORTANCES.items()},
+                      "l1 no rec": kdnb_structured("l1", False, n), "random no rec": kdnb_structured("random", False, n),
+                      **{c: kdnb_structured(c, True, n) for c in KDNB_STRUCTURED[name]}}
+        table(f"{name}: unstructured, no fine-tuning", UNSTRUCTURED, unstructured, seeds_nets, name)
+        table(f"{name}: structured (fraction of hidden neurons/channels), no fine-tuning", STRUCTURED, structured,
+              seeds_nets, name)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

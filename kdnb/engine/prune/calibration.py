@@ -1,0 +1,146 @@
+"""Calibration inputs of each layer: what the layer-wise criteria (wanda, obs) and the reconstruction read.
+
+A Linear or Conv layer computes ``Y = A W^T`` where ``A`` is its input as a matrix: one row per sample
+(Linear) or per sample and output position (Conv: the im2col patches, ``torch.nn.functional.unfold``),
+one column per input weight (``in_channels * kernel`` for a conv), plus a column of ones for the bias.
+Only ``A^T A`` (the layer Hessian of the squared error, up to the factor 2) and ``A^T Y`` are kept, summed
+over batches: memory ``(d+1)^2`` numbers per layer, ``d`` its input size, whatever the calibration size.
+
+Calibration = the first ``samples`` samples of ``data`` (default `SAMPLES`), run in eval mode.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdnb.engine.device import model_device, to_device
+from kdnb.engine.evaluate import eval_mode
+from kdnb.engine.objective import split_batch
+from kdnb.engine.prune.groups import PRUNABLE
+
+SAMPLES = 2048  # calibration samples; digits' whole training split (1438) fits
+
+
+def solvable(module: nn.Module) -> bool:
+    """Layers whose weights are re-solved: Linear and ungrouped Conv1d/2d (a grouped conv's rows see only
+    part of the input; they are masked but not re-solved)."""
+    if isinstance(module, nn.Linear):
+        return True
+    return (isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1 and not module.transposed
+            and not isinstance(module.padding, str))
+
+
+def as_matrix(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input ``x`` of ``module`` as the matrix ``A`` (rows: samples x positions, columns: weight inputs)."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    if isinstance(module, nn.Conv1d):  # as a 2-D conv of height 1
+        x = x.unsqueeze(2)
+        kernel, stride, padding, dilation = ((1, *module.kernel_size), (1, *module.stride), (0, *module.padding),
+                                             (1, *module.dilation))
+    else:
+        kernel, stride, padding, dilation = module.kernel_size, module.stride, module.padding, module.dilation
+    patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (B, d, positions)
+    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+def output_matrix(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """The layer's output as rows matching `as_matrix` (one column per output unit/channel)."""
+    if isinstance(module, nn.Linear):
+        return y.reshape(-1, y.shape[-1])
+    return y.reshape(y.shape[0], y.shape[1], -1).transpose(1, 2).reshape(-1, y.shape[1])
+
+
+def calibration_batches(data: Iterable, samples: int = SAMPLES) -> list[torch.Tensor]:
+    """The inputs of the first ``samples`` samples of ``data``, as batches."""
+    batches, count = [], 0
+    for batch in data:
+        x = split_batch(batch)[0]
+        batches.append(x[:samples - count])
+        count += len(batches[-1])
+        if count >= samples:
+            break
+    return batches
+
+
+def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of the prunable layers in the order the forward pass calls them."""
+    order: list[str] = []
+    names = {module: name for name, module in model.named_modules() if isinstance(module, PRUNABLE)}
+    hooks = [module.register_forward_pre_hook(lambda m, _: order.append(names[m]) if names[m] not in order
+                                              else None) for module in names]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return order
+
+
+def _with_ones(a: torch.Tensor) -> torch.Tensor:
+    return torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], 1)
+
+
+class _Capture:
+    """Forward hook keeping the input (or output) of one module, then stopping the pass there."""
+
+    def __init__(self, module: nn.Module, output: bool):
+        self.value: torch.Tensor | None = None
+        self.output = output
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        self.value = (out if self.output else inputs[0]).detach()
+        raise _Stop
+
+
+class _Stop(Exception):
+    pass
+
+
+def _run_until(model: nn.Module, layer: str, x: torch.Tensor, output: bool) -> torch.Tensor:
+    capture = _Capture(model.get_submodule(layer), output)
+    try:
+        model(to_device(x, model_device(model)))
+    except _Stop:
+        pass
+    finally:
+        capture.handle.remove()
+    assert capture.value is not None, f"layer {layer} was not called"
+    return capture.value
+
+
+@torch.no_grad()
+def layer_statistics(model: nn.Module, layer: str, batches: list[torch.Tensor],
+                     dense: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """``(A^T A, A^T Y, rows)`` of ``layer``: ``A`` its inputs in ``model`` (with the ones column), ``Y`` the same
+    layer's outputs in ``dense`` (bias included; None without ``dense``). Each batch's products are taken in
+    the model's dtype and summed in fp64 (as SparseGPT accumulates H), which keeps the im2col matrices of
+    convs fast."""
+    module = model.get_submodule(layer)
+    gram, cross, rows = 0, 0, 0
+    with eval_mode(model), eval_mode(dense) if dense is not None else nullcontext():
+        for x in batches:
+            a = _with_ones(as_matrix(module, _run_until(model, layer, x, output=False)))
+            gram = gram + (a.T @ a).double()
+            if dense is not None:
+                y = output_matrix(module, _run_until(dense, layer, x, output=True)).to(a)
+                cross = cross + (a.T @ y).double()
+            rows += len(a)
+    return gram, (cross if dense is not None else None), rows  # type: ignore[return-value]
+
+
+def input_grams(model: nn.Module, data: Iterable, samples: int = SAMPLES) -> dict[str, torch.Tensor]:
+    """``A^T A`` without the ones column (fp64, ``d x d``) of every re-solvable layer, by weight name."""
+    batches = calibration_batches(data, samples)
+    grams = {}
+    for name in forward_order(model, batches[0]):
+        module = model.get_submodule(name)
+        if solvable(module):
+            grams[f"{name}.weight" if name else "weight"] = layer_statistics(model, name, batches)[0][:-1, :-1]
+    return grams

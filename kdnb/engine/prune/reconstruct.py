@@ -1,0 +1,187 @@
+r"""Reconstruction: after a criterion has chosen what to remove, re-solve what is kept.
+
+Each layer, in forward order, gets the weights (and bias) that best reproduce the *dense* layer's outputs
+from the inputs the already-pruned layers produce, over the calibration samples (`calibration`):
+
+.. math:: \min_{w_r:\ w_{r,j} = 0\ \forall j \notin K_r} \lVert A\, w_r - y_r \rVert^2 + \lambda \lVert w_r \rVert^2
+   \;\Rightarrow\; w_{r,K} = (A_K^\top A_K + \lambda I)^{-1} A_K^\top y_r
+
+for every output row ``r`` with kept inputs ``K_r``; ``A`` is the pruned model's layer input (im2col for a
+conv, plus a column of ones for the bias), ``y_r`` the dense layer's output ``r``. With ``A`` the dense
+inputs this is exactly Optimal Brain Surgeon's update for removing all the pruned weights of the row at once,
+:math:`\delta w = -H^{-1} E (E^\top H^{-1} E)^{-1} E^\top w`, :math:`H = 2A^\top A` (Hassibi & Stork 1993;
+layer-wise, Dong et al. 2017 "L-OBS"; Frantar & Alistarh 2022 "OBC"); SparseGPT (Frantar & Alistarh 2023)
+approximates the same solve column block by column block for layers too large to solve row by row.
+Structured pruning is the same solve on the *consumers* of removed channels (their input columns are the
+removed ones): the least-squares channel refit of He et al. 2017 "Channel Pruning" and ThiNet (Luo et al. 2017).
+
+Damping :math:`\lambda` = ``damp`` x the mean diagonal of :math:`A^\top A` (SparseGPT's 1 %), solved in fp64 by
+Cholesky. A row keeps its masked weights when they reproduce the dense outputs better than the solve (the
+damping could otherwise cost a row whose inputs did not change), so reconstruction never increases a layer's
+error over plain masking.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from kdnb.engine.errors import warn
+from kdnb.engine.prune.calibration import SAMPLES, calibration_batches, forward_order, layer_statistics, solvable
+
+DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's percdamp)
+_BLOCK_BYTES = 64 * 2**20  # bound on the (rows x k x k) fp64 systems solved at once
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """The trainable weight tensor (``weight_orig`` under a torch.nn.utils.prune mask)."""
+    return getattr(module, "weight_orig", module.weight)
+
+
+def _bias(module: nn.Module) -> torch.Tensor | None:
+    return getattr(module, "bias_orig", module.bias)
+
+
+def _mask(module: nn.Module, attr: str, like: torch.Tensor) -> torch.Tensor:
+    mask = getattr(module, f"{attr}_mask", None)
+    return mask.bool() if isinstance(mask, torch.Tensor) else torch.ones_like(like, dtype=torch.bool)
+
+
+def row_errors(weights: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, target_energy: torch.Tensor
+               ) -> torch.Tensor:
+    r"""Squared error of each row, :math:`\lVert A w_r - y_r\rVert^2 = w_r^\top G w_r - 2 w_r^\top c_r + \lVert y_r\rVert^2`
+    (``G = A^T A``, ``c = A^T Y``, ``target_energy`` the last term)."""
+    return ((weights @ gram) * weights).sum(1) - 2 * (weights * cross.T).sum(1) + target_energy
+
+
+def solve_rows(gram: torch.Tensor, cross: torch.Tensor, support: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
+    """Least squares of every row on its support (``support[r, j]`` True = input ``j`` kept, last column the
+    bias), damped by ``damp`` x mean diag(``gram``); rows sharing a support size are solved in one batch."""
+    rows, width = support.shape
+    solution = torch.zeros(rows, width, dtype=torch.float64, device=gram.device)
+    lam = damp * float(gram.diagonal().mean()) if damp else 0.0
+    counts = support.sum(1)
+    for k in counts.unique().tolist():
+        if k == 0:
+            continue
+        chosen = torch.nonzero(counts == k).flatten()
+        chunk = max(1, _BLOCK_BYTES // (8 * k * k))
+        for start in range(0, len(chosen), chunk):
+            sel = chosen[start:start + chunk]
+            index = torch.nonzero(support[sel])[:, 1].view(len(sel), k)  # kept inputs of each row, in order
+            system = gram[index[:, :, None], index[:, None, :]]
+            system.diagonal(dim1=1, dim2=2).add_(lam)
+            rhs = cross.T[sel[:, None], index].unsqueeze(-1)
+            factor, info = torch.linalg.cholesky_ex(system)
+            if bool(info.any()):  # not positive definite (no damping, too few samples): least squares instead
+                values = torch.linalg.lstsq(system, rhs).solution.squeeze(-1)
+            else:
+                values = torch.cholesky_solve(rhs, factor).squeeze(-1)
+            solution[sel[:, None], index] = values
+    return solution
+
+
+@torch.no_grad()
+def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, pattern: tuple[int, int] | None = None,
+              blocksize: int = 128, damp: float = DAMP) -> torch.Tensor:
+    r"""SparseGPT's OBS sweep (Frantar & Alistarh 2023, Algorithm 1): which weights of ``weight`` (out, d) to keep.
+
+    With the upper Cholesky factor ``U`` of :math:`H^{-1}` (:math:`H = 2X^\top X` damped), columns are visited
+    in blocks of ``blocksize``: in each block the weights of lowest OBS saliency :math:`w^2 / U_{qq}^2` are
+    pruned (``sparsity`` of the block, or M-N of every M with ``pattern=(N, M)``), then column by column the
+    pruned weight's error :math:`(w_q - 0) / U_{qq}` is pushed onto the later columns through row ``q`` of ``U``,
+    the lazy-batch form of OBS's update. Returns the keep mask (True = kept); `reconstruct_layer` then
+    re-solves the kept weights exactly.
+    """
+    w = weight.detach().double().clone()
+    h = gram.detach().double().clone()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h.diagonal().add_(damp * float(h.diagonal().mean()))
+    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    pruned = torch.zeros_like(w, dtype=torch.bool)
+    for start in range(0, w.shape[1], blocksize):
+        end = min(start + blocksize, w.shape[1])
+        block, inverse = w[:, start:end].clone(), upper[start:end, start:end]
+        mask = torch.zeros_like(block, dtype=torch.bool)
+        if pattern is None:
+            saliency = block.pow(2) / inverse.diagonal().pow(2)
+            count = int(saliency.numel() * sparsity)
+            if count:
+                mask.view(-1)[torch.topk(saliency.flatten(), count, largest=False).indices] = True
+        errors = torch.zeros_like(block)
+        for i in range(end - start):
+            if pattern is not None and i % pattern[1] == 0:
+                saliency = block[:, i:i + pattern[1]].pow(2) / inverse.diagonal()[i:i + pattern[1]].pow(2)
+                mask.scatter_(1, i + torch.topk(saliency, pattern[1] - pattern[0], dim=1, largest=False).indices, True)
+            column = block[:, i]
+            error = torch.where(mask[:, i], column, 0.0) / inverse[i, i]
+            block[:, i:] -= error[:, None] * inverse[i, i:][None, :]
+            errors[:, i] = error
+        w[:, end:] -= errors @ upper[start:end, end:]
+        pruned[:, start:end] = mask
+    return ~pruned
+
+
+@torch.no_grad()
+def reconstruct_layer(module: nn.Module, gram: torch.Tensor, cross: torch.Tensor, rows: int,
+                      damp: float = DAMP) -> None:
+    """Re-solve ``module``'s kept weights and bias in place from ``gram = A^T A`` and ``cross = A^T Y``."""
+    weight, bias = _weight(module), _bias(module)
+    out = weight.shape[0]
+    flat = weight.detach().reshape(out, -1).double()
+    keep = _mask(module, "weight", weight).reshape(out, -1).to(gram.device)
+    bias_keep = (_mask(module, "bias", bias).to(gram.device) if bias is not None
+                 else torch.zeros(out, dtype=torch.bool, device=gram.device))
+    current = torch.cat([flat.to(gram.device) * keep,
+                         (bias.detach().double().to(gram.device) * bias_keep if bias is not None
+                          else torch.zeros(out, dtype=torch.float64, device=gram.device))[:, None]], 1)
+    support = torch.cat([keep, bias_keep[:, None]], 1)
+    dead = gram.diagonal() == 0  # inputs never non-zero on the calibration set: their weights stay as they are
+    if rows < support.shape[1]:  # underdetermined: at least SparseGPT's damping
+        damp = max(damp, DAMP)
+    solved = solve_rows(gram, cross, support & ~dead, damp)
+    solved[:, dead] = current[:, dead]
+    energy = torch.zeros(out, dtype=torch.float64, device=gram.device)  # ||y_r||^2 cancels in the comparison
+    better = row_errors(solved, gram, cross, energy) < row_errors(current, gram, cross, energy)
+    final = torch.where(better[:, None], solved, current)
+    weight.copy_(torch.where(keep, final[:, :-1], flat.to(gram.device)).view_as(weight).to(weight))
+    if bias is not None:
+        bias.copy_(torch.where(bias_keep, final[:, -1], bias.detach().double().to(gram.device)).to(bias))
+    for hook in module._forward_pre_hooks.values():  # masked tensors are recomputed at the next forward: now
+        if isinstance(hook, prune.BasePruningMethod):
+            setattr(module, hook._tensor_name, hook.apply_mask(module))
+
+
+def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int = SAMPLES,
+                damp: float = DAMP, reselect: bool = False, pattern: tuple[int, int] | None = None) -> nn.Module:
+    """Re-solve every Linear/Conv layer of ``model`` (masked or with zeroed channels) against ``dense``, in
+    forward order, on the first ``samples`` samples of ``data``; in place, returns ``model``.
+
+    ``reselect``: first re-choose each masked layer's mask, at the sparsity it has, by `sparsegpt` on the
+    inputs the already-pruned layers produce (criterion "obs"); ``pattern`` (N, M) makes it N:M.
+
+    Cost: one forward pass of the calibration set per layer, and a ``(d+1) x (d+1)`` fp64 Gram matrix
+    (``d`` = the layer's inputs, ``in_channels x kernel`` for a conv) plus ``(d+1) x out`` per layer at a time.
+    """
+    batches = calibration_batches(data, samples)
+    count = sum(len(x) for x in batches)
+    for name in forward_order(model, batches[0]):
+        module = model.get_submodule(name)
+        if not solvable(module):
+            continue
+        gram, cross, rows = layer_statistics(model, name, batches, dense)
+        if rows < gram.shape[0]:
+            warn(f"calibration has {count} samples ({rows} input rows) for layer {name!r} with {gram.shape[0]} "
+                 "inputs: its least squares is underdetermined and is damped; pass more data for a better fit",
+                 RuntimeWarning)
+        if reselect and isinstance(getattr(module, "weight_mask", None), torch.Tensor):
+            mask = module.weight_mask
+            flat = _weight(module).detach().reshape(mask.shape[0], -1)
+            keep = sparsegpt(flat, gram[:-1, :-1], 1.0 - float(mask.float().mean()), pattern, damp=damp)
+            mask.copy_(keep.view_as(mask).to(mask))
+        reconstruct_layer(module, gram, cross, rows, damp)
+    return model
