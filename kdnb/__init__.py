@@ -19,6 +19,7 @@ _VERBS = {
     "load": "kdnb.api",
     "sensitivity": "kdnb.api",
     "make_permanent": "kdnb.api",
+    "evaluate": "kdnb.engine.evaluate",
     "KdnbError": "kdnb.engine.errors",
     "Callback": "kdnb.engine.events",
 }

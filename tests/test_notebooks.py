@@ -4,10 +4,14 @@ solutions notebook beside it, stubs reporting "not done yet" and solutions passi
 nbval (pytest's notebooks/ run) re-executes every notebook; these tests read the saved files, so
 they also catch a notebook committed without its outputs or regenerated only in part.
 """
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from nbsource import notebook_of, targets  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TUTORIALS = sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb"))
@@ -26,6 +30,26 @@ def text(cell):
     return "".join(parts)
 
 
+@pytest.mark.parametrize("path", sorted(targets()), ids=lambda p: p.name)
+def test_saved_notebook_matches_its_source(path):
+    """The committed .ipynb has the cells its notebooks/src/ source makes (sources compared, nothing run)."""
+    source, which = targets()[path]
+    made = [(c.cell_type, c.source) for c in notebook_of(source, which).cells]
+    saved = [(c.cell_type, c.source) for c in nbformat.read(path, as_version=4).cells]
+    assert saved == made, f"{path.name} drifted from {source.name}: run `make notebooks`"
+
+
+def test_every_notebook_has_a_source():
+    made = set(targets())
+    assert set(TUTORIALS + EXERCISES + SOLUTIONS) <= made, "a notebook without a source in notebooks/src/"
+
+
+def test_tutorials_use_only_the_public_api():
+    for path in TUTORIALS:
+        source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)
+        assert "kdnb.engine" not in source, f"{path.name} imports kdnb's internals"
+
+
 def test_the_five_tutorials_exist():
     assert [p.name[:2] for p in TUTORIALS] == ["00", "01", "02", "03", "04"]
 
@@ -34,7 +58,7 @@ def test_the_five_tutorials_exist():
 def test_saved_executed_in_order_without_errors(path):
     cells = code_cells(path)
     counts = [c.execution_count for c in cells]
-    assert counts == list(range(1, len(cells) + 1)), "run it top to bottom: tools/make_notebooks.py"
+    assert counts == list(range(1, len(cells) + 1)), "run it top to bottom: make notebooks"
     errors = [o for c in cells for o in c.outputs if o.output_type == "error"]
     assert not errors, errors[0].get("evalue")
     assert sum("# NBVAL_CHECK_OUTPUT" in c.source for c in cells) >= 1, "no cell's output is checked"
