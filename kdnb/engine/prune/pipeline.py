@@ -186,7 +186,8 @@ def prune(
 
             objective = kd_objective(clone(dense).eval(), temperature=temperature, alpha=alpha)
         return fit(net, data, val, epochs=epochs, lr=lr, objective=objective,  # type: ignore[arg-type]
-                   device=run_device, seed=seed, callbacks=[*subscribers, *callbacks], title=title)
+                   device=run_device, seed=seed, callbacks=[*subscribers, *callbacks],
+                   title=f"{title} ({'structured' if structured else 'unstructured'})")  # names the chart
 
     if schedule == "agp":
         runs.append(finetune_run(finetune, "finetune", [schedules.AGP(sparsity, steps, prune_to)]))
