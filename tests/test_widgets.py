@@ -333,6 +333,32 @@ def test_apply_stores_in_the_notebook_by_default(trained, shell):
     assert shell.user_ns["thin"] is model and model[1].out_features < trained[1].out_features
 
 
+def test_apply_never_overwrites_a_variable_of_the_users(trained):
+    users_model = torch.nn.Linear(1, 1)
+    namespace: dict = {"pruned": users_model, "pruned_2": "also theirs"}
+    explorer = SparsityExplorer(trained, loader(seed=1), data=loader(), namespace=namespace)
+    assert explorer.name.value == "pruned_3"  # the box suggests a free name
+    explorer.slider.value = 0.5
+    model = explorer.apply("pruned")  # asked for a taken name: stored beside it, and said so
+    assert namespace["pruned"] is users_model and namespace["pruned_2"] == "also theirs"
+    assert namespace["pruned_3"] is model and explorer.stored_as == "pruned_3"
+    assert "<code>pruned_3</code>" in explorer.status.value and "<code>pruned</code> holds a variable of yours" in explorer.status.value
+    explorer.slider.value = 0.7
+    again = explorer.apply("pruned_3")  # its own earlier result: may be replaced
+    assert namespace["pruned_3"] is again
+    explorer.apply("pruned", replace=True)  # only when asked
+    assert namespace["pruned"] is not users_model
+
+
+def test_saved_explorer_output_has_a_picture(trained):
+    explorer = SparsityExplorer(trained, loader(seed=1), data=loader(), namespace={})
+    bundle = explorer._repr_mimebundle_()
+    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "accuracy" in bundle["text/plain"]
+    temperature = TemperatureExplorer(trained, loader(seed=1))
+    assert base64.b64decode(temperature._repr_mimebundle_()["image/png"]).startswith(b"\x89PNG")
+
+
 # ---- the temperature explorer ----
 
 def test_temperature_slider_and_sample_chooser(trained):

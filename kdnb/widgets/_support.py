@@ -2,6 +2,7 @@
 installed, and a figure as PNG bytes."""
 from __future__ import annotations
 
+import base64
 import io
 import sys
 from types import ModuleType
@@ -64,7 +65,9 @@ class Explorer:
                                   f"{INSTALL_HINT})"}
         bundle = self.widget._repr_mimebundle_(**kwargs)
         bundle = bundle[0] if isinstance(bundle, tuple) else bundle
-        return {**bundle, "text/plain": self.text()}  # what a saved notebook or a terminal shows
+        # What a saved notebook shows without the live widget: a picture and the numbers, as at display time.
+        picture = {"image/png": base64.b64encode(png(self.figure())).decode("ascii")} if hasattr(self, "figure") else {}
+        return {**bundle, **picture, "text/plain": self.text()}
 
     def __repr__(self) -> str:
         return self.text()
