@@ -12,9 +12,9 @@ import base64
 import statistics
 import time
 import uuid
-import warnings
 
 from kdnb.engine.events import Callback, RunState
+from kdnb.errors import warn
 from kdnb.plots.history import HistoryFigure, Run
 from kdnb.widgets._support import in_kernel, png
 
@@ -107,8 +107,8 @@ class LiveChart(Callback):
             picture = png(self._figure.update(self.runs))
             self._show(picture, final)
         except Exception as error:  # noqa: BLE001 — the chart is a spectator; training goes on without it
-            warnings.warn(f"the live chart stopped drawing ({type(error).__name__}: {error}); "
-                          f"training continues. Set KDNB_PLOT=0 to turn it off.", RuntimeWarning, stacklevel=2)
+            warn(f"the live chart stopped drawing ({type(error).__name__}: {error}); "
+                 f"training continues. Set KDNB_PLOT=0 to turn it off.", RuntimeWarning)  # at the user's line
             self.image = False
             return
         finished = time.perf_counter()
