@@ -4,6 +4,9 @@ solutions notebook beside it, stubs reporting "not done yet" and solutions passi
 nbval (pytest's notebooks/ run) re-executes every notebook; these tests read the saved files, so
 they also catch a notebook committed without its outputs or regenerated only in part.
 """
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -96,3 +99,37 @@ def test_solutions_pass_every_check(path):
     for cell in checks:
         assert "Well done" in text(cell), text(cell)
         assert "NotImplementedError" not in cell.source
+
+
+ROOT = NOTEBOOKS.parent
+
+
+@pytest.mark.slow
+def test_tutorials_pass_without_the_cpus_vector_kernels():
+    """The tutorials' checks hold on any CPU: nbval re-runs them with ATen's portable kernels
+    (``ATEN_CPU_CAPABILITY=default``, no AVX), which change the floating-point results of training.
+    The native run is the suite's own nbval pass over notebooks/."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, TUTORIALS)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def readme_script() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## The API at a glance"):]
+    return section[section.index("```python\n") + len("```python\n"):section.index("\n```\n")]
+
+
+@pytest.mark.slow
+def test_the_readme_api_script_runs_and_prints_its_results(tmp_path):
+    script = tmp_path / "glance.py"
+    script.write_text(readme_script())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "always"}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for printed in ("gap closure", "pruned 90.00% of prunable weights", "params x", "nonzero params"):
+        assert printed in done.stdout, done.stdout
+    warnings = [line for line in done.stderr.splitlines() if re.search(r"\.py:\d+: \w*Warning", line)]
+    assert all(line.startswith(str(script)) for line in warnings), warnings  # at the script's lines, not kdnb's

@@ -274,8 +274,9 @@ def test_slider_moves_update_the_numbers_and_fill_the_curve(trained):
     assert explorer.numbers["sparsity"] == 0.9 and explorer.numbers["nonzero"] < 0.2 * dense["params"]
     assert explorer.numbers["bytes"] < dense["bytes"]
     assert "90%" in explorer.table.value and f"{explorer.numbers['nonzero']:,}" in explorer.table.value
-    explorer.slider.value = 0.5
-    assert sorted(explorer.curves["l1", False]) == [0.0, 0.5, 0.9]
+    assert sorted(explorer.curves["l1", False]) == [0.0, 0.5, 0.8, 0.9, 0.95]  # opened with a preview
+    explorer.slider.value = 0.33
+    assert sorted(explorer.curves["l1", False]) == [0.0, 0.33, 0.5, 0.8, 0.9, 0.95]
     assert bytes(explorer.image.value).startswith(b"\x89PNG")
 
 

@@ -2,7 +2,8 @@
 
 Scores are computed once per criterion (and mode) by `kdnb.engine.prune.scores.importance`; a slider
 move then costs one mask (`masks_at`: a sort of the scores) and one evaluation of the masked copy,
-so the numbers follow the slider. The accuracy-vs-sparsity curve fills in as the slider visits values.
+so the numbers follow the slider. The accuracy-vs-sparsity curve starts with a few points and fills in as
+the slider visits values; the saved notebook keeps its picture.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ CRITERIA = ("l1", "taylor", "hessian", "random")
 MODES = {"unstructured": False, "structured": True}
 NUMBERS_STYLE = ("<style>.kdnb-sparsity-numbers td, .kdnb-sparsity-numbers th {padding: 1px 10px}"
                  ".kdnb-sparsity-numbers td + td, .kdnb-sparsity-numbers th + th {text-align: right}</style>")
+PREVIEW = (0.5, 0.8, 0.9, 0.95)  # sparsities measured when the explorer opens (a mask and an evaluation each)
 CURVE_COLORS = {"l1": "tab:blue", "taylor": "tab:orange", "hessian": "tab:green", "random": "tab:gray"}
 
 
@@ -80,6 +82,8 @@ class SparsityExplorer(Explorer):
         self._figure: Any = None
         self._lines: dict[tuple[str, bool], Any] = {}
         self._scores(criterion, bool(structured))  # a criterion that cannot start (no data) fails here, clearly
+        for sparsity in PREVIEW:  # the curve starts with a few points, so even the saved picture has a shape
+            self.at(sparsity)
         self._build_widget()
         self.at(0.0)
 
