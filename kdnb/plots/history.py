@@ -25,6 +25,7 @@ TERM_COLORS = {"loss": "black", "ce": "tab:blue", "kd": "tab:orange", "hint": "t
 SPARE_COLORS = ("tab:red", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 RUN_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 BASELINES = ("scratch", "control")  # runs that compare with the run before them: drawn over it, from step 0
+BASELINE_COLOR = "tab:gray"  # in every panel; no loss term has it
 SIZE = (9.6, 3.4)  # inches, at 100 dpi
 # Where the curves usually are not: losses fall, accuracy and sparsity rise. A fixed place keeps the legend
 # still between redraws ("best" would move it, and searches every point at every redraw).
@@ -178,8 +179,7 @@ class HistoryFigure:
     def _baseline_line(self, index: int, run: Run, term: str) -> Any:
         """A baseline's loss: the run's own colour, dotted, named by the run (and the term, if several)."""
         label = run.title if len(run.history.steps) == 1 else f"{run.title} {term}"
-        return self._panels["loss"].plot([], [], color=RUN_COLORS[index % len(RUN_COLORS)], ls=":", lw=1.1,
-                                         label=label)[0]
+        return self._panels["loss"].plot([], [], color=BASELINE_COLOR, ls=":", lw=1.2, label=label)[0]
 
     def _run_marker(self, index: int, run: Run, offset: int) -> None:
         """A dashed line where the run starts (after the first) and its title above the loss panel;
@@ -198,7 +198,7 @@ class HistoryFigure:
         if name not in run.history.epochs and "train_acc" in run.history.epochs:
             name, style, label = "train_acc", "--", f"{run.title} (train)"
         values = run.history.epochs.get(name, [])
-        color = RUN_COLORS[index % len(RUN_COLORS)]
+        color = BASELINE_COLOR if run.is_baseline else RUN_COLORS[index % len(RUN_COLORS)]
         line = self._artist(("acc", index), lambda: ax.plot([], [], style, color=color, marker="o", ms=3.5,
                                                             label=label)[0])
         line.set_data(offset + run.steps_at_epochs()[:len(values)], 100 * np.asarray(values, dtype=float))
