@@ -9,6 +9,7 @@ a one-line summary is printed; without a notebook frontend that line is all the 
 from __future__ import annotations
 
 import base64
+import math
 import statistics
 import time
 import uuid
@@ -40,23 +41,26 @@ def summary_line(run: Run) -> str:
 class LiveChart(Callback):
     """Loss terms per step, accuracy per epoch and sparsity of the runs of one verb call, live.
 
-    The first frame is drawn at the first step of the call's first run (a chart within a second of
-    pressing run); then frames follow at a steady rate, one every ``max(1 / max_rate, cost / budget)``
-    seconds where ``cost`` is what a redraw typically takes here, so drawing stays within ``budget``
-    of the run's time; one last frame when each run ends. ``bench/chart_overhead.py`` measures the
-    overhead (goal <= 3 %).
+    The first frame is drawn ``first_frame`` seconds into the call's first run (a chart within a
+    second of pressing run; a run shorter than that only gets its final frame); then frames follow at
+    a steady rate, one every ``max(1 / max_rate, cost / budget)`` seconds where ``cost`` is what a
+    redraw typically takes here (the median of the last five), so the steady redraws stay within
+    ``budget`` of the run's time; one last frame when each run ends. ``bench/chart_overhead.py``
+    measures the overhead.
 
     Args:
         image: draw the PNG chart (default: only inside a Jupyter kernel); False prints the summaries only.
         max_rate: redraws per second at most.
         budget: the fraction of the wall time the steady redraws may take.
+        first_frame: seconds into the first run when the first frame is drawn.
 
     Attributes:
         redraws: how many PNGs were rendered so far (the last one stays in the output).
         runs: the runs drawn, in order.
     """
 
-    def __init__(self, image: bool | None = None, max_rate: float = 4.0, budget: float = 0.015):
+    def __init__(self, image: bool | None = None, max_rate: float = 4.0, budget: float = 0.015,
+                 first_frame: float = 0.5):
         self.image = in_kernel() if image is None else bool(image)
         self.min_interval = 1.0 / max_rate
         self.budget = budget
@@ -64,11 +68,14 @@ class LiveChart(Callback):
         self.redraws = 0
         self._figure: HistoryFigure | None = None
         self._display_id: str | None = None
-        self._costs: list[float] = []  # seconds the last redraws took (not the first: it builds the figure)
-        self._next_draw = 0.0  # perf_counter time of the next frame; 0: at the next event
+        self.first_frame = first_frame
+        self._costs: list[float] = []  # seconds the redraws took
+        self._next_draw = math.inf  # perf_counter time of the next frame
 
     def on_run_start(self, state: RunState) -> None:
         self.runs.append(Run(state.title, state.history))
+        if len(self.runs) == 1:  # later runs of the call keep the steady schedule
+            self._next_draw = time.perf_counter() + self.first_frame
 
     def on_step_end(self, state: RunState) -> None:
         if "sparsity" in state.extra:
@@ -112,8 +119,7 @@ class LiveChart(Callback):
             self.image = False
             return
         finished = time.perf_counter()
-        if self.redraws:  # the first frame builds the figure (and imports matplotlib): not a typical cost
-            self._costs.append(finished - started)
+        self._costs.append(finished - started)  # the first also builds the figure: an overestimate, on the safe side
         self.redraws += 1
         self._next_draw = finished + self._interval()
 
