@@ -77,6 +77,16 @@ def binned(values: Sequence[float], max_points: int = MAX_POINTS) -> tuple[np.nd
     return centers, means
 
 
+def short_titles(titles: Sequence[str]) -> dict[str, str]:
+    """Several runs side by side ("finetune 1/3 (unstructured)", "finetune 2/3 (unstructured)") are
+    marked by what tells them apart ("1/3", "2/3"): full titles would run into each other."""
+    if len(titles) < 2:
+        return {}
+    common = set(titles[0].split()).intersection(*(title.split() for title in titles[1:]))
+    short = {title: " ".join(word for word in title.split() if word not in common) for title in titles}
+    return {title: label or title for title, label in short.items()}
+
+
 class HistoryFigure:
     """A figure with a loss panel, an accuracy panel and (when a run reports it) a sparsity panel.
 
@@ -97,10 +107,12 @@ class HistoryFigure:
         self._legends: dict[str, tuple] = {}
         self._term_colors: dict[str, str] = dict(TERM_COLORS)
         self._labelled: set[str] = set()
+        self._short_titles: dict[str, str] = {}
 
     def update(self, runs: Sequence[Run]) -> Any:
         """Draw ``runs`` (in order) and return the matplotlib Figure."""
         self._layout(with_sparsity=any(run.sparsity for run in runs))
+        self._short_titles = short_titles([run.title for run in runs if not run.is_baseline])
         start = end = 0  # a run starts where the runs before it ended; a baseline where the run it follows began
         for index, run in enumerate(runs):
             start = start if run.is_baseline else end
@@ -189,8 +201,9 @@ class HistoryFigure:
             return
         if index > 0:
             self._artist(("start", index), lambda: ax.axvline(offset + 0.5, color="0.5", ls="--", lw=0.8))
-        self._artist(("title", index), lambda: ax.text(offset + 0.5, 1.02, run.title, fontsize=9, ha="left",
-                                                       va="bottom", transform=ax.get_xaxis_transform()))
+        text = self._artist(("title", index), lambda: ax.text(offset + 0.5, 1.02, "", fontsize=9, ha="left",
+                                                              va="bottom", transform=ax.get_xaxis_transform()))
+        text.set_text(self._short_titles.get(run.title, run.title))
 
     def _draw_accuracy(self, index: int, run: Run, offset: int) -> None:
         ax = self._panels["accuracy"]
