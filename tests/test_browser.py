@@ -134,8 +134,16 @@ def open_notebook(lab, browser, shots):
         page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
         page.set_default_timeout(30_000)
         page.goto(lab.url(path))
-        page.wait_for_function("() => window.jupyterapp !== undefined", timeout=60_000)
-        return Notebook(page, path)
+        from playwright.sync_api import Error as PlaywrightError
+
+        for attempt in range(3):  # `?reset` redirects once the workspace is reset: the page may navigate again
+            try:
+                page.wait_for_function("() => window.jupyterapp !== undefined", timeout=60_000)
+                return Notebook(page, path)
+            except PlaywrightError as error:
+                if "context was destroyed" not in str(error) or attempt == 2:
+                    raise
+                page.wait_for_load_state()
 
     yield open_
     from playwright.sync_api import Error as PlaywrightError

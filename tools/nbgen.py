@@ -1,4 +1,10 @@
-"""Execute a notebook in a fresh kernel of this interpreter and save it with its outputs."""
+"""Execute a notebook in a fresh kernel of this interpreter and save it with its outputs.
+
+The saved file reads as a finished report in any viewer (JupyterLab before running, GitHub, nbviewer):
+a widget's output keeps only its static fallbacks (a progress bar's final text line, an explorer's
+picture and numbers), because the live widget cannot be shown without its kernel ("Error displaying
+widget: model not found"). Running the notebook replaces them with live widgets.
+"""
 from __future__ import annotations
 
 import subprocess
@@ -9,6 +15,8 @@ from pathlib import Path
 import nbformat
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 def execute(notebook: nbformat.NotebookNode, path: Path, timeout: int = 600) -> float:
@@ -23,5 +31,10 @@ def execute(notebook: nbformat.NotebookNode, path: Path, timeout: int = 600) -> 
             client.execute_cell(cell, index)
     elapsed = time.perf_counter() - started
     notebook.metadata.pop("widgets", None)  # widget state is live-only; the static outputs stay
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_VIEW in data and len(data) > 1:
+                del data[WIDGET_VIEW]
     nbformat.write(notebook, path)
     return elapsed
