@@ -21,7 +21,8 @@ import torch
 import kdnb
 
 torch.set_num_threads(1)  # Binder gives one CPU, and one thread is the fastest for these small networks
-train, val = kdnb.datasets.load("digits", batch_size=64, seed=0)  # 8x8 handwritten digits, embedded: no download
+# 8x8 handwritten digits, embedded: no download
+train, val = kdnb.datasets.load("digits", batch_size=64, seed=0)
 
 # %% [markdown]
 # ## Step 1: train the teacher
@@ -74,7 +75,8 @@ def student():
     torch.manual_seed(1)
     return kdnb.models.mlp(64, [32], 10)
 
-res = kdnb.distill(teacher, student(), train, val=val, temperature=4.0, alpha=0.5, epochs=30, lr=3e-3, baseline=True)
+res = kdnb.distill(teacher, student(), train, val=val, temperature=4.0, alpha=0.5, epochs=30, lr=3e-3,
+                  baseline=True)
 
 # %%
 from torch.utils.data import DataLoader, TensorDataset
@@ -93,7 +95,8 @@ print(f"scratch             {res.accuracy['scratch']:.4f}")
 print(f"hard pseudo-labels  {kdnb.evaluate(hard, val)['accuracy']:.4f}")
 print(f"soft labels (KD)    {res.accuracy['distilled']:.4f}")
 print(f"gap closure         {res.gap_closure:.2f}")
-assert res.accuracy["teacher"] > max(res.accuracy["scratch"], res.accuracy["distilled"])  # still a gap to close
+# still a gap to close:
+assert res.accuracy["teacher"] > max(res.accuracy["scratch"], res.accuracy["distilled"])
 
 # %% [markdown]
 # **Gap closure** = (distilled − scratch) / (teacher − scratch): the share of the accuracy gap between the
@@ -120,12 +123,14 @@ x_all, y_all = train.dataset.tensors
 few = DataLoader(TensorDataset(x_all[:100], y_all[:100]), batch_size=32, shuffle=True,
                  generator=torch.Generator().manual_seed(0))
 unlabelled = x_all[100:]
-with_transfer = kdnb.distill(teacher, student(), few, val=val, transfer=unlabelled, epochs=10, lr=3e-3, baseline=True)
+with_transfer = kdnb.distill(teacher, student(), few, val=val, transfer=unlabelled, epochs=10, lr=3e-3,
+                             baseline=True)
 
 # %%
 print({name: round(acc, 4) for name, acc in with_transfer.accuracy.items()})
 print(f"gap closure {with_transfer.gap_closure:.2f}")
-assert with_transfer.accuracy["distilled"] > with_transfer.accuracy["scratch"] + 0.03  # the transfer set helps
+# the transfer set helps, by more than 3 points:
+assert with_transfer.accuracy["distilled"] > with_transfer.accuracy["scratch"] + 0.03
 
 # %% [markdown]
 # ## Where distillation does not help

@@ -19,7 +19,8 @@ import torch
 import kdnb
 
 torch.set_num_threads(1)  # Binder gives one CPU, and one thread is the fastest for these small networks
-train, val = kdnb.datasets.load("digits", batch_size=64, seed=0)  # 8x8 handwritten digits, embedded: no download
+# 8x8 handwritten digits, embedded: no download
+train, val = kdnb.datasets.load("digits", batch_size=64, seed=0)
 
 # %%
 torch.manual_seed(0)
@@ -44,7 +45,8 @@ table = {}
 for criterion in ("l1", "taylor", "hessian", "random"):
     table[criterion] = []
     for sparsity in (0.5, 0.8, 0.9):
-        pruned = kdnb.prune(teacher, sparsity=sparsity, criterion=criterion, data=batches, progress=False, plot=False)
+        pruned = kdnb.prune(teacher, sparsity=sparsity, criterion=criterion, data=batches,
+                            progress=False, plot=False)
         table[criterion].append(evaluate(pruned.model, val)["accuracy"])
     print(f"{criterion:9s}" + "".join(f"  {a:.4f}" for a in table[criterion]))
 # What the text below says, checked: every criterion beats random, and magnitude holds best at 90 %.
@@ -69,7 +71,8 @@ assert table["l1"][2] > max(table["taylor"][2], table["hessian"][2])
 
 # %%
 masked = kdnb.prune(teacher, sparsity=0.7, criterion="l1", progress=False, plot=False)
-deleted = kdnb.prune(teacher, sparsity=0.7, criterion="l1", structured=True, data=train, progress=False, plot=False)
+deleted = kdnb.prune(teacher, sparsity=0.7, criterion="l1", structured=True, data=train,
+                     progress=False, plot=False)
 for name, result in (("zeroed weights", masked), ("deleted neurons", deleted)):
     shapes = [tuple(m.weight.shape) for m in result.model if isinstance(m, torch.nn.Linear)]
     print(f"{name:16s} accuracy {evaluate(result.model, val)['accuracy']:.4f}  layer shapes {shapes}")
@@ -83,7 +86,8 @@ assert evaluate(masked.model, val)["accuracy"] > evaluate(deleted.model, val)["a
 # NBVAL_CHECK_OUTPUT
 linear = [m for m in masked.model if isinstance(m, torch.nn.Linear)]
 print("zeroed weights: layer shapes", [tuple(m.weight.shape) for m in linear])
-print(f"{sum(int((m.weight == 0).sum()) for m in linear):,} of {sum(m.weight.numel() for m in linear):,} weights are zero")
+zeros, weights = sum(int((m.weight == 0).sum()) for m in linear), sum(m.weight.numel() for m in linear)
+print(f"{zeros:,} of {weights:,} weights are zero")
 
 # %% [markdown]
 # ## The sparsity explorer
@@ -104,15 +108,18 @@ kdnb.widgets.SparsityExplorer(teacher, val, data=train)
 
 # %%
 oneshot = kdnb.prune(teacher, sparsity=0.95, criterion="l1", data=train, val=val, finetune=3)
-rounds = kdnb.prune(teacher, sparsity=0.95, criterion="l1", data=train, val=val, finetune=1, schedule="iterative", steps=3)
-gradual = kdnb.prune(teacher, sparsity=0.95, criterion="l1", data=train, val=val, finetune=3, schedule="agp", steps=10)
+rounds = kdnb.prune(teacher, sparsity=0.95, criterion="l1", data=train, val=val, finetune=1,
+                    schedule="iterative", steps=3)
+gradual = kdnb.prune(teacher, sparsity=0.95, criterion="l1", data=train, val=val, finetune=3,
+                     schedule="agp", steps=10)
 
 # %%
 accuracy = {}
-for name, result in (("one-shot, then 3 epochs", oneshot), ("3 rounds of 1 epoch", rounds), ("agp over 3 epochs", gradual)):
+schedules = {"one-shot, then 3 epochs": oneshot, "3 rounds of 1 epoch": rounds, "agp over 3 epochs": gradual}
+for name, result in schedules.items():
     kept = [int((m.weight != 0).sum()) for m in result.model if isinstance(m, torch.nn.Linear)]
     accuracy[name] = evaluate(result.model, val)["accuracy"]
-    print(f"{name:24s} accuracy {accuracy[name]:.4f}  non-zero weights per layer {kept}, {sum(kept):,} in all")
+    print(f"{name:24s} accuracy {accuracy[name]:.4f}  non-zero weights per layer {kept}, {sum(kept):,} all")
 assert accuracy["agp over 3 epochs"] > accuracy["3 rounds of 1 epoch"] > accuracy["one-shot, then 3 epochs"]
 
 # %%

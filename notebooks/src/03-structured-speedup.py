@@ -12,7 +12,8 @@ import torch
 import kdnb
 
 torch.set_num_threads(1)  # Binder gives one CPU, and one thread is the fastest for these small networks
-train, val = kdnb.datasets.load("digits", batch_size=64, seed=0)  # 8x8 handwritten digits, embedded: no download
+# 8x8 handwritten digits, embedded: no download
+train, val = kdnb.datasets.load("digits", batch_size=64, seed=0)
 
 # %% [markdown]
 # A wider MLP makes the latency differences visible above the noise:
@@ -34,7 +35,7 @@ deleted = kdnb.prune(wide, sparsity=0.9, criterion="l1", structured=True, data=t
 
 # %%
 mlps = kdnb.compare({"dense": wide, "masked 90%": masked.model, "deleted 90%": deleted.model}, val)
-print(mlps)
+mlps
 
 # %% [markdown]
 # The masked model's MACs are those of the dense one: only the *nonzero* MACs dropped, and its latency did
@@ -73,14 +74,16 @@ kdnb.train(resnet, images, val=val_images, epochs=3, lr=3e-3)
 resnet.eval();
 
 # %%
-slim = kdnb.prune(resnet, sparsity=0.6, criterion="l1", structured=True, data=images, val=val_images, finetune=2)
+slim = kdnb.prune(resnet, sparsity=0.6, criterion="l1", structured=True, data=images, val=val_images,
+                  finetune=2)
 
 # %%
 resnets = kdnb.compare({"resnet": resnet, "channels deleted": slim.model}, val_images)
-print(resnets)
 row = resnets.as_dict()
 assert row["channels deleted"]["macs"] < 0.5 * row["resnet"]["macs"]
-assert row["resnet"]["accuracy"] > 0.85 and row["channels deleted"]["accuracy"] > row["resnet"]["accuracy"] - 0.03
+assert row["resnet"]["accuracy"] > 0.85
+assert row["channels deleted"]["accuracy"] > row["resnet"]["accuracy"] - 0.03
+resnets
 
 # %% [markdown]
 # MACs fell by more than half, latency usually much less: on 8x8 images each convolution is tiny and the
@@ -102,12 +105,14 @@ for name, module in slim.model.named_modules():
     if isinstance(module, Residual):
         first, second = [m for m in module.body if isinstance(m, torch.nn.Conv2d)]
         blocks.append((first.in_channels, first.out_channels, second.out_channels))
-        print(f"block {name}: in {first.in_channels:2d} channels, inside {first.out_channels:2d}, out {second.out_channels:2d}")
+        print(f"block {name}: in {first.in_channels:2d} channels, inside {first.out_channels:2d}, "
+              f"out {second.out_channels:2d}")
 
 # %%
 # NBVAL_CHECK_OUTPUT
 # The chain, on any machine: what a block adds back is what the next one receives.
-print(f"{len(blocks)} residual blocks; channels chain: {all(a[2] == b[0] for a, b in zip(blocks, blocks[1:]))}")
+chained = all(block[2] == following[0] for block, following in zip(blocks, blocks[1:]))
+print(f"{len(blocks)} residual blocks; channels chain: {chained}")
 
 # %% [markdown]
 # ## Saving: masks fold, zeros compress
@@ -121,10 +126,12 @@ print(f"{len(blocks)} residual blocks; channels chain: {all(a[2] == b[0] for a, 
 import os, tempfile
 
 with tempfile.TemporaryDirectory() as folder:
-    for name, model in (("dense", wide), ("masked", kdnb.make_permanent(masked.model)), ("deleted", deleted.model)):
+    saved = {"dense": wide, "masked": kdnb.make_permanent(masked.model), "deleted": deleted.model}
+    for name, model in saved.items():
         path = os.path.join(folder, f"{name}.kdnb")
         kdnb.save(model, path)
         size = os.path.getsize(path)
         dense_size = size if name == "dense" else dense_size
         same = kdnb.evaluate(kdnb.load(path), val) == kdnb.evaluate(model, val)
-        print(f"{name:8s} {size / dense_size:5.0%} of the dense file ({dense_size:,} bytes); same accuracy reloaded: {same}")
+        print(f"{name:8s} {size / dense_size:5.0%} of the dense file ({dense_size:,} bytes); "
+              f"same accuracy reloaded: {same}")

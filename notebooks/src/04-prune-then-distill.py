@@ -12,7 +12,8 @@ import torch
 import kdnb
 
 torch.set_num_threads(1)  # Binder gives one CPU, and one thread is the fastest for these small networks
-train, val = kdnb.datasets.load("digits", batch_size=64, seed=0)  # 8x8 handwritten digits, embedded: no download
+# 8x8 handwritten digits, embedded: no download
+train, val = kdnb.datasets.load("digits", batch_size=64, seed=0)
 
 # %%
 torch.manual_seed(0)
@@ -54,12 +55,14 @@ original, pruned = evaluate(teacher, val)["accuracy"], evaluate(cut.model, val)[
 
 def report(name, model):
     acc = evaluate(model, val)["accuracy"]
-    print(f"{name:32s} {acc:.4f}  recovered {100 * (acc - pruned) / (original - pruned):.0f}% of the accuracy lost")
+    share = (acc - pruned) / (original - pruned)
+    print(f"{name:32s} {acc:.4f}  recovered {100 * share:.0f}% of the accuracy lost")
     return acc
 
 with_labels = {"fine-tuned": report("fine-tuned on all the labels", finetuned),
                "distilled": report("distilled on all the labels", distilled.student)}
-assert abs(with_labels["fine-tuned"] - with_labels["distilled"]) < 0.02  # as well as each other, within 2 points
+# about as well as each other, within 2 points:
+assert abs(with_labels["fine-tuned"] - with_labels["distilled"]) < 0.02
 
 # %% [markdown]
 # With the whole labelled training set, plain fine-tuning recovers about as well as distillation (within a
@@ -100,8 +103,9 @@ print(kdnb.compare({"original": teacher, "pruned + distilled": small}, val))
 with tempfile.TemporaryDirectory() as folder:
     path = os.path.join(folder, "small.kdnb")
     kdnb.save(small, path)
-    print(f"saved {os.path.getsize(path):,} bytes; reloaded accuracy {evaluate(kdnb.load(path), val)['accuracy']:.4f}")
-    reloaded_same = evaluate(kdnb.load(path), val) == evaluate(small, val)
+    reloaded = evaluate(kdnb.load(path), val)
+    print(f"saved {os.path.getsize(path):,} bytes; reloaded accuracy {reloaded['accuracy']:.4f}")
+    reloaded_same = reloaded == evaluate(small, val)
 
 # %%
 # NBVAL_CHECK_OUTPUT
