@@ -1,6 +1,7 @@
 # Two entry points, each doing all the set-up it needs on a fresh clone:
 #   make lab    set up, then open JupyterLab on the quickstart notebook
-#   make test   set up, then run the whole test suite
+#   make test   set up, then run the whole test suite (may install Debian's chromium for the browser test)
+#   make notebooks  regenerate notebooks/*.ipynb from notebooks/src/*.py and execute them
 VENV        ?= .venv
 PYTHON      ?= python3
 PY          := $(VENV)/bin/python
@@ -8,7 +9,7 @@ PY          := $(VENV)/bin/python
 TORCH_SPEC  ?= torch==2.13.0+cpu
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: lab test setup browser bench clean
+.PHONY: lab test setup browser notebooks bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,20 +22,35 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Debian's Chromium for the browser test; the test skips, saying why, when it cannot be installed.
+# Debian's Chromium for the browser test, without the recommended extras (printing, mDNS, samba);
+# the test skips, saying why, when it cannot be installed.
 browser:
-	@command -v chromium >/dev/null 2>&1 || (apt-get install -y -q chromium >/dev/null 2>&1 || \
-	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) || \
-	  echo "chromium could not be installed; the browser test will skip"
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser test (apt-get install --no-install-recommends chromium)"; \
+	  apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; } || \
+	  echo "chromium could not be installed; the browser test will skip"; }
 
 # Jupyter refuses to run as root (containers, CI) unless told it may.
 ALLOW_ROOT  := $(if $(filter 0,$(shell id -u)),--allow-root)
 
+LAB_PORT    ?= 8888
+QUICKSTART  := lab/tree/notebooks/00-quickstart.ipynb
+
+# One URL that opens the quickstart, with the file browser at the project root (README, bench, ...).
+# The token is set here so the printed URL is the whole story; Jupyter's own banner is kept quiet.
 lab: setup
-	$(VENV)/bin/jupyter lab $(ALLOW_ROOT) notebooks/00-quickstart.ipynb
+	@token=$$($(PY) -c "import secrets; print(secrets.token_hex(16))"); \
+	echo; echo "    JupyterLab: http://localhost:$(LAB_PORT)/$(QUICKSTART)?token=$$token"; echo; \
+	$(VENV)/bin/jupyter lab $(ALLOW_ROOT) --no-browser --port=$(LAB_PORT) --ServerApp.port_retries=0 \
+	  --notebook-dir=. --ServerApp.default_url=/$(QUICKSTART) --IdentityProvider.token=$$token \
+	  --ServerApp.log_level=WARN
 
 test: setup browser
 	$(PY) -m pytest
+
+notebooks: setup
+	$(PY) tools/make_notebooks.py
 
 bench: setup
 	for f in bench/*.py; do $(PY) $$f || exit 1; done

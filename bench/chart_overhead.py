@@ -4,9 +4,11 @@ Both runs have the progress bar, as a notebook user sees them. The chart renders
 exactly as in a Jupyter kernel (an IPython shell whose display publisher keeps the outputs), so
 the cost measured is Agg drawing + PNG encoding + publishing. Timed in one process, alternating
 A/B, median over rounds; the time spent inside the chart's own event handlers is reported too.
-The chart spends at most 1.5 % of a run redrawing, plus one last redraw when the run ends (50-70
-ms here), so the overhead falls with the run's length: ``--epochs`` sets it (60 digits epochs: about
-3 s on this 2-core machine; a 1.5 s run pays ~5 %, mostly that last redraw).
+The chart draws its first frame 0.5 s into the run (so a user sees a chart within a second), then
+steady frames within 1.5 % of the run's time, and a last frame when the run ends: about two frames
+of 50-70 ms on an idle machine for a 3 s run, so short runs pay those two frames (~4 % at 3 s, ~1.5 %
+at 10 s). ``--epochs`` sets the run's length (60 digits epochs: about 3 s on this 2-core machine).
+On a loaded machine the A/B ratio swings; the time inside the chart's handlers is the steadier number.
 Last line: the ratio chart / no chart (goal <= 1.03).
 
     python bench/chart_overhead.py [--rounds 5] [--epochs 60] [--threads 1]

@@ -1,4 +1,9 @@
-"""A tqdm.auto progress bar as a subscriber of the engine's events (a widget in notebooks, text elsewhere)."""
+"""A tqdm.auto progress bar as a subscriber of the engine's events (a widget in notebooks, text elsewhere).
+
+In a notebook the bar's output is shown under a display id and updated once more when the run ends,
+so the text a saved notebook keeps beside the widget is the final line (``distill: 100%|...| 690/690``),
+not the ``0%|`` the bar started with.
+"""
 from __future__ import annotations
 
 import time
@@ -13,13 +18,22 @@ class ProgressBar(Callback):
         self.min_interval = min_interval
         self.leave = leave
         self.bar = None
+        self._display = None  # the notebook display of the bar's widget, updated with its last line at the end
         self._last = 0.0
 
     def on_run_start(self, state: RunState) -> None:
         from tqdm.auto import tqdm
+        from tqdm.std import tqdm as text_tqdm
 
         total = state.epochs * state.steps_per_epoch or None
-        self.bar = tqdm(total=total, desc=state.title, unit="step", leave=self.leave, mininterval=self.min_interval)
+        options = dict(total=total, desc=state.title, unit="step", leave=self.leave, mininterval=self.min_interval)
+        if tqdm.status_printer is not text_tqdm.status_printer:  # tqdm.auto chose the notebook widget
+            from IPython.display import display
+
+            self.bar = tqdm(**options, display=False)
+            self._display = display(self.bar.container, display_id=True)
+        else:
+            self.bar = tqdm(**options)
         self._last = 0.0
 
     def on_step_end(self, state: RunState) -> None:
@@ -43,4 +57,6 @@ class ProgressBar(Callback):
     def on_run_end(self, state: RunState) -> None:
         if self.bar is not None:
             self.bar.close()
-            self.bar = None
+            if self._display is not None and self.leave:
+                self._display.update(self.bar.container)  # the saved notebook's text: the final line
+            self.bar = self._display = None

@@ -217,6 +217,27 @@ RUN_ALL_JS = """() => {
 # The saved-notebook view of the outputs (what nbformat would write), per cell.
 NOTEBOOK_JSON_JS = "() => window.__kdnb.panel.context.model.toJSON()"
 
+# Run code in the notebook's kernel (not as a cell) and return what it printed and returned.
+KERNEL_EXECUTE_JS = """async (code) => {
+  const kernel = window.__kdnb.panel.sessionContext.session.kernel;
+  const future = kernel.requestExecute({code, silent: false, store_history: false});
+  let text = '';
+  future.onIOPub = (msg) => {
+    const type = msg.header.msg_type, content = msg.content;
+    if (type === 'stream') text += content.text;
+    if (type === 'execute_result') text += content.data['text/plain'];
+    if (type === 'error') text += content.ename + ': ' + content.evalue;
+  };
+  await future.done;
+  return text;
+}"""
+
+SAVE_JS = """async () => {
+  const panel = window.__kdnb.panel;
+  await panel.context.save();
+  return panel.context.path;
+}"""
+
 
 class Notebook:
     """One notebook opened in the lab page, driven through the lab's commands."""
@@ -289,6 +310,17 @@ class Notebook:
 
     def notebook_json(self) -> dict:
         return self.page.evaluate(NOTEBOOK_JSON_JS)
+
+    def kernel(self, code: str) -> str:
+        """Run ``code`` in the notebook's kernel (no cell is added) and return its printed and returned text."""
+        return self.page.evaluate(KERNEL_EXECUTE_JS, code)
+
+    def save(self) -> None:
+        self.page.evaluate(SAVE_JS)
+
+    def text(self) -> str:
+        """Everything the notebook shows, as text (cells are all attached: windowing is off)."""
+        return self.panel.inner_text()
 
     def errors(self) -> list[str]:
         """Every error a person would see: error outputs, tracebacks on stderr, broken widgets."""

@@ -93,7 +93,7 @@ def test_repr_is_deterministic_apart_from_the_latency_line():
     first, second = repr(kdnb.measure(net, data, **FAST)), repr(kdnb.measure(net, data, **FAST))
     *stable, latency = first.splitlines()
     assert stable == second.splitlines()[:-1]
-    assert re.fullmatch(rf"latency +[0-9.]+ ms/batch \(batch 16, cpu, {torch.get_num_threads()} threads?\)", latency)
+    assert re.fullmatch(rf"latency +[0-9.]+ ms/batch \(batch 16, cpu, {torch.get_num_threads()} threads?\)(; NOISY: .*)?", latency)
     assert "MACs            176 per sample" in first
     html = kdnb.measure(net, data, **FAST)._repr_html_()
     assert "<table>" in html and "ms/batch" in html
@@ -178,3 +178,28 @@ def test_shared_and_masked_layers_are_counted_once_each():
     assert m.params == 3 * (16 * 16 + 16)
     assert m.macs == 4 * 16 * 16  # the shared layer runs twice
     assert m.nonzero_macs == 4 * 16 * 16 // 2
+
+
+class Jittery(nn.Module):
+    """A model whose passes take 0 or 20 ms in turn: a machine busy half of the time."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.calls = nn.Linear(4, 2), 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls % 2:
+            import time
+            time.sleep(0.02)
+        return self.fc(x)
+
+
+def test_latency_is_the_median_of_warmed_up_repeats_and_a_large_spread_is_flagged():
+    net = Jittery()
+    m = kdnb.measure(net, torch.randn(3, 4), repeats=9, warmup=2)
+    assert net.calls >= 2 + 9  # warm-up and repeats (and the MACs count and shape check)
+    assert m.latency_spread > 0.25 and m.latency_noisy
+    assert "NOISY" in m.latency_line() and "measure again" in m.latency_line()
+    comparison = kdnb.compare({"jittery": Jittery(), "plain": nn.Linear(4, 2)}, torch.randn(3, 4), repeats=9, warmup=2)
+    assert "NOISY" in comparison.latency_line()

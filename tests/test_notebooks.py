@@ -4,10 +4,17 @@ solutions notebook beside it, stubs reporting "not done yet" and solutions passi
 nbval (pytest's notebooks/ run) re-executes every notebook; these tests read the saved files, so
 they also catch a notebook committed without its outputs or regenerated only in part.
 """
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from nbsource import notebook_of, targets  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TUTORIALS = sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb"))
@@ -26,6 +33,26 @@ def text(cell):
     return "".join(parts)
 
 
+@pytest.mark.parametrize("path", sorted(targets()), ids=lambda p: p.name)
+def test_saved_notebook_matches_its_source(path):
+    """The committed .ipynb has the cells its notebooks/src/ source makes (sources compared, nothing run)."""
+    source, which = targets()[path]
+    made = [(c.cell_type, c.source) for c in notebook_of(source, which).cells]
+    saved = [(c.cell_type, c.source) for c in nbformat.read(path, as_version=4).cells]
+    assert saved == made, f"{path.name} drifted from {source.name}: run `make notebooks`"
+
+
+def test_every_notebook_has_a_source():
+    made = set(targets())
+    assert set(TUTORIALS + EXERCISES + SOLUTIONS) <= made, "a notebook without a source in notebooks/src/"
+
+
+def test_tutorials_use_only_the_public_api():
+    for path in TUTORIALS:
+        source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)
+        assert "kdnb.engine" not in source, f"{path.name} imports kdnb's internals"
+
+
 def test_the_five_tutorials_exist():
     assert [p.name[:2] for p in TUTORIALS] == ["00", "01", "02", "03", "04"]
 
@@ -34,7 +61,7 @@ def test_the_five_tutorials_exist():
 def test_saved_executed_in_order_without_errors(path):
     cells = code_cells(path)
     counts = [c.execution_count for c in cells]
-    assert counts == list(range(1, len(cells) + 1)), "run it top to bottom: tools/make_notebooks.py"
+    assert counts == list(range(1, len(cells) + 1)), "run it top to bottom: make notebooks"
     errors = [o for c in cells for o in c.outputs if o.output_type == "error"]
     assert not errors, errors[0].get("evalue")
     assert sum("# NBVAL_CHECK_OUTPUT" in c.source for c in cells) >= 1, "no cell's output is checked"
@@ -72,3 +99,37 @@ def test_solutions_pass_every_check(path):
     for cell in checks:
         assert "Well done" in text(cell), text(cell)
         assert "NotImplementedError" not in cell.source
+
+
+ROOT = NOTEBOOKS.parent
+
+
+@pytest.mark.slow
+def test_tutorials_pass_without_the_cpus_vector_kernels():
+    """The tutorials' checks hold on any CPU: nbval re-runs them with ATen's portable kernels
+    (``ATEN_CPU_CAPABILITY=default``, no AVX), which change the floating-point results of training.
+    The native run is the suite's own nbval pass over notebooks/."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, TUTORIALS)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def readme_script() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## The API at a glance"):]
+    return section[section.index("```python\n") + len("```python\n"):section.index("\n```\n")]
+
+
+@pytest.mark.slow
+def test_the_readme_api_script_runs_and_prints_its_results(tmp_path):
+    script = tmp_path / "glance.py"
+    script.write_text(readme_script())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "always"}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for printed in ("gap closure", "pruned 90.00% of prunable weights", "params x", "nonzero params"):
+        assert printed in done.stdout, done.stdout
+    warnings = [line for line in done.stderr.splitlines() if re.search(r"\.py:\d+: \w*Warning", line)]
+    assert all(line.startswith(str(script)) for line in warnings), warnings  # at the script's lines, not kdnb's

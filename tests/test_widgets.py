@@ -101,12 +101,25 @@ def test_chart_redraws_at_most_max_rate_times_a_second(shell, clock):
     assert 2 <= chart.redraws <= run_seconds * 4 + 1  # + the last one, when the run ends
 
 
-def test_chart_keeps_drawing_within_its_budget(shell, clock):
+def test_chart_draws_a_first_frame_at_once_then_steadily_within_its_budget(shell, clock, monkeypatch):
+    drawn_at = []
+    counted_png = live.png
+
+    def recording_png(figure):
+        drawn_at.append(clock.now)
+        return counted_png(figure)
+
+    monkeypatch.setattr(live, "png", recording_png)
     chart = LiveChart(image=True, max_rate=4.0, budget=0.02)
+    start = clock.now
     with capture_output():
         drive(chart, clock, steps=1000, step_s=0.01)  # a 10 s run; each redraw takes 50 ms
-    drawn = 0.05 * (chart.redraws - 1)  # all but the final redraw
-    assert chart.redraws >= 2 and drawn <= 0.02 * 10.0 + 1e-9
+    first, *steady, final = [at - start for at in drawn_at]
+    assert first <= 1.0  # a picture within a second of the start
+    assert len(steady) >= 2 and 0.05 * len(steady) <= 0.02 * 10.0  # frames during the run, within budget
+    gaps = [b - a for a, b in zip([first, *steady], steady)]
+    assert max(gaps) - min(gaps) <= 0.02  # a steady rate: 50 ms / 2 % = one frame every 2.5 s
+    assert min(gaps) == pytest.approx(0.05 / 0.02, abs=0.06)
 
 
 def test_chart_updates_one_display_and_leaves_png_and_summary(shell, clock):
@@ -124,23 +137,50 @@ def test_chart_updates_one_display_and_leaves_png_and_summary(shell, clock):
     assert summary_line(chart.runs[0]) in captured.stdout
 
 
-def test_runs_of_one_call_are_drawn_apart(shell, clock):
+def test_runs_of_one_call_follow_one_another_and_a_baseline_is_overlaid(shell, clock):
     chart = LiveChart(image=True)
     with capture_output() as captured:
-        drive(chart, clock, steps=100, step_s=0.01, title="scratch")
-        drive(chart, clock, steps=50, step_s=0.01, title="distill", extra=lambda step: step / 100)
-    assert [run.title for run in chart.runs] == ["scratch", "distill"]
+        drive(chart, clock, steps=100, step_s=0.01, title="finetune 1/2 (unstructured)")
+        drive(chart, clock, steps=50, step_s=0.01, title="finetune 2/2 (unstructured)", extra=lambda step: step / 100)
+        drive(chart, clock, steps=50, step_s=0.01, title="control (unstructured)")
+    assert [run.title for run in chart.runs] == ["finetune 1/2 (unstructured)", "finetune 2/2 (unstructured)",
+                                                 "control (unstructured)"]
     figure = chart._figure.figure
     loss, accuracy, sparsity = figure.axes
-    assert {t.get_text() for t in loss.texts} == {"scratch", "distill"}
+    assert [t.get_text() for t in loss.texts] == ["1/2", "2/2"]  # what tells the rounds apart: no overlapping titles
     assert loss.get_xlabel() == "step" and accuracy.get_ylabel() == "accuracy (%)"
+    assert accuracy.get_xlabel().startswith("step")  # one unit for the steps of every panel
     assert sparsity.get_ylabel() == "sparsity (%)" and sparsity.get_lines()[0].get_xdata()[0] == 101
-    assert [t.get_text() for t in accuracy.get_legend().get_texts()] == ["scratch", "distill"]
-    artists = chart._figure._artists  # runs follow one another: "distill" starts where "scratch" ended
-    assert list(artists["acc", 0].get_xdata()) == [1, 2, 3, 4, 5] and list(artists["acc", 1].get_xdata())[0] == 6
+    assert [t.get_text() for t in accuracy.get_legend().get_texts()] == [run.title for run in chart.runs]
+    assert accuracy.get_legend()._loc == 4  # lower right
+    artists = chart._figure._artists  # the second round starts where the first ended; the control from 0, over it
+    assert list(artists["acc", 0].get_xdata()) == [20, 40, 60, 80, 100]
+    assert list(artists["acc", 1].get_xdata()) == [110, 120, 130, 140, 150]
     assert artists["loss", 1, "loss"].get_xdata()[0] == 101
+    assert list(artists["acc", 2].get_xdata()) == [110, 120, 130, 140, 150]  # overlaid on the round it follows
+    assert artists["loss", 2, "loss"].get_xdata()[0] == 101
+    assert artists["loss", 2, "loss"].get_color() != artists["loss", 1, "loss"].get_color()
+    assert "control (unstructured) kd" in [t.get_text() for t in loss.get_legend().get_texts()]
     assert captured.outputs[-1].data["text/plain"].splitlines() == [summary_line(run) for run in chart.runs]
     assert "sparsity 50.0%" in captured.outputs[-1].data["text/plain"]
+
+
+def test_distill_and_scratch_share_their_axes(shell, clock):
+    chart = LiveChart(image=True)
+    with capture_output():
+        drive(chart, clock, steps=100, step_s=0.01, title="distill")
+        drive(chart, clock, steps=100, step_s=0.01, title="scratch")
+    artists = chart._figure._artists
+    assert list(artists["acc", 0].get_xdata()) == list(artists["acc", 1].get_xdata()) == [20, 40, 60, 80, 100]
+    assert artists["loss", 1, "loss"].get_label() == "scratch loss" and artists["loss", 1, "loss"].get_linestyle() == ":"
+
+
+def test_one_run_has_no_accuracy_legend_that_could_misname_it(shell, clock):
+    chart = LiveChart(image=True)
+    with capture_output():
+        drive(chart, clock, steps=50, step_s=0.01, title="train")
+    assert chart._figure.figure.axes[1].get_legend() is None
+    assert chart._figure.figure.axes[1].get_title() == "validation accuracy"
 
 
 def test_real_run_with_the_chart(shell):
@@ -205,10 +245,11 @@ def test_plot_history_of_one_run_and_of_several():
     history = fit(models.mlp(8, [8], 3), loader(), loader(seed=1), epochs=2)
     figure = plot_history(history)
     loss, accuracy = figure.axes
-    assert loss.get_ylabel() == "loss" and accuracy.get_xlabel() == "epoch"
-    assert len(accuracy.get_lines()[0].get_xdata()) == 2
-    figure = plot_history({"scratch": history, "distill": history})
-    assert [t.get_text() for t in figure.axes[0].texts] == ["scratch", "distill"]
+    assert loss.get_ylabel() == "loss" and accuracy.get_xlabel().startswith("step")
+    assert list(accuracy.get_lines()[0].get_xdata()) == [6, 12]  # the end of each of the two epochs of 6 steps
+    figure = plot_history({"distill": history, "scratch": history})
+    assert [t.get_text() for t in figure.axes[0].texts] == ["distill"]  # scratch is overlaid, named in the legend
+    assert [t.get_text() for t in figure.axes[1].get_legend().get_texts()] == ["distill", "scratch"]
 
 
 def test_history_figure_reuses_its_lines():
@@ -232,8 +273,9 @@ def test_slider_moves_update_the_numbers_and_fill_the_curve(trained):
     assert explorer.numbers["sparsity"] == 0.9 and explorer.numbers["nonzero"] < 0.2 * dense["params"]
     assert explorer.numbers["bytes"] < dense["bytes"]
     assert "90%" in explorer.table.value and f"{explorer.numbers['nonzero']:,}" in explorer.table.value
-    explorer.slider.value = 0.5
-    assert sorted(explorer.curves["l1", False]) == [0.0, 0.5, 0.9]
+    assert sorted(explorer.curves["l1", False]) == [0.0, 0.5, 0.8, 0.9, 0.95]  # opened with a preview
+    explorer.slider.value = 0.33
+    assert sorted(explorer.curves["l1", False]) == [0.0, 0.33, 0.5, 0.8, 0.9, 0.95]
     assert bytes(explorer.image.value).startswith(b"\x89PNG")
 
 
@@ -289,6 +331,32 @@ def test_apply_stores_in_the_notebook_by_default(trained, shell):
     explorer.slider.value = 0.5
     model = explorer.apply("thin")
     assert shell.user_ns["thin"] is model and model[1].out_features < trained[1].out_features
+
+
+def test_apply_never_overwrites_a_variable_of_the_users(trained):
+    users_model = torch.nn.Linear(1, 1)
+    namespace: dict = {"pruned": users_model, "pruned_2": "also theirs"}
+    explorer = SparsityExplorer(trained, loader(seed=1), data=loader(), namespace=namespace)
+    assert explorer.name.value == "pruned_3"  # the box suggests a free name
+    explorer.slider.value = 0.5
+    model = explorer.apply("pruned")  # asked for a taken name: stored beside it, and said so
+    assert namespace["pruned"] is users_model and namespace["pruned_2"] == "also theirs"
+    assert namespace["pruned_3"] is model and explorer.stored_as == "pruned_3"
+    assert "<code>pruned_3</code>" in explorer.status.value and "<code>pruned</code> holds a variable of yours" in explorer.status.value
+    explorer.slider.value = 0.7
+    again = explorer.apply("pruned_3")  # its own earlier result: may be replaced
+    assert namespace["pruned_3"] is again
+    explorer.apply("pruned", replace=True)  # only when asked
+    assert namespace["pruned"] is not users_model
+
+
+def test_saved_explorer_output_has_a_picture(trained):
+    explorer = SparsityExplorer(trained, loader(seed=1), data=loader(), namespace={})
+    bundle = explorer._repr_mimebundle_()
+    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "accuracy" in bundle["text/plain"]
+    temperature = TemperatureExplorer(trained, loader(seed=1))
+    assert base64.b64decode(temperature._repr_mimebundle_()["image/png"]).startswith(b"\x89PNG")
 
 
 # ---- the temperature explorer ----

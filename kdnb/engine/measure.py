@@ -2,7 +2,9 @@
 
 `measure` looks at one model, `compare` puts several side by side with ratios to the first.
 Every number but latency is deterministic, so the printed text is stable (nbval compares it);
-latency stays on its own ``latency`` line.
+latency stays on its own ``latency`` line. Latency is the median of repeated, warmed-up passes, and
+a measurement whose repeats disagree (interquartile range over NOISY_SPREAD of the median) says so
+on that line instead of passing noise off as a fact.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from kdnb.engine.serialize import file_size, module_tensors, plain_modules
 from kdnb.engine.table import Table, format_value
 
 PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)  # the layers whose weights `sparsity` counts
+NOISY_SPREAD = 0.25  # latency_spread above this: the machine was busy while timing, the median is unsure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +50,8 @@ class Measurement:
         bytes_dense: size of the `kdnb.save` file with every tensor stored dense.
         bytes: size of the `kdnb.save` file (sparse tensors stored compactly).
         latency_ms: median wall time of one forward pass over a batch, in milliseconds.
+        latency_spread: interquartile range of the timed passes / their median (0: all equal); above
+            ``NOISY_SPREAD`` the latency line flags the measurement as noisy.
         batch_size, device, threads: the batch, device and ``torch.get_num_threads()`` of the timing.
         accuracy: top-1 accuracy over the labelled data, None without labels.
     """
@@ -64,12 +69,18 @@ class Measurement:
     device: str
     threads: int
     accuracy: float | None = None
+    latency_spread: float = 0.0
+
+    @property
+    def latency_noisy(self) -> bool:
+        return self.latency_spread > NOISY_SPREAD
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def latency_line(self) -> str:
-        return f"latency         {self.latency_ms:.3f} ms/batch (batch {self.batch_size}, {self._where()})"
+        noisy = f"; {_noisy(self.latency_spread)}" if self.latency_noisy else ""
+        return f"latency         {self.latency_ms:.3f} ms/batch (batch {self.batch_size}, {self._where()}){noisy}"
 
     def _where(self) -> str:
         threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
@@ -151,7 +162,7 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
             _check_runs(net, x)
         with torch.inference_mode():
             macs, nonzero_macs = _macs(net, x)
-            latency = _latency_ms(net, x, target, repeats, warmup)
+            latency, spread = _latency_ms(net, x, target, repeats, warmup)
             accuracy = evaluate(net, loader)["accuracy"] if labelled else None
 
     params, nonzero, weights, zero_weights = parameter_counts(model)
@@ -162,7 +173,7 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
         macs=macs, nonzero_macs=nonzero_macs,
         bytes_dense=file_size(model, compact=False), bytes=file_size(model),
         latency_ms=latency, batch_size=x.shape[0], device=_device_name(target), threads=torch.get_num_threads(),
-        accuracy=accuracy,
+        accuracy=accuracy, latency_spread=spread,
     )
 
 
@@ -238,7 +249,10 @@ def _macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     return round(total / 2 / n), round((total - sparse_saving) / 2 / n)
 
 
-def _latency_ms(model: nn.Module, x: torch.Tensor, device: torch.device, repeats: int, warmup: int) -> float:
+def _latency_ms(model: nn.Module, x: torch.Tensor, device: torch.device, repeats: int,
+                warmup: int) -> tuple[float, float]:
+    """(median ms, interquartile range / median) of ``repeats`` timed passes after ``warmup`` untimed ones.
+    The median ignores the few passes a busy machine slows down; the spread says how busy it was."""
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -251,7 +265,14 @@ def _latency_ms(model: nn.Module, x: torch.Tensor, device: torch.device, repeats
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    median = statistics.median(times)
+    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (median, median, median)
+    return median * 1000, (q3 - q1) / median if median > 0 else 0.0
+
+
+def _noisy(spread: float) -> str:
+    return (f"NOISY: the repeats spread over {100 * spread:.0f}% of the median (machine busy?); "
+            "measure again, or with more repeats")
 
 
 def _percent(fraction: float) -> str:
@@ -294,6 +315,9 @@ class Comparison:
             parts.append(f"{r['model']} {r['latency_ms']:.3f} ms{speed}{where}")
         first = self.measurements[rows[0]["model"]]
         tail = f"; per batch of {first.batch_size}, {first._where()}" if same else ""
+        noisy = [m for m in self.measurements.values() if m.latency_noisy]
+        if noisy:
+            tail += f"; {_noisy(max(m.latency_spread for m in noisy))}"
         return "latency  " + ", ".join(parts) + tail
 
     def table(self) -> Table:

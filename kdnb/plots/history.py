@@ -1,8 +1,10 @@
 """The figure of one or more training runs: loss terms per step, accuracy per epoch, sparsity.
 
-Runs of one verb call (e.g. "distill" then "scratch", or the rounds of iterative pruning) follow
-one another on the step and epoch axes: a dashed line separates them, their titles stand above
-the loss panel and the accuracy legend names them.
+Runs of one verb call (the rounds of iterative pruning) follow one another on the step axis: a
+dashed line separates them, their titles stand above the loss panel and the accuracy legend names
+them. A baseline run ("scratch" beside "distill", "control" beside "finetune") is overlaid on the
+run before it, from step 0, in its own colour and legend entry. Every panel counts optimizer steps
+(accuracy is marked at the end of each epoch), so runs of different epoch lengths line up.
 `HistoryFigure` updates its lines in place, so the live chart can redraw it several times a second;
 `plot_history` draws a finished history once.
 """
@@ -24,10 +26,11 @@ TERM_COLORS = {"loss": "black", "ce": "tab:blue", "kd": "tab:orange", "hint": "t
                "tckd": "tab:purple", "nckd": "tab:brown"}
 SPARE_COLORS = ("tab:red", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 RUN_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
-# Where the curves usually are not: losses fall, sparsity rises. A fixed place keeps the legend still
-# between redraws, and "best" searches every line's points at every redraw: fine for the few accuracy
-# points (which fall when a pruning round goes too far), too slow for thousands of loss steps.
-LEGEND_PLACES = {"loss": "upper right", "accuracy": "best", "sparsity": "lower right"}
+BASELINES = ("scratch", "control")  # runs that compare with the run before them: drawn over it, from step 0
+BASELINE_COLOR = "tab:gray"  # in every panel; no loss term has it
+# Where the curves usually are not: losses fall, accuracy and sparsity rise. A fixed place keeps the legend
+# still between redraws ("best" would move it, and searches every point at every redraw).
+LEGEND_PLACES = {"loss": "upper right", "accuracy": "lower right", "sparsity": "lower right"}
 ROUND_STEPS = [1, 2, 2.5, 5, 10]  # tick spacings: 0.5, 1, 2.5, 5, 10, 20, 25, 50, 100 ...
 MAX_POINTS = 400  # per curve: longer runs are averaged in bins, which also smooths per-batch noise
 
@@ -40,13 +43,27 @@ class Run:
     title: str
     history: History
     sparsity: list[tuple[int, float]] = field(default_factory=list)
+    epoch_steps: list[int] = field(default_factory=list)  # the run's step count at each epoch's end
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.title.split(" ")[0] in BASELINES
+
+    def steps_at_epochs(self) -> np.ndarray:
+        """The step at which each logged epoch ended (evenly spread when the run did not record them)."""
+        count = self.history.num_epochs
+        if len(self.epoch_steps) >= count:
+            return np.asarray(self.epoch_steps[:count], dtype=float)
+        per_epoch = self.history.num_steps / max(count, 1)
+        return per_epoch * np.arange(1, count + 1)
 
     @classmethod
     def from_history(cls, title: str, history: History) -> Run:
         """A finished run; its sparsity (if a schedule logged one) is placed at each epoch's last step."""
-        values = history.epochs.get("sparsity", [])
-        per_epoch = history.num_steps // max(history.num_epochs, 1)
-        return cls(title, history, [((i + 1) * per_epoch, v) for i, v in enumerate(values)])
+        run = cls(title, history)
+        ends = run.steps_at_epochs()
+        run.sparsity = [(int(ends[i]), v) for i, v in enumerate(history.epochs.get("sparsity", []))]
+        return run
 
 
 def binned(values: Sequence[float], max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +76,16 @@ def binned(values: Sequence[float], max_points: int = MAX_POINTS) -> tuple[np.nd
     means = np.add.reduceat(y, starts) / np.diff(np.append(starts, len(y)))
     centers = starts + (np.minimum(starts + size, len(y)) - starts + 1) / 2
     return centers, means
+
+
+def short_titles(titles: Sequence[str]) -> dict[str, str]:
+    """Several runs side by side ("finetune 1/3 (unstructured)", "finetune 2/3 (unstructured)") are
+    marked by what tells them apart ("1/3", "2/3"): full titles would run into each other."""
+    if len(titles) < 2:
+        return {}
+    common = set(titles[0].split()).intersection(*(title.split() for title in titles[1:]))
+    short = {title: " ".join(word for word in title.split() if word not in common) for title in titles}
+    return {title: label or title for title, label in short.items()}
 
 
 class HistoryFigure:
@@ -75,25 +102,28 @@ class HistoryFigure:
         self._legends: dict[str, tuple] = {}
         self._term_colors: dict[str, str] = dict(TERM_COLORS)
         self._labelled: set[str] = set()
+        self._short_titles: dict[str, str] = {}
 
     def update(self, runs: Sequence[Run]) -> Any:
         """Draw ``runs`` (in order) and return the matplotlib Figure."""
         self._layout(with_sparsity=any(run.sparsity for run in runs))
-        steps = epochs = 0  # where each run starts: the runs before it have finished
+        self._short_titles = short_titles([run.title for run in runs if not run.is_baseline])
+        start = end = 0  # a run starts where the runs before it ended; a baseline where the run it follows began
         for index, run in enumerate(runs):
-            self._draw_loss(index, run, steps)
-            self._draw_accuracy(index, run, epochs)
+            start = start if run.is_baseline else end
+            self._draw_loss(index, run, start)
+            self._draw_accuracy(index, run, start)
             if run.sparsity:
-                self._draw_sparsity(index, run, steps)
-            steps, epochs = steps + run.history.num_steps, epochs + run.history.num_epochs
+                self._draw_sparsity(index, run, start)
+            end = max(end, start + run.history.num_steps)
         for name, ax in self._panels.items():
             ax.relim()
             ax.autoscale_view()
             handles = tuple(line for line in ax.get_lines() if not line.get_label().startswith("_"))
-            if handles and self._legends.get(name) != handles:
+            # One accuracy or sparsity curve needs no legend: the panel's title names it.
+            if (len(handles) > 1 or name == "loss") and self._legends.get(name) != handles:
                 ax.legend(handles=list(handles), fontsize=8, loc=LEGEND_PLACES[name], frameon=False)
                 self._legends[name] = handles
-        self._panels["accuracy"].set_xlim(0.5, max(epochs, 1) + 0.5)  # whole epochs, even for one
         return self.figure
 
     def _layout(self, with_sparsity: bool) -> None:
@@ -115,7 +145,7 @@ class HistoryFigure:
         acc = self._panels["accuracy"]
         loss.set_xlabel("step")
         loss.set_ylabel("loss")
-        acc.set_xlabel("epoch")
+        acc.set_xlabel("step (a point per epoch)")
         acc.set_ylabel("accuracy (%)")
         acc.set_title("validation accuracy", fontsize=9)
         if with_sparsity:
@@ -129,7 +159,6 @@ class HistoryFigure:
             ax.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=ROUND_STEPS))
             ax.tick_params(labelsize=8)
             ax.grid(alpha=0.25)
-        acc.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))  # every epoch of a short run
 
     def _artist(self, key: tuple, make: Any) -> Any:
         if key not in self._artists:
@@ -138,7 +167,8 @@ class HistoryFigure:
 
     def _draw_loss(self, index: int, run: Run, offset: int) -> None:
         for term in run.history.steps:
-            line = self._artist(("loss", index, term), lambda: self._term_line(term))
+            line = self._artist(("loss", index, term), lambda: self._baseline_line(index, run, term)
+                                if run.is_baseline else self._term_line(term))
             x, y = binned(run.history.steps[term])
             line.set_data(x + offset, y)
         self._run_marker(index, run, offset)
@@ -153,13 +183,22 @@ class HistoryFigure:
         return self._panels["loss"].plot([], [], color=self._term_colors[term], lw=1.1 if term == "loss" else 0.9,
                                          label=label)[0]
 
+    def _baseline_line(self, index: int, run: Run, term: str) -> Any:
+        """A baseline's loss: the run's own colour, dotted, named by the run (and the term, if several)."""
+        label = run.title if len(run.history.steps) == 1 else f"{run.title} {term}"
+        return self._panels["loss"].plot([], [], color=BASELINE_COLOR, ls=":", lw=1.2, label=label)[0]
+
     def _run_marker(self, index: int, run: Run, offset: int) -> None:
-        """A dashed line where the run starts (after the first) and its title above the loss panel."""
+        """A dashed line where the run starts (after the first) and its title above the loss panel;
+        a baseline has neither (it is overlaid, and its legend entry names it)."""
         ax = self._panels["loss"]
+        if run.is_baseline:
+            return
         if index > 0:
             self._artist(("start", index), lambda: ax.axvline(offset + 0.5, color="0.5", ls="--", lw=0.8))
-        self._artist(("title", index), lambda: ax.text(offset + 0.5, 1.02, run.title, fontsize=9, ha="left",
-                                                       va="bottom", transform=ax.get_xaxis_transform()))
+        text = self._artist(("title", index), lambda: ax.text(offset + 0.5, 1.02, "", fontsize=9, ha="left",
+                                                              va="bottom", transform=ax.get_xaxis_transform()))
+        text.set_text(self._short_titles.get(run.title, run.title))
 
     def _draw_accuracy(self, index: int, run: Run, offset: int) -> None:
         ax = self._panels["accuracy"]
@@ -167,11 +206,11 @@ class HistoryFigure:
         if name not in run.history.epochs and "train_acc" in run.history.epochs:
             name, style, label = "train_acc", "--", f"{run.title} (train)"
         values = run.history.epochs.get(name, [])
-        color = RUN_COLORS[index % len(RUN_COLORS)]
+        color = BASELINE_COLOR if run.is_baseline else RUN_COLORS[index % len(RUN_COLORS)]
         line = self._artist(("acc", index), lambda: ax.plot([], [], style, color=color, marker="o", ms=3.5,
                                                             label=label)[0])
-        line.set_data(offset + np.arange(1, len(values) + 1), 100 * np.asarray(values, dtype=float))
-        if index > 0:
+        line.set_data(offset + run.steps_at_epochs()[:len(values)], 100 * np.asarray(values, dtype=float))
+        if index > 0 and not run.is_baseline:
             self._artist(("epoch start", index), lambda: ax.axvline(offset + 0.5, color="0.5", ls="--", lw=0.8))
 
     def _draw_sparsity(self, index: int, run: Run, offset: int) -> None:

@@ -30,19 +30,22 @@ def plot_prune(result: PruneResult) -> Any:
 
     steps = [t for t in result.trajectory if t.get("val_acc") is not None]
     if steps:
-        curve.plot([t["sparsity"] for t in steps], [t["val_acc"] for t in steps], "o--", color="tab:red",
+        curve.plot([100 * t["sparsity"] for t in steps], [100 * t["val_acc"] for t in steps], "o--", color="tab:red",
                    label="right after pruning")
     tuned = [t for t in steps if t.get("finetuned_acc") is not None]
     if tuned:
-        curve.plot([t["sparsity"] for t in tuned], [t["finetuned_acc"] for t in tuned], "o-", color="tab:green",
+        curve.plot([100 * t["sparsity"] for t in tuned], [100 * t["finetuned_acc"] for t in tuned], "o-",
+                   color="tab:green",
                    label="after fine-tuning")
     epochs = result.history.epochs
     if result.schedule == "agp" and "val_acc" in epochs and "sparsity" in epochs:
-        curve.plot(epochs["sparsity"], epochs["val_acc"], "s-", color="tab:green", label="end of each epoch")
+        curve.plot([100 * s for s in epochs["sparsity"]], [100 * a for a in epochs["val_acc"]], "s-", color="tab:green",
+                   label="end of each epoch")
     if result.dense_accuracy is not None:
-        curve.axhline(result.dense_accuracy, color="gray", linestyle=":", label="dense")
-    curve.set_xlabel("sparsity (fraction of prunable weights removed)")
-    curve.set_ylabel("val accuracy")
+        curve.axhline(100 * result.dense_accuracy, color="gray", linestyle=":", label="dense")
+    # Percent, as in every kdnb chart (the live chart, the explorers).
+    curve.set_xlabel("sparsity (% of prunable weights removed)")
+    curve.set_ylabel("validation accuracy (%)")
     curve.set_title(f"{result.criterion}, {'structured' if result.structured else 'unstructured'}, "
                     f"{result.schedule}", fontsize=10)
     if curve.lines:
@@ -56,10 +59,10 @@ def plot_sensitivity(result: SensitivityResult) -> Any:
     """Val accuracy against sparsity, one line per layer pruned alone; the dense accuracy dotted."""
     figure, (axis,) = _figure(1)
     for layer, accuracy in result.accuracy.items():
-        axis.plot(result.sparsities, accuracy, "o-", label=layer)
-    axis.axhline(result.dense_accuracy, color="gray", linestyle=":", label="dense")
-    axis.set_xlabel("fraction of the layer's " + ("channels" if result.structured else "weights") + " removed")
-    axis.set_ylabel("val accuracy")
+        axis.plot([100 * s for s in result.sparsities], [100 * a for a in accuracy], "o-", label=layer)
+    axis.axhline(100 * result.dense_accuracy, color="gray", linestyle=":", label="dense")
+    axis.set_xlabel("% of the layer's " + ("channels" if result.structured else "weights") + " removed")
+    axis.set_ylabel("validation accuracy (%)")
     axis.set_title(f"sensitivity per layer ({result.criterion})", fontsize=10)
     axis.legend(fontsize=8, ncol=2)
     figure.tight_layout()

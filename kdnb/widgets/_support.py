@@ -2,6 +2,7 @@
 as PNG bytes, and the explorers' ipywidgets-or-text base class."""
 from __future__ import annotations
 
+import base64
 import io
 from types import ModuleType
 from typing import Any
@@ -46,7 +47,9 @@ class Explorer:
                                   f"{INSTALL_HINT})"}
         bundle = self.widget._repr_mimebundle_(**kwargs)
         bundle = bundle[0] if isinstance(bundle, tuple) else bundle
-        return {**bundle, "text/plain": self.text()}  # what a saved notebook or a terminal shows
+        # What a saved notebook shows without the live widget: a picture and the numbers, as at display time.
+        picture = {"image/png": base64.b64encode(png(self.figure())).decode("ascii")} if hasattr(self, "figure") else {}
+        return {**bundle, **picture, "text/plain": self.text()}
 
     def __repr__(self) -> str:
         return self.text()

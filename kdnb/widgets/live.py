@@ -9,11 +9,13 @@ a one-line summary is printed; without a notebook frontend that line is all the 
 from __future__ import annotations
 
 import base64
+import math
+import statistics
 import time
 import uuid
-import warnings
 
 from kdnb.engine.events import Callback, RunState
+from kdnb.errors import warn
 from kdnb.plots.history import HistoryFigure, Run
 from kdnb.widgets._support import in_kernel, png
 
@@ -39,21 +41,26 @@ def summary_line(run: Run) -> str:
 class LiveChart(Callback):
     """Loss terms per step, accuracy per epoch and sparsity of the runs of one verb call, live.
 
-    Redraws at most ``max_rate`` times a second, and less often when drawing is slow: the time spent
-    drawing stays within ``budget`` of the run's time, plus one last redraw when the run ends (the
-    goal is <= 3 % overhead; ``bench/chart_overhead.py`` measures it).
+    The first frame is drawn ``first_frame`` seconds into the call's first run (a chart within a
+    second of pressing run; a run shorter than that only gets its final frame); then frames follow at
+    a steady rate, one every ``max(1 / max_rate, cost / budget)`` seconds where ``cost`` is what a
+    redraw typically takes here (the median of the last five), so the steady redraws stay within
+    ``budget`` of the run's time; one last frame when each run ends. ``bench/chart_overhead.py``
+    measures the overhead.
 
     Args:
         image: draw the PNG chart (default: only inside a Jupyter kernel); False prints the summaries only.
         max_rate: redraws per second at most.
-        budget: the largest fraction of the wall time spent drawing.
+        budget: the fraction of the wall time the steady redraws may take.
+        first_frame: seconds into the first run when the first frame is drawn.
 
     Attributes:
         redraws: how many PNGs were rendered so far (the last one stays in the output).
         runs: the runs drawn, in order.
     """
 
-    def __init__(self, image: bool | None = None, max_rate: float = 4.0, budget: float = 0.015):
+    def __init__(self, image: bool | None = None, max_rate: float = 4.0, budget: float = 0.015,
+                 first_frame: float = 0.5):
         self.image = in_kernel() if image is None else bool(image)
         self.min_interval = 1.0 / max_rate
         self.budget = budget
@@ -61,13 +68,14 @@ class LiveChart(Callback):
         self.redraws = 0
         self._figure: HistoryFigure | None = None
         self._display_id: str | None = None
-        self._cost = 0.05  # seconds one redraw takes; measured after the first
-        self._run_started = self._spent = self._last_draw = 0.0
+        self.first_frame = first_frame
+        self._costs: list[float] = []  # seconds the redraws took
+        self._next_draw = math.inf  # perf_counter time of the next frame
 
     def on_run_start(self, state: RunState) -> None:
         self.runs.append(Run(state.title, state.history))
-        self._run_started = self._last_draw = time.perf_counter()
-        self._spent = 0.0
+        if len(self.runs) == 1:  # later runs of the call keep the steady schedule
+            self._next_draw = time.perf_counter() + self.first_frame
 
     def on_step_end(self, state: RunState) -> None:
         if "sparsity" in state.extra:
@@ -76,15 +84,19 @@ class LiveChart(Callback):
             self._draw()
 
     def on_epoch_end(self, state: RunState) -> None:
+        self.runs[-1].epoch_steps.append(state.history.num_steps)
         if self.image and self._due():
             self._draw()
 
     def _due(self) -> bool:
-        """A redraw is due when the last is ``1 / max_rate`` seconds old and drawing once more keeps the
-        time spent drawing in this run within ``budget`` of the time it has run."""
-        now = time.perf_counter()
-        return (now - self._last_draw >= self.min_interval
-                and self._spent + self._cost <= self.budget * (now - self._run_started))
+        return time.perf_counter() >= self._next_draw
+
+    def _interval(self) -> float:
+        """Seconds between steady frames: ``1 / max_rate``, or longer so that a typical redraw (the
+        median of the last few) takes ``budget`` of the time."""
+        if not self._costs:
+            return self.min_interval
+        return max(self.min_interval, statistics.median(self._costs[-5:]) / self.budget)
 
     def on_run_end(self, state: RunState) -> None:
         if self.image:
@@ -102,14 +114,14 @@ class LiveChart(Callback):
             picture = png(self._figure.update(self.runs))
             self._show(picture, final)
         except Exception as error:  # noqa: BLE001 — the chart is a spectator; training goes on without it
-            warnings.warn(f"the live chart stopped drawing ({type(error).__name__}: {error}); "
-                          f"training continues. Set KDNB_PLOT=0 to turn it off.", RuntimeWarning, stacklevel=2)
+            warn(f"the live chart stopped drawing ({type(error).__name__}: {error}); "
+                 f"training continues. Set KDNB_PLOT=0 to turn it off.", RuntimeWarning)  # at the user's line
             self.image = False
             return
+        finished = time.perf_counter()
+        self._costs.append(finished - started)  # the first also builds the figure: an overestimate, on the safe side
         self.redraws += 1
-        self._last_draw = time.perf_counter()
-        self._cost = self._last_draw - started
-        self._spent += self._cost
+        self._next_draw = finished + self._interval()
 
     def _show(self, picture: bytes, final: bool) -> None:
         from IPython.display import display, update_display

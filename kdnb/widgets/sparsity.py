@@ -2,7 +2,8 @@
 
 Scores are computed once per criterion (and mode) by `kdnb.engine.prune.scores.importance`; a slider
 move then costs one mask (`masks_at`: a sort of the scores) and one evaluation of the masked copy,
-so the numbers follow the slider. The accuracy-vs-sparsity curve fills in as the slider visits values.
+so the numbers follow the slider. The accuracy-vs-sparsity curve starts with a few points and fills in as
+the slider visits values; the saved notebook keeps its picture.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ CRITERIA = ("l1", "taylor", "hessian", "random")
 MODES = {"unstructured": False, "structured": True}
 NUMBERS_STYLE = ("<style>.kdnb-sparsity-numbers td, .kdnb-sparsity-numbers th {padding: 1px 10px}"
                  ".kdnb-sparsity-numbers td + td, .kdnb-sparsity-numbers th + th {text-align: right}</style>")
+PREVIEW = (0.5, 0.8, 0.9, 0.95)  # sparsities measured when the explorer opens (a mask and an evaluation each)
 CURVE_COLORS = {"l1": "tab:blue", "taylor": "tab:orange", "hessian": "tab:green", "random": "tab:gray"}
 
 
@@ -51,7 +53,8 @@ class SparsityExplorer(Explorer):
         namespace: where "apply" stores the pruned model (default: the notebook's variables).
 
     Drive it from code: ``explorer.slider.value = 0.9``, ``explorer.criterion.value = "taylor"``,
-    ``explorer.mode.value = "structured"``, ``explorer.name.value = "pruned"``, ``explorer.apply()``;
+    ``explorer.mode.value = "structured"``, ``explorer.name.value = "pruned"``, ``explorer.apply()``
+    (which never overwrites a variable of yours: see `apply`);
     or ``explorer.at(0.9)`` (also without ipywidgets).
     """
 
@@ -74,9 +77,13 @@ class SparsityExplorer(Explorer):
         self.setting = {"criterion": criterion, "structured": bool(structured), "sparsity": 0.0}
         self.numbers: dict[str, Any] = {}
         self.message = ""
+        self._stored: set[str] = set()  # the names apply() stored models in: those it may store in again
+        self.stored_as: str | None = None
         self._figure: Any = None
         self._lines: dict[tuple[str, bool], Any] = {}
         self._scores(criterion, bool(structured))  # a criterion that cannot start (no data) fails here, clearly
+        for sparsity in PREVIEW:  # the curve starts with a few points, so even the saved picture has a shape
+            self.at(sparsity)
         self._build_widget()
         self.at(0.0)
 
@@ -92,7 +99,7 @@ class SparsityExplorer(Explorer):
                                           else "unstructured", style={"button_width": "105px"})
         self.table = widgets.HTML()
         self.image = widgets.Image(format="png", layout={"width": "640px"})
-        self.name = widgets.Text(value="pruned", description="store as", layout={"width": "220px"})
+        self.name = widgets.Text(value=self._suggested_name(), description="store as", layout={"width": "220px"})
         self.button = widgets.Button(description="apply", button_style="primary", icon="scissors",
                                      tooltip="prune a copy of the model at this setting and store it in the variable")
         self.status = widgets.HTML()
@@ -196,21 +203,39 @@ class SparsityExplorer(Explorer):
         self._current.set_data([100 * self.numbers["sparsity"]], [100 * self.numbers["accuracy"]])
         return self._figure
 
-    def apply(self, name: str | None = None) -> torch.nn.Module:
-        """Prune a copy of the model at the current setting with `kdnb.prune` and store it as ``name``
-        (default: the name typed next to the button) in the notebook; returns the pruned model."""
-        from kdnb.api import prune
+    def apply(self, name: str | None = None, *, replace: bool = False) -> torch.nn.Module:
+        """Prune a copy of the model at the current setting (`kdnb.engine.prune.prune`, one shot, no
+        fine-tuning) and store it in the notebook as ``name`` (default: the name typed next to the button).
+
+        A notebook variable that this explorer did not make is never overwritten unless ``replace=True``:
+        the model goes into the first free name (``pruned_2``, ...), and ``status`` says so.
+        Returns the pruned model.
+        """
+        from kdnb.engine.prune import prune
 
         name = name if name is not None else (self.name.value if self.slider is not None else "pruned")
         if not name.isidentifier():
             raise KdnbError(f"{name!r} is not a valid variable name; type a name like 'pruned'")
+        namespace = self._namespace()
+        stored = self.free_name(name) if not replace else name
         result = prune(self.model, self.setting["sparsity"], criterion=self.setting["criterion"],
-                       structured=self.setting["structured"], data=self.data, val=self.val, example=self.example,
-                       progress=False, plot=False)
-        self._namespace()[name] = result.model
+                       structured=self.setting["structured"], data=self.data, val=self.val, example=self.example)
+        namespace[stored] = result.model
+        self._stored.add(stored)
+        self.stored_as = stored
+        note = "" if stored == name else f" (<code>{name}</code> holds a variable of yours: kept)"
         if self.slider is not None:
-            self.status.value = f"stored the pruned model in <code>{name}</code>"
+            self.status.value = f"stored the pruned model in <code>{stored}</code>{note}"
+            self.name.value = self.free_name(name)  # the next apply does not replace this one either
         return result.model
+
+    def free_name(self, name: str) -> str:
+        """``name`` if it is free in the notebook (or holds a model this explorer stored), else ``name_2``, ..."""
+        namespace, candidate, number = self._namespace(), name, 1
+        while candidate in namespace and candidate not in self._stored:
+            number += 1
+            candidate = f"{name}_{number}"
+        return candidate
 
     def _apply_clicked(self) -> None:
         self.status.value = "pruning..."
@@ -218,6 +243,13 @@ class SparsityExplorer(Explorer):
             self.apply()
         except KdnbError as error:  # a button has no traceback to show: say it next to the button
             self.status.value = f"<span style='color:#b00'>{error}</span>"
+
+    def _suggested_name(self) -> str:
+        """"pruned", or the first free "pruned_N" when the notebook already has a "pruned"."""
+        try:
+            return self.free_name("pruned")
+        except KdnbError:  # no notebook: apply will say so
+            return "pruned"
 
     def _namespace(self) -> MutableMapping[str, Any]:
         if self.namespace is None:

@@ -75,6 +75,9 @@ class DistillResult(Result):
         closure, acc = self.gap_closure, self.accuracy
         if closure is not None:
             return f"gap closure {100 * closure:.1f}% = (distilled - scratch) / (teacher - scratch), val accuracy"
+        if self.baseline_history is None and self.history.status != "completed":  # stopped before any baseline
+            return (f"gap closure: none, the run was {self.history.status} after {self.history.num_epochs} of "
+                    f"{self.settings['epochs']} epochs, before a scratch baseline (baseline=True) could run")
         if self.baseline_history is None:
             return "gap closure: run with baseline=True (and val=) to compare with a student trained from scratch"
         if None in acc.values():

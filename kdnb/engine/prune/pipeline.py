@@ -296,7 +296,7 @@ def _finetune(run: _Run, epochs: int, title: str, subscribers: list[object], net
     return fit(run.work if net is None else net, run.data, run.val, epochs=epochs, optimizer=run.optimizer,
                lr=run.lr, objective=objective, device=run.device, amp=run.amp, seed=run.seed,
                callbacks=[*subscribers, *run.callbacks], scheduler=run.scheduler, grad_clip=run.grad_clip,
-               title=title)
+               title=f"{title} ({'structured' if run.structured else 'unstructured'})")  # names the chart
 
 
 def _prune_and_finetune(run: _Run) -> None:

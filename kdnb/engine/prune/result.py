@@ -117,6 +117,8 @@ class PruneResult(Result):
                   ("nonzero MACs / sample", "nonzero_macs"), ("bytes on disk", "bytes")]
         table_rows = [[label] + [f"{rows[n][key]:.2%}" if key == "sparsity" else rows[n][key] for n in names]
                       for label, key in fields]
+        if self.structured:  # deleted weights leave no zeros behind: say how many were deleted instead
+            table_rows[3][names.index("pruned") + 1] = f"{self.sparsity:.2%} deleted"
         pruned = rows["pruned"]
         notes = [f"compression ratio (dense params / pruned nonzero params): {format_value(pruned['params_x'])}x",
                  f"theoretical speed-up (dense MACs / pruned nonzero MACs): {format_value(pruned['macs_x'])}x",
@@ -134,8 +136,10 @@ class PruneResult(Result):
     def _headline(self) -> str:
         kind = "structured" if self.structured else "unstructured"
         how = (f", {self.pattern}" if self.pattern else "") + (", reconstructed" if self.reconstructed else "")
-        tuned = f", fine-tuned {self.finetune} epoch(s){' with KD' if self.distill else ''}" if self.finetune else ""
-        status = "" if self.history.status == "completed" else f" [{self.history.status}]"
+        completed = self.history.status == "completed"
+        ran = self.finetune if completed else f"{self.history.num_epochs} of {self.finetune}"  # an interrupt: what ran
+        tuned = f", fine-tuned {ran} epoch(s){' with KD' if self.distill else ''}" if self.finetune else ""
+        status = "" if completed else f" [{self.history.status}]"
         return (f"pruned {self.sparsity:.2%} of prunable weights (target {self.target:.2%}): {self.criterion}, "
                 f"{kind}, {self.scope}, {self.schedule}{how}{tuned}{status}")
 
