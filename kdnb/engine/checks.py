@@ -125,7 +125,7 @@ def first_batch(data: Iterable, what: str = "data") -> Any:
 def check_positive(name: str, value: Any, integer: bool = False) -> None:
     if not (is_integer(value) if integer else is_number(value)) or not value > 0 or \
             (not integer and not math.isfinite(value)):
-        kind = "integer" if integer else "finite number"
+        kind = "integer" if integer else "number"
         raise KdnbError(f"{name} should be a positive {kind}, got {shown(value)}; pass e.g. {name}="
                         f"{'5' if integer else '0.001'}")
 
