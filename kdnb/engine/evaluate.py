@@ -40,13 +40,21 @@ def predict(model: torch.nn.Module, data: Iterable) -> tuple[torch.Tensor, torch
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: Iterable) -> dict[str, float]:
-    """{"loss": mean cross-entropy, "accuracy": top-1} over labelled ``data``."""
+    """{"loss": mean cross-entropy, "accuracy": top-1} over labelled ``data``; each batch's labels are
+    checked (1-D class indices in range), so a bad one is a one-line error naming the batch."""
+    from kdnb.engine import checks  # checks reads eval_mode from here
+
     device = model_device(model)
     total_loss, correct, count = 0.0, 0, 0
     with eval_mode(model):
-        for batch in data:
-            x, y = split_batch(to_device(batch, device))
-            out = model(x).float()
+        for index, batch in enumerate(data):
+            where = f"in batch {index + 1} of the evaluated data"
+            x, y = checks.check_batch(to_device(batch, device), f"the data ({where})")
+            if y is None:
+                raise checks.KdnbError(f"the evaluated data has no labels {where}; pass a loader of (inputs, "
+                                       "labels) to measure loss and accuracy")
+            out = checks.logits_of(model, x, "model").float()
+            checks.check_labels(y, out.shape[1], x.shape[0], where)
             total_loss += F.cross_entropy(out, y, reduction="sum").item()
             correct += (out.argmax(dim=1) == y).sum().item()
             count += y.numel()
