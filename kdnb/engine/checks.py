@@ -245,7 +245,7 @@ def logits_of(model: torch.nn.Module, x: torch.Tensor, what: str = "model") -> t
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or not out.dtype.is_floating_point:
         got = f"shape {tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
         raise KdnbError(f"{what} should return float logits of shape (batch, classes), got {got}; "
-                        "end the model with nn.Flatten() and nn.Linear(features, classes)")
+                        "make the model end with nn.Flatten() and nn.Linear(features, classes)")
     if out.shape[0] != x.shape[0]:
         raise KdnbError(f"{what} returned {out.shape[0]} rows of logits for a batch of {x.shape[0]} inputs; "
                         "check that its forward keeps the batch dimension first")

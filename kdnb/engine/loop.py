@@ -100,10 +100,10 @@ def make_optimizer(optimizer: OptimizerSpec, params: list[torch.nn.Parameter], l
                             "e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)") from None
         if not isinstance(made, torch.optim.Optimizer):
             raise KdnbError("optimizer factory should return a torch.optim.Optimizer, "
-                            f"got {type(made).__name__}; e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)")
+                            f"got {type(made).__name__}; pass e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)")
         return made
     raise KdnbError(f"optimizer should be None, a torch.optim.Optimizer or a factory params -> optimizer, "
-                    f"got {type(optimizer).__name__}")
+                    f"got {type(optimizer).__name__}; pass e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)")
 
 
 @contextlib.contextmanager
