@@ -46,8 +46,8 @@ def _tensors(model: torch.nn.Module) -> Iterator[torch.Tensor]:
 def check_trainable(params: list[torch.nn.Parameter], what: str = "model") -> None:
     """Something to train: a frozen model or one without parameters would make the optimizer fail."""
     if not params:
-        raise KdnbError(f"{what} has no trainable parameters (none, or all requires_grad=False); unfreeze "
-                        f"some first: for p in {what}.parameters(): p.requires_grad_(True)")
+        raise KdnbError(f"{what} has no trainable parameters (none, or all requires_grad=False); set some "
+                        f"trainable first: for p in {what}.parameters(): p.requires_grad_(True)")
 
 
 def check_loader(data: Any, what: str = "data") -> Iterable:
@@ -120,6 +120,24 @@ def first_batch(data: Iterable, what: str = "data") -> Any:
             raise KdnbError(f"{what} failed to give its first batch: {type(error).__name__}: {first_line(error)}; "
                             f"check the dataset's __getitem__ and the loader's collate_fn") from None
     raise KdnbError(f"{what} is empty (it yielded no batch); check the dataset and the loader's batch_size")
+
+
+def numbered_batches(data: Iterable, where: Callable[[int], str]) -> Iterator[tuple[int, Any]]:
+    """``enumerate(data)``, with a failure of the user's dataset or collate_fn as one line naming the batch
+    (``where(index)`` says which); its cause stays chained."""
+    iterator, index = iter(data), 0
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (KdnbError, KeyboardInterrupt):
+            raise
+        except Exception as error:  # noqa: BLE001
+            raise KdnbError(f"the data failed to give {where(index)}: {type(error).__name__}: {first_line(error)}; "
+                            "check the dataset's __getitem__ and the loader's collate_fn") from error
+        yield index, batch
+        index += 1
 
 
 def check_positive(name: str, value: Any, integer: bool = False) -> None:

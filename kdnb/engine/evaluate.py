@@ -47,13 +47,13 @@ def evaluate(model: torch.nn.Module, data: Iterable) -> dict[str, float]:
     device = model_device(model)
     total_loss, correct, count = 0.0, 0, 0
     with eval_mode(model):
-        for index, batch in enumerate(data):
+        for index, batch in checks.numbered_batches(data, lambda i: f"batch {i + 1} of the evaluated data"):
             where = f"in batch {index + 1} of the evaluated data"
             x, y = checks.check_batch(to_device(batch, device), f"the data ({where})")
             if y is None:
                 raise checks.KdnbError(f"the evaluated data has no labels {where}; pass a loader of (inputs, "
                                        "labels) to measure loss and accuracy")
-            out = checks.logits_of(model, x, "model").float()
+            out = checks.logits_of(model, x, f"the model ({where})").float()
             checks.check_labels(y, out.shape[1], x.shape[0], where)
             total_loss += F.cross_entropy(out, y, reduction="sum").item()
             correct += (out.argmax(dim=1) == y).sum().item()

@@ -364,9 +364,10 @@ def _train_epoch(run: _Run, data: Iterable, interrupt: dict[str, bool]) -> _Epoc
     start_step = run.state.step
     run.model.train()
     tally = _EpochTally(started=time.perf_counter())
-    for index, batch in enumerate(data):
+    epoch = run.state.epoch + 1
+    for index, batch in checks.numbered_batches(data, lambda i: f"batch {i + 1} of epoch {epoch} (the model is restored)"):
         batch = to_device(batch, run.device)
-        where = f"in batch {index + 1} of epoch {run.state.epoch + 1}"
+        where = f"in batch {index + 1} of epoch {epoch}"
         if run.num_classes is not None:
             x, y = checks.check_batch(batch, f"data ({where})")
             if y is not None:
