@@ -214,7 +214,7 @@ DATA = [
     (lambda: collate(lambda items: (torch.stack([x for x, _ in items]), torch.tensor([0]))), "1 labels for 4"),
     (lambda: collate(lambda items: ([x.tolist() for x, _ in items], torch.tensor([0] * 4))), "inputs"),
     (lambda: collate(lambda items: (torch.stack([x for x, _ in items]), [0, 1, 2, 0])), "labels"),
-    (lambda: collate(lambda items: "a batch"), "batches"),
+    (lambda: collate(lambda items: "a batch"), "a batch should be"),
     (lambda: DataLoader(Items(bad={0: lambda: 1 / 0}), batch_size=4), "ZeroDivisionError"),
 ]
 

@@ -134,6 +134,7 @@ EVALUATE = [
     (lambda: (DictOut(), make_loader()), "dict"),
     (lambda: (on_meta(), make_loader()), "meta"),
     (lambda: (make_net(), DataLoader(Items({9: (torch.randn(6), torch.tensor(1.5))}), batch_size=8)), "batch 2"),
+    (lambda: (make_net(), [1, 2, 3]), "a batch should be"),
 ]
 
 

@@ -209,20 +209,21 @@ def check_loss(loss: Any) -> None:
 
 
 def check_batch(batch: Any, what: str = "data") -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(inputs, labels or None) of one batch, or an error saying what the batch should look like."""
+    """(inputs, labels or None) of one batch, or an error saying what the batch should look like.
+    ``what`` names where the batch came from: "data", "val", "data (batch 3 of epoch 1)"."""
     if isinstance(batch, Mapping) and "x" not in batch:
-        raise KdnbError(f"{what}'s batches are dicts with keys {sorted(map(str, batch))[:6]}; kdnb reads 'x' "
+        raise KdnbError(f"{what}: batches are dicts with keys {sorted(map(str, batch))[:6]}; kdnb reads 'x' "
                         "(inputs) and 'y' (labels): rename them in the dataset's __getitem__ or collate_fn")
     try:
         x, y = split_batch(batch)
     except TypeError:
-        raise KdnbError(f"{what}'s batches should be (inputs, labels) tensors, got a {type(batch).__name__}; "
+        raise KdnbError(f"{what}: a batch should be (inputs, labels) tensors, got {type(batch).__name__}; "
                         "use a DataLoader over a dataset whose items are (x, y)") from None
     if not isinstance(x, torch.Tensor):
-        raise KdnbError(f"{what}'s inputs should be a tensor, got {type(x).__name__}; make the dataset return "
+        raise KdnbError(f"{what}: the inputs should be a tensor, got {type(x).__name__}; make the dataset return "
                         "tensors, e.g. torch.as_tensor(x, dtype=torch.float32)")
     if y is not None and not isinstance(y, torch.Tensor):
-        raise KdnbError(f"{what}'s labels should be a tensor, got {type(y).__name__}; make the dataset return "
+        raise KdnbError(f"{what}: the labels should be a tensor, got {type(y).__name__}; make the dataset return "
                         "tensors, e.g. torch.as_tensor(y)")
     if y is not None and y.dim() == 0:
         raise KdnbError(f"{what} gives one sample at a time (labels of shape ()), not batches; pass "

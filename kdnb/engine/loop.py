@@ -162,7 +162,7 @@ def fit(
                         device=device, seed=seed, callbacks=callbacks)
     objective = objective or Supervised()
     try:
-        num_classes = _check(model, data, val, epochs, settings, objective, check_inputs)
+        num_classes = _check(model, data, val, epochs, settings, objective, evaluate_fn, check_inputs)
     except KeyboardInterrupt:
         return _interrupted_before_start()
     undo = _Undo.take(model, settings.optimizer, data, val)
@@ -179,7 +179,7 @@ def fit(
 
 
 def _check(model: torch.nn.Module, data: Iterable, val: Iterable | None, epochs: int, settings: Settings,
-           objective: Objective, check_inputs: bool) -> int | None:
+           objective: Objective, evaluate_fn: Callable | None, check_inputs: bool) -> int | None:
     """Every argument, before anything changes: a bad input leaves the model exactly where it was.
 
     Returns the number of classes when the first batch was checked (each batch's labels are then checked
@@ -194,19 +194,19 @@ def _check(model: torch.nn.Module, data: Iterable, val: Iterable | None, epochs:
     if isinstance(objective, torch.nn.Module):
         params += [p for p in objective.parameters() if p.requires_grad]
     checks.check_trainable(params)
-    if not check_inputs:
-        return None
-    here = model_device(model)
-    batch = to_device(checks.first_batch(data, "data"), here)
-    num_classes = checks.check_model_fits_data(model, batch, here)
-    checks.check_labels_in_range(data, num_classes)
-    if val is not None:
+    here, num_classes = model_device(model), None
+    if check_inputs:
+        batch = to_device(checks.first_batch(data, "data"), here)
+        num_classes = checks.check_model_fits_data(model, batch, here)
+        checks.check_labels_in_range(data, num_classes)
+        num_classes = num_classes if checks.split_batch(batch)[1] is not None else None
+    if val is not None and evaluate_fn is None:  # the default evaluation needs labelled batches the model takes
         val_batch = to_device(checks.first_batch(val, "val"), here)
         if checks.check_batch(val_batch, "val")[1] is None:
             raise KdnbError("val's batches have no labels; pass a loader of (inputs, labels) as val= "
                             "(val loss and accuracy need labels)")
         checks.check_labels_in_range(val, checks.check_model_fits_data(model, val_batch, here, data_name="val"), "val")
-    return num_classes if checks.split_batch(batch)[1] is not None else None
+    return num_classes
 
 
 @dataclass
@@ -369,7 +369,7 @@ def _train_epoch(run: _Run, data: Iterable, interrupt: dict[str, bool]) -> _Epoc
         batch = to_device(batch, run.device)
         where = f"in batch {index + 1} of epoch {epoch}"
         if run.num_classes is not None:
-            x, y = checks.check_batch(batch, f"data ({where})")
+            x, y = checks.check_batch(batch, f"data (batch {index + 1} of epoch {epoch})")
             if y is not None:
                 checks.check_labels(y, run.num_classes, x.shape[0], where)
         out = _forward(run, batch, where)
@@ -491,7 +491,7 @@ def _finish_epoch(run: _Run, tally: _EpochTally, val: Iterable | None, evaluate_
         if evaluate_fn is not None:
             metrics.update(evaluate_fn(run.model, val))
         else:
-            result = evaluate(run.model, val)
+            result = evaluate(run.model, val, "val")
             metrics.update(val_loss=result["loss"], val_acc=result["accuracy"])
     metrics["time_s"] = time.perf_counter() - tally.started
     metrics.update(run.state.extra)
