@@ -87,7 +87,9 @@ _train.__doc__ = f"""Train ``model`` in place with hard labels and return its `H
 
     Returns:
         History: per-step loss, per-epoch train/val loss and accuracy, status ("completed",
-        "interrupted" by the stop button, or "diverged" on a non-finite loss).
+        "interrupted" by the stop button, or "diverged" on a non-finite or exploding loss or exploding
+        weights). Bad input raises a one-line `KdnbError` before anything changes; any error during the
+        run puts ``model`` back exactly as it was given.
     """
 
 train = with_subscribers(_train)

@@ -2,8 +2,10 @@
 they differ only in the objective (what a step minimises) and the subscribers (who watches).
 
 Stop-button safety: SIGINT is deferred to the end of the current step, so weights are never
-half-updated; the run returns its history flagged "interrupted". A non-finite loss stops the run
-before it touches the weights, and the message names the step.
+half-updated; the run returns its history flagged "interrupted", at whatever phase the stop came.
+A non-finite or exploding loss, or exploding weights, stop the run flagged "diverged", with the step
+and the advice, sound weights kept. Each batch's labels are checked (a min and a max); any exception
+puts the model back exactly as `fit` was given it (`_Undo`), so a failed in-place call leaves no trace.
 """
 from __future__ import annotations
 
@@ -436,8 +438,8 @@ def _forward(run: _Run, batch: Any, where: str) -> StepOutput:
     except (KdnbError, KeyboardInterrupt):
         raise
     except Exception as error:  # noqa: BLE001 - one line naming the batch; the cause stays chained
-        raise KdnbError(f"the step failed {where}: {type(error).__name__}: {checks.first_line(error)}; check "
-                        "that every batch has the shapes and types of the first (the model is restored)") from error
+        raise KdnbError(f"the step failed {where}: {type(error).__name__}: {checks.first_line(error)}; check the "
+                        "model and the loss on this batch (the model is restored; the cause is chained)") from error
 
 
 def _loss_value(loss: Any, where: str) -> float:
