@@ -351,3 +351,35 @@ def test_exploding_weights_are_flagged_even_when_the_loss_stays_small():
 def test_a_healthy_run_is_not_flagged():
     history = kdnb.train(make_net(), make_loader(), epochs=3, lr=0.05, progress=False)
     assert history.status == "completed"
+
+
+@pytest.mark.parametrize("own_generator", [True, False])
+@pytest.mark.parametrize("seed", [None, 3])
+def test_a_failed_run_leaves_the_loaders_shuffling_as_if_it_never_ran(own_generator, seed):
+    """Shuffled batches: the bad label lands in some batch of the first epoch; afterwards the loader's own
+    generator (or torch's global one, which a loader without one draws from) is where it was."""
+    generator = torch.Generator().manual_seed(5) if own_generator else None
+    data = DataLoader(Items(bad={21: (torch.randn(6), torch.tensor(9))}), batch_size=4, shuffle=True,
+                      generator=generator)
+    net = make_net()
+    before = snapshot(net, data)
+    assert_clean_error(kdnb.train, net, data, names="labels out of range", match=r"batch \d+ of epoch 1",
+                       epochs=2, seed=seed, progress=False)
+    assert_unchanged(before, net, data)
+    if own_generator:
+        assert torch.equal(generator.get_state(), before.loader["generator"])
+
+
+def test_the_first_batch_the_checks_draw_moves_no_random_generator():
+    from kdnb.engine.checks import first_batch
+
+    own = make_loader()
+    on_global = DataLoader(TensorDataset(torch.randn(16, 6), torch.zeros(16).long()), batch_size=4, shuffle=True)
+    for data in (own, on_global):
+        state, generator = torch.get_rng_state(), (data.generator.get_state() if data.generator else None)
+        expected = [x for x, _ in data]  # the epoch a user would get next ...
+        torch.set_rng_state(state)
+        if generator is not None:
+            data.generator.set_state(generator)
+        first_batch(data)
+        assert [torch.equal(a, b) for a, b in zip(expected, (x for x, _ in data))] == [True] * len(expected)
