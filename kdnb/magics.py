@@ -195,12 +195,11 @@ class VerbMagic:
             tokens = arg_split(line, posix=True, strict=False)
         except ValueError:
             return  # unbalanced quotes: the parser reports them
-        aliases = {"-o": "--output"}
         seen: set[str] = set()
         for token in tokens:
             if not token.startswith("-") or _is_number(token):
                 continue
-            option = aliases.get(token.split("=")[0], token.split("=")[0])
+            option = "--output" if token.startswith("-o") else token.split("=")[0]  # -o NAME, -oNAME
             if option in seen:
                 raise UsageError(f"%%{self.name}: {option} is given twice on the line; keep one")
             seen.add(option)

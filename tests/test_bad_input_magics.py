@@ -52,6 +52,7 @@ def usage_error(sh, line: str, body: str, names) -> str:
     ("distill --epochs=1 --epochs 2", "--epochs is given twice"),
     ("distill -o r1 -o r2", "--output is given twice"),
     ("distill -o r1 --output r2", "--output is given twice"),
+    ("distill -or1 -o r2", "--output is given twice"),
     ("distill --temperature 2 --alpha 0.5 --temperature 3", "--temperature is given twice"),
 ])
 def test_an_option_twice_on_the_line(shell, line, names):
