@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from kdnb.engine.device import model_device, to_device
-from kdnb.engine.objective import split_batch
 
 
 @contextlib.contextmanager
@@ -24,7 +23,10 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             module.training = training
 
 
-def _outputs(model: torch.nn.Module, data: Iterable, what: str) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, str]]:
+Outputs = Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, str]]
+
+
+def _outputs(model: torch.nn.Module, data: Iterable, what: str) -> Outputs:
     """(inputs, labels or None, logits, where) per batch, each batch checked: a bad one is a one-line error
     naming it (it may differ from the first batch, the only one the entry checks)."""
     from kdnb.engine import checks  # checks reads eval_mode from here

@@ -367,7 +367,8 @@ def _train_epoch(run: _Run, data: Iterable, interrupt: dict[str, bool]) -> _Epoc
     run.model.train()
     tally = _EpochTally(started=time.perf_counter())
     epoch = run.state.epoch + 1
-    for index, batch in checks.numbered_batches(data, lambda i: f"batch {i + 1} of epoch {epoch} (the model is restored)"):
+    numbered = checks.numbered_batches(data, lambda i: f"batch {i + 1} of epoch {epoch} (the model is restored)")
+    for index, batch in numbered:
         batch = to_device(batch, run.device)
         where = f"in batch {index + 1} of epoch {epoch}"
         if run.num_classes is not None:
