@@ -376,19 +376,28 @@ def _train_epoch(run: _Run, data: Iterable, interrupt: dict[str, bool]) -> _Epoc
             if y is not None:
                 checks.check_labels(y, run.num_classes, x.shape[0], where)
         out = _forward(run, batch, where)
-        loss_value = _loss_value(out.loss, where)
-        if not math.isfinite(loss_value) or run.divergence.loss_exploded(loss_value):
-            _diverged(run, last_good, start_step, f"loss became {loss_value:.4g}")
+        loss_value = _loss_value(out.loss, where)  # the step's one sync: the last step's weight norm is ready too
+        if _blew_up(run, last_good, start_step, loss_value):
             return None
         _optimizer_step(run, out.loss)
         _log_step(run, out, loss_value, tally)
-        if run.divergence.weights_exploded(run.params):
-            _diverged(run, last_good, start_step, f"the weights' norm grew to {run.divergence.norm:.3g}", after=True)
-            return None
+        run.divergence.measure(run.state.step)
         run.events.emit("on_step_end", run.state)
         if interrupt["hit"] or run.state.stop:
             break
-    return tally
+    return None if _blew_up(run, last_good, start_step) else tally
+
+
+def _blew_up(run: _Run, last_good: dict[str, torch.Tensor], start_step: int, loss_value: float | None = None) -> bool:
+    """Exploded weights after the last step, or a non-finite or exploding loss now: the run is flagged diverged."""
+    step = run.divergence.exploded_at()
+    if step is not None:
+        _diverged(run, last_good, start_step, f"the weights' norm grew to {run.divergence.norm:.3g} at step {step}")
+        return True
+    if loss_value is not None and (not math.isfinite(loss_value) or run.divergence.loss_exploded(loss_value)):
+        _diverged(run, last_good, start_step, f"loss became {loss_value:.4g} at step {run.state.step + 1}")
+        return True
+    return False
 
 
 class _Divergence:
@@ -400,21 +409,37 @@ class _Divergence:
     WEIGHT_GROWTH = 1e3
 
     def __init__(self, params: list[torch.nn.Parameter]):
-        self.first_loss: float | None = None
-        self.start_norm = max(self._norm(params), 1.0)
+        self.params, self.first_loss = params, None
+        self.start_norm = max(float(self._norm()), 1.0)
         self.norm = self.start_norm
+        self.pending: tuple[int, torch.Tensor] | None = None
 
-    @staticmethod
-    def _norm(params: list[torch.nn.Parameter]) -> float:
-        return float(torch.nn.utils.get_total_norm([p.detach() for p in params])) if params else 0.0
+    @torch.no_grad()
+    def _norm(self) -> torch.Tensor:
+        return torch.nn.utils.get_total_norm(self.params) if self.params else torch.zeros(())
 
     def loss_exploded(self, loss: float) -> bool:
         if self.first_loss is None:
             self.first_loss = max(abs(loss), 1.0)
         return abs(loss) > self.LOSS_GROWTH * self.first_loss
 
-    def weights_exploded(self, params: list[torch.nn.Parameter]) -> bool:
-        self.norm = self._norm(params)
+    def measure(self, step: int) -> None:
+        """Queue the weights' norm after ``step``; it is read at the next sync (no GPU stall of its own)."""
+        self.pending = (step, self._norm())
+
+    def exploded_at(self) -> int | None:
+        """The step after which the queued norm was too large, else None."""
+        if self.pending is None:
+            return None
+        (step, norm), self.pending = self.pending, None
+        self.norm = float(norm)
+        return step if self._too_large() else None
+
+    def weights_exploded(self) -> bool:
+        self.norm = float(self._norm())
+        return self._too_large()
+
+    def _too_large(self) -> bool:
         return not math.isfinite(self.norm) or self.norm > self.WEIGHT_GROWTH * self.start_norm
 
 
@@ -502,17 +527,15 @@ def _finish_epoch(run: _Run, tally: _EpochTally, val: Iterable | None, evaluate_
     run.events.emit("on_epoch_end", run.state)
 
 
-def _diverged(run: _Run, last_good: dict[str, torch.Tensor], start_step: int, what: str, after: bool = False) -> None:
+def _diverged(run: _Run, last_good: dict[str, torch.Tensor], start_step: int, what: str) -> None:
     """Stop a run that blew up: keep sound weights, say which step and what to try."""
     history, state = run.history, run.state
-    step = state.step if after else state.step + 1
     if _keep_last_good(run, last_good):
         kept = f"the model is back to its weights at the start of epoch {state.epoch + 1} (after step {start_step})"
     else:
         kept = f"stopped before updating, the model keeps the weights after step {state.step}"
     history.status = "diverged"
-    history.message = (f"{what} at step {step} (epoch {state.epoch + 1}); {kept}. "
-                       f"Try a lower lr (now {_lr(run)}) or grad_clip=1.0")
+    history.message = f"{what} (epoch {state.epoch + 1}); {kept}. Try a lower lr (now {_lr(run)}) or grad_clip=1.0"
     warn(history.message, RuntimeWarning)
 
 
@@ -541,7 +564,7 @@ def _mark_interrupted(history: History, state: RunState) -> None:
 def _keep_last_good(run: _Run, last_good: dict[str, torch.Tensor]) -> bool:
     """The weights that produced a non-finite or exploding loss may themselves be broken (non-finite or
     exploded): then fall back to the epoch start. Returns whether it did."""
-    if all(torch.isfinite(p).all() for p in run.model.parameters()) and not run.divergence.weights_exploded(run.params):
+    if all(torch.isfinite(p).all() for p in run.model.parameters()) and not run.divergence.weights_exploded():
         return False
     run.model.load_state_dict(last_good)
     return True
