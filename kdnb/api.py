@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from kdnb.engine import checks, loop
 from kdnb.env import plotting_enabled
+from kdnb.errors import KdnbError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,13 +34,22 @@ def subscribers(progress: bool = True, plot: bool | str = "auto", callbacks: Ite
     return subs
 
 
+def check_subscribers(progress: Any, plot: Any) -> None:
+    """``progress=`` and ``plot=``, checked before anything runs (the chart may not even be drawn here)."""
+    checks.check_bool("progress", progress)
+    if not any(plot is choice for choice in (True, False)) and plot != "auto":
+        raise KdnbError(f"plot should be True, False or 'auto', got {checks.shown(plot)}; pass plot='auto' "
+                        "(a live chart in a notebook), True or False")
+
+
 def with_subscribers(engine_fn: F) -> F:
     """Wrap an engine verb (which takes ``callbacks=``) so it also takes ``progress=`` and ``plot=``."""
 
     @functools.wraps(engine_fn)
     def verb(*args: Any, progress: bool = True, plot: bool | str = "auto", callbacks: Iterable[object] = (),
              **kwargs: Any) -> Any:
-        return engine_fn(*args, callbacks=subscribers(progress, plot, callbacks), **kwargs)
+        check_subscribers(progress, plot)
+        return engine_fn(*args, callbacks=subscribers(progress, plot, checks.check_callbacks(callbacks)), **kwargs)
 
     signature = inspect.signature(engine_fn)
     params = list(signature.parameters.values())
@@ -56,6 +66,7 @@ def _train(model, data, val=None, *, epochs: int = 5, loss=None, optimizer=None,
            seed: int | None = 0, callbacks: Iterable[object] = ()):
     from kdnb.engine.objective import Supervised
 
+    checks.check_loss(loss)
     return loop.fit(model, data, val, epochs=epochs, objective=Supervised(loss) if loss is not None else None,
                     title="train", optimizer=optimizer, lr=lr, scheduler=scheduler, amp=amp, grad_clip=grad_clip,
                     device=device, seed=seed, callbacks=callbacks)
@@ -76,7 +87,9 @@ _train.__doc__ = f"""Train ``model`` in place with hard labels and return its `H
 
     Returns:
         History: per-step loss, per-epoch train/val loss and accuracy, status ("completed",
-        "interrupted" by the stop button, or "diverged" on a non-finite loss).
+        "interrupted" by the stop button, or "diverged" on a non-finite or exploding loss or exploding
+        weights). Bad input raises a one-line `KdnbError` before anything changes; any error during the
+        run puts ``model`` back exactly as it was given.
     """
 
 train = with_subscribers(_train)
@@ -89,11 +102,34 @@ def evaluate(model, data) -> dict[str, float]:
 
     checks.check_model(model)
     checks.check_loader(data, "data")
-    return evaluate_model(model, data)
+    restore_rng = checks.rng_state(data)  # evaluating draws every batch; the loader shuffles on as before
+    try:
+        return evaluate_model(model, data)
+    finally:
+        restore_rng()
 
 
 # Each engine verb below plugs in here (one line each); see with_subscribers.
-from kdnb.engine.measure import compare, measure  # noqa: E402,F401 - no run, so no subscribers
+from kdnb.engine.measure import compare as _compare, measure as _measure  # noqa: E402 - no run, no subscribers
+
+
+def leaves_rng_alone(engine_fn: F) -> F:
+    """Wrap a verb that only looks (measure, compare): whatever it draws from the user's loaders, their next
+    epoch shuffles as if it had never been called, whether it succeeds or fails."""
+
+    @functools.wraps(engine_fn)
+    def verb(*args: Any, **kwargs: Any) -> Any:
+        restore_rng = checks.rng_state(*args[1:2], kwargs.get("data"), kwargs.get("data_or_example"))
+        try:
+            return engine_fn(*args, **kwargs)
+        finally:
+            restore_rng()
+
+    return verb  # type: ignore[return-value]
+
+
+measure = leaves_rng_alone(_measure)
+compare = leaves_rng_alone(_compare)
 from kdnb.engine.serialize import load, save  # noqa: E402,F401
 from kdnb.engine.distill import distill as _distill  # noqa: E402
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from kdnb.errors import KdnbError, is_integer, suggest
+from kdnb.errors import KdnbError, is_integer, is_number, suggest
 
 NAMES = ("digits", "mnist1d", "synthetic")
 
@@ -38,11 +38,13 @@ def load(
     ``(1, 40)`` MNIST-1D signals (for CNNs). Inputs are standardised with the train split's
     statistics. The train loader shuffles with its own generator seeded by ``seed``.
     """
+    _check_count("batch_size", batch_size, "64")
+    _check_flag("flat", flat)
+    if not (is_integer(num_workers) and num_workers >= 0):
+        raise KdnbError(f"num_workers should be a non-negative integer, got {num_workers!r}; pass e.g. num_workers=0")
     x_train, y_train, x_val, y_val = arrays(name, seed=seed, val_fraction=val_fraction, num_samples=num_samples)
     if not flat:
         x_train, x_val = _unflatten(name, x_train), _unflatten(name, x_val)
-    if not (is_integer(batch_size) and batch_size > 0):
-        raise KdnbError(f"batch_size should be a positive integer, got {batch_size!r}")
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(TensorDataset(x_train, y_train), batch_size=batch_size, shuffle=True,
                        generator=generator, num_workers=num_workers)
@@ -54,10 +56,17 @@ def load(
 def arrays(name: str, seed: int = 0, val_fraction: float = 0.2, num_samples: int | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The standardised (x_train, y_train, x_val, y_val) tensors behind `load`."""
-    if name not in NAMES:
+    if not isinstance(name, str) or name not in NAMES:
         raise KdnbError(f"unknown dataset {name!r}; {suggest(str(name), NAMES)} (known: {', '.join(NAMES)})")
-    if not 0.0 < val_fraction < 1.0:
-        raise KdnbError(f"val_fraction should be between 0 and 1, got {val_fraction!r}")
+    _check_seed(seed)
+    if not (is_number(val_fraction) and 0.0 < val_fraction < 1.0):
+        raise KdnbError(f"val_fraction should be a number between 0 and 1, got {val_fraction!r}; pass e.g. "
+                        "val_fraction=0.2")
+    if num_samples is not None:
+        _check_count("num_samples", num_samples, "2000")
+        if round(num_samples * val_fraction) < 1 or round(num_samples * (1 - val_fraction)) < 1:
+            raise KdnbError(f"num_samples={num_samples} leaves an empty split at val_fraction={val_fraction}; "
+                            "pass more samples")
     x, y = _raw(name, num_samples, seed)
     train_idx, val_idx = _split(len(x), seed, val_fraction, num_samples if name == "digits" else None)
     mean, std = _statistics(x[train_idx])
@@ -77,6 +86,11 @@ def transfer_set(name: str = "mnist1d", num_samples: int = 10000, seed: int = 1,
     """
     if name not in ("mnist1d", "synthetic"):
         raise KdnbError(f"no transfer set generator for {name!r}; use 'mnist1d' or 'synthetic'")
+    _check_count("num_samples", num_samples, "10000")
+    _check_count("batch_size", batch_size, "64")
+    _check_seed(seed)
+    _check_seed(reference_seed, "reference_seed")
+    _check_flag("flat", flat)
     x = _raw(name, num_samples, seed + 10_000)[0]
     reference = _raw(name, None, reference_seed)[0]
     mean, std = _statistics(reference[_split(len(reference), reference_seed, 0.2)[0]])
@@ -86,6 +100,21 @@ def transfer_set(name: str = "mnist1d", num_samples: int = 10000, seed: int = 1,
         tensor = _unflatten(name, tensor)
     return DataLoader(_Unlabeled(tensor), batch_size=batch_size, shuffle=True,
                       generator=torch.Generator().manual_seed(seed))
+
+
+def _check_count(name: str, value: object, example: str) -> None:
+    if not (is_integer(value) and value > 0):
+        raise KdnbError(f"{name} should be a positive integer, got {value!r}; pass e.g. {name}={example}")
+
+
+def _check_seed(seed: object, name: str = "seed") -> None:
+    if not (is_integer(seed) and 0 <= seed < 2**32):
+        raise KdnbError(f"{name} should be an integer in 0..2**32-1, got {seed!r}; pass e.g. {name}=0")
+
+
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise KdnbError(f"{name} should be True or False, got {value!r}; pass {name}=True or {name}=False")
 
 
 def _raw(name: str, num_samples: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import inspect
+import traceback
 import keyword
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -28,7 +30,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from kdnb import env
-from kdnb.errors import KdnbError, first_line, is_integer, suggest
+from kdnb.errors import KdnbError, first_line, is_integer
 
 VERBS = ("distill", "prune")
 # The two options `kdnb.api.with_subscribers` adds to every verb.
@@ -71,6 +73,34 @@ def argument_help(verb: Callable[..., Any]) -> dict[str, str]:
         elif current and line.startswith(" " * 8):
             described.update({name: described[name] + " " + line.strip() for name in current})
     return {**SUBSCRIBER_HELP, **described}
+
+
+def close_match(name: str, choices: Iterable[str]) -> str:
+    """'did you mean 'x'?' for a close choice, else the list of choices: a unique option the name begins
+    (``--temp`` -> 'temperature'), else a near spelling (``--critrion`` -> 'criterion'); never a far one."""
+    choices = list(choices)
+    starts = [c for c in choices if c.startswith(name) and len(name) >= 3]
+    if len(starts) == 1:
+        return f"did you mean {starts[0]!r}?"
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.75)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return "choose from " + ", ".join(repr(c) for c in choices)
+
+
+_LAST_ERROR: list[BaseException] = []  # the last error a magic reported in one line, for %kdnb traceback
+
+
+def remember(error: BaseException) -> None:
+    _LAST_ERROR[:] = [error]
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
 
 
 def _expression_names(node: ast.AST) -> set[str]:
@@ -120,6 +150,7 @@ class VerbMagic:
         return magic
 
     def __call__(self, line: str, cell: str) -> Any:
+        self._check_repeats(line)
         try:
             args, unknown = self.magic.parser.parse_argstring(line, partial=True)
         except UsageError as error:
@@ -146,13 +177,35 @@ class VerbMagic:
         try:
             result = self.verb(**values)
         except KdnbError as error:
-            raise UsageError(f"%%{self.name}: {error}") from None
+            remember(error)
+            raise UsageError(f"%%{self.name}: {' '.join(str(error).split())}") from None
+        except Exception as error:  # noqa: BLE001 - any failure of the verb is one line; the trace is kept
+            remember(error)
+            raise UsageError(f"%%{self.name} failed: {type(error).__name__}: {first_line(error)} "
+                             "(run %kdnb traceback for the full trace)") from None
         if output is not None:
             self.shell.user_ns[output] = result
         return result
 
+    def _check_repeats(self, line: str) -> None:
+        """An option given twice on the line (argparse would silently keep the last) is a mistake."""
+        from IPython.utils.process import arg_split  # IPython's own splitting, as magic_arguments does
+
+        try:
+            tokens = arg_split(line, posix=True, strict=False)
+        except ValueError:
+            return  # unbalanced quotes: the parser reports them
+        seen: set[str] = set()
+        for token in tokens:
+            if not token.startswith("-") or _is_number(token):
+                continue
+            option = "--output" if token.startswith("-o") else token.split("=")[0]  # -o NAME, -oNAME
+            if option in seen:
+                raise UsageError(f"%%{self.name}: {option} is given twice on the line; keep one")
+            seen.add(option)
+
     def _unknown(self, name: str, where: str) -> None:
-        raise UsageError(f"%%{self.name}: unknown option {name!r} {where}; {suggest(name, self.params)}")
+        raise UsageError(f"%%{self.name}: unknown option {name!r} {where}; {close_match(name, self.params)}")
 
     def _line_source(self, name: str, text: str) -> tuple[str, ast.expr]:
         """A value on the magic's line is a Python expression; for a text option, a bare word or anything
@@ -175,7 +228,11 @@ class VerbMagic:
             raise UsageError(f"%%{self.name}: line {error.lineno}: {error.msg}; each line should be "
                              f"`name = expression`") from None
         assigned: dict[str, tuple[int, ast.expr]] = {}
+        lines = [statement.lineno for statement in tree.body]
         for statement in tree.body:
+            if lines.count(statement.lineno) > 1:
+                raise UsageError(f"%%{self.name}: line {statement.lineno} holds {lines.count(statement.lineno)} "
+                                 "statements; write one `name = expression` per line")
             if not (isinstance(statement, ast.Assign) and len(statement.targets) == 1
                     and isinstance(statement.targets[0], ast.Name)):
                 text = ast.get_source_segment(cell, statement) or ""
@@ -205,7 +262,8 @@ class VerbMagic:
             value = eval(code, self.shell.user_ns)  # noqa: S307 — the user's own notebook expression
         except NameError as error:
             missing = getattr(error, "name", None) or str(error)
-            hint = suggest(missing, [n for n in self.shell.user_ns if not n.startswith("_")])
+            hidden = getattr(self.shell, "user_ns_hidden", {})
+            hint = close_match(missing, [n for n in self.shell.user_ns if not n.startswith("_") and n not in hidden])
             hint = hint if hint.startswith("did you mean") else "define it in a cell above first"
             raise UsageError(f"%%{self.name}: {where}: {name} = ...: name {missing!r} is not defined; {hint}") from None
         except Exception as error:  # noqa: BLE001 — any failure of the user's expression is reported in one line
@@ -246,11 +304,13 @@ class KdnbMagics(Magics):
 
     @line_magic
     def kdnb(self, line: str) -> Any:
-        """%kdnb [version | status | help]: the installed versions, what this notebook will show, or the magics."""
+        """%kdnb [version | status | help | traceback]: the installed versions, what this notebook will show,
+        the magics, or the full trace of the last error a magic reported in one line."""
         command = line.strip() or "help"
-        commands = {"version": self._version, "status": self._status, "help": self._help}
+        commands = {"version": self._version, "status": self._status, "help": self._help,
+                    "traceback": self._traceback}
         if command not in commands:
-            raise UsageError(f"%kdnb {command}: unknown command; {suggest(command, commands)}")
+            raise UsageError(f"%kdnb {command}: unknown command; {close_match(command, commands)}")
         print(commands[command]())
 
     def _version(self) -> str:
@@ -267,11 +327,16 @@ class KdnbMagics(Magics):
                  f"magics: {', '.join('%%' + v for v in self.verbs) or 'none'}, %kdnb"]
         return "\n".join(lines)
 
+    def _traceback(self) -> str:
+        if not _LAST_ERROR:
+            return "no error from a kdnb magic yet in this session"
+        return "".join(traceback.format_exception(_LAST_ERROR[0])).rstrip()
+
     def _help(self) -> str:
         lines = ["kdnb magics (`%%distill?` lists every option):"]
         for name, verb in self.verbs.items():
             lines.append(f"  %%{name} [-o NAME] [--option VALUE ...], then lines `option = expression`; options: "
                          f"{', '.join(verb.params)}")
-        lines.append("  %kdnb version | status | help")
+        lines.append("  %kdnb version | status | help | traceback (the full trace of the last error)")
         return "\n".join(lines)
 

@@ -12,10 +12,15 @@ can trace it. Shape attributes that structured pruning changes (``SelfAttention.
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from kdnb.errors import KdnbError, is_integer, is_number
+
+MAX_WIDTH = 1 << 20  # no reference network here needs a layer wider than a million units
 
 
 class Residual(nn.Module):
@@ -31,8 +36,30 @@ class Residual(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
+def _check_width(name: str, value: object) -> None:
+    """A layer size: a positive integer of sane size (a typo like 10**9 would try to allocate gigabytes)."""
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 < value <= MAX_WIDTH):
+        raise KdnbError(f"{name} should be a positive integer (at most {MAX_WIDTH:,}), got {value!r}; "
+                        f"pass e.g. {name}=64")
+
+
+def _check_widths(**sizes: object) -> None:
+    for name, value in sizes.items():
+        _check_width(name, value)
+
+
 def mlp(in_features: int, hidden: Sequence[int], num_classes: int, *, dropout: float = 0.0) -> nn.Sequential:
     """Linear-ReLU stack: ``mlp(64, [256, 256], 10)`` has two hidden layers of 256 units."""
+    _check_width("in_features", in_features)
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+        raise KdnbError(f"hidden should be a list of layer widths, got {hidden!r}; pass e.g. mlp({in_features!r}, "
+                        f"[{hidden!r}], {num_classes!r})" if is_integer(hidden) else
+                        f"hidden should be a list of layer widths, got {type(hidden).__name__}; pass e.g. [256, 256]")
+    for index, units in enumerate(hidden):
+        _check_width(f"hidden[{index}]", units)
+    _check_width("num_classes", num_classes)
+    if not (is_number(dropout) and 0.0 <= dropout < 1.0):
+        raise KdnbError(f"dropout should be a number in [0, 1), got {dropout!r}; pass e.g. dropout=0.1")
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for units in hidden:
@@ -47,11 +74,14 @@ def mlp(in_features: int, hidden: Sequence[int], num_classes: int, *, dropout: f
 def lenet_300_100(in_features: int = 64, num_classes: int = 10, *, scale: float = 1.0) -> nn.Sequential:
     """The LeNet-300-100 MLP of LeCun et al. 1998 (the classic pruning benchmark of Han et al. 2015);
     ``scale`` multiplies both hidden widths."""
+    if not (is_number(scale) and 0 < scale < 1e3):
+        raise KdnbError(f"scale should be a positive number, got {scale!r}; pass e.g. scale=0.5")
     return mlp(in_features, [max(1, round(300 * scale)), max(1, round(100 * scale))], num_classes)
 
 
 def cnn1d(num_classes: int = 10, *, width: int = 32, length: int = 40, in_channels: int = 1) -> nn.Sequential:
     """A 1-D CNN for MNIST-1D signals of shape (channels, length): three conv-ReLU blocks, then a Linear."""
+    _check_widths(num_classes=num_classes, width=width, length=length, in_channels=in_channels)
     return nn.Sequential(
         nn.Conv1d(in_channels, width, 5, stride=2, padding=2), nn.ReLU(),
         nn.Conv1d(width, width, 3, stride=2, padding=1), nn.ReLU(),
@@ -67,6 +97,7 @@ def _conv_bn(cin: int, cout: int, stride: int = 1, groups: int = 1) -> list[nn.M
 
 def cnn_bn(num_classes: int = 10, *, width: int = 32, in_channels: int = 1) -> nn.Sequential:
     """A small VGG-style 2-D CNN with BatchNorm: conv-BN-ReLU x4 (two strided), global pool, Linear."""
+    _check_widths(num_classes=num_classes, width=width, in_channels=in_channels)
     w = width
     return nn.Sequential(
         *_conv_bn(in_channels, w), nn.ReLU(),
@@ -81,6 +112,7 @@ def cnn_bn(num_classes: int = 10, *, width: int = 32, in_channels: int = 1) -> n
 def resnet_small(num_classes: int = 10, *, width: int = 16, in_channels: int = 1, blocks: int = 2) -> nn.Sequential:
     """A small ResNet (He et al. 2016): a stem, then per stage ``blocks`` basic residual blocks,
     the second stage at twice the width and half the resolution with a 1x1 projection shortcut."""
+    _check_widths(num_classes=num_classes, width=width, in_channels=in_channels, blocks=blocks)
     layers: list[nn.Module] = [*_conv_bn(in_channels, width), nn.ReLU()]
     cin = width
     for stage, cout in enumerate((width, 2 * width)):
@@ -99,6 +131,7 @@ def resnet_small(num_classes: int = 10, *, width: int = 16, in_channels: int = 1
 def mobile_cnn(num_classes: int = 10, *, width: int = 32, in_channels: int = 1) -> nn.Sequential:
     """Depthwise-separable convolutions (MobileNet, Howard et al. 2017): depthwise convs couple
     their input and output channels one to one."""
+    _check_widths(num_classes=num_classes, width=width, in_channels=in_channels)
     w = width
     return nn.Sequential(
         *_conv_bn(in_channels, w), nn.ReLU(),

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import kdnb
 from kdnb.engine.events import Callback
 from kdnb.engine.loop import fit
+from kdnb.engine.objective import Supervised
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +173,101 @@ def test_cuda_with_mixed_precision(synthetic):
     history = kdnb.train(net, train, val, epochs=2, device="cuda", amp=True, progress=False)
     assert history.status == "completed" and history["val_acc"][-1] > 0.8
     assert next(net.parameters()).device.type == "cuda"
+
+
+# ---- the stop button at every phase of a run: it returns what it has, with a status ----
+
+class Once:
+    """Raises KeyboardInterrupt on its ``at``-th call (1-based), otherwise does ``then``."""
+
+    def __init__(self, at=1, then=lambda *a, **k: None):
+        self.at, self.then, self.calls = at, then, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.then(*args, **kwargs)
+
+
+class InterruptingNet(torch.nn.Module):
+    def __init__(self, at):
+        super().__init__()
+        self.net, self.hit = small_net(), Once(at)
+
+    def forward(self, x):
+        self.hit()
+        return self.net(x)
+
+
+class EventInterrupt(Callback):
+    def __init__(self, event, at=1):
+        self.event, self.hit = event, Once(at)
+
+    def on_run_start(self, state):
+        if self.event == "on_run_start":
+            self.hit()
+
+    def on_step_end(self, state):
+        if self.event == "on_step_end":
+            self.hit()
+
+    def on_epoch_end(self, state):
+        if self.event == "on_epoch_end":
+            self.hit()
+
+    def on_run_end(self, state):
+        if self.event == "on_run_end":
+            self.hit()
+
+
+class SlowItems(torch.utils.data.Dataset):
+    """A map-style dataset whose ``at``-th item access is the stop button."""
+
+    def __init__(self, dataset, at):
+        self.dataset, self.hit = dataset, Once(at)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        self.hit()
+        return self.dataset[i]
+
+
+def _phases(train, val):
+    """(what is interrupted, fit's arguments, steps done by then)."""
+    data = train.dataset
+    return [
+        ("first batch drawn by the checks", dict(data=DataLoader(SlowItems(data, 1), batch_size=32)), 0),
+        ("forward run by the checks", dict(model=InterruptingNet(1)), 0),
+        ("optimizer factory", dict(optimizer=Once(1)), 0),
+        ("scheduler factory", dict(scheduler=Once(1)), 0),
+        ("on_run_start", dict(callbacks=[EventInterrupt("on_run_start")]), 0),
+        ("data loading mid-epoch", dict(data=DataLoader(SlowItems(data, 32 * 4 + 1), batch_size=32)), 3),
+        ("forward mid-epoch", dict(model=InterruptingNet(6)), 3),  # calls 1 and 2 are the checks' (data, val)
+        ("loss", dict(objective=Once(4, Supervised())), 3),
+        ("on_step_end", dict(callbacks=[EventInterrupt("on_step_end", at=6)]), 6),
+        ("validation", dict(val=DataLoader(SlowItems(val.dataset, 257), batch_size=256)), len(train)),
+        ("on_epoch_end", dict(callbacks=[EventInterrupt("on_epoch_end")]), len(train)),
+        ("scheduler step", dict(scheduler=lambda opt: type("S", (), {"step": Once(1)})()), len(train)),
+        ("on_run_end", dict(callbacks=[EventInterrupt("on_run_end")]), 2 * len(train)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(13))
+def test_an_interrupt_at_any_phase_returns_the_history_with_a_status(synthetic, index):
+    train, val = synthetic
+    phase, kwargs, steps = _phases(train, val)[index]
+    model = kwargs.pop("model", small_net())
+    data = kwargs.pop("data", train)
+    start = weights(model)
+    model.train()
+    history = fit(model, data, val if "val" not in kwargs else kwargs.pop("val"), epochs=2, device="cpu", **kwargs)
+    assert history.status == "interrupted", phase
+    assert history.num_steps == steps, phase
+    assert f"after step {steps}" in history.message or (steps == 0 and "unchanged" in history.message), phase
+    assert model.training, phase
+    if steps == 0:
+        assert same_weights(weights(model), start), phase
+    assert all(torch.isfinite(p).all() for p in model.parameters()), phase

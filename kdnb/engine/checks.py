@@ -1,25 +1,58 @@
-"""Checks of user input that turn deep torch tracebacks into one-line errors naming the fix."""
+"""Checks of user input that turn deep torch tracebacks into one-line errors naming the fix.
+
+Each check looks at one argument, once, at the public entry, before anything changes; a message names
+the argument, shows the value and says what to pass instead. Drawing a batch to look at never moves the
+user's shuffling: `first_batch` puts every random generator back as it found it.
+"""
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import contextlib
+import math
+import random
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from kdnb.errors import KdnbError, first_line, is_integer, is_number  # noqa: F401 - the checks' words
 from kdnb.engine.evaluate import eval_mode
+from kdnb.engine.events import EVENTS
 from kdnb.engine.objective import split_batch
 
 
+def shown(value: Any, limit: int = 40) -> str:
+    """A value as a message shows it: its repr when short, else its type."""
+    text = repr(value)
+    return text if len(text) <= limit and "\n" not in text else f"a {type(value).__name__}"
+
+
 def check_model(model: Any, what: str = "model") -> torch.nn.Module:
+    """An ``nn.Module`` whose tensors hold values (not the meta device)."""
     if not isinstance(model, torch.nn.Module):
-        raise KdnbError(f"{what} should be a torch.nn.Module, got {type(model).__name__}")
+        raise KdnbError(f"{what} should be a torch.nn.Module, got {type(model).__name__}; "
+                        "pass the network itself, e.g. kdnb.models.mlp(64, [256], 10)")
+    if any(t.is_meta for t in _tensors(model)):
+        raise KdnbError(f"{what} is on the meta device (its weights hold no values); make it real first: "
+                        f"{what}.to_empty(device='cpu') then load_state_dict(...)")
     return model
+
+
+def _tensors(model: torch.nn.Module) -> Iterator[torch.Tensor]:
+    yield from model.parameters()
+    yield from model.buffers()
+
+
+def check_trainable(params: list[torch.nn.Parameter], what: str = "model") -> None:
+    """Something to train: a frozen model or one without parameters would make the optimizer fail."""
+    if not params:
+        raise KdnbError(f"{what} has no trainable parameters (none, or all requires_grad=False); set some "
+                        f"trainable first: for p in {what}.parameters(): p.requires_grad_(True)")
 
 
 def check_loader(data: Any, what: str = "data") -> Iterable:
     """A DataLoader (or any re-iterable of batches) that yields at least one batch."""
-    if isinstance(data, (torch.Tensor, Iterator)) or not hasattr(data, "__iter__"):
+    if isinstance(data, (torch.Tensor, Iterator, str, bytes, Mapping)) or not hasattr(data, "__iter__"):
         raise KdnbError(
             f"{what} should be a torch DataLoader of (inputs, labels) batches, got {type(data).__name__}; "
             "wrap tensors with DataLoader(TensorDataset(x, y), batch_size=64)"
@@ -33,51 +66,234 @@ def check_loader(data: Any, what: str = "data") -> Iterable:
     return data
 
 
+def _generators(loaders: Iterable[Any]) -> list[torch.Generator]:
+    """The shuffle generators a DataLoader's next epoch draws from (its own, its sampler's)."""
+    found: list[torch.Generator] = []
+    for loader in loaders:
+        sampler = getattr(loader, "sampler", None)
+        batch_sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+        for owner in (loader, sampler, batch_sampler):
+            generator = getattr(owner, "generator", None)
+            if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+                found.append(generator)
+    return found
+
+
+def rng_state(*loaders: Any) -> Callable[[], None]:
+    """Record every random state a call may move (Python, NumPy, torch, CUDA, the loaders' shuffle
+    generators); the returned function puts them all back."""
+    python, numpy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    generators = [(g, g.get_state()) for g in _generators(loaders)]
+
+    def restore() -> None:
+        random.setstate(python)
+        np.random.set_state(numpy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        for generator, state in generators:
+            generator.set_state(state)
+
+    return restore
+
+
+@contextlib.contextmanager
+def rng_preserved(*loaders: Any) -> Iterator[None]:
+    """Inside, draw batches freely; afterwards the loaders shuffle as if nothing had been drawn."""
+    restore = rng_state(*loaders)
+    try:
+        yield
+    finally:
+        restore()
+
+
 def first_batch(data: Iterable, what: str = "data") -> Any:
-    for batch in data:
-        return batch
-    raise KdnbError(f"{what} is empty (it yielded no batch)")
+    """The first batch of ``data``, drawn without moving its shuffling (or any other RNG)."""
+    with rng_preserved(data):
+        try:
+            for batch in data:
+                return batch
+        except (KdnbError, KeyboardInterrupt):
+            raise
+        except Exception as error:  # noqa: BLE001 - the user's dataset or collate failed
+            raise KdnbError(f"{what} failed to give its first batch: {type(error).__name__}: {first_line(error)}; "
+                            f"check the dataset's __getitem__ and the loader's collate_fn") from None
+    raise KdnbError(f"{what} is empty (it yielded no batch); check the dataset and the loader's batch_size")
+
+
+def numbered_batches(data: Iterable, where: Callable[[int], str]) -> Iterator[tuple[int, Any]]:
+    """``enumerate(data)``, with a failure of the user's dataset or collate_fn as one line naming the batch
+    (``where(index)`` says which); its cause stays chained."""
+    iterator, index = iter(data), 0
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (KdnbError, KeyboardInterrupt):
+            raise
+        except Exception as error:  # noqa: BLE001
+            raise KdnbError(f"the data failed to give {where(index)}: {type(error).__name__}: {first_line(error)}; "
+                            "check the dataset's __getitem__ and the loader's collate_fn") from error
+        yield index, batch
+        index += 1
 
 
 def check_positive(name: str, value: Any, integer: bool = False) -> None:
-    if not (is_integer(value) if integer else is_number(value)) or value <= 0:
-        raise KdnbError(f"{name} should be a positive {'integer' if integer else 'number'}, got {value!r}")
+    if not (is_integer(value) if integer else is_number(value)) or not value > 0 or \
+            (not integer and not math.isfinite(value)):
+        kind = "integer" if integer else "number"
+        raise KdnbError(f"{name} should be a positive {kind}, got {shown(value)}; pass e.g. {name}="
+                        f"{'5' if integer else '0.001'}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise KdnbError(f"{name} should be True or False, got {shown(value)}; pass {name}=True or {name}=False")
+
+
+def _check_factory(name: str, value: Any, example: str) -> None:
+    """None or a function (not a name, not a class to be instantiated by kdnb)."""
+    if value is None:
+        return
+    if isinstance(value, str) or not callable(value):
+        raise KdnbError(f"{name} should be None or a function, got {shown(value)}; pass e.g. {name}={example}")
+
+
+def check_callbacks(callbacks: Any) -> list[object]:
+    """A list, tuple or other iterable of subscribers (objects with on_step_end, ... methods)."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, (str, bytes, Mapping)) or not isinstance(callbacks, Iterable):
+        raise KdnbError(f"callbacks should be a list of subscribers, got {shown(callbacks)}; pass e.g. "
+                        "callbacks=[MyCallback()] with a subclass of kdnb.engine.events.Callback")
+    subscribers = list(callbacks)
+    for index, subscriber in enumerate(subscribers):
+        if subscriber is None:
+            continue
+        if isinstance(subscriber, type):
+            raise KdnbError(f"callbacks[{index}] is the class {subscriber.__name__}, not a subscriber; "
+                            f"pass an instance: callbacks=[{subscriber.__name__}()]")
+        if not any(callable(getattr(subscriber, event, None)) for event in EVENTS):
+            raise KdnbError(f"callbacks[{index}] = {shown(subscriber)} has none of the methods "
+                            f"{', '.join(EVENTS)}; pass an instance of a kdnb.engine.events.Callback subclass")
+    return subscribers
+
+
+def check_settings(settings: Any) -> None:
+    """Every training setting (`kdnb.engine.loop.Settings`), each on its own terms."""
+    optimizer = settings.optimizer
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer) and \
+            (isinstance(optimizer, str) or not callable(optimizer)):
+        raise KdnbError(f"optimizer should be None, a torch.optim.Optimizer or a factory params -> optimizer, "
+                        f"got {shown(optimizer)}; pass e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)")
+    check_positive("lr", settings.lr)
+    _check_factory("scheduler", settings.scheduler,
+                   "lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)")
+    check_bool("amp", settings.amp)
+    if settings.grad_clip is not None:
+        check_positive("grad_clip", settings.grad_clip)
+    seed = settings.seed
+    if seed is not None and not (is_integer(seed) and -(2**63) <= seed < 2**63):
+        raise KdnbError(f"seed should be an integer or None, got {shown(seed)}; pass e.g. seed=0 "
+                        "(None leaves the random generators alone)")
+    check_callbacks(settings.callbacks)
+
+
+def check_loss(loss: Any) -> None:
+    """None (cross-entropy) or a function ``loss(logits, labels)``; a loss class must be instantiated."""
+    if isinstance(loss, type):
+        raise KdnbError(f"loss is the class {loss.__name__}; pass an instance: loss={loss.__name__}()")
+    _check_factory("loss", loss, "torch.nn.CrossEntropyLoss(label_smoothing=0.1)")
+
+
+def check_batch(batch: Any, what: str = "data") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(inputs, labels or None) of one batch, or an error saying what the batch should look like.
+    ``what`` names where the batch came from: "data", "val", "data (batch 3 of epoch 1)"."""
+    if isinstance(batch, Mapping) and "x" not in batch:
+        raise KdnbError(f"{what}: batches are dicts with keys {sorted(map(str, batch))[:6]}; kdnb reads 'x' "
+                        "(inputs) and 'y' (labels): rename them in the dataset's __getitem__ or collate_fn")
+    try:
+        x, y = split_batch(batch)
+    except TypeError:
+        raise KdnbError(f"{what}: a batch should be (inputs, labels) tensors, got {type(batch).__name__}; "
+                        "use a DataLoader over a dataset whose items are (x, y)") from None
+    if not isinstance(x, torch.Tensor):
+        raise KdnbError(f"{what}: the inputs should be a tensor, got {type(x).__name__}; make the dataset return "
+                        "tensors, e.g. torch.as_tensor(x, dtype=torch.float32)")
+    if y is not None and not isinstance(y, torch.Tensor):
+        raise KdnbError(f"{what}: the labels should be a tensor, got {type(y).__name__}; make the dataset return "
+                        "tensors, e.g. torch.as_tensor(y)")
+    if y is not None and y.dim() == 0:
+        raise KdnbError(f"{what} gives one sample at a time (labels of shape ()), not batches; pass "
+                        "DataLoader(dataset, batch_size=64) (batch_size=None turns batching off)")
+    return x, y
+
+
+def check_labels(y: torch.Tensor, num_classes: int, batch_size: int, where: str) -> None:
+    """Class-index labels: 1-D integers, one per input, each in 0..num_classes-1 (a min and a max)."""
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool or y.dim() != 1:
+        raise KdnbError(f"labels {where} should be a 1-D integer tensor of class indices, got dtype {y.dtype} and "
+                        f"shape {tuple(y.shape)}; convert them with y.long() (one index per sample)")
+    if y.shape[0] != batch_size:
+        raise KdnbError(f"labels {where}: {y.shape[0]} labels for {batch_size} inputs; check the dataset "
+                        "returns one label per input")
+    if y.numel():
+        low, high = torch.aminmax(y)
+        low, high = int(low), int(high)
+        if low < 0 or high >= num_classes:
+            raise KdnbError(f"labels out of range {where}: found {low}..{high} but the model outputs "
+                            f"{num_classes} classes; fix the labels or give the last layer one output per class")
+
+
+def logits_of(model: torch.nn.Module, x: torch.Tensor, what: str = "model") -> torch.Tensor:
+    """``model(x)`` as a (batch, classes) tensor, or an error naming what the model did instead."""
+    try:
+        out = model(x)
+    except (KdnbError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure of the user's forward is theirs to see in one line
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise KdnbError(f"{what} failed on an input batch of shape {shape}: {type(error).__name__}: "
+                        f"{first_line(error)} -- check that the model's input size matches the data") from None
+    if isinstance(out, (Mapping, tuple, list)) or hasattr(out, "logits"):
+        keys = f" with keys {sorted(map(str, out))[:6]}" if isinstance(out, Mapping) else ""
+        raise KdnbError(f"{what} returns a {type(out).__name__}{keys}, but kdnb needs a tensor of logits (batch, "
+                        "classes); wrap it in a module whose forward returns only the logits")
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or not out.dtype.is_floating_point:
+        got = f"shape {tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise KdnbError(f"{what} should return float logits of shape (batch, classes), got {got}; "
+                        "make the model end with nn.Flatten() and nn.Linear(features, classes)")
+    if out.shape[0] != x.shape[0]:
+        raise KdnbError(f"{what} returned {out.shape[0]} rows of logits for a batch of {x.shape[0]} inputs; "
+                        "check that its forward keeps the batch dimension first")
+    return out
 
 
 @torch.no_grad()
-def check_model_fits_data(model: torch.nn.Module, batch: Any, device: torch.device, what: str = "model") -> int:
+def check_model_fits_data(model: torch.nn.Module, batch: Any, device: torch.device, what: str = "model",
+                          data_name: str = "data") -> int:
     """Run ``model`` on one batch (eval mode, weights untouched) and check logits against labels.
 
     Returns the number of classes the model outputs.
     """
-    x, y = split_batch(batch)
-    try:
-        with eval_mode(model):
-            out = model(x.to(device))
-    except (RuntimeError, ValueError, TypeError) as error:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise KdnbError(f"{what} failed on an input batch of shape {shape}: {first_line(error)} "
-                        "-- check that the model's input size matches the data") from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise KdnbError(f"{what} should return logits of shape (batch, classes), got {shape}")
+    x, y = check_batch(batch, data_name)
+    with eval_mode(model):
+        out = logits_of(model, x.to(device), what)
     num_classes = out.shape[1]
     if y is not None:
-        if y.dtype.is_floating_point or y.dim() != 1:
-            raise KdnbError(f"labels should be a 1-D integer tensor of class indices, got dtype {y.dtype} "
-                            f"and shape {tuple(y.shape)}")
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-            raise KdnbError(f"labels out of range: found {int(y.min())}..{int(y.max())} but {what} outputs "
-                            f"{num_classes} classes; give the last layer one output per class")
+        check_labels(y, num_classes, x.shape[0], f"in {data_name}'s first batch")
     return num_classes
 
 
-def check_labels_in_range(data: Any, num_classes: int) -> None:
+def check_labels_in_range(data: Any, num_classes: int, what: str = "data") -> None:
     """Check every label at once when the dataset holds them as a tensor (cheap), else only batch one."""
     dataset = getattr(data, "dataset", None)
     tensors = getattr(dataset, "tensors", None)
     if tensors and len(tensors) > 1 and not tensors[1].dtype.is_floating_point and tensors[1].numel():
         low, high = int(tensors[1].min()), int(tensors[1].max())
         if low < 0 or high >= num_classes:
-            raise KdnbError(f"labels out of range: the dataset has labels {low}..{high} but the model outputs "
-                            f"{num_classes} classes; give the last layer one output per class")
+            raise KdnbError(f"labels out of range: {what}'s dataset has labels {low}..{high} but the model "
+                            f"outputs {num_classes} classes; fix the labels or give the last layer one output "
+                            "per class")

@@ -12,7 +12,9 @@ class History:
     ``steps[name]`` holds one value per optimizer step ("loss" and every extra term a loss reports,
     e.g. "ce" and "kd"); ``epochs[name]`` one value per finished epoch ("train_loss", "train_acc",
     "val_loss", "val_acc", "time_s", and the epoch means of the step terms).
-    ``status`` is "completed", "interrupted" (stop button) or "diverged" (non-finite loss).
+    ``status`` is "completed", "interrupted" (stop button), "stopped" (by a callback), "diverged" (a
+    non-finite or exploding loss, or exploding weights; ``message`` names the step and what to try) or
+    "failed" (an exception, after which the model was put back as it was given).
     """
 
     steps: dict[str, list[float]] = field(default_factory=dict)

@@ -2,12 +2,15 @@
 they differ only in the objective (what a step minimises) and the subscribers (who watches).
 
 Stop-button safety: SIGINT is deferred to the end of the current step, so weights are never
-half-updated; the run returns its history flagged "interrupted". A non-finite loss stops the run
-before it touches the weights, and the message names the step.
+half-updated; the run returns its history flagged "interrupted", at whatever phase the stop came.
+A non-finite or exploding loss, or exploding weights, stop the run flagged "diverged", with the step
+and the advice, sound weights kept. Each batch's labels are checked (a min and a max); any exception
+puts the model back exactly as `fit` was given it (`_Undo`), so a failed in-place call leaves no trace.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import math
 import random
@@ -60,6 +63,9 @@ class Settings:
     seed: int | None = 0
     callbacks: Iterable[object] = ()
 
+    def __post_init__(self) -> None:
+        checks.check_settings(self)  # every verb that trains builds one: the settings are checked at its entry
+
 
 SETTINGS: dict[str, Any] = {f.name: f.default for f in fields(Settings)}  # name -> default
 
@@ -87,13 +93,19 @@ def make_optimizer(optimizer: OptimizerSpec, params: list[torch.nn.Parameter], l
     if isinstance(optimizer, torch.optim.Optimizer):
         return optimizer
     if callable(optimizer):
-        made = optimizer(params)
+        try:
+            made = optimizer(params)
+        except (KdnbError, KeyboardInterrupt):
+            raise
+        except Exception as error:  # noqa: BLE001 - the user's factory failed: one line naming it
+            raise KdnbError(f"optimizer factory failed: {type(error).__name__}: {checks.first_line(error)}; pass "
+                            "e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)") from None
         if not isinstance(made, torch.optim.Optimizer):
             raise KdnbError("optimizer factory should return a torch.optim.Optimizer, "
-                            f"got {type(made).__name__}; e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)")
+                            f"got {type(made).__name__}; pass e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)")
         return made
     raise KdnbError(f"optimizer should be None, a torch.optim.Optimizer or a factory params -> optimizer, "
-                    f"got {type(optimizer).__name__}")
+                    f"got {type(optimizer).__name__}; pass e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)")
 
 
 @contextlib.contextmanager
@@ -147,28 +159,102 @@ def fit(
     ``evaluate_fn(model, val)`` returns extra per-epoch metrics; by default val loss and accuracy.
     The training settings (optimizer ... callbacks) are `Settings`.
     """
+    callbacks = checks.check_callbacks(callbacks)  # once into a list: a generator of subscribers is read once
     settings = Settings(optimizer=optimizer, lr=lr, scheduler=scheduler, amp=amp, grad_clip=grad_clip,
                         device=device, seed=seed, callbacks=callbacks)
     objective = objective or Supervised()
-    _check(model, data, val, epochs, settings, check_inputs)
-    run = _prepare(model, data, objective, epochs, settings, title)
-    return _run(run, data, val, evaluate_fn)
+    try:
+        num_classes = _check(model, data, val, epochs, settings, objective, evaluate_fn, check_inputs)
+    except KeyboardInterrupt:
+        return _interrupted_before_start()
+    undo = _Undo.take(model, settings.optimizer, data, val)
+    try:
+        run = _prepare(model, data, objective, epochs, settings, title)
+    except KeyboardInterrupt:
+        undo.restore(model)
+        return _interrupted_before_start()
+    except BaseException:
+        undo.restore(model)
+        raise
+    run.num_classes = num_classes
+    return _run(run, data, val, evaluate_fn, undo)
 
 
 def _check(model: torch.nn.Module, data: Iterable, val: Iterable | None, epochs: int, settings: Settings,
-           check_inputs: bool) -> None:
-    """Every argument, before anything changes: a bad input leaves the model exactly where it was."""
+           objective: Objective, evaluate_fn: Callable | None, check_inputs: bool) -> int | None:
+    """Every argument, before anything changes: a bad input leaves the model exactly where it was.
+
+    Returns the number of classes when the first batch was checked (each batch's labels are then checked
+    against it), else None."""
     checks.check_model(model)
     checks.check_loader(data, "data")
     if val is not None:
         checks.check_loader(val, "val")
     checks.check_positive("epochs", epochs, integer=True)
-    checks.check_positive("lr", settings.lr)
     resolve_device(settings.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if isinstance(objective, torch.nn.Module):
+        params += [p for p in objective.parameters() if p.requires_grad]
+    checks.check_trainable(params)
+    here, num_classes = model_device(model), None
     if check_inputs:
-        here = model_device(model)
-        num_classes = checks.check_model_fits_data(model, to_device(checks.first_batch(data, "data"), here), here)
+        batch = to_device(checks.first_batch(data, "data"), here)
+        num_classes = checks.check_model_fits_data(model, batch, here)
         checks.check_labels_in_range(data, num_classes)
+        num_classes = num_classes if checks.split_batch(batch)[1] is not None else None
+    if val is not None and evaluate_fn is None:  # the default evaluation needs labelled batches the model takes
+        val_batch = to_device(checks.first_batch(val, "val"), here)
+        if checks.check_batch(val_batch, "val")[1] is None:
+            raise KdnbError("val's batches have no labels; pass a loader of (inputs, labels) as val= "
+                            "(val loss and accuracy need labels)")
+        checks.check_labels_in_range(val, checks.check_model_fits_data(model, val_batch, here, data_name="val"), "val")
+    return num_classes
+
+
+@dataclass
+class _Undo:
+    """What `fit` was given, to put back when it fails: an in-place verb that raises leaves no trace
+    (weights, buffers, gradients, each module's mode, the device, an optimizer's state, every RNG)."""
+
+    device: torch.device
+    state: dict[str, torch.Tensor]
+    grads: list[tuple[torch.nn.Parameter, torch.Tensor | None]]
+    modes: list[tuple[torch.nn.Module, bool]]
+    optimizer: torch.optim.Optimizer | None
+    optimizer_state: dict[str, Any] | None
+    restore_rng: Callable[[], None]
+
+    @classmethod
+    def take(cls, model: torch.nn.Module, optimizer: Any, data: Iterable, val: Iterable | None) -> _Undo:
+        instance = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+        return cls(device=model_device(model),
+                   state={k: v.detach().clone() for k, v in model.state_dict().items()},
+                   grads=[(p, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()],
+                   modes=[(m, m.training) for m in model.modules()],
+                   optimizer=instance,
+                   optimizer_state=copy.deepcopy(instance.state_dict()) if instance is not None else None,
+                   restore_rng=checks.rng_state(data, val))
+
+    def restore(self, model: torch.nn.Module) -> None:
+        if model_device(model) != self.device:
+            model.to(self.device)
+        model.load_state_dict(self.state)
+        for param, grad in self.grads:
+            param.grad = grad
+        restore_modes(self.modes)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(self.optimizer_state)
+        self.restore_rng()
+
+
+def restore_modes(modes: list[tuple[torch.nn.Module, bool]]) -> None:
+    """Each module back in its own mode (a frozen BatchNorm inside a training model stays in eval)."""
+    for module, training in modes:
+        module.training = training
+
+
+def _interrupted_before_start() -> History:
+    return History(status="interrupted", message="interrupted before the first step; the model is unchanged")
 
 
 @dataclass
@@ -186,6 +272,8 @@ class _Run:
     state: RunState
     events: Dispatcher
     history: History = field(default_factory=History)
+    num_classes: int | None = None  # labels of each batch are checked against it (None: not class labels)
+    divergence: _Divergence | None = None
 
 
 def _prepare(model: torch.nn.Module, data: Iterable, objective: Objective, epochs: int, settings: Settings,
@@ -209,56 +297,155 @@ def _prepare(model: torch.nn.Module, data: Iterable, objective: Objective, epoch
     history = History()
     state = RunState(model=model, history=history, epochs=epochs, steps_per_epoch=steps_per_epoch, title=title)
     return _Run(model=model, objective=objective, device=device, params=params, optimizer=opt,
-                scheduler=settings.scheduler(opt) if settings.scheduler is not None else None,
+                scheduler=_make_scheduler(settings.scheduler, opt),
                 scaler=torch.amp.GradScaler("cuda") if use_amp else None, grad_clip=settings.grad_clip,
                 state=state, events=Dispatcher(settings.callbacks), history=history)
 
 
-def _run(run: _Run, data: Iterable, val: Iterable | None, evaluate_fn: Callable | None) -> History:
-    """The epochs, between the run's start and end events; always ends with a status and the model's mode."""
-    model, history, state = run.model, run.history, run.state
-    was_training = model.training
-    run.events.emit("on_run_start", state)
+def _make_scheduler(scheduler: SchedulerSpec, optimizer: torch.optim.Optimizer) -> Any:
+    if scheduler is None:
+        return None
+    try:
+        made = scheduler(optimizer)
+    except (KdnbError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 - the user's factory failed: one line naming it
+        raise KdnbError(f"scheduler factory failed: {type(error).__name__}: {checks.first_line(error)}; pass e.g. "
+                        "scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1)") from None
+    if not callable(getattr(made, "step", None)):
+        raise KdnbError(f"scheduler factory should return an LR scheduler (with .step()), got "
+                        f"{type(made).__name__}; pass e.g. scheduler=lambda opt: "
+                        "torch.optim.lr_scheduler.StepLR(opt, step_size=1)")
+    return made
+
+
+def _run(run: _Run, data: Iterable, val: Iterable | None, evaluate_fn: Callable | None, undo: _Undo) -> History:
+    """The epochs, between the run's start and end events; always ends with a status and the model's modes.
+    An exception puts back everything `fit` was given (``undo``) before it propagates."""
+    history, state = run.history, run.state
     try:
         with deferred_interrupt() as interrupt:
-            for epoch in range(state.epochs):
-                state.epoch = epoch
-                tally = _train_epoch(run, data, interrupt)
-                if tally is None or interrupt["hit"] or state.stop:
-                    break  # diverged; or stopped: a partial epoch is not logged as an epoch, its steps are
-                _finish_epoch(run, tally, val, evaluate_fn)
-                if interrupt["hit"] or state.stop:
-                    break
-            _set_status(history, state, interrupt["hit"])
-    except KeyboardInterrupt:
-        # Raised outside an optimizer step (data loading, forward, backward, a callback):
-        # the weights are those after the last completed step.
-        _mark_interrupted(history, state)
-    finally:
-        model.train(was_training)
-        if history.status == "running":
-            history.status = "failed"
-        run.events.emit("on_run_end", state)
+            try:
+                run.events.emit("on_run_start", state)
+                _epochs(run, data, val, evaluate_fn, interrupt)
+                _set_status(history, state, interrupt["hit"])
+            except KeyboardInterrupt:
+                # Raised outside an optimizer step (data loading, forward, backward, a callback, val):
+                # the weights are those after the last completed step.
+                _mark_interrupted(history, state)
+            restore_modes(undo.modes)
+            try:
+                run.events.emit("on_run_end", state)
+            except KeyboardInterrupt:
+                _mark_interrupted(history, state)
+    except BaseException:
+        history.status = "failed"
+        undo.restore(run.model)
+        with contextlib.suppress(Exception):
+            run.events.emit("on_run_end", state)  # a progress bar still closes
+        raise
     return history
 
 
+def _epochs(run: _Run, data: Iterable, val: Iterable | None, evaluate_fn: Callable | None,
+            interrupt: dict[str, bool]) -> None:
+    run.divergence = _Divergence(run.params)
+    for epoch in range(run.state.epochs):
+        run.state.epoch = epoch
+        tally = _train_epoch(run, data, interrupt)
+        if tally is None or interrupt["hit"] or run.state.stop:
+            break  # diverged; or stopped: a partial epoch is not logged as an epoch, its steps are
+        _finish_epoch(run, tally, val, evaluate_fn)
+        if interrupt["hit"] or run.state.stop:
+            break
+
+
 def _train_epoch(run: _Run, data: Iterable, interrupt: dict[str, bool]) -> _EpochTally | None:
-    """One pass over ``data``, step by step (until a stop is asked); None when a non-finite loss ended the run."""
+    """One pass over ``data``, step by step (until a stop is asked); None when the run diverged."""
     last_good = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    start_step = run.state.step
     run.model.train()
     tally = _EpochTally(started=time.perf_counter())
-    for batch in data:
-        out = _forward(run, to_device(batch, run.device))
-        loss_value = float(out.loss.detach())
-        if not math.isfinite(loss_value):
-            _diverged(run, last_good, loss_value)
+    epoch = run.state.epoch + 1
+    numbered = checks.numbered_batches(data, lambda i: f"batch {i + 1} of epoch {epoch} (the model is restored)")
+    for index, batch in numbered:
+        batch = to_device(batch, run.device)
+        where = f"in batch {index + 1} of epoch {epoch}"
+        if run.num_classes is not None:
+            x, y = checks.check_batch(batch, f"data (batch {index + 1} of epoch {epoch})")
+            if y is not None:
+                checks.check_labels(y, run.num_classes, x.shape[0], where)
+        out = _forward(run, batch, where)
+        loss_value = _loss_value(out.loss, where)  # the step's one sync: the last step's weight norm is ready too
+        if _blew_up(run, last_good, start_step, loss_value):
             return None
         _optimizer_step(run, out.loss)
         _log_step(run, out, loss_value, tally)
+        if run.state.step % _Divergence.WEIGHTS_EVERY == 0:
+            run.divergence.measure(run.state.step)
         run.events.emit("on_step_end", run.state)
         if interrupt["hit"] or run.state.stop:
             break
-    return tally
+    run.divergence.measure(run.state.step)
+    return None if _blew_up(run, last_good, start_step) else tally
+
+
+def _blew_up(run: _Run, last_good: dict[str, torch.Tensor], start_step: int, loss_value: float | None = None) -> bool:
+    """Exploded weights after the last step, or a non-finite or exploding loss now: the run is flagged diverged."""
+    step = run.divergence.exploded_at()
+    if step is not None:
+        _diverged(run, last_good, start_step, f"the weights' norm grew to {run.divergence.norm:.3g} at step {step}")
+        return True
+    if loss_value is not None and (not math.isfinite(loss_value) or run.divergence.loss_exploded(loss_value)):
+        _diverged(run, last_good, start_step, f"loss became {loss_value:.4g} at step {run.state.step + 1}")
+        return True
+    return False
+
+
+class _Divergence:
+    """A run that has blown up without a NaN: the loss grown by orders of magnitude over the first step's
+    (at least ``LOSS_GROWTH`` times, measured from 1 for smaller losses), or the weights' norm by
+    ``WEIGHT_GROWTH`` times. Real training never does either; a too-large lr does within a few steps.
+    The norm is taken every ``WEIGHTS_EVERY`` steps and at each epoch's end (it costs about a step's
+    optimizer update on a small CPU model; every step would add ~10 %)."""
+
+    LOSS_GROWTH = 1e3
+    WEIGHT_GROWTH = 1e3
+    WEIGHTS_EVERY = 16
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.params, self.first_loss = params, None
+        self.start_norm = max(float(self._norm()), 1.0)
+        self.norm = self.start_norm
+        self.pending: tuple[int, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def _norm(self) -> torch.Tensor:
+        return torch.nn.utils.get_total_norm(self.params) if self.params else torch.zeros(())
+
+    def loss_exploded(self, loss: float) -> bool:
+        if self.first_loss is None:
+            self.first_loss = max(abs(loss), 1.0)
+        return abs(loss) > self.LOSS_GROWTH * self.first_loss
+
+    def measure(self, step: int) -> None:
+        """Queue the weights' norm after ``step``; it is read at the next sync (no GPU stall of its own)."""
+        self.pending = (step, self._norm())
+
+    def exploded_at(self) -> int | None:
+        """The step after which the queued norm was too large, else None."""
+        if self.pending is None:
+            return None
+        (step, norm), self.pending = self.pending, None
+        self.norm = float(norm)
+        return step if self._too_large() else None
+
+    def weights_exploded(self) -> bool:
+        self.norm = float(self._norm())
+        return self._too_large()
+
+    def _too_large(self) -> bool:
+        return not math.isfinite(self.norm) or self.norm > self.WEIGHT_GROWTH * self.start_norm
 
 
 @dataclass
@@ -272,11 +459,26 @@ class _EpochTally:
     batches: int = 0
 
 
-def _forward(run: _Run, batch: Any) -> StepOutput:
-    if run.scaler is None:
-        return run.objective(run.model, batch)
-    with torch.autocast(device_type="cuda", dtype=torch.float16):
-        return run.objective(run.model, batch)
+def _forward(run: _Run, batch: Any, where: str) -> StepOutput:
+    """The objective on one batch; a failure names the batch (later batches may differ from the first)."""
+    try:
+        if run.scaler is None:
+            return run.objective(run.model, batch)
+        with torch.autocast(device_type="cuda", dtype=torch.float16):
+            return run.objective(run.model, batch)
+    except (KdnbError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 - one line naming the batch; the cause stays chained
+        raise KdnbError(f"the step failed {where}: {type(error).__name__}: {checks.first_line(error)}; check the "
+                        "model and the loss on this batch (the model is restored; the cause is chained)") from error
+
+
+def _loss_value(loss: Any, where: str) -> float:
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.dtype.is_floating_point:
+        got = f"shape {tuple(loss.shape)} {loss.dtype}" if isinstance(loss, torch.Tensor) else checks.shown(loss)
+        raise KdnbError(f"the loss {where} should be a scalar float tensor (or (tensor, {{'term': value}})), "
+                        f"got {got}; reduce it, e.g. with .mean() (the model is restored)")
+    return float(loss.detach())
 
 
 def _optimizer_step(run: _Run, loss: torch.Tensor) -> None:
@@ -322,7 +524,7 @@ def _finish_epoch(run: _Run, tally: _EpochTally, val: Iterable | None, evaluate_
         if evaluate_fn is not None:
             metrics.update(evaluate_fn(run.model, val))
         else:
-            result = evaluate(run.model, val)
+            result = evaluate(run.model, val, "val")
             metrics.update(val_loss=result["loss"], val_acc=result["accuracy"])
     metrics["time_s"] = time.perf_counter() - tally.started
     metrics.update(run.state.extra)
@@ -330,15 +532,20 @@ def _finish_epoch(run: _Run, tally: _EpochTally, val: Iterable | None, evaluate_
     run.events.emit("on_epoch_end", run.state)
 
 
-def _diverged(run: _Run, last_good: dict[str, torch.Tensor], loss_value: float) -> None:
-    """A non-finite loss: stop before the update, keep sound weights, say which step and what to try."""
-    _keep_last_good(run.model, last_good)
+def _diverged(run: _Run, last_good: dict[str, torch.Tensor], start_step: int, what: str) -> None:
+    """Stop a run that blew up: keep sound weights, say which step and what to try."""
     history, state = run.history, run.state
+    if _keep_last_good(run, last_good):
+        kept = f"the model is back to its weights at the start of epoch {state.epoch + 1} (after step {start_step})"
+    else:
+        kept = f"stopped before updating, the model keeps the weights after step {state.step}"
     history.status = "diverged"
-    history.message = (f"loss became {loss_value} at step {state.step + 1} (epoch {state.epoch + 1}); "
-                       f"stopped before updating, the model keeps the weights after step "
-                       f"{state.step}. Try a lower lr or grad_clip=1.0")
+    history.message = f"{what} (epoch {state.epoch + 1}); {kept}. Try a lower lr (now {_lr(run)}) or grad_clip=1.0"
     warn(history.message, RuntimeWarning)
+
+
+def _lr(run: _Run) -> str:
+    return f"{run.optimizer.param_groups[0].get('lr', float('nan')):.3g}" if run.optimizer.param_groups else "?"
 
 
 def _set_status(history: History, state: RunState, interrupted: bool) -> None:
@@ -359,8 +566,10 @@ def _mark_interrupted(history: History, state: RunState) -> None:
                        f"the model holds the weights after step {state.step}")
 
 
-def _keep_last_good(model: torch.nn.Module, last_good: dict[str, torch.Tensor]) -> None:
-    """The weights that produced a non-finite loss may themselves be broken: fall back to the epoch start."""
-    if all(torch.isfinite(p).all() for p in model.parameters()):
-        return
-    model.load_state_dict(last_good)
+def _keep_last_good(run: _Run, last_good: dict[str, torch.Tensor]) -> bool:
+    """The weights that produced a non-finite or exploding loss may themselves be broken (non-finite or
+    exploded): then fall back to the epoch start. Returns whether it did."""
+    if all(torch.isfinite(p).all() for p in run.model.parameters()) and not run.divergence.weights_exploded():
+        return False
+    run.model.load_state_dict(last_good)
+    return True

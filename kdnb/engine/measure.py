@@ -128,11 +128,11 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
     """
     check_model(model)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise KdnbError(f"batch_size should be a positive integer or None, got {batch_size!r}")
+        raise KdnbError(f"batch_size should be a positive integer or None, got {batch_size!r}; pass e.g. batch_size=64")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise KdnbError(f"repeats should be a positive integer, got {repeats!r}")
+        raise KdnbError(f"repeats should be a positive integer, got {repeats!r}; pass e.g. repeats=30")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise KdnbError(f"warmup should be a non-negative integer, got {warmup!r}")
+        raise KdnbError(f"warmup should be a non-negative integer, got {warmup!r}; pass e.g. warmup=5")
     home = _full(model_device(model))
     target = home if device is None else _full(resolve_device(device))
     net = model if target == home else copy.deepcopy(model).to(target)
@@ -206,7 +206,9 @@ def _batch_of(x: torch.Tensor, loader: Iterable | None, batch_size: int | None) 
 def _check_runs(model: nn.Module, x: torch.Tensor) -> None:
     try:
         model(x)
-    except (RuntimeError, ValueError, TypeError) as error:
+    except (KdnbError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure of the user's forward (IndexError too) is one line
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise KdnbError(f"model failed on an input batch of shape {tuple(x.shape)}: {first_line} "
                         "-- check that the model's input size matches the data") from None
@@ -358,7 +360,7 @@ def compare(models: dict[str, nn.Module], data: Iterable | torch.Tensor, **measu
     """
     if not isinstance(models, dict) or not models:
         raise KdnbError(f"models should be a non-empty dict {{name: model}}, got {type(models).__name__}; "
-                        "e.g. kdnb.compare({'teacher': teacher, 'student': student}, val)")
+                        "pass e.g. kdnb.compare({'teacher': teacher, 'student': student}, val)")
     for key in measure_kwargs:
         if key not in _MEASURE_KWARGS:
             raise KdnbError(f"compare got an unknown option {key!r}; {suggest(key, _MEASURE_KWARGS)}")
