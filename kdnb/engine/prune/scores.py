@@ -108,7 +108,7 @@ class _Context:
 
     def scored(self) -> dict[str, torch.Tensor]:
         """The parameters an element criterion scores: every one when structured (BatchNorm included)."""
-        params = dict(self.model.named_parameters())
+        params = dict(self.model.named_parameters(remove_duplicate=False))  # a tied weight under each name
         return {n: p.detach() for n, p in params.items()} if self.structured else \
             {n: params[n].detach() for n in prunable_weights(self.model)}
 
