@@ -140,7 +140,7 @@ class _Options:
 
 
 def _check(teacher: Any, student: Any, data: Any, val: Any, given: dict[str, Any]) -> _Options:
-    """Check every argument once, before anything is copied or trained."""
+    """Check every argument once, before anything is copied or trained (``given``: distill's arguments by name)."""
     options.check_models(teacher, student)
     method = options.check_method(given["method"])
     alpha, beta = options.weights(method, given["alpha"], given["beta"])
@@ -240,13 +240,14 @@ def _train(model: nn.Module, loader: Iterable, val: Iterable | None, objective: 
 
 def _objective(plan: _Plan, opts: _Options, method: str, alpha: float, *, cached: bool,
                unlabelled: bool) -> Distillation:
-    taps = {}
-    if methods.get(method).needs_features:
-        taps = {"student_tap": hooks.Tap(plan.trained, [s for _, s in opts.pairs]),
-                "teacher_tap": hooks.Tap(plan.frozen.model, [t for t, _ in opts.pairs])}
+    features = {}
+    if methods.get(method).needs_features:  # only the distillation itself matches features
+        features = {"pairs": opts.pairs, "adapters": plan.adapters,
+                    "student_tap": hooks.Tap(plan.trained, [s for _, s in opts.pairs]),
+                    "teacher_tap": hooks.Tap(plan.frozen.model, [t for t, _ in opts.pairs])}
     return Distillation(plan.frozen, method, opts.temperature, alpha, opts.beta, cached=cached,
-                        unlabelled=unlabelled, warmup=opts.warmup, pairs=opts.pairs, adapters=plan.adapters,
-                        augment=opts.augment, mixup=opts.mixup, **taps)
+                        unlabelled=unlabelled, warmup=opts.warmup, augment=opts.augment, mixup=opts.mixup,
+                        **features)
 
 
 def _run(plan: _Plan, opts: _Options, val: Iterable | None, seed: int | None) -> History:
