@@ -107,7 +107,9 @@ def report(name: str, regime: Regime, rows: list[dict[str, float]]) -> None:
           f"T={regime.temperature:g}, alpha={regime.alpha:g}, lr={regime.lr:g} cosine"
           + (f", augment={regime.augment!r}, mixup={regime.mixup:g}" if regime.augment else "") + f", {len(rows)} seeds")
     for key in rows[0]:
-        values = [100 * row[key] for row in rows]
+        values = [100 * row[key] for row in rows if row[key] == row[key]]  # NaN: no gap to close that seed
+        if not values:
+            continue
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         print(f"  {key:26s} {statistics.mean(values):6.1f} +- {std:4.1f}  (min {min(values):6.1f})  "
               + " ".join(f"{v:6.1f}" for v in values))
