@@ -33,10 +33,10 @@ class Standardised:
     pixel that is blank in every training image would otherwise come out at (value - 0) / 1e-6.
     """
 
-    def __init__(self, name: str, seed: int, transform: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, name: str, seed: int, transform: Callable[[torch.Tensor], torch.Tensor], noise: float = 0.0):
         from kdnb import datasets  # below the engine: the data's own statistics
 
-        self.name, self.seed, self.transform = name, seed, transform
+        self.name, self.seed, self.transform, self.noise = name, seed, transform, noise
         self.mean, self.std = datasets.statistics(name, seed)
         x_train = datasets.arrays(name, seed)[0]
         self.low, self.high = x_train.min(dim=0).values, x_train.max(dim=0).values
@@ -47,19 +47,22 @@ class Standardised:
             raise KdnbError(f"augment={self.name!r} is for {self.name} inputs of {self.mean.numel()} features, "
                             f"got inputs of shape {tuple(x.shape[1:])}; pass your own augment= callable")
         mean, std, low, high = (v.to(x.device, x.dtype) for v in (self.mean, self.std, self.low, self.high))
-        raw = self.transform(flat * std + mean)
-        return torch.minimum(torch.maximum((raw - mean) / std, low), high).reshape(x.shape)
+        moved = (self.transform(flat * std + mean) - mean) / std
+        if self.noise:  # in standardised units: raw-unit noise would be huge on the near-constant border pixels
+            moved = moved + self.noise * torch.randn_like(moved)
+        return torch.minimum(torch.maximum(moved, low), high).reshape(x.shape)
 
     def __repr__(self) -> str:
-        return f"{self.name} augmentation ({self.transform!r})"
+        noise = f", noise {self.noise:g} std" if self.noise else ""
+        return f"{self.name} augmentation ({self.transform!r}{noise})"
 
 
 class DigitsTransform:
-    """Random per-image shift by up to ``shift`` pixels (each axis, whole pixels), rotation by up to
-    ``degrees``, and Gaussian noise of ``noise`` x the top grey level, on raw 8x8 digits (0..16)."""
+    """Random per-image shift by up to ``shift`` pixels (each axis, whole pixels) and rotation by up to
+    ``degrees``, on raw 8x8 digits (0..16); `digits` adds the noise after standardising."""
 
-    def __init__(self, shift: int = 1, degrees: float = 10.0, noise: float = 0.05):
-        self.shift, self.degrees, self.noise = shift, degrees, noise
+    def __init__(self, shift: int = 1, degrees: float = 10.0):
+        self.shift, self.degrees = shift, degrees
 
     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
         n, device = len(raw), raw.device
@@ -70,11 +73,10 @@ class DigitsTransform:
         theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
         grid = F.affine_grid(theta.to(raw.dtype), list(images.shape), align_corners=False)
         moved = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        noisy = moved + self.noise * 16.0 * torch.randn_like(moved)
-        return noisy.clamp(0.0, 16.0).reshape(n, -1)
+        return moved.reshape(n, -1)
 
     def __repr__(self) -> str:
-        return f"shift ±{self.shift}px, rotate ±{self.degrees:g}°, noise {self.noise:g}"
+        return f"shift ±{self.shift}px, rotate ±{self.degrees:g}°"
 
 
 class Mnist1dTransform:
@@ -99,9 +101,10 @@ class Mnist1dTransform:
         return f"shift ±{self.shift}, scale ±{self.scale / 2:g}, shear {self.shear:g}, noise {self.noise:g}"
 
 
-def digits(shift: int = 1, degrees: float = 10.0, noise: float = 0.05, *, seed: int = 0) -> Standardised:
-    """The augmentation of ``kdnb.datasets.load("digits", seed=seed)`` inputs (flat or (1, 8, 8))."""
-    return Standardised("digits", seed, DigitsTransform(shift, degrees, noise))
+def digits(shift: int = 1, degrees: float = 10.0, noise: float = 0.1, *, seed: int = 0) -> Standardised:
+    """The augmentation of ``kdnb.datasets.load("digits", seed=seed)`` inputs (flat or (1, 8, 8)):
+    shifts and rotations of the raw image, then Gaussian noise of ``noise`` standard deviations."""
+    return Standardised("digits", seed, DigitsTransform(shift, degrees), noise)
 
 
 def mnist1d(shift: int = 4, scale: float = 0.4, shear: float = 0.75, noise: float = 0.05, *,
