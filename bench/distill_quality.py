@@ -117,8 +117,8 @@ def report(name: str, regime: Regime, rows: list[dict[str, float]]) -> None:
         if gain in rows[0]:
             values = [row[gain] for row in rows]
             mean, std = statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-            verdict = "> 1 std: a real gain" if mean > std else ("< -1 std: a real loss" if mean < -std
-                                                                  else "within noise")
+            verdict = ("one seed: no spread to judge by" if len(values) < 2 else "> 1 std: a real gain"
+                       if mean > std else "< -1 std: a real loss" if mean < -std else "within noise")
             print(f"  {gain}: {100 * mean:+.1f} +- {100 * std:.1f} pp -> {verdict}")
     wins = sum(row["KD"] > row["scratch"] for row in rows)
     print(f"  KD beats scratch in {wins} of {len(rows)} seeds", flush=True)
