@@ -184,3 +184,18 @@ def _synthetic(num_samples: int, seed: int, num_features: int = 20, num_classes:
     y = rng.integers(0, num_classes, size=num_samples)
     x = centres[y] + rng.normal(0.0, 1.0, size=(num_samples, num_features))
     return x.astype(np.float32), y.astype(np.int64)
+
+
+def statistics(name: str, seed: int = 0, *, val_fraction: float = 0.2, num_samples: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-feature (mean, std) that `load` (same arguments) standardises its inputs with.
+
+    An augmentation that works on the raw inputs (pixel shifts, rotations) undoes the
+    standardisation with them, transforms, and standardises again.
+    """
+    if name not in NAMES:
+        raise KdnbError(f"unknown dataset {name!r}; {suggest(str(name), NAMES)} (known: {', '.join(NAMES)})")
+    x, _ = _raw(name, num_samples, seed)
+    train_idx, _ = _split(len(x), seed, val_fraction, num_samples if name == "digits" else None)
+    mean, std = _statistics(x[train_idx])
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)

@@ -88,7 +88,7 @@ def test_a_misspelt_variable_suggests_the_notebook_variable(shell):
     ("callbacks = [1]", "callbacks[0]"),
     ("grad_clip = -1", "grad_clip"),
     ("amp = 'yes'", "amp"),
-    ("scheduler = 'cosine'", "scheduler"),
+    ("scheduler = 'linear'", "scheduler"),
     ("optimizer = 'adam'", "optimizer"),
     ("seed = 'abc'", "seed"),
     ("epochs = 0", "epochs"),

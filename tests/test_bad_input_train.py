@@ -66,7 +66,7 @@ class Hooked(Callback):
 SETTINGS = [
     ("lr", float("nan")), ("lr", float("inf")), ("lr", -0.1), ("lr", 0), ("lr", "0.1"), ("lr", True), ("lr", None),
     ("seed", "abc"), ("seed", 1.5), ("seed", True), ("seed", 2**70), ("seed", [0]),
-    ("scheduler", "cosine"), ("scheduler", 5),
+    ("scheduler", "linear"), ("scheduler", 5),
     ("callbacks", 5), ("callbacks", [1]), ("callbacks", "abc"), ("callbacks", {"a": Hooked()}),
     ("callbacks", [Hooked]), ("callbacks", [object()]),
     ("grad_clip", -1), ("grad_clip", 0), ("grad_clip", "1"), ("grad_clip", float("nan")), ("grad_clip", True),

@@ -40,7 +40,7 @@ def raises_one_line(match, call, *models):
     ({"cache": "yes"}, r"cache should be 'auto', True, False or 'fp16'"),
     ({"features": [("1", "1")]}, r"features= is used by method 'fitnets' or 'at', not 'kd'"),
     ({"method": "fitnets", "features": ["1"]}, r"features should be a list of \(teacher_layer, student_layer\)"),
-    ({"method": "dkd", "transfer": torch.zeros(4, 20)}, r"method='dkd' needs a label for every sample"),
+    ({"method": "dkd", "mixup": 0.4}, r"mixup does not go with method='dkd'"),
     ({"epochs": 0}, r"epochs should be a positive integer"),
     ({"warmup": 0}, r"warmup should be a number of epochs >= 1"),
 ])

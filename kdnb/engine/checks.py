@@ -189,8 +189,10 @@ def check_settings(settings: Any) -> None:
         raise KdnbError(f"optimizer should be None, a torch.optim.Optimizer or a factory params -> optimizer, "
                         f"got {shown(optimizer)}; pass e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)")
     check_positive("lr", settings.lr)
-    _check_factory("scheduler", settings.scheduler,
-                   "lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)")
+    scheduler = settings.scheduler
+    if scheduler is not None and scheduler != "cosine" and (isinstance(scheduler, str) or not callable(scheduler)):
+        raise KdnbError(f"scheduler should be None, 'cosine' (the lr annealed to 0 over the run) or a factory "
+                        f"optimizer -> scheduler, got {shown(scheduler)}; pass e.g. scheduler='cosine'")
     check_bool("amp", settings.amp)
     if settings.grad_clip is not None:
         check_positive("grad_clip", settings.grad_clip)

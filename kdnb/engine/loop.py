@@ -46,7 +46,7 @@ class Settings:
     Args:
         optimizer: ``None`` (Adam with ``lr``), an optimizer, or a factory ``params -> optimizer``.
         lr: learning rate of the default Adam.
-        scheduler: a factory ``optimizer -> LR scheduler``, stepped once per epoch (None: constant lr).
+        scheduler: a factory ``optimizer -> LR scheduler`` stepped each epoch, "cosine" (lr annealed to 0), or None.
         amp: mixed precision (float16 autocast + grad scaling) on CUDA; ignored on CPU.
         grad_clip: clip the gradients' global norm to this before each step (None: no clipping).
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1"...
@@ -297,14 +297,16 @@ def _prepare(model: torch.nn.Module, data: Iterable, objective: Objective, epoch
     history = History()
     state = RunState(model=model, history=history, epochs=epochs, steps_per_epoch=steps_per_epoch, title=title)
     return _Run(model=model, objective=objective, device=device, params=params, optimizer=opt,
-                scheduler=_make_scheduler(settings.scheduler, opt),
+                scheduler=_make_scheduler(settings.scheduler, opt, epochs),
                 scaler=torch.amp.GradScaler("cuda") if use_amp else None, grad_clip=settings.grad_clip,
                 state=state, events=Dispatcher(settings.callbacks), history=history)
 
 
-def _make_scheduler(scheduler: SchedulerSpec, optimizer: torch.optim.Optimizer) -> Any:
+def _make_scheduler(scheduler: SchedulerSpec | str, optimizer: torch.optim.Optimizer, epochs: int) -> Any:
     if scheduler is None:
         return None
+    if scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
     try:
         made = scheduler(optimizer)
     except (KdnbError, KeyboardInterrupt):

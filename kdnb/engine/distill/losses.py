@@ -3,6 +3,11 @@
 Notation: ``s`` student logits and ``t`` teacher logits, shape (N, C); ``y`` integer labels, shape (N,),
 where -1 marks an unlabelled sample (a transfer-set input); ``T`` the temperature;
 ``p^T = softmax(logits / T)``. Every loss is a mean over the batch.
+
+The losses a training step calls take two keywords that change no formula: ``mix=(y2, lam)`` when
+the batch was mixed up (Zhang et al. 2018), which only changes the hard-label term (see `hard_ce`),
+and ``terms``, a dict that receives each unweighted term under its name, so the live chart can draw
+the terms apart from the very tensors the loss was built of.
 """
 from __future__ import annotations
 
@@ -10,6 +15,14 @@ import torch
 import torch.nn.functional as F
 
 UNLABELLED = -1  # the label of a transfer-set input: no hard-label term for it
+
+Mix = tuple[torch.Tensor, float]  # (the partner labels y[perm], lambda) of a mixed-up batch
+Terms = dict[str, torch.Tensor]
+
+
+def _report(terms: Terms | None, **values: torch.Tensor) -> None:
+    if terms is not None:
+        terms.update(values)
 
 
 def soft_labels(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -23,13 +36,20 @@ def soft_labels(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.softmax(logits / temperature, dim=-1)
 
 
-def hard_ce(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def hard_ce(s: torch.Tensor, y: torch.Tensor, mix: Mix | None = None) -> torch.Tensor:
     """Cross-entropy with the hard labels over the labelled rows only:
 
         CE = sum over {i : y_i != -1} of -log softmax(s_i)[y_i]  /  max(number of labelled rows, 1)
 
     so a batch drawn only from the transfer set has CE = 0 (it says nothing about the labels).
+    On a mixed-up batch x~ = lam * x + (1 - lam) * x[perm], ``mix = (y[perm], lam)`` and the target is
+    mixed the same way (Zhang et al. 2018, "mixup: Beyond Empirical Risk Minimization"):
+
+        CE_mix = lam * CE(y, s) + (1 - lam) * CE(y[perm], s)
     """
+    if mix is not None:
+        partner, lam = mix
+        return lam * hard_ce(s, y) + (1 - lam) * hard_ce(s, partner)
     total = F.cross_entropy(s, y, ignore_index=UNLABELLED, reduction="sum")
     return total / (y != UNLABELLED).sum().clamp_min(1)
 
@@ -48,7 +68,7 @@ def soft_kl(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tenso
 
 
 def kd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float = 4.0,
-       alpha: float = 0.5) -> torch.Tensor:
+       alpha: float = 0.5, *, mix: Mix | None = None, terms: Terms | None = None) -> torch.Tensor:
     """Knowledge distillation, Hinton, Vinyals & Dean 2015:
 
         KD = alpha * CE(y, s) + (1 - alpha) * T^2 * KL(p_t^T || p_s^T)
@@ -57,8 +77,27 @@ def kd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float = 4
     some (e.g. the Keras distiller example, RepDistiller) give ``alpha`` to the soft term instead,
     so alpha=0.9 there means alpha=0.1 here. Hinton et al. found a much lower weight on the
     hard term works best (a small alpha here). CE uses the labelled rows only (see `hard_ce`).
+    On mixed-up inputs ``t`` is the teacher's output on the mixed input itself ("function matching",
+    Beyer et al. 2022), never a mix of its outputs on the two originals.
     """
-    return alpha * hard_ce(s, y) + (1 - alpha) * soft_kl(s, t, temperature)
+    ce, soft = hard_ce(s, y, mix), soft_kl(s, t, temperature)
+    _report(terms, ce=ce, kd=soft)
+    return alpha * ce + (1 - alpha) * soft
+
+
+def pseudo_label(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, alpha: float = 0.5, *,
+                 mix: Mix | None = None, terms: Terms | None = None) -> torch.Tensor:
+    """Hard pseudo-labels (Lee 2013, "Pseudo-Label"): KD with the soft labels replaced by the teacher's top-1 class,
+
+        PL = alpha * CE(y, s) + (1 - alpha) * CE(argmax_c t, s)
+
+    on the same inputs (augmented, mixed) as KD. It is the baseline that answers "did the *soft*
+    labels help?": whatever PL gains over a scratch student came from the teacher's decisions on
+    the extra inputs, whatever KD gains over PL from the rest of its distribution.
+    """
+    ce, pseudo = hard_ce(s, y, mix), F.cross_entropy(s, t.argmax(dim=1))
+    _report(terms, ce=ce, pseudo=pseudo)
+    return alpha * ce + (1 - alpha) * pseudo
 
 
 def fitnets(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
@@ -134,7 +173,7 @@ def nckd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float) 
 
 
 def dkd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float = 4.0,
-        alpha: float = 1.0, beta: float = 8.0) -> torch.Tensor:
+        alpha: float = 1.0, beta: float = 8.0, *, terms: Terms | None = None) -> torch.Tensor:
     """Decoupled knowledge distillation, Zhao et al. 2022 (CVPR):
 
         DKD = alpha * TCKD + beta * NCKD
@@ -142,6 +181,10 @@ def dkd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float = 
     It rests on the identity KL(p_t || p_s) = TCKD + (1 - p_t[y]) * NCKD (all at the same T), in
     which classic KD ties NCKD's weight to the teacher's confidence; DKD frees it (beta = 8 in
     the paper on CIFAR-100). The training objective adds CE(y, s) and ramps DKD up linearly over
-    the first epochs (the paper's warm-up).
+    the first epochs (the paper's warm-up). A transfer-set input (y = -1) has no label, so its
+    target class is the teacher's top-1 class: y_i := argmax_c t_i (DKD with a transfer set).
     """
-    return alpha * tckd(s, t, y, temperature) + beta * nckd(s, t, y, temperature)
+    y = torch.where(y == UNLABELLED, t.argmax(dim=1), y)
+    target, others = tckd(s, t, y, temperature), nckd(s, t, y, temperature)
+    _report(terms, tckd=target, nckd=others)
+    return alpha * target + beta * others

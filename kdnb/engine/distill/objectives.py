@@ -1,9 +1,10 @@
 """Distillation as an objective of the one training loop (`kdnb.engine.loop.fit`).
 
-A step: the student reads the batch; the teacher's logits come from the cache (in the batch) or
-from the frozen teacher run live; the loss is the method's formula from `losses`, and each of its
-terms is reported apart ("ce", "kd", "fitnets", "at", "tckd", "nckd": unweighted values), so the
-live chart can draw them as separate curves.
+A step: the student reads the batch (one random view of it, with ``augment``); the teacher's
+logits come from the cache (in the batch) or from the frozen teacher run live on the same view; the
+loss is the method's formula from `losses`, called through the method's record in `methods`, and
+each of its terms is reported apart ("ce", "kd", "hint", "at", "tckd", "nckd", "pseudo": unweighted
+values), so the live chart can draw them as separate curves.
 """
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdnb.engine.device import model_device
-from kdnb.engine.distill import losses
+from kdnb.engine.distill import augment, losses, methods
+from kdnb.engine.distill.augment import Augmentation
 from kdnb.engine.distill.hooks import Tap
-from kdnb.engine.distill.options import check_weights
+from kdnb.engine.distill.options import check_augment, check_mixup, check_weights
 from kdnb.engine.objective import StepOutput, split_batch
 
 
@@ -48,65 +49,63 @@ class FrozenTeacher:
 
 
 class Distillation(nn.Module):
-    """``objective(student, batch) -> StepOutput`` for method "kd", "fitnets", "at" or "dkd".
+    """``objective(student, batch) -> StepOutput`` for any method of the registry (`methods`).
 
-    Losses (the formulas live in `losses`):
-        kd:       alpha * CE + (1 - alpha) * KD
-        fitnets:  alpha * CE + (1 - alpha) * KD + beta * sum over layer pairs of hint(adapter(s_l), t_l)
-                  (one stage; the paper trains the hint first, then KD)
-        at:       alpha * CE + (1 - alpha) * KD + beta * sum over layer pairs of AT(s_l, t_l)
-        dkd:      CE + w * (alpha * TCKD + beta * NCKD),  w = min((epoch + 1) / warmup, 1)
+    One step: draw the batch's random view (``augment``, then ``mixup``), which the teacher and the
+    student both see; the teacher's logits come from the cache (``cached=True``: the batch is
+    ``(x, y, teacher_logits)``, only without augmentation) or from the frozen teacher run live on
+    that very view; the loss is the method's formula from `losses` (see `methods`), plus, for
+    fitnets/at, beta * the feature loss summed over the layer pairs. For DKD, w = min((epoch + 1) /
+    warmup, 1) ramps the DKD term up (the paper's warm-up).
 
-    With ``cached=True`` a batch is ``(x, y, teacher_logits)``; otherwise the teacher runs on ``x``.
     With ``unlabelled=True`` (a transfer set), labels of -1 mark inputs without a label: they enter
-    every term but CE (and DKD needs labels).
-    As a subscriber of the run (pass it in ``callbacks``) it follows the epoch for DKD's warm-up.
-    The adapters of FitNets are submodules, so the loop trains them with the student.
+    every term but CE. As a subscriber of the run (pass it in ``callbacks``) it follows the epoch
+    for DKD's warm-up. The adapters of FitNets are submodules, so the loop trains them with the student.
     """
 
-    def __init__(self, teacher: FrozenTeacher, method: str = "kd", temperature: float = 4.0, alpha: float = 0.5,
-                 beta: float = 0.0, *, cached: bool = False, unlabelled: bool = False, warmup: int = 1,
-                 pairs: Sequence[tuple[str, str]] = (), adapters: nn.ModuleList | None = None,
-                 student_tap: Tap | None = None, teacher_tap: Tap | None = None):
+    def __init__(self, teacher: FrozenTeacher | None, method: str = "kd", temperature: float = 4.0,
+                 alpha: float = 0.5, beta: float = 0.0, *, cached: bool = False, unlabelled: bool = False,
+                 warmup: int = 1, pairs: Sequence[tuple[str, str]] = (), adapters: nn.ModuleList | None = None,
+                 student_tap: Tap | None = None, teacher_tap: Tap | None = None,
+                 augment: Augmentation | None = None, mixup: float = 0.0):
         super().__init__()
         self.teacher = teacher  # a plain object, not a submodule: the loop must not train or move it
+        self.spec = methods.get(method)
         self.method, self.temperature, self.alpha, self.beta = method, temperature, alpha, beta
         self.cached, self.unlabelled, self.warmup, self.epoch = cached, unlabelled, max(1, warmup), 0
+        self.augment, self.mixup = augment, mixup
         self.pairs = list(pairs)
         self.adapters = adapters if adapters is not None else nn.ModuleList()
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
 
     def forward(self, model: nn.Module, batch: Any) -> StepOutput:
         x, y = split_batch(batch)
+        if self.augment is not None:
+            x = self.augment(x)
+        mix = None
+        if self.mixup:
+            x, mix = augment.mixup(x, y, self.mixup)
         s = model(x)
-        t = batch[2].to(s.dtype) if self.cached else self.teacher(x)
-        # hard_ce equals plain cross-entropy when every row is labelled, which is cheaper to compute
-        ce = losses.hard_ce(s, y) if self.unlabelled else F.cross_entropy(s, y)
-        if self.method == "dkd":
-            terms = {"ce": ce, "tckd": losses.tckd(s, t, y, self.temperature),
-                     "nckd": losses.nckd(s, t, y, self.temperature)}
-            ramp = min((self.epoch + 1) / self.warmup, 1.0)
-            loss = ce + ramp * (self.alpha * terms["tckd"] + self.beta * terms["nckd"])  # CE + w * losses.dkd
-        else:
-            terms = {"ce": ce, "kd": losses.soft_kl(s, t, self.temperature)}
-            loss = self.alpha * ce + (1 - self.alpha) * terms["kd"]  # = losses.kd(s, t, y, T, alpha)
-            if self.method in ("fitnets", "at"):
-                name = "hint" if self.method == "fitnets" else "at"  # FitNets calls its term the hint loss
-                terms[name] = self._feature_loss()
-                loss = loss + self.beta * terms[name]
+        t = None
+        if self.spec.needs_teacher:
+            t = batch[2].to(s.dtype) if self.cached else self.teacher(x)
+        terms: dict[str, torch.Tensor] = {}
+        ramp = min((self.epoch + 1) / self.warmup, 1.0)
+        step = methods.Step(s, t, y, self.temperature, self.alpha, self.beta, ramp=ramp, mix=mix, terms=terms)
+        loss = self.spec.loss(step)
+        if self.spec.needs_features:
+            terms[self.spec.feature_term] = self._feature_loss()
+            loss = loss + self.beta * terms[self.spec.feature_term]
         if self.unlabelled:  # train accuracy counts the labelled rows only
             labelled = y != losses.UNLABELLED
             s, y = s[labelled], y[labelled]
-        return StepOutput(loss=loss, logits=s, targets=y, terms=terms)
+        return StepOutput(loss=loss, logits=s, targets=y, terms=terms)  # mixed up: accuracy against y
 
     def _feature_loss(self) -> torch.Tensor:
         total = 0.0
         for (t_name, s_name), adapt in zip(self.pairs, self.adapters):
             s_feat, t_feat = self.student_tap.outputs[s_name], self.teacher_tap.outputs[t_name]
-            if self.method == "fitnets":
-                total = total + losses.fitnets(adapt(s_feat), t_feat.float())
-            else:
-                total = total + losses.at(s_feat, t_feat.float())
+            total = total + self.spec.feature_loss(adapt(s_feat), t_feat.float())
         return total
 
     def on_run_start(self, state: Any) -> None:
@@ -122,13 +121,17 @@ class Distillation(nn.Module):
                 tap.remove()
 
 
-def kd_objective(teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.5) -> Distillation:
+def kd_objective(teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.5, *,
+                 augment: Any = None, mixup: float = 0.0) -> Distillation:
     """Hinton KD against a live, frozen copy of ``teacher``, as an objective for `kdnb.engine.loop.fit`.
 
     ``fit(student, data, objective=kd_objective(teacher))`` minimises
     alpha * CE(y, s) + (1 - alpha) * T^2 * KL(p_t^T || p_s^T) (see `losses.kd`) and logs "ce" and
     "kd" per step. The teacher is copied once (the original is never touched), used in eval mode,
-    and follows the batch to its device.
+    and follows the batch to its device. ``augment`` (None, "digits", "mnist1d" or a callable) and
+    ``mixup`` (Beta concentration, 0 = off) draw one view per step that teacher and student share.
     """
     check_weights("kd", temperature, alpha, 0.0)
-    return Distillation(FrozenTeacher(teacher), "kd", temperature, alpha)
+    check_mixup(mixup, "kd")
+    return Distillation(FrozenTeacher(teacher), "kd", temperature, alpha,
+                        augment=check_augment(augment), mixup=mixup)

@@ -5,27 +5,26 @@ from typing import Any
 
 import torch
 
+from kdnb.engine.distill import augment as augmentations
+from kdnb.engine.distill import methods
 from kdnb.engine.errors import KdnbError, suggest
 
-METHODS = ("kd", "fitnets", "at", "dkd")
-FEATURE_METHODS = ("fitnets", "at")
 CACHE_CHOICES = ("auto", True, False, "fp16")
-
-# (alpha, beta) when left None. kd/fitnets/at: alpha weights the hard-label CE, 1 - alpha the soft
-# term, beta the feature term; dkd: alpha weights TCKD and beta NCKD (Zhao et al. 2022's CIFAR values).
-DEFAULT_WEIGHTS = {"kd": (0.5, 0.0), "fitnets": (0.5, 1.0), "at": (0.5, 1.0), "dkd": (1.0, 8.0)}
+BASELINES = ("scratch", "pseudo")
 
 
 def check_method(method: Any) -> str:
-    if method not in METHODS:
-        raise KdnbError(f"unknown method {method!r}; {suggest(str(method), METHODS)} (known: {', '.join(METHODS)})")
+    """A ``method=`` of the registry (`methods.names()`)."""
+    if method not in methods.names():
+        known = methods.names()
+        raise KdnbError(f"unknown method {method!r}; {suggest(str(method), known)} (known: {', '.join(known)})")
     return method
 
 
 def weights(method: str, alpha: float | None, beta: float | None) -> tuple[float, float]:
-    """``alpha`` and ``beta`` with the method's defaults filled in."""
-    default_alpha, default_beta = DEFAULT_WEIGHTS[method]
-    return (default_alpha if alpha is None else alpha), (default_beta if beta is None else beta)
+    """``alpha`` and ``beta`` with the method's defaults (its registry record) filled in."""
+    spec = methods.get(method)
+    return (spec.alpha if alpha is None else alpha), (spec.beta if beta is None else beta)
 
 
 def _number(value: Any) -> bool:
@@ -71,10 +70,58 @@ def check_optimizer(optimizer: Any) -> None:
 
 
 def check_features(method: str, features: Any) -> None:
-    if features is not None and method not in FEATURE_METHODS:
-        raise KdnbError(f"features= is used by method 'fitnets' or 'at', not {method!r}; drop it or change method")
+    if features is not None and not methods.get(method).needs_features:
+        users = " or ".join(repr(m.name) for m in methods.METHODS.values() if m.needs_features)
+        raise KdnbError(f"features= is used by method {users}, not {method!r}; drop it or change method")
 
 
 def check_warmup(warmup: Any) -> None:
     if warmup is not None and (isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1):
         raise KdnbError(f"warmup should be a number of epochs >= 1 (DKD's linear ramp), got {warmup!r}")
+
+
+def check_augment(augment: Any) -> augmentations.Augmentation | None:
+    """``augment=`` resolved to a callable (a built-in name or the user's), or None."""
+    return augmentations.resolve(augment)
+
+
+def check_mixup(mixup: Any, method: str) -> None:
+    if not _number(mixup) or mixup < 0:
+        raise KdnbError(f"mixup should be the Beta(a, a) concentration a > 0 of mixup (e.g. 0.4), or 0 for off; "
+                        f"got {mixup!r}")
+    if mixup and not methods.get(method).mixup:
+        raise KdnbError(f"mixup does not go with method={method!r}: a mixed input has no single target class; "
+                        "use method='kd' with mixup")
+
+
+def check_cache_with_augment(cache: Any, augmented: bool) -> None:
+    """A cached soft label belongs to one view of a sample; augment= draws a new view every step."""
+    if augmented and cache is not False and cache != "auto":
+        raise KdnbError(f"cache={cache!r} with augment=/mixup=: the teacher must label each new random view, so "
+                        "the cache is off; drop cache= (or say cache=False)")
+
+
+def check_baseline(baseline: Any) -> tuple[str, ...]:
+    """``baseline=`` as the tuple of baselines to train: False/None -> (), True -> ("scratch",),
+    "pseudo" -> ("pseudo",), ("scratch", "pseudo") -> both."""
+    if baseline is None or baseline is False:
+        return ()
+    if baseline is True:
+        return ("scratch",)
+    chosen = (baseline,) if isinstance(baseline, str) else baseline
+    if not isinstance(chosen, (tuple, list)) or not chosen or not all(b in BASELINES for b in chosen):
+        raise KdnbError(f"baseline should be True, False, 'scratch', 'pseudo' or ('scratch', 'pseudo') (hard "
+                        f"labels from scratch, or the teacher's top-1 class on the same inputs), got {baseline!r}")
+    return tuple(dict.fromkeys(chosen))
+
+
+def check_seeds(seeds: Any) -> tuple[int, ...] | None:
+    if seeds is None:
+        return None
+    ok = isinstance(seeds, (list, tuple, range)) and all(
+        isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    if not ok or len(seeds) == 0:
+        raise KdnbError(f"seeds should be a non-empty list of integers, e.g. seeds=range(5), got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise KdnbError(f"seeds should be distinct (a repeated seed repeats the same run), got {list(seeds)!r}")
+    return tuple(seeds)

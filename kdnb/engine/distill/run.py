@@ -1,9 +1,16 @@
-"""`distill`: train a small student to imitate a frozen teacher, and optionally the same student from
-scratch beside it, so the result answers "did distillation help?"."""
+"""`distill`: train a small student to imitate a frozen teacher, and beside it the fair baselines (the
+same student from scratch, and with the teacher's hard top-1 labels), so the result answers "did
+distillation help?" and "did the *soft* labels help?".
+
+Named steps: check (every argument, once, before any state changes) -> prepare (copies, the first
+batch, adapters, the loader with transfer set and soft-label cache) -> run (the distillation) ->
+baselines (scratch, pseudo-labels: the same steps, optimizer, schedule and augmentation) -> finish.
+"""
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,14 +18,16 @@ from torch import nn
 
 from kdnb.engine import checks
 from kdnb.engine.device import resolve_device, to_device
+from kdnb.engine.distill import augment as augmentations
 from kdnb.engine.distill import cache as soft_cache
-from kdnb.engine.distill import hooks, options
+from kdnb.engine.distill import hooks, losses, methods, options
 from kdnb.engine.distill.agreement import Agreement
 from kdnb.engine.distill.objectives import Distillation, FrozenTeacher
-from kdnb.engine.distill.result import DistillResult
+from kdnb.engine.distill.result import DistillResult, SeedRun
 from kdnb.engine.distill.transfer import with_transfer
 from kdnb.engine.errors import KdnbError
-from kdnb.engine.loop import OptimizerSpec, fit
+from kdnb.engine.history import History
+from kdnb.engine.loop import SETTINGS, OptimizerSpec, Settings, fit
 from kdnb.engine.objective import split_batch
 
 
@@ -33,19 +42,22 @@ def distill(
     alpha: float | None = None,
     beta: float | None = None,
     epochs: int = 5,
-    baseline: bool = False,
+    baseline: bool | str | tuple[str, ...] = False,
     cache: bool | str = "auto",
     transfer: Any = None,
     features: Any = None,
     warmup: int | None = None,
+    augment: Any = None,
+    mixup: float = 0.0,
+    seeds: Iterable[int] | None = None,
     optimizer: OptimizerSpec = None,
     lr: float = 1e-3,
-    device: str | torch.device = "auto",
+    scheduler: str | Callable[[torch.optim.Optimizer], Any] | None = None,
     amp: bool = False,
+    grad_clip: float | None = None,
+    device: str | torch.device = "auto",
     seed: int | None = 0,
     callbacks: Iterable[object] = (),
-    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
-    grad_clip: float | None = None,
 ) -> DistillResult:
     """Distil ``teacher`` into a copy of ``student`` and return a `DistillResult`.
 
@@ -55,98 +67,237 @@ def distill(
     Args:
         teacher: trained ``nn.Module`` mapping inputs to logits (N, C); never trained here.
         student: ``nn.Module`` with the same C outputs, usually much smaller; its current weights
-            are the starting point of both the distilled and the scratch student.
+            are the starting point of the distilled student and of every baseline.
         data: training ``DataLoader`` of ``(inputs, labels)``.
         val: validation loader; each epoch logs val loss, accuracy and top-1 agreement with the teacher.
-        method: "kd" (Hinton et al. 2015), "fitnets" (Romero et al. 2015), "at" (Zagoruyko &
-            Komodakis 2017) or "dkd" (Zhao et al. 2022); formulas in `kdnb.engine.distill.losses`.
+        method: a name of the registry `kdnb.engine.distill.methods`: "kd" (Hinton et al. 2015),
+            "fitnets" (Romero et al. 2015), "at" (Zagoruyko & Komodakis 2017) or "dkd" (Zhao et al.
+            2022); formulas in `kdnb.engine.distill.losses`.
         temperature: T of the soft labels softmax(logits / T); higher T shows more of how classes relate.
         alpha: kd/fitnets/at: weight of the hard-label CE, 1 - alpha weighs the soft term
             (default 0.5); dkd: weight of TCKD (default 1.0).
         beta: fitnets/at: weight of the feature term (default 1.0); dkd: weight of NCKD (default 8.0).
-        epochs: passes over the training set (data, plus the transfer set if any).
-        baseline: also train the same student from the same initial weights with hard labels only,
-            with the same optimizer, lr, seed and number of optimizer steps: on ``data`` alone (a
-            transfer set has no labels), so with a transfer set it runs more epochs.
+        epochs: passes over the training set (data, plus the transfer set if any): the budget.
+        baseline: True or "scratch": also train the same student from the same initial weights on
+            hard labels only, with the same optimizer, lr, schedule, seed, augmentation and number
+            of optimizer steps (on ``data`` alone: a transfer set has no labels, so with one it runs
+            more epochs). "pseudo": the student trained like the distilled one but on the teacher's
+            top-1 class instead of its soft labels (`losses.pseudo_label`). ("scratch", "pseudo"): both.
         cache: "auto" caches the teacher's logits once per sample unless the data is randomly
             augmented; True forces it (warning if the labels go stale), "fp16" forces it in float16,
-            False always runs the teacher live.
+            False always runs the teacher live. With ``augment``/``mixup`` the teacher always runs live.
         transfer: extra unlabelled inputs (a DataLoader, e.g. `kdnb.datasets.transfer_set`, or a
             tensor) that the teacher labels; shuffled in with ``data``, where their label is -1 and
-            only the soft term (not CE) sees them.
+            only the soft term (not CE) sees them; DKD takes the teacher's top-1 class as their target.
         features: fitnets/at: ``[(teacher_layer, student_layer), ...]`` module names (as in
             ``model.named_modules()``) whose outputs are matched; tapped with forward hooks.
         warmup: dkd: epochs of the linear ramp of the DKD term (default: a tenth of ``epochs``, >= 1).
+        augment: consistent teaching (Beyer et al. 2022): "digits", "mnist1d" (built-in
+            augmentations of `kdnb.engine.distill.augment`) or any callable ``inputs -> inputs`` of
+            the same shape; each step the teacher and the student see the same random view.
+        mixup: Beta(a, a) concentration of mixup (Zhang et al. 2018), e.g. 0.4; 0 is off. The KD
+            target is the teacher's output on the mixed input.
+        seeds: run once per seed (the first seed's models are returned) and report the spread of
+            the gap closure, flagging a gain within noise; overrides ``seed``.
         optimizer: None (Adam with ``lr``) or a factory ``params -> optimizer`` (not an instance).
-        lr, device, amp, seed, scheduler, grad_clip: as in `kdnb.train`.
-        callbacks: subscribers to the events of each run, titled "distill" and "scratch".
+        lr, amp, grad_clip, device, seed: as in `kdnb.train`.
+        scheduler: as in `kdnb.train`, or "cosine": cosine learning rate over each run's epochs
+            (the patient schedule of Beyer et al.).
+        callbacks: subscribers to the events of each run, titled "distill", "scratch" and "pseudo".
 
     Returns:
         DistillResult: ``.student``, ``.history`` (per-step terms "loss", "ce", "kd"...; per-epoch
-        "val_acc", "val_agreement"...), ``.baseline`` and ``.baseline_history`` (with baseline=True),
-        ``.summary()`` (teacher / scratch / distilled side by side, gap closure) and ``.plot()``.
+        "val_acc", "val_agreement"...), ``.baseline`` and ``.baseline_history`` (the scratch
+        student), ``.baselines`` (every baseline by name), ``.summary()`` (teacher / baselines /
+        distilled side by side, gap closure, the budget) and ``.plot()``.
     """
+    opts = _check(teacher, student, data, val, locals())
+    runs = [_one_seed(teacher, student, data, val, opts, s) for s in (opts.seeds or (seed,))]
+    result = runs[0]
+    if opts.seeds is not None:
+        result.seed_runs = [SeedRun.of(s, run) for s, run in zip(opts.seeds, runs)]
+    return result
+
+
+@dataclass
+class _Options:
+    """Every argument of `distill`, checked, with defaults filled in."""
+
+    method: str
+    temperature: float
+    alpha: float
+    beta: float
+    epochs: int
+    baselines: tuple[str, ...]
+    cache: Any
+    transfer: Any
+    pairs: list[tuple[str, str]]
+    warmup: int
+    augment: augmentations.Augmentation | None
+    mixup: float
+    seeds: tuple[int, ...] | None
+    train: dict[str, Any]  # optimizer, lr, scheduler, amp, grad_clip, device, callbacks
+
+
+def _check(teacher: Any, student: Any, data: Any, val: Any, given: dict[str, Any]) -> _Options:
+    """Check every argument once, before anything is copied or trained (``given``: distill's arguments by name)."""
     options.check_models(teacher, student)
-    method = options.check_method(method)
-    alpha, beta = options.weights(method, alpha, beta)
-    options.check_weights(method, temperature, alpha, beta)
-    options.check_cache(cache)
-    options.check_features(method, features)
-    options.check_warmup(warmup)
-    options.check_optimizer(optimizer)
-    checks.check_positive("epochs", epochs, integer=True)
+    method = options.check_method(given["method"])
+    alpha, beta = options.weights(method, given["alpha"], given["beta"])
+    options.check_weights(method, given["temperature"], alpha, beta)
+    options.check_cache(given["cache"])
+    options.check_features(method, given["features"])
+    options.check_warmup(given["warmup"])
+    options.check_optimizer(given["optimizer"])
+    Settings(**{name: given[name] for name in SETTINGS})  # the training settings, checked as every verb does
+    options.check_mixup(given["mixup"], method)
+    augment = options.check_augment(given["augment"])
+    options.check_cache_with_augment(given["cache"], augment is not None or bool(given["mixup"]))
+    checks.check_positive("epochs", given["epochs"], integer=True)
     checks.check_loader(data, "data")
     if val is not None:
         checks.check_loader(val, "val")
-    pairs = hooks.check_names(features, method) if method in options.FEATURE_METHODS else []
-    if method == "dkd" and transfer is not None:
-        raise KdnbError("method='dkd' needs a label for every sample but a transfer set has none; "
-                        "use method='kd' with transfer=")
-    device = resolve_device(device)
+    pairs = hooks.check_names(given["features"], method) if methods.get(method).needs_features else []
+    train = {k: given[k] for k in ("optimizer", "lr", "scheduler", "amp", "grad_clip", "callbacks")}
+    train["device"] = resolve_device(given["device"])
+    return _Options(method, given["temperature"], alpha, beta, given["epochs"],
+                    options.check_baseline(given["baseline"]), given["cache"], given["transfer"], pairs,
+                    given["warmup"] or max(1, given["epochs"] // 10), augment, given["mixup"],
+                    options.check_seeds(given["seeds"]), train)
 
+
+@dataclass
+class _Plan:
+    """What `_prepare` built for one seed: the frozen teacher, the student's copies, the loader."""
+
+    frozen: FrozenTeacher
+    initial: nn.Module  # the student's initial weights, before any training: every baseline starts here
+    trained: nn.Module
+    loader: Iterable
+    cached: bool
+    soft_labels: str
+    adapters: nn.ModuleList | None
+    agreement: Agreement | None
+
+
+def _prepare(teacher: nn.Module, student: nn.Module, data: Iterable, val: Iterable | None, opts: _Options,
+             seed: int | None) -> _Plan:
+    """Copies, the first-batch checks (models, labels, augmentation), adapters, transfer set and cache."""
+    device = opts.train["device"]
     frozen = FrozenTeacher(teacher, device)
-    scratch = copy.deepcopy(student) if baseline else None  # the same initial weights, before any training
-    trained = copy.deepcopy(student).to(device)
+    initial, trained = copy.deepcopy(student), copy.deepcopy(student).to(device)
     batch = to_device(checks.first_batch(data, "data"), device)
     num_classes = _check_pair(frozen.model, trained, batch, device)
     checks.check_labels_in_range(data, num_classes)
-
+    if opts.augment is not None:
+        augmentations.check(opts.augment, split_batch(batch)[0])
     if seed is not None:
         torch.manual_seed(seed)  # the adapters' initial weights
-    adapters = hooks.plan_features(frozen.model, trained, split_batch(batch)[0][:2], pairs, method) if pairs else None
-    loader = with_transfer(data, transfer) if transfer is not None else data
-    augmented = soft_cache.augmentation(data) or (soft_cache.augmentation(transfer) if transfer is not None else None)
-    cached, how = soft_cache.decide(cache, loader, augmented, features=bool(pairs))
+    x = split_batch(batch)[0][:2]
+    adapters = hooks.plan_features(frozen.model, trained, x, opts.pairs, opts.method) if opts.pairs else None
+    loader = with_transfer(data, opts.transfer) if opts.transfer is not None else data
+    cached, how = _soft_labels(opts, frozen, loader, data)
     if cached:
-        dtype = torch.float16 if cache == "fp16" else torch.float32
+        dtype = torch.float16 if opts.cache == "fp16" else torch.float32
         logits = soft_cache.teacher_logits(frozen, loader.dataset, loader.batch_size or 64, device, dtype)
         loader = soft_cache.cached_loader(loader, logits)
-
-    objective = Distillation(
-        frozen, method, temperature, alpha, beta, cached=cached, unlabelled=transfer is not None,
-        warmup=warmup or max(1, epochs // 10), pairs=pairs, adapters=adapters,
-        student_tap=hooks.Tap(trained, [s for _, s in pairs]) if pairs else None,
-        teacher_tap=hooks.Tap(frozen.model, [t for t, _ in pairs]) if pairs else None)
     agreement = Agreement(frozen, val) if val is not None else None
-    common = dict(epochs=epochs, optimizer=optimizer, lr=lr, device=device, amp=amp, seed=seed,
-                  scheduler=scheduler, grad_clip=grad_clip, evaluate_fn=agreement)
-    try:
-        history = fit(trained, loader, val, objective=objective, callbacks=[objective, *callbacks],
-                      title="distill", check_inputs=False, **common)
-    finally:
-        objective.close()
-    baseline_history, baseline_epochs = None, _same_steps(epochs, loader, data)
-    if scratch is not None and history.status == "completed":
-        common["epochs"] = baseline_epochs
-        baseline_history = fit(scratch, data, val, callbacks=callbacks, title="scratch", **common)
+    return _Plan(frozen, initial, trained, loader, cached, how, adapters, agreement)
 
+
+def _soft_labels(opts: _Options, frozen: FrozenTeacher, loader: Iterable, data: Iterable) -> tuple[bool, str]:
+    """Whether to cache the teacher's logits, and where the soft labels come from, in words."""
+    drawn = augmentations.describe(opts.augment, opts.mixup)
+    if drawn is not None:  # each step is a new view: the teacher labels it live (consistent teaching)
+        return False, f"live teacher (consistent teaching: {drawn})"
+    augmented = soft_cache.augmentation(data) or (
+        soft_cache.augmentation(opts.transfer) if opts.transfer is not None else None)
+    return soft_cache.decide(opts.cache, loader, augmented, features=bool(opts.pairs))
+
+
+def _one_seed(teacher: nn.Module, student: nn.Module, data: Iterable, val: Iterable | None, opts: _Options,
+              seed: int | None) -> DistillResult:
+    plan = _prepare(teacher, student, data, val, opts, seed)
+    history = _run(plan, opts, val, seed)
+    baselines = _baselines(plan, opts, data, val, seed) if history.status == "completed" else {}
+    return _finish(plan, opts, teacher, data, val, history, baselines)
+
+
+def _train(model: nn.Module, loader: Iterable, val: Iterable | None, objective: Distillation | None,
+           epochs: int, title: str, plan: _Plan, opts: _Options, seed: int | None) -> History:
+    """One run of the loop with the shared training settings ("cosine" spans this run's epochs)."""
+    settings = dict(opts.train)
+    callbacks = [objective, *settings.pop("callbacks")] if objective is not None else list(settings.pop("callbacks"))
+    try:
+        return fit(model, loader, val, objective=objective, callbacks=callbacks, title=title, epochs=epochs,
+                   seed=seed, evaluate_fn=plan.agreement, check_inputs=objective is None, **settings)
+    finally:
+        if objective is not None:
+            objective.close()
+
+
+def _objective(plan: _Plan, opts: _Options, method: str, alpha: float, *, cached: bool,
+               unlabelled: bool) -> Distillation:
+    features = {}
+    if methods.get(method).needs_features:  # only the distillation itself matches features
+        features = {"pairs": opts.pairs, "adapters": plan.adapters,
+                    "student_tap": hooks.Tap(plan.trained, [s for _, s in opts.pairs]),
+                    "teacher_tap": hooks.Tap(plan.frozen.model, [t for t, _ in opts.pairs])}
+    return Distillation(plan.frozen, method, opts.temperature, alpha, opts.beta, cached=cached,
+                        unlabelled=unlabelled, warmup=opts.warmup, augment=opts.augment, mixup=opts.mixup,
+                        **features)
+
+
+def _run(plan: _Plan, opts: _Options, val: Iterable | None, seed: int | None) -> History:
+    objective = _objective(plan, opts, opts.method, opts.alpha, cached=plan.cached,
+                           unlabelled=opts.transfer is not None)
+    return _train(plan.trained, plan.loader, val, objective, opts.epochs, "distill", plan, opts, seed)
+
+
+def _baselines(plan: _Plan, opts: _Options, data: Iterable, val: Iterable | None, seed: int | None
+               ) -> dict[str, tuple[nn.Module, History]]:
+    """The fair baselines, each from the student's initial weights, with the distillation's budget.
+
+    scratch: hard labels on ``data`` (as many steps: more epochs when a transfer set lengthened the
+    distillation), the same augmentation; without augmentation it is exactly `kdnb.train`.
+    pseudo: the distillation's loader and epochs, the teacher's top-1 class for its soft labels.
+    """
+    done = {}
+    for name in opts.baselines:
+        model = copy.deepcopy(plan.initial).to(opts.train["device"])
+        if name == "scratch":
+            drawn = opts.augment is not None or bool(opts.mixup)
+            objective = _objective(plan, opts, "scratch", 1.0, cached=False, unlabelled=False) if drawn else None
+            epochs = _same_steps(opts.epochs, plan.loader, data)
+            history = _train(model, data, val, objective, epochs, "scratch", plan, opts, seed)
+        else:
+            # The pseudo-label student weighs its hard-label CE as KD does (alpha), if the method has one.
+            alpha = opts.alpha if methods.get(opts.method).formula is losses.kd else methods.get("pseudo").alpha
+            objective = _objective(plan, opts, "pseudo", alpha, cached=plan.cached, unlabelled=opts.transfer is not None)
+            history = _train(model, plan.loader, val, objective, opts.epochs, "pseudo", plan, opts, seed)
+        done[name] = (model, history)
+    return done
+
+
+def _finish(plan: _Plan, opts: _Options, teacher: nn.Module, data: Iterable, val: Iterable | None,
+            history: History, baselines: dict[str, tuple[nn.Module, History]]) -> DistillResult:
+    scratch = baselines.get("scratch")
+    settings = {"temperature": opts.temperature, "alpha": opts.alpha, "beta": opts.beta, "epochs": opts.epochs,
+                "baseline_epochs": _same_steps(opts.epochs, plan.loader, data), "steps": history.num_steps,
+                "scheduler": _schedule_name(opts.train["scheduler"]),
+                "augment": augmentations.describe(opts.augment, opts.mixup)}
     return DistillResult(
-        student=trained, history=history, teacher=teacher, baseline=scratch if baseline_history else None,
-        baseline_history=baseline_history, method=method,
-        settings={"temperature": temperature, "alpha": alpha, "beta": beta, "epochs": epochs,
-                  "baseline_epochs": baseline_epochs},
-        soft_labels=how, teacher_accuracy=agreement.teacher_accuracy if agreement else None,
-        val=val, data=data)
+        student=plan.trained, history=history, teacher=teacher, baseline=scratch[0] if scratch else None,
+        baseline_history=scratch[1] if scratch else None, method=opts.method, settings=settings,
+        soft_labels=plan.soft_labels, teacher_accuracy=plan.agreement.teacher_accuracy if plan.agreement else None,
+        val=val, data=data, baselines={name: model for name, (model, _) in baselines.items()},
+        baseline_histories={name: run for name, (_, run) in baselines.items()})
+
+
+def _schedule_name(scheduler: Any) -> str:
+    if scheduler is None:
+        return "constant lr"
+    return "cosine lr" if scheduler == "cosine" else "the given lr schedule"
 
 
 def _same_steps(epochs: int, loader: Iterable, data: Iterable) -> int:
