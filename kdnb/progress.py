@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from kdnb.engine.distributed import is_main_process
 from kdnb.engine.events import Callback, RunState
 
 
@@ -18,6 +19,8 @@ class ProgressBar(Callback):
     def on_run_start(self, state: RunState) -> None:
         from tqdm.auto import tqdm
 
+        if not is_main_process():
+            return  # under torchrun one bar, rank 0's, not one per process
         total = state.epochs * state.steps_per_epoch or None
         self.bar = tqdm(total=total, desc=state.title, unit="step", leave=self.leave, mininterval=self.min_interval)
         self._last = 0.0

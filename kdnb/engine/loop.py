@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdnb.engine import checks
+from kdnb.engine import checks, distributed
 from kdnb.engine.device import model_device, resolve_device, to_device
-from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Dispatcher, RunState
 from kdnb.engine.history import History
 from kdnb.engine.objective import StepOutput, Supervised
@@ -151,7 +150,9 @@ def fit(
                         device=device, seed=seed, callbacks=callbacks)
     objective = objective or Supervised()
     _check(model, data, val, epochs, settings, check_inputs)
-    run = _prepare(model, data, objective, epochs, settings, title)
+    ranks = distributed.start(resolve_device(settings.device), settings.seed)  # one process: does nothing
+    data = ranks.shard(data)
+    run = _prepare(model, data, objective, epochs, settings, title, ranks)
     return _run(run, data, val, evaluate_fn)
 
 
@@ -176,6 +177,8 @@ class _Run:
     """What one call of `fit` works with, made by `_prepare`."""
 
     model: torch.nn.Module
+    trained: torch.nn.Module  # what steps call: the model, or DistributedDataParallel around it
+    ranks: distributed.Local
     objective: Objective
     device: torch.device
     params: list[torch.nn.Parameter]
@@ -189,7 +192,7 @@ class _Run:
 
 
 def _prepare(model: torch.nn.Module, data: Iterable, objective: Objective, epochs: int, settings: Settings,
-             title: str) -> _Run:
+             title: str, ranks: distributed.Local) -> _Run:
     """Move model and objective to the device, seed, and make the optimizer, scheduler and grad scaler."""
     device = resolve_device(settings.device)
     model.to(device)
@@ -208,7 +211,8 @@ def _prepare(model: torch.nn.Module, data: Iterable, objective: Objective, epoch
         steps_per_epoch = 0
     history = History()
     state = RunState(model=model, history=history, epochs=epochs, steps_per_epoch=steps_per_epoch, title=title)
-    return _Run(model=model, objective=objective, device=device, params=params, optimizer=opt,
+    return _Run(model=model, trained=ranks.wrap(model, objective), ranks=ranks, objective=objective, device=device,
+                params=params, optimizer=opt,
                 scheduler=settings.scheduler(opt) if settings.scheduler is not None else None,
                 scaler=torch.amp.GradScaler("cuda") if use_amp else None, grad_clip=settings.grad_clip,
                 state=state, events=Dispatcher(settings.callbacks), history=history)
@@ -227,8 +231,9 @@ def _run(run: _Run, data: Iterable, val: Iterable | None, evaluate_fn: Callable 
                 if tally is None or interrupt["hit"] or state.stop:
                     break  # diverged; or stopped: a partial epoch is not logged as an epoch, its steps are
                 _finish_epoch(run, tally, val, evaluate_fn)
-                if interrupt["hit"] or state.stop:
+                if run.ranks.agree_to_stop(interrupt, state):
                     break
+            run.ranks.align(model)
             _set_status(history, state, interrupt["hit"])
     except KeyboardInterrupt:
         # Raised outside an optimizer step (data loading, forward, backward, a callback):
@@ -247,16 +252,17 @@ def _train_epoch(run: _Run, data: Iterable, interrupt: dict[str, bool]) -> _Epoc
     last_good = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
     run.model.train()
     tally = _EpochTally(started=time.perf_counter())
+    run.ranks.set_epoch(data, run.state.epoch)
     for batch in data:
         out = _forward(run, to_device(batch, run.device))
-        loss_value = float(out.loss.detach())
-        if not math.isfinite(loss_value):
-            _diverged(run, last_good, loss_value)
+        terms = run.ranks.mean(_terms(out))  # over all ranks: a NaN on one is a NaN on all, before any update
+        if not math.isfinite(terms["loss"]):
+            _diverged(run, last_good, terms["loss"])
             return None
         _optimizer_step(run, out.loss)
-        _log_step(run, out, loss_value, tally)
+        _log_step(run, out, terms, tally)
         run.events.emit("on_step_end", run.state)
-        if interrupt["hit"] or run.state.stop:
+        if run.ranks.agree_to_stop(interrupt, run.state):
             break
     return tally
 
@@ -274,9 +280,9 @@ class _EpochTally:
 
 def _forward(run: _Run, batch: Any) -> StepOutput:
     if run.scaler is None:
-        return run.objective(run.model, batch)
+        return run.objective(run.trained, batch)
     with torch.autocast(device_type="cuda", dtype=torch.float16):
-        return run.objective(run.model, batch)
+        return run.objective(run.trained, batch)
 
 
 def _optimizer_step(run: _Run, loss: torch.Tensor) -> None:
@@ -284,6 +290,7 @@ def _optimizer_step(run: _Run, loss: torch.Tensor) -> None:
     opt, scaler = run.optimizer, run.scaler
     opt.zero_grad(set_to_none=True)
     (scaler.scale(loss) if scaler is not None else loss).backward()
+    run.ranks.after_backward()
     if run.grad_clip:
         if scaler is not None:
             scaler.unscale_(opt)
@@ -295,11 +302,13 @@ def _optimizer_step(run: _Run, loss: torch.Tensor) -> None:
         opt.step()
 
 
-def _log_step(run: _Run, out: StepOutput, loss_value: float, tally: _EpochTally) -> None:
+def _terms(out: StepOutput) -> dict[str, float]:
+    return {"loss": _as_float(out.loss), **{name: _as_float(value) for name, value in out.terms.items()}}
+
+
+def _log_step(run: _Run, out: StepOutput, terms: dict[str, float], tally: _EpochTally) -> None:
     run.state.step += 1
     tally.batches += 1
-    terms = {"loss": loss_value}
-    terms.update({name: _as_float(value) for name, value in out.terms.items()})
     run.history.log_step(terms)
     run.state.terms = terms
     for name, value in terms.items():
@@ -313,6 +322,8 @@ def _finish_epoch(run: _Run, tally: _EpochTally, val: Iterable | None, evaluate_
     """Step the scheduler, log the epoch's means and val metrics, tell the subscribers."""
     if run.scheduler is not None:
         run.scheduler.step()
+    run.ranks.align(run.model)
+    tally.correct, tally.seen = run.ranks.total(tally.correct, tally.seen)
     batches = max(tally.batches, 1)
     metrics = {"epoch": run.state.epoch + 1, "train_loss": tally.sums.get("loss", float("nan")) / batches}
     if tally.seen:
@@ -322,9 +333,9 @@ def _finish_epoch(run: _Run, tally: _EpochTally, val: Iterable | None, evaluate_
         if evaluate_fn is not None:
             metrics.update(evaluate_fn(run.model, val))
         else:
-            result = evaluate(run.model, val)
+            result = run.ranks.evaluate(run.model, val)  # sharded over the ranks
             metrics.update(val_loss=result["loss"], val_acc=result["accuracy"])
-    metrics["time_s"] = time.perf_counter() - tally.started
+    metrics["time_s"] = run.ranks.slowest(time.perf_counter() - tally.started)
     metrics.update(run.state.extra)
     run.history.log_epoch(metrics)
     run.events.emit("on_epoch_end", run.state)

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from kdnb.engine.checks import check_model
+from kdnb.engine.distributed import is_main_process
 from kdnb.engine.errors import KdnbError
 from kdnb.models import Residual
 
@@ -142,6 +143,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
     """
     check_model(model)
     target = _check_path(path, writing=True)
+    if not is_main_process():
+        return target  # under torchrun every rank holds the same model: rank 0 writes it, once
     payload = _payload(model, compact=True, metadata=_check_metadata(metadata))
     partial = target.with_name(target.name + ".partial")  # a crash mid-write leaves an old file intact
     try:
