@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -42,7 +43,9 @@ def with_subscribers(engine_fn: F) -> F:
     def verb(*args: Any, progress: bool = True, plot: bool | str = "auto", callbacks: Iterable[object] = (),
              distributed: bool | str = "auto", **kwargs: Any) -> Any:
         ranks.check_mode(distributed)
-        with ranks.mode(distributed):
+        with ranks.mode(distributed), warnings.catch_warnings():
+            if not ranks.is_main_process():
+                warnings.simplefilter("ignore")  # under torchrun rank 0 warns for all, not once per process
             return engine_fn(*args, callbacks=subscribers(progress, plot, callbacks), **kwargs)
 
     signature = inspect.signature(engine_fn)

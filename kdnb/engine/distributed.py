@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
 from kdnb.engine.evaluate import evaluate
 from kdnb.errors import KdnbError, warn
@@ -153,19 +153,20 @@ class Ranks(Local):
             raise KdnbError(f"under torchrun data should be a DataLoader over a map-style dataset (kdnb shards it "
                             f"with a DistributedSampler), got {type(data).__name__}; or pass a DataLoader whose "
                             "sampler is a DistributedSampler")
-        if isinstance(data.sampler, DistributedSampler):
+        batches = data.batch_sampler
+        if isinstance(_sampler(data), DistributedSampler):
             return data
-        if data.batch_size is None:
+        if type(batches) is not BatchSampler:
             raise KdnbError("under torchrun kdnb shards a loader by its batch_size, but this one has a custom "
                             "batch_sampler; give your loader a DistributedSampler (it is then used as is)")
-        per_rank = math.ceil(data.batch_size / self.world)
-        if per_rank * self.world != data.batch_size:
-            warn(f"batch_size {data.batch_size} does not split evenly over {self.world} processes: each takes "
+        per_rank = math.ceil(batches.batch_size / self.world)
+        if per_rank * self.world != batches.batch_size:
+            warn(f"batch_size {batches.batch_size} does not split evenly over {self.world} processes: each takes "
                  f"{per_rank} samples a step, a global batch of {per_rank * self.world}; use a multiple of "
                  f"{self.world} to keep the one-process run's batches")
         sampler = DistributedSampler(data.dataset, num_replicas=self.world, rank=self.rank,
-                                     shuffle=isinstance(data.sampler, RandomSampler), seed=self.seed)
-        return _reloaded(data, sampler, per_rank, data.drop_last)
+                                     shuffle=isinstance(batches.sampler, RandomSampler), seed=self.seed)
+        return _reloaded(data, sampler, per_rank, batches.drop_last)
 
     def wrap(self, model: torch.nn.Module, objective: Any) -> torch.nn.Module:
         """DDP around the model; the objective's own parameters (e.g. FitNets adapters) start as rank 0's and
@@ -180,7 +181,7 @@ class Ranks(Local):
         return DistributedDataParallel(model, device_ids=ids)
 
     def set_epoch(self, data: Iterable, epoch: int) -> None:
-        sampler = getattr(data, "sampler", None)
+        sampler = _sampler(data)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
 
@@ -229,8 +230,8 @@ class Ranks(Local):
     def _val_shard(self, val: Iterable) -> tuple[Iterable, int | None]:
         """Every ``world``-th sample from this rank's index on (no padding, so none is counted twice)."""
         if id(val) not in self.val_shards:
-            if isinstance(val, DataLoader) and isinstance(val.sampler, DistributedSampler):
-                self.val_shards[id(val)] = (val, len(val.sampler))
+            if isinstance(_sampler(val), DistributedSampler):
+                self.val_shards[id(val)] = (val, len(_sampler(val)))
             elif isinstance(val, DataLoader) and val.batch_size and not isinstance(val.dataset, IterableDataset):
                 indices = list(range(self.rank, len(val.dataset), self.world))  # type: ignore[arg-type]
                 self.val_shards[id(val)] = (_reloaded(val, indices, val.batch_size, False), len(indices))
@@ -250,6 +251,12 @@ class Ranks(Local):
         moved = tensor.detach().to(self.comm)
         dist.broadcast(moved, 0)
         tensor.data.copy_(moved)
+
+
+def _sampler(loader: Any) -> Any:
+    """The sampler that draws a loader's indices: its batch sampler's (a loader built with ``batch_sampler=``,
+    e.g. the soft-label cache's, reports a stand-in ``.sampler``)."""
+    return getattr(getattr(loader, "batch_sampler", None), "sampler", getattr(loader, "sampler", None))
 
 
 def _reloaded(loader: DataLoader, sampler: Iterable[int], batch_size: int, drop_last: bool) -> DataLoader:
