@@ -73,12 +73,14 @@ def stops(batch_size: int) -> dict[str, dict]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         nan = kdnb.train(NanOnRankOne(), data, epochs=2)
-    stopped = kdnb.train(kdnb.models.mlp(64, [32], 10), data, epochs=3, callbacks=[Interrupt()])
+    net = kdnb.models.mlp(64, [32], 10)
+    stopped = kdnb.train(net, data, epochs=3, callbacks=[Interrupt()])
+    again = kdnb.train(net, data, epochs=1)  # a second DDP over the same parameters, after the first is gone
     sampler = DistributedSampler(data.dataset, shuffle=True, seed=0)
     own = DataLoader(data.dataset, batch_size=16, sampler=sampler)
     mine = kdnb.train(kdnb.models.mlp(64, [32], 10), own, epochs=2)
     return {name: {"status": h.status, "message": h.message, "steps": h.steps, "epochs": h.epochs}
-            for name, h in (("nan", nan), ("interrupt", stopped), ("own_sampler", mine))}
+            for name, h in (("nan", nan), ("interrupt", stopped), ("again", again), ("own_sampler", mine))}
 
 
 def main(out_dir: str) -> None:

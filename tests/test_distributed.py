@@ -94,6 +94,7 @@ def test_an_interrupt_on_one_rank_stops_both_after_the_same_step(ranks):
     for rank in (zero, one):
         assert rank["interrupt"]["status"] == "interrupted" and len(rank["interrupt"]["steps"]["loss"]) == 2
     assert zero["interrupt"]["message"] == one["interrupt"]["message"]
+    assert zero["again"]["status"] == "completed" and zero["again"]["epochs"] == one["again"]["epochs"]
 
 
 def test_a_loader_with_its_own_distributed_sampler_is_used_as_is(ranks):
