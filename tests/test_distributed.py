@@ -81,6 +81,11 @@ def test_a_batch_size_that_does_not_split_is_rounded_up_per_rank(ranks):
     assert zero["uneven"]["epochs"] == one["uneven"]["epochs"]
 
 
+def test_pruning_replicas_that_started_apart_scores_and_masks_rank_zeros_weights(ranks):
+    (zero, one), _ = ranks
+    assert torch.equal(zero["pruned_from_own_init"]["checksum"], one["pruned_from_own_init"]["checksum"])
+
+
 def test_a_nan_on_one_rank_stops_both_before_the_update(ranks):
     (zero, one), _ = ranks
     for rank in (zero, one):

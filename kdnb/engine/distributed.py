@@ -80,20 +80,50 @@ def mode(value: bool | str) -> Iterator[None]:
         _requested.reset(token)
 
 
-def start(device: torch.device, seed: int | None) -> Local:
-    """The ranks of one run: `Local` (one process: nothing to do) or `Ranks` (DistributedDataParallel).
-
-    Under torchrun without a process group kdnb starts the default one: nccl for CUDA, gloo for CPU."""
+def join(device: torch.device) -> bool:
+    """Whether this call runs on several processes; under torchrun without a process group kdnb starts the
+    default one (nccl for CUDA, gloo for CPU) and keeps it for the calls that follow."""
     if _requested.get() is False:
-        return LOCAL
+        return False
     if not initialized() and under_torchrun():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         atexit.register(_close)
-    if world_size() == 1:
-        return LOCAL
-    return Ranks(device, 0 if seed is None else seed)
+    return world_size() > 1
+
+
+def share(modules: Iterable[Any], device: torch.device) -> None:
+    """Rank 0's weights and buffers into every rank's copy of each module a verb is given, before it scores,
+    caches or prunes anything: what every rank computes from them is then the same (DDP does this for the
+    trained model only, and only once training starts)."""
+    if not join(device):
+        return
+    comm = _comm_device()
+    for module in modules:
+        if isinstance(module, torch.nn.Module):
+            for tensor in (*module.parameters(), *module.buffers()):
+                _broadcast(tensor, comm)
+
+
+def start(device: torch.device, seed: int | None) -> Local:
+    """The ranks of one run: `Local` (one process: nothing to do) or `Ranks` (DistributedDataParallel)."""
+    return Ranks(device, 0 if seed is None else seed) if join(device) else LOCAL
+
+
+def _comm_device() -> torch.device:
+    """Where collectives run: the current GPU for nccl, the CPU for gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _broadcast(tensor: torch.Tensor, comm: torch.device) -> None:
+    """Rank 0's values of ``tensor`` on every rank, in place."""
+    if tensor.device == comm:
+        dist.broadcast(tensor.data, 0)
+        return
+    moved = tensor.detach().to(comm)
+    dist.broadcast(moved, 0)
+    tensor.data.copy_(moved)
 
 
 def _close() -> None:
@@ -143,7 +173,7 @@ class Ranks(Local):
     def __init__(self, device: torch.device, seed: int):
         self.device, self.seed = device, seed
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
-        self.comm = device if dist.get_backend() == "nccl" else torch.device("cpu")  # where collectives run
+        self.comm = _comm_device()
         self.extra: list[torch.nn.Parameter] = []
         self.val_shards: dict[int, tuple[Iterable, int | None]] = {}
 
@@ -174,7 +204,7 @@ class Ranks(Local):
         self.extra = [p for p in objective.parameters() if p.requires_grad] if isinstance(
             objective, torch.nn.Module) else []
         for param in self.extra:
-            self._broadcast(param.data)
+            _broadcast(param, self.comm)
         if not any(p.requires_grad for p in model.parameters()):
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -215,7 +245,7 @@ class Ranks(Local):
         """Rank 0's buffers (BatchNorm running statistics) everywhere: DDP broadcasts them before each forward,
         so after the last one each rank holds its own update."""
         for buffer in model.buffers():
-            self._broadcast(buffer)
+            _broadcast(buffer, self.comm)
 
     def evaluate(self, model: torch.nn.Module, val: Iterable) -> dict[str, float]:
         """Loss and accuracy over ``val``, each rank on its shard, summed: the one-process numbers."""
@@ -243,14 +273,6 @@ class Ranks(Local):
         tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.comm)
         dist.all_reduce(tensor, op=op)
         return tensor.cpu()
-
-    def _broadcast(self, tensor: torch.Tensor) -> None:
-        if tensor.device == self.comm:
-            dist.broadcast(tensor, 0)
-            return
-        moved = tensor.detach().to(self.comm)
-        dist.broadcast(moved, 0)
-        tensor.data.copy_(moved)
 
 
 def _sampler(loader: Any) -> Any:
