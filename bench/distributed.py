@@ -60,8 +60,11 @@ def launch(procs: int, seed: int, epochs: int, teacher: Path, out: Path) -> dict
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--master_addr=127.0.0.1",
                f"--master_port={free_port()}", __file__, "--worker", "--seed", str(seed), "--epochs", str(epochs),
                "--teacher", str(teacher), "--out", str(out)]
-    subprocess.run(command, env=env, check=True, timeout=900)
-    return json.loads(out.read_text())
+    for attempt in (1, 2):  # a launch that dies is retried once, and said so
+        if subprocess.run(command, env=env, timeout=900).returncode == 0:
+            return json.loads(out.read_text())
+        print(f"torchrun --nproc_per_node={procs} (seed {seed}) failed, attempt {attempt} of 2", flush=True)
+    raise SystemExit("torchrun failed twice")
 
 
 def train_teacher(path: Path) -> float:

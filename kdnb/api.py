@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 from kdnb.engine import checks, loop
 from kdnb.engine import distributed as ranks
-from kdnb.engine.device import resolve_device
 from kdnb.env import plotting_enabled
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,7 +44,7 @@ def with_subscribers(engine_fn: F) -> F:
              distributed: bool | str = "auto", **kwargs: Any) -> Any:
         ranks.check_mode(distributed)
         with ranks.mode(distributed), warnings.catch_warnings():
-            ranks.share([*args, *kwargs.values()], resolve_device(kwargs.get("device", "auto")))
+            ranks.share([*args, *kwargs.values()], kwargs.get("device", "auto"))
             if not ranks.is_main_process():
                 warnings.simplefilter("ignore")  # under torchrun rank 0 warns for all, not once per process
             return engine_fn(*args, callbacks=subscribers(progress, plot, callbacks), **kwargs)

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
+from kdnb.engine.device import resolve_device
 from kdnb.engine.evaluate import evaluate
 from kdnb.errors import KdnbError, warn
 
@@ -80,12 +81,13 @@ def mode(value: bool | str) -> Iterator[None]:
         _requested.reset(token)
 
 
-def join(device: torch.device) -> bool:
+def join(device: str | torch.device) -> bool:
     """Whether this call runs on several processes; under torchrun without a process group kdnb starts the
     default one (nccl for CUDA, gloo for CPU) and keeps it for the calls that follow."""
     if _requested.get() is False:
         return False
     if not initialized() and under_torchrun():
+        device = resolve_device(device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
@@ -93,7 +95,7 @@ def join(device: torch.device) -> bool:
     return world_size() > 1
 
 
-def share(modules: Iterable[Any], device: torch.device) -> None:
+def share(modules: Iterable[Any], device: str | torch.device) -> None:
     """Rank 0's weights and buffers into every rank's copy of each module a verb is given, before it scores,
     caches or prunes anything: what every rank computes from them is then the same (DDP does this for the
     trained model only, and only once training starts)."""
