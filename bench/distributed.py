@@ -9,7 +9,9 @@ with ``torchrun --nproc_per_node=1`` and once with ``--nproc_per_node=2``, and r
 
 - val accuracy after training: two processes should land within the one-process seed spread;
 - training throughput, samples/s = samples trained / the epochs' time (the slowest rank's, validation off),
-  and the ratio 2 procs / 1 proc (goal >= 1.6x on 2 free cores; other load on the machine lowers it).
+  and the ratio 2 procs / 1 proc (goal >= 1.6x on 2 free cores; other load on the machine lowers it);
+- CPU seconds per sample of all processes together: the work the split adds (all-reduces, smaller batches),
+  which, unlike wall time, a busy machine does not distort much.
 """
 from __future__ import annotations
 
@@ -21,14 +23,27 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 import kdnb
+from kdnb.engine import distributed
+from kdnb.engine.events import Callback
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 128  # global: 64 per rank on two processes
+
+
+class CpuClock(Callback):
+    """This process's CPU seconds inside the training run (the soft-label cache, built before it, left out)."""
+
+    def on_run_start(self, state):
+        self.started = time.process_time()
+
+    def on_run_end(self, state):
+        self.seconds = time.process_time() - self.started
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -38,14 +53,18 @@ def worker(args: argparse.Namespace) -> None:
     teacher = kdnb.load(args.teacher).eval()
     torch.manual_seed(args.seed)
     student = kdnb.models.cnn_bn(width=32)
+    clock = CpuClock()
     res = kdnb.distill(teacher, student, train, epochs=args.epochs, lr=2e-3, cache=True, seed=args.seed,
-                       progress=False)
+                       progress=False, callbacks=[clock])
     seconds = sum(res.history["time_s"])
     samples = args.epochs * len(train.dataset)
-    if kdnb.engine.distributed.is_main_process():
+    cpu = torch.tensor([clock.seconds], dtype=torch.float64)
+    if distributed.initialized():
+        torch.distributed.all_reduce(cpu)  # all ranks' CPU seconds
+    if distributed.is_main_process():
         accuracy = kdnb.evaluate(res.student, val)["accuracy"]
-        result = {"accuracy": accuracy, "samples_per_s": samples / seconds,
-                  "world": kdnb.engine.distributed.world_size()}
+        result = {"accuracy": accuracy, "samples_per_s": samples / seconds, "cpu_s_per_sample": float(cpu) / samples,
+                  "world": distributed.world_size()}
         Path(args.out).write_text(json.dumps(result))
 
 
@@ -91,7 +110,8 @@ def main(args: argparse.Namespace) -> None:
                 result = launch(procs, seed, args.epochs, teacher, Path(tmp) / f"{procs}-{seed}.json")
                 results[procs].append(result)
                 print(f"seed {seed}, {procs} process(es): val accuracy {result['accuracy']:.4f}, "
-                      f"{result['samples_per_s']:.1f} samples/s", flush=True)
+                      f"{result['samples_per_s']:.1f} samples/s, {1e3 * result['cpu_s_per_sample']:.3f} CPU ms "
+                      "per sample (all processes)", flush=True)
     one, two = ([r["accuracy"] for r in results[p]] for p in (1, 2))
     speed = {p: [r["samples_per_s"] for r in results[p]] for p in (1, 2)}
     ratios = [b / a for a, b in zip(speed[1], speed[2])]
@@ -104,6 +124,10 @@ def main(args: argparse.Namespace) -> None:
     print(f"samples/s     1 process: {spread(speed[1])}   2 processes: {spread(speed[2])}")
     print(f"speed-up 2 vs 1 process: {spread(ratios)} (goal >= 1.6; load average now "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: other work on the machine lowers it)")
+    cpu = {p: statistics.mean(r["cpu_s_per_sample"] for r in results[p]) for p in (1, 2)}
+    print(f"CPU work per sample, 2 processes together / 1 process: {cpu[2] / cpu[1]:.3f}; on 2 free cores, and if "
+          f"waiting in collectives burns no CPU, that bounds the speed-up at 2 / {cpu[2] / cpu[1]:.3f} = "
+          f"{2 * cpu[1] / cpu[2]:.2f}x")
 
 
 if __name__ == "__main__":
