@@ -29,7 +29,7 @@ def nets() -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 def runs(distributed: bool | str, batch_size: int) -> dict[str, dict]:
-    """train, distill (cached and live), prune(finetune=1): the calls a one-process run makes too."""
+    """train, distill (cached, live, fitnets), prune(finetune=1): the calls a one-process run makes too."""
     data, val = digits(256, batch_size), digits(200, 50)
     out = {}
     net, student = nets()
@@ -39,6 +39,9 @@ def runs(distributed: bool | str, batch_size: int) -> dict[str, dict]:
     for cache in (True, False):
         res = kdnb.distill(net, student, data, val=val, epochs=1, cache=cache, distributed=distributed)
         out[f"distill_cache={cache}"] = {"model": res.student, "history": res.history}
+    res = kdnb.distill(net, student, data, val=val, epochs=1, method="fitnets", features=[("1", "1")],
+                       distributed=distributed)  # trains adapters 32 -> 64 beside the student: averaged too
+    out["distill_fitnets"] = {"model": res.student, "history": res.history}
     res = kdnb.prune(net, sparsity=0.5, criterion="taylor", data=data, val=val, finetune=1, distributed=distributed)
     out["prune"] = {"model": res.model, "history": res.history}
     return {name: {"checksum": checksum(r["model"]), "steps": r["history"].steps, "epochs": r["history"].epochs,

@@ -45,7 +45,7 @@ def one_process():
     return worker.runs(False, 64)
 
 
-RUNS = ("train", "distill_cache=True", "distill_cache=False", "prune")
+RUNS = ("train", "distill_cache=True", "distill_cache=False", "distill_fitnets", "prune")
 
 
 @pytest.mark.parametrize("run", RUNS)
