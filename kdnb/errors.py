@@ -42,19 +42,10 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _secondary_rank() -> bool:
-    """A process other than rank 0 of a torch.distributed run (which warns for all; read from sys.modules:
-    the ground floor imports no torch, and a process group exists only once torch.distributed is loaded)."""
-    dist = sys.modules.get("torch.distributed")
-    return bool(dist and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
-
-
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` attributed to the first frame outside kdnb: the user's own line, however deep
     inside kdnb the warning was raised (a fixed ``stacklevel`` points into kdnb as soon as a call
     path changes)."""
-    if _secondary_rank():
-        return
     level, frame = 2, sys._getframe(1)  # stacklevel 2 is warn's caller
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         level, frame = level + 1, frame.f_back
