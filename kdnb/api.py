@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from kdnb.engine import checks, loop
+from kdnb.engine import distributed as ranks
 from kdnb.env import plotting_enabled
 from kdnb.errors import KdnbError
 
@@ -20,7 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def subscribers(progress: bool = True, plot: bool | str = "auto", callbacks: Iterable[object] = ()) -> list[object]:
     """The subscribers for one verb call: progress bar, live chart (in a notebook), then the user's."""
     subs: list[object] = []
-    if plot and plotting_enabled():
+    if plot and plotting_enabled() and ranks.is_main_process():
         from kdnb.widgets import live_chart_for  # lazy: matplotlib and ipywidgets load only when needed
 
         chart = live_chart_for(plot)
@@ -43,18 +45,26 @@ def check_subscribers(progress: Any, plot: Any) -> None:
 
 
 def with_subscribers(engine_fn: F) -> F:
-    """Wrap an engine verb (which takes ``callbacks=``) so it also takes ``progress=`` and ``plot=``."""
+    """Wrap an engine verb (which takes ``callbacks=``) so it also takes ``progress=``, ``plot=`` and
+    ``distributed=`` (how every training run of the call is spread over processes, `kdnb.engine.distributed`)."""
 
     @functools.wraps(engine_fn)
     def verb(*args: Any, progress: bool = True, plot: bool | str = "auto", callbacks: Iterable[object] = (),
-             **kwargs: Any) -> Any:
+             distributed: bool | str = "auto", **kwargs: Any) -> Any:
         check_subscribers(progress, plot)
-        return engine_fn(*args, callbacks=subscribers(progress, plot, checks.check_callbacks(callbacks)), **kwargs)
+        ranks.check_mode(distributed)
+        callbacks = checks.check_callbacks(callbacks)
+        with ranks.mode(distributed), warnings.catch_warnings():
+            ranks.share([*args, *kwargs.values()], kwargs.get("device", "auto"))
+            if not ranks.is_main_process():
+                warnings.simplefilter("ignore")  # under torchrun rank 0 warns for all, not once per process
+            return engine_fn(*args, callbacks=subscribers(progress, plot, callbacks), **kwargs)
 
     signature = inspect.signature(engine_fn)
     params = list(signature.parameters.values())
     extra = [inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=True, annotation="bool"),
-             inspect.Parameter("plot", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation="bool | str")]
+             inspect.Parameter("plot", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation="bool | str"),
+             inspect.Parameter("distributed", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation="bool | str")]
     names = {p.name for p in params}
     params += [p for p in extra if p.name not in names]
     verb.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
@@ -84,6 +94,9 @@ _train.__doc__ = f"""Train ``model`` in place with hard labels and return its `H
 {loop.settings_help()}
         progress: show a tqdm progress bar.
         plot: "auto" shows the live loss chart in a notebook; True forces it, False hides it.
+        distributed: "auto" runs on every process of a torch.distributed group (under ``torchrun``):
+            DistributedDataParallel, the data sharded, the same History on each rank; True requires
+            such a group (an error otherwise); False trains each process alone on all the data.
 
     Returns:
         History: per-step loss, per-epoch train/val loss and accuracy, status ("completed",

@@ -35,7 +35,9 @@ from kdnb.errors import KdnbError, first_line, is_integer
 VERBS = ("distill", "prune")
 # The two options `kdnb.api.with_subscribers` adds to every verb.
 SUBSCRIBER_HELP = {"progress": "show a tqdm progress bar per run.",
-                   "plot": "'auto' shows the live loss chart in a notebook; True forces it, False hides it."}
+                   "plot": "'auto' shows the live loss chart in a notebook; True forces it, False hides it.",
+                   "distributed": "'auto' runs on every process under torchrun (DDP); True requires it, False "
+                                  "trains each process alone."}
 SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from kdnb.engine.distributed import is_main_process
 from kdnb.engine.events import Callback, RunState
 
 
@@ -25,6 +26,8 @@ class ProgressBar(Callback):
         from tqdm.auto import tqdm
         from tqdm.std import tqdm as text_tqdm
 
+        if not is_main_process():
+            return  # under torchrun one bar, rank 0's, not one per process
         total = state.epochs * state.steps_per_epoch or None
         options = dict(total=total, desc=state.title, unit="step", leave=self.leave, mininterval=self.min_interval)
         if tqdm.status_printer is not text_tqdm.status_printer:  # tqdm.auto chose the notebook widget

@@ -125,11 +125,13 @@ class _Gate(nn.Module):
         return x * self.scale[:, None]
 
 
-@pytest.mark.parametrize("layer", [_Gate(8), nn.Conv1d(8, 8, 1, groups=2)], ids=["own-parameter", "grouped"])
-def test_parameters_owned_by_a_module_and_grouped_convs_are_pruned(layer):
+@pytest.mark.parametrize("make_layer", [lambda: _Gate(8), lambda: nn.Conv1d(8, 8, 1, groups=2)],
+                         ids=["own-parameter", "grouped"])
+def test_parameters_owned_by_a_module_and_grouped_convs_are_pruned(make_layer):
     """Once refused: a module's own parameter is an unwrapped parameter to Torch-Pruning (narrowed with its
     channels); a grouped conv loses the same positions in every group, so masking equals deleting."""
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the layers made here, after the seed: the same weights whatever ran before
+    layer = make_layer()
     net = nn.Sequential(nn.Conv1d(1, 8, 3), layer, nn.Flatten(), nn.LazyLinear(3))
     x = torch.randn(2, 1, 6)
     net(x)
@@ -140,7 +142,7 @@ def test_parameters_owned_by_a_module_and_grouped_convs_are_pruned(layer):
         for name, mask in masks_at(scores, 0.4).items():
             masked.get_parameter(name).mul_(mask)
     small = prune(net, 0.4, structured=True, example=x).model
-    assert small[0].out_channels < 8 and torch.allclose(masked(x), small(x), atol=1e-6)
+    assert small[0].out_channels < 8 and torch.allclose(masked(x), small(x), atol=1e-5)
     if isinstance(layer, nn.Conv1d):
         assert small[1].groups == 2 and small[1].in_channels % 2 == 0
 

@@ -10,12 +10,14 @@ from kdnb.errors import KdnbError
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU (the environment variable KDNB_DEVICE, e.g. "cpu",
-    overrides what "auto" picks); any other name must exist on this machine."""
+    """"auto" -> CUDA when available (under torchrun each process's own GPU, cuda:LOCAL_RANK), else CPU (the
+    environment variable KDNB_DEVICE, e.g. "cpu", overrides what "auto" picks); any other name must exist here."""
     if device == "auto" and os.environ.get("KDNB_DEVICE", "auto") != "auto":
         device = os.environ["KDNB_DEVICE"]
     if isinstance(device, torch.device):
         resolved = device
+    elif device == "auto" and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return _local_gpu(int(os.environ["LOCAL_RANK"]))
     elif device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -28,6 +30,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if resolved.type not in ("cpu", "cuda", "mps"):
         raise KdnbError(f"unsupported device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     return resolved
+
+
+def _local_gpu(local_rank: int) -> torch.device:
+    """torchrun's process ``local_rank`` of this node takes GPU ``local_rank`` (one process per GPU)."""
+    if local_rank >= torch.cuda.device_count():
+        raise KdnbError(f"torchrun started process {local_rank} on this node but it has {torch.cuda.device_count()} "
+                        f"GPU(s); use torchrun --nproc_per_node={torch.cuda.device_count()}, or device='cpu'")
+    return torch.device("cuda", local_rank)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

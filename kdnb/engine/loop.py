@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdnb.engine import checks
+from kdnb.engine import checks, distributed
 from kdnb.engine.device import model_device, resolve_device, to_device
-from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Dispatcher, RunState
 from kdnb.engine.history import History
 from kdnb.engine.objective import StepOutput, Supervised
@@ -169,7 +168,9 @@ def fit(
         return _interrupted_before_start()
     undo = _Undo.take(model, settings.optimizer, data, val)
     try:
-        run = _prepare(model, data, objective, epochs, settings, title)
+        ranks = distributed.start(resolve_device(settings.device), settings.seed)  # one process: does nothing
+        data = ranks.shard(data)
+        run = _prepare(model, data, objective, epochs, settings, title, ranks)
     except KeyboardInterrupt:
         undo.restore(model)
         return _interrupted_before_start()
@@ -262,6 +263,8 @@ class _Run:
     """What one call of `fit` works with, made by `_prepare`."""
 
     model: torch.nn.Module
+    trained: torch.nn.Module  # what steps call: the model, or DistributedDataParallel around it
+    ranks: distributed.Local
     objective: Objective
     device: torch.device
     params: list[torch.nn.Parameter]
@@ -277,7 +280,7 @@ class _Run:
 
 
 def _prepare(model: torch.nn.Module, data: Iterable, objective: Objective, epochs: int, settings: Settings,
-             title: str) -> _Run:
+             title: str, ranks: distributed.Local) -> _Run:
     """Move model and objective to the device, seed, and make the optimizer, scheduler and grad scaler."""
     device = resolve_device(settings.device)
     model.to(device)
@@ -296,7 +299,8 @@ def _prepare(model: torch.nn.Module, data: Iterable, objective: Objective, epoch
         steps_per_epoch = 0
     history = History()
     state = RunState(model=model, history=history, epochs=epochs, steps_per_epoch=steps_per_epoch, title=title)
-    return _Run(model=model, objective=objective, device=device, params=params, optimizer=opt,
+    return _Run(model=model, trained=ranks.wrap(model, objective), ranks=ranks, objective=objective, device=device,
+                params=params, optimizer=opt,
                 scheduler=_make_scheduler(settings.scheduler, opt, epochs),
                 scaler=torch.amp.GradScaler("cuda") if use_amp else None, grad_clip=settings.grad_clip,
                 state=state, events=Dispatcher(settings.callbacks), history=history)
@@ -358,8 +362,9 @@ def _epochs(run: _Run, data: Iterable, val: Iterable | None, evaluate_fn: Callab
         if tally is None or interrupt["hit"] or run.state.stop:
             break  # diverged; or stopped: a partial epoch is not logged as an epoch, its steps are
         _finish_epoch(run, tally, val, evaluate_fn)
-        if interrupt["hit"] or run.state.stop:
+        if run.ranks.agree_to_stop(interrupt, run.state):
             break
+    run.ranks.align(run.model)
 
 
 def _train_epoch(run: _Run, data: Iterable, interrupt: dict[str, bool]) -> _EpochTally | None:
@@ -369,6 +374,7 @@ def _train_epoch(run: _Run, data: Iterable, interrupt: dict[str, bool]) -> _Epoc
     run.model.train()
     tally = _EpochTally(started=time.perf_counter())
     epoch = run.state.epoch + 1
+    run.ranks.set_epoch(data, run.state.epoch)
     numbered = checks.numbered_batches(data, lambda i: f"batch {i + 1} of epoch {epoch} (the model is restored)")
     for index, batch in numbered:
         batch = to_device(batch, run.device)
@@ -379,14 +385,15 @@ def _train_epoch(run: _Run, data: Iterable, interrupt: dict[str, bool]) -> _Epoc
                 checks.check_labels(y, run.num_classes, x.shape[0], where)
         out = _forward(run, batch, where)
         loss_value = _loss_value(out.loss, where)  # the step's one sync: the last step's weight norm is ready too
-        if _blew_up(run, last_good, start_step, loss_value):
+        terms = run.ranks.mean(_terms(out, loss_value))  # over the ranks: a NaN on one is a NaN on all
+        if _blew_up(run, last_good, start_step, terms["loss"]):
             return None
         _optimizer_step(run, out.loss)
-        _log_step(run, out, loss_value, tally)
+        _log_step(run, out, terms, tally)
         if run.state.step % _Divergence.WEIGHTS_EVERY == 0:
             run.divergence.measure(run.state.step)
         run.events.emit("on_step_end", run.state)
-        if interrupt["hit"] or run.state.stop:
+        if run.ranks.agree_to_stop(interrupt, run.state):
             break
     run.divergence.measure(run.state.step)
     return None if _blew_up(run, last_good, start_step) else tally
@@ -465,9 +472,9 @@ def _forward(run: _Run, batch: Any, where: str) -> StepOutput:
     """The objective on one batch; a failure names the batch (later batches may differ from the first)."""
     try:
         if run.scaler is None:
-            return run.objective(run.model, batch)
+            return run.objective(run.trained, batch)
         with torch.autocast(device_type="cuda", dtype=torch.float16):
-            return run.objective(run.model, batch)
+            return run.objective(run.trained, batch)
     except (KdnbError, KeyboardInterrupt):
         raise
     except Exception as error:  # noqa: BLE001 - one line naming the batch; the cause stays chained
@@ -488,6 +495,7 @@ def _optimizer_step(run: _Run, loss: torch.Tensor) -> None:
     opt, scaler = run.optimizer, run.scaler
     opt.zero_grad(set_to_none=True)
     (scaler.scale(loss) if scaler is not None else loss).backward()
+    run.ranks.after_backward()
     if run.grad_clip:
         if scaler is not None:
             scaler.unscale_(opt)
@@ -499,11 +507,13 @@ def _optimizer_step(run: _Run, loss: torch.Tensor) -> None:
         opt.step()
 
 
-def _log_step(run: _Run, out: StepOutput, loss_value: float, tally: _EpochTally) -> None:
+def _terms(out: StepOutput, loss_value: float) -> dict[str, float]:
+    return {"loss": loss_value, **{name: _as_float(value) for name, value in out.terms.items()}}
+
+
+def _log_step(run: _Run, out: StepOutput, terms: dict[str, float], tally: _EpochTally) -> None:
     run.state.step += 1
     tally.batches += 1
-    terms = {"loss": loss_value}
-    terms.update({name: _as_float(value) for name, value in out.terms.items()})
     run.history.log_step(terms)
     run.state.terms = terms
     for name, value in terms.items():
@@ -517,6 +527,8 @@ def _finish_epoch(run: _Run, tally: _EpochTally, val: Iterable | None, evaluate_
     """Step the scheduler, log the epoch's means and val metrics, tell the subscribers."""
     if run.scheduler is not None:
         run.scheduler.step()
+    run.ranks.align(run.model)
+    tally.correct, tally.seen = run.ranks.total(tally.correct, tally.seen)
     batches = max(tally.batches, 1)
     metrics = {"epoch": run.state.epoch + 1, "train_loss": tally.sums.get("loss", float("nan")) / batches}
     if tally.seen:
@@ -526,9 +538,9 @@ def _finish_epoch(run: _Run, tally: _EpochTally, val: Iterable | None, evaluate_
         if evaluate_fn is not None:
             metrics.update(evaluate_fn(run.model, val))
         else:
-            result = evaluate(run.model, val, "val")
+            result = run.ranks.evaluate(run.model, val, "val")  # sharded over the ranks
             metrics.update(val_loss=result["loss"], val_acc=result["accuracy"])
-    metrics["time_s"] = time.perf_counter() - tally.started
+    metrics["time_s"] = run.ranks.slowest(time.perf_counter() - tally.started)
     metrics.update(run.state.extra)
     run.history.log_epoch(metrics)
     run.events.emit("on_epoch_end", run.state)

@@ -47,6 +47,7 @@ from torch.nn.utils import parametrize, prune
 
 from kdnb.engine.checks import check_model
 from kdnb import models
+from kdnb.engine.distributed import is_main_process
 from kdnb.errors import KdnbError
 from kdnb.models import Residual
 
@@ -169,6 +170,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
     """
     _check_not_meta(check_model(model), "model")
     target = _check_path(path, writing=True)
+    if not is_main_process():
+        return target  # under torchrun every rank holds the same model: rank 0 writes it, once
     payload = _payload(model, compact=True, metadata=_check_metadata(metadata))
     partial = target.with_name(target.name + ".partial")  # a crash mid-write leaves an old file intact
     try:
