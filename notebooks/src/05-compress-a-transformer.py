@@ -94,6 +94,11 @@ for i, row in enumerate(scores):
         print(f"block {i}, {label:9s} head {head}: accuracy {acc:.4f} without it ({original:.4f} with all)")
 
 # %% [markdown]
+# Compare the two lines of each block. The score is a cheap guess from one forward pass, without labels or
+# gradients; it does not measure what a head's loss costs, so it need not order every head right, and several
+# heads may go at once (the next layers then adapt, and distillation retrains them).
+
+# %% [markdown]
 # ## Delete heads, neurons and channels
 #
 # `kdnb.prune(..., structured=True, criterion="activation")` computes exactly these scores (for heads, MLP
@@ -131,30 +136,34 @@ print(f"MACs per image {macs['unpruned']:,} -> {macs['pruned']:,}: {macs['unprun
 # %%
 import warnings
 
-right_after = {}
-for criterion in ("activation", "l1", "taylor", "random"):
+right_after = {"activation": kdnb.evaluate(small, val)["accuracy"]}
+for criterion in ("l1", "taylor", "random"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the refit's note on calibration size, once per criterion
         cut = kdnb.prune(vit, sparsity=0.55, criterion=criterion, structured=True, scope="local", data=train,
                          progress=False, plot=False)
     right_after[criterion] = kdnb.evaluate(cut.model, val)["accuracy"]
-    print(f"{criterion:10s} accuracy right after pruning {right_after[criterion]:.4f}")
+for criterion, acc in right_after.items():
+    print(f"{criterion:10s} accuracy right after pruning {acc:.4f}")
 assert max(right_after.values()) < original  # half the cost is not free
 
 # %% [markdown]
-# Deleting half the model's cost loses a lot of accuracy at once, whatever the criterion; on this tiny model
-# the criteria differ less than on large ones (bench/transformer.py gives the mean over 3 seeds; the
-# numbers above are one model). What matters is what the pruned model can win back.
+# Deleting half the model's cost loses a lot of accuracy at once, whatever the criterion. These are the numbers
+# of one trained model, and on a model this small they move by several points from seed to seed;
+# bench/transformer.py gives the mean and spread over 3 seeds. What matters more is what the pruned model can
+# win back.
 #
 # ## Recover by distillation, against the same shape from scratch
 #
 # The pruned model trains for 15 epochs with the unpruned model as teacher (Hinton's logit KD, soft labels
-# at $T = 4$). The fair competitor is the **same small shape, trained from scratch** on the labels: first for
-# the same 15 epochs, then for 35 epochs (the teacher's 20 plus the 15, the whole budget that went into the
-# pruned model).
+# at $T = 4$); for comparison, the same pruned model is also fine-tuned on the labels alone. The fair competitor
+# is the **same small shape, trained from scratch** on the labels: first for the same 15 epochs, then for 35
+# epochs (the teacher's 20 plus the 15, the whole budget that went into the pruned model).
 
 # %%
 distilled = kdnb.distill(vit, small, train, val=val, method="kd", temperature=4.0, epochs=15, lr=3e-3).student
+finetuned = copy.deepcopy(small)
+kdnb.train(finetuned, train, val=val, epochs=15, lr=3e-3, progress=False, plot=False)
 
 
 def reinitialised(model, seed=0):
@@ -181,7 +190,8 @@ kdnb.train(scratch_long, train, val=val, epochs=35, lr=3e-3, progress=False, plo
 
 # %%
 table = kdnb.compare({"unpruned": vit, "pruned": small, "pruned + distilled": distilled,
-                      "scratch, 15 epochs": scratch, "scratch, 35 epochs": scratch_long}, val)
+                      "pruned + fine-tuned": finetuned, "scratch, 15 epochs": scratch,
+                      "scratch, 35 epochs": scratch_long}, val)
 table
 
 # %%
@@ -193,14 +203,17 @@ print(f"pruned + distilled: {100 * (acc['unpruned'] - acc['pruned + distilled'])
 # tolerances that hold on any CPU (bench/transformer.py, 3 seeds: within 1 point, and ahead of scratch)
 assert acc["pruned + distilled"] > acc["unpruned"] - 0.02
 assert acc["pruned + distilled"] > acc["scratch, 15 epochs"]
-assert acc["pruned + distilled"] > acc["scratch, 35 epochs"] - 0.01
+assert abs(acc["pruned + distilled"] - acc["scratch, 35 epochs"]) < 0.02
+assert abs(acc["pruned + distilled"] - acc["pruned + fine-tuned"]) < 0.03
 
 # %% [markdown]
-# The pruned and distilled model is close to the unpruned one at half its MACs, and ahead of the same shape
-# trained from scratch for as many epochs: its weights start from what the big model learned, and the teacher
-# says more than the labels. Trained for the whole budget, scratch comes closer, but still needs the epochs that
-# the pruned model inherited. The latency gain is smaller than the MACs': at 17 tokens and 20 channels each
-# layer is tiny and the fixed cost of every operation dominates, as in notebook 03.
+# The pruned and distilled model is within a point or two of the unpruned one at 2.13x fewer MACs, and ahead of
+# the same shape trained from scratch for the same 15 epochs: its weights start from what the big model
+# learned. Given the whole 35-epoch budget, scratch comes within a point or two of it: what pruning and
+# distillation save here is training time. Fine-tuning on the labels recovers about as well as distillation
+# (printed above): with every label of an easy task at hand, the hard labels say most of what the soft ones
+# do, as in notebook 04; the teacher matters when labels are few. The latency line is this machine's: at
+# this size each layer is tiny and the fixed cost of every operation weighs, so MACs are not time.
 #
 # **Your turn**: the exercise notebook (`exercises/05-compress-a-transformer-exercises.ipynb`) asks for the
 # head score and a block's MACs, checked against kdnb.
