@@ -157,10 +157,11 @@ def activation(unit_norms: list[torch.Tensor]) -> torch.Tensor:
     Muralidharan et al. 2024, "Compact Language Models via Pruning and Knowledge Distillation" (Minitron):
     a unit (an attention head, an MLP neuron, an embedding channel) matters as much as the activation it hands
     on. :math:`x^{(k)}_{n,t,u}` is what consuming layer ``k`` reads from unit ``u`` for sample ``n`` at token
-    ``t`` (a head: its attention output, the columns of the output projection it feeds; a neuron: its value
-    after the activation function, fc2's input; an embedding channel: every LayerNorm output that a later
-    Linear reads); the L2 norm is over the unit's channels, then the paper's best aggregation: mean over the
-    sequence, L2 over the batch; summed over the consumers. ``unit_norms`` holds, for each consumer ``k``,
+    ``t`` (a head: its attention output, the columns of the output projection it feeds; an embedding channel:
+    every LayerNorm output that a later Linear reads; an MLP neuron: what the next Linear reads, its value after
+    the activation function, where the paper takes :math:`X W_1^{i\top}` just before it); the L2 norm is over the
+    unit's channels, then the paper's best aggregation for width (its best practice 2, Table 11: batch L2,
+    sequence mean); summed over the consumers. ``unit_norms`` holds, for each consumer ``k``,
     :math:`\lVert x^{(k)}_{n,t,u} \rVert_2` shaped ``(samples, tokens, units)``; forward passes only, no
     gradients.
     """
