@@ -126,6 +126,31 @@ def shrink_in_place(fc1, fc2, keep):
     return fc1, fc2
 
 
+def heads_of(outputs, heads):
+    return outputs.view(outputs.shape[0], outputs.shape[1], heads, -1).norm(dim=-1)
+
+
+def block_right(tokens, dim, heads, head_dim, hidden):
+    inner = heads * head_dim
+    return tokens * (3 * dim * inner + inner * dim + 2 * dim * hidden) + 2 * tokens * tokens * inner
+
+
+CASES["head_importance"] = (lambda o, h: heads_of(o, h).mean(1).pow(2).sum(0).sqrt(), [
+    (lambda o, h: heads_of(o, h).sum(1).pow(2).sum(0).sqrt(), "not their mean: divide by T"),
+    (lambda o, h: heads_of(o, h).mean(1).sum(0), "aggregated by an L2 norm"),
+    (lambda o, h: o.view(o.shape[0], o.shape[1], h, -1).mean(1).norm(dim=-1).pow(2).sum(0).sqrt(),
+     "each token's norm over the head's dimensions first"),
+    (lambda o, h: o.view(o.shape[0], o.shape[1], -1, h).norm(dim=2).mean(1).pow(2).sum(0).sqrt(),
+     "head after head"),
+])
+CASES["block_macs"] = (block_right, [
+    (lambda t, d, h, hd, n: t * (3 * d * h * hd + h * hd * d + 2 * d * n), "the attention itself multiplies too"),
+    (lambda *a: 2 * block_right(*a), "that is FLOPs"),
+    (lambda t, d, h, hd, n: block_right(t, d, h, hd, n) - 2 * t * d * h * hd, "q, k AND v"),
+    (lambda t, d, h, hd, n: block_right(t, d, h, hd, n) // t, "once per token"),
+])
+
+
 CASES["shrink_linear"] = (shrink_right, [
     (shrink_columns, "a hidden neuron is a ROW"),
     (shrink_no_bias, "keeps its bias"),

@@ -150,6 +150,24 @@ def thinet(consumers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> 
     return torch.where(alive, 2.0, scores / max(total, torch.finfo(torch.float64).tiny))
 
 
+def activation(unit_norms: list[torch.Tensor]) -> torch.Tensor:
+    r"""Activation importance (Minitron): :math:`s_u = \sum_k \big(\sum_n \big(\frac{1}{T}\sum_t
+    \lVert x^{(k)}_{n,t,u} \rVert_2\big)^2\big)^{1/2}`.
+
+    Muralidharan et al. 2024, "Compact Language Models via Pruning and Knowledge Distillation" (Minitron):
+    a unit (an attention head, an MLP neuron, an embedding channel) matters as much as the activation it hands
+    on. :math:`x^{(k)}_{n,t,u}` is what consuming layer ``k`` reads from unit ``u`` for sample ``n`` at token
+    ``t`` (a head: its attention output, the columns of the output projection it feeds; an embedding channel:
+    every LayerNorm output that a later Linear reads; an MLP neuron: what the next Linear reads, its value after
+    the activation function, where the paper takes :math:`X W_1^{i\top}` just before it); the L2 norm is over the
+    unit's channels, then the paper's best aggregation for width (its best practice 2, Table 11: batch L2,
+    sequence mean); summed over the consumers. ``unit_norms`` holds, for each consumer ``k``,
+    :math:`\lVert x^{(k)}_{n,t,u} \rVert_2` shaped ``(samples, tokens, units)``; forward passes only, no
+    gradients.
+    """
+    return sum(norms.mean(1).pow(2).sum(0).sqrt() for norms in unit_norms)  # type: ignore[return-value]
+
+
 def slimming(gamma: torch.Tensor) -> torch.Tensor:
     r"""Network slimming: :math:`s_c = |\gamma_c|`, the BatchNorm scale of channel ``c``.
 
@@ -221,6 +239,8 @@ REGISTRY: dict[str, Criterion] = {c.name: c for c in (
     Criterion("wanda", wanda, "input_norm", True, True, True, "Wanda", "tab:pink", per_row=True, layerwise=True),
     Criterion("thinet", thinet, "consumer_inverse_hessian", True, False, True, "ThiNet (group OBS)", "tab:red",
               channel=True),
+    Criterion("activation", activation, "consumer_activation", True, False, True, "activation (Minitron)",
+              "tab:green", channel=True, normalise=True),
     Criterion("slimming", slimming, "batchnorm_scale", True, False, True, "network slimming", "tab:purple"),
     Criterion("random", random, "generator", False, True, True, "random", "tab:gray", channel=True),
 )}

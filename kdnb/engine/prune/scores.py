@@ -19,7 +19,7 @@ from torch import nn
 
 from kdnb.engine.errors import KdnbError, suggest
 from kdnb.engine.prune import calibration, criteria, estimate
-from kdnb.engine.prune.groups import (_BATCHNORM, ChannelGroup, channel_groups, channel_scores, dependency_graph,
+from kdnb.engine.prune.groups import (_BATCHNORM, PRUNABLE, ChannelGroup, Slice, channel_groups, channel_scores, dependency_graph,
                                       keep_vectors, masks_from_keep, prunable_weights, remaining_weights)
 
 SCOPES = ("global", "local")
@@ -174,6 +174,55 @@ def _consumers(ctx: _Context) -> dict[str, tuple]:
     return found
 
 
+def _as_tokens(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """A layer's input as (samples, tokens, features): a Linear's middle dims are tokens, an ungrouped conv's
+    positions are; None for the layers whose inputs are not whole channels (grouped convs)."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(x.shape[0], -1, x.shape[-1])
+    if isinstance(module, nn.modules.conv._ConvNd) and module.groups == 1:
+        return x.flatten(2).transpose(1, 2)
+    return None
+
+
+@torch.no_grad()
+def _consumer_activations(ctx: _Context) -> dict[str, tuple]:
+    """For each group, a list with one ``(samples, tokens, units)`` tensor per Linear/Conv consuming it: the L2
+    norm over each unit's channels of what that layer reads from it, on the calibration samples."""
+    from kdnb.engine.device import model_device, to_device
+    from kdnb.engine.evaluate import eval_mode
+
+    readers: dict[nn.Module, list[tuple[ChannelGroup, Slice]]] = {}
+    for group in ctx.groups:
+        for s in group.slices:
+            module = ctx.model.get_submodule(s.param.rpartition(".")[0])
+            if s.consumer and s.dim == 1 and s.param.endswith("weight") and isinstance(module, PRUNABLE):
+                readers.setdefault(module, []).append((group, s))
+    norms: dict[tuple[str, str], list[torch.Tensor]] = {}
+
+    def record(module: nn.Module, args: tuple) -> None:
+        features = _as_tokens(module, args[0].detach())
+        if features is None:
+            return
+        squares = features.double().cpu().pow(2)
+        for group, s in readers[module]:
+            per_unit = torch.zeros(*squares.shape[:2], group.size, dtype=torch.float64)
+            per_unit.index_add_(2, s.channel, squares[..., s.index])
+            norms.setdefault((group.root, s.param), []).append(per_unit.sqrt())
+
+    hooks = [module.register_forward_pre_hook(record) for module in readers]
+    try:
+        with eval_mode(ctx.model):
+            for x in calibration.calibration_batches(ctx.data):  # type: ignore[arg-type]
+                ctx.model(to_device(x, model_device(ctx.model)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    found: dict[str, list[torch.Tensor]] = {}
+    for (root, _), batches in norms.items():
+        found.setdefault(root, []).append(torch.cat(batches))
+    return {root: (consumers,) for root, consumers in found.items()}
+
+
 def _generator(ctx: _Context) -> dict[str, tuple]:
     generator = torch.Generator().manual_seed(ctx.seed)
     if ctx.structured:  # one draw per channel
@@ -191,6 +240,7 @@ STATISTICS: dict[str | None, Callable[[_Context], dict[str, tuple]]] = {
                                     for n, m in ctx.model.named_modules() if isinstance(m, _BATCHNORM) and m.affine},
     "generator": _generator,
     "consumer_inverse_hessian": _consumers,
+    "consumer_activation": _consumer_activations,
     "group_gradient_weight": lambda ctx: {root: (v,) for root, v in estimate.group_gradient_weight(
         ctx.model, ctx.data, ctx.groups).items()},  # type: ignore[arg-type]
 }
