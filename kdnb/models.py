@@ -91,6 +91,13 @@ def cnn1d(num_classes: int = 10, *, width: int = 32, length: int = 40, in_channe
     )
 
 
+def _shortcut(cin: int, cout: int, stride: int) -> nn.Module | None:
+    """A residual block's projection (1x1 conv + BN) where its body changes the shape; None: identity."""
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+
 def _conv_bn(cin: int, cout: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, groups=groups, bias=False), nn.BatchNorm2d(cout)]
 
@@ -119,10 +126,7 @@ def resnet_small(num_classes: int = 10, *, width: int = 16, in_channels: int = 1
         for block in range(blocks):
             stride = 2 if stage > 0 and block == 0 else 1
             body = nn.Sequential(*_conv_bn(cin, cout, stride), nn.ReLU(), *_conv_bn(cout, cout))
-            shortcut = None
-            if stride != 1 or cin != cout:
-                shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
-            layers.append(Residual(body, shortcut))
+            layers.append(Residual(body, _shortcut(cin, cout, stride)))
             cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
     return nn.Sequential(*layers)
@@ -157,10 +161,7 @@ def resnext_small(num_classes: int = 10, *, width: int = 32, groups: int = 4, in
             body = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
                                  *_conv_bn(cout, cout, stride, groups=groups), nn.ReLU(),
                                  nn.Conv2d(cout, cout, 1, bias=False), nn.BatchNorm2d(cout))
-            shortcut = None
-            if stride != 1 or cin != cout:
-                shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
-            layers.append(Residual(body, shortcut))
+            layers.append(Residual(body, _shortcut(cin, cout, stride)))
             cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
     return nn.Sequential(*layers)

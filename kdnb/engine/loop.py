@@ -92,19 +92,24 @@ def make_optimizer(optimizer: OptimizerSpec, params: list[torch.nn.Parameter], l
     if isinstance(optimizer, torch.optim.Optimizer):
         return optimizer
     if callable(optimizer):
-        try:
-            made = optimizer(params)
-        except (KdnbError, KeyboardInterrupt):
-            raise
-        except Exception as error:  # noqa: BLE001 - the user's factory failed: one line naming it
-            raise KdnbError(f"optimizer factory failed: {type(error).__name__}: {checks.first_line(error)}; pass "
-                            "e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)") from None
+        made = _call_factory("optimizer", optimizer, params, "optimizer=lambda p: torch.optim.SGD(p, lr=0.1)")
         if not isinstance(made, torch.optim.Optimizer):
             raise KdnbError("optimizer factory should return a torch.optim.Optimizer, "
                             f"got {type(made).__name__}; pass e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)")
         return made
     raise KdnbError(f"optimizer should be None, a torch.optim.Optimizer or a factory params -> optimizer, "
                     f"got {type(optimizer).__name__}; pass e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)")
+
+
+def _call_factory(name: str, factory: Callable[[Any], Any], argument: Any, example: str) -> Any:
+    """The user's factory called once; its failure is one line naming the setting (the stop button passes)."""
+    try:
+        return factory(argument)
+    except (KdnbError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 - the user's factory failed: one line naming it
+        raise KdnbError(f"{name} factory failed: {type(error).__name__}: {checks.first_line(error)}; pass e.g. "
+                        f"{example}") from None
 
 
 @contextlib.contextmanager
@@ -311,13 +316,8 @@ def _make_scheduler(scheduler: SchedulerSpec | str, optimizer: torch.optim.Optim
         return None
     if scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
-    try:
-        made = scheduler(optimizer)
-    except (KdnbError, KeyboardInterrupt):
-        raise
-    except Exception as error:  # noqa: BLE001 - the user's factory failed: one line naming it
-        raise KdnbError(f"scheduler factory failed: {type(error).__name__}: {checks.first_line(error)}; pass e.g. "
-                        "scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1)") from None
+    made = _call_factory("scheduler", scheduler, optimizer,
+                         "scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1)")
     if not callable(getattr(made, "step", None)):
         raise KdnbError(f"scheduler factory should return an LR scheduler (with .step()), got "
                         f"{type(made).__name__}; pass e.g. scheduler=lambda opt: "
