@@ -162,10 +162,11 @@ def prune(
     Returns:
         PruneResult: ``.model``, ``.masks``, ``.sparsity``, ``.history``, ``.summary()``, ``.plot()``.
     """
-    run = _check(model, dict(locals()))
-    _prepare(run, model)
-    _prune_and_finetune(run)
-    return _finish(run)
+    with calibration.loaders_untouched(data, val):  # the user's shuffling is as it was, even after an error
+        run = _check(model, dict(locals()))
+        _prepare(run, model)
+        _prune_and_finetune(run)
+        return _finish(run)
 
 
 def _check(model: nn.Module, options: dict[str, Any]) -> _Run:

@@ -217,6 +217,14 @@ def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = 
         hessian_estimator: the hessian criterion's diagonal: "fisher" (empirical Fisher, per-sample gradients
             squared) or "hutchinson" (Hutchinson's estimator, one Rademacher probe per batch).
     """
+    with calibration.loaders_untouched(data):  # iterating a shuffled loader does not move the user's shuffling
+        return _importance(model, criterion, data, structured, example, seed, hessian_estimator, slimming_epochs,
+                           slimming_l1, lr, device, callbacks)
+
+
+def _importance(model: nn.Module, criterion: str, data: Iterable | None, structured: bool,
+                example: torch.Tensor | None, seed: int, hessian_estimator: str, slimming_epochs: int,
+                slimming_l1: float, lr: float, device: str, callbacks: Iterable[object]) -> Scores:
     from kdnb.engine.checks import first_batch
     from kdnb.engine.device import resolve_device
     from kdnb.engine.objective import split_batch
