@@ -37,8 +37,7 @@ baseline = True                           # also train the same student from scr
 # %%prune -o pruned
 model = teacher
 sparsity = 0.9          # remove 90 % of the weights
-criterion = "l1"        # the smallest weights first
-data = train
+data = train            # with data: rank by LAMP magnitude, then re-solve the kept weights (tutorial 02)
 val = val
 finetune = 2            # epochs of fine-tuning afterwards
 
