@@ -202,7 +202,8 @@ class SparsityExplorer(Explorer):
         for (criterion, structured), curve in self.curves.items():
             if (criterion, structured) not in self._lines:
                 self._lines[criterion, structured] = ax.plot(
-                    [], [], "--" if structured else "-", marker="o", ms=3, lw=1.2, color=criteria.REGISTRY[criterion].colour,
+                    [], [], "--" if structured else "-", marker="o", ms=3, lw=1.2,
+                    color=criteria.REGISTRY[criterion].colour,
                     label=f"{criterion}, {'structured' if structured else 'unstructured'}")[0]
                 ax.legend(fontsize=8, loc="lower left", frameon=False)
             points = sorted(curve.items())
