@@ -60,9 +60,9 @@ assert row["distilled student"]["accuracy"] > teacher_accuracy - 0.03  # within 
 assert row["pruned teacher"]["accuracy"] > teacher_accuracy - 0.05     # 10x fewer weights, within 5
 
 # %% [markdown]
-# **Move the slider**: the accuracy of the teacher with that fraction of its weights zeroed (no fine-tuning),
-# its non-zero parameters and file size; switch the criterion or remove whole neurons (structured), and
-# *apply* to store the pruned model in a variable.
+# **Move the slider**: the accuracy of the teacher with that fraction of its weights zeroed (no fine-tuning,
+# no re-solving), its non-zero parameters and file size; switch the criterion or remove whole neurons
+# (structured), and *apply* to store that pruned model in a variable.
 
 # %%
 kdnb.widgets.SparsityExplorer(teacher, val, data=train)

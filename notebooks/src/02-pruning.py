@@ -147,8 +147,11 @@ print(f"{zeros:,} of {weights:,} weights are zero")
 # %% [markdown]
 # ## The sparsity explorer
 #
-# The scores are computed once per criterion; moving the slider masks a copy and evaluates it, and the
-# accuracy-vs-sparsity curve fills in as you go. Where does each criterion fall off a cliff?
+# The scores are computed once per criterion (the dropdown lists every criterion kdnb has); moving the slider
+# masks a copy and evaluates it, and the accuracy-vs-sparsity curve fills in as you go. Where does each
+# criterion fall off a cliff? The explorer only *removes*, like the first rows of the table above: re-solving
+# the kept weights at every slider move would be too slow to follow the slider. *apply* stores exactly the
+# model you see (`reconstruct=False`); for the update, call `kdnb.prune(teacher, sparsity, data=train)`.
 
 # %%
 kdnb.widgets.SparsityExplorer(teacher, val, data=train)
