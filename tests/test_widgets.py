@@ -352,6 +352,17 @@ def test_apply_stores_what_the_preview_showed(trained, criterion, structured):
     assert kdnb.evaluate(model, val)["accuracy"] == explorer.numbers["accuracy"]
 
 
+def test_the_explorer_leaves_the_users_shuffling_as_it_was(trained):
+    def shuffled():
+        return DataLoader(loader().dataset, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(4))
+
+    data, untouched = shuffled(), shuffled()
+    explorer = SparsityExplorer(trained, loader(seed=1), criterion="taylor", data=data, namespace={})
+    explorer.slider.value = 0.5
+    explorer.apply("pruned")
+    assert torch.equal(torch.cat([y for _, y in data]), torch.cat([y for _, y in untouched]))
+
+
 def test_apply_stores_in_the_notebook_by_default(trained, shell):
     explorer = SparsityExplorer(trained, loader(seed=1), data=loader())
     explorer.mode.value = "structured"

@@ -23,6 +23,7 @@ from kdnb.engine.errors import KdnbError, suggest
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune import criteria
+from kdnb.engine.prune.calibration import loaders_untouched
 from kdnb.engine.prune.scores import Scores, check_sparsity, importance, masks_at
 from kdnb.engine.prune.unstructured import apply_masks
 from kdnb.engine.measure import parameter_counts
@@ -73,7 +74,8 @@ class SparsityExplorer(Explorer):
         self._check_criterion(criterion)
         self.model, self.val, self.data = model, val, data
         self.namespace = namespace
-        self.example = split_batch(first_batch(data if data is not None else val))[0]
+        with loaders_untouched(data, val):  # the user's next epoch shuffles as if the explorer had not looked
+            self.example = split_batch(first_batch(data if data is not None else val))[0]
         self.dense = {"accuracy": evaluate(model, val)["accuracy"], "bytes": file_size(model),
                       "nonzero": nonzero_params(model)[0]}
         self.curves: dict[tuple[str, bool], dict[float, float]] = {}
@@ -150,7 +152,8 @@ class SparsityExplorer(Explorer):
             warnings.simplefilter("always")
             apply_masks(work, masks_at(scores, sparsity))
         self.message = str(caught[0].message) if caught else ""
-        accuracy = evaluate(work, self.val)["accuracy"]
+        with loaders_untouched(self.val):
+            accuracy = evaluate(work, self.val)["accuracy"]
         nonzero, total = nonzero_params(work)
         self.numbers = {"sparsity": sparsity, "accuracy": accuracy, "nonzero": nonzero, "params": total,
                         "bytes": file_size(work)}
