@@ -78,6 +78,11 @@ CASES = {
         (lambda w, h: h * w.pow(2), "has a 1/2"),
         (lambda w, h: 0.5 * h * w, "square the weight"),
     ]),
+    "obs_update": (lambda w, inv, q: w - w[q] / inv[q, q] * inv[:, q], [
+        (lambda w, inv, q: torch.where(torch.arange(len(w)) == q, 0.0, w).to(w.dtype), "only zeroes w_q"),
+        (lambda w, inv, q: w + w[q] / inv[q, q] * inv[:, q], "the sign is flipped"),
+        (lambda w, inv, q: w - w[q] * inv[:, q], "divide by [H^-1]_qq"),
+    ]),
     "magnitude_mask": (lambda w, s: w.abs() > w.abs().flatten().kthvalue(round(s * w.numel())).values, [
         (lambda w, s: w.abs() <= w.abs().flatten().kthvalue(round(s * w.numel())).values, "fraction REMOVED"),
         (lambda w, s: w > w.flatten().kthvalue(round(s * w.numel())).values, "ranked by signed value"),

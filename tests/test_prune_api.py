@@ -7,6 +7,7 @@ from torch import nn
 import kdnb
 from kdnb.engine.errors import KdnbError
 from kdnb.engine.prune import make_permanent, prune, schedules, sensitivity
+from kdnb.engine.prune.scores import importance
 from kdnb.engine.prune.unstructured import clone
 
 
@@ -232,3 +233,38 @@ def test_prune_on_cuda_returns_the_model_where_it_was(trained, digits, structure
     assert next(result.model.parameters()).device.type == "cpu"
     assert result.sparsity >= 0.6 - 1e-3 and result.history.status == "completed"
     assert result.trajectory[-1]["val_acc"] is not None
+
+
+def next_epoch_order(loader):
+    return torch.cat([y for _, y in loader])  # the labels in the order the loader shuffles them
+
+
+@pytest.mark.parametrize("options", [dict(criterion="taylor"), dict(criterion="hessian"),
+                                     dict(criterion="l1", structured=True, finetune=1),
+                                     dict(criterion="taylor", schedule="iterative", steps=2, finetune=1),
+                                     dict(criterion="hessian", inplace=True, val=[1, 2, 3])])  # the last one fails
+def test_the_users_loader_shuffles_as_if_prune_never_ran(trained, options):
+    """Scoring, calibration and fine-tuning iterate the user's shuffled loader; its next epoch, and torch's
+    global generator, are as they were (issue 14, class 9), after a success or an error."""
+    data = kdnb.datasets.load("digits", batch_size=256, seed=3)[0]
+    untouched = kdnb.datasets.load("digits", batch_size=256, seed=3)[0]
+    torch.manual_seed(5)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(5)
+    try:
+        prune(clone(trained), 0.5, data=data, **options)
+    except Exception:  # noqa: BLE001 -- the bad val fails (its type is test_bad_input's business); the RNG is ours
+        assert "val" in options
+    assert torch.equal(torch.rand(3), expected_draw)
+    assert torch.equal(next_epoch_order(data), next_epoch_order(untouched))
+
+
+def test_a_loader_without_its_own_generator_shuffles_as_before(trained, digits):
+    """A DataLoader(shuffle=True) without a generator draws its shuffle seed from torch's global generator."""
+    data = torch.utils.data.DataLoader(digits[0].dataset, batch_size=256, shuffle=True)
+    torch.manual_seed(7)
+    expected = next_epoch_order(data)
+    torch.manual_seed(7)
+    prune(trained, 0.5, criterion="taylor", data=data)
+    importance(trained, "hessian", data)  # what the sparsity explorer scores with
+    assert torch.equal(next_epoch_order(data), expected)

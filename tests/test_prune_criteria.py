@@ -101,6 +101,28 @@ def test_local_l1_masks_equal_torch_l1_unstructured_per_layer():
         assert torch.equal(ours[f"{name}.weight"], layer.weight_mask.bool())
 
 
+def test_hessian_ranks_lamp_normalised_in_one_shot_and_raw_in_gradual_steps():
+    """One shot: the OBD scores are LAMP-normalised per layer before the global threshold (a raw one empties
+    layers); a gradual step ranks the raw scores, as one loss's estimates (bench/prune_sparsity.py)."""
+    torch.manual_seed(0)
+    net = kdnb.models.mlp(8, [16, 12], 3)
+    x = torch.randn(64, 8)
+    scores = importance(net, "hessian", DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=16))
+
+    def global_threshold(values):  # the kept weights: all but the 70 % lowest values over every layer
+        flat = torch.cat([v.flatten() for v in values.values()])
+        cut = flat.sort().values[round(0.7 * flat.numel()) - 1]
+        return {n: v > cut for n, v in values.items()}
+
+    raw = global_threshold(scores.weights)
+    normalised = global_threshold({n: criteria.lamp_normalise(v) for n, v in scores.weights.items()})
+    assert masks_at(scores, 0.7, gradual=True).keys() == raw.keys()
+    for name in raw:
+        assert torch.equal(masks_at(scores, 0.7, gradual=True)[name], raw[name])
+        assert torch.equal(masks_at(scores, 0.7)[name], normalised[name])
+    assert any(not torch.equal(raw[n], normalised[n]) for n in raw)  # the two rankings differ here
+
+
 def test_masks_at_is_cheap_and_nested_across_sparsities():
     torch.manual_seed(0)
     scores = importance(kdnb.models.mlp(8, [16], 3), "l1")

@@ -325,6 +325,44 @@ def test_apply_stores_a_pruned_copy_and_leaves_the_model(trained):
     assert "not a valid variable name" in explorer.status.value
 
 
+def test_the_dropdown_lists_the_registry(trained):
+    from kdnb.engine.prune import criteria
+
+    explorer = SparsityExplorer(trained, loader(seed=1), data=loader(), namespace={})
+    assert tuple(explorer.criterion.options) == criteria.names()
+    explorer.criterion.value = "obs"
+    assert explorer.setting["criterion"] == "obs" and ("obs", False) in explorer.curves
+    explorer.criterion.value = "thinet"  # scores channels: said, numbers kept
+    assert "structured=True" in explorer.message and explorer.setting["criterion"] == "obs"
+    explorer.mode.value = "structured"
+    assert explorer.setting == {"criterion": "thinet", "structured": True, "sparsity": 0.0}
+
+
+@pytest.mark.parametrize("criterion, structured", [("l1", False), ("taylor", False), ("obs", False),
+                                                   ("l1", True), ("thinet", True)])
+def test_apply_stores_what_the_preview_showed(trained, criterion, structured):
+    """The preview masks only, and so does apply (reconstruct=False), even on a shuffled loader: the model
+    stored scores the accuracy the explorer displayed."""
+    shuffled = DataLoader(loader().dataset, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(4))
+    val = loader(seed=1)
+    explorer = SparsityExplorer(trained, val, criterion=criterion, data=shuffled, structured=structured,
+                                namespace={})
+    explorer.slider.value = 0.6
+    model = explorer.apply("pruned")
+    assert kdnb.evaluate(model, val)["accuracy"] == explorer.numbers["accuracy"]
+
+
+def test_the_explorer_leaves_the_users_shuffling_as_it_was(trained):
+    def shuffled():
+        return DataLoader(loader().dataset, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(4))
+
+    data, untouched = shuffled(), shuffled()
+    explorer = SparsityExplorer(trained, loader(seed=1), criterion="taylor", data=data, namespace={})
+    explorer.slider.value = 0.5
+    explorer.apply("pruned")
+    assert torch.equal(torch.cat([y for _, y in data]), torch.cat([y for _, y in untouched]))
+
+
 def test_apply_stores_in_the_notebook_by_default(trained, shell):
     explorer = SparsityExplorer(trained, loader(seed=1), data=loader())
     explorer.mode.value = "structured"

@@ -1,7 +1,8 @@
 """Checks for the pruning exercises: importance criteria, a magnitude mask, sparsity.
 
 The references are kdnb's own criteria (`kdnb.engine.prune.criteria`): L1 magnitude (Han et al.
-2015), first-order Taylor (Molchanov et al. 2019) and Optimal Brain Damage (LeCun et al. 1990).
+2015), first-order Taylor (Molchanov et al. 2019), Optimal Brain Damage (LeCun et al. 1990) and Optimal
+Brain Surgeon's update (Hassibi & Stork 1993).
 """
 from __future__ import annotations
 
@@ -91,6 +92,52 @@ def hessian_importance(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor])
         (0.5 * h * w.abs(), "square the weight: the loss grows by 1/2 * h * w^2"),
         (0.5 * h.pow(2) * w.pow(2), "use the Hessian diagonal as it is (h, not h^2): s = 1/2 * h * w^2"),
     ])
+    return report
+
+
+def obs_update(fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]) -> Report:
+    """Check ``fn(weight, inverse_hessian, q) -> new_weight``: Optimal Brain Surgeon removes weight ``q`` of one
+    output row and moves the others, w <- w - w_q / [H^-1]_qq * H^-1 e_q, so that the new w_q is 0 and the
+    layer's squared output error grows by exactly w_q^2 / (2 [H^-1]_qq)."""
+    report = Report("obs_update")
+    x = _tensor(5, 40, 6)
+    x[:, 1] += 0.8 * x[:, 0]  # correlated inputs: then the update really moves the other weights
+    hessian = 2 * x.T @ x
+    inverse = torch.linalg.inv(hessian)
+    w, q = _tensor(6, 6), 1
+    originals = (w.clone(), inverse.clone())
+    what = "obs_update(weight, inverse_hessian, q=1)"
+    value = attempt(report, fn, w, inverse, q)
+    if value is NOT_DONE or value is FAILED:
+        return report
+    if not (torch.equal(w, originals[0]) and torch.equal(inverse, originals[1])):
+        report.wrong(what, "your function changed its inputs in place: return a new weight (w - ...)")
+        return report
+    new = as_tensor(report, value, what, w.shape)
+    if new is None:
+        return report
+    expected = w - w[q] / inverse[q, q] * inverse[:, q]
+    zeroed = w.clone()
+    zeroed[q] = 0
+    mistakes = ((zeroed, "that only zeroes w_q (Optimal Brain Damage): OBS also moves the other weights by "
+                         "-w_q / [H^-1]_qq * H^-1[:, q]"),
+                (w - w[q] / hessian[q, q] * hessian[:, q],
+                 "use the INVERSE Hessian: -w_q / [H^-1]_qq * H^-1[:, q]"),
+                (w + w[q] / inverse[q, q] * inverse[:, q],
+                 "the sign is flipped: the update is w - w_q / [H^-1]_qq * H^-1[:, q]"),
+                (w - w[q] * inverse[:, q], "divide by [H^-1]_qq: that is what makes the new w_q exactly 0"))
+    if close(new, expected):
+        report.ok(f"{what}: w_q is 0 and the others moved to make up for it")
+        growth = float((new - w) @ hessian @ (new - w)) / 2
+        saliency = float(criteria.obs(w[q], inverse[q, q]))
+        report.ok(f"the output error grew by {growth:.4f}, OBS's saliency w_q^2 / (2 [H^-1]_qq) = {saliency:.4f}")
+        return report
+    for candidate, hint in mistakes:
+        if close(new, candidate):
+            report.wrong(what, hint)
+            return report
+    report.wrong(what, f"differs from OBS's update by up to {float((new - expected).abs().max()):.3g}"
+                       + (" (your w_q is not 0)" if abs(float(new[q])) > 1e-9 else ""))
     return report
 
 

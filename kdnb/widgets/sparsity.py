@@ -2,7 +2,10 @@
 
 Scores are computed once per criterion (and mode) by `kdnb.engine.prune.scores.importance`; a slider
 move then costs one mask (`masks_at`: a sort of the scores) and one evaluation of the masked copy,
-so the numbers follow the slider. The accuracy-vs-sparsity curve starts with a few points and fills in as
+so the numbers follow the slider. The preview masks only: the reconstruction `kdnb.prune` does by default
+with data re-solves every layer (a few tenths of a second on the tutorial MLP, seconds on a conv net), too
+slow to follow a slider, so "apply" prunes with ``reconstruct=False`` and stores exactly what the preview
+showed. The accuracy-vs-sparsity curve starts with a few points and fills in as
 the slider visits values; the saved notebook keeps its picture.
 """
 from __future__ import annotations
@@ -19,6 +22,8 @@ from kdnb.engine.checks import check_loader, check_model, first_batch
 from kdnb.engine.errors import KdnbError, suggest
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.objective import split_batch
+from kdnb.engine.prune import criteria
+from kdnb.engine.prune.calibration import loaders_untouched
 from kdnb.engine.prune.scores import Scores, check_sparsity, importance, masks_at
 from kdnb.engine.prune.unstructured import apply_masks
 from kdnb.engine.measure import parameter_counts
@@ -26,12 +31,11 @@ from kdnb.engine.serialize import file_size
 from kdnb.engine.table import Table
 from kdnb.widgets._support import Explorer, png
 
-CRITERIA = ("l1", "taylor", "hessian", "random")
+CRITERIA = criteria.names()  # the registry: a criterion added there shows up in the dropdown
 MODES = {"unstructured": False, "structured": True}
 NUMBERS_STYLE = ("<style>.kdnb-sparsity-numbers td, .kdnb-sparsity-numbers th {padding: 1px 10px}"
                  ".kdnb-sparsity-numbers td + td, .kdnb-sparsity-numbers th + th {text-align: right}</style>")
 PREVIEW = (0.5, 0.8, 0.9, 0.95)  # sparsities measured when the explorer opens (a mask and an evaluation each)
-CURVE_COLORS = {"l1": "tab:blue", "taylor": "tab:orange", "hessian": "tab:green", "random": "tab:gray"}
 
 
 def nonzero_params(model: torch.nn.Module) -> tuple[int, int]:
@@ -47,8 +51,9 @@ class SparsityExplorer(Explorer):
     Args:
         model: a trained ``nn.Module`` (never changed: the explorer masks a copy).
         val: labelled validation ``DataLoader`` the accuracy is measured on.
-        criterion: the starting criterion: "l1", "taylor", "hessian" or "random".
-        data: training batches the "taylor" and "hessian" scores are estimated on.
+        criterion: the starting criterion, a name of `kdnb.engine.prune.criteria.REGISTRY` ("l1", "lamp",
+            "taylor", "hessian", "obs", "wanda", "random", ...; "thinet" and "taylor_group" score whole channels).
+        data: training batches the data criteria ("taylor", "hessian", "obs", ...) are estimated on.
         structured: start with whole neurons/channels removed (True) instead of single weights.
         namespace: where "apply" stores the pruned model (default: the notebook's variables).
 
@@ -69,7 +74,8 @@ class SparsityExplorer(Explorer):
         self._check_criterion(criterion)
         self.model, self.val, self.data = model, val, data
         self.namespace = namespace
-        self.example = split_batch(first_batch(data if data is not None else val))[0]
+        with loaders_untouched(data, val):  # the user's next epoch shuffles as if the explorer had not looked
+            self.example = split_batch(first_batch(data if data is not None else val))[0]
         self.dense = {"accuracy": evaluate(model, val)["accuracy"], "bytes": file_size(model),
                       "nonzero": nonzero_params(model)[0]}
         self.curves: dict[tuple[str, bool], dict[float, float]] = {}
@@ -106,8 +112,11 @@ class SparsityExplorer(Explorer):
         self.slider.add_class("kdnb-sparsity-slider")  # stable handles for browser tests and custom CSS
         self.table.add_class("kdnb-sparsity-numbers")
         self.slider.observe(lambda change: self.at(change["new"]), names="value")
-        self.criterion.observe(lambda change: self.at(self.slider.value, criterion=change["new"]), names="value")
-        self.mode.observe(lambda change: self.at(self.slider.value, structured=MODES[change["new"]]), names="value")
+        # what the widgets show, both of them: a criterion that failed in one mode is tried again in the other
+        self.criterion.observe(lambda change: self.at(self.slider.value, criterion=change["new"],
+                                                      structured=MODES[self.mode.value]), names="value")
+        self.mode.observe(lambda change: self.at(self.slider.value, criterion=self.criterion.value,
+                                                 structured=MODES[change["new"]]), names="value")
         self.button.on_click(lambda _: self._apply_clicked())
         return widgets.VBox([widgets.HBox([self.criterion, self.mode]), self.slider, self.table, self.image,
                              widgets.HBox([self.name, self.button]), self.status])
@@ -125,8 +134,8 @@ class SparsityExplorer(Explorer):
     def at(self, sparsity: float, criterion: str | None = None, structured: bool | None = None) -> dict[str, Any]:
         """Mask the copy at ``sparsity`` and measure it; returns (and shows) the numbers.
 
-        A criterion that cannot run (taylor or hessian without ``data``) leaves the numbers as they
-        were and says why in ``message``.
+        A criterion that cannot run (taylor or hessian without ``data``, a channel criterion on single
+        weights) leaves the numbers as they were and says why in ``message``.
         """
         criterion = self.setting["criterion"] if criterion is None else criterion
         structured = self.setting["structured"] if structured is None else bool(structured)
@@ -143,7 +152,8 @@ class SparsityExplorer(Explorer):
             warnings.simplefilter("always")
             apply_masks(work, masks_at(scores, sparsity))
         self.message = str(caught[0].message) if caught else ""
-        accuracy = evaluate(work, self.val)["accuracy"]
+        with loaders_untouched(self.val):
+            accuracy = evaluate(work, self.val)["accuracy"]
         nonzero, total = nonzero_params(work)
         self.numbers = {"sparsity": sparsity, "accuracy": accuracy, "nonzero": nonzero, "params": total,
                         "bytes": file_size(work)}
@@ -195,7 +205,8 @@ class SparsityExplorer(Explorer):
         for (criterion, structured), curve in self.curves.items():
             if (criterion, structured) not in self._lines:
                 self._lines[criterion, structured] = ax.plot(
-                    [], [], "--" if structured else "-", marker="o", ms=3, lw=1.2, color=CURVE_COLORS[criterion],
+                    [], [], "--" if structured else "-", marker="o", ms=3, lw=1.2,
+                    color=criteria.REGISTRY[criterion].colour,
                     label=f"{criterion}, {'structured' if structured else 'unstructured'}")[0]
                 ax.legend(fontsize=8, loc="lower left", frameon=False)
             points = sorted(curve.items())
@@ -205,7 +216,9 @@ class SparsityExplorer(Explorer):
 
     def apply(self, name: str | None = None, *, replace: bool = False) -> torch.nn.Module:
         """Prune a copy of the model at the current setting (`kdnb.engine.prune.prune`, one shot, no
-        fine-tuning) and store it in the notebook as ``name`` (default: the name typed next to the button).
+        fine-tuning, ``reconstruct=False`` as the preview) and store it in the notebook as ``name`` (default:
+        the name typed next to the button). Its accuracy is the one the preview showed; for the re-solved
+        weights, call ``kdnb.prune(model, sparsity, criterion=..., data=...)`` itself.
 
         A notebook variable that this explorer did not make is never overwritten unless ``replace=True``:
         the model goes into the first free name (``pruned_2``, ...), and ``status`` says so.
@@ -219,7 +232,8 @@ class SparsityExplorer(Explorer):
         namespace = self._namespace()
         stored = self.free_name(name) if not replace else name
         result = prune(self.model, self.setting["sparsity"], criterion=self.setting["criterion"],
-                       structured=self.setting["structured"], data=self.data, val=self.val, example=self.example)
+                       structured=self.setting["structured"], data=self.data, val=self.val, example=self.example,
+                       reconstruct=False)
         namespace[stored] = result.model
         self._stored.add(stored)
         self.stored_as = stored

@@ -37,8 +37,7 @@ baseline = True                           # also train the same student from scr
 # %%prune -o pruned
 model = teacher
 sparsity = 0.9          # remove 90 % of the weights
-criterion = "l1"        # the smallest weights first
-data = train
+data = train            # with data: rank by LAMP magnitude, then re-solve the kept weights (tutorial 02)
 val = val
 finetune = 2            # epochs of fine-tuning afterwards
 
@@ -61,9 +60,9 @@ assert row["distilled student"]["accuracy"] > teacher_accuracy - 0.03  # within 
 assert row["pruned teacher"]["accuracy"] > teacher_accuracy - 0.05     # 10x fewer weights, within 5
 
 # %% [markdown]
-# **Move the slider**: the accuracy of the teacher with that fraction of its weights zeroed (no fine-tuning),
-# its non-zero parameters and file size; switch the criterion or remove whole neurons (structured), and
-# *apply* to store the pruned model in a variable.
+# **Move the slider**: the accuracy of the teacher with that fraction of its weights zeroed (no fine-tuning,
+# no re-solving), its non-zero parameters and file size; switch the criterion or remove whole neurons
+# (structured), and *apply* to store that pruned model in a variable.
 
 # %%
 kdnb.widgets.SparsityExplorer(teacher, val, data=train)

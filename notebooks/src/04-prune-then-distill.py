@@ -1,7 +1,7 @@
 # %% [markdown]
 # # 4. Prune hard, then recover by distillation
 #
-# Pruning and distillation combine: prune a trained network hard (here, 97 % of its weights deleted as
+# Pruning and distillation combine: prune a trained network hard (here, 99 % of its weights deleted as
 # whole neurons), then win back the accuracy. The **original** network is the natural teacher: the pruned
 # one started as a copy of it, and the teacher can label inputs nobody labelled.
 #
@@ -22,7 +22,7 @@ kdnb.train(teacher, train, val=val, epochs=8)
 teacher.eval();
 
 # %%
-cut = kdnb.prune(teacher, sparsity=0.97, criterion="l1", structured=True, data=train, val=val)
+cut = kdnb.prune(teacher, sparsity=0.99, structured=True, data=train, val=val)  # L1 and the refit, the default
 
 # %%
 cut.summary()
@@ -31,10 +31,12 @@ cut.summary()
 # NBVAL_CHECK_OUTPUT
 linear = [m for m in cut.model if isinstance(m, torch.nn.Linear)]
 print(f"{len(linear)} Linear layers, {linear[0].in_features} inputs, {linear[-1].out_features} classes")
-print(f"at least 97% of the prunable weights deleted: {cut.sparsity >= 0.97}")
+print(f"at least 99% of the prunable weights deleted: {cut.sparsity >= 0.99}")
 
 # %% [markdown]
-# The hidden layers went from 256 and 256 neurons to a few dozen, and most of the accuracy went with them.
+# The hidden layers went from 256 and 256 neurons to about ten each. `kdnb.prune` refitted each next layer on
+# the neurons left (the least-squares refit, its default with data: tutorial 02), and still a good part of the
+# accuracy went with them (the summary above says how much).
 # Two ways to win it back, from the same pruned network, for the same 10 epochs:
 #
 # - **fine-tune** on the hard labels;
@@ -61,8 +63,8 @@ def report(name, model):
 
 with_labels = {"fine-tuned": report("fine-tuned on all the labels", finetuned),
                "distilled": report("distilled on all the labels", distilled.student)}
-# about as well as each other, within 2 points:
-assert abs(with_labels["fine-tuned"] - with_labels["distilled"]) < 0.02
+# about as well as each other, within 3 points:
+assert abs(with_labels["fine-tuned"] - with_labels["distilled"]) < 0.03
 
 # %% [markdown]
 # With the whole labelled training set, plain fine-tuning recovers about as well as distillation (within a

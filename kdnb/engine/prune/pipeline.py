@@ -162,10 +162,11 @@ def prune(
     Returns:
         PruneResult: ``.model``, ``.masks``, ``.sparsity``, ``.history``, ``.summary()``, ``.plot()``.
     """
-    run = _check(model, dict(locals()))
-    _prepare(run, model)
-    _prune_and_finetune(run)
-    return _finish(run)
+    with calibration.loaders_untouched(data, val):  # the user's shuffling is as it was, even after an error
+        run = _check(model, dict(locals()))
+        _prepare(run, model)
+        _prune_and_finetune(run)
+        return _finish(run)
 
 
 def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
@@ -274,7 +275,7 @@ def _prune_to(run: _Run, target: float) -> float:
         run.removed.update(removed_channels(scores, target, run.scope, pruned))
         masks = masks_from_keep(keep_vectors(scores.groups, run.removed, scores.shapes), scores.shapes)
     else:
-        masks = masks_at(scores, target, run.scope, pruned, pattern=run.pattern)
+        masks = masks_at(scores, target, run.scope, pruned, pattern=run.pattern, gradual=run.schedule != "oneshot")
     apply_masks(run.work, masks)
     if reference is not None:
         reconstruct_layers(run.work, reference, run.data, run.calibration_samples,

@@ -267,6 +267,14 @@ def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = 
         hessian_estimator: the hessian criterion's diagonal: "fisher" (empirical Fisher, per-sample gradients
             squared) or "hutchinson" (Hutchinson's estimator, one Rademacher probe per batch).
     """
+    with calibration.loaders_untouched(data):  # iterating a shuffled loader does not move the user's shuffling
+        return _importance(model, criterion, data, structured, example, seed, hessian_estimator, slimming_epochs,
+                           slimming_l1, lr, device, callbacks)
+
+
+def _importance(model: nn.Module, criterion: str, data: Iterable | None, structured: bool,
+                example: torch.Tensor | None, seed: int, hessian_estimator: str, slimming_epochs: int,
+                slimming_l1: float, lr: float, device: str, callbacks: Iterable[object]) -> Scores:
     from kdnb.engine.checks import first_batch
     from kdnb.engine.device import resolve_device
     from kdnb.engine.objective import split_batch
@@ -312,7 +320,8 @@ def check_sparsity(sparsity: object) -> float:
 
 
 def masks_at(scores: Scores, sparsity: float, scope: str = "global",
-             pruned: dict[str, torch.Tensor] | None = None, pattern: str | None = None) -> dict[str, torch.Tensor]:
+             pruned: dict[str, torch.Tensor] | None = None, pattern: str | None = None,
+             gradual: bool = False) -> dict[str, torch.Tensor]:
     """Boolean masks (True = kept) that remove the lowest-scored weights or channels, at ``sparsity``.
 
     Unstructured: the ``round(sparsity * n)`` lowest-scored weights, among all layers ("global", as
@@ -325,6 +334,7 @@ def masks_at(scores: Scores, sparsity: float, scope: str = "global",
 
     ``pruned``: masks already in force; those weights/channels stay pruned. ``pattern="N:M"`` (unstructured):
     in every row, N of each M consecutive input weights are kept, the highest-scored (``sparsity`` = 1 - N/M).
+    ``gradual``: a step of an iterative or agp schedule (criteria marked ``raw_when_gradual`` rank raw scores).
     """
     check_sparsity(sparsity)
     if scope not in SCOPES:
@@ -334,7 +344,7 @@ def masks_at(scores: Scores, sparsity: float, scope: str = "global",
                                             scores.shapes), scores.shapes)
     if pattern is not None:
         return _pattern_masks(scores, *parse_pattern(pattern), pruned or {})  # type: ignore[misc]
-    return _weight_masks(scores, sparsity, scope, pruned or {})
+    return _weight_masks(scores, sparsity, scope, pruned or {}, gradual)
 
 
 def masked_model(scores: Scores, sparsity: float, scope: str = "global") -> nn.Module:
@@ -396,11 +406,11 @@ def _row_masks(values: dict[str, torch.Tensor], sparsity: float) -> dict[str, to
     return masks
 
 
-def _weight_masks(scores: Scores, sparsity: float, scope: str,
-                  pruned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _weight_masks(scores: Scores, sparsity: float, scope: str, pruned: dict[str, torch.Tensor],
+                  gradual: bool = False) -> dict[str, torch.Tensor]:
     values = _values(scores, pruned)
     record = criteria.REGISTRY[scores.criterion]
-    if scope == "global" and record.layerwise:
+    if scope == "global" and record.layerwise and not (gradual and record.raw_when_gradual):
         values = {n: criteria.lamp_normalise(v.clamp_min(0)).masked_fill(v == float("-inf"), float("-inf"))
                   for n, v in values.items()}
     if scope == "local" and record.per_row:

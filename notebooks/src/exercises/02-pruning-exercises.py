@@ -72,7 +72,26 @@ check.hessian_importance(hessian_importance)
 
 
 # %% [markdown]
-# ## Exercise 4: a magnitude mask
+# ## Exercise 4: Optimal Brain Surgeon's update
+#
+# OBD only removes. Optimal Brain Surgeon (Hassibi & Stork 1993) removes weight $q$ of one output row and moves
+# the others to make up for it: $w \leftarrow w - \dfrac{w_q}{[H^{-1}]_{qq}}\, H^{-1} e_q$, where $H^{-1} e_q$
+# is column $q$ of the inverse Hessian. For one layer with inputs $X$, $H = 2X^\top X$, and this is what
+# `kdnb.prune(..., criterion="obs")` does row by row (tutorial 02). Return the new row; its $w_q$ must be 0.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def obs_update(weight, inverse_hessian, q):
+    ### BEGIN SOLUTION
+    return weight - weight[q] / inverse_hessian[q, q] * inverse_hessian[:, q]
+    ### END SOLUTION
+    ### STUB raise NotImplementedError  # your code here
+
+check.obs_update(obs_update)
+
+
+# %% [markdown]
+# ## Exercise 5: a magnitude mask
 #
 # Return a boolean mask of the weight's shape: `True` keeps a weight, `False` removes it. Remove the
 # `round(sparsity * weight.numel())` weights of smallest magnitude. (`torch.topk` or `torch.kthvalue` help.)
