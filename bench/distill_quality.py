@@ -71,8 +71,9 @@ REGIMES = {
                             8, 20, temperature=8.0, alpha=0.0, lr=3e-3, omit=3, teacher_lr=1e-3, scheduler=None),
     # Hinton's transfer set on MNIST-1D, a CNN teacher, an MLP student (3.8x fewer parameters, no convolution:
     # it needs many inputs to learn what the CNN knows); its CT run adds the generator's transforms and mixup.
-    "mnist1d-transfer": Regime("MNIST-1D, transfer set of 20,000 unlabelled signals", "mnist1d", "cnn1d:64", "mlp:64.64",
-                       40, 20, transfer=20_000, lr=5e-3, batch_size=128, augment="mnist1d", mixup=0.4),
+    "mnist1d-transfer": Regime("MNIST-1D, transfer set of 20,000 unlabelled signals", "mnist1d", "cnn1d:64",
+                               "mlp:64.64", 40, 20, transfer=20_000, lr=5e-3, batch_size=128, augment="mnist1d",
+                               mixup=0.4),
     # A student big enough for digits: the teacher has nothing to add.
     "no-help": Regime("digits, a student big enough for the data", "digits", "mlp:256.256", "mlp:128",
                       30, 30, temperature=4.0, alpha=0.5, lr=1e-3, augment="digits"),
@@ -153,7 +154,8 @@ def run_seed(regime: Regime, seed: int, skip: set[str]) -> dict[str, float]:
 def report(name: str, regime: Regime, rows: list[dict[str, float]]) -> None:
     print(f"[{name}] {regime.what}: teacher {regime.teacher}, student {regime.student}, {regime.epochs} epochs, "
           f"T={regime.temperature:g}, alpha={regime.alpha:g}, lr={regime.lr:g} {regime.scheduler or 'constant'}"
-          + (f", augment={regime.augment!r}, mixup={regime.mixup:g}" if regime.augment else "") + f", {len(rows)} seeds")
+          + (f", augment={regime.augment!r}, mixup={regime.mixup:g}" if regime.augment else "")
+          + f", {len(rows)} seeds")
     for key in rows[0]:
         values = [100 * row[key] for row in rows if row[key] == row[key]]  # NaN: no gap to close that seed
         if not values:

@@ -83,10 +83,11 @@ res = kdnb.distill(teacher, student(), train, val=val, temperature=4.0, alpha=0.
                    baseline=("scratch", "pseudo"), seeds=(0, 1, 2))
 
 # %%
+print("seed 0:")
 print(f"teacher             {res.accuracy['teacher']:.4f}")
 print(f"scratch             {res.accuracy['scratch']:.4f}")
 print(f"hard pseudo-labels  {res.accuracy['pseudo']:.4f}")
-print(f"soft labels (KD)    {res.accuracy['distilled']:.4f}   (seed 0)")
+print(f"soft labels (KD)    {res.accuracy['distilled']:.4f}")
 gains = [run.accuracy["distilled"] - run.accuracy["scratch"] for run in res.seed_runs]
 print("KD - scratch per seed:", "  ".join(f"{100 * gain:+.1f} pp" for gain in gains))
 # still a gap to close:
@@ -98,8 +99,8 @@ assert abs(sum(gains) / len(gains)) < 0.015
 # **Gap closure** = (distilled − scratch) / (teacher − scratch): the share of the accuracy gap between the
 # student trained alone and the teacher that distillation closed. 1 means the student reached the teacher.
 # The validation set has 359 digits, so one digit is 0.28 points: seed 0 alone can look like a win, but over
-# three seeds the soft labels gain a fraction of a point over the scratch student and over the hard
-# pseudo-labels, within the spread of the seeds. **With every label and a student big enough for the
+# three seeds the soft labels move a fraction of a point either way against the scratch student and the
+# hard pseudo-labels, within the spread of the seeds. **With every label and a student big enough for the
 # digits, distillation does not help here**: the summary says so ("within noise"). The sections below show
 # where it does. The summary and the curves of seed 0:
 
@@ -164,8 +165,9 @@ assert accuracy_on_3s(omitted.baselines["pseudo"]) < 0.05 < 0.5 < accuracy_on_3s
 
 # %% [markdown]
 # The scratch and pseudo-label students never answer 3; the distilled one recognises most of the 28 3s of
-# the validation set, from soft labels alone. Over five seeds (`bench/distill_quality.py`, regime "omitted-class"): 78 ± 17 % of the
-# 3s (every seed at least 50 %) against 0 % for the hard pseudo-labels, and +7.0 ± 1.9 points on all digits.
+# the validation set, from soft labels alone. Over five seeds (`bench/distill_quality.py`, regime
+# "omitted-class"): 78 ± 17 % of the 3s (every seed at least 50 %) against 0 % for the hard pseudo-labels,
+# and +7.0 ± 1.9 points on all digits.
 # `method="dkd"` (Zhao et al. 2022), which weighs the non-target classes separately, recognises 90 ± 7 %.
 # This is what soft labels carry that hard ones cannot.
 #
@@ -189,8 +191,8 @@ assert consistent.accuracy["distilled"] > consistent.accuracy["scratch"] + 0.05
 assert consistent.accuracy["distilled"] < res.accuracy["distilled"]
 
 # %% [markdown]
-# An augmented 8x8 digit is often no longer a clean example of its label: the hard-label student is taught
-# the wrong thing on those views and falls far behind, while the teacher labels each view as it looks. The
+# With augmentation the hard-label student falls far behind: a shifted, rotated, noisy 8x8 digit is often no
+# longer a clean example of its label, while the teacher labels each view as it looks (our reading). The
 # soft and hard teacher labels end within a digit or two of each other here, and below the un-augmented
 # students of Step 3: consistent teaching pays over patient schedules of hundreds of epochs (Beyer et al.),
 # more than a one-minute notebook can show.
