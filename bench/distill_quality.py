@@ -1,9 +1,9 @@
 """Does distillation help, and do the *soft* labels help? Teacher, fair baselines and distilled students
 over several seeds, in the regimes the README and tutorial 01 quote.
 
-Per seed and regime: the teacher is trained on the labelled data (cosine lr); the student starts from
-one seeded initialisation shared by every run below, all with the same budget (steps), Adam, lr and
-cosine schedule:
+Per seed and regime: the teacher is trained on the labelled data (cosine lr, or the README's constant
+lr where the regime says ``teacher_lr``); the student starts from one seeded initialisation shared by
+every run below, all with the same budget (steps), Adam, lr and schedule (cosine unless the regime says):
 
 - scratch: hard labels on the labelled data, as many steps as the distilled run (`baseline=True`);
 - pseudo: the teacher's top-1 class instead of its soft labels, on the same inputs (`baseline="pseudo"`);
@@ -93,8 +93,10 @@ def student_data(regime: Regime, train: DataLoader, seed: int) -> tuple[DataLoad
     if regime.transfer:
         return train, kdnb.datasets.transfer_set(regime.dataset, num_samples=regime.transfer, seed=seed + 1,
                                                  flat=flat, reference_seed=seed, batch_size=regime.batch_size)
+    if not regime.labelled and regime.omit is None:
+        return train, None
     x, y = train.dataset.tensors
-    rows = y != regime.omit if regime.omit is not None else torch.arange(len(y)) < (regime.labelled or len(y))
+    rows = y != regime.omit if regime.omit is not None else torch.arange(len(y)) < regime.labelled
     part = DataLoader(TensorDataset(x[rows], y[rows]), batch_size=regime.batch_size, shuffle=True,
                       generator=torch.Generator().manual_seed(seed))
     return part, (x[~rows] if regime.labelled else None)
