@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import kdnb
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 
 
 @pytest.fixture

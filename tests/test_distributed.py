@@ -13,7 +13,7 @@ import torch
 
 import kdnb
 from kdnb.engine import distributed
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 ROOT = WORKER.parent.parent

@@ -34,7 +34,7 @@ LAYERS = [  # top first; a module's layer is that of its longest matching prefix
     ("kdnb.datasets", "kdnb.models"),
     ("kdnb.errors", "kdnb.env"),
 ]
-PLOTS_MAY_READ = ("kdnb.engine.history", "kdnb.engine.table", "kdnb.engine.results", "kdnb.engine.errors")
+PLOTS_MAY_READ = ("kdnb.engine.history", "kdnb.engine.table", "kdnb.engine.results")
 LEAVES = ("kdnb.exercises",)
 
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import kdnb
 from kdnb import models
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.serialize import file_size
 

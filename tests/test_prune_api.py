@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import kdnb
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 from kdnb.engine.prune import make_permanent, prune, schedules, sensitivity
 from kdnb.engine.prune.scores import importance
 from kdnb.engine.prune.unstructured import clone

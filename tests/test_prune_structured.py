@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import kdnb
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 from kdnb.engine.measure import measure
 from kdnb.engine.prune import fold_batchnorm, importance, masks_at, prune
 from kdnb.engine.prune.groups import prunable_weights

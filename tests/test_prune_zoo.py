@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import kdnb
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 from kdnb.engine.measure import measure
 from kdnb.engine.prune import importance, masks_at, prune
 from kdnb.engine.prune.groups import prunable_weights

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import kdnb
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 from kdnb.engine.prune import criteria, importance, masks_at, prune
 from kdnb.engine.prune.calibration import as_matrix
 from kdnb.engine.prune.reconstruct import reconstruct, reconstruct_layer, row_errors

@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize, prune
 
 import kdnb
 from kdnb import models
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 from kdnb.engine.serialize import FORMAT_VERSION, file_size, read_metadata
 
 BUILDERS = {

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import kdnb
 import kdnb.api
 from kdnb import models, widgets
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 from kdnb.engine.events import RunState
 from kdnb.engine.history import History
 from kdnb.engine.loop import fit

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from kdnb.engine.checks import check_loader, check_model, first_batch
-from kdnb.engine.errors import KdnbError, suggest
+from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune import criteria

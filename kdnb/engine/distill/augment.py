@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kdnb.engine.errors import KdnbError, suggest
+from kdnb.errors import KdnbError, suggest
 from kdnb.engine.distill.losses import Mix
 
 Augmentation = Callable[[torch.Tensor], torch.Tensor]

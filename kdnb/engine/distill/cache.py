@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 from kdnb.engine.objective import split_batch
 
 # Class-name fragments of random data augmentations (torchvision, albumentations, kornia...).

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdnb.engine.errors import KdnbError, suggest
+from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import eval_mode
 
 FeaturePairs = Sequence[tuple[str, str]]

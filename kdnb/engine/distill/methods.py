@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from kdnb.engine.distill import losses
-from kdnb.engine.errors import KdnbError, suggest
+from kdnb.errors import KdnbError, suggest
 
 
 @dataclass(frozen=True)

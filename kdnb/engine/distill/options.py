@@ -7,7 +7,7 @@ import torch
 
 from kdnb.engine.distill import augment as augmentations
 from kdnb.engine.distill import methods
-from kdnb.engine.errors import KdnbError, suggest
+from kdnb.errors import KdnbError, suggest
 
 CACHE_CHOICES = ("auto", True, False, "fp16")
 BASELINES = ("scratch", "pseudo")

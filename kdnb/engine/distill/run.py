@@ -25,7 +25,7 @@ from kdnb.engine.distill.agreement import Agreement
 from kdnb.engine.distill.objectives import Distillation, FrozenTeacher
 from kdnb.engine.distill.result import DistillResult, SeedRun
 from kdnb.engine.distill.transfer import with_transfer
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 from kdnb.engine.history import History
 from kdnb.engine.loop import SETTINGS, OptimizerSpec, Settings, fit
 from kdnb.engine.objective import split_batch

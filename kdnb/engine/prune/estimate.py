@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdnb.engine.device import model_device, to_device
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.objective import StepOutput, Supervised, split_batch
 from kdnb.engine.prune.criteria import slimming_penalty

@@ -18,7 +18,7 @@ from copy import deepcopy
 import torch
 from torch import nn
 
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import eval_mode
 
 PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)  # layers whose weights count towards sparsity

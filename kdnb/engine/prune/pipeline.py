@@ -11,7 +11,7 @@ from torch import nn
 
 from kdnb.engine import checks
 from kdnb.engine.device import model_device, resolve_device
-from kdnb.engine.errors import KdnbError, suggest
+from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Callback, RunState
 from kdnb.engine.history import History

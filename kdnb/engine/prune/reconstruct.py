@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from kdnb.engine.errors import warn
+from kdnb.errors import warn
 from kdnb.engine.prune.calibration import SAMPLES, calibration_batches, forward_order, layer_statistics, solvable
 
 DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's percdamp)

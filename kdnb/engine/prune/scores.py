@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from kdnb.engine.errors import KdnbError, suggest
+from kdnb.errors import KdnbError, suggest
 from kdnb.engine.prune import calibration, criteria, estimate
 from kdnb.engine.prune.groups import (_BATCHNORM, PRUNABLE, ChannelGroup, Slice, channel_groups, channel_scores, dependency_graph,
                                       keep_vectors, masks_from_keep, prunable_weights, remaining_weights)

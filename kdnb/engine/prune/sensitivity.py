@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from kdnb.engine import checks
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune.groups import keep_vectors, masks_from_keep

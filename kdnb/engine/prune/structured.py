@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdnb.engine.errors import KdnbError
+from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.prune.groups import attention_layers, channel_groups, dependency_graph
 
