@@ -34,7 +34,8 @@
 import torch
 import kdnb
 
-torch.set_num_threads(1)  # Binder gives one CPU, and one thread is the fastest for these small networks
+# Binder gives one CPU, and one thread is the fastest for these small networks
+torch.set_num_threads(1)
 # 8x8 handwritten digits, embedded: no download
 train, val = kdnb.datasets.load("digits", batch_size=64, seed=0)
 
@@ -59,15 +60,18 @@ from torch.utils.data import DataLoader
 batches = DataLoader(train.dataset, batch_size=64)  # not shuffled: the same batches on every run
 evaluate = kdnb.evaluate
 sparsities = (0.8, 0.9, 0.95)
-methods = {"random": dict(criterion="random", reconstruct=False), "l1": dict(criterion="l1", reconstruct=False),
-           "taylor": dict(criterion="taylor", reconstruct=False), "hessian": dict(criterion="hessian", reconstruct=False),
+methods = {"random": dict(criterion="random", reconstruct=False),
+           "l1": dict(criterion="l1", reconstruct=False),
+           "taylor": dict(criterion="taylor", reconstruct=False),
+           "hessian": dict(criterion="hessian", reconstruct=False),
            "obs + update": dict(criterion="obs"), "default": dict()}
 print(f"dense accuracy {evaluate(teacher, val)['accuracy']:.4f}")
 print("method           " + "".join(f"{s:>8.0%}" for s in sparsities))
 table = {}
 for method, options in methods.items():
-    table[method] = [evaluate(kdnb.prune(teacher, sparsity=s, data=batches, progress=False, plot=False, **options)
-                              .model, val)["accuracy"] for s in sparsities]
+    table[method] = [evaluate(kdnb.prune(teacher, sparsity=s, data=batches, progress=False,
+                                         plot=False, **options).model, val)["accuracy"]
+                     for s in sparsities]
     print(f"{method:15s}" + "".join(f"  {a:.4f}" for a in table[method]))
 # What the text below says, checked (the margins in the table are 15 points or more; another CPU moves them
 # by a point or two):
@@ -100,16 +104,21 @@ print("neurons removed     " + "".join(f"{f:>8.0%}" for f in fractions) + "   wi
       + "".join(f"{f:>8.0%}" for f in fractions))
 neurons = {}
 for criterion in ("random", "l1", "hessian", "thinet"):
-    neurons[criterion] = {refit: [evaluate(kdnb.prune(teacher, sparsity=f, criterion=criterion, structured=True,
-                                                      data=batches, reconstruct=refit, progress=False,
-                                                      plot=False).model, val)["accuracy"] for f in fractions]
+    neurons[criterion] = {refit: [evaluate(kdnb.prune(teacher, sparsity=f, criterion=criterion,
+                                                      structured=True, data=batches,
+                                                      reconstruct=refit, progress=False,
+                                                      plot=False).model, val)["accuracy"]
+                                  for f in fractions]
                           for refit in (False, True)}
     print(f"{criterion:18s}" + "".join(f"  {a:.4f}" for a in neurons[criterion][False]) + " " * 18
           + "".join(f"  {a:.4f}" for a in neurons[criterion][True]))
 # What the text below says, checked:
-assert neurons["thinet"][False][0] > neurons["random"][False][0] + 0.1  # without the refit, the choice matters
-assert neurons["hessian"][False][0] < neurons["random"][False][0] - 0.1  # ... and a summed OBD loses to random
-assert all(abs(neurons[c][True][0] - neurons["random"][True][0]) < 0.03 for c in neurons)  # with it, random ties
+# without the refit, the choice matters
+assert neurons["thinet"][False][0] > neurons["random"][False][0] + 0.1
+# ... and a summed OBD loses to random
+assert neurons["hessian"][False][0] < neurons["random"][False][0] - 0.1
+# with it, random ties
+assert all(abs(neurons[c][True][0] - neurons["random"][True][0]) < 0.03 for c in neurons)
 assert neurons["l1"][True][1] > neurons["random"][True][1]  # ... until very few neurons are left
 
 # %% [markdown]
@@ -125,12 +134,14 @@ assert neurons["l1"][True][1] > neurons["random"][True][1]  # ... until very few
 # one by one:
 
 # %%
-masked = kdnb.prune(teacher, sparsity=0.7, criterion="l1", progress=False, plot=False)  # no data: no update
-deleted = kdnb.prune(teacher, sparsity=0.7, criterion="l1", structured=True, data=train, reconstruct=False,
-                     progress=False, plot=False)
+# no data: no update
+masked = kdnb.prune(teacher, sparsity=0.7, criterion="l1", progress=False, plot=False)
+deleted = kdnb.prune(teacher, sparsity=0.7, criterion="l1", structured=True, data=train,
+                     reconstruct=False, progress=False, plot=False)
 for name, result in (("zeroed weights", masked), ("deleted neurons", deleted)):
     shapes = [tuple(m.weight.shape) for m in result.model if isinstance(m, torch.nn.Linear)]
-    print(f"{name:16s} accuracy {evaluate(result.model, val)['accuracy']:.4f}  layer shapes {shapes}")
+    print(f"{name:16s} accuracy {evaluate(result.model, val)['accuracy']:.4f}  "
+          f"layer shapes {shapes}")
 assert evaluate(masked.model, val)["accuracy"] > evaluate(deleted.model, val)["accuracy"]
 
 # %% [markdown]
@@ -141,7 +152,8 @@ assert evaluate(masked.model, val)["accuracy"] > evaluate(deleted.model, val)["a
 # NBVAL_CHECK_OUTPUT
 linear = [m for m in masked.model if isinstance(m, torch.nn.Linear)]
 print("zeroed weights: layer shapes", [tuple(m.weight.shape) for m in linear])
-zeros, weights = sum(int((m.weight == 0).sum()) for m in linear), sum(m.weight.numel() for m in linear)
+zeros, weights = (sum(int((m.weight == 0).sum()) for m in linear),
+                  sum(m.weight.numel() for m in linear))
 print(f"{zeros:,} of {weights:,} weights are zero")
 
 # %% [markdown]
@@ -167,18 +179,23 @@ kdnb.widgets.SparsityExplorer(teacher, val, data=train)
 
 # %%
 oneshot = kdnb.prune(teacher, sparsity=0.99, data=train, val=val, finetune=3)
-rounds = kdnb.prune(teacher, sparsity=0.99, data=train, val=val, finetune=1, schedule="iterative", steps=3)
-gradual = kdnb.prune(teacher, sparsity=0.99, data=train, val=val, finetune=3, schedule="agp", steps=10)
+rounds = kdnb.prune(teacher, sparsity=0.99, data=train, val=val, finetune=1, schedule="iterative",
+                    steps=3)
+gradual = kdnb.prune(teacher, sparsity=0.99, data=train, val=val, finetune=3, schedule="agp",
+                     steps=10)
 
 # %%
 accuracy = {}
-schedules = {"one-shot, then 3 epochs": oneshot, "3 rounds of 1 epoch": rounds, "agp over 3 epochs": gradual}
+schedules = {"one-shot, then 3 epochs": oneshot, "3 rounds of 1 epoch": rounds,
+             "agp over 3 epochs": gradual}
 for name, result in schedules.items():
     kept = [int((m.weight != 0).sum()) for m in result.model if isinstance(m, torch.nn.Linear)]
     accuracy[name] = evaluate(result.model, val)["accuracy"]
-    print(f"{name:24s} accuracy {accuracy[name]:.4f}  non-zero weights per layer {kept}, {sum(kept):,} all")
+    print(f"{name:24s} accuracy {accuracy[name]:.4f}  "
+          f"non-zero weights per layer {kept}, {sum(kept):,} all")
 print(f"{'one shot, no fine-tuning':24s} accuracy {oneshot.trajectory[0]['val_acc']:.4f}")
-assert accuracy["agp over 3 epochs"] > accuracy["3 rounds of 1 epoch"] > accuracy["one-shot, then 3 epochs"]
+assert (accuracy["agp over 3 epochs"] > accuracy["3 rounds of 1 epoch"]
+        > accuracy["one-shot, then 3 epochs"])
 
 # %%
 gradual.summary()

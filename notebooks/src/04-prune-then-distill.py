@@ -11,7 +11,8 @@
 import torch
 import kdnb
 
-torch.set_num_threads(1)  # Binder gives one CPU, and one thread is the fastest for these small networks
+# Binder gives one CPU, and one thread is the fastest for these small networks
+torch.set_num_threads(1)
 # 8x8 handwritten digits, embedded: no download
 train, val = kdnb.datasets.load("digits", batch_size=64, seed=0)
 
@@ -22,7 +23,8 @@ kdnb.train(teacher, train, val=val, epochs=8)
 teacher.eval();
 
 # %%
-cut = kdnb.prune(teacher, sparsity=0.99, structured=True, data=train, val=val)  # L1 and the refit, the default
+# L1 and the refit, the default
+cut = kdnb.prune(teacher, sparsity=0.99, structured=True, data=train, val=val)
 
 # %%
 cut.summary()
@@ -30,7 +32,8 @@ cut.summary()
 # %%
 # NBVAL_CHECK_OUTPUT
 linear = [m for m in cut.model if isinstance(m, torch.nn.Linear)]
-print(f"{len(linear)} Linear layers, {linear[0].in_features} inputs, {linear[-1].out_features} classes")
+print(f"{len(linear)} Linear layers, {linear[0].in_features} inputs, "
+      f"{linear[-1].out_features} classes")
 print(f"at least 99% of the prunable weights deleted: {cut.sparsity >= 0.99}")
 
 # %% [markdown]

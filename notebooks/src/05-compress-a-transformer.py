@@ -14,7 +14,8 @@ import copy
 import torch
 import kdnb
 
-torch.set_num_threads(1)  # Binder gives one CPU, and one thread is the fastest for these small networks
+# Binder gives one CPU, and one thread is the fastest for these small networks
+torch.set_num_threads(1)
 # 8x8 handwritten digits, embedded: no download
 train, val = kdnb.datasets.load("digits", batch_size=64, seed=0)
 
@@ -32,8 +33,9 @@ vit.eval();
 # %%
 # NBVAL_CHECK_OUTPUT
 blocks = vit.blocks
-print(f"{len(blocks)} blocks, {blocks[0].attn.num_heads} heads of {blocks[0].attn.head_dim} dimensions, "
-      f"MLP {blocks[0].mlp[0].out_features} neurons, embedding {vit.patches.out_channels} channels; "
+print(f"{len(blocks)} blocks, {blocks[0].attn.num_heads} heads of {blocks[0].attn.head_dim} "
+      f"dimensions, MLP {blocks[0].mlp[0].out_features} neurons, "
+      f"embedding {vit.patches.out_channels} channels; "
       f"{sum(p.numel() for p in vit.parameters()):,} parameters")
 original = kdnb.evaluate(vit, val)["accuracy"]
 assert original > 0.93  # 0.9638 on the machine that saved this notebook
@@ -56,7 +58,8 @@ assert original > 0.93  # 0.9638 on the machine that saved this notebook
 def head_scores(model, x):
     """Minitron's score of every head of every block, from one forward pass over the inputs x."""
     seen = {}
-    hooks = [block.attn.proj.register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(i, args[0]))
+    hooks = [block.attn.proj.register_forward_pre_hook(
+                 lambda m, args, i=i: seen.__setitem__(i, args[0]))
              for i, block in enumerate(model.blocks)]
     with torch.no_grad():
         model(x)
@@ -65,7 +68,8 @@ def head_scores(model, x):
     scores = []
     for i, block in enumerate(model.blocks):
         samples, tokens, _ = seen[i].shape
-        per_head = seen[i].view(samples, tokens, block.attn.num_heads, -1).norm(dim=-1)  # (n, t, heads)
+        # (n, t, heads)
+        per_head = seen[i].view(samples, tokens, block.attn.num_heads, -1).norm(dim=-1)
         scores.append(per_head.mean(1).pow(2).sum(0).sqrt())
     return torch.stack(scores)
 
@@ -91,7 +95,8 @@ for i, row in enumerate(scores):
     weakest, strongest = int(row.argmin()), int(row.argmax())
     for label, head in (("weakest", weakest), ("strongest", strongest)):
         acc = kdnb.evaluate(without_head(vit, i, head), val)["accuracy"]
-        print(f"block {i}, {label:9s} head {head}: accuracy {acc:.4f} without it ({original:.4f} with all)")
+        print(f"block {i}, {label:9s} head {head}: accuracy {acc:.4f} without it "
+              f"({original:.4f} with all)")
 
 # %% [markdown]
 # Compare the two lines of each block. The score is a cheap guess from one forward pass, without labels or
@@ -110,22 +115,24 @@ for i, row in enumerate(scores):
 # refitted by least squares. Removing 55 % of the prunable weights:
 
 # %%
-pruned = kdnb.prune(vit, sparsity=0.55, criterion="activation", structured=True, scope="local", data=train,
-                    val=val)
+pruned = kdnb.prune(vit, sparsity=0.55, criterion="activation", structured=True, scope="local",
+                    data=train, val=val)
 small = pruned.model
 
 # %%
 # NBVAL_CHECK_OUTPUT
 # The small shape and its cost: the same on any machine (scope="local" fixes the shape, not the scores).
 for i, block in enumerate(small.blocks):
-    print(f"block {i}: {block.attn.num_heads} heads of {block.attn.head_dim}, MLP {block.mlp[0].out_features} "
-          f"neurons")
-print(f"embedding {small.patches.out_channels} channels; {sum(p.numel() for p in small.parameters()):,} parameters; "
+    print(f"block {i}: {block.attn.num_heads} heads of {block.attn.head_dim}, "
+          f"MLP {block.mlp[0].out_features} neurons")
+print(f"embedding {small.patches.out_channels} channels; "
+      f"{sum(p.numel() for p in small.parameters()):,} parameters; "
       f"{pruned.sparsity:.1%} of the prunable weights deleted")
 example = x_train[:1]
 macs = {name: kdnb.measure(model, example, repeats=1, warmup=0).macs for name, model in
         (("unpruned", vit), ("pruned", small))}
-print(f"MACs per image {macs['unpruned']:,} -> {macs['pruned']:,}: {macs['unpruned'] / macs['pruned']:.2f}x fewer")
+print(f"MACs per image {macs['unpruned']:,} -> {macs['pruned']:,}: "
+      f"{macs['unpruned'] / macs['pruned']:.2f}x fewer")
 
 # %% [markdown]
 # ## Activation against kdnb's other criteria
@@ -141,8 +148,8 @@ right_after = {"activation": kdnb.evaluate(small, val)["accuracy"]}
 for criterion in ("l1", "taylor", "random"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the refit's note on calibration size, once per criterion
-        cut = kdnb.prune(vit, sparsity=0.55, criterion=criterion, structured=True, scope="local", data=train,
-                         progress=False, plot=False)
+        cut = kdnb.prune(vit, sparsity=0.55, criterion=criterion, structured=True, scope="local",
+                         data=train, progress=False, plot=False)
     right_after[criterion] = kdnb.evaluate(cut.model, val)["accuracy"]
 for criterion, acc in right_after.items():
     print(f"{criterion:10s} accuracy right after pruning {acc:.4f}")
@@ -162,11 +169,13 @@ assert max(right_after.values()) < original  # half the cost is not free
 # pruned model).
 
 # %%
-distilled = kdnb.distill(vit, small, train, val=val, method="kd", temperature=4.0, epochs=15, lr=3e-3).student
+distilled = kdnb.distill(vit, small, train, val=val, method="kd", temperature=4.0, epochs=15,
+                         lr=3e-3).student
 
 
 def reinitialised(model, seed=0):
-    """The same shape with fresh weights (the class token at zero, positions drawn as vit_tiny draws them)."""
+    """The same shape with fresh weights (the class token at zero, positions drawn as vit_tiny
+    draws them)."""
     fresh = copy.deepcopy(model)
     torch.manual_seed(seed)
     for module in fresh.modules():
@@ -195,9 +204,12 @@ table
 # %%
 row = table.as_dict()
 acc = {name: r["accuracy"] for name, r in row.items()}
-print(f"pruned + distilled: {100 * (acc['unpruned'] - acc['pruned + distilled']):+.2f} points below the unpruned "
-      f"model, {100 * (acc['pruned + distilled'] - acc['scratch, 15 epochs']):+.2f} above scratch (15 epochs), "
-      f"{100 * (acc['pruned + distilled'] - acc['scratch, 35 epochs']):+.2f} above scratch (35 epochs)")
+print(f"pruned + distilled: {100 * (acc['unpruned'] - acc['pruned + distilled']):+.2f} points "
+      f"below the unpruned model, "
+      f"{100 * (acc['pruned + distilled'] - acc['scratch, 15 epochs']):+.2f} above scratch "
+      f"(15 epochs), "
+      f"{100 * (acc['pruned + distilled'] - acc['scratch, 35 epochs']):+.2f} above scratch "
+      f"(35 epochs)")
 # tolerances that hold on any CPU (bench/transformer.py, 3 seeds: within 1 point, and ahead of scratch)
 assert acc["pruned + distilled"] > acc["unpruned"] - 0.02
 assert acc["pruned + distilled"] > acc["scratch, 15 epochs"]

@@ -54,8 +54,10 @@ check.recovered_fraction(recovered_fraction)
 # Your pipeline: prune the teacher so that at most 10 % of its weights are non-zero, then recover the
 # accuracy by distilling from the teacher. Put the final model in `compressed`.
 ### BEGIN SOLUTION
-pruned = kdnb.prune(teacher, sparsity=0.92, criterion="l1", data=train, val=val, progress=False, plot=False)
-recovered = kdnb.distill(teacher, pruned.model, train, val=val, epochs=10, lr=3e-3, progress=False, plot=False)
+pruned = kdnb.prune(teacher, sparsity=0.92, criterion="l1", data=train, val=val, progress=False,
+                    plot=False)
+recovered = kdnb.distill(teacher, pruned.model, train, val=val, epochs=10, lr=3e-3, progress=False,
+                         plot=False)
 compressed = recovered.student
 ### END SOLUTION
 ### STUB compressed = None  # your code here
