@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ import kdnb
 from kdnb.engine.prune import export, make_permanent, prune
 from kdnb.engine.prune.groups import prunable_weights
 from kdnb.engine.prune.unstructured import clone
+from timing import alternating_times  # bench/timing.py: this script's folder is on sys.path
 
 torch.set_num_threads(2)
 ROUNDS = 60
@@ -35,18 +35,7 @@ ROUNDS = 60
 
 def latencies(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int = ROUNDS) -> dict[str, float]:
     """Median ms per forward of each model, all models timed in every round (alternating)."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    with torch.inference_mode():
-        for model in models.values():
-            model.eval()
-            for _ in range(5):
-                model(x)
-        for _ in range(rounds):
-            for name, model in models.items():
-                start = time.perf_counter()
-                model(x)
-                times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in alternating_times(models, x, rounds).items()}
 
 
 def macs(model: torch.nn.Module, x: torch.Tensor) -> int:

@@ -40,6 +40,7 @@ from kdnb.engine.evaluate import evaluate
 from kdnb.engine.prune import prune
 from kdnb.engine.prune.groups import output_layers, prunable_weights
 from kdnb.engine.prune.unstructured import clone
+from timing import alternating_times  # bench/timing.py: this script's folder is on sys.path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from zoo import ZOO, example  # noqa: E402
@@ -66,17 +67,7 @@ def latencies(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, tuple[
     """(fastest, median) ms per forward of each model, all timed in every round, alternating. On a shared
     machine other processes only ever add time, so the fastest round is the least disturbed one and the
     speed-up is computed from it; the median shows how much noise there was."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    with torch.inference_mode():
-        for model in models.values():
-            model.eval()
-            for _ in range(5):
-                model(x)
-        for _ in range(ROUNDS):
-            for name, model in models.items():
-                start = time.perf_counter()
-                model(x)
-                times[name].append((time.perf_counter() - start) * 1000)
+    times = alternating_times(models, x, ROUNDS)
     return {name: (min(t), statistics.median(t)) for name, t in times.items()}
 
 

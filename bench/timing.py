@@ -1,0 +1,23 @@
+"""What the latency benches share: every model timed in every round, alternating, so a burst of other work
+on the machine slows all of them alike instead of one."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def alternating_times(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int) -> dict[str, list[float]]:
+    """Milliseconds per forward of each model on ``x``, one per round, after 5 warm-up forwards each."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():
+            model.eval()
+            for _ in range(5):
+                model(x)
+        for _ in range(rounds):
+            for name, model in models.items():
+                start = time.perf_counter()
+                model(x)
+                times[name].append((time.perf_counter() - start) * 1000)
+    return times
