@@ -147,7 +147,15 @@ from kdnb.engine.serialize import load, save  # noqa: E402,F401
 from kdnb.engine.distill import distill as _distill  # noqa: E402
 
 distill = with_subscribers(_distill)
-from kdnb.engine.prune import make_permanent  # noqa: E402,F401 - no run, so no subscribers
+from kdnb.engine.prune import make_permanent as _make_permanent  # noqa: E402 - no run, so no subscribers
+
+
+@functools.wraps(_make_permanent)
+def make_permanent(model):
+    checks.check_model(model)  # the one check at the public entry; the engine folds its own copies unchecked
+    return _make_permanent(model)
+
+
 from kdnb.engine.prune import prune as _prune, sensitivity as _sensitivity  # noqa: E402
 
 prune = with_subscribers(_prune)

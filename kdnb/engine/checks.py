@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdnb.errors import KdnbError, first_line, is_integer, is_number  # noqa: F401 - the checks' words
+from kdnb.engine.device import model_device, to_device
+from kdnb.errors import KdnbError, first_line, is_integer, is_number, suggest  # noqa: F401 - the checks' words
 from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.events import EVENTS
 from kdnb.engine.objective import split_batch
@@ -299,3 +300,114 @@ def check_labels_in_range(data: Any, num_classes: int, what: str = "data") -> No
             raise KdnbError(f"labels out of range: {what}'s dataset has labels {low}..{high} but the model "
                             f"outputs {num_classes} classes; fix the labels or give the last layer one output "
                             "per class")
+
+
+def check_fraction(name: str, value: Any, low: float = 0.0, high: float = 1.0, closed: bool = False,
+                   example: str = "0.5") -> float:
+    """A real number in [low, high) (``closed``: [low, high]), not a bool, a string or NaN."""
+    inside = is_number(value) and math.isfinite(value) and low <= value and (value <= high if closed else value < high)
+    if not inside:
+        interval = f"[{low:g}, {high:g}{']' if closed else ')'}"
+        raise KdnbError(f"{name} should be a number in {interval}, got {shown(value)}; pass e.g. {name}={example}")
+    return float(value)
+
+
+def check_count(name: str, value: Any, minimum: int = 0, example: str = "2") -> int:
+    """An integer >= ``minimum`` (not a bool, a float or a string)."""
+    if not is_integer(value) or value < minimum:
+        raise KdnbError(f"{name} should be an integer >= {minimum}, got {shown(value)}; pass e.g. {name}={example}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
+    """One of the names in ``choices`` (a suggestion when it is close to one)."""
+    choices = list(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise KdnbError(f"unknown {name} {shown(value)}; {suggest(str(value), choices)} (pass {name}={choices[0]!r})")
+    return value
+
+
+def check_example(example: Any, what: str = "example", empty: bool = False) -> torch.Tensor:
+    """An input batch: a real-valued or integer tensor, batch dimension first, at least one row (``empty``:
+    zero rows allowed, as a tracer may take them)."""
+    if not isinstance(example, torch.Tensor):
+        raise KdnbError(f"{what} should be an input batch tensor (batch first), got {shown(example)}; pass e.g. "
+                        f"{what}=next(iter(train_loader))[0]")
+    if example.dim() == 0 or (example.shape[0] == 0 and not empty):
+        raise KdnbError(f"{what} should hold at least one sample, batch dimension first, got shape "
+                        f"{tuple(example.shape)}; pass e.g. {what}=x[:8]")
+    if example.dtype == torch.bool or example.dtype.is_complex:
+        raise KdnbError(f"{what} should hold real numbers (or integer token ids), got dtype {example.dtype}; "
+                        f"convert it, e.g. {what}.float()")
+    return example
+
+
+def check_data_fits(model: torch.nn.Module, data: Any, what: str, labels: str | None = None) -> int | None:
+    """``data``'s first batch runs through ``model`` (eval mode, on the model's device, no RNG moved) and its
+    labels are class indices in range; ``labels`` (why they are needed) makes unlabelled batches an error.
+    Returns the number of classes when the batch was labelled."""
+    check_loader(data, what)
+    here = model_device(model)
+    batch = to_device(first_batch(data, what), here)
+    x, y = check_batch(batch, what)
+    if y is None:
+        if labels is not None:
+            raise KdnbError(f"{what}'s batches have no labels, but {labels} needs them; pass a loader of "
+                            "(inputs, labels) batches")
+        with eval_mode(model), torch.no_grad():
+            logits_of(model, x, "model")
+        return None
+    num_classes = check_model_fits_data(model, batch, here, data_name=what)
+    check_labels_in_range(data, num_classes, what)
+    return num_classes
+
+
+class ModelState:
+    """Everything an in-place call may change in a model, to put back exactly: each submodule's class (a
+    parametrization swaps it), attributes, parameter/buffer/submodule/hook dicts (their contents, in the same
+    dict objects: a hook handle points at them), and each tensor's values, shape, device, requires_grad and
+    gradient, in the same tensor objects (an optimizer holds the Parameters)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.modules = []
+        tensors: dict[int, torch.Tensor] = {}
+        for module in model.modules():
+            attributes = dict(vars(module))
+            contents = {name: (list(value.items()) if isinstance(value, dict) else set(value))
+                        for name, value in attributes.items() if isinstance(value, (dict, set))}
+            self.modules.append((module, type(module), attributes, contents))
+            for tensor in [*module._parameters.values(), *module._buffers.values()]:
+                if isinstance(tensor, torch.Tensor):
+                    tensors[id(tensor)] = tensor
+        self.tensors = [(t, t.detach().clone(), t.requires_grad, None if t.grad is None else t.grad.detach().clone())
+                        for t in tensors.values()]
+
+    def restore(self) -> None:
+        for module, kind, attributes, contents in self.modules:
+            module.__class__ = kind
+            now = vars(module)
+            for name in [name for name in now if name not in attributes]:
+                del now[name]
+            for name, value in attributes.items():
+                if name in contents:
+                    value.clear()
+                    value.update(contents[name])
+                now[name] = value
+        with torch.no_grad():
+            for tensor, data, requires_grad, grad in self.tensors:
+                tensor.data = data
+                tensor.requires_grad_(requires_grad)
+                tensor.grad = grad
+
+
+@contextlib.contextmanager
+def restored_on_error(model: torch.nn.Module) -> Iterator[ModelState]:
+    """Inside, change ``model`` freely (mask it, re-solve it, delete channels, move it); if anything raises,
+    a KeyboardInterrupt too, ``model`` is put back exactly as it came in (`ModelState`) and the exception
+    goes on. An in-place verb that fails leaves no trace."""
+    state = ModelState(model)
+    try:
+        yield state
+    except BaseException:
+        state.restore()
+        raise

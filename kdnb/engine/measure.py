@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdnb.engine.checks import check_labels_in_range, check_loader, check_model, check_model_fits_data, first_batch
+from kdnb.engine.checks import (check_example, check_labels_in_range, check_loader, check_model, check_model_fits_data,
+                                first_batch)
 from kdnb.engine.device import model_device, resolve_device
 from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import eval_mode, evaluate
@@ -139,15 +140,15 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
 
     loader, labelled = None, False
     if isinstance(data_or_example, torch.Tensor):
-        x = data_or_example
+        x = check_example(data_or_example, "data_or_example")
     else:
         loader = check_loader(data_or_example, "data_or_example")
         first = first_batch(loader, "data_or_example")
         try:
             x, y = split_batch(first)
         except TypeError:
-            raise KdnbError(f"measure needs input batches as tensors or (inputs, labels), got a batch of type "
-                            f"{type(first).__name__}; pass a DataLoader or an example input tensor") from None
+            raise KdnbError(f"data_or_example should give input batches as tensors or (inputs, labels), got a batch "
+                            f"of type {type(first).__name__}; pass a DataLoader or an example input tensor") from None
         labelled = y is not None
     if not isinstance(x, torch.Tensor) or x.dim() == 0:
         raise KdnbError(f"measure needs input batches as tensors (batch first), got {type(x).__name__}; "

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdnb.engine.checks import numbered_batches
 from kdnb.engine.device import model_device, to_device
 from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.objective import split_batch
@@ -82,7 +83,7 @@ def output_matrix(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
 def calibration_batches(data: Iterable, samples: int = SAMPLES) -> list[torch.Tensor]:
     """The inputs of the first ``samples`` samples of ``data``, as batches."""
     batches, count = [], 0
-    for batch in data:
+    for _, batch in numbered_batches(data, lambda i: f"calibration batch {i + 1}"):  # a loader's failure: one line
         x = split_batch(batch)[0]
         batches.append(x[:samples - count])
         count += len(batches[-1])

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnb.engine.device import model_device, to_device
+from kdnb.engine import checks
+from kdnb.engine.device import model_device
 from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.objective import StepOutput, Supervised, split_batch
@@ -26,12 +27,22 @@ from kdnb.engine.prune.groups import _BATCHNORM, ChannelGroup, channel_scores
 
 
 def _batches(model: nn.Module, data: Iterable, criterion: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    device = model_device(model)
-    for batch in data:
-        x, y = split_batch(to_device(batch, device))
+    """Every batch as (inputs, labels) on the model's device. Each is checked as it comes (a min and a max of
+    its labels against the classes the model outputs), so a bad later batch is one line naming it."""
+    device, classes = model_device(model), None
+    for index, batch in checks.numbered_batches(data, lambda i: f"batch {i + 1} (criterion {criterion!r})"):
+        where = f"data (batch {index + 1}, criterion {criterion!r})"
+        x, y = checks.check_batch(batch, where)
         if y is None:
-            raise KdnbError(f"criterion {criterion!r} needs labelled batches (inputs, labels); "
-                            "data yielded inputs only")
+            raise KdnbError(f"criterion {criterion!r} needs labelled batches but {where} has inputs only; "
+                            "pass a loader of (inputs, labels)")
+        x, y = x.to(device), y.to(device)
+        if classes is None:
+            with torch.no_grad():
+                out = model(x[:1])
+            classes = out.shape[1] if isinstance(out, torch.Tensor) and out.dim() == 2 else 0
+        if classes:
+            checks.check_labels(y, classes, len(x), f"in {where}")
         yield x, y
 
 

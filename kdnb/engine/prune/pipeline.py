@@ -2,6 +2,7 @@
 following a schedule. Each step is one function below; `prune` only calls them in order."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Callback, RunState
 from kdnb.engine.history import History
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune import calibration, estimate, schedules
+from kdnb.engine.prune import arguments, calibration, estimate, schedules
 from kdnb.engine.prune.criteria import Criterion
 from kdnb.engine.prune.groups import check_structured_support, keep_vectors, masks_from_keep, prunable_weights
 from kdnb.engine.prune.reconstruct import reconstruct as reconstruct_layers
@@ -164,9 +165,10 @@ def prune(
     """
     with calibration.loaders_untouched(data, val):  # the user's shuffling is as it was, even after an error
         run = _check(model, dict(locals()))
-        _prepare(run, model)
-        _prune_and_finetune(run)
-        return _finish(run)
+        with checks.restored_on_error(model) if inplace else contextlib.nullcontext():  # a failure leaves no trace
+            _prepare(run, model)
+            _prune_and_finetune(run)
+            return _finish(run)
 
 
 def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
@@ -174,6 +176,8 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
     if isinstance(model, PruneResult):
         raise KdnbError("got a PruneResult; pass its .model (with prune_again=True) to prune it further")
     checks.check_model(model)
+    arguments.check_prunable(model)
+    arguments.check_prune_options(options)
     options["sparsity"] = check_sparsity(options["sparsity"])
     structured, data = options["structured"], options["data"]
     criterion = DEFAULT_CRITERION[bool(structured)] if options["criterion"] == "auto" else options["criterion"]
@@ -191,6 +195,7 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
         last = getattr(model, MARKER)[-1]
         raise KdnbError(f"this model is already pruned (sparsity {last['sparsity']:.4f}, {last['criterion']}); "
                         "pass prune_again=True to prune it further")
+    arguments.check_inputs(model, data, options["val"], record.statistic, bool(options["finetune"] or options["control"]))
     weights = prunable_weights(model)
     _check_pattern(model, options)
     reconstruct = _check_reconstruct(options)

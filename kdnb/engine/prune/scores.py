@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kdnb.errors import KdnbError, suggest
-from kdnb.engine.prune import calibration, criteria, estimate
+from kdnb.engine.prune import arguments, calibration, criteria, estimate
 from kdnb.engine.prune.groups import (_BATCHNORM, PRUNABLE, ChannelGroup, Slice, channel_groups, channel_scores, dependency_graph,
                                       keep_vectors, masks_from_keep, prunable_weights, remaining_weights)
 
@@ -267,6 +267,8 @@ def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = 
         hessian_estimator: the hessian criterion's diagonal: "fisher" (empirical Fisher, per-sample gradients
             squared) or "hutchinson" (Hutchinson's estimator, one Rademacher probe per batch).
     """
+    arguments.check_importance(model, criterion, data, structured, example, seed, hessian_estimator,
+                               slimming_epochs, slimming_l1, lr, device, callbacks)
     with calibration.loaders_untouched(data):  # iterating a shuffled loader does not move the user's shuffling
         return _importance(model, criterion, data, structured, example, seed, hessian_estimator, slimming_epochs,
                            slimming_l1, lr, device, callbacks)

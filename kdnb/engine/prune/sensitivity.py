@@ -15,7 +15,8 @@ from kdnb.engine.evaluate import evaluate
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune.groups import keep_vectors, masks_from_keep
 from kdnb.engine.prune.result import SensitivityResult
-from kdnb.engine.prune.scores import Scores, check_sparsity, importance, masks_at
+from kdnb.engine.prune import arguments, calibration
+from kdnb.engine.prune.scores import Scores, importance, masks_at
 
 
 def _layer_masks(scores: Scores, layer: str, sparsity: float) -> dict[str, torch.Tensor]:
@@ -66,19 +67,26 @@ def sensitivity(
             `kdnb.train`; only slimming's L1 phase trains (with ``lr``, on ``device``); ``seed`` also seeds the
             random criterion.
     """
-    checks.check_model(model)
-    checks.check_loader(val, "val")
-    sparsities = [check_sparsity(s) for s in sparsities]
-    if structured and example is None:
-        example = split_batch(checks.first_batch(data if data is not None else val))[0]
-    scores = importance(model, criterion, data, structured=structured, example=example, seed=seed, lr=lr,
-                        device=device, callbacks=callbacks)
-    known = list(scores.channels if structured else scores.weights)
-    if layers is None:
-        layers = known
-    unknown = [name for name in layers if name not in known]
-    if unknown:
-        raise KdnbError(f"unknown layer {unknown[0]!r} for sensitivity; known: {', '.join(known)}")
+    sparsities = arguments.check_sensitivity(model, val, dict(locals()))
+    with calibration.loaders_untouched(data, val):  # scoring and evaluating draw batches; the shuffling stays
+        if structured and example is None:
+            example = split_batch(checks.first_batch(data if data is not None else val))[0]
+        scores = importance(model, criterion, data, structured=structured, example=example, seed=seed, lr=lr,
+                            device=device, callbacks=callbacks)
+        known = list(scores.channels if structured else scores.weights)
+        layers = known if layers is None else list(layers)
+        unknown = [name for name in layers if name not in known]
+        if unknown:
+            raise KdnbError(f"unknown layer {unknown[0]!r} for sensitivity; known: {', '.join(known)}; pass some "
+                            "of these as layers=")
+        accuracy, dense = _accuracies(scores, layers, sparsities, val)
+    sizes = {layer: (len(scores.channels[layer]) if structured else scores.shapes[layer].numel()) for layer in layers}
+    return SensitivityResult(criterion, structured, sparsities, accuracy, sizes, dense)
+
+
+def _accuracies(scores: Scores, layers: list[str], sparsities: list[float], val: Iterable
+                ) -> tuple[dict[str, list[float]], float]:
+    """Val accuracy with each layer alone masked at each sparsity, and with none masked."""
     net = copy.deepcopy(scores.model).cpu().eval()
     params = dict(net.named_parameters())
     accuracy: dict[str, list[float]] = {}
@@ -94,5 +102,4 @@ def sensitivity(
             with torch.no_grad():
                 for name, value in saved.items():
                     params[name].copy_(value)
-    sizes = {layer: (len(scores.channels[layer]) if structured else scores.shapes[layer].numel()) for layer in layers}
-    return SensitivityResult(criterion, structured, sparsities, accuracy, sizes, evaluate(net, val)["accuracy"])
+    return accuracy, evaluate(net, val)["accuracy"]

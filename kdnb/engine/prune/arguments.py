@@ -1,0 +1,153 @@
+"""The arguments of `prune`, `importance` and `sensitivity`, each checked once at the entry, before anything
+is copied, traced or trained: a bad value is one `KdnbError` line naming the argument, the value and the fix.
+
+What needs the model (the data's first batch through it, labels in range, something to train) is checked here
+too, so a criterion, the calibration or the fine-tuning never meets a batch the model cannot take.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdnb.engine import checks
+from kdnb.engine.prune import schedules
+from kdnb.errors import KdnbError, is_number
+
+GRADIENT_STATISTICS = ("grad_sq", "hessian_diag", "group_gradient_weight")  # a backward pass over labelled data
+TRAINING_STATISTICS = ("batchnorm_scale",)  # network slimming trains first
+ESTIMATORS = ("fisher", "hutchinson")
+SCOPES = ("global", "local")
+
+
+def check_sparsity(value: Any, name: str = "sparsity") -> float:
+    """A fraction of the prunable weights to remove, in [0, 1)."""
+    return checks.check_fraction(name, value, example="0.5")
+
+
+def check_pattern_text(pattern: Any) -> None:
+    """None or ``"N:M"`` with 0 < N < M."""
+    if pattern is None:
+        return
+    parts = pattern.split(":") if isinstance(pattern, str) else []
+    numbers = [int(p) for p in parts if p.strip().isdigit()] if len(parts) == 2 else []
+    if len(numbers) != 2 or not 0 < numbers[0] < numbers[1]:
+        raise KdnbError(f"pattern should be 'N:M' (keep N of every M consecutive weights, 0 < N < M), got "
+                        f"{checks.shown(pattern)}; pass e.g. pattern='2:4' with sparsity=0.5")
+
+
+def check_prunable(model: nn.Module) -> None:
+    """At least one Linear or Conv layer: the weights sparsity counts."""
+    from kdnb.engine.prune.groups import PRUNABLE
+
+    if not any(isinstance(m, PRUNABLE) and isinstance(getattr(m, "weight", None), torch.Tensor)
+               for m in model.modules()):
+        raise KdnbError(f"{type(model).__name__} has no prunable layers (pruning removes weights of nn.Linear and "
+                        "nn.Conv1d/2d/3d layers); pass a model that has some, e.g. kdnb.models.mlp(64, [256], 10)")
+
+
+def check_settings(options: dict[str, Any]) -> None:
+    """The training settings every verb takes (`kdnb.engine.loop.Settings`), and the device name."""
+    from kdnb.engine.device import resolve_device
+    from kdnb.engine.loop import SETTINGS, Settings
+
+    Settings(**{name: options[name] for name in SETTINGS})
+    resolve_device(options["device"])
+
+
+def check_prune_options(options: dict[str, Any]) -> None:
+    """Every argument of `prune` on its own terms (types and ranges), before any is combined with another."""
+    check_sparsity(options["sparsity"])
+    for name in ("structured", "inplace", "prune_again", "control", "distill"):
+        checks.check_bool(name, options[name])
+    if options["reconstruct"] is not None:
+        checks.check_bool("reconstruct", options["reconstruct"])
+    if not isinstance(options["criterion"], str):
+        raise KdnbError(f"criterion should be a name, got {checks.shown(options['criterion'])}; pass e.g. "
+                        "criterion='auto' (see kdnb.engine.prune.criteria.names())")
+    checks.check_choice("scope", options["scope"], SCOPES)
+    checks.check_choice("schedule", options["schedule"], schedules.SCHEDULES)
+    checks.check_choice("hessian_estimator", options["hessian_estimator"], ESTIMATORS)
+    check_pattern_text(options["pattern"])
+    checks.check_count("finetune", options["finetune"], 0, example="3")
+    if options["steps"] is not None:
+        checks.check_count("steps", options["steps"], 1, example="3")
+    checks.check_count("slimming_epochs", options["slimming_epochs"], 0, example="2")
+    checks.check_fraction("slimming_l1", options["slimming_l1"], 0.0, math.inf, example="1e-3")
+    checks.check_count("calibration_samples", options["calibration_samples"], 1, example="2048")
+    if not is_number(options["temperature"]) or not 0 < options["temperature"] < math.inf:
+        raise KdnbError(f"temperature should be a number > 0, got {checks.shown(options['temperature'])}; "
+                        "pass e.g. temperature=4.0")
+    checks.check_fraction("alpha", options["alpha"], closed=True, example="0.5")
+    if options["example"] is not None:
+        checks.check_example(options["example"], empty=True)  # tracing an empty batch is the tracer's to refuse
+    check_settings(options)
+
+
+def check_inputs(model: nn.Module, data: Iterable | None, val: Iterable | None, statistic: str | None,
+                 trains: bool) -> None:
+    """The model against what it will be given: ``data``'s and ``val``'s first batch through it, labels where
+    a gradient or a training run needs them, trainable parameters for those."""
+    needs_gradients = statistic in GRADIENT_STATISTICS + TRAINING_STATISTICS or trains
+    why = "fine-tuning" if trains else f"a gradient-based criterion ({statistic})"
+    if needs_gradients:
+        checks.check_trainable([p for p in model.parameters() if p.requires_grad])
+    if data is not None:
+        checks.check_data_fits(model, data, "data", labels=why if needs_gradients else None)
+    if val is not None:
+        checks.check_data_fits(model, val, "val", labels="the val accuracy")
+
+
+def _statistic(criterion: str) -> str | None:
+    from kdnb.engine.prune.criteria import REGISTRY
+
+    record = REGISTRY.get(criterion)
+    return record.statistic if record is not None else None
+
+
+def check_importance(model: Any, criterion: Any, data: Any, structured: Any, example: Any, seed: Any,
+                     hessian_estimator: Any, slimming_epochs: Any, slimming_l1: Any, lr: Any, device: Any,
+                     callbacks: Any) -> None:
+    """Every argument of `importance` (the explorer scores with it), once, before the model is copied."""
+    checks.check_model(model)
+    check_prunable(model)
+    if not isinstance(criterion, str):
+        raise KdnbError(f"criterion should be a name, got {checks.shown(criterion)}; pass e.g. criterion='l1'")
+    checks.check_bool("structured", structured)
+    checks.check_choice("hessian_estimator", hessian_estimator, ESTIMATORS)
+    checks.check_count("slimming_epochs", slimming_epochs, 0, example="2")
+    checks.check_fraction("slimming_l1", slimming_l1, 0.0, math.inf, example="1e-3")
+    if example is not None:
+        checks.check_example(example, empty=True)
+    check_settings({"optimizer": None, "lr": lr, "scheduler": None, "amp": False, "grad_clip": None,
+                    "device": device, "seed": seed, "callbacks": callbacks})
+    if seed is None:
+        raise KdnbError("seed should be an integer (it seeds the random criterion and Hutchinson's probes), got "
+                        "None; pass e.g. seed=0")
+    check_inputs(model, data, None, _statistic(criterion), trains=False)
+
+
+def check_sensitivity(model: Any, val: Any, options: dict[str, Any]) -> list[float]:
+    """Every argument of `sensitivity`; returns the sparsities as floats."""
+    sparsities = options["sparsities"]
+    if isinstance(sparsities, (str, bytes)) or not isinstance(sparsities, Iterable):
+        raise KdnbError(f"sparsities should be a list of fractions in [0, 1), got {checks.shown(sparsities)}; "
+                        "pass e.g. sparsities=[0.5, 0.9]")
+    sparsities = list(sparsities)
+    if not sparsities:
+        raise KdnbError("sparsities is empty; pass the sparsities to try, e.g. sparsities=[0.5, 0.9]")
+    values = [check_sparsity(s, f"sparsities[{i}]") for i, s in enumerate(sparsities)]
+    layers = options["layers"]
+    if layers is not None and (isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable)
+                               or not list(layers) or not all(isinstance(n, str) for n in layers)):
+        raise KdnbError(f"layers should be None (every layer) or a non-empty list of names, got "
+                        f"{checks.shown(layers)}; pass e.g. layers=['0.weight'] (see model.named_parameters())")
+    checks.check_model(model)
+    checks.check_data_fits(model, val, "val", labels="sensitivity (it measures val accuracy)")
+    check_importance(model, options["criterion"], options["data"], options["structured"], options["example"],
+                     options["seed"], "fisher", 2, 1e-3, options["lr"], options["device"], options["callbacks"])
+    check_settings(options)
+    return values

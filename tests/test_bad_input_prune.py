@@ -1,0 +1,353 @@
+"""kdnb.prune, importance, make_permanent, sensitivity and measure(example) with bad input (issue 14): each case
+is one clean KdnbError naming the argument and the fix, and the user's model (in place or not) and loaders are
+bit-identical afterwards (tests/badinput.py says what that means)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from badinput import assert_clean_error, assert_unchanged, snapshot
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import kdnb
+from kdnb.engine.events import Callback
+from kdnb.engine.prune import importance
+
+
+def make_loader(n: int = 32, features: int = 6, classes: int = 3, batch_size: int = 8, labels=None, **kwargs):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, features, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g) if labels is None else labels
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(1), **kwargs)
+
+
+def make_net(features: int = 6, classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return kdnb.models.mlp(features, [8], classes)
+
+
+def bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+
+class DictOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return {"logits": self.out(self.fc(x).relu())}
+
+
+class Raises(DictOut):
+    def __init__(self, error: type[BaseException]):
+        super().__init__()
+        self.error = error
+
+    def forward(self, x):
+        if not torch.compiler.is_compiling() and x.shape[0] > 0:
+            raise self.error("index 7 is out of bounds for dimension 0")
+        return self.out(self.fc(x))
+
+
+def frozen():
+    net = make_net()
+    net.requires_grad_(False)
+    return net
+
+
+def on_meta():
+    with torch.device("meta"):
+        return kdnb.models.mlp(6, [8], 3)
+
+
+def dict_batches():
+    class D(Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return {"input": torch.randn(6), "label": torch.tensor(i % 3)}
+
+    return DataLoader(D(), batch_size=4)
+
+
+def labels(y, n=8, features=6):
+    return DataLoader(TensorDataset(torch.randn(n, features), y), batch_size=4)
+
+
+def unlabelled():
+    return DataLoader(TensorDataset(torch.randn(8, 6)), batch_size=4)
+
+
+def unbatched():
+    return DataLoader(TensorDataset(torch.randn(8, 6), torch.randint(0, 3, (8,))), batch_size=None)
+
+
+def empty():
+    return labels(torch.zeros(0, dtype=torch.long), n=0)
+
+
+class Items(Dataset):
+    """Map-style (no .tensors): only a pass over the data sees a bad later item."""
+
+    def __init__(self, bad: dict, n: int = 32):
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y, self.bad = torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g), bad
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.bad.get(i, (self.x[i], self.y[i]))
+
+
+class Hooked(Callback):
+    def on_step_end(self, state):
+        pass
+
+
+DEFAULT = object()
+
+
+def pruned_fails(model, names, match=None, sparsity=0.5, data=DEFAULT, inplace=False, **kwargs):
+    """prune(model, sparsity, data=..., **kwargs) is a clean error naming ``names``; the model and every loader
+    given are bit-identical afterwards."""
+    data = make_loader() if data is DEFAULT else data
+    loaders = [data, kwargs.get("val")]
+    target = model if isinstance(model, nn.Module) else nn.Identity()
+    befores = [snapshot(target, data)] + [snapshot(nn.Identity(), loader) for loader in loaders[1:]]
+    options = {"progress": False, "plot": False, "data": data, "inplace": inplace, **kwargs}
+    error = assert_clean_error(kdnb.prune, model, sparsity, names=names, match=match, **options)
+    assert_unchanged(befores[0], target, data)
+    for before, loader in zip(befores[1:], loaders[1:]):
+        assert_unchanged(before, nn.Identity(), loader)
+    return error
+
+
+# ---- every argument of prune ----
+
+ARGUMENTS = [
+    # sparsity
+    ({"sparsity": 1.0}, "sparsity"), ({"sparsity": -0.1}, "sparsity"), ({"sparsity": "0.5"}, "sparsity"),
+    ({"sparsity": None}, "sparsity"), ({"sparsity": True}, "sparsity"), ({"sparsity": float("nan")}, "sparsity"),
+    ({"sparsity": float("inf")}, "sparsity"), ({"sparsity": [0.5]}, "sparsity"),
+    # criterion
+    ({"criterion": "taylr"}, "did you mean 'taylor'"), ({"criterion": 5}, "criterion"),
+    ({"criterion": None}, "criterion"), ({"criterion": ""}, "criterion"), ({"criterion": ["l1"]}, "criterion"),
+    ({"criterion": "taylor", "data": None}, "needs data"), ({"criterion": "obs", "data": None}, "needs data"),
+    ({"criterion": "wanda", "data": None}, "needs data"), ({"criterion": "slimming"}, "structured=True"),
+    ({"criterion": "slimming", "structured": True}, "BatchNorm"), ({"criterion": "thinet"}, "thinet"),
+    # structured, scope, pattern
+    ({"structured": "yes"}, "structured"), ({"structured": 1}, "structured"), ({"structured": None}, "structured"),
+    ({"scope": "layer"}, "unknown scope"), ({"scope": 5}, "scope"), ({"scope": None}, "scope"),
+    ({"scope": ["global"]}, "scope"),
+    ({"pattern": "2:4", "structured": True}, "structured=False"), ({"pattern": "2:4", "sparsity": 0.3}, "sparsity=0.5"),
+    ({"pattern": "4:2"}, "pattern"), ({"pattern": "abc"}, "pattern"), ({"pattern": 5}, "pattern"),
+    ({"pattern": "0:4", "sparsity": 0.99}, "pattern"), ({"pattern": "1:4", "sparsity": 0.75}, "multiple of 4"),
+    ({"pattern": ["2:4"]}, "pattern"),
+    # data and val
+    ({"data": [1, 2, 3]}, "data"), ({"data": torch.randn(8, 6)}, "DataLoader"), ({"data": 42}, "DataLoader"),
+    ({"data": "abc"}, "DataLoader"), ({"data": empty()}, "empty"), ({"data": dict_batches()}, "'x'"),
+    ({"data": unbatched()}, "batch_size"), ({"data": make_loader(features=7)}, "input size"),
+    ({"data": make_loader(features=7), "criterion": "taylor"}, "input size"),
+    ({"data": make_loader(features=7), "structured": True}, "input size"),
+    ({"data": labels(torch.rand(8))}, "float32"), ({"data": labels(torch.tensor([0, 1, 2, 9] * 2))}, "out of range"),
+    ({"data": labels(torch.tensor([0, 1, 2, 9] * 2)), "criterion": "hessian"}, "out of range"),
+    ({"data": unlabelled(), "criterion": "taylor"}, "labels"), ({"data": unlabelled(), "finetune": 1}, "labels"),
+    ({"data": DataLoader(Items({20: (torch.randn(6), torch.tensor(5))}), batch_size=8), "criterion": "taylor"},
+     "batch 3"),
+    ({"data": DataLoader(Items({20: (torch.randn(7), torch.tensor(1))}), batch_size=8)}, "batch 3"),
+    ({"val": [1, 2, 3]}, "val"), ({"val": torch.randn(8, 6)}, "val"), ({"val": make_loader(features=5)}, "input size"),
+    ({"val": make_loader(labels=torch.full((32,), 5))}, "out of range"), ({"val": unlabelled()}, "no labels"),
+    ({"val": empty()}, "val is empty"), ({"val": dict_batches()}, "val"),
+    ({"val": DataLoader(Items({30: (torch.randn(6), torch.tensor(7))}), batch_size=8)}, "batch 4"),
+    # reconstruct, calibration
+    ({"reconstruct": "yes"}, "reconstruct"), ({"reconstruct": 1}, "reconstruct"),
+    ({"reconstruct": True, "data": None}, "data="),
+    ({"calibration_samples": 0}, "calibration_samples"), ({"calibration_samples": -5}, "calibration_samples"),
+    ({"calibration_samples": 1.5}, "calibration_samples"), ({"calibration_samples": "100"}, "calibration_samples"),
+    # finetune, schedule, steps
+    ({"finetune": -1}, "finetune"), ({"finetune": 1.5}, "finetune"), ({"finetune": "2"}, "finetune"),
+    ({"finetune": True}, "finetune"), ({"finetune": None}, "finetune"), ({"finetune": 2, "data": None}, "data="),
+    ({"schedule": "gradual"}, "unknown schedule"), ({"schedule": 5}, "schedule"), ({"schedule": None}, "schedule"),
+    ({"schedule": "oneshot", "steps": 3}, "iterative"), ({"schedule": "agp"}, "finetune >= 1"),
+    ({"schedule": "iterative", "steps": 0}, "steps"), ({"schedule": "iterative", "steps": -1}, "steps"),
+    ({"schedule": "iterative", "steps": 1.5}, "steps"), ({"schedule": "iterative", "steps": "3"}, "steps"),
+    ({"schedule": "agp", "finetune": 1, "steps": True}, "steps"),
+    # distill, control, KD weights
+    ({"distill": "yes", "finetune": 1}, "distill"), ({"distill": True}, "finetune >= 1"),
+    ({"distill": True, "finetune": 1, "temperature": 0}, "temperature"),
+    ({"distill": True, "finetune": 1, "temperature": "4"}, "temperature"),
+    ({"distill": True, "finetune": 1, "temperature": float("nan")}, "temperature"),
+    ({"distill": True, "finetune": 1, "alpha": 1.5}, "alpha"), ({"distill": True, "finetune": 1, "alpha": "0.5"}, "alpha"),
+    ({"temperature": -1}, "temperature"), ({"alpha": -0.1}, "alpha"),
+    ({"control": "yes", "finetune": 1}, "control"), ({"control": True, "data": None}, "data="),
+    # inplace, prune_again, example
+    ({"inplace": "yes"}, "inplace"), ({"inplace": 1}, "inplace"), ({"inplace": None}, "inplace"),
+    ({"prune_again": "yes"}, "prune_again"),
+    ({"example": "x"}, "example"), ({"example": 5}, "example"), ({"example": [1.0] * 6}, "example"),
+    ({"example": torch.randn(2, 7), "structured": True}, "example"),
+    ({"example": torch.randn(2, 7), "data": None, "structured": True}, "example"),
+    ({"example": torch.randint(0, 3, (2, 6)), "data": None, "structured": True}, "example"),
+    ({"example": torch.randn(6), "data": None, "structured": True}, "example"),
+    # slimming, hessian
+    ({"criterion": "slimming", "structured": True, "slimming_epochs": -1}, "slimming_epochs"),
+    ({"criterion": "slimming", "structured": True, "slimming_epochs": 1.5}, "slimming_epochs"),
+    ({"criterion": "slimming", "structured": True, "slimming_epochs": "2"}, "slimming_epochs"),
+    ({"criterion": "slimming", "structured": True, "slimming_l1": -1}, "slimming_l1"),
+    ({"criterion": "slimming", "structured": True, "slimming_l1": float("nan")}, "slimming_l1"),
+    ({"criterion": "slimming", "structured": True, "slimming_l1": "1e-3"}, "slimming_l1"),
+    ({"slimming_epochs": -1}, "slimming_epochs"),
+    ({"criterion": "hessian", "hessian_estimator": "exact"}, "unknown hessian_estimator"),
+    ({"criterion": "hessian", "hessian_estimator": 5}, "hessian_estimator"),
+    ({"hessian_estimator": None}, "hessian_estimator"),
+    # the training settings
+    ({"optimizer": "adam", "finetune": 1}, "optimizer"), ({"optimizer": 5, "finetune": 1}, "optimizer"),
+    ({"optimizer": lambda p: 5, "finetune": 1}, "optimizer"),
+    ({"lr": float("nan")}, "lr"), ({"lr": -1}, "lr"), ({"lr": "0.1"}, "lr"), ({"lr": 0, "finetune": 1}, "lr"),
+    ({"scheduler": "linear"}, "scheduler"), ({"scheduler": 5, "finetune": 1}, "scheduler"),
+    ({"amp": "yes"}, "amp"), ({"grad_clip": -1}, "grad_clip"), ({"grad_clip": "1"}, "grad_clip"),
+    ({"device": "gpu0"}, "device"), ({"device": 3.5}, "device"), ({"device": None}, "device"),
+    ({"seed": "abc"}, "seed"), ({"seed": 1.5}, "seed"), ({"seed": 2**70}, "seed"),
+    ({"callbacks": 5}, "callbacks"), ({"callbacks": [1]}, "callbacks"), ({"callbacks": "abc"}, "callbacks"),
+    ({"callbacks": [Hooked]}, "callbacks"),
+    ({"progress": "no"}, "progress"), ({"plot": "yes"}, "plot"),
+]
+
+
+def _case_id(index: int, kwargs: dict, names: str) -> str:
+    return f"{index}-" + ",".join(f"{k}={v!r}"[:24] for k, v in kwargs.items())
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["copy", "inplace"])
+@pytest.mark.parametrize("kwargs, names", ARGUMENTS, ids=[_case_id(i, k, n) for i, (k, n) in enumerate(ARGUMENTS)])
+def test_each_argument_of_prune_is_checked_at_the_entry(kwargs, names, inplace):
+    kwargs = {"inplace": inplace, **kwargs}  # a bad inplace= is its own case
+    model = bn_net() if kwargs.get("criterion") == "slimming" and "BatchNorm" not in names else make_net()
+    pruned_fails(model, names=names, **kwargs)
+
+
+MODELS = [
+    (lambda: "resnet", {}, "model"), (lambda: None, {}, "model"), (on_meta, {}, "meta"),
+    (lambda: nn.Sequential(nn.ReLU()), {}, "no prunable layers"), (DictOut, {}, "dict"),
+    (DictOut, {"criterion": "taylor"}, "dict"), (DictOut, {"structured": True}, "dict"),
+    (lambda: Raises(IndexError), {}, "IndexError"), (lambda: Raises(KeyError), {"criterion": "hessian"}, "KeyError"),
+    (lambda: Raises(AttributeError), {"structured": True}, "AttributeError"),
+    (frozen, {"criterion": "taylor"}, "requires_grad"), (frozen, {"criterion": "hessian"}, "requires_grad"),
+    (frozen, {"finetune": 1}, "requires_grad"),
+    (lambda: kdnb.models.mlp(6, [8], 2), {}, "out of range"),
+    (lambda: kdnb.models.mlp(7, [8], 3), {"criterion": "obs"}, "input size"),
+    (lambda: kdnb.models.mlp(7, [8], 3), {"criterion": "wanda", "reconstruct": False}, "input size"),
+]
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["copy", "inplace"])
+@pytest.mark.parametrize("build, kwargs, names", MODELS, ids=[f"{i}-{n}" for i, (_, _, n) in enumerate(MODELS)])
+def test_models_prune_cannot_work_on(build, kwargs, names, inplace):
+    pruned_fails(build(), names=names, inplace=inplace, **kwargs)
+
+
+def test_a_prune_result_instead_of_a_model():
+    result = kdnb.prune(make_net(), 0.5, progress=False)
+    assert_clean_error(kdnb.prune, result, 0.6, names="PruneResult", progress=False)
+
+
+def test_a_pruned_model_again_needs_prune_again():
+    result = kdnb.prune(make_net(), 0.5, progress=False)
+    before = snapshot(result.model)
+    assert_clean_error(kdnb.prune, result.model, 0.6, names="prune_again", progress=False, inplace=True)
+    assert_unchanged(before, result.model)
+
+
+# ---- importance, make_permanent, sensitivity, measure(example) ----
+
+IMPORTANCE = [
+    (lambda: ("resnet",), {}, "model"), (lambda: (on_meta(),), {}, "meta"),
+    (lambda: (make_net(), "taylr"), {}, "did you mean 'taylor'"), (lambda: (make_net(), 5), {}, "criterion"),
+    (lambda: (make_net(), "taylor"), {}, "needs data"), (lambda: (make_net(), "hessian", [1, 2]), {}, "data"),
+    (lambda: (make_net(), "taylor", torch.randn(8, 6)), {}, "DataLoader"),
+    (lambda: (make_net(), "taylor", make_loader(features=7)), {}, "input size"),
+    (lambda: (make_net(), "taylor", unlabelled()), {}, "labels"),
+    (lambda: (make_net(), "l1"), {"structured": "yes"}, "structured"),
+    (lambda: (make_net(), "l1"), {"structured": True}, "example"),
+    (lambda: (make_net(), "l1"), {"structured": True, "example": "x"}, "example"),
+    (lambda: (make_net(), "l1"), {"structured": True, "example": torch.randn(2, 7)}, "example"),
+    (lambda: (make_net(), "random"), {"seed": "x"}, "seed"),
+    (lambda: (make_net(), "hessian", make_loader()), {"hessian_estimator": "exact"}, "hessian_estimator"),
+    (lambda: (bn_net(), "slimming", make_loader()), {"structured": True, "slimming_epochs": -1}, "slimming_epochs"),
+    (lambda: (bn_net(), "slimming", make_loader()), {"structured": True, "lr": float("nan")}, "lr"),
+    (lambda: (bn_net(), "slimming", make_loader()), {"structured": True, "device": "gpu0"}, "device"),
+    (lambda: (frozen(), "taylor", make_loader()), {}, "requires_grad"),
+    (lambda: (DictOut(), "taylor", make_loader()), {}, "dict"),
+    (lambda: (make_net(), "taylor", make_loader(labels=torch.full((32,), 4))), {}, "out of range"),
+]
+
+
+@pytest.mark.parametrize("build, kwargs, names", IMPORTANCE, ids=[f"importance-{i}-{n}" for i, (_, _, n)
+                                                                   in enumerate(IMPORTANCE)])
+def test_importance(build, kwargs, names):
+    args = build()
+    model = args[0] if isinstance(args[0], nn.Module) else nn.Identity()
+    data = args[2] if len(args) > 2 else None
+    before = snapshot(model, data)
+    assert_clean_error(importance, *args, names=names, **kwargs)
+    assert_unchanged(before, model, data)
+
+
+@pytest.mark.parametrize("value, names", [("x", "model"), (None, "model"), (5, "model"), (on_meta(), "meta")])
+def test_make_permanent(value, names):
+    assert_clean_error(kdnb.make_permanent, value, names=names)
+
+
+SENSITIVITY = [
+    (lambda: ("resnet", make_loader()), {}, "model"), (lambda: (make_net(), "val"), {}, "val"),
+    (lambda: (make_net(), [1, 2, 3]), {}, "val"), (lambda: (make_net(), unlabelled()), {}, "labels"),
+    (lambda: (make_net(), make_loader(features=7)), {}, "input size"),
+    (lambda: (make_net(), make_loader()), {"sparsities": 0.5}, "sparsities"),
+    (lambda: (make_net(), make_loader()), {"sparsities": []}, "sparsities"),
+    (lambda: (make_net(), make_loader()), {"sparsities": [0.5, 1.0]}, "sparsit"),
+    (lambda: (make_net(), make_loader()), {"sparsities": "0.5"}, "sparsities"),
+    (lambda: (make_net(), make_loader()), {"criterion": "taylr"}, "did you mean 'taylor'"),
+    (lambda: (make_net(), make_loader()), {"criterion": "taylor"}, "needs data"),
+    (lambda: (make_net(), make_loader()), {"layers": ["9.weight"]}, "unknown layer"),
+    (lambda: (make_net(), make_loader()), {"layers": "0.weight"}, "layers"),
+    (lambda: (make_net(), make_loader()), {"layers": []}, "layers"),
+    (lambda: (make_net(), make_loader()), {"structured": "yes"}, "structured"),
+    (lambda: (make_net(), make_loader()), {"structured": True, "example": "x"}, "example"),
+    (lambda: (make_net(), make_loader()), {"data": [1, 2]}, "data"),
+    (lambda: (make_net(), make_loader()), {"seed": "x"}, "seed"),
+    (lambda: (make_net(), make_loader()), {"lr": -1}, "lr"),
+    (lambda: (make_net(), make_loader()), {"device": "gpu0"}, "device"),
+    (lambda: (make_net(), make_loader()), {"callbacks": 5}, "callbacks"),
+    (lambda: (make_net(), make_loader(labels=torch.full((32,), 4))), {}, "out of range"),
+    (lambda: (DictOut(), make_loader()), {}, "dict"),
+]
+
+
+@pytest.mark.parametrize("build, kwargs, names", SENSITIVITY, ids=[f"sensitivity-{i}-{n}" for i, (_, _, n)
+                                                                   in enumerate(SENSITIVITY)])
+def test_sensitivity(build, kwargs, names):
+    model, val = build()
+    target = model if isinstance(model, nn.Module) else nn.Identity()
+    before = snapshot(target, val)
+    assert_clean_error(kdnb.sensitivity, model, val, names=names, progress=False, **kwargs)
+    assert_unchanged(before, target, val)
+
+
+EXAMPLES = [
+    (torch.randint(0, 3, (4, 6)), "input batch"), (torch.randn(0, 6), "data_or_example"),
+    (torch.zeros(4, 6, dtype=torch.bool), "data_or_example"), (torch.randn(4, 6, dtype=torch.complex64), "dtype"),
+    ([1.0] * 6, "data_or_example"), (torch.randn(4, 7), "input size"), (torch.tensor(3.0), "data_or_example"),
+]
+
+
+@pytest.mark.parametrize("example, names", EXAMPLES, ids=[f"example-{i}-{n}" for i, (_, n) in enumerate(EXAMPLES)])
+def test_measure_with_a_bad_example(example, names):
+    net = make_net()
+    before = snapshot(net)
+    assert_clean_error(kdnb.measure, net, example, names=names, repeats=2, warmup=0)
+    assert_unchanged(before, net)
