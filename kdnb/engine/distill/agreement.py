@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.utils.data import SequentialSampler
 
 from kdnb.engine.device import model_device, to_device
+from kdnb.errors import KdnbError
 from kdnb.engine.distill.objectives import FrozenTeacher
 from kdnb.engine.evaluate import eval_mode, predict
 from kdnb.engine.objective import split_batch
@@ -24,6 +25,8 @@ class Agreement:
     def __init__(self, teacher: FrozenTeacher, val: Iterable):
         self.teacher = teacher
         logits, labels = predict(teacher.model, val)
+        if labels is not None:
+            check_val_labels(labels, logits.shape[1], getattr(val, "batch_size", None))
         self.teacher_accuracy = float((logits.argmax(1) == labels).float().mean()) if labels is not None else None
         fixed = isinstance(getattr(val, "sampler", None), SequentialSampler)
         self.teacher_pred = logits.argmax(1) if fixed else None
@@ -52,3 +55,12 @@ class Agreement:
                 if y is not None:
                     labels.append(y.cpu())
         return torch.cat(logits), (torch.cat(labels) if labels else None), torch.cat(teacher_pred)
+
+
+def check_val_labels(labels: torch.Tensor, num_classes: int, batch_size: int | None) -> None:
+    """Every val label is a class the teacher outputs (all at once: `predict` gathered them)."""
+    bad = ((labels < 0) | (labels >= num_classes)).nonzero()
+    if len(bad):
+        where = f"batch {int(bad[0]) // batch_size + 1} of val" if batch_size else "val"
+        raise KdnbError(f"labels out of range in {where}: found {int(labels[bad[0]])} but the teacher outputs "
+                        f"{num_classes} classes; fix the labels or pass a teacher with one output per class")

@@ -126,7 +126,7 @@ def resolve(augment: Any) -> Augmentation | None:
                             "(or pass a callable: batch of inputs -> batch of the same shape)")
         return BUILT_IN[augment]()
     raise KdnbError(f"augment should be None, 'digits', 'mnist1d' or a callable (batch of inputs -> batch of "
-                    f"the same shape), got {type(augment).__name__}")
+                    f"the same shape), got {type(augment).__name__}; pass e.g. augment='digits'")
 
 
 def describe(augment: Augmentation | None, mixup: float) -> str | None:
@@ -147,12 +147,14 @@ def check(augment: Augmentation, x: torch.Tensor) -> None:
         raise
     except Exception as error:  # noqa: BLE001 - any failure of the user's callable becomes one line
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise KdnbError(f"augment failed on an input batch of shape {tuple(x.shape)}: {first}") from None
+        raise KdnbError(f"augment failed on an input batch of shape {tuple(x.shape)}: {first}; check the function "
+                        "(it takes one batch of inputs and returns the augmented batch)") from None
     if not isinstance(out, torch.Tensor):
-        raise KdnbError(f"augment should return a tensor (the augmented batch), got {type(out).__name__}")
-    if out.shape != x.shape:
-        raise KdnbError(f"augment changed the input shape from {tuple(x.shape)} to {tuple(out.shape)}; "
-                        "teacher and student need inputs of the shape they were built for")
+        raise KdnbError(f"augment should return a tensor (the augmented batch), got {type(out).__name__}; make it "
+                        "return a tensor of the input's shape")
+    if out.shape != x.shape or out.dtype != x.dtype:
+        raise KdnbError(f"augment changed the inputs from {tuple(x.shape)} {x.dtype} to {tuple(out.shape)} "
+                        f"{out.dtype}; make it keep the shape and dtype the models were built for")
     if not bool(torch.isfinite(out).all()):
         raise KdnbError("augment returned NaN or infinite values on the first batch; check the transform")
 

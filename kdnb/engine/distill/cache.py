@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
+from kdnb.engine.checks import numbered_batches
 from kdnb.errors import KdnbError
 from kdnb.engine.objective import split_batch
 
@@ -128,7 +129,8 @@ def teacher_logits(teacher: Callable[[torch.Tensor], torch.Tensor], dataset: Any
                    device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The teacher's logits for every sample of ``dataset``, in index order, one pass, kept on CPU."""
     ordered = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    return torch.cat([teacher(split_batch(batch)[0].to(device)).to("cpu", dtype) for batch in ordered])
+    batches = numbered_batches(ordered, lambda i: f"batch {i + 1} of the soft-label cache pass")  # one line if bad
+    return torch.cat([teacher(split_batch(batch)[0].to(device)).to("cpu", dtype) for _, batch in batches])
 
 
 def cached_loader(data: DataLoader, logits: torch.Tensor) -> DataLoader:

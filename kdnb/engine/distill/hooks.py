@@ -81,14 +81,15 @@ def adapter(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> n
 def check_names(pairs: Any, method: str) -> list[tuple[str, str]]:
     """``features`` as a list of (teacher_layer, student_layer) name pairs; one pair may come bare."""
     if pairs is None:
-        raise KdnbError(f"method={method!r} needs features=[(teacher_layer, student_layer)]: the module names "
+        raise KdnbError(f"method={method!r} needs features=[(teacher_layer, student_layer)]: pass the module names "
                         "whose outputs to match (see model.named_modules())")
     if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, str) for p in pairs):
         pairs = [pairs]
     ok = isinstance(pairs, (list, tuple)) and pairs and all(
         isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(n, str) for n in p) for p in pairs)
     if not ok:
-        raise KdnbError(f"features should be a list of (teacher_layer, student_layer) name pairs, got {pairs!r}")
+        raise KdnbError(f"features should be a list of (teacher_layer, student_layer) name pairs, got {pairs!r}; "
+                        "pass e.g. features=[('1', '1')]")
     return [(t, s) for t, s in pairs]
 
 
@@ -110,7 +111,8 @@ def plan_features(teacher: nn.Module, student: nn.Module, x: torch.Tensor, pairs
         t_shape, s_shape = shapes["teacher"][names[0]], shapes["student"][names[1]]
         if method == "at":
             if len(t_shape) < 3 or t_shape[2:] != s_shape[2:]:
-                raise KdnbError(f"attention transfer needs feature maps (N, C, *spatial) of the same spatial size; "
+                raise KdnbError(f"attention transfer needs feature maps (N, C, *spatial) of the same spatial size (pick "
+                                "conv layers); "
                                 f"teacher {names[0]!r} gives {t_shape[1:]}, student {names[1]!r} gives {s_shape[1:]} "
                                 f"(student modules with output shapes: {describe(shapes['student'])})")
             adapters.append(nn.Identity())

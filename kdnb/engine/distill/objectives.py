@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdnb.engine import checks
 from kdnb.engine.device import model_device
 from kdnb.engine.distill import augment, losses, methods
 from kdnb.engine.distill.augment import Augmentation
@@ -73,6 +74,7 @@ class Distillation(nn.Module):
         self.spec = methods.get(method)
         self.method, self.temperature, self.alpha, self.beta = method, temperature, alpha, beta
         self.cached, self.unlabelled, self.warmup, self.epoch = cached, unlabelled, max(1, warmup), 0
+        self.steps = 0  # batches seen this run: names a bad one
         self.augment, self.mixup = augment, mixup
         self.pairs = list(pairs)
         self.adapters = adapters if adapters is not None else nn.ModuleList()
@@ -86,6 +88,11 @@ class Distillation(nn.Module):
         if self.mixup:
             x, mix = augment.mixup(x, y, self.mixup)
         s = model(x)
+        self.steps += 1
+        if y is not None and s.dim() == 2:  # each batch's labels, as the loop checks plain training's
+            known = y[y != losses.UNLABELLED] if self.unlabelled else y
+            checks.check_labels(known, s.shape[1], len(known), f"in training step {self.steps} of this run (the "
+                                "student is restored)")
         t = None
         if self.spec.needs_teacher:
             t = batch[2].to(s.dtype) if self.cached else self.teacher(x)
@@ -109,7 +116,7 @@ class Distillation(nn.Module):
         return total
 
     def on_run_start(self, state: Any) -> None:
-        self.epoch = 0
+        self.epoch, self.steps = 0, 0
 
     def on_epoch_end(self, state: Any) -> None:
         self.epoch = state.epoch + 1

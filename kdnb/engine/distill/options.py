@@ -1,13 +1,16 @@
 """The options of `distill`: defaults per method and one-line errors for bad values."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from kdnb.engine.distill import augment as augmentations
 from kdnb.engine.distill import methods
-from kdnb.errors import KdnbError, suggest
+from kdnb.engine import checks
+from kdnb.engine.checks import shown
+from kdnb.errors import KdnbError, is_integer, suggest
 
 CACHE_CHOICES = ("auto", True, False, "fp16")
 BASELINES = ("scratch", "pseudo")
@@ -28,36 +31,37 @@ def weights(method: str, alpha: float | None, beta: float | None) -> tuple[float
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    """A finite real number (not a bool, a string, NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_weights(method: str, temperature: Any, alpha: Any, beta: Any) -> None:
     if not _number(temperature) or temperature <= 0:
         raise KdnbError(f"temperature should be a number > 0 (soft labels are softmax(logits / T)), "
-                        f"got {temperature!r}")
+                        f"got {shown(temperature)}; pass e.g. temperature=4.0")
     if method == "dkd":
         for name, value in (("alpha", alpha), ("beta", beta)):
             if not _number(value) or value < 0:
                 raise KdnbError(f"{name} should be a weight >= 0 for method='dkd' (alpha: TCKD, beta: NCKD), "
-                                f"got {value!r}")
+                                f"got {shown(value)}; pass e.g. {name}={1.0 if name == 'alpha' else 8.0}")
         return
     if not _number(alpha) or not 0 <= alpha <= 1:
         raise KdnbError(f"alpha should be between 0 and 1 (the weight of the hard-label CE; 1 - alpha weights "
-                        f"the soft labels), got {alpha!r}")
+                        f"the soft labels), got {shown(alpha)}; pass e.g. alpha=0.5")
     if not _number(beta) or beta < 0:
-        raise KdnbError(f"beta should be a weight >= 0 (of the feature term), got {beta!r}")
+        raise KdnbError(f"beta should be a weight >= 0 (of the feature term), got {shown(beta)}; pass e.g. beta=1.0")
 
 
 def check_cache(cache: Any) -> Any:
     if not any(cache is choice or (isinstance(cache, str) and cache == choice) for choice in CACHE_CHOICES):
-        raise KdnbError(f"cache should be 'auto', True, False or 'fp16' (cached in float16), got {cache!r}")
+        raise KdnbError(f"cache should be 'auto', True, False or 'fp16' (cached in float16), got {shown(cache)}; "
+                        "pass cache='auto'")
     return cache
 
 
 def check_models(teacher: Any, student: Any) -> None:
     for what, model in (("teacher", teacher), ("student", student)):
-        if not isinstance(model, torch.nn.Module):
-            raise KdnbError(f"{what} should be a torch.nn.Module, got {type(model).__name__}")
+        checks.check_model(model, what)
     if student is teacher:
         raise KdnbError("student is the teacher object itself; pass a separate (usually smaller) model as student")
 
@@ -65,7 +69,7 @@ def check_models(teacher: Any, student: Any) -> None:
 def check_optimizer(optimizer: Any) -> None:
     """An optimizer instance is bound to the user's parameters, but kdnb trains copies: ask for a factory."""
     if isinstance(optimizer, torch.optim.Optimizer):
-        raise KdnbError("distill trains a copy of the student, so optimizer should be a factory, e.g. "
+        raise KdnbError("distill trains a copy of the student, so optimizer should be a factory: pass e.g. "
                         "optimizer=lambda params: torch.optim.SGD(params, lr=0.1), not an optimizer instance")
 
 
@@ -77,7 +81,8 @@ def check_features(method: str, features: Any) -> None:
 
 def check_warmup(warmup: Any) -> None:
     if warmup is not None and (isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1):
-        raise KdnbError(f"warmup should be a number of epochs >= 1 (DKD's linear ramp), got {warmup!r}")
+        raise KdnbError(f"warmup should be a number of epochs >= 1 (DKD's linear ramp), got {shown(warmup)}; "
+                        "pass e.g. warmup=2 (or None: a tenth of epochs)")
 
 
 def check_augment(augment: Any) -> augmentations.Augmentation | None:
@@ -87,8 +92,8 @@ def check_augment(augment: Any) -> augmentations.Augmentation | None:
 
 def check_mixup(mixup: Any, method: str) -> None:
     if not _number(mixup) or mixup < 0:
-        raise KdnbError(f"mixup should be the Beta(a, a) concentration a > 0 of mixup (e.g. 0.4), or 0 for off; "
-                        f"got {mixup!r}")
+        raise KdnbError(f"mixup should be the Beta(a, a) concentration a > 0 of mixup, or 0 for off; "
+                        f"got {shown(mixup)}; pass e.g. mixup=0.4")
     if mixup and not methods.get(method).mixup:
         raise KdnbError(f"mixup does not go with method={method!r}: a mixed input has no single target class; "
                         "use method='kd' with mixup")
@@ -111,17 +116,43 @@ def check_baseline(baseline: Any) -> tuple[str, ...]:
     chosen = (baseline,) if isinstance(baseline, str) else baseline
     if not isinstance(chosen, (tuple, list)) or not chosen or not all(b in BASELINES for b in chosen):
         raise KdnbError(f"baseline should be True, False, 'scratch', 'pseudo' or ('scratch', 'pseudo') (hard "
-                        f"labels from scratch, or the teacher's top-1 class on the same inputs), got {baseline!r}")
+                        f"labels from scratch, or the teacher's top-1 class), got {shown(baseline)}; pass baseline=True")
     return tuple(dict.fromkeys(chosen))
 
 
 def check_seeds(seeds: Any) -> tuple[int, ...] | None:
     if seeds is None:
         return None
-    ok = isinstance(seeds, (list, tuple, range)) and all(
-        isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ok = isinstance(seeds, (list, tuple, range)) and all(is_integer(s) and -(2**63) <= s < 2**63 for s in seeds)
     if not ok or len(seeds) == 0:
-        raise KdnbError(f"seeds should be a non-empty list of integers, e.g. seeds=range(5), got {seeds!r}")
+        raise KdnbError(f"seeds should be a non-empty list of integers, got {shown(seeds)}; pass e.g. seeds=range(5)")
     if len(set(seeds)) != len(seeds):
-        raise KdnbError(f"seeds should be distinct (a repeated seed repeats the same run), got {list(seeds)!r}")
+        raise KdnbError(f"seeds should be distinct (a repeated seed repeats the same run), got {shown(list(seeds))}; "
+                        "pass each seed once, e.g. seeds=range(5)")
     return tuple(seeds)
+
+
+def check_transfer(transfer: Any) -> None:
+    """None, a tensor of extra inputs (batch first) or a loader of them; their shape is checked against the
+    data's inputs once the first batch is drawn (`check_transfer_fits`)."""
+    if transfer is None:
+        return
+    if isinstance(transfer, torch.Tensor):
+        checks.check_example(transfer, "transfer")
+        if transfer.dtype.is_floating_point and not bool(torch.isfinite(transfer).all()):
+            raise KdnbError("transfer holds NaN or infinite inputs (the teacher's soft labels would be NaN); "
+                            "remove those rows, e.g. transfer[torch.isfinite(transfer).flatten(1).all(1)]")
+        return
+    checks.check_loader(transfer, "transfer")
+
+
+def check_transfer_fits(transfer: Any, x: torch.Tensor) -> None:
+    """The transfer inputs have the shape (after the batch) and dtype of the data's inputs ``x``."""
+    if isinstance(transfer, torch.Tensor):
+        sample = transfer
+    else:
+        sample = checks.first_batch(transfer, "transfer")
+        sample = sample if isinstance(sample, torch.Tensor) else checks.check_batch(sample, "transfer")[0]
+    if sample.shape[1:] != x.shape[1:] or sample.dtype != x.dtype:
+        raise KdnbError(f"transfer inputs are {tuple(sample.shape[1:])} {sample.dtype} per sample but data's are "
+                        f"{tuple(x.shape[1:])} {x.dtype}; pass transfer inputs shaped like the data's")

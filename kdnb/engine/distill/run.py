@@ -157,6 +157,7 @@ def _check(teacher: Any, student: Any, data: Any, val: Any, given: dict[str, Any
     checks.check_loader(data, "data")
     if val is not None:
         checks.check_loader(val, "val")
+    options.check_transfer(given["transfer"])
     pairs = hooks.check_names(given["features"], method) if methods.get(method).needs_features else []
     train = {k: given[k] for k in ("optimizer", "lr", "scheduler", "amp", "grad_clip", "callbacks")}
     train["device"] = resolve_device(given["device"])
@@ -189,6 +190,10 @@ def _prepare(teacher: nn.Module, student: nn.Module, data: Iterable, val: Iterab
     batch = to_device(checks.first_batch(data, "data"), device)
     num_classes = _check_pair(frozen.model, trained, batch, device)
     checks.check_labels_in_range(data, num_classes)
+    if val is not None:
+        checks.check_data_fits(trained, val, "val")
+    if opts.transfer is not None:
+        options.check_transfer_fits(opts.transfer, split_batch(batch)[0])
     if opts.augment is not None:
         augmentations.check(opts.augment, split_batch(batch)[0])
     if seed is not None:
@@ -311,7 +316,7 @@ def _same_steps(epochs: int, loader: Iterable, data: Iterable) -> int:
 
 def _check_pair(teacher: nn.Module, student: nn.Module, batch: Any, device: torch.device) -> int:
     """Both models run on the first batch and output the same number of classes; returns it."""
-    x, y = split_batch(batch)
+    x, y = checks.check_batch(batch, "data")
     if y is None:
         raise KdnbError("data should yield (inputs, labels) batches; pass unlabelled inputs as transfer= instead")
     classes = checks.check_model_fits_data(teacher, batch, device, what="teacher")

@@ -1,0 +1,277 @@
+"""kdnb.distill with bad input (issue 14): each case is one clean KdnbError naming the argument and the fix; the
+teacher, the student, the data, val and transfer loaders are bit-identical afterwards (tests/badinput.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from badinput import assert_clean_error, assert_unchanged, snapshot
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import kdnb
+from kdnb.engine.distill import FrozenTeacher, kd_objective
+from kdnb.engine.events import Callback
+
+
+def make_loader(n: int = 32, features: int = 6, classes: int = 3, batch_size: int = 8, labels=None):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, features, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g) if labels is None else labels
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(1))
+
+
+def net(features: int = 6, hidden: int = 8, classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return kdnb.models.mlp(features, [hidden], classes)
+
+
+def teacher() -> nn.Module:
+    return net(hidden=16).eval()
+
+
+class DictOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return {"logits": self.fc(x)}
+
+
+class Raises(DictOut):
+    def __init__(self, error: type[BaseException]):
+        super().__init__()
+        self.error = error
+
+    def forward(self, x):
+        raise self.error("index 7 is out of bounds for dimension 0")
+
+
+def frozen():
+    model = net()
+    model.requires_grad_(False)
+    return model
+
+
+def on_meta():
+    with torch.device("meta"):
+        return kdnb.models.mlp(6, [8], 3)
+
+
+class Items(Dataset):
+    def __init__(self, bad: dict, n: int = 32):
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y, self.bad = torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g), bad
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.bad.get(i, (self.x[i], self.y[i]))
+
+
+def dict_batches():
+    class D(Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return {"input": torch.randn(6), "label": torch.tensor(i % 3)}
+
+    return DataLoader(D(), batch_size=4)
+
+
+def labels(y, n=8, features=6):
+    return DataLoader(TensorDataset(torch.randn(n, features), y), batch_size=4)
+
+
+def unlabelled(features=6, n=8):
+    return DataLoader(TensorDataset(torch.randn(n, features)), batch_size=4)
+
+
+def empty():
+    return labels(torch.zeros(0, dtype=torch.long), n=0)
+
+
+class Hooked(Callback):
+    def on_step_end(self, state):
+        pass
+
+
+DEFAULT = object()
+
+
+def distilled_fails(names, match=None, teacher_model=DEFAULT, student=DEFAULT, data=DEFAULT, **kwargs):
+    """distill(teacher, student, data, **kwargs) is a clean error naming ``names``; every object given is as it was."""
+    teacher_model = teacher() if teacher_model is DEFAULT else teacher_model
+    student = net() if student is DEFAULT else student
+    data = make_loader() if data is DEFAULT else data
+    models = [m if isinstance(m, nn.Module) else nn.Identity() for m in (teacher_model, student)]
+    loaders = [data, kwargs.get("val"), kwargs.get("transfer")]
+    befores = [snapshot(models[0], data), snapshot(models[1])] + [snapshot(nn.Identity(), d) for d in loaders[1:]]
+    options = {"epochs": 1, "progress": False, "plot": False, **kwargs}
+    error = assert_clean_error(kdnb.distill, teacher_model, student, data, names=names, match=match, **options)
+    assert_unchanged(befores[0], models[0], data)
+    assert_unchanged(befores[1], models[1])
+    for before, loader in zip(befores[2:], loaders[1:]):
+        assert_unchanged(before, nn.Identity(), loader if isinstance(loader, DataLoader) else None)
+    return error
+
+
+def shift(x):
+    return x.roll(1, dims=-1)
+
+
+ARGUMENTS = [
+    # method and its weights
+    ({"method": "kdd"}, "did you mean 'kd'"), ({"method": "hinton"}, "method"), ({"method": 5}, "method"),
+    ({"method": None}, "method"), ({"method": ["kd"]}, "method"),
+    ({"temperature": 0}, "temperature"), ({"temperature": -2.0}, "temperature"), ({"temperature": "4"}, "temperature"),
+    ({"temperature": float("nan")}, "temperature"), ({"temperature": float("inf")}, "temperature"),
+    ({"temperature": True}, "temperature"),
+    ({"alpha": 1.5}, "alpha"), ({"alpha": -0.1}, "alpha"), ({"alpha": "0.5"}, "alpha"), ({"alpha": float("nan")}, "alpha"),
+    ({"method": "dkd", "alpha": -1.0}, "alpha"), ({"method": "dkd", "beta": -1.0}, "beta"),
+    ({"method": "dkd", "beta": float("inf")}, "beta"), ({"beta": "1"}, "beta"), ({"beta": float("nan")}, "beta"),
+    # the budget
+    ({"epochs": 0}, "epochs"), ({"epochs": -1}, "epochs"), ({"epochs": 1.5}, "epochs"), ({"epochs": "5"}, "epochs"),
+    ({"epochs": True}, "epochs"), ({"epochs": None}, "epochs"),
+    ({"method": "dkd", "warmup": 0}, "warmup"), ({"method": "dkd", "warmup": -1}, "warmup"),
+    ({"method": "dkd", "warmup": 1.5}, "warmup"), ({"method": "dkd", "warmup": "2"}, "warmup"),
+    # baselines, cache, seeds
+    ({"baseline": "yes"}, "baseline"), ({"baseline": 5}, "baseline"), ({"baseline": []}, "baseline"),
+    ({"baseline": ("scratch", "x")}, "baseline"), ({"baseline": "both"}, "baseline"),
+    ({"cache": "yes"}, "cache"), ({"cache": 1}, "cache"), ({"cache": None}, "cache"),
+    ({"cache": True, "augment": shift}, "cache"), ({"cache": "fp16", "mixup": 0.4}, "cache"),
+    ({"seeds": []}, "seeds"), ({"seeds": ["a"]}, "seeds"), ({"seeds": [1.5]}, "seeds"), ({"seeds": 5}, "seeds"),
+    ({"seeds": "012"}, "seeds"), ({"seeds": [True]}, "seeds"), ({"seeds": [0, 0]}, "seeds"),
+    ({"seeds": [2**70]}, "seeds"),
+    # features
+    ({"features": [("1", "1")]}, "features"), ({"method": "fitnets", "features": ["1"]}, "features"),
+    ({"method": "fitnets", "features": "1"}, "features"), ({"method": "fitnets", "features": [("1",)]}, "features"),
+    ({"method": "fitnets", "features": [("9", "1")]}, "teacher has no module named '9'"),
+    ({"method": "fitnets", "features": [("1", "22")]}, "did you mean '2'"),
+    ({"method": "at"}, "features"), ({"method": "at", "features": [("1", "1")]}, "feature maps"),
+    ({"method": "fitnets", "features": [(1, 1)]}, "features"),
+    # augmentation and mixup
+    ({"augment": "digit"}, "did you mean 'digits'"), ({"augment": 5}, "augment"), ({"augment": ["digits"]}, "augment"),
+    ({"augment": lambda x: x[:, :3]}, "augment"), ({"augment": lambda x: x * float("nan")}, "augment"),
+    ({"augment": lambda x: 1 / 0}, "augment"), ({"augment": lambda x: x.tolist()}, "augment"),
+    ({"augment": lambda x, y: x}, "augment"), ({"augment": lambda x: x.long()}, "augment"),
+    ({"mixup": -1}, "mixup"), ({"mixup": "0.4"}, "mixup"), ({"mixup": float("nan")}, "mixup"),
+    ({"mixup": float("inf")}, "mixup"), ({"method": "dkd", "mixup": 0.4}, "mixup"), ({"mixup": True}, "mixup"),
+    # transfer sets
+    ({"transfer": [1, 2]}, "transfer"), ({"transfer": "abc"}, "transfer"), ({"transfer": 5}, "transfer"),
+    ({"transfer": torch.randn(8, 7)}, "transfer"), ({"transfer": torch.randn(8)}, "transfer"),
+    ({"transfer": unlabelled(features=7)}, "transfer"), ({"transfer": torch.zeros(0, 6)}, "transfer"),
+    ({"transfer": torch.randint(0, 3, (8, 6))}, "transfer"), ({"transfer": torch.full((8, 6), float("nan"))}, "transfer"),
+    ({"transfer": iter([torch.randn(4, 6)])}, "transfer"),
+    # val
+    ({"val": [1, 2, 3]}, "val"), ({"val": torch.randn(8, 6)}, "val"), ({"val": make_loader(features=5)}, "input size"),
+    ({"val": make_loader(labels=torch.full((32,), 5))}, "out of range"),
+    ({"val": empty()}, "val is empty"), ({"val": dict_batches()}, "val"),
+    ({"val": DataLoader(Items({30: (torch.randn(6), torch.tensor(7))}), batch_size=8)}, "batch 4"),
+    # the training settings
+    ({"optimizer": "adam"}, "optimizer"), ({"optimizer": 5}, "optimizer"), ({"optimizer": lambda p: 5}, "optimizer"),
+    ({"optimizer": torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)}, "factory"),
+    ({"lr": float("nan")}, "lr"), ({"lr": -1}, "lr"), ({"lr": "0.1"}, "lr"),
+    ({"scheduler": "linear"}, "scheduler"), ({"scheduler": 5}, "scheduler"), ({"scheduler": lambda opt: 1 / 0}, "scheduler"),
+    ({"amp": "yes"}, "amp"), ({"grad_clip": -1}, "grad_clip"), ({"grad_clip": "1"}, "grad_clip"),
+    ({"device": "gpu0"}, "device"), ({"device": 3.5}, "device"), ({"device": None}, "device"),
+    ({"seed": "abc"}, "seed"), ({"seed": 1.5}, "seed"), ({"seed": 2**70}, "seed"),
+    ({"callbacks": 5}, "callbacks"), ({"callbacks": [1]}, "callbacks"), ({"callbacks": "abc"}, "callbacks"),
+    ({"callbacks": [Hooked]}, "callbacks"), ({"progress": "no"}, "progress"), ({"plot": "yes"}, "plot"),
+]
+
+
+def _case_id(index: int, kwargs: dict) -> str:
+    return f"{index}-" + ",".join(f"{k}={v!r}"[:24] for k, v in kwargs.items())
+
+
+@pytest.mark.parametrize("kwargs, names", ARGUMENTS, ids=[_case_id(i, k) for i, (k, _) in enumerate(ARGUMENTS)])
+def test_each_argument_of_distill_is_checked_at_the_entry(kwargs, names):
+    distilled_fails(names=names, **kwargs)
+
+
+MODELS = [
+    # (teacher, student, names)
+    (lambda: "big", net, "teacher"), (lambda: None, net, "teacher"), (teacher, lambda: "small", "student"),
+    (on_meta, net, "meta"), (teacher, on_meta, "meta"), (DictOut, net, "dict"), (teacher, DictOut, "dict"),
+    (lambda: Raises(IndexError), net, "IndexError"), (teacher, lambda: Raises(KeyError), "KeyError"),
+    (teacher, frozen, "requires_grad"), (lambda: net(features=7), net, "input size"),
+    (teacher, lambda: net(features=7), "input size"), (teacher, lambda: net(classes=4), "give the student's last layer"),
+    (lambda: net(classes=2), lambda: net(classes=2), "out of range"),
+    (lambda: nn.Sequential(nn.Flatten()), net, "teacher"), (teacher, lambda: nn.Sequential(nn.Flatten()), "student"),
+]
+
+
+@pytest.mark.parametrize("build_teacher, build_student, names", MODELS, ids=[f"{i}-{n}" for i, (_, _, n)
+                                                                            in enumerate(MODELS)])
+def test_models_distill_cannot_work_with(build_teacher, build_student, names):
+    distilled_fails(names=names, teacher_model=build_teacher(), student=build_student())
+
+
+def test_the_student_is_the_teacher():
+    model = teacher()
+    distilled_fails(names="student is the teacher", teacher_model=model, student=model)
+
+
+DATA = [
+    (lambda: [1, 2, 3], "data"), (lambda: torch.randn(8, 6), "DataLoader"), (lambda: 42, "DataLoader"),
+    (lambda: "abc", "DataLoader"), (empty, "empty"), (dict_batches, "'x'"),
+    (lambda: DataLoader(TensorDataset(torch.randn(8, 6), torch.randint(0, 3, (8,))), batch_size=None), "batch_size"),
+    (lambda: labels(torch.rand(8)), "float32"), (lambda: labels(torch.tensor([0, 1, 2, 9] * 2)), "out of range"),
+    (lambda: labels(torch.tensor([0, 1, -2, 0] * 2)), "out of range"), (unlabelled, "transfer="),
+    (lambda: DataLoader(Items({20: (torch.randn(6), torch.tensor(5))}), batch_size=8), "step 3"),
+    (lambda: DataLoader(Items({20: (torch.randn(7), torch.tensor(1))}), batch_size=8), "batch 3"),
+    (lambda: DataLoader(Items({9: (torch.randn(6), torch.tensor(1.0))}), batch_size=4), "step 3"),
+]
+
+
+@pytest.mark.parametrize("build, names", DATA, ids=[f"data-{i}-{n}" for i, (_, n) in enumerate(DATA)])
+def test_bad_data(build, names):
+    distilled_fails(names=names, data=build())
+
+
+@pytest.mark.parametrize("options", [{}, {"baseline": True}, {"cache": False}, {"transfer": torch.randn(8, 6)}])
+def test_a_bad_later_batch_with_each_loader_kind(options):
+    """The soft-label cache, the live teacher and the transfer-set loader all meet the bad batch."""
+    data = DataLoader(Items({20: (torch.randn(6), torch.tensor(5))}), batch_size=8)
+    distilled_fails(names="out of range", data=data, **options)
+
+
+# ---- what the old tests/test_distill_bad_input.py checked beyond the harness ----
+
+def test_unknown_feature_layer_lists_the_modules_with_their_shapes():
+    error = distilled_fails(names="student", method="fitnets", features=[("2", "22")])
+    assert "student modules with output shapes: 0 (6,), 1 (8,), 2 (8,), 3 (3,)" in str(error)
+
+
+def test_fitnets_cannot_adapt_different_resolutions():
+    data = DataLoader(TensorDataset(torch.randn(8, 1, 12), torch.randint(0, 2, (8,))), batch_size=4)
+    big = nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(48, 2)).eval()
+    small = nn.Sequential(nn.Conv1d(1, 2, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(12, 2))
+    distilled_fails(names="spatial sizes differ", match=r"cannot adapt student '0' \(2, 6\) to teacher '0' \(4, 12\)",
+                    teacher_model=big, student=small, data=data, method="fitnets", features=[("0", "0")])
+
+
+def test_teacher_in_training_mode_is_used_in_eval_mode_with_a_warning():
+    torch.manual_seed(0)
+    live = nn.Sequential(nn.Linear(6, 16), nn.Dropout(0.5), nn.ReLU(), nn.Linear(16, 3))
+    with pytest.warns(UserWarning, match=r"the teacher is in training mode; .* call teacher.eval\(\) to silence"):
+        result = kdnb.distill(live, net(), make_loader(), epochs=1, progress=False)
+    assert result.history.status == "completed"
+    assert live.training and all(p.requires_grad for p in live.parameters())
+    with pytest.warns(UserWarning, match="training mode"):
+        frozen_teacher = FrozenTeacher(live)
+    x = next(iter(make_loader()))[0]
+    assert not frozen_teacher.model.training and torch.equal(frozen_teacher(x), frozen_teacher(x))
+
+
+@pytest.mark.parametrize("kwargs, names", [({"alpha": 2.0}, "alpha"), ({"temperature": 0}, "temperature"),
+                                           ({"temperature": "4"}, "temperature")])
+def test_kd_objective_checks_its_weights(kwargs, names):
+    model = teacher()
+    before = snapshot(model)
+    assert_clean_error(kd_objective, model, names=names, **kwargs)
+    assert_unchanged(before, model)
