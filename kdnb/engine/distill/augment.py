@@ -152,9 +152,11 @@ def check(augment: Augmentation, x: torch.Tensor) -> None:
     if not isinstance(out, torch.Tensor):
         raise KdnbError(f"augment should return a tensor (the augmented batch), got {type(out).__name__}; make it "
                         "return a tensor of the input's shape")
-    if out.shape != x.shape or out.dtype != x.dtype:
-        raise KdnbError(f"augment changed the inputs from {tuple(x.shape)} {x.dtype} to {tuple(out.shape)} "
-                        f"{out.dtype}; make it keep the shape and dtype the models were built for")
+    if out.shape != x.shape:
+        raise KdnbError(f"augment changed the input shape from {tuple(x.shape)} to {tuple(out.shape)}; make it keep "
+                        "the shape teacher and student were built for")
+    if out.dtype != x.dtype:
+        raise KdnbError(f"augment changed the inputs' dtype from {x.dtype} to {out.dtype}; make it keep the dtype")
     if not bool(torch.isfinite(out).all()):
         raise KdnbError("augment returned NaN or infinite values on the first batch; check the transform")
 

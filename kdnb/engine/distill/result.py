@@ -68,6 +68,7 @@ class DistillResult(Result):
     baselines: dict[str, nn.Module] = field(default_factory=dict)
     baseline_histories: dict[str, History] = field(default_factory=dict)
     seed_runs: list[SeedRun] = field(default_factory=list)
+    stopped: str | None = None  # with seeds=: where the stop button ended the seeds
     _comparison: Any = field(default=None, compare=False)  # see Result.comparison
 
     @property
@@ -123,11 +124,16 @@ class DistillResult(Result):
 
     def _verdict(self) -> str:
         closure, acc = self.gap_closure, self.accuracy
+        cut = {name: run for name, run in self.baseline_histories.items() if run.status == "interrupted"}
+        if "scratch" in cut:  # a half-trained scratch student would inflate the gap closure
+            return (f"gap closure: none, the scratch baseline was interrupted after {cut['scratch'].num_epochs} of "
+                    f"{self.settings['baseline_epochs']} epochs (the distilled student ran to the end)")
         if closure is not None and len(self.seed_runs) > 1:
             return self._seed_verdict()
         if closure is not None:
-            pseudo = self.closure("pseudo")
+            pseudo = self.closure("pseudo") if "pseudo" not in cut else None
             versus = f"; hard pseudo-labels {100 * pseudo:.1f}%" if pseudo is not None else ""
+            versus += "; the pseudo-label baseline was interrupted" if "pseudo" in cut else ""
             return (f"gap closure {100 * closure:.1f}% = (distilled - scratch) / (teacher - scratch), "
                     f"val accuracy{versus}")
         if self.baseline_history is None and self.history.status != "completed":  # stopped before any baseline
@@ -157,7 +163,7 @@ class DistillResult(Result):
         """The budget (epochs, steps, schedule, augmentation), and the scratch run's epochs when they
         differ (a transfer set lengthens distillation)."""
         s = self.settings
-        notes = []
+        notes = [self.stopped] if self.stopped else []
         if "steps" in s:
             views = f", {s['augment']}" if s.get("augment") else ""
             fair = "; every baseline: the same steps, optimizer, schedule and views" if self.baselines else ""

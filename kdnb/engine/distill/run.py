@@ -112,11 +112,39 @@ def distill(
         distilled side by side, gap closure, the budget) and ``.plot()``.
     """
     opts = _check(teacher, student, data, val, locals())
-    runs = [_one_seed(teacher, student, data, val, opts, s) for s in (opts.seeds or (seed,))]
+    runs = _seed_runs(teacher, student, data, val, opts, opts.seeds or (seed,))
     result = runs[0]
     if opts.seeds is not None:
-        result.seed_runs = [SeedRun.of(s, run) for s, run in zip(opts.seeds, runs)]
+        result.seed_runs = [SeedRun.of(s, run) for s, run in zip(opts.seeds, runs) if _complete(run)]
+        if len(runs) < len(opts.seeds) or not _complete(runs[-1]):
+            at = opts.seeds[len(runs) - 1] if not _complete(runs[-1]) else opts.seeds[len(runs)]
+            result.stopped = (f"stopped by the stop button at seed {at}: the spread is over "
+                              f"{len(result.seed_runs)} of {len(opts.seeds)} seeds")
     return result
+
+
+def _complete(result: DistillResult) -> bool:
+    """The distillation and every baseline ran to the end."""
+    return all(h.status != "interrupted" for h in [result.history, *result.baseline_histories.values()])
+
+
+def _seed_runs(teacher: nn.Module, student: nn.Module, data: Iterable, val: Iterable | None, opts: _Options,
+               seeds: Iterable[int | None]) -> list[DistillResult]:
+    """One result per seed, until the stop button: an interrupted seed ends the list (it returns what it has);
+    before the first seed has anything, the interrupt is one clean line (teacher and student are never touched)."""
+    runs: list[DistillResult] = []
+    for seed in seeds:
+        try:
+            runs.append(_one_seed(teacher, student, data, val, opts, seed))
+        except KeyboardInterrupt:
+            if not runs:
+                raise KeyboardInterrupt("distill was interrupted while preparing (first-batch checks, feature taps, "
+                                        "soft-label cache); nothing was trained, teacher and student are as "
+                                        "given") from None
+            break
+        if not _complete(runs[-1]):
+            break
+    return runs
 
 
 @dataclass
@@ -281,6 +309,8 @@ def _baselines(plan: _Plan, opts: _Options, data: Iterable, val: Iterable | None
             objective = _objective(plan, opts, "pseudo", alpha, cached=plan.cached, unlabelled=opts.transfer is not None)
             history = _train(model, plan.loader, val, objective, opts.epochs, "pseudo", plan, opts, seed)
         done[name] = (model, history)
+        if history.status == "interrupted":  # the stop button ends the baselines too
+            break
     return done
 
 

@@ -151,5 +151,9 @@ def slimming_phase(model: nn.Module, data: Iterable, *, epochs: int, l1: float, 
     """Train ``model`` in place for ``epochs`` with the slimming penalty; returns the run's History."""
     from kdnb.engine.loop import fit
 
-    return fit(model, data, epochs=epochs, lr=lr, objective=SlimmingObjective(l1), device=device, seed=seed,
-               callbacks=callbacks, title="slimming")
+    history = fit(model, data, epochs=epochs, lr=lr, objective=SlimmingObjective(l1), device=device, seed=seed,
+                  callbacks=callbacks, title="slimming")
+    if history.status == "interrupted":  # the scales are half-trained: scoring them would prune at random
+        raise KeyboardInterrupt("network slimming's L1 phase was interrupted before any channel was pruned; "
+                                "nothing was changed")
+    return history

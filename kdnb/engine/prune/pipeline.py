@@ -58,6 +58,7 @@ class _Run:
     removed: dict[str, torch.Tensor] = field(default_factory=dict)
     runs: list[History] = field(default_factory=list)
     trajectory: list[dict[str, float | None]] = field(default_factory=list)
+    interrupted: str | None = None  # where the stop button stopped a pruning round, if it did
 
     def __getattr__(self, name: str) -> Any:  # the options read as attributes: run.sparsity, run.data...
         try:
@@ -267,6 +268,20 @@ def _prepare(run: _Run, model: nn.Module) -> None:
                                 device=str(run.device), seed=run.seed, callbacks=list(run.callbacks))
 
 
+def _prune_round(run: _Run, target: float) -> float:
+    """`_prune_to` as one step that happens whole or not at all: an exception (the stop button too) in its
+    scoring, masking, re-solving or evaluation puts the working model and the removed channels back as they
+    were before it, then goes on."""
+    removed = dict(run.removed)
+    try:
+        with checks.restored_on_error(run.work):
+            return _prune_to(run, target)
+    except BaseException:
+        run.removed.clear()
+        run.removed.update(removed)
+        raise
+
+
 def _prune_to(run: _Run, target: float) -> float:
     """Re-score the current model, mask it at ``target`` (then re-solve the rest); returns the sparsity reached."""
     plain = make_permanent(clone(run.work))
@@ -309,11 +324,19 @@ def _prune_and_finetune(run: _Run) -> None:
     """The schedule: one step, rounds of prune-then-fine-tune, or gradual pruning during fine-tuning."""
     if run.schedule == "agp":
         run.runs.append(_finetune(run, run.finetune, "finetune",
-                                  [schedules.AGP(run.sparsity, run.steps, lambda s: _prune_to(run, s))]))
+                                  [schedules.AGP(run.sparsity, run.steps, lambda s: _prune_round(run, s))]))
         return
     targets = [run.sparsity] if run.schedule == "oneshot" else schedules.iterative_targets(run.sparsity, run.steps)
     for i, target in enumerate(targets):
-        reached = _prune_to(run, target)
+        try:
+            reached = _prune_round(run, target)
+        except KeyboardInterrupt:
+            if not run.trajectory:  # nothing pruned yet: nothing to return
+                raise KeyboardInterrupt("prune was interrupted before its first pruning step finished; nothing "
+                                        "was changed") from None
+            run.interrupted = (f"interrupted in pruning round {i + 1} of {len(targets)}; the model is as after "
+                               f"round {i}")
+            break
         if run.finetune:
             title = "finetune" if len(targets) == 1 else f"finetune {i + 1}/{len(targets)}"
             run.runs.append(_finetune(run, run.finetune, title, [_Sparsity(reached)]))
@@ -327,7 +350,11 @@ def _finish(run: _Run) -> PruneResult:
     work = run.work
     if run.structured:
         make_permanent(work)
-        remove_channels(work, run.removed, run.example.to(model_device(work)))  # type: ignore[union-attr]
+        try:
+            remove_channels(work, run.removed, run.example.to(model_device(work)))  # type: ignore[union-attr]
+        except KeyboardInterrupt:  # half-deleted layers are no model; an in-place prune is restored at the entry
+            raise KeyboardInterrupt("prune was interrupted while deleting the removed channels; nothing was "
+                                    "changed") from None
     reached = _structured_sparsity(work, run.total) if run.structured else _masked_sparsity(work, run.weights,
                                                                                              run.total)
     control_model = None
@@ -342,7 +369,7 @@ def _finish(run: _Run) -> PruneResult:
     return PruneResult(model=work, dense=run.dense, masks={} if run.structured else current_masks(work),
                        criterion=run.criterion, structured=run.structured, scope=run.scope, schedule=run.schedule,
                        steps=run.steps, target=run.sparsity, sparsity=reached, finetune=run.finetune,
-                       distill=run.distill, history=_merge(run.runs), trajectory=run.trajectory,
+                       distill=run.distill, history=_merge(run.runs, run.interrupted), trajectory=run.trajectory,
                        dense_accuracy=run.accuracy(run.dense), val=run.val,
                        example=run.example.cpu() if run.example is not None else None, control=control_model,
                        channels=_channels(run.dense, work) if run.structured else {},
@@ -378,8 +405,9 @@ def _channels(before: nn.Module, after: nn.Module) -> dict[str, tuple[int, int]]
     return result
 
 
-def _merge(runs: list[History]) -> History:
-    """One history of all fine-tuning runs, epochs numbered on from run to run."""
+def _merge(runs: list[History], interrupted: str | None = None) -> History:
+    """One history of all fine-tuning runs, epochs numbered on from run to run (``interrupted``: where the stop
+    button stopped a pruning round, which then is the status)."""
     merged = History()
     offset = 0
     for run in runs:
@@ -393,4 +421,6 @@ def _merge(runs: list[History]) -> History:
         merged.status, merged.message = run.status, run.message
     if not runs:
         merged.status = "completed"
+    if interrupted is not None:
+        merged.status, merged.message = "interrupted", interrupted
     return merged

@@ -123,6 +123,8 @@ class PruneResult(Result):
         notes = [f"compression ratio (dense params / pruned nonzero params): {format_value(pruned['params_x'])}x",
                  f"theoretical speed-up (dense MACs / pruned nonzero MACs): {format_value(pruned['macs_x'])}x",
                  comparison.latency_line()]
+        if self.history.status != "completed" and self.history.message:  # where it stopped, and what was kept
+            notes.append(self.history.message)
         if self.pattern is not None:
             notes.append(f"{self.pattern} sparsity runs faster only on sparse tensor cores (torch.sparse."
                          "to_sparse_semi_structured, CUDA, Ampere or newer); on CPU its speed-up is 1.00x")
