@@ -351,3 +351,169 @@ def test_measure_with_a_bad_example(example, names):
     before = snapshot(net)
     assert_clean_error(kdnb.measure, net, example, names=names, repeats=2, warmup=0)
     assert_unchanged(before, net)
+
+
+# ---- in-place atomicity: a failure at any phase gives the model back exactly as it came ----
+
+from kdnb.engine.prune import calibration as calibration_module  # noqa: E402
+from kdnb.engine.prune import estimate as estimate_module  # noqa: E402
+from kdnb.engine.prune import pipeline  # noqa: E402
+from torch.nn.utils import parametrize  # noqa: E402
+
+
+class Halve(nn.Module):
+    def forward(self, w):
+        return w * 0.5
+
+
+def user_model(batchnorm: bool = False) -> nn.Module:
+    """What a user may hand in: a forward hook of their own, a parametrization, a submodule in eval mode."""
+    net = bn_net() if batchnorm else make_net()
+    net.register_forward_hook(lambda module, inputs, output: None)
+    parametrize.register_parametrization(net[-1], "weight", Halve())
+    net[0].eval()
+    return net
+
+
+def after(real, then):
+    """``real``, then ``then()`` (which raises): the phase did its work on the model, then failed."""
+    def call(*args, **kwargs):
+        real(*args, **kwargs)
+        then()
+    return call
+
+
+def fail(error):
+    def raise_it(*args, **kwargs):
+        raise error("injected: the phase failed")
+    return raise_it
+
+
+class StopAt(Callback):
+    """Raises ``error`` at step ``at`` of the run titled like ``title``."""
+
+    def __init__(self, error, at=2, title=""):
+        self.error, self.at, self.title = error, at, title
+
+    def on_step_end(self, state):
+        if state.step == self.at and state.title.startswith(self.title):
+            raise self.error("injected: the run failed")
+
+
+def phases(error):
+    """(phase, prune's options, what to patch: (module, name, replacement) or None)."""
+    data = make_loader()
+    return [
+        ("gradient statistics", {"criterion": "taylor"}, (estimate_module, "squared_gradients", fail(error))),
+        ("hessian diagonal", {"criterion": "hessian"}, (estimate_module, "fisher_diagonal", fail(error))),
+        ("calibration pass", {"criterion": "obs"}, (calibration_module, "layer_statistics", fail(error))),
+        ("masking", {}, (pipeline, "apply_masks", after(pipeline.apply_masks, fail(error)))),
+        ("reconstruction", {}, (pipeline, "reconstruct_layers", after(pipeline.reconstruct_layers, fail(error)))),
+        ("fine-tuning", {"finetune": 2, "callbacks": [StopAt(error, at=3)]}, None),
+        ("structured deletion", {"structured": True},
+         (pipeline, "remove_channels", after(pipeline.remove_channels, fail(error)))),
+        ("slimming's L1 phase", {"criterion": "slimming", "structured": True, "callbacks": [StopAt(error)]}, None),
+        ("iterative round 2", {"schedule": "iterative", "steps": 2, "finetune": 1,
+                               "callbacks": [StopAt(error, at=1, title="finetune 2/2")]}, None),
+        ("agp update", {"schedule": "agp", "steps": 2, "finetune": 2,
+                        "callbacks": [StopAt(error, at=len(data) + 2)]}, None),
+        ("control run", {"finetune": 1, "control": True, "callbacks": [StopAt(error, title="control", at=1)]}, None),
+    ]
+
+
+@pytest.mark.parametrize("index", range(11), ids=[p[0] for p in phases(ValueError)])
+def test_an_inplace_prune_that_fails_at_any_phase_restores_the_model(index, monkeypatch):
+    phase, options, patch = phases(ValueError)[index]
+    if patch is not None:
+        monkeypatch.setattr(*patch)
+    model, data = user_model(batchnorm=options.get("criterion") == "slimming"), make_loader()
+    before = snapshot(model, data)
+    assert_clean_error(kdnb.prune, model, 0.5, data=data, inplace=True, expect=ValueError, match="injected",
+                       progress=False, plot=False, **options)
+    assert_unchanged(before, model, data)
+    assert parametrize.is_parametrized(model[-1], "weight") and not hasattr(model[1], "weight_orig"), phase
+
+
+# ---- the stop button at every phase: what it has, or one clean KeyboardInterrupt with nothing changed ----
+
+NOTHING_YET = ["gradient statistics", "hessian diagonal", "calibration pass", "masking", "reconstruction",
+               "structured deletion", "slimming's L1 phase"]
+
+
+@pytest.mark.parametrize("phase", NOTHING_YET)
+def test_an_interrupt_before_anything_is_pruned_is_one_clean_line_and_changes_nothing(phase, monkeypatch):
+    _, options, patch = next(p for p in phases(KeyboardInterrupt) if p[0] == phase)
+    if patch is not None:
+        monkeypatch.setattr(*patch)
+    model, data = user_model(batchnorm=options.get("criterion") == "slimming"), make_loader()
+    before = snapshot(model, data)
+    error = assert_clean_error(kdnb.prune, model, 0.5, data=data, inplace=True, expect=KeyboardInterrupt,
+                               progress=False, plot=False, **options)
+    assert "nothing was changed" in str(error) and len(str(error).splitlines()) == 1
+    assert_unchanged(before, model, data)
+
+
+def test_an_interrupt_in_a_later_round_returns_the_rounds_done(monkeypatch):
+    calls = {"n": 0}
+    real = pipeline._score
+
+    def score(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_score", score)
+    model, data = make_net(), make_loader()
+    result = kdnb.prune(model, 0.9, data=data, val=make_loader(), schedule="iterative", steps=3, finetune=1,
+                        progress=False, plot=False)
+    assert result.history.status == "interrupted" and len(result.trajectory) == 1
+    assert result.sparsity == pytest.approx(result.trajectory[0]["sparsity"]) and result.sparsity < 0.9
+    assert "interrupted in pruning round 2 of 3; the model is as after round 1" in str(result.summary())
+    assert "[interrupted]" in str(result.summary())
+    assert torch.isfinite(result.model(torch.randn(2, 6))).all()
+
+
+def test_an_interrupt_in_an_agp_update_keeps_the_updates_done_and_a_consistent_model(monkeypatch):
+    calls = {"n": 0}
+    real = pipeline._prune_to
+
+    def prune_to(run, target):
+        calls["n"] += 1
+        if calls["n"] == 2:  # half of the update done: masks applied, then the stop button
+            pipeline.apply_masks(run.work, {name: torch.zeros_like(w, dtype=torch.bool)
+                                            for name, w in run.weights.items()})
+            raise KeyboardInterrupt
+        return real(run, target)
+
+    monkeypatch.setattr(pipeline, "_prune_to", prune_to)
+    result = kdnb.prune(make_net(), 0.8, data=make_loader(), schedule="agp", steps=3, finetune=2, progress=False,
+                        plot=False)
+    assert result.history.status == "interrupted" and len(result.trajectory) == 1
+    masks = result.masks
+    assert all(bool(m.any()) for m in masks.values())  # the half-done update was rolled back
+    assert sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values()) == \
+        pytest.approx(result.trajectory[0]["sparsity"])
+
+
+def test_an_interrupt_while_fine_tuning_returns_the_pruned_model_and_says_how_far_it_got():
+    result = kdnb.prune(make_net(), 0.5, data=make_loader(), finetune=3, callbacks=[StopAt(KeyboardInterrupt, at=6)],
+                        progress=False, plot=False)
+    assert result.history.status == "interrupted" and result.history.num_steps == 6
+    assert "1 of 3 epoch(s)" in str(result.summary()) or "of 3" in result._headline()
+    assert result.sparsity == pytest.approx(0.5, abs=0.02)
+
+
+def test_an_interrupted_control_run_leaves_the_pruned_result_whole():
+    result = kdnb.prune(make_net(), 0.5, data=make_loader(), finetune=1, control=True,
+                        callbacks=[StopAt(KeyboardInterrupt, title="control", at=1)], progress=False, plot=False)
+    assert result.history.status == "completed" and result.control is not None
+
+
+def test_pruning_a_copy_of_a_parametrized_model_leaves_the_original_working():
+    """A parametrized module's class is its own: folding the copy must not take the property from the original."""
+    model, x = user_model(), torch.randn(4, 6)
+    before, expected = snapshot(model), model(x)
+    kdnb.prune(model, 0.5, progress=False)
+    assert_unchanged(before, model)
+    assert torch.equal(model(x), expected)

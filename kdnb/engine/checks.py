@@ -369,13 +369,15 @@ class ModelState:
     gradient, in the same tensor objects (an optimizer holds the Parameters)."""
 
     def __init__(self, model: torch.nn.Module):
-        self.modules = []
+        self.modules, self.classes = [], []
         tensors: dict[int, torch.Tensor] = {}
         for module in model.modules():
             attributes = dict(vars(module))
             contents = {name: (list(value.items()) if isinstance(value, dict) else set(value))
                         for name, value in attributes.items() if isinstance(value, (dict, set))}
             self.modules.append((module, type(module), attributes, contents))
+            if _parametrized(module):  # its class is its own (torch.nn.utils.parametrize): folding edits it
+                self.classes.append((type(module), dict(vars(type(module)))))
             for tensor in [*module._parameters.values(), *module._buffers.values()]:
                 if isinstance(tensor, torch.Tensor):
                     tensors[id(tensor)] = tensor
@@ -383,6 +385,10 @@ class ModelState:
                         for t in tensors.values()]
 
     def restore(self) -> None:
+        for kind, attributes in self.classes:
+            for name, value in attributes.items():
+                if name not in vars(kind):
+                    setattr(kind, name, value)
         for module, kind, attributes, contents in self.modules:
             module.__class__ = kind
             now = vars(module)
@@ -398,6 +404,10 @@ class ModelState:
                 tensor.data = data
                 tensor.requires_grad_(requires_grad)
                 tensor.grad = grad
+
+
+def _parametrized(module: torch.nn.Module) -> bool:
+    return isinstance(getattr(module, "parametrizations", None), torch.nn.ModuleDict)
 
 
 @contextlib.contextmanager

@@ -244,7 +244,8 @@ class _Undo:
     def restore(self, model: torch.nn.Module) -> None:
         if model_device(model) != self.device:
             model.to(self.device)
-        model.load_state_dict(self.state)
+        # not strict: a schedule may have masked the model mid-run (prune's AGP); prune's own entry restores those
+        model.load_state_dict(self.state, strict=False)
         for param, grad in self.grads:
             param.grad = grad
         restore_modes(self.modes)

@@ -41,7 +41,12 @@ def clone(model: nn.Module) -> nn.Module:
             if isinstance(hook, prune.BasePruningMethod):
                 masked = getattr(module, hook._tensor_name)
                 memo[id(masked)] = masked.detach().clone()
-    return copy.deepcopy(model, memo)
+    twin = copy.deepcopy(model, memo)
+    for module in twin.modules():  # a parametrized module's class is made for it alone: give the copy its own,
+        if parametrize.is_parametrized(module):  # or folding the copy (make_permanent) breaks the original
+            kind = type(module)
+            module.__class__ = type(kind.__name__, kind.__bases__, dict(vars(kind)))
+    return twin
 
 
 def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
