@@ -275,3 +275,114 @@ def test_kd_objective_checks_its_weights(kwargs, names):
     before = snapshot(model)
     assert_clean_error(kd_objective, model, names=names, **kwargs)
     assert_unchanged(before, model)
+
+
+# ---- the stop button at every phase: what it has, with a summary that does not lie, or one clean line ----
+
+from kdnb.engine.distill import cache as cache_module  # noqa: E402
+from kdnb.engine.distill import hooks as hooks_module  # noqa: E402
+from kdnb.engine.distill import run as run_module  # noqa: E402
+
+
+def stop(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+class StopIn(Callback):
+    """The stop button at step ``at`` of the run titled ``title`` (the ``nth`` such run)."""
+
+    def __init__(self, title, at=2, nth=1):
+        self.title, self.at, self.nth, self.seen = title, at, nth, 0
+
+    def on_run_start(self, state):
+        self.seen += state.title == self.title
+
+    def on_step_end(self, state):
+        if state.title == self.title and self.seen == self.nth and state.step == self.at:
+            raise KeyboardInterrupt
+
+
+class SlowItems(Dataset):
+    """The stop button at the ``at``-th item access."""
+
+    def __init__(self, at):
+        self.inner, self.calls, self.at = make_loader().dataset, 0, at
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.inner[i]
+
+
+BEFORE_TRAINING = [
+    ("first-batch checks", {"data": DataLoader(SlowItems(1), batch_size=8)}, None),
+    ("soft-label cache", {"cache": True}, (cache_module, "teacher_logits", stop)),
+    ("feature-tap dry run", {"method": "fitnets", "features": [("1", "1")]}, (hooks_module, "plan_features", stop)),
+    ("teacher's val pass", {"val": make_loader()}, (run_module, "Agreement", stop)),
+]
+
+
+@pytest.mark.parametrize("phase, kwargs, patch", BEFORE_TRAINING, ids=[p[0] for p in BEFORE_TRAINING])
+def test_an_interrupt_before_training_is_one_clean_line_and_changes_nothing(phase, kwargs, patch, monkeypatch):
+    if patch is not None:
+        monkeypatch.setattr(*patch)
+    big, small = teacher(), net()
+    data = kwargs.pop("data", make_loader())
+    befores = snapshot(big, data), snapshot(small)
+    error = assert_clean_error(kdnb.distill, big, small, data, expect=KeyboardInterrupt, epochs=1, progress=False,
+                               plot=False, **kwargs)
+    assert "nothing was trained" in str(error) and len(str(error).splitlines()) == 1, phase
+    assert_unchanged(befores[0], big, data)
+    assert_unchanged(befores[1], small)
+
+
+def test_an_interrupted_distillation_returns_its_student_and_skips_the_baselines():
+    result = kdnb.distill(teacher(), net(), make_loader(), val=make_loader(), epochs=3, baseline=True,
+                          callbacks=[StopIn("distill", at=6)], progress=False, plot=False)
+    assert result.history.status == "interrupted" and result.history.num_steps == 6 and result.baseline is None
+    text = str(result.overview())
+    assert "before a scratch baseline (baseline=True) could run" in text and "interrupted" in text
+
+
+@pytest.mark.parametrize("baseline", ["scratch", "pseudo"])
+def test_an_interrupted_baseline_is_never_compared_as_if_it_had_finished(baseline):
+    result = kdnb.distill(teacher(), net(), make_loader(), val=make_loader(), epochs=2, baseline=("scratch", "pseudo"),
+                          callbacks=[StopIn(baseline, at=3)], progress=False, plot=False)
+    assert result.history.status == "completed"
+    assert result.baseline_histories[baseline].status == "interrupted"
+    text = str(result.overview())
+    assert "pass baseline=True" not in text and "run with baseline=True" not in text
+    assert result.closure(baseline if baseline == "pseudo" else "distilled") is None
+    if baseline == "scratch":
+        assert "pseudo" not in result.baselines  # the stop ends the baselines
+        assert "gap closure: none, the scratch baseline was interrupted after" in text
+    else:
+        assert "hard pseudo-labels" not in text or "the pseudo-label baseline was interrupted" in text
+
+
+def test_an_interrupt_in_a_later_seed_keeps_the_seeds_done():
+    result = kdnb.distill(teacher(), net(), make_loader(), val=make_loader(), epochs=1, baseline=True,
+                          seeds=[0, 1, 2], callbacks=[StopIn("distill", at=2, nth=2)], progress=False, plot=False)
+    assert [r.seed for r in result.seed_runs] == [0] and result.history.status == "completed"
+    assert "stopped by the stop button at seed 1: the spread is over 1 of 3 seeds" in str(result.overview())
+
+
+def test_an_interrupt_while_preparing_a_later_seed_keeps_the_seeds_done(monkeypatch):
+    calls = {"n": 0}
+    real = cache_module.teacher_logits
+
+    def teacher_logits(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "teacher_logits", teacher_logits)
+    result = kdnb.distill(teacher(), net(), make_loader(), val=make_loader(), epochs=1, baseline=True, cache=True,
+                          seeds=[0, 1, 2], progress=False, plot=False)
+    assert [r.seed for r in result.seed_runs] == [0, 1]
+    assert "stopped by the stop button at seed 2: the spread is over 2 of 3 seeds" in str(result.overview())

@@ -93,13 +93,17 @@ class DistillResult(Result):
     def gap_closure(self) -> float | None:
         """(distilled - scratch) / (teacher - scratch) in val accuracy: 1 = the student reached the
         teacher, 0 = no better than from scratch, < 0 = worse. None without a baseline, or when the
-        scratch student already matches or beats the teacher (no gap to close)."""
+        scratch student already matches or beats the teacher (no gap to close), or when a baseline it needs
+        was interrupted."""
         return self.closure("distilled")
 
     def closure(self, model: str = "distilled") -> float | None:
         """The gap closure of ``model`` ("distilled" or "pseudo") over the scratch student (see `gap_closure`)."""
         acc = self.accuracy
         teacher, scratch, reached = acc["teacher"], acc["scratch"], acc.get(model)
+        cut = [run for name, run in self.baseline_histories.items() if name in ("scratch", model)]
+        if any(run.status == "interrupted" for run in cut):  # a half-trained baseline is no yardstick
+            return None
         if None in (teacher, scratch, reached) or teacher <= scratch:
             return None
         return (reached - scratch) / (teacher - scratch)

@@ -26,10 +26,11 @@ from kdnb.engine.prune.criteria import slimming_penalty
 from kdnb.engine.prune.groups import _BATCHNORM, ChannelGroup, channel_scores
 
 
-def _batches(model: nn.Module, data: Iterable, criterion: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Every batch as (inputs, labels) on the model's device. Each is checked as it comes (a min and a max of
-    its labels against the classes the model outputs), so a bad later batch is one line naming it."""
-    device, classes = model_device(model), None
+def _batches(model: nn.Module, data: Iterable, criterion: str, loss_fn: Callable = F.cross_entropy
+             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every batch as (inputs, labels) on the model's device. Each is checked as it comes (for cross-entropy: a
+    min and a max of its labels against the classes the model outputs), so a bad later batch is one line."""
+    device, classes = model_device(model), None if loss_fn is F.cross_entropy else 0
     for index, batch in checks.numbered_batches(data, lambda i: f"batch {i + 1} (criterion {criterion!r})"):
         where = f"data (batch {index + 1}, criterion {criterion!r})"
         x, y = checks.check_batch(batch, where)
@@ -57,7 +58,7 @@ def squared_gradients(model: nn.Module, data: Iterable, loss_fn: Callable = F.cr
     sums = [torch.zeros_like(p) for p in params]
     count = 0
     with eval_mode(model):
-        for x, y in _batches(model, data, "taylor"):
+        for x, y in _batches(model, data, "taylor", loss_fn):
             grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
             for total, g in zip(sums, grads):
                 if g is not None:
@@ -72,7 +73,7 @@ def group_gradient_weight(model: nn.Module, data: Iterable, groups: list[Channel
     names, params = _named_trainable(model)
     rows: dict[str, list[torch.Tensor]] = {g.root: [] for g in groups}
     with eval_mode(model):
-        for x, y in _batches(model, data, "taylor_group"):
+        for x, y in _batches(model, data, "taylor_group", loss_fn):
             grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
             products = {n: (g * p).detach() for n, p, g in zip(names, params, grads) if g is not None}
             for group in groups:
@@ -99,7 +100,7 @@ def fisher_diagonal(model: nn.Module, data: Iterable, loss_fn: Callable = F.cros
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
     weights = {n: p.detach() for n, p in zip(names, params)}
     with eval_mode(model):
-        for x, y in _batches(model, data, "hessian"):
+        for x, y in _batches(model, data, "hessian", loss_fn):
             for start in range(0, len(x), chunk):
                 grads = per_sample(weights, x[start:start + chunk], y[start:start + chunk])
                 for total, name in zip(sums, names):
@@ -117,7 +118,7 @@ def hutchinson_diagonal(model: nn.Module, data: Iterable, samples: int = 1, seed
     generator = torch.Generator().manual_seed(seed)
     count = 0
     with eval_mode(model):
-        for x, y in _batches(model, data, "hessian"):
+        for x, y in _batches(model, data, "hessian", loss_fn):
             grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True, allow_unused=True)
             used = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
             for _ in range(samples):
