@@ -517,3 +517,47 @@ def test_pruning_a_copy_of_a_parametrized_model_leaves_the_original_working():
     kdnb.prune(model, 0.5, progress=False)
     assert_unchanged(before, model)
     assert torch.equal(model(x), expected)
+
+
+# ---- tied weights (issue 14, class 7): a weight two layers share is scored, masked and kept as one ----
+
+class Tied(nn.Module):
+    """An encoder layer and its mirror share one weight; the layers in front of them are free."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.front, self.hidden = nn.Linear(6, 12), nn.Linear(12, 8)
+        self.enc, self.dec, self.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.dec.weight = self.enc.weight
+
+    def forward(self, x):
+        x = self.hidden(self.front(x).relu()).relu()
+        return self.out(self.dec(self.enc(x).relu()).relu())
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "hessian"])
+def test_unstructured_pruning_masks_both_names_of_a_tied_weight_alike(criterion):
+    model = Tied()
+    before = snapshot(model)
+    result = kdnb.prune(model, 0.5, criterion=criterion, data=make_loader(), progress=False, plot=False)
+    assert_unchanged(before, model)
+    assert result.sparsity == pytest.approx(0.5, abs=0.02)
+    assert torch.equal(result.masks["enc.weight"], result.masks["dec.weight"])  # both names, one mask
+    assert not bool(result.masks["enc.weight"].all())  # and the tied weight was scored (under both names)
+    assert torch.equal(result.model.enc.weight, result.model.dec.weight)
+    plain = kdnb.make_permanent(result.model)
+    assert plain.enc.weight is plain.dec.weight  # still one Parameter: training keeps them equal
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "hessian"])
+def test_structured_pruning_keeps_a_tied_weight_whole_and_shared(criterion):
+    model, x = Tied(), torch.randn(4, 6)
+    with pytest.warns(RuntimeWarning, match=r"dec.weight, enc.weight share one weight \(tied\)"):
+        result = kdnb.prune(model, 0.3, criterion=criterion, structured=True, data=make_loader(), progress=False,
+                            plot=False)
+    small = result.model
+    assert small.enc.weight is small.dec.weight and small.enc.weight.shape == (8, 8)
+    assert small.front.out_features < 12 and small.hidden.in_features == small.front.out_features
+    assert result.sparsity == pytest.approx(0.3, abs=0.05)
+    assert torch.isfinite(small(x)).all() and small(x).shape == (4, 3)

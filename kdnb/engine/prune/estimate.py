@@ -19,7 +19,7 @@ from torch import nn
 
 from kdnb.engine import checks
 from kdnb.engine.device import model_device
-from kdnb.errors import KdnbError
+from kdnb.errors import KdnbError, warn
 from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.objective import StepOutput, Supervised, split_batch
 from kdnb.engine.prune.criteria import slimming_penalty
@@ -47,6 +47,36 @@ def _batches(model: nn.Module, data: Iterable, criterion: str, loss_fn: Callable
         yield x, y
 
 
+def under_every_name(model: nn.Module, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``stats`` of a tied parameter under each of its names: ``named_parameters()`` (and so the gradients)
+    see a weight shared by two layers once, under its first name; the pruning masks both."""
+    first = {id(p): n for n, p in model.named_parameters()}
+    return {n: stats[first[id(p)]] for n, p in model.named_parameters(remove_duplicate=False)
+            if first.get(id(p)) in stats}
+
+
+def tied_names(model: nn.Module) -> set[str]:
+    """Every name of each parameter that two or more modules share (tied weights: an embedding and the output
+    layer, an encoder and its mirror)."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return {name for shared in names.values() if len(shared) > 1 for name in shared}
+
+
+def untied_groups(model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup]:
+    """The channel groups that touch no tied weight. Deleting a channel of a shared weight would cut it for
+    both layers at once, where Torch-Pruning's graph sees two weights: those channels stay whole (a warning
+    says which), so the tie holds and both layers stay consistent."""
+    tied = tied_names(model)
+    kept = [g for g in groups if not any(s.param in tied for s in g.slices)]
+    if len(kept) < len(groups):
+        warn(f"{', '.join(sorted(tied))} share one weight (tied): structured pruning leaves the "
+             f"{len(groups) - len(kept)} channel group(s) that touch it whole, so the tie holds; untie the weights "
+             "to prune those channels too", RuntimeWarning)
+    return kept
+
+
 def _named_trainable(model: nn.Module) -> tuple[list[str], list[nn.Parameter]]:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     return [n for n, _ in named], [p for _, p in named]
@@ -64,7 +94,7 @@ def squared_gradients(model: nn.Module, data: Iterable, loss_fn: Callable = F.cr
                 if g is not None:
                     total += g.detach().pow(2)
             count += 1
-    return {n: s / max(count, 1) for n, s in zip(names, sums)}
+    return under_every_name(model, {n: s / max(count, 1) for n, s in zip(names, sums)})
 
 
 def group_gradient_weight(model: nn.Module, data: Iterable, groups: list[ChannelGroup],
@@ -75,7 +105,8 @@ def group_gradient_weight(model: nn.Module, data: Iterable, groups: list[Channel
     with eval_mode(model):
         for x, y in _batches(model, data, "taylor_group", loss_fn):
             grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
-            products = {n: (g * p).detach() for n, p, g in zip(names, params, grads) if g is not None}
+            products = under_every_name(model, {n: (g * p).detach() for n, p, g in zip(names, params, grads)
+                                                if g is not None})
             for group in groups:
                 rows[group.root].append(channel_scores(group, products))
     return {root: torch.stack(values) for root, values in rows.items() if values and values[0] is not None}
@@ -106,7 +137,7 @@ def fisher_diagonal(model: nn.Module, data: Iterable, loss_fn: Callable = F.cros
                 for total, name in zip(sums, names):
                     total += grads[name].pow(2).sum(0)
             count += len(x)
-    return {n: s / max(count, 1) for n, s in zip(names, sums)}
+    return under_every_name(model, {n: s / max(count, 1) for n, s in zip(names, sums)})
 
 
 def hutchinson_diagonal(model: nn.Module, data: Iterable, samples: int = 1, seed: int = 0,
@@ -129,7 +160,7 @@ def hutchinson_diagonal(model: nn.Module, data: Iterable, samples: int = 1, seed
                     if h is not None:
                         sums[i] += z * h.detach()
                 count += 1
-    return {n: s / max(count, 1) for n, s in zip(names, sums)}
+    return under_every_name(model, {n: s / max(count, 1) for n, s in zip(names, sums)})
 
 
 class SlimmingObjective:

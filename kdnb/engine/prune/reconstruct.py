@@ -30,6 +30,7 @@ from torch.nn.utils import prune
 
 from kdnb.errors import warn
 from kdnb.engine.prune.calibration import SAMPLES, calibration_batches, forward_order, layer_statistics, solvable
+from kdnb.engine.prune.estimate import tied_names
 
 DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's percdamp)
 _BLOCK_BYTES = 64 * 2**20  # bound on the (rows x k x k) fp64 systems solved at once
@@ -169,9 +170,10 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
     """
     batches = calibration_batches(data, samples)
     count = sum(len(x) for x in batches)
+    tied = tied_names(model)  # a shared weight cannot be re-solved for two layers at once: it keeps its masking
     for name in forward_order(model, batches[0]):
         module = model.get_submodule(name)
-        if not solvable(module):
+        if not solvable(module) or f"{name}.weight" in tied or f"{name}.weight_orig" in tied:
             continue
         gram, cross, rows = layer_statistics(model, name, batches, dense)
         if rows < gram.shape[0]:

@@ -301,10 +301,11 @@ def _score(model: nn.Module, record: criteria.Criterion, data: Iterable | None, 
     """`Scores` of ``model`` as it is (no training)."""
     groups = channel_groups(model, dependency_graph(model, example.to(next(model.parameters()).device))) \
         if structured else []  # type: ignore[union-attr]
+    groups = estimate.untied_groups(model, groups)  # a shared weight's channels stay whole: the tie holds
     context = _Context(model, data, structured, seed, hessian_estimator, groups)
     values = {key: record.formula(*args) for key, args in STATISTICS[record.statistic](context).items()}
     prunable = list(prunable_weights(model))
-    shapes = {n: p.shape for n, p in model.named_parameters()}
+    shapes = {n: p.shape for n, p in model.named_parameters(remove_duplicate=False)}
     result = Scores(record.name, structured, model, {} if record.channel and structured else
                     {n: s for n, s in values.items() if n in prunable}, prunable, shapes, groups)
     for group in groups:

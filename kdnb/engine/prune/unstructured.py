@@ -23,7 +23,7 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     A parameter masked already gets the new mask (its pruned entries are expected to stay pruned);
     others get ``torch.nn.utils.prune.custom_from_mask``.
     """
-    for param, mask in masks.items():
+    for param, mask in _tied_consistent(model, masks).items():
         module, attr = _owner(model, param)
         current = getattr(module, attr + "_mask", None)
         if isinstance(current, torch.Tensor):
@@ -31,6 +31,21 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
         else:
             prune.custom_from_mask(module, attr, mask.to(getattr(module, attr).device))
     return model
+
+
+def _tied_consistent(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One mask for a weight that several layers share (tied): what any of its names prunes, all of them do."""
+    by_tensor: dict[int, list[str]] = {}
+    for param in masks:
+        module, attr = _owner(model, param)
+        by_tensor.setdefault(id(getattr(module, attr + "_orig", None) if hasattr(module, attr + "_orig")
+                                else getattr(module, attr)), []).append(param)
+    consistent = dict(masks)
+    for names in by_tensor.values():
+        if len(names) > 1:
+            joint = torch.stack([masks[n].to(masks[names[0]].device) for n in names]).all(0)
+            consistent.update({n: joint for n in names})
+    return consistent
 
 
 def clone(model: nn.Module) -> nn.Module:
