@@ -15,12 +15,11 @@ from torch import nn
 
 from kdnb.engine import checks
 from kdnb.engine.prune import schedules
+from kdnb.engine.prune.groups import PRUNABLE
 from kdnb.errors import KdnbError, is_number
 
 GRADIENT_STATISTICS = ("grad_sq", "hessian_diag", "group_gradient_weight")  # a backward pass over labelled data
 TRAINING_STATISTICS = ("batchnorm_scale",)  # network slimming trains first
-ESTIMATORS = ("fisher", "hutchinson")
-SCOPES = ("global", "local")
 
 
 def check_sparsity(value: Any, name: str = "sparsity") -> float:
@@ -41,8 +40,6 @@ def check_pattern_text(pattern: Any) -> None:
 
 def check_prunable(model: nn.Module) -> None:
     """At least one Linear or Conv layer: the weights sparsity counts."""
-    from kdnb.engine.prune.groups import PRUNABLE
-
     if not any(isinstance(m, PRUNABLE) and isinstance(getattr(m, "weight", None), torch.Tensor)
                for m in model.modules()):
         raise KdnbError(f"{type(model).__name__} has no prunable layers (pruning removes weights of nn.Linear and "
@@ -60,6 +57,8 @@ def check_settings(options: dict[str, Any]) -> None:
 
 def check_prune_options(options: dict[str, Any]) -> None:
     """Every argument of `prune` on its own terms (types and ranges), before any is combined with another."""
+    from kdnb.engine.prune.scores import ESTIMATORS, SCOPES  # scores imports this module: read them at call time
+
     check_sparsity(options["sparsity"])
     for name in ("structured", "inplace", "prune_again", "control", "distill"):
         checks.check_bool(name, options[name])
@@ -112,6 +111,8 @@ def check_importance(model: Any, criterion: Any, data: Any, structured: Any, exa
                      hessian_estimator: Any, slimming_epochs: Any, slimming_l1: Any, lr: Any, device: Any,
                      callbacks: Any) -> None:
     """Every argument of `importance` (the explorer scores with it), once, before the model is copied."""
+    from kdnb.engine.prune.scores import ESTIMATORS
+
     checks.check_model(model)
     check_prunable(model)
     if not isinstance(criterion, str):
