@@ -183,7 +183,8 @@ ARGUMENTS = [
     ({"distill": True, "finetune": 1, "temperature": 0}, "temperature"),
     ({"distill": True, "finetune": 1, "temperature": "4"}, "temperature"),
     ({"distill": True, "finetune": 1, "temperature": float("nan")}, "temperature"),
-    ({"distill": True, "finetune": 1, "alpha": 1.5}, "alpha"), ({"distill": True, "finetune": 1, "alpha": "0.5"}, "alpha"),
+    ({"distill": True, "finetune": 1, "alpha": 1.5}, "alpha"),
+    ({"distill": True, "finetune": 1, "alpha": "0.5"}, "alpha"),
     ({"temperature": -1}, "temperature"), ({"alpha": -0.1}, "alpha"),
     ({"control": "yes", "finetune": 1}, "control"), ({"control": True, "data": None}, "data="),
     # inplace, prune_again, example
@@ -233,7 +234,7 @@ def test_each_argument_of_prune_is_checked_at_the_entry(kwargs, names, inplace):
 
 MODELS = [
     (lambda: "resnet", {}, "model"), (lambda: None, {}, "model"), (on_meta, {}, "meta"),
-    (lambda: nn.Sequential(nn.ReLU()), {}, "no prunable layers"), (DictOut, {}, "dict"),
+    (lambda: nn.Sequential(nn.ReLU()), {}, "no prunable layers"), (DictOut, {"val": make_loader()}, "dict"),
     (DictOut, {"criterion": "taylor"}, "dict"), (DictOut, {"structured": True}, "dict"),
     (lambda: Raises(IndexError), {}, "IndexError"), (lambda: Raises(KeyError), {"criterion": "hessian"}, "KeyError"),
     (lambda: Raises(AttributeError), {"structured": True}, "AttributeError"),
@@ -249,6 +250,15 @@ MODELS = [
 @pytest.mark.parametrize("build, kwargs, names", MODELS, ids=[f"{i}-{n}" for i, (_, _, n) in enumerate(MODELS)])
 def test_models_prune_cannot_work_on(build, kwargs, names, inplace):
     pruned_fails(build(), names=names, inplace=inplace, **kwargs)
+
+
+def test_a_model_returning_a_dict_prunes_where_only_its_layers_inputs_are_read():
+    """Scoring by magnitude and re-solving read each layer's inputs, not the model's output (a dict here)."""
+    model = DictOut()
+    before = snapshot(model)
+    result = kdnb.prune(model, 0.5, data=make_loader(), progress=False, plot=False)
+    assert_unchanged(before, model)
+    assert result.reconstructed and result.sparsity == pytest.approx(0.5, abs=0.02)
 
 
 def test_a_prune_result_instead_of_a_model():

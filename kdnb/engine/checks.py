@@ -342,24 +342,48 @@ def check_example(example: Any, what: str = "example", empty: bool = False) -> t
     return example
 
 
-def check_data_fits(model: torch.nn.Module, data: Any, what: str, labels: str | None = None) -> int | None:
-    """``data``'s first batch runs through ``model`` (eval mode, on the model's device, no RNG moved) and its
-    labels are class indices in range; ``labels`` (why they are needed) makes unlabelled batches an error.
-    Returns the number of classes when the batch was labelled."""
+def check_data_fits(model: torch.nn.Module, data: Any, what: str, labels: str | None = None,
+                    tensor: str | None = None) -> int | None:
+    """``data``'s first batch runs through ``model`` (eval mode, on the model's device, no RNG moved).
+
+    ``labels`` (why they are needed: training, a gradient, an accuracy) asks for labelled batches and float
+    logits (batch, classes) they are in range of. Without it only the inputs are read (scoring, calibration):
+    any output will do (``tensor``, why one is needed, asks for a tensor), and labels are checked when the output
+    is logits. Returns the number of classes, when known."""
     check_loader(data, what)
     here = model_device(model)
     batch = to_device(first_batch(data, what), here)
     x, y = check_batch(batch, what)
-    if y is None:
-        if labels is not None:
-            raise KdnbError(f"{what}'s batches have no labels, but {labels} needs them; pass a loader of "
-                            "(inputs, labels) batches")
+    if y is None and labels is not None:
+        raise KdnbError(f"{what}'s batches have no labels, but {labels} needs them; pass a loader of "
+                        "(inputs, labels) batches")
+    if labels is None:
         with eval_mode(model), torch.no_grad():
-            logits_of(model, x, "model")
-        return None
+            out = output_of(model, x)
+        check_tensor_output(out, tensor)
+        if y is None or not (isinstance(out, torch.Tensor) and out.dim() == 2 and y.dim() == 1):
+            return None
     num_classes = check_model_fits_data(model, batch, here, data_name=what)
     check_labels_in_range(data, num_classes, what)
     return num_classes
+
+
+def check_tensor_output(out: Any, why: str | None) -> None:
+    """A tensor, where ``why`` (e.g. "structured pruning compares outputs") needs one; None: anything."""
+    if why is not None and not isinstance(out, torch.Tensor):
+        raise KdnbError(f"the model returns a {type(out).__name__}, but {why} needs a tensor; wrap it in a module "
+                        "whose forward returns one tensor (the logits)")
+
+
+def output_of(model: torch.nn.Module, x: torch.Tensor) -> Any:
+    """``model(x)``, whatever it returns, or one line saying how the user's forward failed."""
+    try:
+        return model(x)
+    except (KdnbError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 - the user's forward, any exception
+        raise KdnbError(f"model failed on an input batch of shape {tuple(x.shape)}: {type(error).__name__}: "
+                        f"{first_line(error)} -- check that the model's input size matches the data") from None
 
 
 class ModelState:

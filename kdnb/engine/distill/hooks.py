@@ -111,8 +111,8 @@ def plan_features(teacher: nn.Module, student: nn.Module, x: torch.Tensor, pairs
         t_shape, s_shape = shapes["teacher"][names[0]], shapes["student"][names[1]]
         if method == "at":
             if len(t_shape) < 3 or t_shape[2:] != s_shape[2:]:
-                raise KdnbError(f"attention transfer needs feature maps (N, C, *spatial) of the same spatial size (pick "
-                                "conv layers); "
+                raise KdnbError(f"attention transfer needs feature maps (N, C, *spatial) of the same spatial "
+                                "size (pick conv layers); "
                                 f"teacher {names[0]!r} gives {t_shape[1:]}, student {names[1]!r} gives {s_shape[1:]} "
                                 f"(student modules with output shapes: {describe(shapes['student'])})")
             adapters.append(nn.Identity())

@@ -116,7 +116,8 @@ def check_baseline(baseline: Any) -> tuple[str, ...]:
     chosen = (baseline,) if isinstance(baseline, str) else baseline
     if not isinstance(chosen, (tuple, list)) or not chosen or not all(b in BASELINES for b in chosen):
         raise KdnbError(f"baseline should be True, False, 'scratch', 'pseudo' or ('scratch', 'pseudo') (hard "
-                        f"labels from scratch, or the teacher's top-1 class), got {shown(baseline)}; pass baseline=True")
+                        f"labels from scratch, or the teacher's top-1 class), got {shown(baseline)}; "
+                        "pass baseline=True")
     return tuple(dict.fromkeys(chosen))
 
 

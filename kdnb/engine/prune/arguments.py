@@ -87,15 +87,24 @@ def check_prune_options(options: dict[str, Any]) -> None:
 
 
 def check_inputs(model: nn.Module, data: Iterable | None, val: Iterable | None, statistic: str | None,
-                 trains: bool) -> None:
+                 trains: bool, structured: bool = False, example: torch.Tensor | None = None) -> None:
     """The model against what it will be given: ``data``'s and ``val``'s first batch through it, labels where
-    a gradient or a training run needs them, trainable parameters for those."""
+    a gradient or a training run needs them, trainable parameters for those, a tensor output where structured
+    pruning compares outputs (an ``example`` the forward fails on is left to the tracer, which names the layer)."""
     needs_gradients = statistic in GRADIENT_STATISTICS + TRAINING_STATISTICS or trains
     why = "fine-tuning" if trains else f"a gradient-based criterion ({statistic})"
     if needs_gradients:
         checks.check_trainable([p for p in model.parameters() if p.requires_grad])
+    compared = "structured pruning (it compares the model's outputs)" if structured else None
     if data is not None:
-        checks.check_data_fits(model, data, "data", labels=why if needs_gradients else None)
+        checks.check_data_fits(model, data, "data", labels=why if needs_gradients else None, tensor=compared)
+    if example is not None and structured:
+        with checks.eval_mode(model), torch.no_grad():
+            try:
+                out = model(example.to(checks.model_device(model)))
+            except Exception:  # noqa: BLE001 - the tracer runs it again and names the failing layer
+                out = torch.empty(0)
+        checks.check_tensor_output(out, compared)
     if val is not None:
         checks.check_data_fits(model, val, "val", labels="the val accuracy")
 
@@ -128,7 +137,7 @@ def check_importance(model: Any, criterion: Any, data: Any, structured: Any, exa
     if seed is None:
         raise KdnbError("seed should be an integer (it seeds the random criterion and Hutchinson's probes), got "
                         "None; pass e.g. seed=0")
-    check_inputs(model, data, None, _statistic(criterion), trains=False)
+    check_inputs(model, data, None, _statistic(criterion), trains=False, structured=structured, example=example)
 
 
 def check_sensitivity(model: Any, val: Any, options: dict[str, Any]) -> list[float]:

@@ -196,7 +196,8 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
         last = getattr(model, MARKER)[-1]
         raise KdnbError(f"this model is already pruned (sparsity {last['sparsity']:.4f}, {last['criterion']}); "
                         "pass prune_again=True to prune it further")
-    arguments.check_inputs(model, data, options["val"], record.statistic, bool(options["finetune"] or options["control"]))
+    trains = bool(options["finetune"] or options["control"])
+    arguments.check_inputs(model, data, options["val"], record.statistic, trains, structured, options["example"])
     weights = prunable_weights(model)
     _check_pattern(model, options)
     reconstruct = _check_reconstruct(options)
