@@ -141,8 +141,11 @@ class DistillResult(Result):
             return (f"gap closure {100 * closure:.1f}% = (distilled - scratch) / (teacher - scratch), "
                     f"val accuracy{versus}")
         if self.baseline_history is None and self.history.status != "completed":  # stopped before any baseline
+            asked = self.settings.get("baselines", ("scratch",))
+            why = (f"before the {' and '.join(asked)} baseline{'s' * (len(asked) > 1)} could run" if asked else
+                   "(no baseline was asked for)")
             return (f"gap closure: none, the run was {self.history.status} after {self.history.num_epochs} of "
-                    f"{self.settings['epochs']} epochs, before a scratch baseline (baseline=True) could run")
+                    f"{self.settings['epochs']} epochs, {why}")
         if self.baseline_history is None:
             return "gap closure: run with baseline=True (and val=) to compare with a student trained from scratch"
         if None in acc.values():

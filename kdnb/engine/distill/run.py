@@ -320,7 +320,7 @@ def _finish(plan: _Plan, opts: _Options, teacher: nn.Module, data: Iterable, val
     settings = {"temperature": opts.temperature, "alpha": opts.alpha, "beta": opts.beta, "epochs": opts.epochs,
                 "baseline_epochs": _same_steps(opts.epochs, plan.loader, data), "steps": history.num_steps,
                 "scheduler": _schedule_name(opts.train["scheduler"]),
-                "augment": augmentations.describe(opts.augment, opts.mixup)}
+                "augment": augmentations.describe(opts.augment, opts.mixup), "baselines": opts.baselines}
     return DistillResult(
         student=plan.trained, history=history, teacher=teacher, baseline=scratch[0] if scratch else None,
         baseline_history=scratch[1] if scratch else None, method=opts.method, settings=settings,
