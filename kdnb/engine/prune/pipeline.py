@@ -262,7 +262,7 @@ def _check_reconstruct(options: dict[str, Any]) -> bool:
 
 def _prepare(run: _Run, model: nn.Module) -> None:
     """The dense reference, the working copy on the run's device, slimming's training phase."""
-    run.dense = make_permanent(clone(model))  # plain: a copy of a copy of a parametrized module loses its weight
+    run.dense = clone(model)
     run.work = make_permanent(model if run.inplace else clone(model)).to(run.device)
     if run.record.statistic == "batchnorm_scale":
         estimate.slimming_phase(run.work, run.data, epochs=run.slimming_epochs, l1=run.slimming_l1, lr=run.lr,
