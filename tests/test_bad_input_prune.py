@@ -571,3 +571,31 @@ def test_structured_pruning_keeps_a_tied_weight_whole_and_shared(criterion):
     assert small.front.out_features < 12 and small.hidden.in_features == small.front.out_features
     assert result.sparsity == pytest.approx(0.3, abs=0.05)
     assert torch.isfinite(small(x)).all() and small(x).shape == (4, 3)
+
+
+def test_a_failed_inplace_prune_of_a_tied_model_gives_it_back_still_tied(monkeypatch):
+    monkeypatch.setattr(pipeline, "apply_masks", after(pipeline.apply_masks, fail(ValueError)))
+    model, data = Tied(), make_loader()
+    before = snapshot(model, data)
+    assert_clean_error(kdnb.prune, model, 0.5, criterion="taylor", data=data, inplace=True, expect=ValueError,
+                       match="injected", progress=False, plot=False)
+    assert_unchanged(before, model, data)
+    assert model.enc.weight is model.dec.weight
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_the_explorer_scores_a_tied_model_under_both_names(structured):
+    scores = importance(Tied(), "hessian", make_loader(), structured=structured)
+    if structured:
+        assert scores.channels and all(not root.startswith(("enc", "dec")) for root in scores.channels)
+    else:
+        assert torch.equal(scores.weights["enc.weight"], scores.weights["dec.weight"])
+
+
+@pytest.mark.cuda
+def test_an_inplace_prune_that_fails_on_the_gpu_gives_the_model_back_on_its_device():
+    model, data = user_model(), make_loader()
+    before = snapshot(model, data)
+    assert_clean_error(kdnb.prune, model, 0.5, data=data, inplace=True, device="cuda", finetune=1,
+                       callbacks=[StopAt(ValueError, at=2)], expect=ValueError, progress=False, plot=False)
+    assert_unchanged(before, model, data)  # every tensor back on the CPU, bit for bit
