@@ -133,6 +133,10 @@ def _outcome_is_clean(call, models, data):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.fixed_dictionaries({}, optional=PRUNE))
 def test_prune_succeeds_or_raises_a_kdnb_error_and_then_leaves_everything_as_it_was(kwargs):
+    prune_is_clean(kwargs)
+
+
+def prune_is_clean(kwargs):
     model = make_bn_net()
     kwargs = {"progress": False, "plot": False, **kwargs}
     for name in ("data", "val"):
@@ -181,6 +185,10 @@ def _transfer_named(name):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.fixed_dictionaries({}, optional=DISTILL))
 def test_distill_succeeds_or_raises_a_kdnb_error_and_then_leaves_everything_as_it_was(kwargs):
+    distill_is_clean(kwargs)
+
+
+def distill_is_clean(kwargs):
     torch.manual_seed(0)
     teacher, student, data = kdnb.models.mlp(5, [8], 3).eval(), kdnb.models.mlp(5, [4], 3), make_loader()
     kwargs = {"progress": False, "plot": False, "epochs": 1, **kwargs}
@@ -195,3 +203,44 @@ def test_distill_succeeds_or_raises_a_kdnb_error_and_then_leaves_everything_as_i
         for before, model in zip(befores, (teacher, student)):  # training drew from the loader: models only
             before.loader.clear()
             assert_unchanged(before, model)
+
+
+# Odd values mostly stop at the entry; these draw only values that are each valid, so their combinations reach
+# the scoring, the re-solving, the schedules, the baselines and the caches.
+VALID_PRUNE = {
+    "sparsity": st.floats(0, 0.95),
+    "criterion": st.sampled_from(["auto", "l1", "lamp", "taylor", "taylor_group", "hessian", "obs", "wanda", "thinet",
+                                  "activation", "slimming", "random"]),
+    "structured": st.booleans(), "scope": st.sampled_from(["global", "local"]),
+    "pattern": st.sampled_from([None, None, "2:4", "1:4"]), "data": st.sampled_from(["loader", None]),
+    "val": st.sampled_from([None, "loader"]), "reconstruct": st.sampled_from([None, True, False]),
+    "finetune": st.integers(0, 2), "schedule": st.sampled_from(["oneshot", "iterative", "agp"]),
+    "steps": st.sampled_from([None, 1, 2, 3]), "inplace": st.booleans(), "distill": st.booleans(),
+    "control": st.booleans(), "hessian_estimator": st.sampled_from(["fisher", "hutchinson"]),
+    "calibration_samples": st.sampled_from([8, 2048]), "slimming_epochs": st.integers(0, 1),
+    "example": st.sampled_from([None, torch.randn(2, 5)]), "seed": st.sampled_from([0, None, 3]),
+    "grad_clip": st.sampled_from([None, 1.0]), "scheduler": st.sampled_from([None, "cosine"]),
+}
+VALID_DISTILL = {
+    "method": st.sampled_from(["kd", "dkd", "fitnets", "at"]), "temperature": st.floats(0.5, 8),
+    "alpha": st.one_of(st.none(), st.floats(0, 1)), "beta": st.one_of(st.none(), st.floats(0, 8)),
+    "epochs": st.integers(1, 2), "baseline": st.sampled_from([False, True, "pseudo", ("scratch", "pseudo")]),
+    "cache": st.sampled_from(["auto", True, False, "fp16"]), "transfer": st.sampled_from([None, "tensor"]),
+    "features": st.sampled_from([None, [("1", "1")], [("0", "0")], ("1", "1"), [("2", "2")]]),
+    "warmup": st.sampled_from([None, 1, 2]), "augment": st.sampled_from([None, lambda x: x + 0.01]),
+    "mixup": st.sampled_from([0.0, 0.4]), "seeds": st.sampled_from([None, [0, 1]]),
+    "val": st.sampled_from([None, "loader"]), "seed": st.sampled_from([0, None]),
+    "scheduler": st.sampled_from([None, "cosine"]), "grad_clip": st.sampled_from([None, 1.0]),
+}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.fixed_dictionaries({}, optional=VALID_PRUNE))
+def test_prune_with_valid_values_in_any_combination_succeeds_or_says_which_do_not_go_together(kwargs):
+    prune_is_clean(kwargs)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.fixed_dictionaries({}, optional=VALID_DISTILL))
+def test_distill_with_valid_values_in_any_combination_succeeds_or_says_which_do_not_go_together(kwargs):
+    distill_is_clean(kwargs)
