@@ -107,15 +107,15 @@ class SoftLabelled(Dataset):
         return x, y, self.logits[index]
 
     def __getitems__(self, indices: list[int]) -> list[Any]:
+        index = torch.as_tensor(indices)
         if isinstance(self.dataset, TensorDataset):
             # One gather per tensor gives what collating the samples one by one would, without the loop.
-            index = torch.as_tensor(indices)
-            x, y = split_batch(tuple(tensor[index] for tensor in self.dataset.tensors))
+            x, y = split_batch(tuple(tensor.index_select(0, index) for tensor in self.dataset.tensors))
         else:
             read = getattr(self.dataset, "__getitems__", None)
             samples = read(indices) if read else [self.dataset[i] for i in indices]
             x, y = split_batch(default_collate(samples))
-        return [x, y, self.logits[indices]]
+        return [x, y, self.logits.index_select(0, index)]
 
 
 def _collated(batch: list[Any]) -> list[Any]:
