@@ -10,9 +10,11 @@ one from that environment (gloo on CPU, nccl on CUDA), each run of `kdnb.engine.
   drop_last, collate_fn and workers, and a per-rank batch of ``ceil(batch_size / world)``. The loader thus
   describes the *global* run: the same optimizer steps on the same global batches as in a one-process
   notebook, only faster. A loader that already has a ``DistributedSampler`` is one rank's share: used as is;
-- averages every step's loss terms over the ranks before the update (a NaN on one rank is a NaN on all, so all
-  stop at the same step) and agrees after every step on stopping (stop button, callbacks), so no rank waits
-  forever on another; sums the epoch's tallies and the sharded validation: every rank logs the same History.
+- in one all-reduce a step (beside DDP's gradient buckets), averages the step's loss terms over the ranks before
+  the update (a NaN on one rank is a NaN on all, so all stop at the same step) and agrees on a stop asked on
+  any rank (stop button, callbacks) after the previous step, so all end after that same step and no rank
+  waits forever on another; sums the epoch's tallies and the sharded validation: every rank logs the same
+  History.
 
 Only rank 0 draws, prints, warns or saves (`is_main_process`). There is no process management here.
 """
@@ -146,16 +148,20 @@ class Local:
 
     def set_epoch(self, data: Iterable, epoch: int) -> None: ...
 
-    def mean(self, terms: dict[str, float]) -> dict[str, float]:
-        return terms
+    def report(self, terms: dict[str, float], interrupt: dict[str, bool], state: Any) -> tuple[dict[str, float], bool]:
+        """The step's loss terms as every rank sees them, and whether to stop before its update."""
+        return terms, False  # one process stops right after the step that asked (`stops_after_step`)
+
+    def stops_after_step(self, interrupt: dict[str, bool], state: Any) -> bool:
+        return interrupt["hit"] or state.stop
 
     def after_backward(self) -> None: ...
 
     def agree_to_stop(self, interrupt: dict[str, bool], state: Any) -> bool:
         return interrupt["hit"] or state.stop
 
-    def total(self, correct: int, seen: int) -> tuple[int, int]:
-        return correct, seen
+    def total(self, correct: int | torch.Tensor, seen: int) -> tuple[int, int]:
+        return int(correct), seen
 
     def slowest(self, seconds: float) -> float:
         return seconds
@@ -217,10 +223,15 @@ class Ranks(Local):
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
 
-    def mean(self, terms: dict[str, float]) -> dict[str, float]:
-        """Each loss term averaged over the ranks (all ranks' objectives report the same names)."""
-        values = self._all_reduce(list(terms.values())) / self.world
-        return dict(zip(terms, values.tolist()))
+    def report(self, terms: dict[str, float], interrupt: dict[str, bool], state: Any) -> tuple[dict[str, float], bool]:
+        """One all-reduce: each loss term averaged over the ranks (all ranks' objectives report the same
+        names), and a stop asked on any rank since its last step (then every rank stops before this update)."""
+        *sums, hit, stop = self._all_reduce([*terms.values(), interrupt["hit"], state.stop]).tolist()
+        interrupt["hit"], state.stop = hit > 0, stop > 0
+        return dict(zip(terms, (total / self.world for total in sums))), bool(hit or stop)
+
+    def stops_after_step(self, interrupt: dict[str, bool], state: Any) -> bool:
+        return False  # the next step's `report` (or the epoch's end) agrees on it, on every rank at once
 
     def after_backward(self) -> None:
         for param in self.extra:
@@ -234,7 +245,7 @@ class Ranks(Local):
         interrupt["hit"], state.stop = bool(hit), bool(stop)
         return bool(hit or stop)
 
-    def total(self, correct: int, seen: int) -> tuple[int, int]:
+    def total(self, correct: int | torch.Tensor, seen: int) -> tuple[int, int]:
         """The epoch's correct and seen samples over all ranks."""
         correct, seen = self._all_reduce([correct, seen]).tolist()
         return int(correct), int(seen)
