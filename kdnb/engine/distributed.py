@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
+import inspect
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -38,6 +39,11 @@ from kdnb.engine.evaluate import evaluate
 from kdnb.errors import KdnbError, warn
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# DDP broadcasts the buffers (BatchNorm's running statistics) before every forward unless told not to: a round trip
+# a step for what stays rank 0's anyway (rank 0 never receives), so kdnb sends rank 0's once at each epoch's end
+# (`Ranks.align`). The flag's name in newer torch, and in older:
+_NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                           inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
 _requested: contextvars.ContextVar[bool | str] = contextvars.ContextVar("kdnb_distributed", default="auto")
 
 
@@ -56,6 +62,11 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if initialized() else 0
+
+
+def _together() -> bool:
+    """Whether this verb call runs on several processes together (a group is up, and not ``distributed=False``)."""
+    return _requested.get() is not False and world_size() > 1
 
 
 def is_main_process() -> bool:
@@ -103,11 +114,30 @@ def share(modules: Iterable[Any], device: str | torch.device) -> None:
     trained model only, and only once training starts)."""
     if not join(device):
         return
-    comm = _comm_device()
-    for module in modules:
-        if isinstance(module, torch.nn.Module):
-            for tensor in (*module.parameters(), *module.buffers()):
-                _broadcast(tensor, comm)
+    tensors = [t for m in modules if isinstance(m, torch.nn.Module) for t in (*m.parameters(), *m.buffers())]
+    broadcast_from_main(tensors)
+
+
+def shard_range(count: int) -> range:
+    """This rank's contiguous share of ``count`` items (``ceil(count / world)`` each, the last ones shorter);
+    all of them on one process."""
+    if not _together():
+        return range(count)
+    size = math.ceil(count / world_size())
+    return range(min(rank() * size, count), min((rank() + 1) * size, count))
+
+
+def gather_shards(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """Every rank's ``rows`` (its `shard_range` of ``count`` rows, in order) concatenated: the whole ``count`` rows
+    on every rank, in one all-gather. One process: ``rows`` as they are."""
+    if not _together():
+        return rows
+    comm, size = _comm_device(), math.ceil(count / world_size())
+    padded = torch.zeros((size, *rows.shape[1:]), dtype=rows.dtype, device=comm)
+    padded[:len(rows)] = rows.to(comm)
+    shards = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(shards, padded)
+    return torch.cat(shards)[:count].to(rows.device)
 
 
 def start(device: torch.device, seed: int | None) -> Local:
@@ -120,14 +150,22 @@ def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def _broadcast(tensor: torch.Tensor, comm: torch.device) -> None:
-    """Rank 0's values of ``tensor`` on every rank, in place."""
-    if tensor.device == comm:
-        dist.broadcast(tensor.data, 0)
+def broadcast_from_main(tensors: Iterable[torch.Tensor]) -> None:
+    """Rank 0's values of every tensor on every rank, in place: one broadcast per dtype, of the tensors
+    flattened into one buffer (each collective is a round trip between the processes, whatever its size).
+    One process, or ``distributed=False``: nothing to do."""
+    if not _together():
         return
-    moved = tensor.detach().to(comm)
-    dist.broadcast(moved, 0)
-    tensor.data.copy_(moved)
+    comm = _comm_device()
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        if tensor.numel():
+            by_dtype.setdefault(tensor.dtype, []).append(tensor)
+    for group in by_dtype.values():
+        flat = torch.cat([t.detach().reshape(-1).to(comm) for t in group])
+        dist.broadcast(flat, 0)
+        for tensor, values in zip(group, flat.split([t.numel() for t in group])):
+            tensor.data.copy_(values.view_as(tensor))
 
 
 def _close() -> None:
@@ -211,12 +249,11 @@ class Ranks(Local):
         get their gradients averaged by `after_backward`."""
         self.extra = [p for p in objective.parameters() if p.requires_grad] if isinstance(
             objective, torch.nn.Module) else []
-        for param in self.extra:
-            _broadcast(param, self.comm)
+        broadcast_from_main([*self.extra, *model.buffers()])  # DDP broadcasts the parameters
         if not any(p.requires_grad for p in model.parameters()):
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True, **_NO_FORWARD_BUFFER_SYNC)
 
     def set_epoch(self, data: Iterable, epoch: int) -> None:
         sampler = _sampler(data)
@@ -234,10 +271,13 @@ class Ranks(Local):
         return False  # the next step's `report` (or the epoch's end) agrees on it, on every rank at once
 
     def after_backward(self) -> None:
-        for param in self.extra:
-            if param.grad is not None:
-                dist.all_reduce(param.grad)
-                param.grad /= self.world
+        """The objective's own parameters' gradients averaged over the ranks, in one all-reduce."""
+        grads = [p.grad for p in self.extra if p.grad is not None]
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads]).to(self.comm)
+            dist.all_reduce(flat)
+            for grad, mean in zip(grads, (flat / self.world).split([g.numel() for g in grads])):
+                grad.copy_(mean.view_as(grad))
 
     def agree_to_stop(self, interrupt: dict[str, bool], state: Any) -> bool:
         """A stop asked on any rank (stop button, a callback) stops every rank after this same step."""
@@ -255,10 +295,9 @@ class Ranks(Local):
         return float(self._all_reduce([seconds], dist.ReduceOp.MAX)[0])
 
     def align(self, model: torch.nn.Module) -> None:
-        """Rank 0's buffers (BatchNorm running statistics) everywhere: DDP broadcasts them before each forward,
-        so after the last one each rank holds its own update."""
-        for buffer in model.buffers():
-            _broadcast(buffer, self.comm)
+        """Rank 0's buffers (BatchNorm running statistics) everywhere, in one broadcast: during an epoch each
+        rank updates its own from its own batches (rank 0's are those of one process on rank 0's batches)."""
+        broadcast_from_main(model.buffers())
 
     def evaluate(self, model: torch.nn.Module, val: Iterable, what: str = "val") -> dict[str, float]:
         """Loss and accuracy over ``val``, each rank on its shard, summed: the one-process numbers."""

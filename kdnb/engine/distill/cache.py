@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
+from kdnb.engine.distributed import gather_shards, shard_range
 from kdnb.errors import KdnbError
 from kdnb.engine.objective import split_batch
 
@@ -126,9 +127,20 @@ def _collated(batch: list[Any]) -> list[Any]:
 @torch.no_grad()
 def teacher_logits(teacher: Callable[[torch.Tensor], torch.Tensor], dataset: Any, batch_size: int,
                    device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The teacher's logits for every sample of ``dataset``, in index order, one pass, kept on CPU."""
-    ordered = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    return torch.cat([teacher(split_batch(batch)[0].to(device)).to("cpu", dtype) for batch in ordered])
+    """The teacher's logits for every sample of ``dataset``, in index order, one pass, kept on CPU.
+
+    On several processes each labels its contiguous share of the indices once, and the shares are gathered:
+    every rank holds the whole cache, indexed by dataset index as its sampler's shard reads it."""
+    share = shard_range(len(dataset))
+    # An empty share (fewer samples than processes) still needs the logits' width: sample 0's, none kept.
+    read, keep = (share, None) if len(share) else (range(1), 0)
+    if isinstance(dataset, TensorDataset):  # slices of the tensors: no sample-by-sample collation
+        batches = (tuple(t[i:min(i + batch_size, read.stop)] for t in dataset.tensors)
+                   for i in range(read.start, read.stop, batch_size))
+    else:
+        batches = DataLoader(Subset(dataset, read), batch_size=batch_size, shuffle=False)
+    rows = torch.cat([teacher(split_batch(batch)[0].to(device)).to("cpu", dtype) for batch in batches])
+    return gather_shards(rows[:keep], len(dataset))
 
 
 def cached_loader(data: DataLoader, logits: torch.Tensor) -> DataLoader:
