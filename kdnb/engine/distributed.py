@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
@@ -40,8 +41,8 @@ from kdnb.errors import KdnbError, warn
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # DDP broadcasts the buffers (BatchNorm's running statistics) before every forward unless told not to: a round trip
-# a step for what stays rank 0's anyway (rank 0 never receives), so kdnb sends rank 0's once at each epoch's end
-# (`Ranks.align`). The flag's name in newer torch, and in older:
+# a step, which keeps rank 0's, estimated from rank 0's batches alone. kdnb lets each rank estimate its own and
+# averages them at each epoch's end (`Ranks.align`). The flag's name in newer torch, and in older:
 _NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
                            inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
 _requested: contextvars.ContextVar[bool | str] = contextvars.ContextVar("kdnb_distributed", default="auto")
@@ -295,9 +296,18 @@ class Ranks(Local):
         return float(self._all_reduce([seconds], dist.ReduceOp.MAX)[0])
 
     def align(self, model: torch.nn.Module) -> None:
-        """Rank 0's buffers (BatchNorm running statistics) everywhere, in one broadcast: during an epoch each
-        rank updates its own from its own batches (rank 0's are those of one process on rank 0's batches)."""
-        broadcast_from_main(model.buffers())
+        """The same buffers on every rank. During an epoch each rank updates BatchNorm's running statistics from
+        its own share of the batches: they are averaged over the ranks (an estimate from all the batches, as
+        one process's), in one all-reduce; every other buffer is rank 0's, in one broadcast."""
+        stats = [s for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats
+                 for s in (m.running_mean, m.running_var)]
+        if stats:
+            flat = torch.cat([s.reshape(-1) for s in stats]).to(self.comm)
+            dist.all_reduce(flat)
+            for stat, mean in zip(stats, (flat / self.world).split([s.numel() for s in stats])):
+                stat.copy_(mean.view_as(stat))
+        averaged = {id(s) for s in stats}
+        broadcast_from_main(b for b in model.buffers() if id(b) not in averaged)
 
     def evaluate(self, model: torch.nn.Module, val: Iterable, what: str = "val") -> dict[str, float]:
         """Loss and accuracy over ``val``, each rank on its shard, summed: the one-process numbers."""
