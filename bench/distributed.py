@@ -7,8 +7,8 @@ parameters. Two distillations, each per seed once with ``torchrun --nproc_per_no
 ``--nproc_per_node=2``, global batch 128 (64 per rank on two):
 
 - "consistent": consistent teaching (Beyer et al. 2022; ``augment=`` Gaussian jitter of 0.1 std, which keeps
-  4 epochs enough): the teacher runs live on each rank's fresh views. Its step is compute-bound (about two
-  thirds of it the teacher's forward, which needs no gradient sync), so it is the bench's headline: what two
+  4 epochs enough): the teacher runs live on each rank's fresh views. Its step is compute-bound (some 40 %
+  of it the teacher's forward, which needs no gradient sync), so it is the bench's headline: what two
   processes buy when each step is mostly arithmetic.
 - "cached": cached soft labels (the cache built sharded, each rank labelling half the samples): the student's
   step alone, ~15 ms for 64 samples, with one gradient all-reduce of 260 kB and one of the loss terms a step.
