@@ -9,6 +9,7 @@ import sys
 import warnings
 
 import torch
+import torch.multiprocessing
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import kdnb
@@ -69,6 +70,57 @@ class NanOnRankOne(torch.nn.Module):
         return self.net(x) * (float("nan") if bad else 1.0)
 
 
+class CountingTeacher(torch.nn.Module):
+    """A teacher that counts the samples it labels (kdnb's copies of it count into the same list)."""
+
+    labelled = [0]
+
+    def __init__(self, teacher: torch.nn.Module):
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, x):
+        CountingTeacher.labelled[0] += len(x)
+        return self.teacher(x)
+
+
+def cache_labels(distributed: bool | str, batch_size: int = 64) -> int:
+    """Samples the teacher labels in a cached distillation of 256 samples (the checks' first batch included)."""
+    CountingTeacher.labelled[0] = 0
+    net, student = nets()
+    kdnb.distill(CountingTeacher(net).eval(), student, digits(256, batch_size), epochs=1, cache=True,
+                 distributed=distributed)
+    return CountingTeacher.labelled[0]
+
+
+def rank_data(samples: int, batch_size: int) -> DataLoader:
+    """A different slice of digits on each rank: scores computed from it would differ from rank to rank."""
+    train, _ = kdnb.datasets.load("digits", batch_size=batch_size, seed=0)
+    x, y = train.dataset.tensors
+    start = samples * int(os.environ["RANK"])
+    return DataLoader(TensorDataset(x[start:start + samples], y[start:start + samples]), batch_size=batch_size)
+
+
+def pruned_from_own_data() -> dict[str, dict]:
+    """Data-driven criteria on each rank's own data: rank 0's scores and re-solved weights are everyone's."""
+    data, out = rank_data(256, 64), {}
+    for name, options in (("obs", dict(criterion="obs")), ("taylor_structured", dict(criterion="taylor",
+                                                                                      structured=True))):
+        torch.manual_seed(0)
+        result = kdnb.prune(kdnb.models.mlp(64, [32], 10), sparsity=0.5, data=data, **options)
+        out[name] = {"checksum": checksum(result.model), "shapes": [p.shape for p in result.model.parameters()]}
+    return out
+
+
+def batchnorm(batch_size: int) -> dict:
+    """BatchNorm's running statistics: each rank updates its own during an epoch; rank 0's are everyone's after it."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(),
+                              torch.nn.Linear(32, 10))
+    history = kdnb.train(net, digits(256, batch_size, shuffle=True), epochs=2)
+    return {"checksum": checksum(net), "status": history.status, "epochs": history.epochs}
+
+
 def stops(batch_size: int) -> dict[str, dict]:
     """A NaN on one rank, an interrupt on one rank, a user loader with its own DistributedSampler."""
     data = digits(256, batch_size)
@@ -86,7 +138,8 @@ def stops(batch_size: int) -> dict[str, dict]:
     pruned = kdnb.prune(kdnb.models.mlp(64, [32], 10), sparsity=0.7, criterion="taylor", data=data).model
     out = {name: {"status": h.status, "message": h.message, "steps": h.steps, "epochs": h.epochs}
            for name, h in (("nan", nan), ("interrupt", stopped), ("again", again), ("own_sampler", mine))}
-    return {**out, "pruned_from_own_init": {"checksum": checksum(pruned)}}
+    return {**out, "pruned_from_own_init": {"checksum": checksum(pruned)}, "pruned_from_own_data":
+            pruned_from_own_data(), "batchnorm": batchnorm(batch_size), "cache_labels": cache_labels(True)}
 
 
 def main(out_dir: str) -> None:
@@ -113,5 +166,21 @@ def main(out_dir: str) -> None:
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
+def spawned(rank: int, out_dir: str, port: str) -> None:
+    """One of 2 processes of torch.multiprocessing.spawn, in a process group of its own (no torchrun)."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(rank)  # each process's own initial weights: the call starts from rank 0's
+    net = kdnb.models.mlp(64, [32], 10)
+    history = kdnb.train(net, digits(256, 64), epochs=1, distributed=True, progress=False)
+    result = {"world": kdnb.engine.distributed.world_size(), "status": history.status, "steps": history.steps,
+              "epochs": history.epochs, "checksum": checksum(net)}
+    torch.save(result, os.path.join(out_dir, f"spawned{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--spawn":
+        torch.multiprocessing.spawn(spawned, args=(sys.argv[2], sys.argv[3]), nprocs=2)
+    else:
+        main(sys.argv[1])

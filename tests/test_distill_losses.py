@@ -57,6 +57,21 @@ def test_hard_ce_skips_unlabelled_rows():
     assert zero.item() == 0.0
 
 
+@given(seeds, temperatures, st.floats(0.0, 1.0))
+@fast
+def test_the_every_row_labelled_path_is_the_same_formula_value_and_gradient(seed, temperature, alpha):
+    """``labelled=True`` (no transfer set: torch's plain mean CE) changes no value and no gradient."""
+    s, t, y = logits(seed)
+    for loss in (lambda **k: losses.kd(s, t, y, temperature, alpha, **k),
+                 lambda **k: losses.pseudo_label(s, t, y, alpha, **k),
+                 lambda **k: losses.hard_ce(s, y, (y.flip(0), alpha), **k)):
+        s.requires_grad_(True)
+        plain, fast_path = loss(), loss(labelled=True)
+        grads = [torch.autograd.grad(value, s)[0] for value in (plain, fast_path)]
+        assert torch.allclose(plain, fast_path, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(*grads, rtol=1e-5, atol=1e-6)
+
+
 def soft_grad_norm(s, t, temperature, squared):
     s = s.clone().requires_grad_(True)
     term = losses.soft_kl(s, t, temperature)

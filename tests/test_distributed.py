@@ -38,10 +38,15 @@ def ranks(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def one_process():
+def worker():
     spec = importlib.util.spec_from_file_location("distributed_worker", WORKER)
-    worker = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(worker)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def one_process(worker):
     return worker.runs(False, 64)
 
 
@@ -84,6 +89,39 @@ def test_a_batch_size_that_does_not_split_is_rounded_up_per_rank(ranks):
 def test_pruning_replicas_that_started_apart_scores_and_masks_rank_zeros_weights(ranks):
     (zero, one), _ = ranks
     assert torch.equal(zero["pruned_from_own_init"]["checksum"], one["pruned_from_own_init"]["checksum"])
+
+
+def test_data_driven_pruning_on_each_ranks_own_data_takes_rank_zeros_scores_and_weights(ranks):
+    (zero, one), _ = ranks
+    for name in ("obs", "taylor_structured"):  # OBS: scores from each rank's Hessian, then re-solved weights
+        assert zero["pruned_from_own_data"][name]["shapes"] == one["pruned_from_own_data"][name]["shapes"]
+        assert torch.equal(zero["pruned_from_own_data"][name]["checksum"], one["pruned_from_own_data"][name]["checksum"])
+
+
+def test_batchnorm_statistics_are_rank_zeros_on_every_rank_after_training(ranks):
+    (zero, one), _ = ranks
+    assert zero["batchnorm"]["status"] == "completed" and zero["batchnorm"]["epochs"] == one["batchnorm"]["epochs"]
+    assert torch.equal(zero["batchnorm"]["checksum"], one["batchnorm"]["checksum"])  # parameters and buffers
+
+
+def test_the_soft_label_cache_is_built_sharded_each_rank_labels_its_half_once(ranks, worker):
+    (zero, one), _ = ranks
+    alone = worker.cache_labels(False)  # the first batch's checks, plus all 256 samples
+    assert zero["cache_labels"] == one["cache_labels"] == alone - 128
+
+
+def test_a_process_group_of_the_users_own_from_mp_spawn(tmp_path):
+    """No torchrun: the user's script starts 2 processes with torch.multiprocessing.spawn and its own group."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "KDNB_DEVICE": "cpu"}
+    for name in distributed.TORCHRUN_VARIABLES:
+        env.pop(name, None)
+    command = [sys.executable, str(WORKER), "--spawn", str(tmp_path), str(free_port())]
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    zero, one = (torch.load(tmp_path / f"spawned{r}.pt", weights_only=False) for r in (0, 1))
+    assert zero["world"] == one["world"] == 2 and zero["status"] == one["status"] == "completed"
+    assert torch.equal(zero["checksum"], one["checksum"]) and zero["epochs"] == one["epochs"]
+    assert len(zero["steps"]["loss"]) == 4  # 256 samples, a global batch of 64: 4 steps, each rank 32 a step
 
 
 def test_a_nan_on_one_rank_stops_both_before_the_update(ranks):

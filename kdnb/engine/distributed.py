@@ -10,9 +10,11 @@ one from that environment (gloo on CPU, nccl on CUDA), each run of `kdnb.engine.
   drop_last, collate_fn and workers, and a per-rank batch of ``ceil(batch_size / world)``. The loader thus
   describes the *global* run: the same optimizer steps on the same global batches as in a one-process
   notebook, only faster. A loader that already has a ``DistributedSampler`` is one rank's share: used as is;
-- averages every step's loss terms over the ranks before the update (a NaN on one rank is a NaN on all, so all
-  stop at the same step) and agrees after every step on stopping (stop button, callbacks), so no rank waits
-  forever on another; sums the epoch's tallies and the sharded validation: every rank logs the same History.
+- in one all-reduce a step (beside DDP's gradient buckets), averages the step's loss terms over the ranks before
+  the update (a NaN on one rank is a NaN on all, so all stop at the same step) and agrees on a stop asked on
+  any rank (stop button, callbacks) after the previous step, so all end after that same step and no rank
+  waits forever on another; sums the epoch's tallies and the sharded validation: every rank logs the same
+  History.
 
 Only rank 0 draws, prints, warns or saves (`is_main_process`). There is no process management here.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
+import inspect
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -28,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
@@ -36,6 +40,11 @@ from kdnb.engine.evaluate import evaluate
 from kdnb.errors import KdnbError, warn
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# DDP broadcasts the buffers (BatchNorm's running statistics) before every forward unless told not to: a round trip
+# a step, which keeps rank 0's, estimated from rank 0's batches alone. kdnb lets each rank estimate its own and
+# averages them at each epoch's end (`Ranks.align`). The flag's name in newer torch, and in older:
+_NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                           inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
 _requested: contextvars.ContextVar[bool | str] = contextvars.ContextVar("kdnb_distributed", default="auto")
 
 
@@ -54,6 +63,11 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if initialized() else 0
+
+
+def _together() -> bool:
+    """Whether this verb call runs on several processes together (a group is up, and not ``distributed=False``)."""
+    return _requested.get() is not False and world_size() > 1
 
 
 def is_main_process() -> bool:
@@ -101,11 +115,30 @@ def share(modules: Iterable[Any], device: str | torch.device) -> None:
     trained model only, and only once training starts)."""
     if not join(device):
         return
-    comm = _comm_device()
-    for module in modules:
-        if isinstance(module, torch.nn.Module):
-            for tensor in (*module.parameters(), *module.buffers()):
-                _broadcast(tensor, comm)
+    tensors = [t for m in modules if isinstance(m, torch.nn.Module) for t in (*m.parameters(), *m.buffers())]
+    broadcast_from_main(tensors)
+
+
+def shard_range(count: int) -> range:
+    """This rank's contiguous share of ``count`` items (``ceil(count / world)`` each, the last ones shorter);
+    all of them on one process."""
+    if not _together():
+        return range(count)
+    size = math.ceil(count / world_size())
+    return range(min(rank() * size, count), min((rank() + 1) * size, count))
+
+
+def gather_shards(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """Every rank's ``rows`` (its `shard_range` of ``count`` rows, in order) concatenated: the whole ``count`` rows
+    on every rank, in one all-gather. One process: ``rows`` as they are."""
+    if not _together():
+        return rows
+    comm, size = _comm_device(), math.ceil(count / world_size())
+    padded = torch.zeros((size, *rows.shape[1:]), dtype=rows.dtype, device=comm)
+    padded[:len(rows)] = rows.to(comm)
+    shards = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(shards, padded)
+    return torch.cat(shards)[:count].to(rows.device)
 
 
 def start(device: torch.device, seed: int | None) -> Local:
@@ -118,14 +151,22 @@ def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def _broadcast(tensor: torch.Tensor, comm: torch.device) -> None:
-    """Rank 0's values of ``tensor`` on every rank, in place."""
-    if tensor.device == comm:
-        dist.broadcast(tensor.data, 0)
+def broadcast_from_main(tensors: Iterable[torch.Tensor]) -> None:
+    """Rank 0's values of every tensor on every rank, in place: one broadcast per dtype, of the tensors
+    flattened into one buffer (each collective is a round trip between the processes, whatever its size).
+    One process, or ``distributed=False``: nothing to do."""
+    if not _together():
         return
-    moved = tensor.detach().to(comm)
-    dist.broadcast(moved, 0)
-    tensor.data.copy_(moved)
+    comm = _comm_device()
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        if tensor.numel():
+            by_dtype.setdefault(tensor.dtype, []).append(tensor)
+    for group in by_dtype.values():
+        flat = torch.cat([t.detach().reshape(-1).to(comm) for t in group])
+        dist.broadcast(flat, 0)
+        for tensor, values in zip(group, flat.split([t.numel() for t in group])):
+            tensor.data.copy_(values.view_as(tensor))
 
 
 def _close() -> None:
@@ -146,16 +187,20 @@ class Local:
 
     def set_epoch(self, data: Iterable, epoch: int) -> None: ...
 
-    def mean(self, terms: dict[str, float]) -> dict[str, float]:
-        return terms
+    def report(self, terms: dict[str, float], interrupt: dict[str, bool], state: Any) -> tuple[dict[str, float], bool]:
+        """The step's loss terms as every rank sees them, and whether to stop before its update."""
+        return terms, False  # one process stops right after the step that asked (`stops_after_step`)
+
+    def stops_after_step(self, interrupt: dict[str, bool], state: Any) -> bool:
+        return interrupt["hit"] or state.stop
 
     def after_backward(self) -> None: ...
 
     def agree_to_stop(self, interrupt: dict[str, bool], state: Any) -> bool:
         return interrupt["hit"] or state.stop
 
-    def total(self, correct: int, seen: int) -> tuple[int, int]:
-        return correct, seen
+    def total(self, correct: int | torch.Tensor, seen: int) -> tuple[int, int]:
+        return int(correct), seen
 
     def slowest(self, seconds: float) -> float:
         return seconds
@@ -205,28 +250,35 @@ class Ranks(Local):
         get their gradients averaged by `after_backward`."""
         self.extra = [p for p in objective.parameters() if p.requires_grad] if isinstance(
             objective, torch.nn.Module) else []
-        for param in self.extra:
-            _broadcast(param, self.comm)
+        broadcast_from_main([*self.extra, *model.buffers()])  # DDP broadcasts the parameters
         if not any(p.requires_grad for p in model.parameters()):
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True, **_NO_FORWARD_BUFFER_SYNC)
 
     def set_epoch(self, data: Iterable, epoch: int) -> None:
         sampler = _sampler(data)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
 
-    def mean(self, terms: dict[str, float]) -> dict[str, float]:
-        """Each loss term averaged over the ranks (all ranks' objectives report the same names)."""
-        values = self._all_reduce(list(terms.values())) / self.world
-        return dict(zip(terms, values.tolist()))
+    def report(self, terms: dict[str, float], interrupt: dict[str, bool], state: Any) -> tuple[dict[str, float], bool]:
+        """One all-reduce: each loss term averaged over the ranks (all ranks' objectives report the same
+        names), and a stop asked on any rank since its last step (then every rank stops before this update)."""
+        *sums, hit, stop = self._all_reduce([*terms.values(), interrupt["hit"], state.stop]).tolist()
+        interrupt["hit"], state.stop = hit > 0, stop > 0
+        return dict(zip(terms, (total / self.world for total in sums))), bool(hit or stop)
+
+    def stops_after_step(self, interrupt: dict[str, bool], state: Any) -> bool:
+        return False  # the next step's `report` (or the epoch's end) agrees on it, on every rank at once
 
     def after_backward(self) -> None:
-        for param in self.extra:
-            if param.grad is not None:
-                dist.all_reduce(param.grad)
-                param.grad /= self.world
+        """The objective's own parameters' gradients averaged over the ranks, in one all-reduce."""
+        grads = [p.grad for p in self.extra if p.grad is not None]
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads]).to(self.comm)
+            dist.all_reduce(flat)
+            for grad, mean in zip(grads, (flat / self.world).split([g.numel() for g in grads])):
+                grad.copy_(mean.view_as(grad))
 
     def agree_to_stop(self, interrupt: dict[str, bool], state: Any) -> bool:
         """A stop asked on any rank (stop button, a callback) stops every rank after this same step."""
@@ -234,7 +286,7 @@ class Ranks(Local):
         interrupt["hit"], state.stop = bool(hit), bool(stop)
         return bool(hit or stop)
 
-    def total(self, correct: int, seen: int) -> tuple[int, int]:
+    def total(self, correct: int | torch.Tensor, seen: int) -> tuple[int, int]:
         """The epoch's correct and seen samples over all ranks."""
         correct, seen = self._all_reduce([correct, seen]).tolist()
         return int(correct), int(seen)
@@ -244,10 +296,18 @@ class Ranks(Local):
         return float(self._all_reduce([seconds], dist.ReduceOp.MAX)[0])
 
     def align(self, model: torch.nn.Module) -> None:
-        """Rank 0's buffers (BatchNorm running statistics) everywhere: DDP broadcasts them before each forward,
-        so after the last one each rank holds its own update."""
-        for buffer in model.buffers():
-            _broadcast(buffer, self.comm)
+        """The same buffers on every rank. During an epoch each rank updates BatchNorm's running statistics from
+        its own share of the batches: they are averaged over the ranks (an estimate from all the batches, as
+        one process's), in one all-reduce; every other buffer is rank 0's, in one broadcast."""
+        stats = [s for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats
+                 for s in (m.running_mean, m.running_var)]
+        if stats:
+            flat = torch.cat([s.reshape(-1) for s in stats]).to(self.comm)
+            dist.all_reduce(flat)
+            for stat, mean in zip(stats, (flat / self.world).split([s.numel() for s in stats])):
+                stat.copy_(mean.view_as(stat))
+        averaged = {id(s) for s in stats}
+        broadcast_from_main(b for b in model.buffers() if id(b) not in averaged)
 
     def evaluate(self, model: torch.nn.Module, val: Iterable, what: str = "val") -> dict[str, float]:
         """Loss and accuracy over ``val``, each rank on its shard, summed: the one-process numbers."""

@@ -386,7 +386,11 @@ def _train_epoch(run: _Run, data: Iterable, interrupt: dict[str, bool]) -> _Epoc
                 checks.check_labels(y, run.num_classes, x.shape[0], where)
         out = _forward(run, batch, where)
         loss_value = _loss_value(out.loss, where)  # the step's one sync: the last step's weight norm is ready too
-        terms = run.ranks.mean(_terms(out, loss_value))  # over the ranks: a NaN on one is a NaN on all
+        # Over the ranks, in one all-reduce: the terms averaged (a NaN on one is a NaN on all) and a stop
+        # asked on any rank after the last step, so every rank ends after that same step.
+        terms, stop = run.ranks.report(_terms(out, loss_value), interrupt, run.state)
+        if stop:
+            break
         if _blew_up(run, last_good, start_step, terms["loss"]):
             return None
         _optimizer_step(run, out.loss)
@@ -394,8 +398,9 @@ def _train_epoch(run: _Run, data: Iterable, interrupt: dict[str, bool]) -> _Epoc
         if run.state.step % _Divergence.WEIGHTS_EVERY == 0:
             run.divergence.measure(run.state.step)
         run.events.emit("on_step_end", run.state)
-        if run.ranks.agree_to_stop(interrupt, run.state):
+        if run.ranks.stops_after_step(interrupt, run.state):
             break
+    run.ranks.agree_to_stop(interrupt, run.state)  # a stop asked after an epoch's last step
     run.divergence.measure(run.state.step)
     return None if _blew_up(run, last_good, start_step) else tally
 
@@ -460,11 +465,11 @@ class _Divergence:
 
 @dataclass
 class _EpochTally:
-    """Sums over one epoch's steps, for its means."""
+    """Sums over one epoch's steps, for its means (``correct`` stays a tensor until the epoch ends: no sync)."""
 
     started: float
     sums: dict[str, float] = field(default_factory=dict)
-    correct: int = 0
+    correct: int | torch.Tensor = 0
     seen: int = 0
     batches: int = 0
 
@@ -520,7 +525,7 @@ def _log_step(run: _Run, out: StepOutput, terms: dict[str, float], tally: _Epoch
     for name, value in terms.items():
         tally.sums[name] = tally.sums.get(name, 0.0) + value
     if out.logits is not None and out.targets is not None:
-        tally.correct += int((out.logits.detach().argmax(dim=1) == out.targets).sum())
+        tally.correct = tally.correct + (out.logits.detach().argmax(dim=1) == out.targets).sum()
         tally.seen += out.targets.numel()
 
 

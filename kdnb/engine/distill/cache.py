@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from kdnb.engine.checks import numbered_batches
+from kdnb.engine.distributed import gather_shards, shard_range
 from kdnb.errors import KdnbError
 from kdnb.engine.objective import split_batch
 
@@ -108,15 +109,15 @@ class SoftLabelled(Dataset):
         return x, y, self.logits[index]
 
     def __getitems__(self, indices: list[int]) -> list[Any]:
+        index = torch.as_tensor(indices)
         if isinstance(self.dataset, TensorDataset):
             # One gather per tensor gives what collating the samples one by one would, without the loop.
-            index = torch.as_tensor(indices)
-            x, y = split_batch(tuple(tensor[index] for tensor in self.dataset.tensors))
+            x, y = split_batch(tuple(tensor.index_select(0, index) for tensor in self.dataset.tensors))
         else:
             read = getattr(self.dataset, "__getitems__", None)
             samples = read(indices) if read else [self.dataset[i] for i in indices]
             x, y = split_batch(default_collate(samples))
-        return [x, y, self.logits[indices]]
+        return [x, y, self.logits.index_select(0, index)]
 
 
 def _collated(batch: list[Any]) -> list[Any]:
@@ -127,10 +128,21 @@ def _collated(batch: list[Any]) -> list[Any]:
 @torch.no_grad()
 def teacher_logits(teacher: Callable[[torch.Tensor], torch.Tensor], dataset: Any, batch_size: int,
                    device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The teacher's logits for every sample of ``dataset``, in index order, one pass, kept on CPU."""
-    ordered = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    batches = numbered_batches(ordered, lambda i: f"batch {i + 1} of the soft-label cache pass")  # one line if bad
-    return torch.cat([teacher(split_batch(batch)[0].to(device)).to("cpu", dtype) for _, batch in batches])
+    """The teacher's logits for every sample of ``dataset``, in index order, one pass, kept on CPU.
+
+    On several processes each labels its contiguous share of the indices once, and the shares are gathered:
+    every rank holds the whole cache, indexed by dataset index as its sampler's shard reads it."""
+    share = shard_range(len(dataset))
+    # An empty share (fewer samples than processes) still needs the logits' width: sample 0's, none kept.
+    read, keep = (share, None) if len(share) else (range(1), 0)
+    if isinstance(dataset, TensorDataset):  # slices of the tensors: no sample-by-sample collation
+        batches = (tuple(t[i:min(i + batch_size, read.stop)] for t in dataset.tensors)
+                   for i in range(read.start, read.stop, batch_size))
+    else:
+        batches = DataLoader(Subset(dataset, read), batch_size=batch_size, shuffle=False)
+    batches = numbered_batches(batches, lambda i: f"batch {i + 1} of the soft-label cache pass")  # one line if bad
+    rows = torch.cat([teacher(split_batch(batch)[0].to(device)).to("cpu", dtype) for _, batch in batches])
+    return gather_shards(rows[:keep], len(dataset))
 
 
 def cached_loader(data: DataLoader, logits: torch.Tensor) -> DataLoader:

@@ -20,7 +20,8 @@ from kdnb.errors import KdnbError, suggest
 class Step:
     """What one training step hands a method's loss: student logits ``s``, teacher logits ``t`` (None
     for a method without teacher), labels ``y`` (-1: a transfer-set input), the weights, DKD's warm-up
-    ramp, the mixup partner labels and lambda (or None), and the dict the terms are reported into."""
+    ramp, the mixup partner labels and lambda (or None), whether every row has its label (no transfer
+    set: the hard-label CE is a plain mean, see `losses.hard_ce`) and the dict the terms are reported into."""
 
     s: torch.Tensor
     t: torch.Tensor | None
@@ -30,6 +31,7 @@ class Step:
     beta: float
     ramp: float = 1.0
     mix: losses.Mix | None = None
+    labelled: bool = False
     terms: losses.Terms | None = None
 
 
@@ -90,7 +92,8 @@ def names() -> tuple[str, ...]:
 
 
 def _kd(step: Step) -> torch.Tensor:
-    return losses.kd(step.s, step.t, step.y, step.temperature, step.alpha, mix=step.mix, terms=step.terms)
+    return losses.kd(step.s, step.t, step.y, step.temperature, step.alpha, mix=step.mix, labelled=step.labelled,
+                     terms=step.terms)
 
 
 _KD_WEIGHTS = "alpha: hard-label CE (1 - alpha: the soft term); beta: the feature term"
@@ -105,7 +108,7 @@ register(Method("at", "attention transfer + KD", "Zagoruyko & Komodakis 2017", l
 
 def _dkd(step: Step) -> torch.Tensor:
     # The paper's objective: CE + w * DKD, w ramping linearly to 1 over the warm-up epochs.
-    ce = losses.hard_ce(step.s, step.y)
+    ce = losses.hard_ce(step.s, step.y, labelled=step.labelled)
     if step.terms is not None:
         step.terms["ce"] = ce
     return ce + step.ramp * losses.dkd(step.s, step.t, step.y, step.temperature, step.alpha, step.beta,
@@ -118,7 +121,8 @@ register(Method("dkd", "DKD (decoupled KD)", "Zhao et al. 2022", losses.dkd, _dk
 
 
 def _pseudo(step: Step) -> torch.Tensor:
-    return losses.pseudo_label(step.s, step.t, step.y, step.alpha, mix=step.mix, terms=step.terms)
+    return losses.pseudo_label(step.s, step.t, step.y, step.alpha, mix=step.mix, labelled=step.labelled,
+                               terms=step.terms)
 
 
 register(Method("pseudo", "hard pseudo-labels", "Lee 2013", losses.pseudo_label, _pseudo, ("ce", "pseudo"),
@@ -126,7 +130,7 @@ register(Method("pseudo", "hard pseudo-labels", "Lee 2013", losses.pseudo_label,
 
 
 def _scratch(step: Step) -> torch.Tensor:
-    ce = losses.hard_ce(step.s, step.y, step.mix)
+    ce = losses.hard_ce(step.s, step.y, step.mix, labelled=step.labelled)
     if step.terms is not None:
         step.terms["ce"] = ce
     return ce

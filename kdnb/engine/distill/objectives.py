@@ -98,7 +98,8 @@ class Distillation(nn.Module):
             t = batch[2].to(s.dtype) if self.cached else self.teacher(x)
         terms: dict[str, torch.Tensor] = {}
         ramp = min((self.epoch + 1) / self.warmup, 1.0)
-        step = methods.Step(s, t, y, self.temperature, self.alpha, self.beta, ramp=ramp, mix=mix, terms=terms)
+        step = methods.Step(s, t, y, self.temperature, self.alpha, self.beta, ramp=ramp, mix=mix,
+                            labelled=not self.unlabelled, terms=terms)
         loss = self.spec.loss(step)
         if self.spec.needs_features:
             terms[self.spec.feature_term] = self._feature_loss()

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdnb.engine import checks
+from kdnb.engine import checks, distributed
 from kdnb.engine.device import model_device, resolve_device
 from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import evaluate
@@ -301,6 +301,7 @@ def _prune_to(run: _Run, target: float) -> float:
     if reference is not None:
         reconstruct_layers(run.work, reference, run.data, run.calibration_samples,
                            reselect=run.record.reselect and not run.structured, pattern=parse_pattern(run.pattern))
+        distributed.broadcast_from_main(run.work.state_dict().values())  # rank 0's re-solved weights everywhere
     reached = _masked_sparsity(run.work, run.weights, run.total)
     run.trajectory.append({"target": target, "sparsity": reached, "val_acc": run.accuracy(run.work)})
     return reached

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from kdnb.errors import KdnbError, suggest
+from kdnb.engine import distributed
 from kdnb.engine.prune import arguments, calibration, criteria, estimate
 from kdnb.engine.prune.groups import (_BATCHNORM, PRUNABLE, ChannelGroup, Slice, channel_groups, channel_scores, dependency_graph,
                                       keep_vectors, masks_from_keep, prunable_weights, remaining_weights)
@@ -304,6 +305,7 @@ def _score(model: nn.Module, record: criteria.Criterion, data: Iterable | None, 
     groups = estimate.untied_groups(model, groups)  # a shared weight's channels stay whole: the tie holds
     context = _Context(model, data, structured, seed, hessian_estimator, groups)
     values = {key: record.formula(*args) for key, args in STATISTICS[record.statistic](context).items()}
+    distributed.broadcast_from_main(values.values())  # several processes: rank 0's scores, so the same masks
     prunable = list(prunable_weights(model))
     shapes = {n: p.shape for n, p in model.named_parameters(remove_duplicate=False)}
     result = Scores(record.name, structured, model, {} if record.channel and structured else
