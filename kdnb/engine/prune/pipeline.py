@@ -344,16 +344,16 @@ def _finish(run: _Run) -> PruneResult:
                        reconstructed=run.reconstruct, pattern=run.pattern)
 
 
-def _effective(module: nn.Module) -> torch.Tensor:
-    orig, mask = getattr(module, "weight_orig", None), getattr(module, "weight_mask", None)
-    return (orig * mask if mask is not None else module.weight).detach()
+def _effective(module: nn.Module, attr: str = "weight") -> torch.Tensor:
+    orig, mask = getattr(module, f"{attr}_orig", None), getattr(module, f"{attr}_mask", None)
+    return (orig * mask if mask is not None else getattr(module, attr)).detach()
 
 
 def _masked_sparsity(model: nn.Module, weights: dict[str, torch.Tensor], total: int) -> float:
     zeros = 0
     for name in weights:
-        module_name = name.rpartition(".")[0]
-        zeros += int((_effective(model.get_submodule(module_name)) == 0).sum())
+        module_name, _, attr = name.rpartition(".")  # "weight", or an attention's "in_proj_weight"
+        zeros += int((_effective(model.get_submodule(module_name), attr) == 0).sum())
     return zeros / total
 
 

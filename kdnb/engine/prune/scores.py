@@ -302,7 +302,7 @@ def _score(model: nn.Module, record: criteria.Criterion, data: Iterable | None, 
     context = _Context(model, data, structured, seed, hessian_estimator, groups)
     values = {key: record.formula(*args) for key, args in STATISTICS[record.statistic](context).items()}
     prunable = list(prunable_weights(model))
-    shapes = {n: p.shape for n, p in model.named_parameters()}
+    shapes = {n: p.shape for n, p in model.named_parameters(remove_duplicate=False)}  # tied: every name
     result = Scores(record.name, structured, model, {} if record.channel and structured else
                     {n: s for n, s in values.items() if n in prunable}, prunable, shapes, groups)
     for group in groups:
