@@ -55,6 +55,7 @@ class ChannelGroup:
     size: int
     slices: list[Slice] = field(default_factory=list)
     units: torch.Tensor | None = None  # unit of each root channel (None: one channel, one unit)
+    macs: torch.Tensor | None = None  # MACs per sample each unit's removal saves (None: no example to count on)
 
 
 def prunable_attributes(module: nn.Module) -> tuple[str, ...]:
@@ -306,6 +307,7 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
     names = {module: name for name, module in model.named_modules()}
     names.update(getattr(graph, "_param_to_name", {}))  # unwrapped parameters (class token, position embedding)
     outputs = output_layers(graph)
+    per_weight = macs_per_weight(model, graph.example) if getattr(graph, "example", None) is not None else {}
     layouts, unknown = attention_layers(model)
     heads = head_projections(layouts)
     groups = []
@@ -334,6 +336,8 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
             channel = channel.repeat(len(index) // len(channel))
             slices.setdefault((param, dim), Slice(param, dim, index, unit[channel], consumer))
         candidate = ChannelGroup(names[root], int(unit.max()) + 1, list(slices.values()), unit)
+        candidate.macs = _unit_macs(candidate, dict(model.named_parameters(remove_duplicate=False)), per_weight) \
+            if per_weight else None
         if not _consistent(model, candidate, getattr(graph, "example", None)):
             warnings.warn(f"structured pruning leaves the channels of layer {names[root]!r} whole: they pass through "
                           "a view/transpose that mixes channels (a channel shuffle?), which Torch-Pruning cannot map",
@@ -346,6 +350,37 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
                       "when one of them goes (a reshape to a fixed width, such as view(B, T, C) in attention?)",
                       RuntimeWarning, stacklevel=4)
     return [group for group in groups if group.root not in broken]
+
+
+@torch.no_grad()
+def macs_per_weight(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
+    """MACs per sample that each prunable weight element takes part in, on ``example``: a Linear's weight is
+    used once per token, a Conv's once per output position (``torch.utils.flop_counter``: the layer's MACs
+    over its weight count). The cost side of a MAC-aware channel ranking."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with eval_mode(model), FlopCounterMode(display=False) as counter:
+        model(example)
+    flops = counter.get_flop_counts()
+    root = type(model).__name__
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE):
+            layer = sum(flops.get(f"{root}.{name}" if name else root, {}).values())
+            found[f"{name}.weight" if name else "weight"] = layer / 2 / len(example) / module.weight.numel()
+    return found
+
+
+def _unit_macs(group: ChannelGroup, params: dict[str, torch.Tensor], per_weight: dict[str, float]) -> torch.Tensor:
+    """MACs per sample each unit of ``group`` saves: the Linear/Conv weight elements it takes along (its rows, and
+    the columns of the layers reading it), each weighted by how often the layer uses it (`macs_per_weight`)."""
+    total = torch.zeros(group.size, dtype=torch.float64)
+    for s in group.slices:
+        if s.param in per_weight and s.param in params:
+            elements = params[s.param].numel() // params[s.param].shape[s.dim]  # per position along dim
+            total.scatter_add_(0, s.channel, torch.full((len(s.index),), elements * per_weight[s.param],
+                                                        dtype=torch.float64))
+    return total
 
 
 def _breaking_roots(model: nn.Module, groups: list[ChannelGroup], example: torch.Tensor | None) -> set[str]:
