@@ -319,3 +319,31 @@ def test_multihead_attention_input_projections_count_as_prunable_weights():
     assert measured.sparsity == pytest.approx(result.sparsity) and result.sparsity == pytest.approx(0.5, abs=1e-3)
     zeros = int((result.model.blocks[0].attn.attn.in_proj_weight == 0).sum())
     assert zeros > 0 and measured.nonzero_macs < measured.macs
+
+
+def test_macs_per_weight_is_how_often_a_layer_uses_each_weight():
+    from kdnb.engine.prune.groups import macs_per_weight
+
+    x = torch.randn(2, 1, 6, 6)  # the first conv: 36 output positions, the strided one 9
+    per_weight = macs_per_weight(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 2, 3, stride=2, padding=1)),
+                                 x)
+    assert per_weight == {"0.weight": 36.0, "1.weight": 9.0}
+    tokens = macs_per_weight(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)), torch.randn(2, 7, 4))
+    assert tokens == {"0.weight": 7.0, "1.weight": 7.0}
+
+
+def test_scope_macs_cuts_more_macs_than_the_default_at_the_same_sparsity():
+    """scope="macs" ranks channels by score per MAC their removal saves: at the same parameter fraction the
+    early, high-resolution convolutions lose more, so the model keeps fewer MACs."""
+    torch.manual_seed(0)
+    net, x = ZOO["resnet_basic"][0]().eval(), example("resnet_basic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default, speed = (prune(net, 0.5, structured=True, example=x, scope=s) for s in ("global", "macs"))
+    assert 0.5 <= default.sparsity < 0.55 and 0.5 <= speed.sparsity < 0.55
+    kept = {name: measure(r.model, x, repeats=1, warmup=0).macs for name, r in (("global", default), ("macs", speed))}
+    assert kept["macs"] < 0.8 * kept["global"]
+    assert speed.model[0].out_channels < default.model[0].out_channels  # the stem runs at full resolution
+    with pytest.raises(KdnbError, match="scope='macs'.*structured=True") as error:
+        prune(net, 0.5, example=x, scope="macs")
+    assert "\n" not in str(error.value)

@@ -138,7 +138,8 @@ def prune(
         structured: delete channels (True) or zero single weights (False).
         scope: "global" (rank across layers), "local" (the same sparsity in every layer; Wanda: per row) or,
             structured, "macs" (rank across layers by score per MAC a channel's removal saves: for speed, it
-            cuts the layers that run most often, such as early convolutions at high resolution).
+            cuts the layers that run most often, such as early convolutions at high resolution; before any
+            fine-tuning it costs accuracy, see bench/prune_zoo.py).
         pattern: "N:M" semi-structured sparsity (unstructured only).
         data: training ``DataLoader``: statistics for the data criteria, calibration for reconstruction,
             slimming's L1 phase, fine-tuning, and (first batch) the example input for structured tracing.
