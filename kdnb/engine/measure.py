@@ -46,7 +46,8 @@ class Measurement:
         macs: multiply-accumulates per sample of the matrix products and convolutions
             (``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2).
         nonzero_macs: the theoretical MACs of a sparse model: each Linear/Conv layer's (and attention
-            projection's) MACs times the density (fraction of non-zeros) of its weight, other MACs as they are (Blalock et al. 2020,
+            projection's) MACs times the density (fraction of non-zeros) of its weight, other MACs as they
+            are (Blalock et al. 2020,
             "What is the state of neural network pruning?").
         bytes_dense: size of the `kdnb.save` file with every tensor stored dense.
         bytes: size of the `kdnb.save` file (sparse tensors stored compactly).

@@ -64,7 +64,8 @@ def prunable_attributes(module: nn.Module) -> tuple[str, ...]:
     if isinstance(module, PRUNABLE):
         return ("weight",)
     if isinstance(module, nn.MultiheadAttention):
-        return ("in_proj_weight",) if module._qkv_same_embed_dim else ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+        separate = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+        return ("in_proj_weight",) if module._qkv_same_embed_dim else separate
     return ()
 
 
@@ -190,7 +191,8 @@ def _param_slices(name: str, module: nn.Module, is_out: bool, index: torch.Tenso
         yield prefix + "weight", 1, index
 
 
-def _channel_layout(module: nn.Module, is_out: bool, heads: dict[nn.Module, tuple[int, int]]) -> tuple[str, int, int] | None:
+def _channel_layout(module: nn.Module, is_out: bool,
+                    heads: dict[nn.Module, tuple[int, int]]) -> tuple[str, int, int] | None:
     """How the channels of ``module`` must go together: ("offset", groups, size) -- the same position in every
     one of ``groups`` equal groups (grouped conv, GroupNorm, the heads of nn.MultiheadAttention) -- or
     ("block", heads, head_dim) for a q/k/v projection (fused (3, heads, head_dim), or one of three): a whole
@@ -235,7 +237,8 @@ def _heads_of(module: nn.Module, heads: int, linears: dict[str, nn.Linear]) -> H
     if any(m is None for m in found) or found[0].out_features % heads:  # type: ignore[union-attr]
         return None
     head_dim = found[0].out_features // heads  # type: ignore[union-attr]
-    return Heads(module, tuple(found), head_dim) if all(m.out_features % head_dim == 0 for m in found) else None  # type: ignore
+    fits = all(m.out_features % head_dim == 0 for m in found)  # type: ignore[union-attr]
+    return Heads(module, tuple(found), head_dim) if fits else None  # type: ignore[arg-type]
 
 
 def attention_layers(model: nn.Module) -> tuple[list[Heads], set[nn.Module]]:
@@ -301,9 +304,10 @@ def _units(size: int, items: list[tuple[tuple[str, int, int], torch.Tensor, torc
 
 def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
     """Every group of coupled channels that may be pruned: not the model's outputs, nor channels added to
-    the model's input, nor the Linears of attention modules whose heads we cannot locate. A group's "channels" are its *units*: root channels
-    that must go together (the same position in every group of a grouped conv, a whole attention head) are
-    one unit, and ``ChannelGroup.units`` maps each root channel to its unit."""
+    the model's input, nor the Linears of attention modules whose heads we cannot locate. A group's "channels"
+    are its *units*: root channels that must go together (the same position in every group of a grouped conv,
+    a whole attention head) are one unit, and ``ChannelGroup.units`` maps each root channel to its unit;
+    ``ChannelGroup.macs`` counts what each unit's removal saves, on the graph's example."""
     names = {module: name for name, module in model.named_modules()}
     names.update(getattr(graph, "_param_to_name", {}))  # unwrapped parameters (class token, position embedding)
     outputs = output_layers(graph)
