@@ -183,9 +183,10 @@ def test_channels_a_shuffle_interleaves_are_left_whole_not_pruned_wrongly():
 
 
 class _SeparateProjections(nn.Module):
-    """nanoGPT-style attention with q, k, v as three Linears: their channels are tied through q @ k^T and
-    the head reshape, which the graph does not see, and ``reshape(b, t, d)`` ties the heads' width to the
-    residual width: kdnb leaves both whole (with a warning) and prunes the MLP."""
+    """Attention with q, k, v as three Linears whose forward merges the heads with ``reshape(b, t, d)``, d the
+    residual width: removing a head (or a residual channel) stops it running, so kdnb's dry run leaves both
+    whole (with a warning) and prunes the MLP. (With ``reshape(b, t, num_heads * head_dim)``, as HF-style
+    blocks write it, whole heads go: see the q_proj/k_proj/v_proj test below.)"""
 
     def __init__(self, dim=16, num_heads=2):
         super().__init__()
