@@ -242,11 +242,10 @@ assert abs(acc["pruned + logit+feature KD"] - acc["pruned + distilled"]) < 0.03
 # the same shape trained from scratch for the same 15 epochs: its weights start from what the big model
 # learned. Given the whole 35-epoch budget, scratch comes within a point or two of it: what pruning and
 # distillation save here is training time. Matching the blocks' outputs as well as the logits does not help
-# here: over 3 seeds bench/transformer.py measures logit + feature KD at 0.9545 ± 0.0113 against logit KD's
-# 0.9554 ± 0.0028 (-0.09 ± 0.85 points, paired by seed: within noise), for 40 % more CPU time (the teacher
-# runs live to give its features, instead of once for cached logits: 5.3 s against 3.7 s of CPU where we
-# measured it). The pruned student keeps every block of its teacher, only narrower, and
-# starts from the teacher's own weights; the logits already carry what it needs to recover. (bench/transformer.py runs this over 3 seeds, with plain fine-tuning
+# measurably: over 3 seeds bench/transformer.py measures logit + feature KD at 0.9545 ± 0.0113 against logit
+# KD's 0.9554 ± 0.0028 (-0.09 ± 0.85 points paired by seed, within noise; the line above is one seed), for 40 %
+# more CPU time (the teacher runs live to give its features instead of once for cached logits: 5.3 s against
+# 3.7 s where we measured it). (bench/transformer.py runs all this over 3 seeds, with plain fine-tuning
 # on the labels beside distillation: notebook 04 shows when the teacher's soft labels matter most, with few
 # labels.) The latency line is this machine's: at this size each layer is tiny and the fixed cost of every
 # operation weighs, so MACs are not time.
