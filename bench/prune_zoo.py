@@ -22,6 +22,10 @@ random (one draw per seed): does an informed criterion beat random?
 
     .venv/bin/python bench/prune_zoo.py [--threads 2] [--rounds 60] [--zoo-only]
 
+On the shared 2-core box at load 6.7 (2 threads waiting for busy cores) it took 1163 s, nearly all of it in the
+timed forwards, which run 10x slower there; on idle cores the three parts should take ~2.5, ~1 and ~1 minutes
+(``--rounds 40`` or ``--zoo-only`` to cut it).
+
 CNNs are pruned on 16x16 examples and timed (and their MACs counted) on batches of 8 32x32 images.
 On a machine whose load exceeds its cores, ``--threads 1`` gives steadier timings (a 2-thread forward
 waits for two free cores).

@@ -16,7 +16,7 @@ against the pruned shape re-initialised and trained from scratch for the same ``
 for the teacher's and the recovery's epochs together (the whole budget the pruned model had). Goal
 (issue 12): pruned + distilled within 1 pp of the unpruned model at >= 2x fewer MACs, ahead of scratch.
 
-    .venv/bin/python bench/transformer.py [--seeds 3]   # ~3 min on one thread of a loaded machine
+    .venv/bin/python bench/transformer.py [--seeds 3]   # 526 s on one thread of a 2-core box at load ~6
 """
 from __future__ import annotations
 

@@ -200,14 +200,15 @@ kdnb.train(scratch_long, train, val=val, epochs=35, lr=3e-3, progress=False, plo
 # loss. Same 15 epochs:
 
 # %%
-run = kdnb.distill(vit, small, train, val=val, method="fitnets", temperature=4.0, epochs=15, lr=3e-3,
-                   features=[("blocks.0", "blocks.0"), ("blocks.1", "blocks.1")])
+taps = [("blocks.0", "blocks.0"), ("blocks.1", "blocks.1")]  # (teacher layer, student layer)
+run = kdnb.distill(vit, small, train, val=val, method="fitnets", temperature=4.0, epochs=15,
+                   lr=3e-3, features=taps)
 featured = run.student
 hint = run.history["hint"]  # one value per step
 per_epoch = len(hint) // 15
 first, last = sum(hint[:per_epoch]) / per_epoch, sum(hint[-per_epoch:]) / per_epoch
-print(f"hint loss (block outputs, mean squared error through the adapter): {first:.3f} in the first "
-      f"epoch, {last:.3f} in the last")
+print(f"hint loss (block outputs, mean squared error through the adapter): {first:.3f} in the "
+      f"first epoch, {last:.3f} in the last")
 assert last < first  # the student's blocks learn to give what the teacher's give
 
 # %% [markdown]
