@@ -1,26 +1,34 @@
 """Structured pruning of the reference zoo (tests/zoo.py), kdnb beside Torch-Pruning's plain MetaPruner.
 
-Part 1, every zoo model with random weights (seed 0), pruned structured to 50 % of its prunable weights
-(Linear and Conv weights) by kdnb (`kdnb.engine.prune.prune`, L1, scope "global" -- the default -- and "local", the
-same fraction of every layer as TP's default) and by Torch-Pruning's
-`MetaPruner` (L1 `MagnitudeImportance`, classifier ignored, its channel ratio bisected until it removes
->= 50 % of the same weights): status (pruned / broke / refused), the sparsity reached, parameters and
-MACs before/after, CPU latency (batch 8) dense vs pruned, speed-up. Goal: kdnb prunes every model TP
-prunes, plus the attention models, with a speed-up >= TP's on each. "broke" means the call raised or the
-pruned model no longer runs / changed its output shape.
+Part 1, every zoo model with random weights (seed 0), pruned structured by Torch-Pruning's `MetaPruner` (L1
+`MagnitudeImportance`, classifier ignored, its uniform channel ratio bisected until it removes >= 50 % of the
+prunable weights: Linear/Conv weights and attention input projections) and, *at the same parameter fraction* (the
+one TP reached, which overshoots 50 % by its rounding), by kdnb (`kdnb.engine.prune.prune`, L1) with its default
+``scope="global"`` and with ``scope="macs"`` (channels ranked by score per MAC their removal saves: the speed
+setting). Per model: status (pruned / broke / refused), sparsity, parameters and MACs before/after (deterministic),
+CPU latency (batch 8) dense vs pruned, speed-up. "broke": the call raised or the pruned model no longer runs.
 
-Part 2, the trained tiny transformer (`kdnb.models.vit_tiny` on the 8x8 digits, 3 seeds): structured
+Goal: kdnb prunes every model TP prunes, plus the attention models, with MACs <= TP's and a latency speed-up
+>= TP's on each. Verdict per model: MACs (exact) and latency by a paired sign test over the alternating rounds
+(each round times dense, TP and kdnb back to back): "faster" / "slower" when kdnb wins / loses more rounds than
+chance allows (2 sigma), else "tie (noise)".
+
+Part 2, what the speed ranking costs: a trained `kdnb.models.resnet_small` on the digits images (3 seeds),
+structured 50 % with reconstruction, accuracy and MACs kept by scope "global", "local" and "macs".
+
+Part 3, the trained tiny transformer (`kdnb.models.vit_tiny` on the 8x8 digits, 3 seeds): structured
 removal of heads and MLP neurons at 30 % and 50 % of the weights, no fine-tuning, by L1, Taylor and
 random (one draw per seed): does an informed criterion beat random?
 
-    .venv/bin/python bench/prune_zoo.py [--threads 2]   # ~4 min on a loaded, shared 2-core machine
+    .venv/bin/python bench/prune_zoo.py [--threads 2] [--rounds 60] [--zoo-only]
+
+On the shared 2-core box at load 6.7 (2 threads waiting for busy cores) it took 1163 s, nearly all of it in the
+timed forwards, which run 10x slower there; on idle cores the three parts should take ~2.5, ~1 and ~1 minutes
+(``--rounds 40`` or ``--zoo-only`` to cut it).
 
 CNNs are pruned on 16x16 examples and timed (and their MACs counted) on batches of 8 32x32 images.
 On a machine whose load exceeds its cores, ``--threads 1`` gives steadier timings (a 2-thread forward
 waits for two free cores).
-
-Latency: 30 rounds in which the dense and both pruned models run once each, alternating, so machine noise
-hits all alike; speed-ups use each model's fastest round (noise only adds time), medians are printed too.
 """
 from __future__ import annotations
 
@@ -46,7 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from zoo import ZOO, example  # noqa: E402
 
 THREADS = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 2
-ROUNDS = 30
+ROUNDS = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 60
+KDNB = ("global", "macs")  # kdnb's default scope, and its speed ranking
 TIMING_SIDE = 32  # CNNs (adaptive pooling) are timed on 32x32 images: at 16x16 Python overhead hides compute
 torch.set_num_threads(THREADS)
 
@@ -63,12 +72,18 @@ def macs(model: nn.Module, x: torch.Tensor) -> int:
     return kdnb.measure(model, x, repeats=1, warmup=0).macs
 
 
-def latencies(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, tuple[float, float]]:
-    """(fastest, median) ms per forward of each model, all timed in every round, alternating. On a shared
-    machine other processes only ever add time, so the fastest round is the least disturbed one and the
-    speed-up is computed from it; the median shows how much noise there was."""
-    times = alternating_times(models, x, ROUNDS)
-    return {name: (min(t), statistics.median(t)) for name, t in times.items()}
+def speedups(times: dict[str, list[float]]) -> dict[str, float]:
+    """Median over rounds of dense time / model time, each round's pair timed back to back."""
+    return {name: statistics.median(d / t for d, t in zip(times["dense"], ts)) for name, ts in times.items()}
+
+
+def sign_test(ours: list[float], theirs: list[float]) -> str:
+    """Paired over rounds: does kdnb's model run faster than TP's in more rounds than chance (2 sigma)?"""
+    wins = sum(o < t for o, t in zip(ours, theirs))
+    n = len(ours)
+    if abs(wins - n / 2) <= 2 * (n ** 0.5) / 2:
+        return f"tie (noise: faster in {wins}/{n} rounds)"
+    return f"{'faster' if wins > n / 2 else 'slower'} in {wins}/{n} rounds"
 
 
 def runs(dense: nn.Module, model: nn.Module, x: torch.Tensor) -> bool:
@@ -80,11 +95,11 @@ def runs(dense: nn.Module, model: nn.Module, x: torch.Tensor) -> bool:
         return False
 
 
-def kdnb_prune(net: nn.Module, x: torch.Tensor, scope: str = "global") -> tuple[str, nn.Module | None, str]:
+def kdnb_prune(net: nn.Module, x: torch.Tensor, sparsity: float, scope: str) -> tuple[str, nn.Module | None, str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            small = prune(net, 0.5, structured=True, example=x, scope=scope).model
+            small = prune(net, sparsity, structured=True, example=x, scope=scope).model
     except kdnb.KdnbError as error:
         return "refused", None, str(error)[:90]
     except Exception as error:  # noqa: BLE001
@@ -109,7 +124,7 @@ def tp_prune(net: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module | None, st
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for _ in range(5):
+            for _ in range(8):
                 middle = (low + high) / 2
                 model = tp_prune_at(net, x, middle)
                 if 1 - weights(model) / total >= 0.5:
@@ -125,54 +140,81 @@ def tp_prune(net: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module | None, st
 def zoo_table() -> dict[str, dict]:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch threads: {torch.get_num_threads()}, batch 8 (CNNs at {TIMING_SIDE}x{TIMING_SIDE}), {ROUNDS} alternating "
-          f"rounds; load average {load:.1f} on {os.cpu_count()} cores: speed-ups from the fastest round, medians "
-          "in brackets show the noise")
-    header = (f"{'model':18s} {'who':5s} {'status':8s} {'sparsity':>8s} {'params':>15s} {'MACs':>19s} "
-              f"{'latency ms min (median)':>26s} {'speed-up':>8s}")
+          f"rounds; load average {load:.1f} on {os.cpu_count()} cores; speed-up: median over rounds of dense/pruned")
+    header = (f"{'model':18s} {'who':6s} {'status':8s} {'sparsity':>8s} {'params':>15s} {'MACs':>19s} {'MACs x':>6s} "
+              f"{'latency ms (median)':>20s} {'speed-up':>8s}")
     print(header)
     print("-" * len(header))
     summary = {}
     for name, (build, _) in ZOO.items():
         torch.manual_seed(0)
         net, x = build().eval(), example(name)
-        outcomes = {"kdnb": kdnb_prune(net, x), "local": kdnb_prune(net, x, "local"), "TP": tp_prune(net, x)}
+        outcomes = {"TP": tp_prune(net, x)}
+        reached = 1 - weights(outcomes["TP"][1]) / weights(net) if outcomes["TP"][1] is not None else 0.5
+        outcomes.update({scope: kdnb_prune(net, x, max(0.5, reached), scope) for scope in KDNB})
         models = {"dense": net, **{who: m for who, (_, m, _) in outcomes.items() if m is not None}}
         if x.dim() == 4 and x.shape[-1] == 16:
             x = torch.randn(8, 1, TIMING_SIDE, TIMING_SIDE, generator=torch.Generator().manual_seed(0))
-        times = latencies(models, x)
-        dense_macs = macs(net, x)
+        times = alternating_times(models, x, ROUNDS)
+        ups, dense_macs = speedups(times), macs(net, x)
+        row = summary.setdefault(name, {"times": times})
         for who, (status, model, note) in outcomes.items():
             if model is None:
-                print(f"{name:18s} {who:5s} {status:8s} {note}")
+                print(f"{name:18s} {who:6s} {status:8s} {note}")
+                row[who] = status
                 continue
-            speedup = times["dense"][0] / times[who][0]
-            print(f"{name:18s} {who:5s} {status:8s} {1 - weights(model) / weights(net):8.3f} "
-                  f"{params(net):>7d}->{params(model):<7d} {dense_macs:>9d}->{macs(model, x):<9d} "
-                  f"{times['dense'][0]:6.2f}({times['dense'][1]:.2f})->{times[who][0]:5.2f}({times[who][1]:.2f}) "
-                  f"{speedup:7.2f}x")
-            summary.setdefault(name, {})[who] = speedup
-            summary[name][f"{who} MACs"] = macs(model, x) / dense_macs
-        for who, (status, _, _) in outcomes.items():
-            summary.setdefault(name, {}).setdefault(who, status)
+            kept = macs(model, x)
+            print(f"{name:18s} {who:6s} {status:8s} {1 - weights(model) / weights(net):8.3f} "
+                  f"{params(net):>7d}->{params(model):<7d} {dense_macs:>9d}->{kept:<9d} {dense_macs / kept:5.2f}x "
+                  f"{statistics.median(times['dense']):8.2f}->{statistics.median(times[who]):<8.2f} {ups[who]:7.2f}x")
+            row[who], row[f"{who} MACs"] = ups[who], kept
     return summary
 
 
 def verdict(summary: dict[str, dict]) -> None:
-    print("\ngoal: kdnb prunes every model TP prunes, plus the attention models; speed-up >= TP's")
+    print("\ngoal: kdnb prunes every model TP prunes, plus the attention models, at the same parameter fraction "
+          "with MACs <= TP's and speed-up >= TP's")
     for name, row in summary.items():
-        k, t, local = row.get("kdnb"), row.get("TP"), row.get("local")
+        t, k, g = row.get("TP"), row.get("macs"), row.get("global")
         if isinstance(t, float) and not isinstance(k, float):
             line = "MISSED: TP prunes it, kdnb does not"
         elif isinstance(k, float) and isinstance(t, float):
-            local_x = local if isinstance(local, float) else 0.0
-            line = (f"both prune; kdnb {k:.2f}x (local {local_x:.2f}x) vs TP {t:.2f}x -> "
-                    f"{'ok' if max(k, local_x) >= t else 'slower'}; MACs kept {row['kdnb MACs']:.2f} "
-                    f"(local {row.get('local MACs', float('nan')):.2f}) vs {row['TP MACs']:.2f}")
+            fewer = row["macs MACs"] <= row["TP MACs"]
+            timing = sign_test(row["times"]["macs"], row["times"]["TP"])
+            default = f"{g:.2f}x, MACs {row['global MACs']:,}" if isinstance(g, float) else g
+            line = (f"{'ok' if fewer and not timing.startswith('slower') else 'MISSED'}: MACs "
+                    f"{row['macs MACs']:,} {'<=' if fewer else '>'} TP's {row['TP MACs']:,}; speed-up {k:.2f}x vs "
+                    f"TP {t:.2f}x, {timing} (default scope: {default})")
         elif isinstance(k, float):
-            line = f"only kdnb prunes it ({k:.2f}x; TP {t})"
+            line = f"only kdnb prunes it ({k:.2f}x, MACs {row['macs MACs']:,}; TP {t})"
         else:
             line = f"neither (kdnb {k}, TP {t})"
         print(f"  {name:18s} {line}")
+
+
+def scope_tradeoff(seeds=(0, 1, 2), epochs: int = 6) -> None:
+    """What the speed ranking costs in accuracy: a trained `kdnb.models.resnet_small` on the digits images,
+    structured 50 % with data (reconstruction), no fine-tuning, per scope: accuracy and MACs kept."""
+    print(f"\ntrained resnet_small (width 16) on digits images, {epochs} epochs; structured 50 %, L1 + refit, no "
+          "fine-tuning, 1 thread: accuracy and MACs kept per scope")
+    torch.set_num_threads(1)
+    train, val = kdnb.datasets.load("digits", batch_size=64, seed=0, flat=False)
+    x = next(iter(val))[0][:8]
+    rows: dict[str, list[float]] = {}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        net = kdnb.models.resnet_small(10, width=16)
+        kdnb.train(net, train, val=val, epochs=epochs, lr=3e-3, device="cpu", seed=seed, progress=False)
+        rows.setdefault("dense", []).append(evaluate(net, val)["accuracy"])
+        for scope in ("global", "local", "macs"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                small = prune(net, 0.5, structured=True, scope=scope, data=train, device="cpu").model
+            rows.setdefault(scope, []).append(evaluate(small, val)["accuracy"])
+            rows.setdefault(f"{scope} MACs", []).append(macs(small, x) / macs(net, x))
+    for key in ("dense", "global", "local", "macs"):
+        kept = f", MACs kept {statistics.mean(rows[key + ' MACs']):.3f}" if key != "dense" else ""
+        print(f"  {key:8s} accuracy {statistics.mean(rows[key]):.4f} ± {statistics.stdev(rows[key]):.4f}{kept}")
 
 
 def transformer_check(seeds=(0, 1, 2), epochs: int = 20) -> None:
@@ -214,5 +256,7 @@ def transformer_check(seeds=(0, 1, 2), epochs: int = 20) -> None:
 if __name__ == "__main__":
     start = time.perf_counter()
     verdict(zoo_table())
-    transformer_check()
+    if "--zoo-only" not in sys.argv:
+        scope_tradeoff()
+        transformer_check()
     print(f"\ntotal {time.perf_counter() - start:.0f} s")

@@ -7,13 +7,16 @@ channels by activation (Minitron), L1, Taylor and random, and delete the same fr
 without recovery. Then, from the activation-pruned model, ``RECOVERY_EPOCHS`` epochs of
 
 - logit KD from the unpruned model (``kdnb.distill``, method "kd"),
+- logit + feature KD (method "fitnets": KD plus the mean squared error between every block's output, the
+  residual stream, of teacher and student, through a learned Linear adapter from the student's narrower
+  width; ``FEATURE_PAIRS``),
 - fine-tuning on the labels (``kdnb.train``),
 
 against the pruned shape re-initialised and trained from scratch for the same ``RECOVERY_EPOCHS`` epochs, and
 for the teacher's and the recovery's epochs together (the whole budget the pruned model had). Goal
 (issue 12): pruned + distilled within 1 pp of the unpruned model at >= 2x fewer MACs, ahead of scratch.
 
-    .venv/bin/python bench/transformer.py [--seeds 3]   # ~3 min on one thread of a loaded machine
+    .venv/bin/python bench/transformer.py [--seeds 3]   # 526 s on one thread of a 2-core box at load ~6
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import kdnb
 TEACHER_EPOCHS, RECOVERY_EPOCHS, LR = 20, 15, 3e-3
 SPARSITY = 0.55  # of the prunable weights: with scope "local", the units this removes halve the MACs
 CRITERIA = ("activation", "l1", "taylor", "random")
+FEATURE_PAIRS = [("blocks.0", "blocks.0"), ("blocks.1", "blocks.1")]  # (teacher, student) block outputs
 SEEDS = range(int(sys.argv[sys.argv.index("--seeds") + 1]) if "--seeds" in sys.argv else 3)
 torch.set_num_threads(1)
 
@@ -83,6 +87,12 @@ def one_seed(seed: int, train, val, rows: dict[str, list[float]]) -> None:
                              device="cpu", **quiet).student
     rows["seconds, distil"].append(time.perf_counter() - start)
     rows["pruned + distilled"].append(accuracy(distilled, val))
+    start = time.perf_counter()
+    featured = kdnb.distill(teacher, small, train, val=val, method="fitnets", features=FEATURE_PAIRS,
+                            epochs=RECOVERY_EPOCHS, lr=LR, seed=seed, device="cpu", **quiet)
+    rows["seconds, logit+feature"].append(time.perf_counter() - start)
+    rows["pruned + logit+feature KD"].append(accuracy(featured.student, val))
+    rows["hint loss, last epoch"].append(statistics.mean(featured.history.steps["hint"][-len(train):]))
     finetuned = copy.deepcopy(small)
     kdnb.train(finetuned, train, val=val, epochs=RECOVERY_EPOCHS, lr=LR, seed=seed, device="cpu", **quiet)
     rows["pruned + fine-tuned"].append(accuracy(finetuned, val))
@@ -101,9 +111,10 @@ def main() -> None:
     print(f"vit_tiny on digits: teacher {TEACHER_EPOCHS} epochs; structured, scope local, sparsity {SPARSITY} with "
           f"reconstruction; recovery {RECOVERY_EPOCHS} epochs, lr {LR}; seeds {list(SEEDS)}, 1 thread")
     rows: dict[str, list[float]] = {}
-    for key in ("unpruned", *(f"pruned, {c}" for c in CRITERIA), "pruned + distilled", "pruned + fine-tuned",
+    for key in ("unpruned", *(f"pruned, {c}" for c in CRITERIA), "pruned + distilled", "pruned + logit+feature KD",
+                "pruned + fine-tuned",
                 f"scratch, {RECOVERY_EPOCHS} epochs", f"scratch, {TEACHER_EPOCHS + RECOVERY_EPOCHS} epochs",
-                "MACs ratio", "seconds, distil"):
+                "MACs ratio", "seconds, distil", "seconds, logit+feature", "hint loss, last epoch"):
         rows[key] = []
     for seed in SEEDS:
         one_seed(seed, train, val, rows)
@@ -119,6 +130,11 @@ def main() -> None:
     print(f"goal 2: >= 2x fewer MACs: {mean['MACs ratio']:.2f}x -> {'ok' if min(rows['MACs ratio']) >= 2 else 'MISSED'}")
     print(f"goal 3: ahead of scratch, same {RECOVERY_EPOCHS} epochs: {ahead:+.2f} pp -> {'ok' if ahead > 0 else 'MISSED'}; "
           f"ahead of scratch for all {TEACHER_EPOCHS + RECOVERY_EPOCHS} epochs: {whole:+.2f} pp")
+    feature = (mean["pruned + logit+feature KD"] - mean["pruned + distilled"]) * 100
+    paired = [f - d for f, d in zip(rows["pruned + logit+feature KD"], rows["pruned + distilled"])]
+    spread = statistics.stdev(paired) * 100 if len(paired) > 1 else float("nan")
+    print(f"logit + feature KD - logit KD: {feature:+.2f} ± {spread:.2f} pp (paired by seed) -> "
+          f"{'feature KD helps' if feature > spread else 'within noise' if feature > -spread else 'feature KD hurts'}")
     print(f"total {time.perf_counter() - start:.0f} s")
 
 

@@ -183,9 +183,10 @@ def test_channels_a_shuffle_interleaves_are_left_whole_not_pruned_wrongly():
 
 
 class _SeparateProjections(nn.Module):
-    """nanoGPT-style attention with q, k, v as three Linears: their channels are tied through q @ k^T and
-    the head reshape, which the graph does not see, and ``reshape(b, t, d)`` ties the heads' width to the
-    residual width: kdnb leaves both whole (with a warning) and prunes the MLP."""
+    """Attention with q, k, v as three Linears whose forward merges the heads with ``reshape(b, t, d)``, d the
+    residual width: removing a head (or a residual channel) stops it running, so kdnb's dry run leaves both
+    whole (with a warning) and prunes the MLP. (With ``reshape(b, t, num_heads * head_dim)``, as HF-style
+    blocks write it, whole heads go: see the q_proj/k_proj/v_proj test below.)"""
 
     def __init__(self, dim=16, num_heads=2):
         super().__init__()
@@ -254,3 +255,96 @@ def test_group_norm_loses_the_same_positions_in_every_group():
     assert [n.num_groups for n in norms] == [4, 4, 8]
     assert all(n.num_channels % n.num_groups == 0 for n in norms) and norms[0].num_channels < 16
     assert small(x).shape == (4, 10) and bool(torch.isfinite(small(x)).all())
+
+
+def test_separate_q_k_v_projections_lose_whole_heads_and_masking_equals_deletion():
+    """HF-style attention (q_proj, k_proj, v_proj, o_proj; num_heads and head_dim read by the forward): a head's
+    rows go from all three projections and its columns from o_proj; num_heads follows, head_dim stays."""
+    from zoo import HFAttention
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 32), M.Residual(HFAttention(32, 4)), nn.Linear(32, 3)).eval()
+    x = torch.randn(2, 6, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = importance(net, "l1", structured=True, example=x)
+        masked = clone(net)
+        with torch.no_grad():
+            for param, mask in masks_at(scores, 0.6, scope="local").items():
+                masked.get_parameter(param).mul_(mask)
+        small = prune(net, 0.6, structured=True, example=x, scope="local").model.eval()
+    attn = small[1].body
+    assert attn.head_dim == 8 and attn.num_heads < 4
+    for projection in (attn.q_proj, attn.k_proj, attn.v_proj):
+        assert projection.out_features == attn.num_heads * attn.head_dim
+    assert attn.o_proj.in_features == attn.num_heads * attn.head_dim
+    assert torch.allclose(masked(x), small(x), atol=1e-5)
+
+
+def test_llama_loses_heads_in_its_layers_and_keeps_its_tied_embedding(tmp_path):
+    """The LLaMA-style zoo entry: heads go per layer, and the output layer tied to the token embedding
+    (one Parameter under two names) is masked and deleted as one, stays one Parameter, and reloads tied."""
+    torch.manual_seed(0)
+    net, x = ZOO["llama"][0]().eval(), example("llama")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = importance(net, "l1", structured=True, example=x)
+        masks = masks_at(scores, 0.5)
+        result = prune(net, 0.5, structured=True, example=x)
+    assert torch.equal(masks["embed_tokens.weight"], masks["lm_head.weight"])
+    small = result.model.eval()
+    assert small.lm_head.weight is small.embed_tokens.weight
+    assert small.embed_tokens.weight.shape[1] == small.norm.normalized_shape[0] < 32
+    assert sum(layer.self_attn.num_heads for layer in small.layers) < 8
+    path = kdnb.save(small, tmp_path / "llama.kdnb")
+    loaded = kdnb.load(path, model=ZOO["llama"][0]()).eval()
+    assert loaded.lm_head.weight is loaded.embed_tokens.weight
+    assert [layer.self_attn.num_heads for layer in loaded.layers] == [layer.self_attn.num_heads for layer in small.layers]
+    assert torch.equal(loaded(x), small(x))
+
+
+def test_multihead_attention_input_projections_count_as_prunable_weights():
+    """nn.MultiheadAttention keeps its q/k/v projections in in_proj_weight: the sparsity figure counts them as
+    the hand-written attention's qkv Linear is counted, and its MACs include the attention itself."""
+    torch.manual_seed(0)
+    torch_vit, own_vit = M.vit_tiny(10, torch_attention=True).eval(), M.vit_tiny(10).eval()
+    x = torch.randn(2, 1, 8, 8)
+    names = prunable_weights(torch_vit)
+    assert "blocks.0.attn.attn.in_proj_weight" in names
+    assert _weights(torch_vit) == _weights(own_vit)
+    assert measure(torch_vit, x, repeats=1, warmup=0).macs == measure(own_vit, x, repeats=1, warmup=0).macs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = prune(torch_vit, 0.5, example=x)  # unstructured: in_proj_weight is masked too
+    measured = measure(result.model, x, repeats=1, warmup=0)
+    assert measured.sparsity == pytest.approx(result.sparsity) and result.sparsity == pytest.approx(0.5, abs=1e-3)
+    zeros = int((result.model.blocks[0].attn.attn.in_proj_weight == 0).sum())
+    assert zeros > 0 and measured.nonzero_macs < measured.macs
+
+
+def test_macs_per_weight_is_how_often_a_layer_uses_each_weight():
+    from kdnb.engine.prune.groups import macs_per_weight
+
+    x = torch.randn(2, 1, 6, 6)  # the first conv: 36 output positions, the strided one 9
+    per_weight = macs_per_weight(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 2, 3, stride=2, padding=1)),
+                                 x)
+    assert per_weight == {"0.weight": 36.0, "1.weight": 9.0}
+    tokens = macs_per_weight(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)), torch.randn(2, 7, 4))
+    assert tokens == {"0.weight": 7.0, "1.weight": 7.0}
+
+
+def test_scope_macs_cuts_more_macs_than_the_default_at_the_same_sparsity():
+    """scope="macs" ranks channels by score per MAC their removal saves: at the same parameter fraction the
+    early, high-resolution convolutions lose more, so the model keeps fewer MACs."""
+    torch.manual_seed(0)
+    net, x = ZOO["resnet_basic"][0]().eval(), example("resnet_basic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default, speed = (prune(net, 0.5, structured=True, example=x, scope=s) for s in ("global", "macs"))
+    assert 0.5 <= default.sparsity < 0.55 and 0.5 <= speed.sparsity < 0.55
+    kept = {name: measure(r.model, x, repeats=1, warmup=0).macs for name, r in (("global", default), ("macs", speed))}
+    assert kept["macs"] < 0.8 * kept["global"]
+    assert speed.model[0].out_channels < default.model[0].out_channels  # the stem runs at full resolution
+    with pytest.raises(KdnbError, match="scope='macs'.*structured=True") as error:
+        prune(net, 0.5, example=x, scope="macs")
+    assert "\n" not in str(error.value)

@@ -2,7 +2,7 @@
 
 Each entry of `ZOO` is ``name -> (build, input shape)``; each replica keeps the block that makes its family
 hard to prune structurally (grouped convs, squeeze-excite, concatenation, channel shuffle, LayerNorm2d,
-layer scale, class tokens, attention), at a width that runs in milliseconds.
+layer scale, class tokens, attention with fused or separate q/k/v projections, tied weights), at a width that runs in milliseconds.
 """
 from __future__ import annotations
 
@@ -142,6 +142,62 @@ def gpt(vocab: int = 32, dim: int = 32, heads: int = 4, depth: int = 2, length: 
     return M.gpt_tiny(vocab, length=length, dim=dim, depth=depth, heads=heads)
 
 
+class HFAttention(nn.Module):
+    """HF-style attention (LLaMA, Mistral, Qwen): separate q_proj, k_proj, v_proj and o_proj Linears, plain
+    ``num_heads`` and ``head_dim`` attributes that the forward reads, torch's fused causal attention."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, dim, bias=False) for _ in range(3))
+        self.o_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+class GatedMLP(nn.Module):
+    """LLaMA's SwiGLU MLP: down(silu(gate(x)) * up(x)); the product couples gate's and up's neurons."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj, self.up_proj = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.input_layernorm, self.self_attn = nn.LayerNorm(dim), HFAttention(dim, num_heads)
+        self.post_attention_layernorm, self.mlp = nn.LayerNorm(dim), GatedMLP(dim, 2 * dim)
+
+    def forward(self, x):
+        x = x + self.self_attn(self.input_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Llama(nn.Module):
+    """A LLaMA-style causal language model (HF layout) whose output layer is tied to the token embedding
+    (``lm_head.weight is embed_tokens.weight``, as ``tie_word_embeddings`` does)."""
+
+    def __init__(self, vocab: int = 32, dim: int = 32, num_heads: int = 4, depth: int = 2):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab, dim)
+        self.layers = nn.Sequential(*[DecoderLayer(dim, num_heads) for _ in range(depth)])
+        self.norm, self.lm_head = nn.LayerNorm(dim), nn.Linear(dim, vocab, bias=False)
+        self.lm_head.weight = self.embed_tokens.weight
+
+    def forward(self, tokens):
+        return self.lm_head(self.norm(self.layers(self.embed_tokens(tokens))))
+
+
 class LSTMClassifier(nn.Module):
     def __init__(self, features: int = 8, hidden: int = 16):
         super().__init__()
@@ -174,6 +230,7 @@ ZOO = {
     "vit": (vit, (8, 1, 8, 8)),
     "vit_tiny": (lambda: M.vit_tiny(10, dim=32, heads=4), (8, 1, 8, 8)),
     "gpt": (gpt, "tokens"),
+    "llama": (Llama, "tokens"),
     "cnn1d_grouped": (cnn1d_grouped, (8, 1, 32)),
     "lstm": (LSTMClassifier, (8, 6, 8)),
 }

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdnb.engine.checks import (check_example, check_labels_in_range, check_loader, check_model, check_model_fits_data,
@@ -26,10 +27,10 @@ from kdnb.engine.device import model_device, resolve_device
 from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import eval_mode, evaluate
 from kdnb.engine.objective import split_batch
+from kdnb.engine.prune.groups import prunable_attributes  # the weights `sparsity` counts
 from kdnb.engine.serialize import file_size, module_tensors, plain_modules
 from kdnb.engine.table import Table, format_value
 
-PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)  # the layers whose weights `sparsity` counts
 NOISY_SPREAD = 0.25  # latency_spread above this: the machine was busy while timing, the median is unsure
 
 
@@ -40,13 +41,14 @@ class Measurement:
     Attributes:
         params: number of parameters.
         nonzero_params: parameters that are not zero.
-        sparsity: fraction of zeros among the weights of Linear and Conv layers (the prunable weights;
-            biases, BatchNorm and other parameters left out).
+        sparsity: fraction of zeros among the weights of Linear and Conv layers and the input projections of
+            ``nn.MultiheadAttention`` (the prunable weights; biases, BatchNorm and other parameters left out).
         overall_sparsity: fraction of zeros among all parameters, ``1 - nonzero_params / params``.
         macs: multiply-accumulates per sample of the matrix products and convolutions
             (``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2).
-        nonzero_macs: the theoretical MACs of a sparse model: each Linear/Conv layer's MACs times the
-            density (fraction of non-zeros) of its weight, other MACs as they are (Blalock et al. 2020,
+        nonzero_macs: the theoretical MACs of a sparse model: each Linear/Conv layer's (and attention
+            projection's) MACs times the density (fraction of non-zeros) of its weight, other MACs as they
+            are (Blalock et al. 2020,
             "What is the state of neural network pruning?").
         bytes_dense: size of the `kdnb.save` file with every tensor stored dense.
         bytes: size of the `kdnb.save` file (sparse tensors stored compactly).
@@ -122,8 +124,8 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
         warmup: untimed forward passes first (caches, allocators, lazy initialisation).
 
     Timing runs in eval mode under ``torch.inference_mode()``, synchronising CUDA around each pass.
-    ``sparsity`` is the fraction of zeros among the weights of Linear and Conv layers (the prunable
-    weights); ``overall_sparsity`` counts all parameters. MACs come from
+    ``sparsity`` is the fraction of zeros among the weights of Linear and Conv layers and attention input
+    projections (the prunable weights); ``overall_sparsity`` counts all parameters. MACs come from
     ``torch.utils.flop_counter.FlopCounterMode``: matrix products and convolutions, not elementwise ops.
     See `Measurement` for each field.
     """
@@ -216,7 +218,7 @@ def _check_runs(model: nn.Module, x: torch.Tensor) -> None:
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int, int, int]:
-    """(parameters, non-zero parameters, Linear/Conv weights, zero Linear/Conv weights) of ``model`` as
+    """(parameters, non-zero parameters, prunable weights, zero prunable weights) of ``model`` as
     `kdnb.save` writes it (pruning masks folded). A parameter shared by two modules (tied weights) counts once."""
     params = nonzero = weights = zero_weights = 0
     seen = {}  # holding the tensors keeps their keys unique
@@ -228,16 +230,43 @@ def parameter_counts(model: nn.Module) -> tuple[int, int, int, int]:
                 zeros = tensor.numel() - int(torch.count_nonzero(tensor))
                 params += tensor.numel()
                 nonzero += tensor.numel() - zeros
-                if name == "weight" and isinstance(module, PRUNABLE):
+                if name in prunable_attributes(module):
                     weights += tensor.numel()
                     zero_weights += zeros
     return params, nonzero, weights, zero_weights
 
 
+def _cpu_attention_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
+    """torch's CPU kernel of scaled_dot_product_attention, which FlopCounterMode does not know: the formula it
+    uses for the CUDA kernels (q k^T, then the weighted sum of v)."""
+    return flop_counter.sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+_cpu_attention_flops._get_raw = True  # type: ignore[attr-defined]  # called with the tensors, not shapes
+_UNCOUNTED = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+
+
 def _macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
-    """(MACs, nonzero MACs) per sample: FlopCounterMode's FLOPs / 2, per layer scaled by weight density."""
-    with FlopCounterMode(display=False) as counter:
-        model(x)
+    """(MACs, nonzero MACs) per sample: FlopCounterMode's FLOPs / 2, per layer scaled by weight density.
+    ``nn.MultiheadAttention`` runs its plain path while counting (its fused inference kernel is invisible to
+    the counter), and its projections' zeros are counted per token of the inputs it was called with."""
+    tokens: dict[nn.Module, tuple[int, int, int]] = {}
+
+    def remember(module, args, kwargs):  # (query, key, value) positional or by keyword; embed dims last
+        q, k, v = (args + tuple(kwargs.get(n) for n in ("query", "key", "value")[len(args):]))[:3]
+        tokens[module] = (q.numel() // q.shape[-1], k.numel() // k.shape[-1], v.numel() // v.shape[-1])
+
+    hooks = [m.register_forward_pre_hook(remember, with_kwargs=True) for m in model.modules()
+             if isinstance(m, nn.MultiheadAttention)]
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False, custom_mapping=_UNCOUNTED) as counter:
+            model(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        for hook in hooks:
+            hook.remove()
     total = counter.get_total_flops()
     per_module = counter.get_flop_counts()  # keys: root class name, then dotted submodule path
     root = type(model).__name__
@@ -245,11 +274,26 @@ def _macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     # A layer used at two places is counted under one of its names: look it up under all of them.
     for path, module in plain_modules(model, remove_duplicate=False):
         flops = sum(per_module.get(f"{root}.{path}" if path else root, {}).values())
-        if flops and isinstance(module, PRUNABLE):
+        if flops and isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
             weight = next(tensor for name, tensor, _ in module_tensors(module) if name == "weight")
             sparse_saving += flops * (1 - int(torch.count_nonzero(weight)) / max(weight.numel(), 1))
+    for module, counts in tokens.items():
+        sparse_saving += _attention_zero_flops(module, counts)
     n = x.shape[0]
     return round(total / 2 / n), round((total - sparse_saving) / 2 / n)
+
+
+def _attention_zero_flops(module: nn.MultiheadAttention, tokens: tuple[int, int, int]) -> float:
+    """FLOPs an ``nn.MultiheadAttention``'s zero weights would save: 2 per zero weight per token it projects
+    (q, k, v projections on the query's, key's, value's tokens; the output projection on the query's)."""
+    weights = dict((name, tensor) for name, tensor, _ in module_tensors(module))
+    if module._qkv_same_embed_dim:
+        projections = weights["in_proj_weight"].chunk(3)
+    else:
+        projections = [weights[f"{p}_proj_weight"] for p in "qkv"]
+    out = next(tensor for name, tensor, _ in module_tensors(module.out_proj) if name == "weight")
+    zeros = [w.numel() - int(torch.count_nonzero(w)) for w in (*projections, out)]
+    return 2.0 * (zeros[0] * tokens[0] + zeros[1] * tokens[1] + zeros[2] * tokens[2] + zeros[3] * tokens[0])
 
 
 def _latency_ms(model: nn.Module, x: torch.Tensor, device: torch.device, repeats: int,

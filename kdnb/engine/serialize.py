@@ -49,6 +49,7 @@ from kdnb.engine.checks import check_model
 from kdnb import models
 from kdnb.engine.distributed import is_main_process
 from kdnb.errors import KdnbError
+from kdnb.engine.prune.groups import attention_layers, update_heads
 from kdnb.models import Residual
 
 FORMAT = "kdnb"
@@ -413,9 +414,11 @@ def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], resizes: list
     layers = [(module, {attr: getattr(module, attr) for attr in attrs}, dict(module._parameters),
                dict(module._buffers)) for module, attrs, _ in resizes]
     values = {key: tensor.detach().clone() for key, tensor in model.state_dict().items()}
+    heads, _ = attention_layers(model)  # head widths of the fresh skeleton, before its projections shrink
     try:
         _resize(resizes)
         model.load_state_dict(tensors, strict=True)
+        update_heads(heads)  # a hand-written attention of the user's class: its num_heads follows its Linears
     except Exception as error:
         for module, attrs, parameters, buffers in layers:
             for attr, value in attrs.items():

@@ -61,11 +61,14 @@ def describe(shapes: dict[str, tuple[int, ...]], limit: int = 12) -> str:
 def adapter(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module | None:
     """A learned map from the student's feature shape to the teacher's (channels first), or None.
 
-    Same shape: None (no adapter). (N, C) -> Linear; (N, C, L) -> 1x1 Conv1d; (N, C, H, W) -> 1x1 Conv2d.
+    Same shape: None (no adapter). (N, C) -> Linear; (N, C, L) -> 1x1 Conv1d; (N, C, H, W) -> 1x1 Conv2d;
+    (N, T, C) tokens that differ only in their last dim (a transformer block's output) -> Linear on C.
     Returns None too when no such map exists (different spatial size); the caller reports it.
     """
     if student_shape == teacher_shape:
         return None
+    if len(student_shape) == 3 and student_shape[:2] == teacher_shape[:2]:  # channels last: nn.Linear maps dim -1
+        return nn.Linear(student_shape[2], teacher_shape[2])
     if len(student_shape) != len(teacher_shape) or student_shape[2:] != teacher_shape[2:]:
         return None
     cin, cout = student_shape[1], teacher_shape[1]

@@ -28,7 +28,12 @@ _NORMS = (_BATCHNORM, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._Insta
 # are "unwrapped parameters" to it: it narrows their last non-singleton dimension with the channels).
 STRUCTURED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_NORMS, nn.Embedding, nn.MultiheadAttention,
                      nn.PReLU)
-_QKV_NAMES = ("qkv", "c_attn", "in_proj", "Wqkv", "query_key_value")
+_QKV_NAMES = ("qkv", "c_attn", "in_proj", "Wqkv", "query_key_value")  # one Linear laid out (3, heads, head_dim)
+_SEPARATE_NAMES = (("q", "q_proj", "query"), ("k", "k_proj", "key"), ("v", "v_proj", "value"))  # HF-style q, k, v
+_OUT_NAMES = ("proj", "out_proj", "o_proj", "c_proj", "out", "dense")
+_HEAD_COUNTS = ("num_heads", "num_attention_heads")  # the attribute a hand-written attention reads its heads from
+
+
 @dataclass
 class Slice:
     """Positions ``index`` along dimension ``dim`` of parameter ``param``; ``channel[i]`` is the
@@ -50,13 +55,32 @@ class ChannelGroup:
     size: int
     slices: list[Slice] = field(default_factory=list)
     units: torch.Tensor | None = None  # unit of each root channel (None: one channel, one unit)
+    macs: torch.Tensor | None = None  # MACs per sample each unit's removal saves (None: no example to count on)
+
+
+def prunable_attributes(module: nn.Module) -> tuple[str, ...]:
+    """The weight attributes of ``module`` that count towards sparsity: a Linear's or Conv's ``weight``, an
+    ``nn.MultiheadAttention``'s input projections (its ``out_proj`` is a Linear of its own)."""
+    if isinstance(module, PRUNABLE):
+        return ("weight",)
+    if isinstance(module, nn.MultiheadAttention):
+        separate = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+        return ("in_proj_weight",) if module._qkv_same_embed_dim else separate
+    return ()
 
 
 def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights that count towards sparsity: those of every Linear and Conv layer, by name."""
-    weights = {f"{name}.weight" if name else "weight": module.weight
-               for name, module in model.named_modules()
-               if isinstance(module, PRUNABLE) and isinstance(getattr(module, "weight", None), torch.Tensor)}
+    """The weights that count towards sparsity: those of every Linear and Conv layer (and the input projections
+    of every ``nn.MultiheadAttention``), by name. A weight tied under two names (one Parameter) counts once,
+    under the first."""
+    weights: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        for attr in prunable_attributes(module):
+            tensor = getattr(module, attr, None)
+            if isinstance(tensor, torch.Tensor) and id(tensor) not in seen:
+                seen.add(id(tensor))
+                weights[f"{name}.{attr}" if name else attr] = tensor
     if not weights:
         raise KdnbError(f"{type(model).__name__} has no prunable layers: pruning removes weights of "
                         "nn.Linear and nn.Conv1d/2d/3d layers, and it has none")
@@ -167,10 +191,12 @@ def _param_slices(name: str, module: nn.Module, is_out: bool, index: torch.Tenso
         yield prefix + "weight", 1, index
 
 
-def _channel_layout(module: nn.Module, is_out: bool, heads: dict[nn.Module, int]) -> tuple[str, int, int] | None:
+def _channel_layout(module: nn.Module, is_out: bool,
+                    heads: dict[nn.Module, tuple[int, int]]) -> tuple[str, int, int] | None:
     """How the channels of ``module`` must go together: ("offset", groups, size) -- the same position in every
     one of ``groups`` equal groups (grouped conv, GroupNorm, the heads of nn.MultiheadAttention) -- or
-    ("block", heads, head_dim) for a fused (3, heads, head_dim) qkv projection: a whole head at a time."""
+    ("block", heads, head_dim) for a q/k/v projection (fused (3, heads, head_dim), or one of three): a whole
+    head at a time."""
     if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.in_channels:
         size = module.out_channels if is_out else module.in_channels
         return "offset", module.groups, size // module.groups
@@ -179,27 +205,80 @@ def _channel_layout(module: nn.Module, is_out: bool, heads: dict[nn.Module, int]
     if isinstance(module, nn.MultiheadAttention):
         return "offset", module.num_heads, module.head_dim
     if is_out and module in heads:
-        return "block", heads[module], module.out_features // (3 * heads[module])
+        return ("block", *heads[module])
     return None
 
 
-def attention_layers(model: nn.Module) -> tuple[dict[nn.Module, int], set[nn.Module]]:
-    """Hand-written attention: ``{fused qkv Linear: num_heads}`` of every module with an int ``num_heads``
-    attribute and a Linear child named qkv/c_attn/in_proj/... whose outputs are (3, heads, head_dim);
-    and the separate q/k/v projections of the others (left whole: their channels are tied across layers)."""
-    fused: dict[nn.Module, int] = {}
-    separate: set[nn.Module] = set()
+@dataclass
+class Heads:
+    """A hand-written attention module: where its heads live. ``projections`` are the Linears whose outputs
+    are the heads' q, k and v -- one fused Linear laid out (3, heads, head_dim), or three -- and ``head_dim``
+    the width of one head; structured pruning removes whole heads from all of them at once."""
+
+    module: nn.Module
+    projections: tuple[nn.Linear, ...]
+    head_dim: int
+
+    def count(self, projection: nn.Linear) -> int:
+        """Heads in ``projection`` now (a fused one holds q, k and v of each)."""
+        return projection.out_features // (self.head_dim * (3 if len(self.projections) == 1 else 1))
+
+
+def _head_count(module: nn.Module) -> int | None:
+    heads = next((getattr(module, a) for a in _HEAD_COUNTS if isinstance(getattr(module, a, None), int)), None)
+    return heads if heads is not None and heads >= 1 and not isinstance(module, nn.MultiheadAttention) else None
+
+
+def _heads_of(module: nn.Module, heads: int, linears: dict[str, nn.Linear]) -> Heads | None:
+    fused = next((m for n, m in linears.items() if n in _QKV_NAMES and m.out_features % (3 * heads) == 0), None)
+    if fused is not None:
+        return Heads(module, (fused,), fused.out_features // (3 * heads))
+    found = [next((linears[n] for n in names if n in linears), None) for names in _SEPARATE_NAMES]
+    if any(m is None for m in found) or found[0].out_features % heads:  # type: ignore[union-attr]
+        return None
+    head_dim = found[0].out_features // heads  # type: ignore[union-attr]
+    fits = all(m.out_features % head_dim == 0 for m in found)  # type: ignore[union-attr]
+    return Heads(module, tuple(found), head_dim) if fits else None  # type: ignore[arg-type]
+
+
+def attention_layers(model: nn.Module) -> tuple[list[Heads], set[nn.Module]]:
+    """Hand-written attention: the `Heads` of every module with an int ``num_heads`` (or ``num_attention_heads``)
+    attribute and either a fused qkv Linear child (named qkv/c_attn/in_proj/...) or three q, k, v Linear
+    children (q/k/v, q_proj/k_proj/v_proj, query/key/value, as in HF-style blocks); and the Linears of the other
+    attention modules, left whole (their channels are tied across layers in ways we cannot see)."""
+    found: list[Heads] = []
+    unknown: set[nn.Module] = set()
     for module in model.modules():
-        heads = getattr(module, "num_heads", None)
-        if isinstance(module, nn.MultiheadAttention) or not isinstance(heads, int) or heads < 1:
+        heads = _head_count(module)
+        if heads is None:
             continue
         linears = {n: m for n, m in module.named_children() if isinstance(m, nn.Linear)}
-        qkv = next((m for n, m in linears.items() if n in _QKV_NAMES and m.out_features % (3 * heads) == 0), None)
-        if qkv is not None:
-            fused[qkv] = heads
+        layout = _heads_of(module, heads, linears)
+        if layout is not None:
+            found.append(layout)
         else:
-            separate |= {m for n, m in linears.items() if n not in ("proj", "out_proj", "o_proj", "c_proj", "out")}
-    return fused, separate
+            unknown |= {m for n, m in linears.items() if n not in _OUT_NAMES}
+    return found, unknown
+
+
+def head_projections(layouts: list[Heads]) -> dict[nn.Module, tuple[int, int]]:
+    """``{q/k/v projection: (heads in it, head_dim)}`` for `_channel_layout`."""
+    return {p: (layout.count(p), layout.head_dim) for layout in layouts for p in layout.projections}
+
+
+def update_heads(layouts: list[Heads]) -> None:
+    """After whole heads went: each attention module's head count follows its projections (``num_heads`` or
+    ``num_attention_heads``; ``num_key_value_heads`` from the key projection; a plain ``all_head_size`` from the
+    query's width). ``head_dim`` does not change (whole heads go); a property reading the Linears follows itself."""
+    for layout in layouts:
+        module, query = layout.module, layout.projections[0]
+        for attr in _HEAD_COUNTS:
+            if isinstance(getattr(module, attr, None), int):
+                setattr(module, attr, layout.count(query))
+        if len(layout.projections) == 3 and isinstance(vars(module).get("num_key_value_heads"), int):
+            module.num_key_value_heads = layout.count(layout.projections[1])
+        if isinstance(vars(module).get("all_head_size"), int):
+            module.all_head_size = query.out_features
 
 
 def _units(size: int, items: list[tuple[tuple[str, int, int], torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -225,17 +304,20 @@ def _units(size: int, items: list[tuple[tuple[str, int, int], torch.Tensor, torc
 
 def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
     """Every group of coupled channels that may be pruned: not the model's outputs, nor channels added to
-    the model's input, nor separate q/k/v projections. A group's "channels" are its *units*: root channels
-    that must go together (the same position in every group of a grouped conv, a whole attention head) are
-    one unit, and ``ChannelGroup.units`` maps each root channel to its unit."""
+    the model's input, nor the Linears of attention modules whose heads we cannot locate. A group's "channels"
+    are its *units*: root channels that must go together (the same position in every group of a grouped conv,
+    a whole attention head) are one unit, and ``ChannelGroup.units`` maps each root channel to its unit;
+    ``ChannelGroup.macs`` counts what each unit's removal saves, on the graph's example."""
     names = {module: name for name, module in model.named_modules()}
     names.update(getattr(graph, "_param_to_name", {}))  # unwrapped parameters (class token, position embedding)
     outputs = output_layers(graph)
-    fused, separate = attention_layers(model)
+    per_weight = macs_per_weight(model, graph.example) if getattr(graph, "example", None) is not None else {}
+    layouts, unknown = attention_layers(model)
+    heads = head_projections(layouts)
     groups = []
     for group in graph.get_all_groups(root_module_types=PRUNABLE):
         root = group[0].dep.target.module
-        if root in separate or any(item.dep.target.module in outputs and graph.is_out_channel_pruning_fn(item.dep.handler)
+        if root in unknown or any(item.dep.target.module in outputs and graph.is_out_channel_pruning_fn(item.dep.handler)
                                    or item.dep.target in graph.input_coupled for item in group):
             continue
         size = graph.get_out_channels(root)
@@ -246,7 +328,7 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
                 continue  # graph-internal ops (add, reshape) own no parameters
             is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
             index, channel = torch.tensor(item.idxs, dtype=torch.long), torch.tensor(item.root_idxs, dtype=torch.long)
-            layout = None if isinstance(module, nn.Parameter) else _channel_layout(module, is_out, fused)
+            layout = None if isinstance(module, nn.Parameter) else _channel_layout(module, is_out, heads)
             if layout is not None:
                 layouts.append((layout, index, channel))
             entries += [(p, d, i, channel, not is_out) for p, d, i in
@@ -258,6 +340,8 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
             channel = channel.repeat(len(index) // len(channel))
             slices.setdefault((param, dim), Slice(param, dim, index, unit[channel], consumer))
         candidate = ChannelGroup(names[root], int(unit.max()) + 1, list(slices.values()), unit)
+        candidate.macs = _unit_macs(candidate, dict(model.named_parameters(remove_duplicate=False)), per_weight) \
+            if per_weight else None
         if not _consistent(model, candidate, getattr(graph, "example", None)):
             warnings.warn(f"structured pruning leaves the channels of layer {names[root]!r} whole: they pass through "
                           "a view/transpose that mixes channels (a channel shuffle?), which Torch-Pruning cannot map",
@@ -270,6 +354,37 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
                       "when one of them goes (a reshape to a fixed width, such as view(B, T, C) in attention?)",
                       RuntimeWarning, stacklevel=4)
     return [group for group in groups if group.root not in broken]
+
+
+@torch.no_grad()
+def macs_per_weight(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
+    """MACs per sample that each prunable weight element takes part in, on ``example``: a Linear's weight is
+    used once per token, a Conv's once per output position (``torch.utils.flop_counter``: the layer's MACs
+    over its weight count). The cost side of a MAC-aware channel ranking."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with eval_mode(model), FlopCounterMode(display=False) as counter:
+        model(example)
+    flops = counter.get_flop_counts()
+    root = type(model).__name__
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE):
+            layer = sum(flops.get(f"{root}.{name}" if name else root, {}).values())
+            found[f"{name}.weight" if name else "weight"] = layer / 2 / len(example) / module.weight.numel()
+    return found
+
+
+def _unit_macs(group: ChannelGroup, params: dict[str, torch.Tensor], per_weight: dict[str, float]) -> torch.Tensor:
+    """MACs per sample each unit of ``group`` saves: the Linear/Conv weight elements it takes along (its rows, and
+    the columns of the layers reading it), each weighted by how often the layer uses it (`macs_per_weight`)."""
+    total = torch.zeros(group.size, dtype=torch.float64)
+    for s in group.slices:
+        if s.param in per_weight and s.param in params:
+            elements = params[s.param].numel() // params[s.param].shape[s.dim]  # per position along dim
+            total.scatter_add_(0, s.channel, torch.full((len(s.index),), elements * per_weight[s.param],
+                                                        dtype=torch.float64))
+    return total
 
 
 def _breaking_roots(model: nn.Module, groups: list[ChannelGroup], example: torch.Tensor | None) -> set[str]:
@@ -286,12 +401,14 @@ def _breaking_roots(model: nn.Module, groups: list[ChannelGroup], example: torch
 
     def runs(subset: list[ChannelGroup]) -> bool:
         copy = deepcopy(model).eval()
+        layouts, _ = attention_layers(copy)
         try:
             graph = tp.DependencyGraph().build_dependency(copy, example_inputs=example[:2], verbose=False)
             for group in subset:
                 layer = copy.get_submodule(group.root)
                 idxs = [0] if group.units is None else torch.nonzero(group.units == 0).flatten().tolist()
                 graph.get_pruning_group(layer, graph.get_pruner_of_module(layer).prune_out_channels, idxs).prune()
+            update_heads(layouts)
             with torch.no_grad():
                 return copy(example[:2]).shape == expected
         except (RuntimeError, ValueError, AssertionError, ZeroDivisionError, IndexError, TypeError):

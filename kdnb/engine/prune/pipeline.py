@@ -22,8 +22,8 @@ from kdnb.engine.prune.criteria import Criterion
 from kdnb.engine.prune.groups import check_structured_support, keep_vectors, masks_from_keep, prunable_weights
 from kdnb.engine.prune.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
-from kdnb.engine.prune.scores import (SCOPES, _score, check_criterion, check_pattern, check_sparsity, masks_at,
-                                      parse_pattern, removed_channels)
+from kdnb.engine.prune.scores import (MACS_SCOPE_NEEDS_CHANNELS, SCOPES, _score, check_criterion, check_pattern,
+                                      check_sparsity, masks_at, parse_pattern, removed_channels)
 from kdnb.engine.prune.structured import remove_channels
 from kdnb.engine.prune.unstructured import apply_masks, clone, current_masks, make_permanent
 
@@ -138,7 +138,10 @@ def prune(
             "hessian", "obs", "wanda", "thinet", "slimming", "random"); "auto" (the default) is the best of
             bench/prune_oneshot.py: "lamp" for single weights, "l1" for channels (both reconstructed with data).
         structured: delete channels (True) or zero single weights (False).
-        scope: "global" (rank across layers) or "local" (the same sparsity in every layer; Wanda: per row).
+        scope: "global" (rank across layers), "local" (the same sparsity in every layer; Wanda: per row) or,
+            structured, "macs" (rank across layers by score per MAC a channel's removal saves: for speed, it
+            cuts the layers that run most often, such as early convolutions at high resolution; before any
+            fine-tuning it costs accuracy, see bench/prune_zoo.py).
         pattern: "N:M" semi-structured sparsity (unstructured only).
         data: training ``DataLoader``: statistics for the data criteria, calibration for reconstruction,
             slimming's L1 phase, fine-tuning, and (first batch) the example input for structured tracing.
@@ -188,6 +191,8 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
                                                                        schedules.SCHEDULES)):
         if value not in choices:
             raise KdnbError(f"unknown {name} {value!r}; {suggest(str(value), choices)}")
+    if options["scope"] == "macs" and not structured:
+        raise KdnbError(MACS_SCOPE_NEEDS_CHANNELS)
     _check_schedule(options)
     for loader, what in ((data, "data"), (options["val"], "val")):
         if loader is not None:
@@ -378,16 +383,16 @@ def _finish(run: _Run) -> PruneResult:
                        reconstructed=run.reconstruct, pattern=run.pattern)
 
 
-def _effective(module: nn.Module) -> torch.Tensor:
-    orig, mask = getattr(module, "weight_orig", None), getattr(module, "weight_mask", None)
-    return (orig * mask if mask is not None else module.weight).detach()
+def _effective(module: nn.Module, attr: str = "weight") -> torch.Tensor:
+    orig, mask = getattr(module, f"{attr}_orig", None), getattr(module, f"{attr}_mask", None)
+    return (orig * mask if mask is not None else getattr(module, attr)).detach()
 
 
 def _masked_sparsity(model: nn.Module, weights: dict[str, torch.Tensor], total: int) -> float:
     zeros = 0
     for name in weights:
-        module_name = name.rpartition(".")[0]
-        zeros += int((_effective(model.get_submodule(module_name)) == 0).sum())
+        module_name, _, attr = name.rpartition(".")  # "weight", or an attention's "in_proj_weight"
+        zeros += int((_effective(model.get_submodule(module_name), attr) == 0).sum())
     return zeros / total
 
 

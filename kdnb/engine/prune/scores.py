@@ -23,7 +23,9 @@ from kdnb.engine.prune import arguments, calibration, criteria, estimate
 from kdnb.engine.prune.groups import (_BATCHNORM, PRUNABLE, ChannelGroup, Slice, channel_groups, channel_scores, dependency_graph,
                                       keep_vectors, masks_from_keep, prunable_weights, remaining_weights)
 
-SCOPES = ("global", "local")
+SCOPES = ("global", "local", "macs")
+MACS_SCOPE_NEEDS_CHANNELS = ("scope='macs' ranks channels by their score per MAC their removal saves: it needs "
+                             "structured=True; for single weights use scope='global' or 'local'")
 ESTIMATORS = ("fisher", "hutchinson")
 
 
@@ -307,7 +309,7 @@ def _score(model: nn.Module, record: criteria.Criterion, data: Iterable | None, 
     values = {key: record.formula(*args) for key, args in STATISTICS[record.statistic](context).items()}
     distributed.broadcast_from_main(values.values())  # several processes: rank 0's scores, so the same masks
     prunable = list(prunable_weights(model))
-    shapes = {n: p.shape for n, p in model.named_parameters(remove_duplicate=False)}
+    shapes = {n: p.shape for n, p in model.named_parameters(remove_duplicate=False)}  # tied: every name
     result = Scores(record.name, structured, model, {} if record.channel and structured else
                     {n: s for n, s in values.items() if n in prunable}, prunable, shapes, groups)
     for group in groups:
@@ -332,7 +334,8 @@ def masks_at(scores: Scores, sparsity: float, scope: str = "global",
     Unstructured: the ``round(sparsity * n)`` lowest-scored weights, among all layers ("global", as
     ``torch.nn.utils.prune.global_unstructured``) or in each layer ("local"). Structured: whole channels
     in ascending score ("global"; l1 scores are divided by their layer's mean first, as magnitudes of
-    different layers are not comparable) or the same fraction of each layer ("local"), adding channels
+    different layers are not comparable), in ascending score per MAC the channel's removal saves ("macs": the
+    speed ranking), or the same fraction of each layer ("local"), adding channels
     until the prunable-weight sparsity reaches ``sparsity`` (it may overshoot by less than one channel).
     Each layer keeps at least one weight or channel (with a warning). Criteria marked ``per_row`` (Wanda)
     compare weights within each output row when ``scope="local"``.
@@ -344,6 +347,8 @@ def masks_at(scores: Scores, sparsity: float, scope: str = "global",
     check_sparsity(sparsity)
     if scope not in SCOPES:
         raise KdnbError(f"unknown scope {scope!r}; {suggest(str(scope), SCOPES)}")
+    if scope == "macs" and not scores.structured:
+        raise KdnbError(MACS_SCOPE_NEEDS_CHANNELS)
     if scores.structured:
         return masks_from_keep(keep_vectors(scores.groups, removed_channels(scores, sparsity, scope, pruned),
                                             scores.shapes), scores.shapes)
@@ -444,8 +449,10 @@ def removed_channels(scores: Scores, sparsity: float, scope: str = "global",
         if group.root not in scores.channels:
             continue
         values = scores.channels[group.root].clone()
-        if scope == "global" and criteria.REGISTRY[scores.criterion].normalise:
+        if scope in ("global", "macs") and criteria.REGISTRY[scores.criterion].normalise:
             values /= values.mean().clamp_min(1e-12)
+        if scope == "macs" and group.macs is not None:  # score per MAC its removal saves
+            values /= group.macs.clamp_min(1e-12)
         if pruned:
             values[_already_removed(group, pruned)] = float("-inf")
         ranked[group.root] = values
@@ -456,7 +463,7 @@ def removed_channels(scores: Scores, sparsity: float, scope: str = "global",
             gone[root][index] = True
         return gone
 
-    if scope == "global":
+    if scope in ("global", "macs"):
         pool = []  # every channel but the best of each group, lowest score first
         for order, (root, values) in enumerate(ranked.items()):
             best = int(values.argmax())

@@ -11,7 +11,7 @@ from torch import nn
 
 from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import eval_mode
-from kdnb.engine.prune.groups import attention_layers, channel_groups, dependency_graph
+from kdnb.engine.prune.groups import attention_layers, channel_groups, dependency_graph, update_heads
 
 
 @torch.no_grad()
@@ -25,14 +25,14 @@ def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example:
     a channel, or the channels that go together: one position of every group of a grouped conv, one head).
 
     The model must carry no masks (see `make_permanent`). Hand-written attention modules get their
-    ``num_heads`` (and a plain ``head_dim``) updated. Afterwards the model's outputs on ``example`` must keep
+    ``num_heads`` updated (`groups.update_heads`). Afterwards the model's outputs on ``example`` must keep
     their shape and be finite, or a `KdnbError` says so.
     """
     expected = _outputs(model, example).shape
     graph = dependency_graph(model, example)
     units = {group.root: group.units for group in channel_groups(model, graph)}
-    fused, _ = attention_layers(model)
-    head_dims = {qkv: qkv.out_features // (3 * heads) for qkv, heads in fused.items()}
+    layouts, _ = attention_layers(model)
+    ties = _tied_parameters(model)
     for root, gone in removed.items():
         if units.get(root) is not None:
             gone = gone[units[root]]  # unit -> its channels
@@ -47,20 +47,35 @@ def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise KdnbError(f"structured pruning could not remove channels of layer {root!r} ({first}); "
                             "use structured=False for this model") from None
-    _update_heads(model, head_dims)
+    update_heads(layouts)
+    _tie_again(ties)
     _check_outputs(model, example, expected)
     return model
 
 
-def _update_heads(model: nn.Module, head_dims: dict[nn.Module, int]) -> None:
-    """Whole heads went from each fused qkv: its attention module's ``num_heads`` follows."""
-    for module in model.modules():
-        qkv = next((child for child in module.children() if child in head_dims), None)
-        if qkv is None:
-            continue
-        module.num_heads = qkv.out_features // (3 * head_dims[qkv])
-        if "head_dim" in vars(module):  # a plain attribute (a property follows by itself)
-            module.head_dim = head_dims[qkv]
+def _tied_parameters(model: nn.Module) -> list[list[tuple[str, nn.Module, str]]]:
+    """(path, module, attribute) of each holder of a Parameter held more than once (tied weights, such as a
+    language model's embedding and output layer)."""
+    users: dict[int, list[tuple[str, nn.Module, str]]] = {}
+    for path, module in model.named_modules():
+        for attr, param in module._parameters.items():
+            if param is not None:
+                users.setdefault(id(param), []).append((path, module, attr))
+    return [holders for holders in users.values() if len(holders) > 1]
+
+
+def _tie_again(ties: list[list[tuple[str, nn.Module, str]]]) -> None:
+    """Torch-Pruning narrows each holder of a tied Parameter on its own, into a new Parameter each: make them
+    one Parameter again. They lost the same positions, so their values agree; if not, a one-line error."""
+    for (path, module, attr), *others in ties:
+        kept = getattr(module, attr)
+        for other_path, other, other_attr in others:
+            value = getattr(other, other_attr)
+            if value.shape != kept.shape or not torch.equal(value, kept):
+                raise KdnbError(f"structured pruning removed different channels from the tied parameters "
+                                f"{path}.{attr} {tuple(kept.shape)} and {other_path}.{other_attr} "
+                                f"{tuple(value.shape)} (one Parameter); untie them or use structured=False")
+            setattr(other, other_attr, kept)
 
 
 def _check_outputs(model: nn.Module, example: torch.Tensor, expected: torch.Size) -> None:
