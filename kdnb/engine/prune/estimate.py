@@ -65,16 +65,34 @@ def tied_names(model: nn.Module) -> set[str]:
 
 
 def untied_groups(model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup]:
-    """The channel groups that touch no tied weight. Deleting a channel of a shared weight would cut it for
-    both layers at once, where Torch-Pruning's graph sees two weights: those channels stay whole (a warning
-    says which), so the tie holds and both layers stay consistent."""
-    tied = tied_names(model)
-    kept = [g for g in groups if not any(s.param in tied for s in g.slices)]
+    """The channel groups that cut every tied weight they touch alike under all its names. An embedding and
+    the output layer that share it lose the same columns in one group (kept); a weight whose names sit in
+    different groups, or along different dimensions, would be cut for both layers where Torch-Pruning's graph
+    sees two weights: those channels stay whole (a warning says which), so the tie holds."""
+    sharing = _names_by_parameter(model)
+    kept = [g for g in groups if _cuts_ties_alike(g, sharing)]
     if len(kept) < len(groups):
-        warn(f"{', '.join(sorted(tied))} share one weight (tied): structured pruning leaves the "
-             f"{len(groups) - len(kept)} channel group(s) that touch it whole, so the tie holds; untie the weights "
-             "to prune those channels too", RuntimeWarning)
+        tied = sorted({n for names in sharing.values() for n in names})
+        warn(f"{', '.join(tied)} share one weight (tied): structured pruning leaves the "
+             f"{len(groups) - len(kept)} channel group(s) that would cut it differently under its names whole, so "
+             "the tie holds; untie the weights to prune those channels too", RuntimeWarning)
     return kept
+
+
+def _names_by_parameter(model: nn.Module) -> dict[int, list[str]]:
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return {key: shared for key, shared in names.items() if len(shared) > 1}
+
+
+def _cuts_ties_alike(group: ChannelGroup, sharing: dict[int, list[str]]) -> bool:
+    cuts = {s.param: (s.dim, s.index.tolist()) for s in group.slices}
+    for shared in sharing.values():
+        touched = [cuts.get(name) for name in shared]
+        if any(touched) and (None in touched or any(cut != touched[0] for cut in touched)):
+            return False
+    return True
 
 
 def _named_trainable(model: nn.Module) -> tuple[list[str], list[nn.Parameter]]:

@@ -34,16 +34,20 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def _tied_consistent(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One mask for a weight that several layers share (tied): what any of its names prunes, all of them do."""
+    """One mask for a weight that several layers share (tied), under every one of its names: what any of its
+    names prunes, all of them do (sparsity counts such a weight once, under its first name)."""
     by_tensor: dict[int, list[str]] = {}
-    for param in masks:
-        module, attr = _owner(model, param)
-        by_tensor.setdefault(id(getattr(module, attr + "_orig", None) if hasattr(module, attr + "_orig")
-                                else getattr(module, attr)), []).append(param)
+    for name, module in model.named_modules():
+        for attr in {p.rsplit(".", 1)[-1] for p in masks}:
+            held = getattr(module, attr + "_orig", None) if hasattr(module, attr + "_orig") else \
+                getattr(module, attr, None)
+            if isinstance(held, torch.Tensor):
+                by_tensor.setdefault(id(held), []).append(f"{name}.{attr}" if name else attr)
     consistent = dict(masks)
     for names in by_tensor.values():
-        if len(names) > 1:
-            joint = torch.stack([masks[n].to(masks[names[0]].device) for n in names]).all(0)
+        given = [masks[n] for n in names if n in masks]
+        if given and len(names) > 1:
+            joint = torch.stack([m.to(given[0].device) for m in given]).all(0)
             consistent.update({n: joint for n in names})
     return consistent
 
