@@ -122,8 +122,9 @@ def thinet(consumers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> 
     :math:`\Delta E_B = \tfrac12 \sum_r W_{rB} [H^{-1}]_{BB}^{-1} W_{rB}^\top`,
     :math:`W \leftarrow W - W_{:B} [H^{-1}]_{BB}^{-1} [H^{-1}]_{B:}`,
     :math:`H^{-1} \leftarrow H^{-1} - [H^{-1}]_{:B} [H^{-1}]_{BB}^{-1} [H^{-1}]_{B:}`.
-    ``consumers``: for each consuming layer, its weight ``(out, d)``, :math:`H^{-1}` ``(d, d)`` and each channel's
-    ``b`` input columns ``(channels, b)``. Score = the error accumulated when the channel goes, over the error of
+    ``consumers``: for each consuming layer, its weight ``(out, d)`` (with the BatchNorm that normalises its
+    outputs folded in, so the error is the one the next layers read), :math:`H^{-1}` ``(d, d)`` and each
+    channel's ``b`` input columns ``(channels, b)``. Score = the error accumulated when the channel goes, over the error of
     removing all but the last (which scores 2): comparable across layers, the removal order inside one.
     """
     count = consumers[0][2].shape[0]

@@ -30,7 +30,7 @@ MARKER = "kdnb_pruned"  # attribute a pruned model carries: the list of prunings
 # criterion="auto": the best of bench/prune_oneshot.py (reconstructing, with data) for weights and for channels;
 # "l1" for channels without data, or for a model whose channels group OBS cannot all score (see `_cut`)
 DEFAULT_CRITERION = {False: "lamp", True: "thinet"}
-DEFAULT_ROUNDS = 4  # re-scored cuts of a structured one-shot prune with reconstruction (bench/prune_oneshot.py)
+DEFAULT_ROUNDS = 8  # re-scored cuts of a structured one-shot prune with reconstruction (bench/prune_oneshot.py)
 
 
 class _Sparsity(Callback):
