@@ -281,3 +281,23 @@ def test_auto_is_group_obs_with_data_and_l1_without_or_where_it_cannot_score():
         warnings.simplefilter("ignore")  # 16 samples: the refit is damped
         result = prune(grouped, 0.4, structured=True, data=data)
     assert result.criterion == "l1" and result.model[0].out_channels < 8  # the grouped conv's inputs: no group OBS
+
+
+def test_global_normalisation_divides_by_the_mean_of_the_channels_left():
+    """Rounds re-score a network whose removed channels score 0: a layer's mean over what is left keeps its
+    scores comparable (its mean over every channel, the removed included, once emptied a layer in 8 rounds)."""
+    from kdnb.engine.prune.groups import keep_vectors, masks_from_keep
+    from kdnb.engine.prune.scores import removed_channels
+
+    torch.manual_seed(0)
+    net = M.mlp(8, [8, 8], 3)
+    scores = importance(net, "l1", structured=True, example=torch.randn(2, 8))
+    first, second = (group.root for group in scores.groups)
+    half = torch.arange(8) < 4
+    scores.channels[first] = torch.where(half, 0.0, 1.0).double()  # half removed already, the rest score 1
+    scores.channels[second] = torch.full((8,), 1.0 + 1e-6, dtype=torch.float64)  # a hair above: kept first
+    pruned = masks_from_keep(keep_vectors(scores.groups, {first: half}, scores.shapes), scores.shapes)
+    total = sum(scores.shapes[n].numel() for n in scores.prunable)
+    already = 1 - sum(int(pruned.get(n, torch.ones(scores.shapes[n])).sum()) for n in scores.prunable) / total
+    gone = removed_channels(scores, already + 0.01, "global", pruned)
+    assert bool(gone[first][half].all()) and int(gone[first].sum()) > 4 and not bool(gone[second].any())

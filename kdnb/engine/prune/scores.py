@@ -458,10 +458,10 @@ def removed_channels(scores: Scores, sparsity: float, scope: str = "global",
         if group.root not in scores.channels:
             continue
         values = scores.channels[group.root].clone()
-        if scope == "global" and criteria.REGISTRY[scores.criterion].normalise:
-            values /= values.mean().clamp_min(1e-12)
-        if pruned:
-            values[_already_removed(group, pruned)] = float("-inf")
+        gone = _already_removed(group, pruned) if pruned else torch.zeros(len(values), dtype=torch.bool)
+        if scope == "global" and criteria.REGISTRY[scores.criterion].normalise:  # by the mean of what is left
+            values /= values[~gone].mean().clamp_min(1e-12) if bool((~gone).any()) else 1.0
+        values[gone] = float("-inf")
         ranked[group.root] = values
 
     def removal(candidates: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
