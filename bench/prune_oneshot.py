@@ -14,8 +14,9 @@ same loaders): the fair small network to compare with. One CPU thread.
 
     .venv/bin/python bench/prune_oneshot.py [--net mlp|cnn_bn] [--part unstructured|structured] [--seeds N] [--quick]
 
-The MLP takes about 3.5 minutes on one thread, the conv net about 5 (``--net`` runs one; both by default);
-``--quick`` runs one seed. To fit, the conv net calibrates its reconstruction on 512 samples (x 64 positions
+``--net`` runs one network, ``--part`` one table (both by default); ``--quick`` runs one seed, ``--seeds N``
+N seeds. The structured tables took about 19 minutes each on the shared 2-core box (kdnb's 8-round columns
+cost 1.5-5 s of CPU a run for the MLP). To fit, the conv net calibrates its reconstruction on 512 samples (x 64 positions
 = 32768 rows per layer; the default 2048 gained 0.3-2 pp at about 3x the time) and skips kdnb's hessian,
 taylor and taylor_group columns (per-sample and per-batch gradients of convs are slow), not TP's.
 """
