@@ -7,12 +7,16 @@ seeds the loaders); cells are ``mean ± std (seconds per run)``.
 Unstructured rows: fraction of Linear/Conv weights removed. Structured rows: fraction of the hidden
 neurons / channels removed in every layer (the classifier's outputs kept): kdnb with ``scope="local"`` at
 the weight sparsity that fraction implies; Torch-Pruning with ``MetaPruner(pruning_ratio=fraction)``.
-kdnb's columns reconstruct (the default with data) unless marked "no rec". One CPU thread.
+kdnb's columns reconstruct (the default with data) unless marked "no rec", and cut channels in the default
+``rounds`` (re-scored, re-solved steps, `DEFAULT_ROUNDS`) unless marked "1 round"; "default" is
+``criterion="auto"``. "scratch" trains the pruned shape from scratch with the teacher's recipe (8 epochs, the
+same loaders): the fair small network to compare with. One CPU thread.
 
-    .venv/bin/python bench/prune_oneshot.py [--net mlp|cnn_bn] [--quick]
+    .venv/bin/python bench/prune_oneshot.py [--net mlp|cnn_bn] [--part unstructured|structured] [--seeds N] [--quick]
 
-The MLP takes about 3.5 minutes on one thread, the conv net about 5 (``--net`` runs one; both by default);
-``--quick`` runs one seed. To fit, the conv net calibrates its reconstruction on 512 samples (x 64 positions
+``--net`` runs one network, ``--part`` one table (both by default); ``--quick`` runs one seed, ``--seeds N``
+N seeds. The structured tables took about 19 minutes each on the shared 2-core box (kdnb's 8-round columns
+cost 1.5-5 s of CPU a run for the MLP). To fit, the conv net calibrates its reconstruction on 512 samples (x 64 positions
 = 32768 rows per layer; the default 2048 gained 0.3-2 pp at about 3x the time) and skips kdnb's hessian,
 taylor and taylor_group columns (per-sample and per-batch gradients of convs are slow), not TP's.
 """
@@ -37,29 +41,40 @@ from kdnb.engine.prune.unstructured import clone
 
 torch.set_num_threads(1)
 QUICK = "--quick" in sys.argv
-SEEDS = (0,) if QUICK else (0, 1, 2)
-NETS = (sys.argv[sys.argv.index("--net") + 1],) if "--net" in sys.argv else ("mlp", "cnn_bn")
+
+
+def _option(name: str, default: object) -> str:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default  # type: ignore[return-value]
+
+
+SEEDS = (0,) if QUICK else tuple(range(int(_option("--seeds", 3))))
+NETS = (_option("--net", None),) if "--net" in sys.argv else ("mlp", "cnn_bn")
+PARTS = (_option("--part", None),) if "--part" in sys.argv else ("unstructured", "structured")
 UNSTRUCTURED = (0.8, 0.9, 0.95, 0.98)
 STRUCTURED = (0.5, 0.75, 0.9)
 KDNB_UNSTRUCTURED = {"mlp": ("lamp", "l1", "wanda", "obs", "taylor", "hessian", "random"),
                      "cnn_bn": ("lamp", "l1", "wanda", "obs", "random")}
 KDNB_STRUCTURED = {"mlp": ("l1", "taylor", "taylor_group", "hessian", "obs", "wanda", "thinet", "random"),
-                   "cnn_bn": ("l1", "obs", "thinet", "random")}
+                   "cnn_bn": ("l1", "obs", "wanda", "thinet", "random")}
 CALIBRATION = {"mlp": 2048, "cnn_bn": 512}
 
 
+BUILD = {"mlp": lambda width: kdnb.models.mlp(64, [width, width], 10),  # the teacher: width 256
+         "cnn_bn": lambda width: kdnb.models.cnn_bn(width=width)}  # the teacher: width 16 (16, 16, 32, 32)
+WIDTH = {"mlp": 256, "cnn_bn": 16}
+
+
+def trained(name: str, width: int, seed: int) -> tuple[nn.Module, object, object]:
+    """The teacher's recipe: digits (flat for the MLP), seeded loaders and init, 8 epochs of the one loop."""
+    train, val = kdnb.datasets.load("digits", batch_size=64, seed=seed, flat=name == "mlp")
+    torch.manual_seed(seed)
+    net = BUILD[name](width)
+    fit(net, train, epochs=8, seed=seed, device="cpu", check_inputs=False)
+    return net.eval(), train, val
+
+
 def networks(seed: int) -> dict[str, tuple[nn.Module, object, object]]:
-    nets = {}
-    for name, flat, build in (("mlp", True, lambda: kdnb.models.mlp(64, [256, 256], 10)),
-                              ("cnn_bn", False, lambda: kdnb.models.cnn_bn(width=16))):
-        if name not in NETS:
-            continue
-        train, val = kdnb.datasets.load("digits", batch_size=64, seed=seed, flat=flat)
-        torch.manual_seed(seed)
-        net = build()
-        fit(net, train, epochs=8, seed=seed, device="cpu", check_inputs=False)
-        nets[name] = (net.eval(), train, val)
-    return nets
+    return {name: trained(name, WIDTH[name], seed) for name in NETS}
 
 
 def timed(fn) -> tuple[float, float]:
@@ -99,11 +114,21 @@ def channel_sparsity(net: nn.Module, fraction: float) -> float:
     return 1 - after / before
 
 
-def kdnb_structured(criterion, rec, samples):
+def kdnb_structured(criterion, rec, samples, rounds=None):
     def run(net, fraction, train, val):
         result = prune(net, channel_sparsity(net, fraction) - 1e-9, criterion=criterion, structured=True,
-                       scope="local", data=train, reconstruct=rec, calibration_samples=samples, device="cpu")
+                       scope="local", data=train, reconstruct=rec, calibration_samples=samples, device="cpu",
+                       rounds=rounds)
         return result.model, val
+    return run
+
+
+def scratch(name: str, seed_of: dict[int, int]):
+    """The pruned shape (every hidden width cut by the row's fraction) trained from scratch, teacher's recipe."""
+    def run(net, fraction, train, val):
+        width = WIDTH[name] - int(fraction * WIDTH[name] + 1e-9)  # cnn_bn: 2w channels lose 2x as many
+        small, _, val = trained(name, width, seed_of[id(net)])
+        return small, val
     return run
 
 
@@ -168,18 +193,24 @@ def main() -> None:
     for name in NETS:
         dense = [evaluate(n[name][0], n[name][2])["accuracy"] for n in seeds_nets]
         print(f"{name}: dense accuracy {statistics.mean(dense):.4f} over seeds {SEEDS}")
-    if "mlp" in NETS:
+    if "mlp" in NETS and "unstructured" in PARTS:
         print(f"reconstruction of the tutorial teacher (mlp, 90 %, 1 thread): {reconstruction_time(seeds_nets[0]):.2f} s")
     for name in NETS:
         n = CALIBRATION[name]
         unstructured = {"torch global L1": torch_global_l1, "l1 no rec": kdnb_unstructured("l1", False, n),
                         **{c: kdnb_unstructured(c, True, n) for c in KDNB_UNSTRUCTURED[name]}}
-        structured = {**{k: torch_pruning(v) for k, v in TP_IMPORTANCES.items()},
+        seed_of = {id(nets[name][0]): seed for seed, nets in zip(SEEDS, seeds_nets)}
+        structured = {**{k: torch_pruning(v) for k, v in TP_IMPORTANCES.items()}, "scratch": scratch(name, seed_of),
                       "l1 no rec": kdnb_structured("l1", False, n), "random no rec": kdnb_structured("random", False, n),
-                      **{c: kdnb_structured(c, True, n) for c in KDNB_STRUCTURED[name]}}
-        table(f"{name}: unstructured, no fine-tuning", UNSTRUCTURED, unstructured, seeds_nets, name)
-        table(f"{name}: structured (fraction of hidden neurons/channels), no fine-tuning", STRUCTURED, structured,
-              seeds_nets, name)
+                      "l1 1 round": kdnb_structured("l1", True, n, rounds=1),
+                      "thinet 1 round": kdnb_structured("thinet", True, n, rounds=1),
+                      **{c: kdnb_structured(c, True, n) for c in KDNB_STRUCTURED[name]},
+                      "default": kdnb_structured("auto", None, n)}
+        if "unstructured" in PARTS:
+            table(f"{name}: unstructured, no fine-tuning", UNSTRUCTURED, unstructured, seeds_nets, name)
+        if "structured" in PARTS:
+            table(f"{name}: structured (fraction of hidden neurons/channels), no fine-tuning", STRUCTURED,
+                  structured, seeds_nets, name)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 

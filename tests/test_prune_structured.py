@@ -213,3 +213,91 @@ def test_export_folds_masks_and_batchnorm_and_keeps_the_function():
     assert fast[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(result.model.eval()(x), fast(x), atol=1e-5)
     assert torch.equal(net.eval()(x), result.dense.eval()(x))  # export copies; nothing else changes
+
+
+def _digits_mlp(hidden=(32, 32)):
+    train, val = kdnb.datasets.load("digits", batch_size=128, seed=0)
+    torch.manual_seed(0)
+    net = M.mlp(64, list(hidden), 10)
+    kdnb.train(net, train, epochs=2, lr=1e-2, device="cpu", progress=False, plot=False)
+    return net.eval(), train, val
+
+
+def test_rounds_rescore_the_refit_network_and_reach_the_target(monkeypatch):
+    from kdnb.engine.prune import criteria
+    from kdnb.engine.prune.pipeline import DEFAULT_ROUNDS
+
+    net, train, val = _digits_mlp()
+    seen = []  # the first layer's weights each round's criterion scored
+
+    def spy(weight):
+        if weight.shape == net[1].weight.shape:
+            seen.append(weight.clone())
+        return weight.abs()
+
+    monkeypatch.setitem(criteria.REGISTRY, "spy", criteria.Criterion("spy", spy, None, False, True, True, "spy", "k",
+                                                                     normalise=True))
+    result = prune(net, 0.6, criterion="spy", structured=True, data=train, val=val, rounds=3)
+    reached = [step["sparsity"] for step in result.trajectory]
+    assert len(seen) == 3 and reached == sorted(reached) and reached[0] < 0.6 <= reached[-1] == result.sparsity
+    assert 1 - reached[0] == pytest.approx((1 - reached[-1]) ** (1 / 3), abs=0.06)  # the same factor each round
+    for before, after in zip(seen, seen[1:]):  # each round scores the model the last one left: its cuts at zero
+        assert (after.abs().sum(1) == 0).sum() > (before.abs().sum(1) == 0).sum()
+    default = prune(net, 0.6, structured=True, data=train, criterion="l1")
+    assert len(default.trajectory) == DEFAULT_ROUNDS  # the default: rounds for a structured cut with the refit
+    assert len(prune(net, 0.6, structured=True, data=train, reconstruct=False).trajectory) == 1
+    assert len(prune(net, 0.6, data=train).trajectory) == 1  # single weights: one cut
+
+
+def test_every_round_refits_against_the_unpruned_model():
+    from kdnb.engine.prune.calibration import calibration_batches, layer_statistics
+    from kdnb.engine.prune.reconstruct import reconstruct_layer
+
+    net, train, _ = _digits_mlp()
+    small = prune(net, 0.7, criterion="l1", structured=True, data=train, rounds=3).model
+    classifier = small[5]
+    gram, cross, rows = layer_statistics(small, "5", calibration_batches(train), net)  # targets: net's logits
+    before = classifier.weight.detach().clone()
+    reconstruct_layer(classifier, gram, cross, rows)
+    assert torch.allclose(classifier.weight, before, atol=1e-5)  # already the least squares fit to the dense net
+
+
+@pytest.mark.parametrize("rounds", [0, 2.5, True, "4"])
+def test_bad_rounds_is_a_one_line_error(rounds):
+    net, x = M.mlp(16, [8], 4), torch.randn(2, 16)
+    with pytest.raises(KdnbError, match="rounds") as error:
+        prune(net, 0.5, structured=True, example=x, rounds=rounds)
+    assert "\n" not in str(error.value)
+
+
+def test_auto_is_group_obs_with_data_and_l1_without_or_where_it_cannot_score():
+    net, train, _ = _digits_mlp((16, 16))
+    assert prune(net, 0.5, structured=True, data=train).criterion == "thinet"
+    assert prune(net, 0.5, structured=True, example=torch.randn(2, 64)).criterion == "l1"  # no data
+    grouped = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=4), nn.ReLU(),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    data = [(torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,)))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 16 samples: the refit is damped
+        result = prune(grouped, 0.4, structured=True, data=data)
+    assert result.criterion == "l1" and result.model[0].out_channels < 8  # the grouped conv's inputs: no group OBS
+
+
+def test_global_normalisation_divides_by_the_mean_of_the_channels_left():
+    """Rounds re-score a network whose removed channels score 0: a layer's mean over what is left keeps its
+    scores comparable (its mean over every channel, the removed included, once emptied a layer in 8 rounds)."""
+    from kdnb.engine.prune.groups import keep_vectors, masks_from_keep
+    from kdnb.engine.prune.scores import removed_channels
+
+    torch.manual_seed(0)
+    net = M.mlp(8, [8, 8], 3)
+    scores = importance(net, "l1", structured=True, example=torch.randn(2, 8))
+    first, second = (group.root for group in scores.groups)
+    half = torch.arange(8) < 4
+    scores.channels[first] = torch.where(half, 0.0, 1.0).double()  # half removed already, the rest score 1
+    scores.channels[second] = torch.full((8,), 1.0 + 1e-6, dtype=torch.float64)  # a hair above: kept first
+    pruned = masks_from_keep(keep_vectors(scores.groups, {first: half}, scores.shapes), scores.shapes)
+    total = sum(scores.shapes[n].numel() for n in scores.prunable)
+    already = 1 - sum(int(pruned.get(n, torch.ones(scores.shapes[n])).sum()) for n in scores.prunable) / total
+    gone = removed_channels(scores, already + 0.01, "global", pruned)
+    assert bool(gone[first][half].all()) and int(gone[first].sum()) > 4 and not bool(gone[second].any())

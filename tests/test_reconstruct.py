@@ -159,7 +159,7 @@ def test_default_with_data_reconstructs_and_beats_masking():
     assert rebuilt.reconstructed and rebuilt.trajectory[0]["val_acc"] > masked.trajectory[0]["val_acc"]
     structured = prune(net, 0.5, structured=True, data=train, val=val, scope="local")
     plain = prune(net, 0.5, structured=True, data=train, val=val, scope="local", reconstruct=False)
-    assert structured.trajectory[0]["val_acc"] >= plain.trajectory[0]["val_acc"]
+    assert structured.trajectory[-1]["val_acc"] >= plain.trajectory[-1]["val_acc"]  # the last of its rounds
 
 
 def test_sparsegpt_keeps_the_asked_fraction_or_pattern_and_obs_reselects():
@@ -212,3 +212,24 @@ def test_group_taylor_squares_the_summed_gradient_times_weight_per_batch():
     assert torch.allclose(sums.float(), torch.stack(expected).detach(), atol=1e-6)
     scores = importance(net, "taylor_group", data, structured=True)
     assert torch.allclose(scores.channels["0"], criteria.taylor_group(torch.stack(expected).detach().double()))
+
+
+def test_thinet_measures_a_consumers_error_after_its_batchnorm():
+    """The consumer's rows are scaled by its BatchNorm's gamma / sqrt(var + eps): folded in, as the next layers
+    read it (a channel whose output BN amplifies weighs more)."""
+    from kdnb.engine.prune import scores as scoring
+    from kdnb.engine.prune.groups import channel_groups, dependency_graph
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 3))
+    net[3].running_var.copy_(torch.tensor([0.5, 1.0, 2.0, 4.0]))
+    net[3].weight.data = torch.tensor([1.0, -2.0, 0.5, 1.0])
+    net.eval()
+    data = DataLoader(TensorDataset(torch.randn(32, 6), torch.randint(0, 3, (32,))), batch_size=16)
+    groups = channel_groups(net, dependency_graph(net, torch.randn(1, 6)))
+    context = scoring._Context(net, data, True, 0, "fisher", groups)
+    (consumers,) = scoring.STATISTICS["consumer_inverse_hessian"](context)["0"]
+    scale = net[3].weight.detach().abs() / (net[3].running_var + net[3].eps).sqrt()
+    assert torch.allclose(consumers[0][0], (net[2].weight.detach() * scale[:, None]).double())
+    (last,) = scoring.STATISTICS["consumer_inverse_hessian"](context)["2"]  # no BatchNorm after the classifier
+    assert torch.allclose(last[0][0], net[5].weight.detach().double())

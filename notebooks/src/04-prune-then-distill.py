@@ -23,7 +23,7 @@ kdnb.train(teacher, train, val=val, epochs=8)
 teacher.eval();
 
 # %%
-# L1 and the refit, the default
+# ThiNet (group OBS) in 8 rounds and the refit, the default
 cut = kdnb.prune(teacher, sparsity=0.99, structured=True, data=train, val=val)
 
 # %%

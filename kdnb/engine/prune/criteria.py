@@ -117,13 +117,14 @@ def thinet(consumers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> 
 
     ThiNet (Luo et al. 2017) removes, one at a time, the channel whose removal least increases the error of
     the layers that consume it, refitting them by least squares (He et al. 2017). With the consumer's input
-    Hessian :math:`H = 2X^	op X` the increase and the refit are OBS's closed form for a block ``B`` of input
+    Hessian :math:`H = 2X^\top X` the increase and the refit are OBS's closed form for a block ``B`` of input
     columns (Hassibi & Stork 1993; Frantar & Alistarh 2022):
-    :math:`\Delta E_B = 	frac12 \sum_r W_{rB} [H^{-1}]_{BB}^{-1} W_{rB}^	op`,
+    :math:`\Delta E_B = \tfrac12 \sum_r W_{rB} [H^{-1}]_{BB}^{-1} W_{rB}^\top`,
     :math:`W \leftarrow W - W_{:B} [H^{-1}]_{BB}^{-1} [H^{-1}]_{B:}`,
     :math:`H^{-1} \leftarrow H^{-1} - [H^{-1}]_{:B} [H^{-1}]_{BB}^{-1} [H^{-1}]_{B:}`.
-    ``consumers``: for each consuming layer, its weight ``(out, d)``, :math:`H^{-1}` ``(d, d)`` and each channel's
-    ``b`` input columns ``(channels, b)``. Score = the error accumulated when the channel goes, over the error of
+    ``consumers``: for each consuming layer, its weight ``(out, d)`` (with the BatchNorm that normalises its
+    outputs folded in, so the error is the one the next layers read), :math:`H^{-1}` ``(d, d)`` and each
+    channel's ``b`` input columns ``(channels, b)``. Score = the error accumulated when the channel goes, over the error of
     removing all but the last (which scores 2): comparable across layers, the removal order inside one.
     """
     count = consumers[0][2].shape[0]
@@ -134,9 +135,12 @@ def thinet(consumers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> 
     for _ in range(count - 1):
         cost = torch.zeros(count, dtype=torch.float64)
         for weight, inverse, cols in consumers:
+            rows = weight[:, cols].permute(1, 2, 0)  # (channels, b, out)
+            if cols.shape[1] == 1:  # one column a channel: the block is a number
+                cost += 0.5 * rows.pow(2).sum((1, 2)) / inverse.diagonal()[cols[:, 0]].masked_fill(~alive, 1.0)
+                continue
             blocks = inverse[cols[:, :, None], cols[:, None, :]]  # (channels, b, b)
             blocks[~alive] = torch.eye(cols.shape[1], dtype=blocks.dtype)
-            rows = weight[:, cols].permute(1, 2, 0)  # (channels, b, out)
             cost += 0.5 * (rows * torch.linalg.solve(blocks, rows)).sum((1, 2))
         cost[~alive] = float("inf")
         chosen = int(cost.argmin())

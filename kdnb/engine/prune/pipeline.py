@@ -17,7 +17,7 @@ from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Callback, RunState
 from kdnb.engine.history import History
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune import arguments, calibration, estimate, schedules
+from kdnb.engine.prune import arguments, calibration, criteria, estimate, schedules
 from kdnb.engine.prune.criteria import Criterion
 from kdnb.engine.prune.groups import check_structured_support, keep_vectors, masks_from_keep, prunable_weights
 from kdnb.engine.prune.reconstruct import reconstruct as reconstruct_layers
@@ -28,7 +28,10 @@ from kdnb.engine.prune.structured import remove_channels
 from kdnb.engine.prune.unstructured import apply_masks, clone, current_masks, make_permanent
 
 MARKER = "kdnb_pruned"  # attribute a pruned model carries: the list of prunings it went through
-DEFAULT_CRITERION = {False: "lamp", True: "l1"}  # the best of bench/prune_oneshot.py (reconstructing, with data)
+# criterion="auto": the best of bench/prune_oneshot.py (reconstructing, with data) for weights and for channels;
+# "l1" for channels without data, or for a model whose channels group OBS cannot all score (see `_cut`)
+DEFAULT_CRITERION = {False: "lamp", True: "thinet"}
+DEFAULT_ROUNDS = 8  # re-scored cuts of a structured one-shot prune with reconstruction (bench/prune_oneshot.py)
 
 
 class _Sparsity(Callback):
@@ -48,6 +51,7 @@ class _Run:
     options: dict[str, Any]
     record: Criterion
     reconstruct: bool
+    rounds: int
     steps: int
     example: torch.Tensor | None
     weights: dict[str, torch.Tensor]
@@ -85,6 +89,7 @@ def prune(
     data: Iterable | None = None,
     val: Iterable | None = None,
     reconstruct: bool | None = None,
+    rounds: int | None = None,
     finetune: int = 0,
     schedule: str = "oneshot",
     steps: int | None = None,
@@ -136,7 +141,8 @@ def prune(
         sparsity: fraction of prunable weights to remove, in [0, 1).
         criterion: a name of `kdnb.engine.prune.criteria.REGISTRY` ("l1", "lamp", "taylor", "taylor_group",
             "hessian", "obs", "wanda", "thinet", "slimming", "random"); "auto" (the default) is the best of
-            bench/prune_oneshot.py: "lamp" for single weights, "l1" for channels (both reconstructed with data).
+            bench/prune_oneshot.py: "lamp" for single weights; for channels "thinet" (group OBS) with data,
+            "l1" without, or where a channel's only readers are grouped convs (both reconstructed with data).
         structured: delete channels (True) or zero single weights (False).
         scope: "global" (rank across layers), "local" (the same sparsity in every layer; Wanda: per row) or,
             structured, "macs" (rank across layers by score per MAC a channel's removal saves: for speed, it
@@ -147,6 +153,10 @@ def prune(
             slimming's L1 phase, fine-tuning, and (first batch) the example input for structured tracing.
         val: validation loader for accuracies in the history and the summary.
         reconstruct: re-solve the kept weights on ``data`` (default: True when ``data`` is given).
+        rounds: cut each pruning step in this many re-scored steps, geometric in the kept weights, with no
+            training between: each round scores the network the last re-solve left, so the criterion sees
+            what the refit could not recover. Default: `DEFAULT_ROUNDS` for a structured one-shot prune
+            with reconstruction, else 1.
         finetune: fine-tuning epochs after pruning (per round for "iterative"; the whole run for "agp").
         schedule: "oneshot", "iterative" (``steps`` prune/fine-tune rounds) or "agp" (gradual pruning over
             ``steps`` updates during fine-tuning, Zhu & Gupta 2017); see `kdnb.engine.prune.schedules`.
@@ -184,7 +194,10 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
     arguments.check_prune_options(options)
     options["sparsity"] = check_sparsity(options["sparsity"])
     structured, data = options["structured"], options["data"]
-    criterion = DEFAULT_CRITERION[bool(structured)] if options["criterion"] == "auto" else options["criterion"]
+    options["auto"] = options["criterion"] == "auto"
+    criterion = DEFAULT_CRITERION[bool(structured)] if options["auto"] else options["criterion"]
+    if options["auto"] and data is None and criteria.REGISTRY[criterion].needs_data:
+        criterion = "l1"
     options["criterion"] = criterion
     record = check_criterion(criterion, data, model, structured, options["hessian_estimator"])
     for name, value, choices in (("scope", options["scope"], SCOPES), ("schedule", options["schedule"],
@@ -206,6 +219,7 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
     weights = prunable_weights(model)
     _check_pattern(model, options)
     reconstruct = _check_reconstruct(options)
+    rounds = _check_rounds(options, reconstruct)
     example = options["example"]
     if structured:
         check_structured_support(model)
@@ -215,7 +229,7 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
     if example is None and data is not None:
         example = split_batch(checks.first_batch(data))[0]
     steps = schedules.DEFAULT_STEPS[options["schedule"]] if options["steps"] is None else options["steps"]
-    return _Run(options, record, reconstruct, steps, example, weights, model_device(model),
+    return _Run(options, record, reconstruct, rounds, steps, example, weights, model_device(model),
                 resolve_device(options["device"]))
 
 
@@ -265,6 +279,14 @@ def _check_reconstruct(options: dict[str, Any]) -> bool:
     return reconstruct
 
 
+def _check_rounds(options: dict[str, Any], reconstruct: bool) -> int:
+    rounds = options["rounds"]
+    if rounds is None:
+        return DEFAULT_ROUNDS if options["structured"] and reconstruct and options["schedule"] == "oneshot" else 1
+    checks.check_positive("rounds", rounds, integer=True)
+    return rounds
+
+
 def _prepare(run: _Run, model: nn.Module) -> None:
     """The dense reference, the working copy on the run's device, slimming's training phase."""
     run.dense = clone(model)
@@ -289,12 +311,27 @@ def _prune_round(run: _Run, target: float) -> float:
 
 
 def _prune_to(run: _Run, target: float) -> float:
+    """Cut to ``target`` in ``run.rounds`` steps: the kept fraction shrinks by the same factor in each, and
+    each re-scores the network as the last one left it; returns the sparsity reached."""
+    kept = 1.0 - _masked_sparsity(run.work, run.weights, run.total)
+    reached = 1.0 - kept
+    for i in range(1, run.rounds + 1):
+        reached = _cut(run, 1.0 - kept * ((1.0 - target) / kept) ** (i / run.rounds) if i < run.rounds else target)
+    return reached
+
+
+def _cut(run: _Run, target: float) -> float:
     """Re-score the current model, mask it at ``target`` (then re-solve the rest); returns the sparsity reached."""
     plain = make_permanent(clone(run.work))
-    reference = plain if run.reconstruct else None
-    scores = _score(plain, run.record, run.data, run.structured,
-                    run.example.to(model_device(plain)) if run.example is not None else None, run.seed,
-                    run.hessian_estimator)
+    # the re-solve reproduces the unpruned model, or the fine-tuned one once training has moved it
+    trained = bool(run.runs) or run.schedule == "agp"
+    reference = (plain if trained else run.dense) if run.reconstruct else None
+    example = run.example.to(model_device(plain)) if run.example is not None else None
+    scores = _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator)
+    if run.auto and run.structured and any(group.root not in scores.channels for group in scores.groups):
+        # group OBS needs a re-solvable consumer (a Linear, an ungrouped conv) for every group: else L1 for all
+        run.options["criterion"], run.record = "l1", criteria.REGISTRY["l1"]
+        scores = _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator)
     pruned = current_masks(run.work)
     if run.structured:
         run.removed.clear()

@@ -157,8 +157,26 @@ def _consumer_columns(group: ChannelGroup, module: nn.Module, slice_: Any) -> to
     return (positions[:, :, None] * kernel + torch.arange(kernel)).reshape(group.size, -1)
 
 
+def _normalised_rows(ctx: _Context, layer: str, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (out, d) with the BatchNorm that normalises ``layer``'s outputs folded in (rows times
+    gamma / sqrt(var + eps)): errors are then measured in what the next layers read."""
+    group = next((g for g in ctx.groups if g.root == layer and g.size == weight.shape[0]), None)  # a unit a row
+    norms = [(s, ctx.model.get_submodule(s.param.rpartition(".")[0])) for s in (group.slices if group else ())
+             if s.dim == 0 and s.param.endswith("weight")]
+    norms = [(s, m) for s, m in norms if isinstance(m, _BATCHNORM) and m.track_running_stats]
+    if len(norms) != 1:  # none, or one per reader (DenseNet) or per residual branch: no single scale
+        return weight
+    s, norm = norms[0]
+    factor = ((norm.running_var.double() + norm.eps).rsqrt() * norm.weight.detach().double().abs()).cpu()
+    per_unit = torch.ones(group.size, dtype=weight.dtype)
+    per_unit[s.channel] = factor[s.index]
+    units = group.units if group.units is not None else torch.arange(group.size)  # root row -> its unit
+    return weight * per_unit[units][:, None]
+
+
 def _consumers(ctx: _Context) -> dict[str, tuple]:
-    """For each group, every Linear/Conv consuming its channels: (weight (out, d), H^-1 (d, d), columns)."""
+    """For each group, every Linear/Conv consuming its channels: (weight (out, d) with its BatchNorm folded in,
+    H^-1 (d, d), columns)."""
     grams = calibration.input_grams(ctx.model, ctx.data)  # type: ignore[arg-type]
     found = {}
     for group in ctx.groups:
@@ -166,12 +184,13 @@ def _consumers(ctx: _Context) -> dict[str, tuple]:
         for s in group.slices:
             if s.dim != 1 or s.param not in grams:
                 continue
-            module = ctx.model.get_submodule(s.param.rpartition(".")[0])
+            name = s.param.rpartition(".")[0]
+            module = ctx.model.get_submodule(name)
             cols = _consumer_columns(group, module, s)
             if cols is not None:
                 inverse = torch.cholesky_inverse(torch.linalg.cholesky(_damped_hessian(grams[s.param])))
-                consumers.append((module.weight.detach().double().reshape(module.weight.shape[0], -1).cpu(),
-                                  inverse.cpu(), cols))
+                weight = module.weight.detach().double().reshape(module.weight.shape[0], -1).cpu()
+                consumers.append((_normalised_rows(ctx, name, weight), inverse.cpu(), cols))
         if consumers:
             found[group.root] = (consumers,)
     return found
@@ -449,12 +468,12 @@ def removed_channels(scores: Scores, sparsity: float, scope: str = "global",
         if group.root not in scores.channels:
             continue
         values = scores.channels[group.root].clone()
-        if scope in ("global", "macs") and criteria.REGISTRY[scores.criterion].normalise:
-            values /= values.mean().clamp_min(1e-12)
+        gone = _already_removed(group, pruned) if pruned else torch.zeros(len(values), dtype=torch.bool)
+        if scope in ("global", "macs") and criteria.REGISTRY[scores.criterion].normalise:  # by the mean left
+            values /= values[~gone].mean().clamp_min(1e-12) if bool((~gone).any()) else 1.0
         if scope == "macs" and group.macs is not None:  # score per MAC its removal saves
             values /= group.macs.clamp_min(1e-12)
-        if pruned:
-            values[_already_removed(group, pruned)] = float("-inf")
+        values[gone] = float("-inf")
         ranked[group.root] = values
 
     def removal(candidates: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
