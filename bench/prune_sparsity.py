@@ -4,7 +4,8 @@ For each method: the highest sparsity (of a grid) at which the mean val accuracy
 within 0.5 percentage points of the dense models' mean. Every method gets the same fine-tuning budget of 20
 epochs (oneshot: 20 after pruning; agp: one run of 20 with its pruning updates in the first 15) and the same
 optimizer, Adam at lr 1e-2, as the baseline measured in the same run: torch's
-``torch.nn.utils.prune.global_unstructured`` (L1, one shot) plus 20 epochs of fine-tuning. Goal (issue 11):
+``torch.nn.utils.prune.global_unstructured`` (L1, one shot) plus 20 epochs of fine-tuning, at lr 1e-2 and at
+3e-3 (its better one). Goal (issue 11):
 >= 99 % for kdnb's default, and >= 98 % with a one-shot OBS start and the same 20-epoch budget.
 
 kdnb's default (``criterion="auto"``, ``schedule="auto"``) is, with fine-tuning at >= 95 %: agp with 30 updates,
@@ -49,6 +50,7 @@ SEEDS = tuple(range(int(sys.argv[sys.argv.index("--seeds") + 1]) if "--seeds" in
 GRID = (0.9, 0.95, 0.98, 0.99, 0.995)
 TOLERANCE = 0.005  # 0.5 percentage points
 LR = 1e-2  # fine-tuning, every method (hessian agp at 99 %, 6 seeds: 3e-3 0.969, 1e-2 0.976)
+BASELINE_LRS = (3e-3, LR)
 BUDGET = 20  # fine-tuning epochs, every method
 ONESHOT, AGP = dict(schedule="oneshot", finetune=BUDGET), dict(schedule="agp", finetune=BUDGET)
 FULL = "--full" in sys.argv
@@ -81,11 +83,11 @@ def dense_models(train) -> dict[int, torch.nn.Module]:
     return models
 
 
-def torch_baseline(net: torch.nn.Module, sparsity: float, train, val, seed: int) -> float:
+def torch_baseline(net: torch.nn.Module, sparsity: float, train, val, seed: int, lr: float) -> float:
     net = clone(net)
     layers = [(m, "weight") for m in net.modules() if isinstance(m, torch.nn.Linear)]
     torch_prune.global_unstructured(layers, torch_prune.L1Unstructured, amount=sparsity)
-    fit(net, train, epochs=BUDGET, lr=LR, seed=seed, device="cpu", check_inputs=False)
+    fit(net, train, epochs=BUDGET, lr=lr, seed=seed, device="cpu", check_inputs=False)
     return evaluate(net, val)["accuracy"]
 
 
@@ -148,9 +150,11 @@ def main() -> None:
           f"differ on {disagree} digits); tolerance {TOLERANCE * 100:.1f} pp; fine-tuning {BUDGET} epochs, "
           f"Adam lr {LR:g}; mean±std over {len(SEEDS)} seeds")
     results = {}
-    best, notes = highest(lambda net, s, seed: torch_baseline(net, s, train, val, seed), models, dense_mean)
-    results["torch global L1 oneshot"] = best
-    print(f"  {'torch global L1 oneshot':28s} highest {best if best is None else f'{best:.1%}'}   ({notes})")
+    for lr in BASELINE_LRS:  # the baseline also at the lr that suits it best (it loses at 90 % with 1e-2)
+        best, notes = highest(lambda net, s, seed: torch_baseline(net, s, train, val, seed, lr), models, dense_mean)
+        results[f"torch global L1 oneshot lr {lr:g}"] = best
+        print(f"  {f'torch global L1 oneshot lr {lr:g}':28s} highest {best if best is None else f'{best:.1%}'}   "
+              f"({notes})")
     for label, options in RUNS.items():
         best, notes = highest(lambda net, s, seed: kdnb_run(net, s, train, val, seed, options), models, dense_mean)
         results[f"kdnb {label}"] = best
@@ -158,9 +162,10 @@ def main() -> None:
     print("  kdnb slimming: n/a (LeNet-300-100 has no BatchNorm)")
     connectivity(models, train)
     print(f"done in {time.perf_counter() - started:.0f} s")
+    baseline = max(results[f"torch global L1 oneshot lr {lr:g}"] or 0 for lr in BASELINE_LRS)
     obs = results["kdnb obs oneshot re-solved"] if "kdnb obs oneshot re-solved" in results else None
     print(f"highest sparsity within 0.5 pp: kdnb default {results['kdnb default'] or 0:.1%} (goal >= 99%), "
-          f"one-shot OBS start {obs or 0:.1%} (goal >= 98%), torch baseline {results['torch global L1 oneshot'] or 0:.1%}")
+          f"one-shot OBS start {obs or 0:.1%} (goal >= 98%), torch baseline {baseline:.1%}")
 
 
 if __name__ == "__main__":
