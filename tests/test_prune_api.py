@@ -101,10 +101,14 @@ def test_auto_schedule_is_gradual_for_single_weights_from_95_percent_with_fine_t
     assert schedules.resolve("iterative", sparsity, finetune, structured, pattern) == "iterative"  # as given
 
 
-def test_the_default_with_fine_tuning_is_hessian_agp_without_re_solve(trained, digits):
+def test_the_default_with_fine_tuning_is_hessian_agp_re_solved_only_for_short_runs(trained, digits):
     result = prune(trained, 0.96, data=digits[0], finetune=1)
-    assert (result.schedule, result.criterion, result.reconstructed) == ("agp", "hessian", False)
+    assert (result.schedule, result.criterion, result.reconstructed) == ("agp", "hessian", True)
     assert result.steps == 30 and result.sparsity == pytest.approx(0.96, abs=1e-3)
+    long = prune(trained, 0.96, data=digits[0], finetune=schedules.RESOLVE_BELOW)
+    assert (long.schedule, long.criterion, long.reconstructed) == ("agp", "hessian", False)
+    rounds = prune(trained, 0.96, data=digits[0], finetune=4, schedule="iterative")  # 3 rounds of 4 epochs
+    assert (rounds.criterion, rounds.reconstructed) == ("hessian", False)
     oneshot = prune(trained, 0.96, data=digits[0], finetune=1, schedule="oneshot")
     assert (oneshot.criterion, oneshot.reconstructed) == ("lamp", True)  # the one-shot default is unchanged
     short = prune(trained, 0.9, data=digits[0])  # no fine-tuning: one shot, LAMP, re-solved

@@ -148,9 +148,9 @@ def prune(
         data: training ``DataLoader``: statistics for the data criteria, calibration for reconstruction,
             slimming's L1 phase, fine-tuning, and (first batch) the example input for structured tracing.
         val: validation loader for accuracies in the history and the summary.
-        reconstruct: re-solve the kept weights on ``data`` (default: True when ``data`` is given and the
-            schedule is one-shot; a gradual schedule fine-tunes between its steps, and re-solving there cost
-            accuracy in bench/prune_sparsity.py).
+        reconstruct: re-solve the kept weights on ``data`` (default: True when ``data`` is given, except in a
+            gradual schedule with ``schedules.RESOLVE_BELOW`` (10) or more fine-tuning epochs: there the
+            fine-tuning recovers better alone, see `kdnb.engine.prune.schedules`).
         finetune: fine-tuning epochs after pruning (per round for "iterative"; the whole run for "agp").
         schedule: "oneshot", "iterative" (``steps`` prune/fine-tune rounds), "agp" (gradual pruning over
             ``steps`` updates during fine-tuning, Zhu & Gupta 2017) or "auto" (the default): "agp" for single
@@ -271,8 +271,10 @@ def _default_criterion(options: dict[str, Any]) -> str:
 def _check_reconstruct(options: dict[str, Any]) -> bool:
     reconstruct, data = options["reconstruct"], options["data"]
     checks.check_positive("calibration_samples", options["calibration_samples"], integer=True)
-    if reconstruct is None:  # a gradual schedule fine-tunes between its steps: the re-solve costs accuracy there
-        return data is not None and options["schedule"] == "oneshot"
+    if reconstruct is None:  # a long gradual fine-tune recovers better without the re-solve (bench/prune_sparsity.py)
+        rounds = options["steps"] or schedules.DEFAULT_STEPS["iterative"] if options["schedule"] == "iterative" else 1
+        epochs = options["finetune"] * rounds
+        return data is not None and (options["schedule"] == "oneshot" or epochs < schedules.RESOLVE_BELOW)
     if not isinstance(reconstruct, bool):
         raise KdnbError(f"reconstruct should be True or False (or None: True when data is given), got {reconstruct!r}")
     if reconstruct and data is None:
