@@ -10,8 +10,8 @@
   ``GRADUAL_FROM`` sparsity and above, "oneshot" otherwise.
 
 bench/prune_sparsity.py (LeNet-300-100 on digits, 20 fine-tuning epochs, 3 seeds, dense 0.9833): at 99 %
-one-shot pruning then fine-tuning reaches 0.87 (LAMP, re-solved), agp with 10 updates 0.965 and with 30
-updates 0.981 (hessian); below 95 % a one-shot cut re-solved on the data already keeps the accuracy.
+one-shot pruning then fine-tuning reaches 0.874 (LAMP, re-solved), agp with 10 updates 0.970 and with 30
+updates 0.981 (hessian, Adam lr 1e-2); below 95 % a one-shot cut re-solved on the data keeps the accuracy too.
 Re-solving the kept weights at every gradual step depends on the fine-tuning budget: with 20 epochs it costs
 accuracy (hessian agp at 99 %, 6 seeds: 0.966 re-solved vs 0.976 masked), with 3 epochs (notebook 02's MLP
 64-256-256 at 99 %, lr 1e-3) it is what makes gradual pruning work (0.969 re-solved vs 0.53 masked; LAMP 0.91
