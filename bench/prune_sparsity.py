@@ -10,7 +10,8 @@ optimizer, Adam at lr 1e-2, as the baseline measured in the same run: torch's
 
 kdnb's default (``criterion="auto"``, ``schedule="auto"``) is, with fine-tuning at >= 95 %: agp with 30 updates,
 hessian (OBD) scores ranked raw across layers, masks only (with >= 10 fine-tuning epochs no re-solve between the
-steps; shorter runs re-solve, see `kdnb.engine.prune.schedules`); below 95 %: one shot, LAMP, re-solved on the data. What decided it (measured with this script's harness, 99 %, 3 seeds unless said):
+steps; shorter runs re-solve, see `kdnb.engine.prune.schedules`); below 95 %: one shot, LAMP, re-solved on the data.
+What decided it (measured with this script's harness, 99 %, 3 seeds unless said):
 one-shot then 20 epochs 0.874 (LAMP, re-solved); agp 10 updates 0.970, 30 updates 0.981 (0.976 over 6 seeds,
 whose 6 dense nets average 0.983); lr 3e-3 instead of 1e-2 0.975 (0.969 over 6); re-solving at every agp step
 costs ~1 pp; distilling from the dense model (``distill=True``) did not help (alpha 0.5: 0.970, 0.1: 0.978,
