@@ -92,6 +92,44 @@ def test_agp_prunes_gradually_during_fine_tuning(trained, digits):
     assert len(result.trajectory) == 4 and result.sparsity == pytest.approx(0.9, abs=1e-3)
 
 
+@pytest.mark.parametrize("sparsity, finetune, structured, pattern, expected", [
+    (0.99, 20, False, None, "agp"), (0.95, 1, False, None, "agp"), (0.9, 20, False, None, "oneshot"),
+    (0.99, 0, False, None, "oneshot"), (0.99, 20, True, None, "oneshot"), (0.5, 20, False, "2:4", "oneshot")])
+def test_auto_schedule_is_gradual_for_single_weights_from_95_percent_with_fine_tuning(sparsity, finetune, structured,
+                                                                                      pattern, expected):
+    assert schedules.resolve("auto", sparsity, finetune, structured, pattern) == expected
+    assert schedules.resolve("iterative", sparsity, finetune, structured, pattern) == "iterative"  # as given
+
+
+def test_the_default_with_fine_tuning_is_hessian_agp_re_solved_only_for_short_runs(trained, digits):
+    result = prune(trained, 0.96, data=digits[0], finetune=1)
+    assert (result.schedule, result.criterion, result.reconstructed) == ("agp", "hessian", True)
+    assert result.steps == 30 and result.sparsity == pytest.approx(0.96, abs=1e-3)
+    long = prune(trained, 0.96, data=digits[0], finetune=schedules.RESOLVE_BELOW)
+    assert (long.schedule, long.criterion, long.reconstructed) == ("agp", "hessian", False)
+    rounds = prune(trained, 0.96, data=digits[0], finetune=4, schedule="iterative")  # 3 rounds of 4 epochs
+    assert (rounds.criterion, rounds.reconstructed) == ("hessian", False)
+    oneshot = prune(trained, 0.96, data=digits[0], finetune=1, schedule="oneshot")
+    assert (oneshot.criterion, oneshot.reconstructed) == ("lamp", True)  # the one-shot default is unchanged
+    short = prune(trained, 0.9, data=digits[0])  # no fine-tuning: one shot, LAMP, re-solved
+    assert (short.schedule, short.criterion, short.reconstructed) == ("oneshot", "lamp", True)
+
+
+def test_agp_reaches_the_target_when_the_run_has_fewer_steps_than_updates(trained, digits):
+    # digits at batch 256: 6 steps an epoch, 4 of them in the ramp: 4 updates instead of 30, the last at the target
+    result = prune(trained, 0.95, data=digits[0], finetune=1, schedule="agp", steps=30)
+    assert len(result.trajectory) == 4 and result.trajectory[-1]["target"] == pytest.approx(0.95)
+    assert result.sparsity == pytest.approx(0.95, abs=1e-3)
+    updates = []
+    subscriber = schedules.AGP(0.9, 30, lambda s: updates.append(s) or s)
+    state = type("State", (), {"epochs": 1, "steps_per_epoch": 0, "extra": {}})()  # a loader of unknown length
+    subscriber.on_run_start(state)
+    for step in range(1, 40):
+        state.step = step
+        subscriber.on_step_end(state)
+    assert len(updates) == 30 and updates[-1] == pytest.approx(0.9) and updates == sorted(updates)
+
+
 def test_iterative_rounds_reach_the_target(trained, digits):
     result = prune(trained, 0.875, criterion="taylor", data=digits[0], finetune=1, schedule="iterative", steps=3)
     assert [t["target"] for t in result.trajectory] == pytest.approx([0.5, 0.75, 0.875])

@@ -200,11 +200,13 @@ kdnb.widgets.SparsityExplorer(teacher, val, data=train)
 # At 99 % sparsity (850 weights left of 85,000) even the update is not enough in one shot, and 3 epochs of
 # fine-tuning afterwards recover only part of it. Pruning **gradually** lets the network adapt on the way, for
 # the same 3 epochs of training: `schedule="iterative"` prunes and fine-tunes in rounds, and `schedule="agp"`
-# (Zhu & Gupta 2017) raises the sparsity along a cubic curve while it fine-tunes. Each pruning step re-solves
-# the kept weights (the default with data).
+# (Zhu & Gupta 2017) raises the sparsity along a cubic curve while it fine-tunes. Each pruning step ranks the
+# weights by their OBD scores (what `criterion="auto"` means in a gradual schedule) and re-solves the kept
+# weights (the default with data for fine-tuning under 10 epochs). Without `schedule=`, `kdnb.prune` picks
+# "agp" itself at 95 % or more with fine-tuning, so the one-shot run below asks for `schedule="oneshot"`.
 
 # %%
-oneshot = kdnb.prune(teacher, sparsity=0.99, data=train, val=val, finetune=3)
+oneshot = kdnb.prune(teacher, sparsity=0.99, data=train, val=val, finetune=3, schedule="oneshot")
 rounds = kdnb.prune(teacher, sparsity=0.99, data=train, val=val, finetune=1, schedule="iterative",
                     steps=3)
 gradual = kdnb.prune(teacher, sparsity=0.99, data=train, val=val, finetune=3, schedule="agp",

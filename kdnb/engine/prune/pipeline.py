@@ -31,6 +31,7 @@ MARKER = "kdnb_pruned"  # attribute a pruned model carries: the list of prunings
 # criterion="auto": the best of bench/prune_oneshot.py (reconstructing, with data) for weights and for channels;
 # "l1" for channels without data, or for a model whose channels group OBS cannot all score (see `_cut`)
 DEFAULT_CRITERION = {False: "lamp", True: "thinet"}
+GRADUAL_CRITERION = "hessian"  # the best of bench/prune_sparsity.py's gradual schedules (masked, fine-tuned)
 DEFAULT_ROUNDS = 8  # re-scored cuts of a structured one-shot prune with reconstruction (bench/prune_oneshot.py)
 
 
@@ -91,7 +92,7 @@ def prune(
     reconstruct: bool | None = None,
     rounds: int | None = None,
     finetune: int = 0,
-    schedule: str = "oneshot",
+    schedule: str = "auto",
     steps: int | None = None,
     distill: bool = False,
     inplace: bool = False,
@@ -140,9 +141,10 @@ def prune(
         model: a trained ``nn.Module``; left bit-identical unless ``inplace=True``.
         sparsity: fraction of prunable weights to remove, in [0, 1).
         criterion: a name of `kdnb.engine.prune.criteria.REGISTRY` ("l1", "lamp", "taylor", "taylor_group",
-            "hessian", "obs", "wanda", "thinet", "slimming", "random"); "auto" (the default) is the best of
-            bench/prune_oneshot.py: "lamp" for single weights; for channels "thinet" (group OBS) with data,
-            "l1" without, or where a channel's only readers are grouped convs (both reconstructed with data).
+            "hessian", "obs", "wanda", "thinet", "slimming", "random"); "auto" (the default) is the best the
+            benches found: for single weights "lamp" in one shot (bench/prune_oneshot.py) and "hessian" in a
+            gradual schedule (bench/prune_sparsity.py); for channels "thinet" (group OBS) with data, "l1"
+            without, or where a channel's only readers are grouped convs (both reconstructed with data).
         structured: delete channels (True) or zero single weights (False).
         scope: "global" (rank across layers), "local" (the same sparsity in every layer; Wanda: per row) or,
             structured, "macs" (rank across layers by score per MAC a channel's removal saves: for speed, it
@@ -152,15 +154,18 @@ def prune(
         data: training ``DataLoader``: statistics for the data criteria, calibration for reconstruction,
             slimming's L1 phase, fine-tuning, and (first batch) the example input for structured tracing.
         val: validation loader for accuracies in the history and the summary.
-        reconstruct: re-solve the kept weights on ``data`` (default: True when ``data`` is given).
+        reconstruct: re-solve the kept weights on ``data`` (default: True when ``data`` is given, except in a
+            gradual schedule with ``schedules.RESOLVE_BELOW`` (10) or more fine-tuning epochs: there the
+            fine-tuning recovers better alone, see `kdnb.engine.prune.schedules`).
         rounds: cut each pruning step in this many re-scored steps, geometric in the kept weights, with no
             training between: each round scores the network the last re-solve left, so the criterion sees
             what the refit could not recover. Default: `DEFAULT_ROUNDS` for a structured one-shot prune
             with reconstruction, else 1.
         finetune: fine-tuning epochs after pruning (per round for "iterative"; the whole run for "agp").
-        schedule: "oneshot", "iterative" (``steps`` prune/fine-tune rounds) or "agp" (gradual pruning over
-            ``steps`` updates during fine-tuning, Zhu & Gupta 2017); see `kdnb.engine.prune.schedules`.
-        steps: rounds or updates (default 1 / 3 / 10 for oneshot / iterative / agp).
+        schedule: "oneshot", "iterative" (``steps`` prune/fine-tune rounds), "agp" (gradual pruning over
+            ``steps`` updates during fine-tuning, Zhu & Gupta 2017) or "auto" (the default): "agp" for single
+            weights at sparsity >= 0.95 with fine-tuning, else "oneshot"; see `kdnb.engine.prune.schedules`.
+        steps: rounds or updates (default 1 / 3 / 30 for oneshot / iterative / agp).
         distill: fine-tune with the unpruned model as teacher (Hinton KD, ``temperature``, ``alpha``).
         inplace: prune ``model`` itself instead of a copy.
         example: an input batch for structured tracing; by default the first batch of ``data``.
@@ -194,12 +199,6 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
     arguments.check_prune_options(options)
     options["sparsity"] = check_sparsity(options["sparsity"])
     structured, data = options["structured"], options["data"]
-    options["auto"] = options["criterion"] == "auto"
-    criterion = DEFAULT_CRITERION[bool(structured)] if options["auto"] else options["criterion"]
-    if options["auto"] and data is None and criteria.REGISTRY[criterion].needs_data:
-        criterion = "l1"
-    options["criterion"] = criterion
-    record = check_criterion(criterion, data, model, structured, options["hessian_estimator"])
     for name, value, choices in (("scope", options["scope"], SCOPES), ("schedule", options["schedule"],
                                                                        schedules.SCHEDULES)):
         if value not in choices:
@@ -207,6 +206,10 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
     if options["scope"] == "macs" and not structured:
         raise KdnbError(MACS_SCOPE_NEEDS_CHANNELS)
     _check_schedule(options)
+    options["auto"] = options["criterion"] == "auto"
+    criterion = _default_criterion(options) if options["auto"] else options["criterion"]
+    options["criterion"] = criterion
+    record = check_criterion(criterion, data, model, structured, options["hessian_estimator"])
     for loader, what in ((data, "data"), (options["val"], "val")):
         if loader is not None:
             checks.check_loader(loader, what)
@@ -234,9 +237,12 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
 
 
 def _check_schedule(options: dict[str, Any]) -> None:
-    finetune, schedule, steps = options["finetune"], options["schedule"], options["steps"]
+    """Fine-tuning and schedule arguments; resolves ``schedule="auto"`` (`schedules.resolve`) in ``options``."""
+    finetune, steps = options["finetune"], options["steps"]
     if isinstance(finetune, bool) or not isinstance(finetune, int) or finetune < 0:
         raise KdnbError(f"finetune should be a number of epochs (an integer >= 0), got {finetune!r}")
+    schedule = options["schedule"] = schedules.resolve(options["schedule"], options["sparsity"], finetune,
+                                                       bool(options["structured"]), options["pattern"])
     steps = schedules.DEFAULT_STEPS[schedule] if steps is None else steps
     checks.check_positive("steps", steps, integer=True)
     checks.check_positive("lr", options["lr"])
@@ -266,11 +272,22 @@ def _check_pattern(model: nn.Module, options: dict[str, Any]) -> None:
     check_pattern(model, options["pattern"])
 
 
+def _default_criterion(options: dict[str, Any]) -> str:
+    """What ``criterion="auto"`` stands for: channels "thinet" with data, else "l1"; single weights "lamp" in
+    one shot, "hessian" (raw OBD scores ranked globally) in a gradual schedule (bench/prune_oneshot.py,
+    bench/prune_sparsity.py)."""
+    if options["structured"]:
+        return DEFAULT_CRITERION[True] if options["data"] is not None else "l1"
+    return GRADUAL_CRITERION if options["schedule"] != "oneshot" else DEFAULT_CRITERION[False]
+
+
 def _check_reconstruct(options: dict[str, Any]) -> bool:
     reconstruct, data = options["reconstruct"], options["data"]
     checks.check_positive("calibration_samples", options["calibration_samples"], integer=True)
-    if reconstruct is None:
-        return data is not None
+    if reconstruct is None:  # a long gradual fine-tune recovers better without the re-solve (bench/prune_sparsity.py)
+        rounds = options["steps"] or schedules.DEFAULT_STEPS["iterative"] if options["schedule"] == "iterative" else 1
+        epochs = options["finetune"] * rounds
+        return data is not None and (options["schedule"] == "oneshot" or epochs < schedules.RESOLVE_BELOW)
     if not isinstance(reconstruct, bool):
         raise KdnbError(f"reconstruct should be True or False (or None: True when data is given), got {reconstruct!r}")
     if reconstruct and data is None:
