@@ -103,7 +103,7 @@ assert min(table["default"]) > 0.95
 # make up for. `rounds=` cuts in steps instead (the same factor of the weights each time, no training): every
 # round re-scores the network the last refit left, and every refit reproduces the unpruned network. Below, 75 %
 # and 90 % of the neurons of *each* hidden layer go (`scope="local"`: 64 and 26 of 256 are left), removed
-# without the refit, with it in one cut, and with it in 8 rounds (the default for structured pruning with data).
+# without the refit, with it in one cut, and with it in 8 rounds (the default for structured pruning with data and no fine-tuning).
 
 # %%
 def sparsity_without(removed):
