@@ -26,7 +26,9 @@ import torch_pruning
 from torch import nn
 from torch.nn.modules import module as module_globals
 from torch.nn.utils import parametrize
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+import kdnb
 from kdnb.errors import KdnbError
 
 MAX_LINES = 3
@@ -165,3 +167,33 @@ def _loader_state(loader: Any) -> dict[str, Any]:
     for i, tensor in enumerate(getattr(getattr(loader, "dataset", None), "tensors", ())):
         state[f"dataset tensor {i}"] = tensor.detach().clone()
     return state
+
+
+# ---- bad inputs every verb's tests share ----
+
+def on_meta() -> nn.Module:
+    """A model whose tensors have no data (meta device)."""
+    with torch.device("meta"):
+        return kdnb.models.mlp(6, [8], 3)
+
+
+def dict_batches() -> DataLoader:
+    """Batches as dicts, without the 'x' key kdnb reads."""
+    class D(Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return {"input": torch.randn(6), "label": torch.tensor(i % 3)}
+
+    return DataLoader(D(), batch_size=4)
+
+
+def labels(y: torch.Tensor, n: int = 8, features: int = 6) -> DataLoader:
+    """Random inputs with the labels ``y``."""
+    return DataLoader(TensorDataset(torch.randn(n, features), y), batch_size=4)
+
+
+def unlabelled(features: int = 6, n: int = 8) -> DataLoader:
+    """Inputs without labels."""
+    return DataLoader(TensorDataset(torch.randn(n, features)), batch_size=4)

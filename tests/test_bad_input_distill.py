@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from badinput import assert_clean_error, assert_unchanged, snapshot
+from badinput import assert_clean_error, assert_unchanged, dict_batches, labels, on_meta, snapshot, unlabelled
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -54,11 +54,6 @@ def frozen():
     return model
 
 
-def on_meta():
-    with torch.device("meta"):
-        return kdnb.models.mlp(6, [8], 3)
-
-
 class Items(Dataset):
     def __init__(self, bad: dict, n: int = 32):
         g = torch.Generator().manual_seed(0)
@@ -69,25 +64,6 @@ class Items(Dataset):
 
     def __getitem__(self, i):
         return self.bad.get(i, (self.x[i], self.y[i]))
-
-
-def dict_batches():
-    class D(Dataset):
-        def __len__(self):
-            return 8
-
-        def __getitem__(self, i):
-            return {"input": torch.randn(6), "label": torch.tensor(i % 3)}
-
-    return DataLoader(D(), batch_size=4)
-
-
-def labels(y, n=8, features=6):
-    return DataLoader(TensorDataset(torch.randn(n, features), y), batch_size=4)
-
-
-def unlabelled(features=6, n=8):
-    return DataLoader(TensorDataset(torch.randn(n, features)), batch_size=4)
 
 
 def empty():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from badinput import assert_clean_error, assert_unchanged, snapshot
+from badinput import assert_clean_error, assert_unchanged, dict_batches, labels, on_meta, snapshot
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -57,26 +57,6 @@ def frozen():
     net = make_net()
     net.requires_grad_(False)
     return net
-
-
-def on_meta():
-    with torch.device("meta"):
-        return kdnb.models.mlp(6, [8], 3)
-
-
-def dict_batches():
-    class D(Dataset):
-        def __len__(self):
-            return 8
-
-        def __getitem__(self, i):
-            return {"input": torch.randn(6), "label": torch.tensor(i % 3)}
-
-    return DataLoader(D(), batch_size=4)
-
-
-def labels(y, n=8, features=6):
-    return DataLoader(TensorDataset(torch.randn(n, features), y), batch_size=4)
 
 
 def unlabelled():

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from badinput import assert_clean_error, assert_unchanged, snapshot
+from badinput import assert_clean_error, assert_unchanged, labels, on_meta, snapshot
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -152,11 +152,6 @@ def frozen():
     return net
 
 
-def on_meta():
-    with torch.device("meta"):
-        return kdnb.models.mlp(6, [8], 3)
-
-
 MODELS = [
     ("resnet", "model"), (None, "model"), (frozen, "requires_grad"), (lambda: nn.Sequential(nn.Flatten()), "model"),
     (on_meta, "meta"), (DictOut, "dict"), (TupleOut, "tuple"), (lambda: Raises(IndexError), "IndexError"),
@@ -192,10 +187,6 @@ def dict_batches(keys=("input", "label")):
             return {keys[0]: torch.randn(6), keys[1]: torch.tensor(i % 3)}
 
     return DataLoader(D(), batch_size=4)
-
-
-def labels(y, n=8, features=6):
-    return DataLoader(TensorDataset(torch.randn(n, features), y), batch_size=4)
 
 
 def collate(fn):
