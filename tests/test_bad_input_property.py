@@ -1,6 +1,8 @@
 """A property of kdnb.train, kdnb.prune and kdnb.distill (issue 14): whatever values their arguments get, a call
 either succeeds or raises a KdnbError, never anything else; when it raises, the model(s) (the teacher too) and the
-loader are bit-identical to before; when it succeeds, a model it works on a copy of is untouched too."""
+loader are bit-identical to before; when it succeeds, a model it works on a copy of is untouched too.
+The examples are derandomized so that every machine and every CI run draws the same ones (a failure found
+while exploring becomes a named test, e.g. test_prune_criteria's seed=None case)."""
 from __future__ import annotations
 
 import warnings
@@ -46,7 +48,7 @@ def make_loader():
                       generator=torch.Generator().manual_seed(1))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(st.fixed_dictionaries({}, optional=ARGUMENTS))
 def test_train_succeeds_or_raises_a_kdnb_error_and_then_leaves_everything_as_it_was(kwargs):
     torch.manual_seed(0)
@@ -130,7 +132,7 @@ def _outcome_is_clean(call, models, data):
     return result, befores
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(st.fixed_dictionaries({}, optional=PRUNE))
 def test_prune_succeeds_or_raises_a_kdnb_error_and_then_leaves_everything_as_it_was(kwargs):
     prune_is_clean(kwargs)
@@ -182,7 +184,7 @@ def _transfer_named(name):
             "nan": torch.full((8, 5), float("nan"))}.get(name, name) if isinstance(name, str) else name
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(st.fixed_dictionaries({}, optional=DISTILL))
 def test_distill_succeeds_or_raises_a_kdnb_error_and_then_leaves_everything_as_it_was(kwargs):
     distill_is_clean(kwargs)
@@ -234,13 +236,13 @@ VALID_DISTILL = {
 }
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(st.fixed_dictionaries({}, optional=VALID_PRUNE))
 def test_prune_with_valid_values_in_any_combination_succeeds_or_says_which_do_not_go_together(kwargs):
     prune_is_clean(kwargs)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(st.fixed_dictionaries({}, optional=VALID_DISTILL))
 def test_distill_with_valid_values_in_any_combination_succeeds_or_says_which_do_not_go_together(kwargs):
     distill_is_clean(kwargs)

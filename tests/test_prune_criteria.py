@@ -168,3 +168,12 @@ def test_oracle_neuron_scores_rank_like_the_true_loss_change(trained_mlp, criter
         true_change.append(loss(ablated) - base)
     scores = importance(net, criterion, train, structured=True, hessian_estimator=estimator)
     assert _spearman(scores.channels["1"].numpy(), true_change) > 0.5
+
+
+def test_random_with_seed_none_prunes_unseeded_without_touching_the_global_rng():
+    """Found by the property test: seed=None reached torch.Generator().manual_seed(None)."""
+    torch.manual_seed(0)
+    model, state = kdnb.models.mlp(6, [8], 3), torch.get_rng_state()
+    result = kdnb.prune(model, 0.5, criterion="random", seed=None, progress=False, plot=False)
+    assert result.sparsity == pytest.approx(0.5, abs=0.02)
+    assert torch.equal(torch.get_rng_state(), state)

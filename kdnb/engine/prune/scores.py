@@ -246,7 +246,8 @@ def _consumer_activations(ctx: _Context) -> dict[str, tuple]:
 
 
 def _generator(ctx: _Context) -> dict[str, tuple]:
-    generator = torch.Generator().manual_seed(ctx.seed)
+    generator = torch.Generator()  # its own: the user's global RNG is never drawn from
+    generator.manual_seed(ctx.seed) if ctx.seed is not None else generator.seed()  # seed=None: unseeded
     if ctx.structured:  # one draw per channel
         return {g.root: (torch.zeros(g.size, dtype=torch.float64), generator) for g in ctx.groups}
     return {n: (w, generator) for n, w in ctx.scored().items()}
