@@ -197,3 +197,16 @@ def labels(y: torch.Tensor, n: int = 8, features: int = 6) -> DataLoader:
 def unlabelled(features: int = 6, n: int = 8) -> DataLoader:
     """Inputs without labels."""
     return DataLoader(TensorDataset(torch.randn(n, features)), batch_size=4)
+
+
+def interrupted_on_call(real: Callable, n: int) -> Callable:
+    """``real``, except that its ``n``-th call raises KeyboardInterrupt (the stop button at that moment)."""
+    calls = {"n": 0}
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return wrapper

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from badinput import assert_clean_error, assert_unchanged, dict_batches, labels, on_meta, snapshot, unlabelled
+from badinput import (
+    assert_clean_error, assert_unchanged, dict_batches, interrupted_on_call, labels, on_meta, snapshot, unlabelled
+)
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -353,16 +355,7 @@ def test_an_interrupt_in_a_later_seed_keeps_the_seeds_done():
 
 
 def test_an_interrupt_while_preparing_a_later_seed_keeps_the_seeds_done(monkeypatch):
-    calls = {"n": 0}
-    real = cache_module.teacher_logits
-
-    def teacher_logits(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(cache_module, "teacher_logits", teacher_logits)
+    monkeypatch.setattr(cache_module, "teacher_logits", interrupted_on_call(cache_module.teacher_logits, 3))
     result = kdnb.distill(teacher(), net(), make_loader(), val=make_loader(), epochs=1, baseline=True, cache=True,
                           seeds=[0, 1, 2], progress=False, plot=False)
     assert [r.seed for r in result.seed_runs] == [0, 1]

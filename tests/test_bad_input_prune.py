@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from badinput import assert_clean_error, assert_unchanged, dict_batches, labels, on_meta, snapshot
+from badinput import assert_clean_error, assert_unchanged, dict_batches, interrupted_on_call, labels, on_meta, snapshot
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -444,16 +444,7 @@ def test_an_interrupt_before_anything_is_pruned_is_one_clean_line_and_changes_no
 
 
 def test_an_interrupt_in_a_later_round_returns_the_rounds_done(monkeypatch):
-    calls = {"n": 0}
-    real = pipeline._score
-
-    def score(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "_score", score)
+    monkeypatch.setattr(pipeline, "_score", interrupted_on_call(pipeline._score, 2))
     model, data = make_net(), make_loader()
     result = kdnb.prune(model, 0.9, data=data, val=make_loader(), schedule="iterative", steps=3, finetune=1,
                         progress=False, plot=False)
