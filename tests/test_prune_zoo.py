@@ -348,3 +348,28 @@ def test_scope_macs_cuts_more_macs_than_the_default_at_the_same_sparsity():
     with pytest.raises(KdnbError, match="scope='macs'.*structured=True") as error:
         prune(net, 0.5, example=x, scope="macs")
     assert "\n" not in str(error.value)
+
+
+def test_reconstruction_leaves_a_tied_embedding_as_the_cut_left_it():
+    """The output layer tied to the token embedding is one Parameter under two names: re-solving it as the
+    consumer of the removed embedding channels would rewrite the embedding too, so it keeps its cut values.
+    Same channels (one cut, l1), with and without reconstruction: the embedding is identical, its kept columns
+    are the dense ones, while the untied layers were re-solved."""
+    from zoo import Llama
+
+    torch.manual_seed(0)
+    net = Llama(vocab=40).eval()
+    tokens = torch.randint(0, 40, (64, 8), generator=torch.Generator().manual_seed(1))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tokens, torch.zeros(64, dtype=torch.long)),
+                                         batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain, refit = (prune(net, 0.5, structured=True, example=tokens[:8], data=loader, criterion="l1", rounds=1,
+                              reconstruct=r) for r in (False, True))
+    assert refit.reconstructed and refit.model.lm_head.weight is refit.model.embed_tokens.weight
+    embedding = refit.model.embed_tokens.weight.detach()
+    assert embedding.shape[1] < 32 and torch.equal(embedding, plain.model.embed_tokens.weight.detach())
+    dense = net.embed_tokens.weight.detach()
+    assert all(any(torch.equal(column, dense[:, j]) for j in range(32)) for column in embedding.T)
+    down = [m.model.layers[0].mlp.down_proj.weight.detach() for m in (plain, refit)]
+    assert down[0].shape == down[1].shape and not torch.allclose(down[0], down[1])
