@@ -373,3 +373,61 @@ def test_reconstruction_leaves_a_tied_embedding_as_the_cut_left_it():
     assert all(any(torch.equal(column, dense[:, j]) for j in range(32)) for column in embedding.T)
     down = [m.model.layers[0].mlp.down_proj.weight.detach() for m in (plain, refit)]
     assert down[0].shape == down[1].shape and not torch.allclose(down[0], down[1])
+
+
+class RepeatKVAttention(__import__("zoo").GroupedQueryAttention):
+    """The same grouped-query attention with HF's ``repeat_kv`` (expand + reshape) instead of repeat_interleave."""
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = (p(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2) for p in (self.k_proj, self.v_proj))
+        group = self.num_heads // self.num_key_value_heads
+        k, v = (s[:, :, None].expand(b, self.num_key_value_heads, group, t, self.head_dim)
+                .reshape(b, self.num_heads, t, self.head_dim) for s in (k, v))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+@pytest.mark.parametrize("repeat", ["repeat_interleave", "repeat_kv"])
+def test_grouped_query_attention_loses_whole_key_value_groups(repeat, tmp_path):
+    """GQA (8 query heads reading 4 key/value heads): a unit is one key/value head with its 2 query heads, so
+    num_heads and num_key_value_heads shrink together, every query head keeps its own key/value head (masking
+    computes what deleting computes), and save -> load gives the same outputs."""
+    from zoo import GroupedQueryAttention
+
+    kind = GroupedQueryAttention if repeat == "repeat_interleave" else RepeatKVAttention
+    torch.manual_seed(0)
+    build = lambda: nn.Sequential(nn.Linear(4, 32), M.Residual(kind(32, 8, 4)), nn.Linear(32, 3))  # noqa: E731
+    net, x = build().eval(), torch.randn(2, 6, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = importance(net, "l1", structured=True, example=x)
+        assert "1.body.k_proj" not in {g.root for g in scores.groups}  # k and v go with their query heads
+        masked = clone(net)
+        with torch.no_grad():
+            for param, mask in masks_at(scores, 0.6, scope="local").items():
+                masked.get_parameter(param).mul_(mask)
+        small = prune(net, 0.6, structured=True, example=x, scope="local").model.eval()
+    attn = small[1].body
+    assert attn.head_dim == 4 and attn.num_key_value_heads < 4
+    assert attn.num_heads == 2 * attn.num_key_value_heads
+    assert attn.q_proj.out_features == attn.o_proj.in_features == attn.num_heads * attn.head_dim
+    assert attn.k_proj.out_features == attn.v_proj.out_features == attn.num_key_value_heads * attn.head_dim
+    assert torch.allclose(masked(x), small(x), atol=1e-5)
+    loaded = kdnb.load(kdnb.save(small, tmp_path / "gqa.kdnb"), model=build()).eval()
+    assert (loaded[1].body.num_heads, loaded[1].body.num_key_value_heads) == (attn.num_heads, attn.num_key_value_heads)
+    assert torch.equal(loaded(x), small(x))
+
+
+def test_grouped_query_llama_prunes_its_key_value_groups_and_mlp():
+    torch.manual_seed(0)
+    net, x = ZOO["llama_gqa"][0]().eval(), example("llama_gqa")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = prune(net, 0.5, structured=True, example=x, scope="local").model.eval()
+    for layer in small.layers:
+        attn = layer.self_attn
+        assert attn.num_key_value_heads < 4 and attn.num_heads == 2 * attn.num_key_value_heads
+        assert layer.mlp.up_proj.out_features < 64
+    assert small.lm_head.weight is small.embed_tokens.weight and bool(torch.isfinite(small(x)).all())
