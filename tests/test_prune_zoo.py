@@ -431,3 +431,57 @@ def test_grouped_query_llama_prunes_its_key_value_groups_and_mlp():
         assert attn.num_key_value_heads < 4 and attn.num_heads == 2 * attn.num_key_value_heads
         assert layer.mlp.up_proj.out_features < 64
     assert small.lm_head.weight is small.embed_tokens.weight and bool(torch.isfinite(small(x)).all())
+
+
+def test_traffic_counts_the_activations_a_channel_writes_and_reads():
+    """A conv's channel writes its output (36 positions), its BatchNorm reads and writes it (2 x 36), the strided
+    conv after reads it (36): 144 elements per sample; the cost that scope="latency" ranks by adds them to the MACs."""
+    from kdnb.engine.prune import latency
+    from kdnb.engine.prune.groups import activation_positions
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 3, stride=2, padding=1)).eval()
+    x = torch.randn(2, 1, 6, 6)
+    assert activation_positions(net, x) == {"0": (36.0, 36.0), "1": (72.0, 72.0), "2": (9.0, 36.0)}
+    scores = importance(net, "l1", structured=True, example=x)
+    (group,) = scores.groups
+    assert group.traffic.tolist() == [144.0] * 4
+    assert group.macs.tolist() == [9 * 36 + 2 * 9 * 9] * 4  # its row of conv 0, its column of conv 2
+    (ranked,) = latency.cost_ranked(scores).groups
+    assert torch.equal(ranked.macs, group.macs + latency.TRAFFIC_MACS * group.traffic)
+
+
+@pytest.mark.parametrize("faster", ["cost", "global"])
+def test_scope_latency_keeps_the_cut_that_runs_faster(faster, monkeypatch):
+    """scope="latency" deletes both candidate cuts, times them on the example and keeps the faster one's ranking
+    (the timing replaced here by a verdict); a tie goes to "global"."""
+    from kdnb.engine.prune import latency
+    from kdnb.engine.prune.structured import remove_channels
+
+    monkeypatch.setattr(latency, "paired_speed", lambda first, second, x: 1.5 if faster == "cost" else 1.01)
+    torch.manual_seed(0)
+    net, x = ZOO["resnet_basic"][0]().eval(), example("resnet_basic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = prune(net, 0.5, structured=True, example=x, scope="latency", criterion="l1")
+        scores = importance(net, "l1", structured=True, example=x)
+        expected = remove_channels(clone(net), latency.removal(scores, 0.5, None, faster), x)
+    assert result.scope == "latency"
+    assert torch.equal(result.model.eval()(x), expected.eval()(x))
+
+
+def test_scope_latency_needs_channels():
+    net, x = ZOO["resnet_basic"][0]().eval(), example("resnet_basic")
+    with pytest.raises(KdnbError, match="scope='latency'.*structured=True") as error:
+        prune(net, 0.5, example=x, scope="latency")
+    assert "\n" not in str(error.value)
+    with pytest.raises(KdnbError, match="latency"):
+        prune(net, 0.5, structured=True, example=x, scope="latncy")
+
+
+def test_paired_speed_sees_a_model_that_does_twice_the_work():
+    from kdnb.engine.prune import latency
+
+    torch.manual_seed(0)
+    one = nn.Sequential(*[nn.Linear(256, 256) for _ in range(4)])
+    two = nn.Sequential(*[nn.Linear(256, 256) for _ in range(16)])
+    assert latency.paired_speed(one, two, torch.randn(64, 256)) > 1.5

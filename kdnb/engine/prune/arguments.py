@@ -67,7 +67,7 @@ def check_prune_options(options: dict[str, Any]) -> None:
     if not isinstance(options["criterion"], str):
         raise KdnbError(f"criterion should be a name, got {checks.shown(options['criterion'])}; pass e.g. "
                         "criterion='auto' (see kdnb.engine.prune.criteria.names())")
-    checks.check_choice("scope", options["scope"], SCOPES)
+    checks.check_choice("scope", options["scope"], (*SCOPES, "latency"))
     checks.check_choice("schedule", options["schedule"], schedules.SCHEDULES)
     checks.check_choice("hessian_estimator", options["hessian_estimator"], ESTIMATORS)
     check_pattern_text(options["pattern"])

@@ -56,6 +56,7 @@ class ChannelGroup:
     slices: list[Slice] = field(default_factory=list)
     units: torch.Tensor | None = None  # unit of each root channel (None: one channel, one unit)
     macs: torch.Tensor | None = None  # MACs per sample each unit's removal saves (None: no example to count on)
+    traffic: torch.Tensor | None = None  # activation elements per sample it saves reading and writing (`_unit_traffic`)
 
 
 def prunable_attributes(module: nn.Module) -> tuple[str, ...]:
@@ -345,12 +346,13 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
     names.update(getattr(graph, "_param_to_name", {}))  # unwrapped parameters (class token, position embedding)
     outputs = output_layers(graph)
     per_weight = macs_per_weight(model, graph.example) if getattr(graph, "example", None) is not None else {}
+    positions = activation_positions(model, graph.example) if per_weight else {}
     layouts, unknown = attention_layers(model)
     heads = head_projections(layouts)
     grouped = [layout for layout in layouts if layout.grouped]
     laid_out = {p for layout in grouped for p in layout.projections}  # their groups: `_kv_group`, not the graph's
     params = dict(model.named_parameters(remove_duplicate=False))
-    groups = [_kv_group(layout, names, params, per_weight) for layout in grouped]
+    groups = [_kv_group(layout, names, params, per_weight, positions) for layout in grouped]
     for group in graph.get_all_groups(root_module_types=PRUNABLE):
         root = group[0].dep.target.module
         if root in unknown or root in laid_out or any(item.dep.target.module in outputs and graph.is_out_channel_pruning_fn(item.dep.handler)
@@ -376,7 +378,8 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
             channel = channel.repeat(len(index) // len(channel))
             slices.setdefault((param, dim), Slice(param, dim, index, unit[channel], consumer))
         candidate = ChannelGroup(names[root], int(unit.max()) + 1, list(slices.values()), unit)
-        candidate.macs = _unit_macs(candidate, params, per_weight) if per_weight else None
+        if per_weight:
+            candidate.macs, candidate.traffic = _unit_macs(candidate, params, per_weight), _unit_traffic(candidate, positions)
         if not _consistent(model, candidate, getattr(graph, "example", None)):
             warnings.warn(f"structured pruning leaves the channels of layer {names[root]!r} whole: they pass through "
                           "a view/transpose that mixes channels (a channel shuffle?), which Torch-Pruning cannot map",
@@ -391,8 +394,8 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
     return [group for group in groups if group.root not in broken]
 
 
-def _kv_group(layout: Heads, names: dict, params: dict[str, torch.Tensor], per_weight: dict[str, float]
-              ) -> ChannelGroup:
+def _kv_group(layout: Heads, names: dict, params: dict[str, torch.Tensor], per_weight: dict[str, float],
+              positions: dict[str, tuple[float, float]]) -> ChannelGroup:
     """Grouped-query attention in units of one key/value group: key/value head ``j`` with the query heads that
     read it (``j * queries_per_group`` onwards) and their o_proj columns. Whole groups go, so every remaining
     query head keeps reading its own key/value head and ``num_heads / num_key_value_heads`` stays."""
@@ -405,7 +408,8 @@ def _kv_group(layout: Heads, names: dict, params: dict[str, torch.Tensor], per_w
                    for attr in ("weight", "bias") if getattr(module, attr) is not None]
     slices.append(Slice(f"{names[layout.output]}.weight", 1, rows[query], unit, consumer=True))
     group = ChannelGroup(names[query], layout.count(key), slices, unit)
-    group.macs = _unit_macs(group, params, per_weight) if per_weight else None
+    if per_weight:
+        group.macs, group.traffic = _unit_macs(group, params, per_weight), _unit_traffic(group, positions)
     return group
 
 
@@ -435,6 +439,52 @@ def macs_per_weight(model: nn.Module, example: torch.Tensor) -> dict[str, float]
             layer = sum(flops.get(f"{root}.{name}" if name else root, {}).values())
             found[f"{name}.weight" if name else "weight"] = layer / 2 / len(example) / module.weight.numel()
     return found
+
+
+@torch.no_grad()
+def activation_positions(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """``{layer: (per row, per column)}``: activation elements per sample one output channel (row) and one
+    input channel (column) of each Linear, Conv and norm layer make it write and read on ``example`` (a conv's
+    height x width, a Linear's tokens). A norm or depthwise conv reads and writes each channel it keeps."""
+    found: dict[str, tuple[float, float]] = {}
+
+    def record(name: str, channels: tuple[int, int], through: bool):
+        def hook(module, args, out):
+            if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                read, write = args[0].numel() / len(args[0]) / channels[0], out.numel() / len(out) / channels[1]
+                found[name] = (read + write,) * 2 if through else (write, read)
+        return hook
+
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE):
+            groups = getattr(module, "groups", 1)
+            sizes, through = (module.weight.shape[1] * groups, module.weight.shape[0]), groups == module.weight.shape[0] > 1
+        elif isinstance(module, _NORMS) and getattr(module, "weight", None) is not None:
+            sizes, through = (module.weight.numel(),) * 2, True
+        else:
+            continue
+        hooks.append(module.register_forward_hook(record(name, sizes, through)))
+    try:
+        with eval_mode(model):
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found
+
+
+def _unit_traffic(group: ChannelGroup, positions: dict[str, tuple[float, float]]) -> torch.Tensor:
+    """Activation elements per sample each unit's removal saves from being written and read (`activation_positions`,
+    counted on every layer's weight slices). Depthwise convs, norms and the elementwise work between layers are
+    bound by this memory traffic, not by their MACs."""
+    total = torch.zeros(group.size, dtype=torch.float64)
+    for s in group.slices:
+        layer, _, attr = s.param.rpartition(".")
+        if layer in positions and attr == "weight":
+            per_position = positions[layer][0 if s.dim == 0 else 1]
+            total.scatter_add_(0, s.channel, torch.full((len(s.index),), per_position, dtype=torch.float64))
+    return total
 
 
 def _unit_macs(group: ChannelGroup, params: dict[str, torch.Tensor], per_weight: dict[str, float]) -> torch.Tensor:
