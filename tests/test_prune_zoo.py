@@ -485,3 +485,25 @@ def test_paired_speed_sees_a_model_that_does_twice_the_work():
     one = nn.Sequential(*[nn.Linear(256, 256) for _ in range(4)])
     two = nn.Sequential(*[nn.Linear(256, 256) for _ in range(16)])
     assert latency.paired_speed(one, two, torch.randn(64, 256)) > 1.5
+
+
+class TiledKVAttention(__import__("zoo").GroupedQueryAttention):
+    """Keys/values tiled (query head i reads key/value head i mod num_key_value_heads), not in groups."""
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = (p(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2) for p in (self.k_proj, self.v_proj))
+        group = self.num_heads // self.num_key_value_heads
+        y = nn.functional.scaled_dot_product_attention(q, k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1))
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+def test_key_value_heads_read_in_another_order_are_left_whole_with_a_warning():
+    torch.manual_seed(0)
+    net, x = nn.Sequential(nn.Linear(4, 32), M.Residual(TiledKVAttention(32, 8, 4)), nn.Linear(32, 3)).eval(), torch.randn(2, 6, 4)
+    with pytest.warns(RuntimeWarning, match=r"heads of '1.body.q_proj' whole"):
+        small = prune(net, 0.5, structured=True, example=x, scope="local").model.eval()
+    attn = small[1].body
+    assert (attn.num_heads, attn.num_key_value_heads, attn.q_proj.out_features) == (8, 4, 32)
+    assert small(x).shape == (2, 6, 3)

@@ -341,7 +341,8 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
     the model's input, nor the Linears of attention modules whose heads we cannot locate. A group's "channels"
     are its *units*: root channels that must go together (the same position in every group of a grouped conv,
     a whole attention head) are one unit, and ``ChannelGroup.units`` maps each root channel to its unit;
-    ``ChannelGroup.macs`` counts what each unit's removal saves, on the graph's example."""
+    ``ChannelGroup.macs`` and ``.traffic`` count what each unit's removal saves, on the graph's example.
+    A grouped-query attention's heads are laid out from its shapes (`_kv_group`), not by the graph."""
     names = {module: name for name, module in model.named_modules()}
     names.update(getattr(graph, "_param_to_name", {}))  # unwrapped parameters (class token, position embedding)
     outputs = output_layers(graph)
@@ -352,7 +353,14 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
     grouped = [layout for layout in layouts if layout.grouped]
     laid_out = {p for layout in grouped for p in layout.projections}  # their groups: `_kv_group`, not the graph's
     params = dict(model.named_parameters(remove_duplicate=False))
-    groups = [_kv_group(layout, names, params, per_weight, positions) for layout in grouped]
+    groups = []
+    for candidate in (_kv_group(layout, names, params, per_weight, positions) for layout in grouped):
+        if _consistent(model, candidate, getattr(graph, "example", None)):
+            groups.append(candidate)
+        else:
+            warnings.warn(f"structured pruning leaves the heads of {candidate.root!r} whole: silencing a key/value "
+                          "group there moves the outputs, so its query heads do not read the key/value head they "
+                          "are laid out with", RuntimeWarning, stacklevel=4)
     for group in graph.get_all_groups(root_module_types=PRUNABLE):
         root = group[0].dep.target.module
         if root in unknown or root in laid_out or any(item.dep.target.module in outputs and graph.is_out_channel_pruning_fn(item.dep.handler)

@@ -50,16 +50,21 @@ def removal(scores: Scores, sparsity: float, pruned: dict[str, torch.Tensor] | N
 
 def paired_speed(first: nn.Module, second: nn.Module, x: torch.Tensor, rounds: int = ROUNDS) -> float:
     """Median over alternating rounds of time(second) / time(first): above 1 when ``first`` is faster."""
+    def clock() -> float:  # a GPU runs asynchronously: wait for it before reading the clock
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        return time.perf_counter()
+
     ratios = []
     with torch.inference_mode():
         for model in (first, second):
             model.eval()(x)
         for _ in range(rounds):
-            start = time.perf_counter()
+            start = clock()
             first(x)
-            middle = time.perf_counter()
+            middle = clock()
             second(x)
-            ratios.append((time.perf_counter() - middle) / max(middle - start, 1e-9))
+            ratios.append((clock() - middle) / max(middle - start, 1e-9))
     return statistics.median(ratios)
 
 
