@@ -6,8 +6,9 @@ prunable weights: Linear/Conv weights and attention input projections) and, *at 
 one TP reached, which overshoots 50 % by its rounding), by kdnb (`kdnb.engine.prune.prune`, L1) with its default
 ``scope="global"``, with ``scope="macs"`` (channels ranked by score per MAC their removal saves) and with
 ``scope="latency"`` (the speed setting: of a cut ranked by score per MAC + memory traffic saved and the "global"
-cut, the faster on the example batch, timed by the engine; `kdnb.engine.prune.latency`). Per model: status (pruned / broke / refused), sparsity, parameters and MACs before/after (deterministic),
-CPU latency (batch 8) dense vs pruned, speed-up. "broke": the call raised or the pruned model no longer runs.
+cut, the faster on the example batch, timed by the engine; `kdnb.engine.prune.latency`). Per model: status
+(pruned / broke / refused), sparsity, parameters and MACs before/after (deterministic), CPU latency (batch 8)
+dense vs pruned, speed-up. "broke": the call raised or the pruned model no longer runs.
 
 Goal: kdnb prunes every model TP prunes, plus the attention models, with a latency speed-up >= TP's on each, with
 the setting a user asks for speed by (``scope="latency"``). Verdict per model: latency by a paired sign test over

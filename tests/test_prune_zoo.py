@@ -378,15 +378,10 @@ def test_reconstruction_leaves_a_tied_embedding_as_the_cut_left_it():
 class RepeatKVAttention(__import__("zoo").GroupedQueryAttention):
     """The same grouped-query attention with HF's ``repeat_kv`` (expand + reshape) instead of repeat_interleave."""
 
-    def forward(self, x):
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = (p(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2) for p in (self.k_proj, self.v_proj))
-        group = self.num_heads // self.num_key_value_heads
-        k, v = (s[:, :, None].expand(b, self.num_key_value_heads, group, t, self.head_dim)
-                .reshape(b, self.num_heads, t, self.head_dim) for s in (k, v))
-        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+    def repeat_kv(self, states):
+        b, heads, t, d = states.shape
+        group = self.num_heads // heads
+        return states[:, :, None].expand(b, heads, group, t, d).reshape(b, heads * group, t, d)
 
 
 @pytest.mark.parametrize("repeat", ["repeat_interleave", "repeat_kv"])
@@ -439,7 +434,8 @@ def test_traffic_counts_the_activations_a_channel_writes_and_reads():
     from kdnb.engine.prune import latency
     from kdnb.engine.prune.groups import activation_positions
 
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 3, stride=2, padding=1)).eval()
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4),
+                        nn.Conv2d(4, 2, 3, stride=2, padding=1)).eval()
     x = torch.randn(2, 1, 6, 6)
     assert activation_positions(net, x) == {"0": (36.0, 36.0), "1": (72.0, 72.0), "2": (9.0, 36.0)}
     scores = importance(net, "l1", structured=True, example=x)
@@ -490,18 +486,14 @@ def test_paired_speed_sees_a_model_that_does_twice_the_work():
 class TiledKVAttention(__import__("zoo").GroupedQueryAttention):
     """Keys/values tiled (query head i reads key/value head i mod num_key_value_heads), not in groups."""
 
-    def forward(self, x):
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = (p(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2) for p in (self.k_proj, self.v_proj))
-        group = self.num_heads // self.num_key_value_heads
-        y = nn.functional.scaled_dot_product_attention(q, k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1))
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+    def repeat_kv(self, states):
+        return states.repeat(1, self.num_heads // states.shape[1], 1, 1)
 
 
 def test_key_value_heads_read_in_another_order_are_left_whole_with_a_warning():
     torch.manual_seed(0)
-    net, x = nn.Sequential(nn.Linear(4, 32), M.Residual(TiledKVAttention(32, 8, 4)), nn.Linear(32, 3)).eval(), torch.randn(2, 6, 4)
+    net = nn.Sequential(nn.Linear(4, 32), M.Residual(TiledKVAttention(32, 8, 4)), nn.Linear(32, 3)).eval()
+    x = torch.randn(2, 6, 4)
     with pytest.warns(RuntimeWarning, match=r"heads of '1.body.q_proj' whole"):
         small = prune(net, 0.5, structured=True, example=x, scope="local").model.eval()
     attn = small[1].body

@@ -2,7 +2,8 @@
 
 Each entry of `ZOO` is ``name -> (build, input shape)``; each replica keeps the block that makes its family
 hard to prune structurally (grouped convs, squeeze-excite, concatenation, channel shuffle, LayerNorm2d,
-layer scale, class tokens, attention with fused or separate q/k/v projections, tied weights), at a width that runs in milliseconds.
+layer scale, class tokens, attention with fused or separate q/k/v projections, grouped-query attention, tied
+weights), at a width that runs in milliseconds.
 """
 from __future__ import annotations
 
@@ -172,12 +173,15 @@ class GroupedQueryAttention(nn.Module):
         self.k_proj, self.v_proj = (nn.Linear(dim, num_key_value_heads * self.head_dim, bias=False) for _ in range(2))
         self.o_proj = nn.Linear(num_heads * self.head_dim, dim, bias=False)
 
+    def repeat_kv(self, states: torch.Tensor) -> torch.Tensor:
+        """(b, kv heads, t, d) -> (b, heads, t, d): key/value head j for query heads j*group ... (j+1)*group-1."""
+        return states.repeat_interleave(self.num_heads // self.num_key_value_heads, dim=1)
+
     def forward(self, x):
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = (p(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2) for p in (self.k_proj, self.v_proj))
-        group = self.num_heads // self.num_key_value_heads
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        k, v = (self.repeat_kv(p(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2))
+                for p in (self.k_proj, self.v_proj))
         y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 

@@ -363,8 +363,9 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
                           "are laid out with", RuntimeWarning, stacklevel=4)
     for group in graph.get_all_groups(root_module_types=PRUNABLE):
         root = group[0].dep.target.module
-        if root in unknown or root in laid_out or any(item.dep.target.module in outputs and graph.is_out_channel_pruning_fn(item.dep.handler)
-                                   or item.dep.target in graph.input_coupled for item in group):
+        if root in unknown or root in laid_out or any(
+                item.dep.target.module in outputs and graph.is_out_channel_pruning_fn(item.dep.handler)
+                or item.dep.target in graph.input_coupled for item in group):
             continue
         size = graph.get_out_channels(root)
         entries, layouts = [], []
@@ -411,7 +412,8 @@ def _kv_group(layout: Heads, names: dict, params: dict[str, torch.Tensor], per_w
     rows = {m: torch.arange(m.out_features) for m in layout.projections}
     unit = rows[query] // (layout.queries_per_group * layout.head_dim)
     slices = []
-    for module, channel in ((query, unit), (key, rows[key] // layout.head_dim), (value, rows[value] // layout.head_dim)):
+    kv_head = {m: rows[m] // layout.head_dim for m in (key, value)}
+    for module, channel in ((query, unit), (key, kv_head[key]), (value, kv_head[value])):
         slices += [Slice(f"{names[module]}.{attr}", 0, rows[module], channel)
                    for attr in ("weight", "bias") if getattr(module, attr) is not None]
     slices.append(Slice(f"{names[layout.output]}.weight", 1, rows[query], unit, consumer=True))
@@ -466,8 +468,8 @@ def activation_positions(model: nn.Module, example: torch.Tensor) -> dict[str, t
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE):
-            groups = getattr(module, "groups", 1)
-            sizes, through = (module.weight.shape[1] * groups, module.weight.shape[0]), groups == module.weight.shape[0] > 1
+            groups, rows = getattr(module, "groups", 1), module.weight.shape[0]
+            sizes, through = (module.weight.shape[1] * groups, rows), groups == rows > 1  # depthwise: through
         elif isinstance(module, _NORMS) and getattr(module, "weight", None) is not None:
             sizes, through = (module.weight.numel(),) * 2, True
         else:

@@ -22,7 +22,9 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from kdnb.engine.prune.scores import Scores, removed_channels
+from kdnb.engine.prune.scores import SCOPES, Scores, removed_channels
+
+PRUNE_SCOPES = (*SCOPES, "latency")  # what `prune` accepts: the rankings, and this choice between two of them
 
 # How many MACs one activation element read or written costs in time, on a CPU (fp32): an FMA unit does
 # 16-32 MACs a cycle where memory moves 4-8 floats; the zoo's single-thread CPU time was lowest near 64

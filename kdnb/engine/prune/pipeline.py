@@ -22,7 +22,7 @@ from kdnb.engine.prune.criteria import Criterion
 from kdnb.engine.prune.groups import check_structured_support, keep_vectors, masks_from_keep, prunable_weights
 from kdnb.engine.prune.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
-from kdnb.engine.prune.scores import (MACS_SCOPE_NEEDS_CHANNELS, SCOPES, _score, check_criterion, check_pattern,
+from kdnb.engine.prune.scores import (MACS_SCOPE_NEEDS_CHANNELS, Scores, _score, check_criterion, check_pattern,
                                       check_sparsity, masks_at, parse_pattern, removed_channels)
 from kdnb.engine.prune.structured import remove_channels
 from kdnb.engine.prune.unstructured import apply_masks, clone, current_masks, make_permanent
@@ -33,7 +33,6 @@ MARKER = "kdnb_pruned"  # attribute a pruned model carries: the list of prunings
 DEFAULT_CRITERION = {False: "lamp", True: "thinet"}
 GRADUAL_CRITERION = "hessian"  # the best of bench/prune_sparsity.py's gradual schedules (masked, fine-tuned)
 DEFAULT_ROUNDS = 8  # re-scored cuts of a structured one-shot prune with reconstruction (bench/prune_oneshot.py)
-PRUNE_SCOPES = (*SCOPES, "latency")  # "latency": the faster of two cuts, timed (kdnb.engine.prune.latency)
 
 
 class _Sparsity(Callback):
@@ -202,8 +201,8 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
     arguments.check_prune_options(options)
     options["sparsity"] = check_sparsity(options["sparsity"])
     structured, data = options["structured"], options["data"]
-    for name, value, choices in (("scope", options["scope"], PRUNE_SCOPES), ("schedule", options["schedule"],
-                                                                       schedules.SCHEDULES)):
+    for name, value, choices in (("scope", options["scope"], latency.PRUNE_SCOPES),
+                                 ("schedule", options["schedule"], schedules.SCHEDULES)):
         if value not in choices:
             raise KdnbError(f"unknown {name} {value!r}; {suggest(str(value), choices)}")
     if options["scope"] == "macs" and not structured:
@@ -375,7 +374,7 @@ def _cut(run: _Run, target: float) -> float:
     return reached
 
 
-def _removal(run: _Run, plain: nn.Module, scores: Any, target: float, pruned: dict[str, torch.Tensor],
+def _removal(run: _Run, plain: nn.Module, scores: Scores, target: float, pruned: dict[str, torch.Tensor],
              example: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """The channels a structured cut removes. ``scope="latency"`` picks its ranking once, at the first cut, by
     timing both candidate cuts at the final sparsity on the example (`latency.choose`), and keeps it."""
