@@ -27,8 +27,9 @@ from kdnb.engine.prune.scores import SCOPES, Scores, removed_channels
 PRUNE_SCOPES = (*SCOPES, "latency")  # what `prune` accepts: the rankings, and this choice between two of them
 
 # How many MACs one activation element read or written costs in time, on a CPU (fp32): an FMA unit does
-# 16-32 MACs a cycle where memory moves 4-8 floats; the zoo's single-thread CPU time was lowest near 64
-# (bench/prune_zoo.py, kappa 0/16/64/256).
+# 16-32 MACs a cycle where memory moves 4-8 floats, and each elementwise pass has its own overhead. A one-off
+# sweep over the zoo's 9 CNNs (single-thread CPU time, busy box; kappa 0, 16, 64, 256): 0 and 16 lose on the
+# depthwise nets (mobilenet_v2 1.27x and 1.87x vs 2.19x at 64), 64 and 256 are within noise of each other.
 TRAFFIC_MACS = 64.0
 MARGIN = 0.03  # the cost-ranked cut must be this much faster (median paired ratio) to beat "global"
 ROUNDS = 15  # alternating timed forwards of each candidate
