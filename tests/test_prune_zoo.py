@@ -348,3 +348,154 @@ def test_scope_macs_cuts_more_macs_than_the_default_at_the_same_sparsity():
     with pytest.raises(KdnbError, match="scope='macs'.*structured=True") as error:
         prune(net, 0.5, example=x, scope="macs")
     assert "\n" not in str(error.value)
+
+
+def test_reconstruction_leaves_a_tied_embedding_as_the_cut_left_it():
+    """The output layer tied to the token embedding is one Parameter under two names: re-solving it as the
+    consumer of the removed embedding channels would rewrite the embedding too, so it keeps its cut values.
+    Same channels (one cut, l1), with and without reconstruction: the embedding is identical, its kept columns
+    are the dense ones, while the untied layers were re-solved."""
+    from zoo import Llama
+
+    torch.manual_seed(0)
+    net = Llama(vocab=40).eval()
+    tokens = torch.randint(0, 40, (64, 8), generator=torch.Generator().manual_seed(1))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tokens, torch.zeros(64, dtype=torch.long)),
+                                         batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain, refit = (prune(net, 0.5, structured=True, example=tokens[:8], data=loader, criterion="l1", rounds=1,
+                              reconstruct=r) for r in (False, True))
+    assert refit.reconstructed and refit.model.lm_head.weight is refit.model.embed_tokens.weight
+    embedding = refit.model.embed_tokens.weight.detach()
+    assert embedding.shape[1] < 32 and torch.equal(embedding, plain.model.embed_tokens.weight.detach())
+    dense = net.embed_tokens.weight.detach()
+    assert all(any(torch.equal(column, dense[:, j]) for j in range(32)) for column in embedding.T)
+    down = [m.model.layers[0].mlp.down_proj.weight.detach() for m in (plain, refit)]
+    assert down[0].shape == down[1].shape and not torch.allclose(down[0], down[1])
+
+
+class RepeatKVAttention(__import__("zoo").GroupedQueryAttention):
+    """The same grouped-query attention with HF's ``repeat_kv`` (expand + reshape) instead of repeat_interleave."""
+
+    def repeat_kv(self, states):
+        b, heads, t, d = states.shape
+        group = self.num_heads // heads
+        return states[:, :, None].expand(b, heads, group, t, d).reshape(b, heads * group, t, d)
+
+
+@pytest.mark.parametrize("repeat", ["repeat_interleave", "repeat_kv"])
+def test_grouped_query_attention_loses_whole_key_value_groups(repeat, tmp_path):
+    """GQA (8 query heads reading 4 key/value heads): a unit is one key/value head with its 2 query heads, so
+    num_heads and num_key_value_heads shrink together, every query head keeps its own key/value head (masking
+    computes what deleting computes), and save -> load gives the same outputs."""
+    from zoo import GroupedQueryAttention
+
+    kind = GroupedQueryAttention if repeat == "repeat_interleave" else RepeatKVAttention
+    torch.manual_seed(0)
+    build = lambda: nn.Sequential(nn.Linear(4, 32), M.Residual(kind(32, 8, 4)), nn.Linear(32, 3))  # noqa: E731
+    net, x = build().eval(), torch.randn(2, 6, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = importance(net, "l1", structured=True, example=x)
+        assert "1.body.k_proj" not in {g.root for g in scores.groups}  # k and v go with their query heads
+        masked = clone(net)
+        with torch.no_grad():
+            for param, mask in masks_at(scores, 0.6, scope="local").items():
+                masked.get_parameter(param).mul_(mask)
+        small = prune(net, 0.6, structured=True, example=x, scope="local").model.eval()
+    attn = small[1].body
+    assert attn.head_dim == 4 and attn.num_key_value_heads < 4
+    assert attn.num_heads == 2 * attn.num_key_value_heads
+    assert attn.q_proj.out_features == attn.o_proj.in_features == attn.num_heads * attn.head_dim
+    assert attn.k_proj.out_features == attn.v_proj.out_features == attn.num_key_value_heads * attn.head_dim
+    assert torch.allclose(masked(x), small(x), atol=1e-5)
+    loaded = kdnb.load(kdnb.save(small, tmp_path / "gqa.kdnb"), model=build()).eval()
+    assert (loaded[1].body.num_heads, loaded[1].body.num_key_value_heads) == (attn.num_heads, attn.num_key_value_heads)
+    assert torch.equal(loaded(x), small(x))
+
+
+def test_grouped_query_llama_prunes_its_key_value_groups_and_mlp():
+    torch.manual_seed(0)
+    net, x = ZOO["llama_gqa"][0]().eval(), example("llama_gqa")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = prune(net, 0.5, structured=True, example=x, scope="local").model.eval()
+    for layer in small.layers:
+        attn = layer.self_attn
+        assert attn.num_key_value_heads < 4 and attn.num_heads == 2 * attn.num_key_value_heads
+        assert layer.mlp.up_proj.out_features < 64
+    assert small.lm_head.weight is small.embed_tokens.weight and bool(torch.isfinite(small(x)).all())
+
+
+def test_traffic_counts_the_activations_a_channel_writes_and_reads():
+    """A conv's channel writes its output (36 positions), its BatchNorm reads and writes it (2 x 36), the strided
+    conv after reads it (36): 144 elements per sample; the cost that scope="latency" ranks by adds them to the MACs."""
+    from kdnb.engine.prune import latency
+    from kdnb.engine.prune.groups import activation_positions
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4),
+                        nn.Conv2d(4, 2, 3, stride=2, padding=1)).eval()
+    x = torch.randn(2, 1, 6, 6)
+    assert activation_positions(net, x) == {"0": (36.0, 36.0), "1": (72.0, 72.0), "2": (9.0, 36.0)}
+    scores = importance(net, "l1", structured=True, example=x)
+    (group,) = scores.groups
+    assert group.traffic.tolist() == [144.0] * 4
+    assert group.macs.tolist() == [9 * 36 + 2 * 9 * 9] * 4  # its row of conv 0, its column of conv 2
+    (ranked,) = latency.cost_ranked(scores).groups
+    assert torch.equal(ranked.macs, group.macs + latency.TRAFFIC_MACS * group.traffic)
+
+
+@pytest.mark.parametrize("faster", ["cost", "global"])
+def test_scope_latency_keeps_the_cut_that_runs_faster(faster, monkeypatch):
+    """scope="latency" deletes both candidate cuts, times them on the example and keeps the faster one's ranking
+    (the timing replaced here by a verdict); a tie goes to "global"."""
+    from kdnb.engine.prune import latency
+    from kdnb.engine.prune.structured import remove_channels
+
+    monkeypatch.setattr(latency, "paired_speed", lambda first, second, x: 1.5 if faster == "cost" else 1.01)
+    torch.manual_seed(0)
+    net, x = ZOO["resnet_basic"][0]().eval(), example("resnet_basic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = prune(net, 0.5, structured=True, example=x, scope="latency", criterion="l1")
+        scores = importance(net, "l1", structured=True, example=x)
+        expected = remove_channels(clone(net), latency.removal(scores, 0.5, None, faster), x)
+    assert result.scope == "latency"
+    assert torch.equal(result.model.eval()(x), expected.eval()(x))
+
+
+def test_scope_latency_needs_channels():
+    net, x = ZOO["resnet_basic"][0]().eval(), example("resnet_basic")
+    with pytest.raises(KdnbError, match="scope='latency'.*structured=True") as error:
+        prune(net, 0.5, example=x, scope="latency")
+    assert "\n" not in str(error.value)
+    with pytest.raises(KdnbError, match="latency"):
+        prune(net, 0.5, structured=True, example=x, scope="latncy")
+
+
+def test_paired_speed_sees_a_model_that_does_twice_the_work():
+    from kdnb.engine.prune import latency
+
+    torch.manual_seed(0)
+    one = nn.Sequential(*[nn.Linear(256, 256) for _ in range(4)])
+    two = nn.Sequential(*[nn.Linear(256, 256) for _ in range(16)])
+    assert latency.paired_speed(one, two, torch.randn(64, 256)) > 1.5
+
+
+class TiledKVAttention(__import__("zoo").GroupedQueryAttention):
+    """Keys/values tiled (query head i reads key/value head i mod num_key_value_heads), not in groups."""
+
+    def repeat_kv(self, states):
+        return states.repeat(1, self.num_heads // states.shape[1], 1, 1)
+
+
+def test_key_value_heads_read_in_another_order_are_left_whole_with_a_warning():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 32), M.Residual(TiledKVAttention(32, 8, 4)), nn.Linear(32, 3)).eval()
+    x = torch.randn(2, 6, 4)
+    with pytest.warns(RuntimeWarning, match=r"heads of '1.body.q_proj' whole"):
+        small = prune(net, 0.5, structured=True, example=x, scope="local").model.eval()
+    attn = small[1].body
+    assert (attn.num_heads, attn.num_key_value_heads, attn.q_proj.out_features) == (8, 4, 32)
+    assert small(x).shape == (2, 6, 3)

@@ -2,7 +2,8 @@
 
 Each entry of `ZOO` is ``name -> (build, input shape)``; each replica keeps the block that makes its family
 hard to prune structurally (grouped convs, squeeze-excite, concatenation, channel shuffle, LayerNorm2d,
-layer scale, class tokens, attention with fused or separate q/k/v projections, tied weights), at a width that runs in milliseconds.
+layer scale, class tokens, attention with fused or separate q/k/v projections, grouped-query attention, tied
+weights), at a width that runs in milliseconds.
 """
 from __future__ import annotations
 
@@ -160,6 +161,31 @@ class HFAttention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 
 
+class GroupedQueryAttention(nn.Module):
+    """Grouped-query attention (LLaMA-2/3, Mistral; Ainslie et al. 2023): ``num_key_value_heads`` < ``num_heads``,
+    k_proj and v_proj with ``num_key_value_heads * head_dim`` outputs, each key/value head shared by a group of
+    ``num_heads // num_key_value_heads`` query heads (``repeat_interleave`` before torch's fused attention)."""
+
+    def __init__(self, dim: int, num_heads: int, num_key_value_heads: int):
+        super().__init__()
+        self.num_heads, self.num_key_value_heads, self.head_dim = num_heads, num_key_value_heads, dim // num_heads
+        self.q_proj = nn.Linear(dim, num_heads * self.head_dim, bias=False)
+        self.k_proj, self.v_proj = (nn.Linear(dim, num_key_value_heads * self.head_dim, bias=False) for _ in range(2))
+        self.o_proj = nn.Linear(num_heads * self.head_dim, dim, bias=False)
+
+    def repeat_kv(self, states: torch.Tensor) -> torch.Tensor:
+        """(b, kv heads, t, d) -> (b, heads, t, d): key/value head j for query heads j*group ... (j+1)*group-1."""
+        return states.repeat_interleave(self.num_heads // self.num_key_value_heads, dim=1)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = (self.repeat_kv(p(x).view(b, t, self.num_key_value_heads, self.head_dim).transpose(1, 2))
+                for p in (self.k_proj, self.v_proj))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
 class GatedMLP(nn.Module):
     """LLaMA's SwiGLU MLP: down(silu(gate(x)) * up(x)); the product couples gate's and up's neurons."""
 
@@ -173,9 +199,11 @@ class GatedMLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, num_key_value_heads: int | None = None):
         super().__init__()
-        self.input_layernorm, self.self_attn = nn.LayerNorm(dim), HFAttention(dim, num_heads)
+        self.input_layernorm = nn.LayerNorm(dim)
+        self.self_attn = HFAttention(dim, num_heads) if num_key_value_heads in (None, num_heads) else \
+            GroupedQueryAttention(dim, num_heads, num_key_value_heads)
         self.post_attention_layernorm, self.mlp = nn.LayerNorm(dim), GatedMLP(dim, 2 * dim)
 
     def forward(self, x):
@@ -185,12 +213,14 @@ class DecoderLayer(nn.Module):
 
 class Llama(nn.Module):
     """A LLaMA-style causal language model (HF layout) whose output layer is tied to the token embedding
-    (``lm_head.weight is embed_tokens.weight``, as ``tie_word_embeddings`` does)."""
+    (``lm_head.weight is embed_tokens.weight``, as ``tie_word_embeddings`` does); with ``num_key_value_heads``
+    < ``num_heads`` its attention is grouped-query (LLaMA-2/3, Mistral)."""
 
-    def __init__(self, vocab: int = 32, dim: int = 32, num_heads: int = 4, depth: int = 2):
+    def __init__(self, vocab: int = 32, dim: int = 32, num_heads: int = 4, depth: int = 2,
+                 num_key_value_heads: int | None = None):
         super().__init__()
         self.embed_tokens = nn.Embedding(vocab, dim)
-        self.layers = nn.Sequential(*[DecoderLayer(dim, num_heads) for _ in range(depth)])
+        self.layers = nn.Sequential(*[DecoderLayer(dim, num_heads, num_key_value_heads) for _ in range(depth)])
         self.norm, self.lm_head = nn.LayerNorm(dim), nn.Linear(dim, vocab, bias=False)
         self.lm_head.weight = self.embed_tokens.weight
 
@@ -231,6 +261,7 @@ ZOO = {
     "vit_tiny": (lambda: M.vit_tiny(10, dim=32, heads=4), (8, 1, 8, 8)),
     "gpt": (gpt, "tokens"),
     "llama": (Llama, "tokens"),
+    "llama_gqa": (lambda: Llama(num_heads=8, num_key_value_heads=4), "tokens"),
     "cnn1d_grouped": (cnn1d_grouped, (8, 1, 32)),
     "lstm": (LSTMClassifier, (8, 6, 8)),
 }

@@ -57,7 +57,8 @@ def check_settings(options: dict[str, Any]) -> None:
 
 def check_prune_options(options: dict[str, Any]) -> None:
     """Every argument of `prune` on its own terms (types and ranges), before any is combined with another."""
-    from kdnb.engine.prune.scores import ESTIMATORS, SCOPES  # scores imports this module: read them at call time
+    from kdnb.engine.prune.latency import PRUNE_SCOPES  # scores imports this module: read them at call time
+    from kdnb.engine.prune.scores import ESTIMATORS
 
     check_sparsity(options["sparsity"])
     for name in ("structured", "inplace", "prune_again", "control", "distill"):
@@ -67,7 +68,7 @@ def check_prune_options(options: dict[str, Any]) -> None:
     if not isinstance(options["criterion"], str):
         raise KdnbError(f"criterion should be a name, got {checks.shown(options['criterion'])}; pass e.g. "
                         "criterion='auto' (see kdnb.engine.prune.criteria.names())")
-    checks.check_choice("scope", options["scope"], SCOPES)
+    checks.check_choice("scope", options["scope"], PRUNE_SCOPES)
     checks.check_choice("schedule", options["schedule"], schedules.SCHEDULES)
     checks.check_choice("hessian_estimator", options["hessian_estimator"], ESTIMATORS)
     check_pattern_text(options["pattern"])

@@ -56,6 +56,7 @@ class ChannelGroup:
     slices: list[Slice] = field(default_factory=list)
     units: torch.Tensor | None = None  # unit of each root channel (None: one channel, one unit)
     macs: torch.Tensor | None = None  # MACs per sample each unit's removal saves (None: no example to count on)
+    traffic: torch.Tensor | None = None  # activation elements per sample it saves reading and writing (`_unit_traffic`)
 
 
 def prunable_attributes(module: nn.Module) -> tuple[str, ...]:
@@ -218,10 +219,37 @@ class Heads:
     module: nn.Module
     projections: tuple[nn.Linear, ...]
     head_dim: int
+    output: nn.Linear | None = None  # the Linear reading the heads (o_proj), found for separate q, k, v
 
     def count(self, projection: nn.Linear) -> int:
         """Heads in ``projection`` now (a fused one holds q, k and v of each)."""
         return projection.out_features // (self.head_dim * (3 if len(self.projections) == 1 else 1))
+
+    @property
+    def grouped(self) -> bool:
+        """Grouped-query attention (LLaMA-2/3, Mistral): fewer key/value heads than query heads, each key/value
+        head read by ``queries_per_group`` query heads in a row (``repeat_interleave`` / HF's ``repeat_kv``)."""
+        return len(self.projections) == 3 and self.count(self.projections[1]) < self.count(self.projections[0])
+
+    @property
+    def queries_per_group(self) -> int:
+        return self.count(self.projections[0]) // self.count(self.projections[1])
+
+    def remove_groups(self, query_channels: list[int]) -> None:
+        """Delete the key/value groups whose query channels are ``query_channels`` (whole groups, see
+        `_kv_group`) with Torch-Pruning's pruner functions: q rows and o_proj columns of their query heads, k
+        and v rows of their key/value head. Its graph would cut k and v at the query's positions (it maps no
+        GQA repeat it does not trace as HF's expand), so the group is laid out from the module's shapes."""
+        import torch_pruning as tp
+
+        query, key, value = self.projections
+        width = self.queries_per_group * self.head_dim
+        kv_heads = sorted({c // width for c in query_channels})
+        kv_rows = [h * self.head_dim + d for h in kv_heads for d in range(self.head_dim)]
+        tp.prune_linear_out_channels(query, query_channels)
+        tp.prune_linear_out_channels(key, kv_rows)
+        tp.prune_linear_out_channels(value, kv_rows)
+        tp.prune_linear_in_channels(self.output, query_channels)
 
 
 def _head_count(module: nn.Module) -> int | None:
@@ -238,7 +266,13 @@ def _heads_of(module: nn.Module, heads: int, linears: dict[str, nn.Linear]) -> H
         return None
     head_dim = found[0].out_features // heads  # type: ignore[union-attr]
     fits = all(m.out_features % head_dim == 0 for m in found)  # type: ignore[union-attr]
-    return Heads(module, tuple(found), head_dim) if fits else None  # type: ignore[arg-type]
+    output = next((linears[n] for n in _OUT_NAMES if n in linears), None)
+    layout = Heads(module, tuple(found), head_dim, output) if fits else None  # type: ignore[arg-type]
+    if layout is not None and layout.grouped and not (
+            found[1].out_features == found[2].out_features and layout.count(found[0]) % layout.count(found[1]) == 0
+            and output is not None and output.in_features == found[0].out_features):
+        return None  # key/value heads we cannot pair with their query heads: its Linears stay whole
+    return layout
 
 
 def attention_layers(model: nn.Module) -> tuple[list[Heads], set[nn.Module]]:
@@ -307,18 +341,31 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
     the model's input, nor the Linears of attention modules whose heads we cannot locate. A group's "channels"
     are its *units*: root channels that must go together (the same position in every group of a grouped conv,
     a whole attention head) are one unit, and ``ChannelGroup.units`` maps each root channel to its unit;
-    ``ChannelGroup.macs`` counts what each unit's removal saves, on the graph's example."""
+    ``ChannelGroup.macs`` and ``.traffic`` count what each unit's removal saves, on the graph's example.
+    A grouped-query attention's heads are laid out from its shapes (`_kv_group`), not by the graph."""
     names = {module: name for name, module in model.named_modules()}
     names.update(getattr(graph, "_param_to_name", {}))  # unwrapped parameters (class token, position embedding)
     outputs = output_layers(graph)
     per_weight = macs_per_weight(model, graph.example) if getattr(graph, "example", None) is not None else {}
+    positions = activation_positions(model, graph.example) if per_weight else {}
     layouts, unknown = attention_layers(model)
     heads = head_projections(layouts)
+    grouped = [layout for layout in layouts if layout.grouped]
+    laid_out = {p for layout in grouped for p in layout.projections}  # their groups: `_kv_group`, not the graph's
+    params = dict(model.named_parameters(remove_duplicate=False))
     groups = []
+    for candidate in (_kv_group(layout, names, params, per_weight, positions) for layout in grouped):
+        if _consistent(model, candidate, getattr(graph, "example", None)):
+            groups.append(candidate)
+        else:
+            warnings.warn(f"structured pruning leaves the heads of {candidate.root!r} whole: silencing a key/value "
+                          "group there moves the outputs, so its query heads do not read the key/value head they "
+                          "are laid out with", RuntimeWarning, stacklevel=4)
     for group in graph.get_all_groups(root_module_types=PRUNABLE):
         root = group[0].dep.target.module
-        if root in unknown or any(item.dep.target.module in outputs and graph.is_out_channel_pruning_fn(item.dep.handler)
-                                   or item.dep.target in graph.input_coupled for item in group):
+        if root in unknown or root in laid_out or any(
+                item.dep.target.module in outputs and graph.is_out_channel_pruning_fn(item.dep.handler)
+                or item.dep.target in graph.input_coupled for item in group):
             continue
         size = graph.get_out_channels(root)
         entries, layouts = [], []
@@ -340,8 +387,8 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
             channel = channel.repeat(len(index) // len(channel))
             slices.setdefault((param, dim), Slice(param, dim, index, unit[channel], consumer))
         candidate = ChannelGroup(names[root], int(unit.max()) + 1, list(slices.values()), unit)
-        candidate.macs = _unit_macs(candidate, dict(model.named_parameters(remove_duplicate=False)), per_weight) \
-            if per_weight else None
+        if per_weight:
+            candidate.macs, candidate.traffic = _unit_macs(candidate, params, per_weight), _unit_traffic(candidate, positions)
         if not _consistent(model, candidate, getattr(graph, "example", None)):
             warnings.warn(f"structured pruning leaves the channels of layer {names[root]!r} whole: they pass through "
                           "a view/transpose that mixes channels (a channel shuffle?), which Torch-Pruning cannot map",
@@ -354,6 +401,35 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
                       "when one of them goes (a reshape to a fixed width, such as view(B, T, C) in attention?)",
                       RuntimeWarning, stacklevel=4)
     return [group for group in groups if group.root not in broken]
+
+
+def _kv_group(layout: Heads, names: dict, params: dict[str, torch.Tensor], per_weight: dict[str, float],
+              positions: dict[str, tuple[float, float]]) -> ChannelGroup:
+    """Grouped-query attention in units of one key/value group: key/value head ``j`` with the query heads that
+    read it (``j * queries_per_group`` onwards) and their o_proj columns. Whole groups go, so every remaining
+    query head keeps reading its own key/value head and ``num_heads / num_key_value_heads`` stays."""
+    query, key, value = layout.projections
+    rows = {m: torch.arange(m.out_features) for m in layout.projections}
+    unit = rows[query] // (layout.queries_per_group * layout.head_dim)
+    slices = []
+    kv_head = {m: rows[m] // layout.head_dim for m in (key, value)}
+    for module, channel in ((query, unit), (key, kv_head[key]), (value, kv_head[value])):
+        slices += [Slice(f"{names[module]}.{attr}", 0, rows[module], channel)
+                   for attr in ("weight", "bias") if getattr(module, attr) is not None]
+    slices.append(Slice(f"{names[layout.output]}.weight", 1, rows[query], unit, consumer=True))
+    group = ChannelGroup(names[query], layout.count(key), slices, unit)
+    if per_weight:
+        group.macs, group.traffic = _unit_macs(group, params, per_weight), _unit_traffic(group, positions)
+    return group
+
+
+def delete_channels(graph, layer: nn.Module, idxs: list[int], grouped: dict[nn.Module, Heads]) -> None:
+    """Delete output channels ``idxs`` of ``layer`` and all that is coupled to them: Torch-Pruning's group, or,
+    for the query projection of a grouped-query attention, whole key/value groups (`Heads.remove_groups`)."""
+    if layer in grouped:
+        grouped[layer].remove_groups(idxs)
+    else:
+        graph.get_pruning_group(layer, graph.get_pruner_of_module(layer).prune_out_channels, idxs).prune()
 
 
 @torch.no_grad()
@@ -373,6 +449,52 @@ def macs_per_weight(model: nn.Module, example: torch.Tensor) -> dict[str, float]
             layer = sum(flops.get(f"{root}.{name}" if name else root, {}).values())
             found[f"{name}.weight" if name else "weight"] = layer / 2 / len(example) / module.weight.numel()
     return found
+
+
+@torch.no_grad()
+def activation_positions(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """``{layer: (per row, per column)}``: activation elements per sample one output channel (row) and one
+    input channel (column) of each Linear, Conv and norm layer make it write and read on ``example`` (a conv's
+    height x width, a Linear's tokens). A norm or depthwise conv reads and writes each channel it keeps."""
+    found: dict[str, tuple[float, float]] = {}
+
+    def record(name: str, channels: tuple[int, int], through: bool):
+        def hook(module, args, out):
+            if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                read, write = args[0].numel() / len(args[0]) / channels[0], out.numel() / len(out) / channels[1]
+                found[name] = (read + write,) * 2 if through else (write, read)
+        return hook
+
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE):
+            groups, rows = getattr(module, "groups", 1), module.weight.shape[0]
+            sizes, through = (module.weight.shape[1] * groups, rows), groups == rows > 1  # depthwise: through
+        elif isinstance(module, _NORMS) and getattr(module, "weight", None) is not None:
+            sizes, through = (module.weight.numel(),) * 2, True
+        else:
+            continue
+        hooks.append(module.register_forward_hook(record(name, sizes, through)))
+    try:
+        with eval_mode(model):
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found
+
+
+def _unit_traffic(group: ChannelGroup, positions: dict[str, tuple[float, float]]) -> torch.Tensor:
+    """Activation elements per sample each unit's removal saves from being written and read (`activation_positions`,
+    counted on every layer's weight slices). Depthwise convs, norms and the elementwise work between layers are
+    bound by this memory traffic, not by their MACs."""
+    total = torch.zeros(group.size, dtype=torch.float64)
+    for s in group.slices:
+        layer, _, attr = s.param.rpartition(".")
+        if layer in positions and attr == "weight":
+            per_position = positions[layer][0 if s.dim == 0 else 1]
+            total.scatter_add_(0, s.channel, torch.full((len(s.index),), per_position, dtype=torch.float64))
+    return total
 
 
 def _unit_macs(group: ChannelGroup, params: dict[str, torch.Tensor], per_weight: dict[str, float]) -> torch.Tensor:
@@ -402,12 +524,12 @@ def _breaking_roots(model: nn.Module, groups: list[ChannelGroup], example: torch
     def runs(subset: list[ChannelGroup]) -> bool:
         copy = deepcopy(model).eval()
         layouts, _ = attention_layers(copy)
+        grouped = {layout.projections[0]: layout for layout in layouts if layout.grouped}
         try:
             graph = tp.DependencyGraph().build_dependency(copy, example_inputs=example[:2], verbose=False)
             for group in subset:
-                layer = copy.get_submodule(group.root)
                 idxs = [0] if group.units is None else torch.nonzero(group.units == 0).flatten().tolist()
-                graph.get_pruning_group(layer, graph.get_pruner_of_module(layer).prune_out_channels, idxs).prune()
+                delete_channels(graph, copy.get_submodule(group.root), idxs, grouped)
             update_heads(layouts)
             with torch.no_grad():
                 return copy(example[:2]).shape == expected

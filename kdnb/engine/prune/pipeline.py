@@ -17,12 +17,12 @@ from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Callback, RunState
 from kdnb.engine.history import History
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune import arguments, calibration, criteria, estimate, schedules
+from kdnb.engine.prune import arguments, calibration, criteria, estimate, latency, schedules
 from kdnb.engine.prune.criteria import Criterion
 from kdnb.engine.prune.groups import check_structured_support, keep_vectors, masks_from_keep, prunable_weights
 from kdnb.engine.prune.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
-from kdnb.engine.prune.scores import (MACS_SCOPE_NEEDS_CHANNELS, SCOPES, _score, check_criterion, check_pattern,
+from kdnb.engine.prune.scores import (MACS_SCOPE_NEEDS_CHANNELS, Scores, _score, check_criterion, check_pattern,
                                       check_sparsity, masks_at, parse_pattern, removed_channels)
 from kdnb.engine.prune.structured import remove_channels
 from kdnb.engine.prune.unstructured import apply_masks, clone, current_masks, make_permanent
@@ -146,10 +146,12 @@ def prune(
             gradual schedule (bench/prune_sparsity.py); for channels "thinet" (group OBS) with data, "l1"
             without, or where a channel's only readers are grouped convs (both reconstructed with data).
         structured: delete channels (True) or zero single weights (False).
-        scope: "global" (rank across layers), "local" (the same sparsity in every layer; Wanda: per row) or,
-            structured, "macs" (rank across layers by score per MAC a channel's removal saves: for speed, it
-            cuts the layers that run most often, such as early convolutions at high resolution; before any
-            fine-tuning it costs accuracy, see bench/prune_zoo.py).
+        scope: "global" (rank across layers: the accuracy default), "local" (the same sparsity in every layer;
+            Wanda: per row) or, structured, "latency" (the speed setting: the faster on the example batch of
+            two cuts, by score per latency cost -- MACs plus memory traffic -- and "global", see
+            `kdnb.engine.prune.latency`; timed, so the choice may differ between machines) or "macs" (rank by
+            score per MAC a channel's removal saves; before any fine-tuning both cost accuracy, see
+            bench/prune_zoo.py).
         pattern: "N:M" semi-structured sparsity (unstructured only).
         data: training ``DataLoader``: statistics for the data criteria, calibration for reconstruction,
             slimming's L1 phase, fine-tuning, and (first batch) the example input for structured tracing.
@@ -199,12 +201,15 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
     arguments.check_prune_options(options)
     options["sparsity"] = check_sparsity(options["sparsity"])
     structured, data = options["structured"], options["data"]
-    for name, value, choices in (("scope", options["scope"], SCOPES), ("schedule", options["schedule"],
-                                                                       schedules.SCHEDULES)):
+    for name, value, choices in (("scope", options["scope"], latency.PRUNE_SCOPES),
+                                 ("schedule", options["schedule"], schedules.SCHEDULES)):
         if value not in choices:
             raise KdnbError(f"unknown {name} {value!r}; {suggest(str(value), choices)}")
     if options["scope"] == "macs" and not structured:
         raise KdnbError(MACS_SCOPE_NEEDS_CHANNELS)
+    if options["scope"] == "latency" and not structured:
+        raise KdnbError("scope='latency' times the model with channels deleted: it needs structured=True (single "
+                        "zeroed weights run at dense speed); use scope='global' for structured=False")
     _check_schedule(options)
     options["auto"] = options["criterion"] == "auto"
     criterion = _default_criterion(options) if options["auto"] else options["criterion"]
@@ -355,7 +360,7 @@ def _cut(run: _Run, target: float) -> float:
     pruned = current_masks(run.work)
     if run.structured:
         run.removed.clear()
-        run.removed.update(removed_channels(scores, target, run.scope, pruned))
+        run.removed.update(_removal(run, plain, scores, target, pruned, example))
         masks = masks_from_keep(keep_vectors(scores.groups, run.removed, scores.shapes), scores.shapes)
     else:
         masks = masks_at(scores, target, run.scope, pruned, pattern=run.pattern, gradual=run.schedule != "oneshot")
@@ -367,6 +372,17 @@ def _cut(run: _Run, target: float) -> float:
     reached = _masked_sparsity(run.work, run.weights, run.total)
     run.trajectory.append({"target": target, "sparsity": reached, "val_acc": run.accuracy(run.work)})
     return reached
+
+
+def _removal(run: _Run, plain: nn.Module, scores: Scores, target: float, pruned: dict[str, torch.Tensor],
+             example: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The channels a structured cut removes. ``scope="latency"`` picks its ranking once, at the first cut, by
+    timing both candidate cuts at the final sparsity on the example (`latency.choose`), and keeps it."""
+    if run.scope != "latency":
+        return removed_channels(scores, target, run.scope, pruned)
+    if "ranking" not in run.options:
+        run.options["ranking"] = latency.choose(plain, scores, run.sparsity, example)
+    return latency.removal(scores, target, pruned, run.options["ranking"])
 
 
 def _finetune(run: _Run, epochs: int, title: str, subscribers: list[object], net: nn.Module | None = None) -> History:

@@ -11,7 +11,8 @@ from torch import nn
 
 from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import eval_mode
-from kdnb.engine.prune.groups import attention_layers, channel_groups, dependency_graph, update_heads
+from kdnb.engine.prune.groups import (attention_layers, channel_groups, delete_channels, dependency_graph,
+                                      update_heads)
 
 
 @torch.no_grad()
@@ -32,6 +33,7 @@ def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example:
     graph = dependency_graph(model, example)
     units = {group.root: group.units for group in channel_groups(model, graph)}
     layouts, _ = attention_layers(model)
+    grouped = {layout.projections[0]: layout for layout in layouts if layout.grouped}  # GQA: whole kv groups
     ties = _tied_parameters(model)
     for root, gone in removed.items():
         if units.get(root) is not None:
@@ -39,10 +41,8 @@ def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example:
         idxs = torch.nonzero(gone).flatten().tolist()
         if not idxs:
             continue
-        layer = model.get_submodule(root)
         try:
-            group = graph.get_pruning_group(layer, graph.get_pruner_of_module(layer).prune_out_channels, idxs)
-            group.prune()
+            delete_channels(graph, model.get_submodule(root), idxs, grouped)
         except (RuntimeError, ValueError, AssertionError, ZeroDivisionError, IndexError) as error:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise KdnbError(f"structured pruning could not remove channels of layer {root!r} ({first}); "

@@ -1,0 +1,85 @@
+"""``scope="latency"``: structured pruning for speed, chosen by the model's measured forward on its example.
+
+Neither fixed ranking is fastest everywhere (bench/prune_zoo.py): "global" (scores compared across layers) keeps
+the accuracy but leaves the costly layers as wide as the cheap ones, and a ranking by score per MAC saved empties
+depthwise and norm-heavy networks of MACs that cost little time, because those layers are bound by the memory
+traffic of their activations. So two cuts are made at the target sparsity from the same scores:
+
+- by score per *cost* saved, the cost of a unit being its MACs plus `TRAFFIC_MACS` x the activation elements it
+  writes and reads (`groups._unit_traffic`: its rows' outputs, its columns' inputs, its norms' passes);
+- "global",
+
+both are deleted from copies, timed on the example batch in alternating rounds, and the ranking of the faster is
+kept for the whole prune (its rounds included). A tie (within `MARGIN`) goes to "global", the more accurate.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from kdnb.engine.prune.scores import SCOPES, Scores, removed_channels
+
+PRUNE_SCOPES = (*SCOPES, "latency")  # what `prune` accepts: the rankings, and this choice between two of them
+
+# How many MACs one activation element read or written costs in time, on a CPU (fp32): an FMA unit does
+# 16-32 MACs a cycle where memory moves 4-8 floats, and each elementwise pass has its own overhead. A one-off
+# sweep over the zoo's 9 CNNs (single-thread CPU time, busy box; kappa 0, 16, 64, 256): 0 and 16 lose on the
+# depthwise nets (mobilenet_v2 1.27x and 1.87x vs 2.19x at 64), 64 and 256 are within noise of each other.
+TRAFFIC_MACS = 64.0
+MARGIN = 0.03  # the cost-ranked cut must be this much faster (median paired ratio) to beat "global"
+ROUNDS = 15  # alternating timed forwards of each candidate
+
+
+def cost_ranked(scores: Scores) -> Scores:
+    """``scores`` whose groups' ``macs`` are their latency cost (MACs + `TRAFFIC_MACS` x traffic), for
+    `removed_channels`' per-cost ranking (``scope="macs"``)."""
+    groups = [replace(g, macs=g.macs + TRAFFIC_MACS * g.traffic) if g.macs is not None and g.traffic is not None
+              else g for g in scores.groups]
+    return replace(scores, groups=groups)
+
+
+def removal(scores: Scores, sparsity: float, pruned: dict[str, torch.Tensor] | None, ranking: str
+            ) -> dict[str, torch.Tensor]:
+    """The channels to remove under ``ranking`` ("cost" or "global")."""
+    if ranking == "cost":
+        return removed_channels(cost_ranked(scores), sparsity, "macs", pruned)
+    return removed_channels(scores, sparsity, "global", pruned)
+
+
+def paired_speed(first: nn.Module, second: nn.Module, x: torch.Tensor, rounds: int = ROUNDS) -> float:
+    """Median over alternating rounds of time(second) / time(first): above 1 when ``first`` is faster."""
+    def clock() -> float:  # a GPU runs asynchronously: wait for it before reading the clock
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        return time.perf_counter()
+
+    ratios = []
+    with torch.inference_mode():
+        for model in (first, second):
+            model.eval()(x)
+        for _ in range(rounds):
+            start = clock()
+            first(x)
+            middle = clock()
+            second(x)
+            ratios.append((clock() - middle) / max(middle - start, 1e-9))
+    return statistics.median(ratios)
+
+
+def choose(model: nn.Module, scores: Scores, sparsity: float, example: torch.Tensor) -> str:
+    """"cost" or "global": the ranking whose cut at ``sparsity`` runs ``example`` faster (ties: "global")."""
+    from kdnb.engine.prune.structured import remove_channels
+    from kdnb.engine.prune.unstructured import clone, make_permanent
+
+    candidates = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the cut itself warns once, when it is made
+        for ranking in ("cost", "global"):
+            copy = make_permanent(clone(model)).eval()
+            candidates[ranking] = remove_channels(copy, removal(scores, sparsity, None, ranking), example)
+    return "cost" if paired_speed(candidates["cost"], candidates["global"], example) > 1 + MARGIN else "global"
