@@ -461,7 +461,8 @@ def test_scope_latency_keeps_the_cut_that_runs_faster(faster, monkeypatch):
         result = prune(net, 0.5, structured=True, example=x, scope="latency", criterion="l1")
         scores = importance(net, "l1", structured=True, example=x)
         expected = remove_channels(clone(net), latency.removal(scores, 0.5, None, faster), x)
-    assert result.scope == "latency"
+    assert result.scope == "latency" and result.ranking == faster
+    assert f"latency ({faster} ranking" in result.summary().title
     assert torch.equal(result.model.eval()(x), expected.eval()(x))
 
 

@@ -453,7 +453,8 @@ def _finish(run: _Run) -> PruneResult:
                        dense_accuracy=run.accuracy(run.dense), val=run.val,
                        example=run.example.cpu() if run.example is not None else None, control=control_model,
                        channels=_channels(run.dense, work) if run.structured else {},
-                       reconstructed=run.reconstruct, pattern=run.pattern)
+                       reconstructed=run.reconstruct, pattern=run.pattern,
+                       ranking=run.options.get("ranking"))
 
 
 def _effective(module: nn.Module, attr: str = "weight") -> torch.Tensor:

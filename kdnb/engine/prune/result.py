@@ -32,6 +32,7 @@ class PruneResult(Result):
         control: with ``control=True``, the unpruned model fine-tuned for as long (Blalock et al. 2020).
         reconstructed: the kept weights were re-solved on calibration data (`kdnb.engine.prune.reconstruct`).
         pattern: the "N:M" semi-structured pattern of the masks, or None.
+        ranking: with ``scope="latency"``, the ranking its timing chose ("cost" or "global"), else None.
     """
 
     model: nn.Module
@@ -55,6 +56,7 @@ class PruneResult(Result):
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)
     reconstructed: bool = False
     pattern: str | None = None
+    ranking: str | None = None
     _comparison: Any = field(default=None, compare=False)  # see Result.comparison
 
     def export(self, fold_batchnorm: bool = True, channels_last: bool = True) -> nn.Module:
@@ -142,8 +144,9 @@ class PruneResult(Result):
         ran = self.finetune if completed else f"{self.history.num_epochs} of {self.finetune}"  # an interrupt: what ran
         tuned = f", fine-tuned {ran} epoch(s){' with KD' if self.distill else ''}" if self.finetune else ""
         status = "" if completed else f" [{self.history.status}]"
+        scope_how = f" ({self.ranking} ranking, the faster when timed)" if self.ranking else ""
         return (f"pruned {self.sparsity:.2%} of prunable weights (target {self.target:.2%}): {self.criterion}, "
-                f"{kind}, {self.scope}, {self.schedule}{how}{tuned}{status}")
+                f"{kind}, {self.scope}{scope_how}, {self.schedule}{how}{tuned}{status}")
 
 
 
