@@ -19,13 +19,14 @@ from kdnb.engine.history import History
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune import arguments, calibration, criteria, estimate, schedules
 from kdnb.engine.prune.criteria import Criterion
-from kdnb.engine.prune.groups import check_structured_support, keep_vectors, masks_from_keep, prunable_weights
+from kdnb.engine.prune.groups import (channel_groups, check_structured_support, dependency_graph, keep_vectors,
+                                      masks_from_keep, prunable_weights)
 from kdnb.engine.prune.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
 from kdnb.engine.prune.scores import (MACS_SCOPE_NEEDS_CHANNELS, SCOPES, _score, check_criterion, check_pattern,
                                       check_sparsity, masks_at, parse_pattern, removed_channels)
 from kdnb.engine.prune.structured import remove_channels
-from kdnb.engine.prune.unstructured import apply_masks, clone, current_masks, make_permanent
+from kdnb.engine.prune.unstructured import apply_masks, clone, comparable, connected, current_masks, make_permanent
 
 MARKER = "kdnb_pruned"  # attribute a pruned model carries: the list of prunings it went through
 # criterion="auto": the best of bench/prune_oneshot.py (reconstructing, with data) for weights and for channels;
@@ -33,6 +34,9 @@ MARKER = "kdnb_pruned"  # attribute a pruned model carries: the list of prunings
 DEFAULT_CRITERION = {False: "lamp", True: "thinet"}
 GRADUAL_CRITERION = "hessian"  # the best of bench/prune_sparsity.py's gradual schedules (masked, fine-tuned)
 DEFAULT_ROUNDS = 8  # re-scored cuts of a structured one-shot prune with reconstruction (bench/prune_oneshot.py)
+# single-weight criteria whose masks keep only weights on an input-output path (`connected`), and the re-scored
+# rounds of their one-shot prune with reconstruction (bench/prune_sparsity.py: the one-shot OBS start at 98 %)
+CONNECTED, CONNECTED_ROUNDS = ("obs",), 16
 
 
 class _Sparsity(Callback):
@@ -64,6 +68,7 @@ class _Run:
     runs: list[History] = field(default_factory=list)
     trajectory: list[dict[str, float | None]] = field(default_factory=list)
     interrupted: str | None = None  # where the stop button stopped a pruning round, if it did
+    paths: list | None = None  # channel groups of the model, for `connected`
 
     def __getattr__(self, name: str) -> Any:  # the options read as attributes: run.sparsity, run.data...
         try:
@@ -301,6 +306,9 @@ def _check_rounds(options: dict[str, Any], reconstruct: bool) -> int:
     if rounds is None:
         # measured without fine-tuning (bench/prune_oneshot.py); a fine-tune after the cut recovers instead,
         # so there one cut saves the seven extra refits
+        if not options["structured"] and options["criterion"] in CONNECTED and reconstruct and \
+                options["schedule"] == "oneshot" and options["pattern"] is None:
+            return CONNECTED_ROUNDS
         return DEFAULT_ROUNDS if (options["structured"] and reconstruct and options["schedule"] == "oneshot"
                                   and not options["finetune"]) else 1
     checks.check_positive("rounds", rounds, integer=True)
@@ -359,14 +367,24 @@ def _cut(run: _Run, target: float) -> float:
         masks = masks_from_keep(keep_vectors(scores.groups, run.removed, scores.shapes), scores.shapes)
     else:
         masks = masks_at(scores, target, run.scope, pruned, pattern=run.pattern, gradual=run.schedule != "oneshot")
+        if run.record.name in CONNECTED and reference is not None and run.pattern is None and example is not None:
+            masks = connected(masks, comparable(scores, pruned), _groups(run, plain, example))
     apply_masks(run.work, masks)
-    if reference is not None:
+    if reference is not None:  # OBS's sweep re-chooses a single cut's masks; re-scored rounds keep theirs
+        reselect = run.record.reselect and not run.structured and run.rounds == 1
         reconstruct_layers(run.work, reference, run.data, run.calibration_samples,
-                           reselect=run.record.reselect and not run.structured, pattern=parse_pattern(run.pattern))
+                           reselect=reselect, pattern=parse_pattern(run.pattern))
         distributed.broadcast_from_main(run.work.state_dict().values())  # rank 0's re-solved weights everywhere
     reached = _masked_sparsity(run.work, run.weights, run.total)
     run.trajectory.append({"target": target, "sparsity": reached, "val_acc": run.accuracy(run.work)})
     return reached
+
+
+def _groups(run: _Run, model: nn.Module, example: torch.Tensor) -> list:
+    """The model's channel groups (traced once per `prune` call) for the connectivity of `connected`."""
+    if run.paths is None:
+        run.paths = channel_groups(model, dependency_graph(model, example))
+    return run.paths
 
 
 def _finetune(run: _Run, epochs: int, title: str, subscribers: list[object], net: nn.Module | None = None) -> History:
