@@ -3,6 +3,7 @@ following a schedule. Each step is one function below; `prune` only calls them i
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,7 +166,8 @@ def prune(
         rounds: cut each pruning step in this many re-scored steps, geometric in the kept weights, with no
             training between: each round scores the network the last re-solve left, so the criterion sees
             what the refit could not recover. Default: `DEFAULT_ROUNDS` for a structured one-shot prune
-            with reconstruction and no fine-tuning, else 1.
+            with reconstruction and no fine-tuning, `CONNECTED_ROUNDS` (16) for a one-shot "obs" prune with
+            reconstruction (whose masks then keep only weights on an input-output path), else 1.
         finetune: fine-tuning epochs after pruning (per round for "iterative"; the whole run for "agp").
         schedule: "oneshot", "iterative" (``steps`` prune/fine-tune rounds), "agp" (gradual pruning over
             ``steps`` updates during fine-tuning, Zhu & Gupta 2017) or "auto" (the default): "agp" for single
@@ -381,9 +383,15 @@ def _cut(run: _Run, target: float) -> float:
 
 
 def _groups(run: _Run, model: nn.Module, example: torch.Tensor) -> list:
-    """The model's channel groups (traced once per `prune` call) for the connectivity of `connected`."""
+    """The model's channel groups (traced once per `prune` call) for the connectivity of `connected`; none (the
+    masks stay as scored) for a model Torch-Pruning cannot trace, such as a recurrent one."""
     if run.paths is None:
-        run.paths = channel_groups(model, dependency_graph(model, example))
+        with warnings.catch_warnings():  # its notes on channels it leaves whole concern structured pruning
+            warnings.simplefilter("ignore")
+            try:
+                run.paths = channel_groups(model, dependency_graph(model, example))
+            except KdnbError:
+                run.paths = []
     return run.paths
 
 
