@@ -2,6 +2,7 @@
 on every forward. Gradients reach ``w_orig`` through the mask, so pruned entries get zero gradient and
 stay pruned through fine-tuning. `make_permanent` folds the masks into plain parameters: the model is then
 an ordinary model with zeros, as fast as the dense one (the mask multiply costs ~30 % on CPU).
+`on_path` and `connected` keep a mask's weights on input-output paths (the one-shot OBS prune uses them).
 """
 from __future__ import annotations
 
@@ -109,6 +110,11 @@ def _units(masks: dict[str, torch.Tensor], group: ChannelGroup, consumer: bool) 
     return counts if counts is not None else torch.full((group.size,), float("inf"), dtype=torch.float64)
 
 
+def _dead(masks: dict[str, torch.Tensor], groups: list[ChannelGroup]) -> dict[str, torch.Tensor]:
+    """The units of each group with no kept incoming weight or no kept weight reading them."""
+    return {g.root: (_units(masks, g, False) == 0) | (_units(masks, g, True) == 0) for g in groups}
+
+
 def _release(masks: dict[str, torch.Tensor], groups: list[ChannelGroup], dead: dict[str, torch.Tensor]
              ) -> dict[str, torch.Tensor]:
     """``masks`` without any weight into or out of a ``dead`` unit."""
@@ -127,8 +133,7 @@ def on_path(masks: dict[str, torch.Tensor], groups: list[ChannelGroup]) -> dict[
     Effective Sparsity"); releasing can strand further units, so it is repeated until none is left. A
     release that would empty a layer is not made (a layer keeps at least one weight)."""
     while True:
-        dead = {g.root: (_units(masks, g, False) == 0) | (_units(masks, g, True) == 0) for g in groups}
-        released = _release(masks, groups, dead)
+        released = _release(masks, groups, _dead(masks, groups))
         if all(bool((released[n] == masks[n]).all()) for n in masks):
             return masks
         if any(bool(masks[n].any()) and not bool(released[n].any()) for n in masks):
@@ -147,8 +152,7 @@ def connected(masks: dict[str, torch.Tensor], values: dict[str, torch.Tensor], g
     deficit = sum(int(m.sum()) for m in masks.values()) - sum(int(m.sum()) for m in kept.values())
     if deficit <= 0:
         return kept
-    dead = {g.root: (_units(kept, g, False) == 0) | (_units(kept, g, True) == 0) for g in groups}
-    live = _release({n: torch.ones_like(m) for n, m in kept.items()}, groups, dead)
+    live = _release({n: torch.ones_like(m) for n, m in kept.items()}, groups, _dead(kept, groups))
     names = list(kept)
     candidates = torch.cat([values[n].detach().cpu().double().masked_fill(~live[n].cpu() | kept[n].cpu(),
                                                                         float("-inf")).flatten() for n in names])
