@@ -87,4 +87,5 @@ def test_obs_one_shot_keeps_only_effective_weights_and_its_budget():
     for name, expected in zip(LAYERS, _on_a_path(masks)):
         assert torch.equal(masks[name], expected)
         assert bool(masks[name].any())
-    assert len(result.trajectory) == 16  # the default rounds of a one-shot OBS prune with reconstruction
+    assert len(result.trajectory) == 16  # the default rounds of a one-shot OBS prune with reconstruction at >= 95 %
+    assert len(prune(net, 0.9, criterion="obs", data=data).trajectory) == 1  # below: one cut, SparseGPT's sweep

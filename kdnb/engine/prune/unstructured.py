@@ -105,7 +105,8 @@ def make_permanent(model: nn.Module) -> nn.Module:
 def _units(masks: dict[str, torch.Tensor], group: ChannelGroup, consumer: bool) -> torch.Tensor:
     """Kept weights of each unit of ``group`` on its producing side (its incoming weights) or consuming side
     (the next layers' weights that read it), counted over the masked weights."""
-    side = ChannelGroup(group.root, group.size, [s for s in group.slices if s.consumer == consumer and s.param in masks])
+    slices = [s for s in group.slices if s.consumer == consumer and s.param in masks]
+    side = ChannelGroup(group.root, group.size, slices)
     counts = channel_scores(side, {name: mask.double() for name, mask in masks.items()})
     return counts if counts is not None else torch.full((group.size,), float("inf"), dtype=torch.float64)
 
