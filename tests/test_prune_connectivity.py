@@ -80,12 +80,12 @@ def test_obs_one_shot_keeps_only_effective_weights_and_its_budget():
     torch.manual_seed(0)
     net = kdnb.models.mlp(16, [32, 16], 4)
     data = DataLoader(TensorDataset(torch.randn(256, 16), torch.randint(0, 4, (256,))), batch_size=64)
-    result = prune(net, 0.95, criterion="obs", data=data)
+    result = prune(net, 0.98, criterion="obs", data=data)
     masks = result.masks
     total = sum(m.numel() for m in masks.values())
-    assert abs(result.sparsity - 0.95) < 1.0 / total * 2 + 1e-9
+    assert abs(result.sparsity - 0.98) < 2.0 / total
     for name, expected in zip(LAYERS, _on_a_path(masks)):
         assert torch.equal(masks[name], expected)
         assert bool(masks[name].any())
-    assert len(result.trajectory) == 16  # the default rounds of a one-shot OBS prune with reconstruction at >= 95 %
+    assert len(result.trajectory) == 16  # the default rounds of a one-shot OBS prune with reconstruction at >= 98 %
     assert len(prune(net, 0.9, criterion="obs", data=data).trajectory) == 1  # below: one cut, SparseGPT's sweep
