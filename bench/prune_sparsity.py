@@ -18,8 +18,8 @@ costs ~1 pp; distilling from the dense model (``distill=True``) did not help (al
 pure KD 0.972 over 6 seeds); a cosine lr 0.964. Over 6 seeds (dense 0.983) the default's 99 % is 0.976 ± 0.007
 (per seed 0.983 0.975 0.986 0.975 0.972 0.967 vs dense 0.983 0.983 0.983 0.986 0.989 0.972: no single bad seed,
 ~0.7 pp on average); its schedule settings do not move it: 60 updates 0.973, 15 updates 0.976, pruning in the
-first half of the run instead of three quarters 0.975. The three dense networks score the same 0.9833 (6 errors of 359)
-but are different networks: the line says on how many digits their predictions differ.
+first half of the run instead of three quarters 0.975. The three dense networks score the same 0.9833 (6 errors
+of 359) but are different networks: the line says on how many digits their predictions differ.
 
 The one-shot OBS start (``criterion="obs"``, one shot, re-solved, then the 20 epochs). A single cut (the
 "1 cut" row: SparseGPT's sweep + the exact re-solve) at 98 % gives 0.79 before and 0.89 after the 20 epochs; a
@@ -30,7 +30,8 @@ Vysogorets & Kempe 2023, "Connectivity Matters"; the "effective" line). kdnb's O
 re-scored rounds (geometric, no training between) whose masks keep only weights on an input-output path: a unit
 with no incoming or no outgoing weight releases its weights to the next-best ones between live units
 (`kdnb.engine.prune.unstructured.connected`); below 98 % one cut (SparseGPT's sweep), which there fine-tunes as
-well or better (95 %: 0.984 vs 0.981 for the rounds) at 1/15 of the time. Measured at 98 % (3 seeds, fresh loader unless said): 1 cut 0.890;
+well or better (95 %: 0.984 vs 0.981 for the rounds) at 1/15 of the time. Measured at 98 % (3 seeds, fresh
+loader unless said): 1 cut 0.890;
 8 rounds 0.955, + paths 0.968 (with SparseGPT's reselect in each round 0.951, so rounds keep the scored masks);
 16 rounds without paths 0.962, with 0.979 (6 seeds, this harness: 0.976 vs dense 0.983; 12 rounds 0.967, 24
 0.969); before fine-tuning 0.79 -> 0.95. Tried and not kept: OBS's [H^-1]_qq restricted to each row's kept
@@ -44,8 +45,8 @@ fine-tuned 20 epochs reaches 0.981 (re-solved first: 0.980): most of agp's edge 
 selections above do not find. The 98 % goal is not met (0.5 pp is 1.8 digits of 359: the 3-seed means move by
 0.003 with the calibration samples' order alone, which is why each run seeds the loader first).
 This script (loaded box, 896 s, 3 seeds): OBS start 90 % 0.9861, 95 % 0.9842, 98 % 0.9777 (the cut: 0.9783;
-16 rounds at 95 %: 0.9805), 1 cut 98 % 0.8904; default 99 % 0.9814 (99.5 % 0.9508). ``--seeds 6 --grid 0.98,0.99 --only default,obs`` (dense
-0.9828): default 98 % 0.9828 ± 0.0019, 99 % 0.9763 ± 0.0066; OBS start 98 % 0.9763 ± 0.0035.
+16 rounds at 95 %: 0.9805), 1 cut 98 % 0.8904; default 99 % 0.9814 (99.5 % 0.9508).
+``--seeds 6 --grid 0.98,0.99 --only "default,obs oneshot re-solved"`` (dense 0.9828): default 98 % 0.9828 ± 0.0019, 99 % 0.9763 ± 0.0066; OBS start 98 % 0.9763 ± 0.0035.
 
     .venv/bin/python bench/prune_sparsity.py [--full] [--seeds N] [--grid 0.98,0.99] [--only "default,obs,torch"]
 
