@@ -46,7 +46,8 @@ selections above do not find. The 98 % goal is not met (0.5 pp is 1.8 digits of 
 0.003 with the calibration samples' order alone, which is why each run seeds the loader first).
 This script (loaded box, 896 s, 3 seeds): OBS start 90 % 0.9861, 95 % 0.9842, 98 % 0.9777 (the cut: 0.9783;
 16 rounds at 95 %: 0.9805), 1 cut 98 % 0.8904; default 99 % 0.9814 (99.5 % 0.9508).
-``--seeds 6 --grid 0.98,0.99 --only "default,obs oneshot re-solved"`` (dense 0.9828): default 98 % 0.9828 ± 0.0019, 99 % 0.9763 ± 0.0066; OBS start 98 % 0.9763 ± 0.0035.
+``--seeds 6 --grid 0.98,0.99 --only "default,obs oneshot re-solved"`` (dense 0.9828): default 98 % 0.9828 ±
+0.0019, 99 % 0.9763 ± 0.0066; OBS start 98 % 0.9763 ± 0.0035.
 
     .venv/bin/python bench/prune_sparsity.py [--full] [--seeds N] [--grid 0.98,0.99] [--only "default,obs,torch"]
 
