@@ -2,14 +2,21 @@
 on every forward. Gradients reach ``w_orig`` through the mask, so pruned entries get zero gradient and
 stay pruned through fine-tuning. `make_permanent` folds the masks into plain parameters: the model is then
 an ordinary model with zeros, as fast as the dense one (the mask multiply costs ~30 % on CPU).
+`on_path` and `connected` keep a mask's weights on input-output paths (the one-shot OBS prune uses them).
 """
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
+
+from kdnb.engine.prune.groups import ChannelGroup, channel_scores, keep_vectors, masks_from_keep
+
+if TYPE_CHECKING:
+    from kdnb.engine.prune.scores import Scores
 
 
 def _owner(model: nn.Module, param: str) -> tuple[nn.Module, str]:
@@ -93,3 +100,74 @@ def make_permanent(model: nn.Module) -> nn.Module:
             for name in list(module.parametrizations.keys()):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return model
+
+
+def _units(masks: dict[str, torch.Tensor], group: ChannelGroup, consumer: bool) -> torch.Tensor:
+    """Kept weights of each unit of ``group`` on its producing side (its incoming weights) or consuming side
+    (the next layers' weights that read it), counted over the masked weights."""
+    slices = [s for s in group.slices if s.consumer == consumer and s.param in masks]
+    side = ChannelGroup(group.root, group.size, slices)
+    counts = channel_scores(side, {name: mask.double() for name, mask in masks.items()})
+    return counts if counts is not None else torch.full((group.size,), float("inf"), dtype=torch.float64)
+
+
+def _dead(masks: dict[str, torch.Tensor], groups: list[ChannelGroup]) -> dict[str, torch.Tensor]:
+    """The units of each group with no kept incoming weight or no kept weight reading them."""
+    return {g.root: (_units(masks, g, False) == 0) | (_units(masks, g, True) == 0) for g in groups}
+
+
+def _release(masks: dict[str, torch.Tensor], groups: list[ChannelGroup], dead: dict[str, torch.Tensor]
+             ) -> dict[str, torch.Tensor]:
+    """``masks`` without any weight into or out of a ``dead`` unit."""
+    owned = [ChannelGroup(g.root, g.size, [s for s in g.slices if s.param in masks], g.units) for g in groups]
+    cut = masks_from_keep(keep_vectors(owned, dead, {n: m.shape for n, m in masks.items()}),
+                          {n: m.shape for n, m in masks.items()})
+    return {name: mask & cut[name].to(mask.device) if name in cut else mask for name, mask in masks.items()}
+
+
+def on_path(masks: dict[str, torch.Tensor], groups: list[ChannelGroup]) -> dict[str, torch.Tensor]:
+    """Only the kept weights that lie on a path from the model's input to its output.
+
+    A unit (a neuron or channel of a `ChannelGroup`) with no kept incoming weight, or whose output no kept
+    weight reads, contributes nothing the next layers could not get from their biases, so its weights are
+    released (Vysogorets & Kempe 2023, "Connectivity Matters: Neural Network Pruning Through the Lens of
+    Effective Sparsity"); releasing can strand further units, so it is repeated until none is left. A
+    release that would empty a layer is not made (a layer keeps at least one weight)."""
+    while True:
+        released = _release(masks, groups, _dead(masks, groups))
+        if all(bool((released[n] == masks[n]).all()) for n in masks):
+            return masks
+        if any(bool(masks[n].any()) and not bool(released[n].any()) for n in masks):
+            return masks
+        masks = released
+
+
+def connected(masks: dict[str, torch.Tensor], values: dict[str, torch.Tensor], groups: list[ChannelGroup]
+              ) -> dict[str, torch.Tensor]:
+    """``masks`` with every kept weight on an input-output path (`on_path`), the same number of weights kept.
+
+    The weights `on_path` releases go back to the budget: it refills with the highest ``values`` (scores
+    comparable across layers; ``-inf`` for what must stay pruned) among the weights between live units, which
+    are on a path by construction."""
+    kept = on_path(masks, groups)
+    deficit = sum(int(m.sum()) for m in masks.values()) - sum(int(m.sum()) for m in kept.values())
+    if deficit <= 0:
+        return kept
+    live = _release({n: torch.ones_like(m) for n, m in kept.items()}, groups, _dead(kept, groups))
+    names = list(kept)
+    candidates = torch.cat([values[n].detach().cpu().double().masked_fill(~live[n].cpu() | kept[n].cpu(),
+                                                                        float("-inf")).flatten() for n in names])
+    count = min(deficit, int((candidates > float("-inf")).sum()))
+    added = torch.zeros_like(candidates, dtype=torch.bool)
+    added[torch.topk(candidates, count).indices] = True
+    return {n: kept[n] | a.view_as(kept[n]).to(kept[n].device)
+            for n, a in zip(names, added.split([kept[n].numel() for n in names]))}
+
+
+def comparable(scores: "Scores", pruned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A `kdnb.engine.prune.scores.Scores`' weight scores made comparable across layers as `masks_at` ranks a
+    layer-wise criterion (`kdnb.engine.prune.criteria.lamp_normalise`), ``-inf`` where ``pruned`` removed them."""
+    from kdnb.engine.prune.criteria import lamp_normalise
+
+    values = {n: lamp_normalise(s.detach().cpu().double().clamp_min(0)) for n, s in scores.weights.items()}
+    return {n: v.masked_fill(~pruned[n].cpu(), float("-inf")) if n in pruned else v for n, v in values.items()}
