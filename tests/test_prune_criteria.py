@@ -177,3 +177,27 @@ def test_random_with_seed_none_prunes_unseeded_without_touching_the_global_rng()
     result = kdnb.prune(model, 0.5, criterion="random", seed=None, progress=False, plot=False)
     assert result.sparsity == pytest.approx(0.5, abs=0.02)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_reading_criteria_score_a_channel_by_the_weights_that_read_it():
+    """wanda (Wanda-sp), obs and hessian score hidden neuron j by the column j of the next layer; taylor by its
+    whole group (input row, bias and that column)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(128, 20), torch.randint(0, 4, (128,))
+    train = DataLoader(TensorDataset(x, y), batch_size=32)  # unshuffled: the same batch gradients every pass
+    net = nn.Sequential(nn.Linear(20, 6), nn.ReLU(), nn.Linear(6, 4))
+    with torch.no_grad():
+        hidden = torch.relu(net[0](x)).double()
+    w, w_in = net[2].weight.detach().double(), net[0].weight.detach().double()
+    gram = hidden.T @ hidden
+    inverse = torch.linalg.inv(2 * (gram + 0.01 * gram.diagonal().mean() * torch.eye(6, dtype=torch.float64)))
+    expected = {"wanda": hidden.norm(dim=0) * w.abs().sum(0),  # ||X_j|| sum_i |W_ij|
+                "obs": (w.pow(2) / (2 * inverse.diagonal())).sum(0)}  # sum_i W_ij^2 / (2 [H^-1]_jj)
+    fisher = estimate.fisher_diagonal(net, train)
+    expected["hessian"] = (0.5 * fisher["2.weight"].double() * w.pow(2)).sum(0)  # column j's OBD terms
+    g2 = estimate.squared_gradients(net, train)
+    expected["taylor"] = ((w.pow(2) * g2["2.weight"].double()).sum(0) + (w_in.pow(2) * g2["0.weight"].double()).sum(1)
+                          + net[0].bias.detach().double().pow(2) * g2["0.bias"].double())
+    for name, value in expected.items():
+        scores = importance(net, name, train, structured=True).channels["0"]
+        assert torch.allclose(scores, value, rtol=1e-4), name

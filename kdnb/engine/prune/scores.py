@@ -12,7 +12,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -333,10 +333,19 @@ def _score(model: nn.Module, record: criteria.Criterion, data: Iterable | None, 
     result = Scores(record.name, structured, model, {} if record.channel and structured else
                     {n: s for n, s in values.items() if n in prunable}, prunable, shapes, groups)
     for group in groups:
-        channel = values.get(group.root) if record.channel else channel_scores(group, values)
+        channel = values.get(group.root) if record.channel else _channel_scores(group, values, record.reads)
         if channel is not None:
             result.channels[group.root] = channel.detach().double().cpu()
     return result
+
+
+def _channel_scores(group: ChannelGroup, values: dict[str, torch.Tensor], reads: bool) -> torch.Tensor | None:
+    """Each channel's element scores summed over the group's slices; ``reads``: over the slices that read the
+    channel only (the next layers' input columns; removing a channel is exactly zeroing them), the whole group
+    where the criterion scores none of those."""
+    readers = replace(group, slices=[s for s in group.slices if s.consumer]) if reads else group
+    channel = channel_scores(readers, values)
+    return channel if channel is not None or not reads else channel_scores(group, values)
 
 
 def check_sparsity(sparsity: object) -> float:
