@@ -201,3 +201,35 @@ def test_reading_criteria_score_a_channel_by_the_weights_that_read_it():
     for name, value in expected.items():
         scores = importance(net, name, train, structured=True).channels["0"]
         assert torch.allclose(scores, value, rtol=1e-4), name
+
+
+def test_thinet_cost_lets_the_consumer_bias_absorb_a_removed_channels_mean():
+    """A consumer with a bias: its Hessian carries the ones column, so ThiNet's cost of removing a channel is the
+    error left after the refit of the other columns *and the bias* (what the reconstruction re-solves)."""
+    from kdnb.engine.prune import scores as scoring
+    from kdnb.engine.prune.groups import channel_groups, dependency_graph
+
+    torch.manual_seed(0)
+    x = torch.randn(50, 3, dtype=torch.float64) + torch.tensor([3.0, 0.0, -2.0], dtype=torch.float64)  # means
+    a = torch.cat([x, torch.ones(50, 1, dtype=torch.float64)], 1)
+    w = torch.randn(4, 4, dtype=torch.float64)  # three inputs and the bias
+    inverse = torch.linalg.inv(2 * a.T @ a)
+    scores = criteria.thinet([(w, inverse, torch.arange(3)[:, None])])
+    first = int(scores.argmin())
+    kept = [c for c in range(4) if c != first]  # the bias column always stays
+    refit = torch.linalg.lstsq(a[:, kept], a @ w.T).solution
+    error = ((a[:, kept] @ refit - a @ w.T) ** 2).sum()
+    cost = 0.5 * (w[:, :3] ** 2).sum(0) / inverse.diagonal()[:3]
+    assert torch.allclose(error, cost[first], rtol=1e-9) and first == int(cost.argmin())
+
+    net = nn.Sequential(nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    data = DataLoader(TensorDataset(torch.randn(32, 6), torch.randint(0, 2, (32,))), batch_size=16)
+    context = scoring._Context(net, data, True, 0, "fisher", channel_groups(net, dependency_graph(net, torch.randn(1, 6))))
+    ((rows, inverse, cols),) = scoring.STATISTICS["consumer_inverse_hessian"](context)["0"][0]
+    with torch.no_grad():
+        hidden = torch.cat([torch.relu(net[0](xb)) for xb, _ in data])
+    a = torch.cat([hidden.double(), torch.ones(32, 1, dtype=torch.float64)], 1)
+    gram = a.T @ a
+    damped = 2 * (gram + 0.01 * gram.diagonal().mean() * torch.eye(4, dtype=torch.float64))
+    assert torch.allclose(rows, torch.cat([net[2].weight, net[2].bias[:, None]], 1).detach().double())
+    assert torch.allclose(inverse, torch.linalg.inv(damped), rtol=1e-6) and cols.flatten().tolist() == [0, 1, 2]
