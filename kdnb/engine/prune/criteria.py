@@ -129,8 +129,8 @@ def thinet(consumers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> 
     outputs folded in, so the error is the one the next layers read), :math:`H^{-1}` ``(d, d)`` and each
     channel's ``b`` input columns ``(channels, b)``; a consumer with a bias has it as a last column of the weight
     and ``X``'s column of ones in ``H`` (``d+1``, never removed): the refit re-solves the bias, which absorbs
-    the mean of what a removed channel fed (3 seeds + 6 held-out seeds, bench/prune_oneshot.py). Score = the error accumulated when the channel goes, over the error of
-    removing all but the last (which scores 2): comparable across layers, the removal order inside one.
+    the mean of what a removed channel fed. Score = the error accumulated when the channel goes, over the error
+    of removing all but the last (which scores 2): comparable across layers, the removal order inside one.
     """
     count = consumers[0][2].shape[0]
     alive = torch.ones(count, dtype=torch.bool)
