@@ -7,7 +7,8 @@ colour). `kdnb.prune`, `importance`, the checks, the sparsity explorer and the m
 estimated by `kdnb.engine.prune.scores.STATISTICS` (batch gradients, Hessian diagonals, layer inputs).
 
 Element criteria score every element of a parameter tensor; structured pruning adds a channel's element
-scores over every slice it owns (`kdnb.engine.prune.groups`). Channel criteria (``channel=True``) score
+scores over every slice it owns (`kdnb.engine.prune.groups`), or over the weights that read it only for the
+criteria marked ``reads``. Channel criteria (``channel=True``) score
 whole channels from a channel-level statistic.
 """
 from __future__ import annotations
@@ -84,7 +85,8 @@ def hessian(weight: torch.Tensor, hessian_diag: torch.Tensor) -> torch.Tensor:
     :math:`h_{kk} \approx \frac{1}{N}\sum_n (\partial L_n / \partial w_k)^2`, per-sample gradients squared: a
     stand-in for the Hessian near a minimum, never negative) or, with ``hessian_estimator="hutchinson"``, by
     Hutchinson's estimator :math:`\mathrm{diag}(H) \approx \mathbb{E}_z[z \odot Hz]`, :math:`z` Rademacher
-    (exact in expectation, noisy with few probes). `obs` uses the full layer Hessian instead.
+    (exact in expectation, noisy with few probes). `obs` uses the full layer Hessian instead. A channel
+    (structured) sums the terms of the weights that read it (``reads``).
     """
     return 0.5 * hessian_diag * weight.pow(2)
 
@@ -98,6 +100,7 @@ def obs(weight: torch.Tensor, inverse_hessian_diag: torch.Tensor) -> torch.Tenso
     layer's squared output error by exactly :math:`s_q` (layer-wise: Dong et al. 2017; Frantar & Alistarh
     2022, 2023 "SparseGPT"). The update is `kdnb.engine.prune.reconstruct` (``reconstruct=True``).
     ``inverse_hessian_diag`` is :math:`[H^{-1}]_{qq}` of the input position ``q`` of each weight (damped).
+    A channel (structured) sums the saliencies of the weights that read it (``reads``).
     """
     return weight.pow(2) / (2 * inverse_hessian_diag)
 
