@@ -224,8 +224,8 @@ def main() -> None:
         print(f"reconstruction of the tutorial teacher (mlp, 90 %, 1 thread): {reconstruction_time(seeds_nets[0]):.2f} s")
     if "mlp" in NETS and "structured" in PARTS:
         total, refits = structured_default_time(seeds_nets[0])
-        print(f"default structured prune of the tutorial teacher (90 % of hidden neurons, 1 thread): {total:.2f} s CPU, "
-              f"of which the refits {refits:.2f} s")
+        print(f"default structured prune of the tutorial teacher (90 % of hidden neurons, 1 thread): {total:.2f} s "
+              f"CPU, of which the refits {refits:.2f} s")
     for name in NETS:
         n = CALIBRATION[name]
         unstructured = {"torch global L1": torch_global_l1, "l1 no rec": kdnb_unstructured("l1", False, n),

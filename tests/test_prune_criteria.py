@@ -224,7 +224,8 @@ def test_thinet_cost_lets_the_consumer_bias_absorb_a_removed_channels_mean():
 
     net = nn.Sequential(nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
     data = DataLoader(TensorDataset(torch.randn(32, 6), torch.randint(0, 2, (32,))), batch_size=16)
-    context = scoring._Context(net, data, True, 0, "fisher", channel_groups(net, dependency_graph(net, torch.randn(1, 6))))
+    groups = channel_groups(net, dependency_graph(net, torch.randn(1, 6)))
+    context = scoring._Context(net, data, True, 0, "fisher", groups)
     ((rows, inverse, cols),) = scoring.STATISTICS["consumer_inverse_hessian"](context)["0"][0]
     with torch.no_grad():
         hidden = torch.cat([torch.relu(net[0](xb)) for xb, _ in data])
