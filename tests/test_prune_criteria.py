@@ -177,3 +177,60 @@ def test_random_with_seed_none_prunes_unseeded_without_touching_the_global_rng()
     result = kdnb.prune(model, 0.5, criterion="random", seed=None, progress=False, plot=False)
     assert result.sparsity == pytest.approx(0.5, abs=0.02)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_reading_criteria_score_a_channel_by_the_weights_that_read_it():
+    """wanda (Wanda-sp), obs and hessian score hidden neuron j by the column j of the next layer; taylor by its
+    whole group (input row, bias and that column)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(128, 20), torch.randint(0, 4, (128,))
+    train = DataLoader(TensorDataset(x, y), batch_size=32)  # unshuffled: the same batch gradients every pass
+    net = nn.Sequential(nn.Linear(20, 6), nn.ReLU(), nn.Linear(6, 4))
+    with torch.no_grad():
+        hidden = torch.relu(net[0](x)).double()
+    w, w_in = net[2].weight.detach().double(), net[0].weight.detach().double()
+    gram = hidden.T @ hidden
+    inverse = torch.linalg.inv(2 * (gram + 0.01 * gram.diagonal().mean() * torch.eye(6, dtype=torch.float64)))
+    expected = {"wanda": hidden.norm(dim=0) * w.abs().sum(0),  # ||X_j|| sum_i |W_ij|
+                "obs": (w.pow(2) / (2 * inverse.diagonal())).sum(0)}  # sum_i W_ij^2 / (2 [H^-1]_jj)
+    fisher = estimate.fisher_diagonal(net, train)
+    expected["hessian"] = (0.5 * fisher["2.weight"].double() * w.pow(2)).sum(0)  # column j's OBD terms
+    g2 = estimate.squared_gradients(net, train)
+    expected["taylor"] = ((w.pow(2) * g2["2.weight"].double()).sum(0) + (w_in.pow(2) * g2["0.weight"].double()).sum(1)
+                          + net[0].bias.detach().double().pow(2) * g2["0.bias"].double())
+    for name, value in expected.items():
+        scores = importance(net, name, train, structured=True).channels["0"]
+        assert torch.allclose(scores, value, rtol=1e-4), name
+
+
+def test_thinet_cost_lets_the_consumer_bias_absorb_a_removed_channels_mean():
+    """A consumer with a bias: its Hessian carries the ones column, so ThiNet's cost of removing a channel is the
+    error left after the refit of the other columns *and the bias* (what the reconstruction re-solves)."""
+    from kdnb.engine.prune import scores as scoring
+    from kdnb.engine.prune.groups import channel_groups, dependency_graph
+
+    torch.manual_seed(0)
+    x = torch.randn(50, 3, dtype=torch.float64) + torch.tensor([3.0, 0.0, -2.0], dtype=torch.float64)  # means
+    a = torch.cat([x, torch.ones(50, 1, dtype=torch.float64)], 1)
+    w = torch.randn(4, 4, dtype=torch.float64)  # three inputs and the bias
+    inverse = torch.linalg.inv(2 * a.T @ a)
+    scores = criteria.thinet([(w, inverse, torch.arange(3)[:, None])])
+    first = int(scores.argmin())
+    kept = [c for c in range(4) if c != first]  # the bias column always stays
+    refit = torch.linalg.lstsq(a[:, kept], a @ w.T).solution
+    error = ((a[:, kept] @ refit - a @ w.T) ** 2).sum()
+    cost = 0.5 * (w[:, :3] ** 2).sum(0) / inverse.diagonal()[:3]
+    assert torch.allclose(error, cost[first], rtol=1e-9) and first == int(cost.argmin())
+
+    net = nn.Sequential(nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    data = DataLoader(TensorDataset(torch.randn(32, 6), torch.randint(0, 2, (32,))), batch_size=16)
+    groups = channel_groups(net, dependency_graph(net, torch.randn(1, 6)))
+    context = scoring._Context(net, data, True, 0, "fisher", groups)
+    ((rows, inverse, cols),) = scoring.STATISTICS["consumer_inverse_hessian"](context)["0"][0]
+    with torch.no_grad():
+        hidden = torch.cat([torch.relu(net[0](xb)) for xb, _ in data])
+    a = torch.cat([hidden.double(), torch.ones(32, 1, dtype=torch.float64)], 1)
+    gram = a.T @ a
+    damped = 2 * (gram + 0.01 * gram.diagonal().mean() * torch.eye(4, dtype=torch.float64))
+    assert torch.allclose(rows, torch.cat([net[2].weight, net[2].bias[:, None]], 1).detach().double())
+    assert torch.allclose(inverse, torch.linalg.inv(damped), rtol=1e-6) and cols.flatten().tolist() == [0, 1, 2]

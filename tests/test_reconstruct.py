@@ -230,6 +230,7 @@ def test_thinet_measures_a_consumers_error_after_its_batchnorm():
     context = scoring._Context(net, data, True, 0, "fisher", groups)
     (consumers,) = scoring.STATISTICS["consumer_inverse_hessian"](context)["0"]
     scale = net[3].weight.detach().abs() / (net[3].running_var + net[3].eps).sqrt()
-    assert torch.allclose(consumers[0][0], (net[2].weight.detach() * scale[:, None]).double())
+    rows = torch.cat([net[2].weight.detach(), net[2].bias.detach()[:, None]], 1)  # the bias column last
+    assert torch.allclose(consumers[0][0], (rows * scale[:, None]).double())
     (last,) = scoring.STATISTICS["consumer_inverse_hessian"](context)["2"]  # no BatchNorm after the classifier
-    assert torch.allclose(last[0][0], net[5].weight.detach().double())
+    assert torch.allclose(last[0][0][:, :-1], net[5].weight.detach().double())

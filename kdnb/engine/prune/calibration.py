@@ -160,12 +160,15 @@ def layer_statistics(model: nn.Module, layer: str, batches: list[torch.Tensor],
     return gram, (cross if dense is not None else None), rows  # type: ignore[return-value]
 
 
-def input_grams(model: nn.Module, data: Iterable, samples: int = SAMPLES) -> dict[str, torch.Tensor]:
-    """``A^T A`` without the ones column (fp64, ``d x d``) of every re-solvable layer, by weight name."""
+def input_grams(model: nn.Module, data: Iterable, samples: int = SAMPLES, ones: bool = False
+                ) -> dict[str, torch.Tensor]:
+    """``A^T A`` (fp64, ``d x d``; ``ones``: with the ones column last, ``d+1``) of every re-solvable layer, by
+    weight name."""
     batches = calibration_batches(data, samples)
     grams = {}
     for name in forward_order(model, batches[0]):
         module = model.get_submodule(name)
         if solvable(module):
-            grams[f"{name}.weight" if name else "weight"] = layer_statistics(model, name, batches)[0][:-1, :-1]
+            gram = layer_statistics(model, name, batches)[0]
+            grams[f"{name}.weight" if name else "weight"] = gram if ones else gram[:-1, :-1]
     return grams

@@ -12,7 +12,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -176,8 +176,9 @@ def _normalised_rows(ctx: _Context, layer: str, weight: torch.Tensor) -> torch.T
 
 def _consumers(ctx: _Context) -> dict[str, tuple]:
     """For each group, every Linear/Conv consuming its channels: (weight (out, d) with its BatchNorm folded in,
-    H^-1 (d, d), columns)."""
-    grams = calibration.input_grams(ctx.model, ctx.data)  # type: ignore[arg-type]
+    H^-1 (d, d), columns); a consumer with a bias gets the ones column too (its bias last, ``d+1``): the refit
+    re-solves the bias, which absorbs the mean of what a removed channel fed."""
+    grams = calibration.input_grams(ctx.model, ctx.data, ones=True)  # type: ignore[arg-type]
     found = {}
     for group in ctx.groups:
         consumers = []
@@ -188,8 +189,11 @@ def _consumers(ctx: _Context) -> dict[str, tuple]:
             module = ctx.model.get_submodule(name)
             cols = _consumer_columns(group, module, s)
             if cols is not None:
-                inverse = torch.cholesky_inverse(torch.linalg.cholesky(_damped_hessian(grams[s.param])))
+                gram = grams[s.param] if module.bias is not None else grams[s.param][:-1, :-1]
+                inverse = torch.cholesky_inverse(torch.linalg.cholesky(_damped_hessian(gram)))
                 weight = module.weight.detach().double().reshape(module.weight.shape[0], -1).cpu()
+                if module.bias is not None:
+                    weight = torch.cat([weight, module.bias.detach().double().cpu()[:, None]], 1)
                 consumers.append((_normalised_rows(ctx, name, weight), inverse.cpu(), cols))
         if consumers:
             found[group.root] = (consumers,)
@@ -333,10 +337,19 @@ def _score(model: nn.Module, record: criteria.Criterion, data: Iterable | None, 
     result = Scores(record.name, structured, model, {} if record.channel and structured else
                     {n: s for n, s in values.items() if n in prunable}, prunable, shapes, groups)
     for group in groups:
-        channel = values.get(group.root) if record.channel else channel_scores(group, values)
+        channel = values.get(group.root) if record.channel else _channel_scores(group, values, record.reads)
         if channel is not None:
             result.channels[group.root] = channel.detach().double().cpu()
     return result
+
+
+def _channel_scores(group: ChannelGroup, values: dict[str, torch.Tensor], reads: bool) -> torch.Tensor | None:
+    """Each channel's element scores summed over the group's slices; ``reads``: over the slices that read the
+    channel only (the next layers' input columns; removing a channel is exactly zeroing them), the whole group
+    where the criterion scores none of those."""
+    readers = replace(group, slices=[s for s in group.slices if s.consumer]) if reads else group
+    channel = channel_scores(readers, values)
+    return channel if channel is not None or not reads else channel_scores(group, values)
 
 
 def check_sparsity(sparsity: object) -> float:
