@@ -177,7 +177,7 @@ def table(title: str, rows, methods: dict, seeds_nets, net_name: str) -> None:
             accs = [a for a, _ in cells[(row, name)]]
             secs = statistics.mean(t for _, t in cells[(row, name)])
             std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            out.append(f"{statistics.mean(accs):.3f}±{std:.3f} ({secs:.2f}s)")
+            out.append(f"{statistics.mean(accs):.4f}±{std:.3f} ({secs:.2f}s)")  # 4 digits: one val digit is 0.0028
         print(f"| {row:.0%} | " + " | ".join(out) + " |")
 
 
