@@ -34,6 +34,8 @@ every seed, else "tie").
 
     .venv/bin/python bench/prune_zoo.py --trained [--seeds 3]   # part 4 only
 
+Part 4 took 446 s (3 seeds) on the shared 2-core box at load ~3-4, hence opt-in; the CNNs at 16x16 take 40-66 s each.
+
     .venv/bin/python bench/prune_zoo.py [--threads 2] [--rounds 60] [--zoo-only] [--cpu-time]
 
 ``--cpu-time`` (with ``--threads 1``) times by this thread's CPU time (`time.thread_time`) instead of the wall
