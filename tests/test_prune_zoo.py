@@ -37,6 +37,20 @@ def _pruned(name):
     return net, result, x
 
 
+def masked_and_deleted(net, x, sparsity=0.6):
+    """The L1 group scores of ``net``, a copy with the channels a local cut removes zeroed, and the cut itself
+    (channels deleted): the two must compute the same function."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = importance(net, "l1", structured=True, example=x)
+        masked = clone(net)
+        with torch.no_grad():
+            for param, mask in masks_at(scores, sparsity, scope="local").items():
+                masked.get_parameter(param).mul_(mask)
+        small = prune(net, sparsity, structured=True, example=x, scope="local").model.eval()
+    return scores, masked, small
+
+
 @pytest.mark.parametrize("name", PRUNED)
 def test_zoo_model_prunes_to_half_its_weights_and_saves(name, tmp_path):
     net, result, x = _pruned(name)
@@ -265,14 +279,7 @@ def test_separate_q_k_v_projections_lose_whole_heads_and_masking_equals_deletion
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 32), M.Residual(HFAttention(32, 4)), nn.Linear(32, 3)).eval()
     x = torch.randn(2, 6, 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        scores = importance(net, "l1", structured=True, example=x)
-        masked = clone(net)
-        with torch.no_grad():
-            for param, mask in masks_at(scores, 0.6, scope="local").items():
-                masked.get_parameter(param).mul_(mask)
-        small = prune(net, 0.6, structured=True, example=x, scope="local").model.eval()
+    _, masked, small = masked_and_deleted(net, x)
     attn = small[1].body
     assert attn.head_dim == 8 and attn.num_heads < 4
     for projection in (attn.q_proj, attn.k_proj, attn.v_proj):
@@ -395,15 +402,8 @@ def test_grouped_query_attention_loses_whole_key_value_groups(repeat, tmp_path):
     torch.manual_seed(0)
     build = lambda: nn.Sequential(nn.Linear(4, 32), M.Residual(kind(32, 8, 4)), nn.Linear(32, 3))  # noqa: E731
     net, x = build().eval(), torch.randn(2, 6, 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        scores = importance(net, "l1", structured=True, example=x)
-        assert "1.body.k_proj" not in {g.root for g in scores.groups}  # k and v go with their query heads
-        masked = clone(net)
-        with torch.no_grad():
-            for param, mask in masks_at(scores, 0.6, scope="local").items():
-                masked.get_parameter(param).mul_(mask)
-        small = prune(net, 0.6, structured=True, example=x, scope="local").model.eval()
+    scores, masked, small = masked_and_deleted(net, x)
+    assert "1.body.k_proj" not in {g.root for g in scores.groups}  # k and v go with their query heads
     attn = small[1].body
     assert attn.head_dim == 4 and attn.num_key_value_heads < 4
     assert attn.num_heads == 2 * attn.num_key_value_heads
