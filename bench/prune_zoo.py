@@ -32,7 +32,10 @@ the default (criterion="auto", reconstruction) and by criterion="random" (+ reco
 and a verdict per model ("informed > random" when it wins on every seed, "loses to random" when it loses on
 every seed, else "tie").
 
-    .venv/bin/python bench/prune_zoo.py --trained [--seeds 3]   # part 4 only
+    .venv/bin/python bench/prune_zoo.py --trained [--seeds 3] [--models resnext,gpt] [--rounds-default]   # part 4 only
+
+(``--models``: only those zoo entries; ``--rounds-default``: both arms with prune's default rounds, 8 here, instead
+of one cut.)
 
 Part 4 took 446 s (3 seeds) on the shared 2-core box at load ~3-4, hence opt-in; the CNNs at 16x16 take 40-66 s each.
 
@@ -316,16 +319,20 @@ def task(name: str) -> tuple[DataLoader, DataLoader]:
     return DataLoader(train, batch_size=64, shuffle=True, generator=generator), DataLoader(val, batch_size=256)
 
 
-def trained_accuracy(seeds: int = 3, epochs: int = 4, calibration: int = 256) -> None:
+def trained_accuracy(seeds: int = 3, epochs: int = 4, calibration: int = 256, models: list[str] | None = None,
+                     rounds: int | None = 1) -> None:
     """Per zoo model kdnb prunes: trained, then structured 50 % with data, default vs random (+ reconstruction).
-    One cut (``rounds=1``) for both: the 8-round default took 31 s instead of 3.4 s per prune of resnet_basic."""
+    One cut (``rounds=1``) for both unless asked: the 8-round default took 31 s instead of 3.4 s per prune of
+    resnet_basic."""
     torch.set_num_threads(1)
     print(f"\ntrained zoo ({epochs} epochs of fit, lr 3e-3, 1 thread), structured 50 % with data, no fine-tuning; "
           f"accuracy mean ± std over {seeds} seeds (random draws with the seed), "
-          f"{calibration} calibration samples, rounds=1")
+          f"{calibration} calibration samples, rounds={rounds or 'default'}")
     print(f"{'model':18s} {'task':9s} {'dense':>15s} {'default':>15s} {'random':>15s} {'time s':>6s}  verdict")
     cell = lambda v: f"{statistics.mean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0:.3f}"  # noqa: E731
     for name, (build, shape) in ZOO.items():
+        if models and name not in models:
+            continue
         if name in REFUSED:
             print(f"{name:18s} skipped: kdnb refuses it structured (tests/zoo.py REFUSED: {name}), nothing to compare")
             continue
@@ -345,7 +352,7 @@ def trained_accuracy(seeds: int = 3, epochs: int = 4, calibration: int = 256) ->
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         small = prune(net, 0.5, criterion=criterion, structured=True, data=calib, seed=seed,
-                                      rounds=1, device="cpu").model
+                                      rounds=rounds, device="cpu").model
                     rows[who].append(evaluate(small, val)["accuracy"])
                 except Exception as error:  # noqa: BLE001 - a refusal or a break is a result here
                     failed = f"{who} (criterion={criterion!r}) {type(error).__name__}: {str(error)[:110]}"
@@ -367,7 +374,9 @@ def trained_accuracy(seeds: int = 3, epochs: int = 4, calibration: int = 256) ->
 if __name__ == "__main__":
     start = time.perf_counter()
     if "--trained" in sys.argv:
-        trained_accuracy(int(sys.argv[sys.argv.index("--seeds") + 1]) if "--seeds" in sys.argv else 3)
+        trained_accuracy(int(sys.argv[sys.argv.index("--seeds") + 1]) if "--seeds" in sys.argv else 3,
+                         models=sys.argv[sys.argv.index("--models") + 1].split(",") if "--models" in sys.argv else None,
+                         rounds=None if "--rounds-default" in sys.argv else 1)
         print(f"\ntotal {time.perf_counter() - start:.0f} s")
         sys.exit()
     verdict(zoo_table())
