@@ -199,6 +199,62 @@ def unlabelled(features: int = 6, n: int = 8) -> DataLoader:
     return DataLoader(TensorDataset(torch.randn(n, features)), batch_size=4)
 
 
+def make_loader(n: int = 32, features: int = 6, classes: int = 3, batch_size: int = 8, labels=None, **kwargs
+                ) -> DataLoader:
+    """A seeded, shuffled loader of random inputs and labels (its own generator, so tests can check its RNG)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, features, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g) if labels is None else labels
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(1), **kwargs)
+
+
+def make_net(features: int = 6, classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return kdnb.models.mlp(features, [8], classes)
+
+
+class DictOut(nn.Module):
+    """A model whose output is a dict, not logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return {"logits": self.fc(x)}
+
+
+class Raises(DictOut):
+    """A model whose forward raises ``error`` (a bug in the user's code)."""
+
+    def __init__(self, error: type[BaseException]):
+        super().__init__()
+        self.error = error
+
+    def forward(self, x):
+        raise self.error("index 7 is out of bounds for dimension 0")
+
+
+class Items(Dataset):
+    """Map-style (no .tensors): only a pass over the data sees a bad later item; ``bad`` maps index -> item."""
+
+    def __init__(self, bad: dict, n: int = 32):
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y, self.bad = torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g), bad
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.bad.get(i, (self.x[i], self.y[i]))
+
+
+def empty() -> DataLoader:
+    """A loader with no batch."""
+    return labels(torch.zeros(0, dtype=torch.long), n=0)
+
+
 def interrupted_on_call(real: Callable, n: int) -> Callable:
     """``real``, except that its ``n``-th call raises KeyboardInterrupt (the stop button at that moment)."""
     calls = {"n": 0}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from badinput import (
-    assert_clean_error, assert_unchanged, dict_batches, interrupted_on_call, labels, on_meta, snapshot, unlabelled
+    DictOut, Items, Raises, assert_clean_error, assert_unchanged, dict_batches, empty, interrupted_on_call, labels,
+    make_loader, on_meta, snapshot, unlabelled
 )
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -13,14 +14,6 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 import kdnb
 from kdnb.engine.distill import FrozenTeacher, kd_objective
 from kdnb.engine.events import Callback
-
-
-def make_loader(n: int = 32, features: int = 6, classes: int = 3, batch_size: int = 8, labels=None):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, features, generator=g)
-    y = torch.randint(0, classes, (n,), generator=g) if labels is None else labels
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True,
-                      generator=torch.Generator().manual_seed(1))
 
 
 def net(features: int = 6, hidden: int = 8, classes: int = 3) -> nn.Module:
@@ -32,44 +25,10 @@ def teacher() -> nn.Module:
     return net(hidden=16).eval()
 
 
-class DictOut(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(6, 3)
-
-    def forward(self, x):
-        return {"logits": self.fc(x)}
-
-
-class Raises(DictOut):
-    def __init__(self, error: type[BaseException]):
-        super().__init__()
-        self.error = error
-
-    def forward(self, x):
-        raise self.error("index 7 is out of bounds for dimension 0")
-
-
 def frozen():
     model = net()
     model.requires_grad_(False)
     return model
-
-
-class Items(Dataset):
-    def __init__(self, bad: dict, n: int = 32):
-        g = torch.Generator().manual_seed(0)
-        self.x, self.y, self.bad = torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g), bad
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.bad.get(i, (self.x[i], self.y[i]))
-
-
-def empty():
-    return labels(torch.zeros(0, dtype=torch.long), n=0)
 
 
 class Hooked(Callback):

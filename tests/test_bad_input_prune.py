@@ -5,26 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from badinput import assert_clean_error, assert_unchanged, dict_batches, interrupted_on_call, labels, on_meta, snapshot
+from badinput import (
+    Items, assert_clean_error, assert_unchanged, dict_batches, empty, interrupted_on_call, labels, make_loader,
+    make_net, on_meta, snapshot
+)
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import kdnb
 from kdnb.engine.events import Callback
 from kdnb.engine.prune import importance
-
-
-def make_loader(n: int = 32, features: int = 6, classes: int = 3, batch_size: int = 8, labels=None, **kwargs):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, features, generator=g)
-    y = torch.randint(0, classes, (n,), generator=g) if labels is None else labels
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True,
-                      generator=torch.Generator().manual_seed(1), **kwargs)
-
-
-def make_net(features: int = 6, classes: int = 3) -> nn.Module:
-    torch.manual_seed(0)
-    return kdnb.models.mlp(features, [8], classes)
 
 
 def bn_net() -> nn.Module:
@@ -65,24 +55,6 @@ def unlabelled():
 
 def unbatched():
     return DataLoader(TensorDataset(torch.randn(8, 6), torch.randint(0, 3, (8,))), batch_size=None)
-
-
-def empty():
-    return labels(torch.zeros(0, dtype=torch.long), n=0)
-
-
-class Items(Dataset):
-    """Map-style (no .tensors): only a pass over the data sees a bad later item."""
-
-    def __init__(self, bad: dict, n: int = 32):
-        g = torch.Generator().manual_seed(0)
-        self.x, self.y, self.bad = torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g), bad
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.bad.get(i, (self.x[i], self.y[i]))
 
 
 class Hooked(Callback):

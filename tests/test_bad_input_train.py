@@ -6,26 +6,15 @@ import math
 
 import pytest
 import torch
-from badinput import assert_clean_error, assert_unchanged, labels, on_meta, snapshot
+from badinput import (
+    DictOut, Raises, assert_clean_error, assert_unchanged, labels, make_loader, make_net, on_meta, snapshot
+)
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import kdnb
 from kdnb.engine.events import Callback
 from kdnb.errors import KdnbError
-
-
-def make_loader(n: int = 32, features: int = 6, classes: int = 3, batch_size: int = 8, labels=None, **kwargs):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, features, generator=g)
-    y = torch.randint(0, classes, (n,), generator=g) if labels is None else labels
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True,
-                      generator=torch.Generator().manual_seed(1), **kwargs)
-
-
-def make_net(features: int = 6, classes: int = 3) -> nn.Module:
-    torch.manual_seed(0)
-    return kdnb.models.mlp(features, [8], classes)
 
 
 class Items(Dataset):
@@ -114,27 +103,9 @@ def test_losses_that_fail_on_the_first_step(loss):
 
 # ---- the model ----
 
-class DictOut(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(6, 3)
-
-    def forward(self, x):
-        return {"logits": self.fc(x)}
-
-
 class TupleOut(DictOut):
     def forward(self, x):
         return self.fc(x), x
-
-
-class Raises(DictOut):
-    def __init__(self, error: type[BaseException]):
-        super().__init__()
-        self.error = error
-
-    def forward(self, x):
-        raise self.error("index 7 is out of bounds for dimension 0")
 
 
 class Wrong(DictOut):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from badinput import assert_clean_error, assert_unchanged, snapshot
+from badinput import assert_clean_error, assert_unchanged, make_net, snapshot
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -17,11 +17,6 @@ def make_loader(n: int = 24, features: int = 6, classes: int = 3, labels=None, b
     y = torch.randint(0, classes, (n,), generator=g) if labels is None else labels
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True,
                       generator=torch.Generator().manual_seed(1))
-
-
-def make_net(features: int = 6, classes: int = 3) -> nn.Module:
-    torch.manual_seed(0)
-    return kdnb.models.mlp(features, [8], classes)
 
 
 class Items(Dataset):
