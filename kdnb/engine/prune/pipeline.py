@@ -13,7 +13,7 @@ from torch import nn
 
 from kdnb.engine import checks, distributed
 from kdnb.engine.device import model_device, resolve_device
-from kdnb.errors import KdnbError, suggest
+from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Callback, RunState
 from kdnb.engine.history import History
@@ -212,10 +212,6 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
     arguments.check_prune_options(options)
     options["sparsity"] = check_sparsity(options["sparsity"])
     structured, data = options["structured"], options["data"]
-    for name, value, choices in (("scope", options["scope"], latency.PRUNE_SCOPES),
-                                 ("schedule", options["schedule"], schedules.SCHEDULES)):
-        if value not in choices:
-            raise KdnbError(f"unknown {name} {value!r}; {suggest(str(value), choices)}")
     if options["scope"] == "macs" and not structured:
         raise KdnbError(MACS_SCOPE_NEEDS_CHANNELS)
     if options["scope"] == "latency" and not structured:
