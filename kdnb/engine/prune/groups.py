@@ -423,6 +423,11 @@ def _kv_group(layout: Heads, names: dict, params: dict[str, torch.Tensor], per_w
     return group
 
 
+def grouped_attention(layouts: list[Heads]) -> dict[nn.Module, Heads]:
+    """The grouped-query attentions among ``layouts``, by their query projection (for `delete_channels`)."""
+    return {layout.projections[0]: layout for layout in layouts if layout.grouped}
+
+
 def delete_channels(graph, layer: nn.Module, idxs: list[int], grouped: dict[nn.Module, Heads]) -> None:
     """Delete output channels ``idxs`` of ``layer`` and all that is coupled to them: Torch-Pruning's group, or,
     for the query projection of a grouped-query attention, whole key/value groups (`Heads.remove_groups`)."""
@@ -524,7 +529,7 @@ def _breaking_roots(model: nn.Module, groups: list[ChannelGroup], example: torch
     def runs(subset: list[ChannelGroup]) -> bool:
         copy = deepcopy(model).eval()
         layouts, _ = attention_layers(copy)
-        grouped = {layout.projections[0]: layout for layout in layouts if layout.grouped}
+        grouped = grouped_attention(layouts)
         try:
             graph = tp.DependencyGraph().build_dependency(copy, example_inputs=example[:2], verbose=False)
             for group in subset:

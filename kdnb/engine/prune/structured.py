@@ -12,7 +12,7 @@ from torch import nn
 from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.prune.groups import (attention_layers, channel_groups, delete_channels, dependency_graph,
-                                      update_heads)
+                                      grouped_attention, update_heads)
 
 
 @torch.no_grad()
@@ -33,7 +33,7 @@ def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example:
     graph = dependency_graph(model, example)
     units = {group.root: group.units for group in channel_groups(model, graph)}
     layouts, _ = attention_layers(model)
-    grouped = {layout.projections[0]: layout for layout in layouts if layout.grouped}  # GQA: whole kv groups
+    grouped = grouped_attention(layouts)  # GQA: whole key/value groups
     ties = _tied_parameters(model)
     for root, gone in removed.items():
         if units.get(root) is not None:
