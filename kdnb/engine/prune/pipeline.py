@@ -311,13 +311,14 @@ def _check_reconstruct(options: dict[str, Any]) -> bool:
 def _check_rounds(options: dict[str, Any], reconstruct: bool) -> int:
     rounds = options["rounds"]
     if rounds is None:
-        # measured without fine-tuning (bench/prune_oneshot.py); a fine-tune after the cut recovers instead,
-        # so there one cut saves the seven extra refits
-        if not options["structured"] and options["criterion"] in CONNECTED and reconstruct and options["pattern"] \
-                is None and options["schedule"] == "oneshot" and options["sparsity"] >= CONNECTED_FROM:
+        oneshot_refit = reconstruct and options["schedule"] == "oneshot"
+        # single weights: connected OBS rounds from CONNECTED_FROM on (measured with and without fine-tuning)
+        if (not options["structured"] and oneshot_refit and options["criterion"] in CONNECTED
+                and options["pattern"] is None and options["sparsity"] >= CONNECTED_FROM):
             return CONNECTED_ROUNDS
-        return DEFAULT_ROUNDS if (options["structured"] and reconstruct and options["schedule"] == "oneshot"
-                                  and not options["finetune"]) else 1
+        # channels: measured without fine-tuning (bench/prune_oneshot.py); a fine-tune after the cut recovers
+        # instead, so there one cut saves the seven extra refits
+        return DEFAULT_ROUNDS if options["structured"] and oneshot_refit and not options["finetune"] else 1
     checks.check_positive("rounds", rounds, integer=True)
     return rounds
 
