@@ -56,7 +56,7 @@ class ChannelGroup:
     slices: list[Slice] = field(default_factory=list)
     units: torch.Tensor | None = None  # unit of each root channel (None: one channel, one unit)
     macs: torch.Tensor | None = None  # MACs per sample each unit's removal saves (None: no example to count on)
-    traffic: torch.Tensor | None = None  # activation elements per sample it saves reading and writing (`_unit_traffic`)
+    traffic: torch.Tensor | None = None  # activation elements per sample it saves reading and writing
 
 
 def prunable_attributes(module: nn.Module) -> tuple[str, ...]:
@@ -388,7 +388,7 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
             slices.setdefault((param, dim), Slice(param, dim, index, unit[channel], consumer))
         candidate = ChannelGroup(names[root], int(unit.max()) + 1, list(slices.values()), unit)
         if per_weight:
-            candidate.macs, candidate.traffic = _unit_macs(candidate, params, per_weight), _unit_traffic(candidate, positions)
+            _count_savings(candidate, params, per_weight, positions)
         if not _consistent(model, candidate, getattr(graph, "example", None)):
             warnings.warn(f"structured pruning leaves the channels of layer {names[root]!r} whole: they pass through "
                           "a view/transpose that mixes channels (a channel shuffle?), which Torch-Pruning cannot map",
@@ -419,7 +419,7 @@ def _kv_group(layout: Heads, names: dict, params: dict[str, torch.Tensor], per_w
     slices.append(Slice(f"{names[layout.output]}.weight", 1, rows[query], unit, consumer=True))
     group = ChannelGroup(names[query], layout.count(key), slices, unit)
     if per_weight:
-        group.macs, group.traffic = _unit_macs(group, params, per_weight), _unit_traffic(group, positions)
+        _count_savings(group, params, per_weight, positions)
     return group
 
 
@@ -487,6 +487,12 @@ def activation_positions(model: nn.Module, example: torch.Tensor) -> dict[str, t
         for hook in hooks:
             hook.remove()
     return found
+
+
+def _count_savings(group: ChannelGroup, params: dict[str, torch.Tensor], per_weight: dict[str, float],
+                   positions: dict[str, tuple[float, float]]) -> None:
+    """Set what each unit of ``group`` saves when it goes: ``macs`` (`_unit_macs`) and ``traffic`` (`_unit_traffic`)."""
+    group.macs, group.traffic = _unit_macs(group, params, per_weight), _unit_traffic(group, positions)
 
 
 def _unit_traffic(group: ChannelGroup, positions: dict[str, tuple[float, float]]) -> torch.Tensor:
