@@ -59,12 +59,15 @@ class PruneResult(Result):
     ranking: str | None = None
     _comparison: Any = field(default=None, compare=False)  # see Result.comparison
 
-    def export(self, fold_batchnorm: bool = True, channels_last: bool = True) -> nn.Module:
+    def export(self, fold_batchnorm: bool = True, channels_last: bool = True,
+               semi_structured: bool = False) -> nn.Module:
         """An inference copy of the pruned model (see `kdnb.engine.prune.inference.export`): masks folded,
-        BatchNorm folded into the layer before it, channels-last weights, eval mode."""
+        BatchNorm folded into the layer before it, channels-last weights, eval mode; ``semi_structured=True``
+        (a "2:4" prune, on a CUDA GPU, in half precision) stores its 2:4 weights for sparse tensor cores."""
         from kdnb.engine.prune.inference import export
 
-        return export(self.model, fold_batchnorm=fold_batchnorm, channels_last=channels_last)
+        return export(self.model, fold_batchnorm=fold_batchnorm, channels_last=channels_last,
+                      semi_structured=semi_structured)
 
     def plain_model(self) -> nn.Module:
         """The pruned model with its masks folded, as `kdnb.save` stores it (compared like for like)."""
@@ -128,8 +131,9 @@ class PruneResult(Result):
         if self.history.status != "completed" and self.history.message:  # where it stopped, and what was kept
             notes.append(self.history.message)
         if self.pattern is not None:
-            notes.append(f"{self.pattern} sparsity runs faster only on sparse tensor cores (torch.sparse."
-                         "to_sparse_semi_structured, CUDA, Ampere or newer); on CPU its speed-up is 1.00x")
+            notes.append(f"{self.pattern} sparsity runs faster only on sparse tensor cores (CUDA, Ampere or newer: "
+                         "result.export(semi_structured=True) of a half-precision model); on CPU its speed-up is "
+                         "1.00x")
         return Table(["", *names], table_rows, title=self._headline(), notes=notes)
 
     def _layer_table(self) -> Table:
