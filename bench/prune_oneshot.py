@@ -13,12 +13,13 @@ kdnb's columns reconstruct (the default with data) unless marked "no rec", and c
 same loaders): the fair small network to compare with. One CPU thread.
 
     .venv/bin/python bench/prune_oneshot.py [--net mlp|cnn_bn] [--part unstructured|structured] [--seeds N] [--quick]
+        [--only "default,random,l1"]
 
 With the MLP's structured table it first prints the CPU seconds of the default structured prune of the
 teacher (90 % of the hidden neurons) and of its refits alone (`reconstruct`, every round).
 
 ``--net`` runs one network, ``--part`` one table (both by default); ``--quick`` runs one seed, ``--seeds N``
-N seeds. The structured tables took about 19 minutes each on the shared 2-core box (kdnb's 8-round columns
+N seeds, ``--only`` the columns whose label starts with one of the given words. The structured tables took about 19 minutes each on the shared 2-core box (kdnb's 8-round columns
 cost 1.5-5 s of CPU a run for the MLP). To fit, the conv net calibrates its reconstruction on 512 samples (x 64 positions
 = 32768 rows per layer; the default 2048 gained 0.3-2 pp at about 3x the time) and skips kdnb's hessian,
 taylor and taylor_group columns (per-sample and per-batch gradients of convs are slow), not TP's.
@@ -53,6 +54,7 @@ def _option(name: str, default: object) -> str:
 SEEDS = (0,) if QUICK else tuple(range(int(_option("--seeds", 3))))
 NETS = (_option("--net", None),) if "--net" in sys.argv else ("mlp", "cnn_bn")
 PARTS = (_option("--part", None),) if "--part" in sys.argv else ("unstructured", "structured")
+ONLY = tuple(_option("--only", "").split(",")) if "--only" in sys.argv else ("",)  # label prefixes
 UNSTRUCTURED = (0.8, 0.9, 0.95, 0.98)
 STRUCTURED = (0.5, 0.75, 0.9)
 KDNB_UNSTRUCTURED = {"mlp": ("lamp", "l1", "wanda", "obs", "taylor", "hessian", "random"),
@@ -163,6 +165,7 @@ TP_IMPORTANCES = {"TP magnitude": tp.importance.MagnitudeImportance, "TP taylor"
 
 def table(title: str, rows, methods: dict, seeds_nets, net_name: str) -> None:
     print(f"\n## {title}")
+    methods = {name: fn for name, fn in methods.items() if name.startswith(ONLY)}
     cells: dict[tuple[float, str], list[tuple[float, float]]] = {}
     for nets in seeds_nets:
         net, train, val = nets[net_name]

@@ -49,6 +49,7 @@ def test_the_summary_of_a_pattern_prune_points_to_the_export():
     assert "export(semi_structured=True)" in text and "1.00x" in text
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not CUDA_8, reason="needs a CUDA GPU of compute capability 8.0+ (sparse tensor cores)")
 def test_semi_structured_export_keeps_the_function_on_sparse_tensor_cores():
     from torch.sparse import SparseSemiStructuredTensor
