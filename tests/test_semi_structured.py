@@ -46,7 +46,7 @@ def test_the_summary_of_a_pattern_prune_points_to_the_export():
     net = kdnb.models.mlp(64, [128], 10)
     data = [(torch.randn(32, 64), torch.randint(0, 10, (32,)))]
     text = str(prune(net, 0.5, pattern="2:4", criterion="l1", val=data).summary())
-    assert "export(semi_structured=True)" in text and "1.00x" in text
+    assert "export(semi_structured=True)" in text and "at dense speed" in text
 
 
 @pytest.mark.cuda

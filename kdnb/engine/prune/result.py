@@ -132,8 +132,8 @@ class PruneResult(Result):
             notes.append(self.history.message)
         if self.pattern is not None:
             notes.append(f"{self.pattern} sparsity runs faster only on sparse tensor cores (CUDA, Ampere or newer: "
-                         "result.export(semi_structured=True) of a half-precision model); on CPU its speed-up is "
-                         "1.00x")
+                         "result.export(semi_structured=True) of a half-precision model); on a CPU it computes every "
+                         "zero, at dense speed")
         return Table(["", *names], table_rows, title=self._headline(), notes=notes)
 
     def _layer_table(self) -> Table:
