@@ -43,12 +43,13 @@ def cost_ranked(scores: Scores) -> Scores:
     return replace(scores, groups=groups)
 
 
-def removal(scores: Scores, sparsity: float, pruned: dict[str, torch.Tensor] | None, ranking: str
-            ) -> dict[str, torch.Tensor]:
-    """The channels to remove under ``ranking`` ("cost" or "global")."""
+def removal(scores: Scores, sparsity: float, pruned: dict[str, torch.Tensor] | None, ranking: str,
+            max_layer_sparsity: float | None = None) -> dict[str, torch.Tensor]:
+    """The channels to remove under ``ranking`` ("cost" or "global"); ``max_layer_sparsity`` as in
+    `removed_channels` (None: its default for each ranking, `scores.MAX_LAYER_SPARSITY` for the cost one)."""
     if ranking == "cost":
-        return removed_channels(cost_ranked(scores), sparsity, "macs", pruned)
-    return removed_channels(scores, sparsity, "global", pruned)
+        return removed_channels(cost_ranked(scores), sparsity, "macs", pruned, max_layer_sparsity)
+    return removed_channels(scores, sparsity, "global", pruned, max_layer_sparsity)
 
 
 def paired_speed(first: nn.Module, second: nn.Module, x: torch.Tensor, rounds: int = ROUNDS) -> float:
@@ -71,7 +72,8 @@ def paired_speed(first: nn.Module, second: nn.Module, x: torch.Tensor, rounds: i
     return statistics.median(ratios)
 
 
-def choose(model: nn.Module, scores: Scores, sparsity: float, example: torch.Tensor) -> str:
+def choose(model: nn.Module, scores: Scores, sparsity: float, example: torch.Tensor,
+           max_layer_sparsity: float | None = None) -> str:
     """"cost" or "global": the ranking whose cut at ``sparsity`` runs ``example`` faster (ties: "global")."""
     from kdnb.engine.prune.structured import remove_channels
     from kdnb.engine.prune.unstructured import clone, make_permanent
@@ -81,5 +83,6 @@ def choose(model: nn.Module, scores: Scores, sparsity: float, example: torch.Ten
         warnings.simplefilter("ignore")  # the cut itself warns once, when it is made
         for ranking in ("cost", "global"):
             copy = make_permanent(clone(model)).eval()
-            candidates[ranking] = remove_channels(copy, removal(scores, sparsity, None, ranking), example)
+            candidates[ranking] = remove_channels(copy, removal(scores, sparsity, None, ranking, max_layer_sparsity),
+                                                 example)
     return "cost" if paired_speed(candidates["cost"], candidates["global"], example) > 1 + MARGIN else "global"
