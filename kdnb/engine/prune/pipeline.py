@@ -162,6 +162,13 @@ def prune(
             `kdnb.engine.prune.latency`; timed, so the choice may differ between machines) or "macs" (rank by
             score per MAC a channel's removal saves; before any fine-tuning both cost accuracy, see
             bench/prune_zoo.py).
+        max_layer_sparsity: structured: the largest fraction of any layer's channels (heads, neurons) a cut
+            removes, as Torch-Pruning's ``max_pruning_ratio``; once a layer reaches it the ranking moves on to
+            the others (if none can give more, the sparsity reached stays below ``sparsity``, with a warning).
+            Default None: 0.5 (`scores.MAX_LAYER_SPARSITY`) for the cost rankings ("macs" and "latency"'s
+            cost-ranked cut), which alone would cut a costly layer to one channel (tutorial 03: the ResNet's
+            stem, 0.79 accuracy after fine-tuning against 0.975 with the cap, bench/prune_zoo.py --floor); no
+            cap but the one channel each layer keeps for "global" and "local".
         pattern: "N:M" semi-structured sparsity (unstructured only).
         data: training ``DataLoader``: statistics for the data criteria, calibration for reconstruction,
             slimming's L1 phase, fine-tuning, and (first batch) the example input for structured tracing.
