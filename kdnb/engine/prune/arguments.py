@@ -56,8 +56,8 @@ def check_scope(scope: Any, structured: bool, max_layer_sparsity: Any, choices: 
                         f"structured cut removes -- got {checks.shown(max_layer_sparsity)}; pass e.g. "
                         "max_layer_sparsity=0.75")
     if not structured:
-        raise KdnbError("max_layer_sparsity caps the channels a structured cut removes from each layer: it needs "
-                        "structured=True; for single weights scope='local' gives every layer the same sparsity")
+        raise KdnbError("max_layer_sparsity caps the channels a structured cut removes from each layer: pass "
+                        "structured=True, or for single weights use scope='local' (the same sparsity in every layer)")
 
 
 def check_prunable(model: nn.Module) -> None:
