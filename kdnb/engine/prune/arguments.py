@@ -54,7 +54,7 @@ def check_scope(scope: Any, structured: bool, max_layer_sparsity: Any, choices: 
     if not (is_number(max_layer_sparsity) and 0 < max_layer_sparsity <= 1):  # NaN fails both comparisons
         raise KdnbError(f"max_layer_sparsity should be a number in (0, 1] -- the most of any layer's channels a "
                         f"structured cut removes -- got {checks.shown(max_layer_sparsity)}; pass e.g. "
-                        "max_layer_sparsity=0.75")
+                        "max_layer_sparsity=0.5")
     if not structured:
         raise KdnbError("max_layer_sparsity caps the channels a structured cut removes from each layer: pass "
                         "structured=True, or for single weights use scope='local' (the same sparsity in every layer)")
