@@ -49,8 +49,11 @@ saw it empty a layer: `kdnb.models.resnet_small` trained 3 epochs on the digits 
     .venv/bin/python bench/prune_zoo.py [--threads 2] [--rounds 60] [--zoo-only] [--cpu-time] [--max-layer-sparsity C]
 
 ``--max-layer-sparsity C``: the cap of kdnb's "macs" and "latency" rows (default: the library's, 0.5). Part 1 on the
-shared box (load 1.2-1.8, ``--threads 1 --cpu-time``) met the goal on all 16 with caps 1, 0.75 and 0.5; the rows'
-narrowest layers show the cap (uncapped, 1 of 16-96 channels on the CNNs).
+shared box (load 1.2-1.8, ``--threads 1 --cpu-time``) met the goal on all 16 with caps 1, 0.75 and 0.5, one run
+each; of three more runs with the default, two had densenet a hair slower than TP (sign test 20 and 22 of 60), with
+the global cut, which no cap changes (scope="local" cut it faster there: 47 of 60 rounds). The rows' narrowest layers
+show the cap (uncapped, 1 of 16-96 channels on six of the CNNs). Part 2 took 593 s on that box: its prunes run
+prune's default, 8 re-scored ThiNet rounds each.
 
 ``--cpu-time`` (with ``--threads 1``) times by this thread's CPU time (`time.thread_time`) instead of the wall
 clock: steadier on a busy machine, blind to waiting on memory less than to other processes.
