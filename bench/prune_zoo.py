@@ -39,7 +39,21 @@ of one cut.)
 
 Part 4 took 446 s (3 seeds) on the shared 2-core box at load ~3-4, hence opt-in; the CNNs at 16x16 take 40-66 s each.
 
-    .venv/bin/python bench/prune_zoo.py [--threads 2] [--rounds 60] [--zoo-only] [--cpu-time]
+Part 5 (``--floor``), what the per-layer floor of the cost rankings (``max_layer_sparsity``) buys where tutorial 03
+saw it empty a layer: `kdnb.models.resnet_small` trained 3 epochs on the digits images, structured 60 % by L1 with
+2 epochs of fine-tuning (the tutorial's cell), 3 seeds, the cost-ranked cut of ``scope="latency"`` at caps 1 (none),
+0.75, 0.625, 0.5 beside the global cut: accuracy, MACs, narrowest layer, speed-up over dense (CPU time); ~2 minutes.
+
+    .venv/bin/python bench/prune_zoo.py --floor
+
+    .venv/bin/python bench/prune_zoo.py [--threads 2] [--rounds 60] [--zoo-only] [--cpu-time] [--max-layer-sparsity C]
+
+``--max-layer-sparsity C``: the cap of kdnb's "macs" and "latency" rows (default: the library's, 0.5). Part 1 on the
+shared box (load 1.2-1.8, ``--threads 1 --cpu-time``) met the goal on all 16 with caps 1, 0.75 and 0.5, one run
+each; of three more runs with the default, two had densenet a hair slower than TP (sign test 20 and 22 of 60), with
+the global cut, which no cap changes (scope="local" cut it faster there: 47 of 60 rounds). The rows' narrowest layers
+show the cap (uncapped, 1 of 16-96 channels on six of the CNNs). Part 2 took 593 s on that box: its prunes run
+prune's default, 8 re-scored ThiNet rounds each.
 
 ``--cpu-time`` (with ``--threads 1``) times by this thread's CPU time (`time.thread_time`) instead of the wall
 clock: steadier on a busy machine, blind to waiting on memory less than to other processes.
@@ -69,8 +83,9 @@ from torch.utils.data import DataLoader, TensorDataset
 import kdnb
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.loop import fit
-from kdnb.engine.prune import prune
+from kdnb.engine.prune import PruneResult, prune
 from kdnb.engine.prune.groups import output_layers, prunable_weights
+from kdnb.engine.prune.scores import MAX_LAYER_SPARSITY
 from kdnb.engine.prune.unstructured import clone
 from timing import alternating_times  # bench/timing.py: this script's folder is on sys.path
 
@@ -81,6 +96,8 @@ THREADS = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.a
 ROUNDS = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 60
 KDNB = ("global", "macs", "latency")  # kdnb's default scope, the per-MAC ranking, and its speed setting
 CLOCK = time.thread_time if "--cpu-time" in sys.argv else time.perf_counter
+# the per-layer cap of the cost-ranked cuts ("macs", and "latency"'s candidate); None: the library's default
+CAP = float(sys.argv[sys.argv.index("--max-layer-sparsity") + 1]) if "--max-layer-sparsity" in sys.argv else None
 TIMING_SIDE = 32  # CNNs (adaptive pooling) are timed on 32x32 images: at 16x16 Python overhead hides compute
 torch.set_num_threads(THREADS)
 
@@ -121,15 +138,19 @@ def runs(dense: nn.Module, model: nn.Module, x: torch.Tensor) -> bool:
 
 
 def kdnb_prune(net: nn.Module, x: torch.Tensor, sparsity: float, scope: str) -> tuple[str, nn.Module | None, str]:
+    """(status, pruned model, note): a pruned model's note is its narrowest layer, kept/original channels."""
+    cap = CAP if scope in ("macs", "latency") else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            small = prune(net, sparsity, structured=True, example=x, scope=scope).model
+            result = prune(net, sparsity, structured=True, example=x, scope=scope, max_layer_sparsity=cap)
     except kdnb.KdnbError as error:
         return "refused", None, str(error)[:90]
     except Exception as error:  # noqa: BLE001
         return "broke", None, f"{type(error).__name__}: {str(error)[:80]}"
-    return ("pruned", small, "") if runs(net, small, x) else ("broke", None, "pruned model does not run")
+    kept, of = min(result.channels.values(), key=lambda c: c[0] / c[1], default=(0, 0))
+    return ("pruned", result.model, f"narrowest {kept}/{of}") if runs(net, result.model, x) else \
+        ("broke", None, "pruned model does not run")
 
 
 def tp_prune_at(net: nn.Module, x: torch.Tensor, ratio: float) -> nn.Module:
@@ -166,7 +187,8 @@ def zoo_table() -> dict[str, dict]:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch threads: {torch.get_num_threads()}, batch 8 (CNNs at {TIMING_SIDE}x{TIMING_SIDE}), {ROUNDS} alternating "
           f"rounds, {'CPU time' if CLOCK is time.thread_time else 'wall clock'}; load average {load:.1f} on "
-          f"{os.cpu_count()} cores; speed-up: median over rounds of dense/pruned")
+          f"{os.cpu_count()} cores; speed-up: median over rounds of dense/pruned; max_layer_sparsity of macs/latency: "
+          f"{CAP if CAP is not None else f'default ({MAX_LAYER_SPARSITY:g})'}")
     header = (f"{'model':18s} {'who':7s} {'status':8s} {'sparsity':>8s} {'params':>15s} {'MACs':>19s} {'MACs x':>6s} "
               f"{'latency ms (median)':>20s} {'speed-up':>8s}")
     print(header)
@@ -192,7 +214,8 @@ def zoo_table() -> dict[str, dict]:
             kept = macs(model, x)
             print(f"{name:18s} {who:7s} {status:8s} {1 - weights(model) / weights(net):8.3f} "
                   f"{params(net):>7d}->{params(model):<7d} {dense_macs:>9d}->{kept:<9d} {dense_macs / kept:5.2f}x "
-                  f"{statistics.median(times['dense']):8.2f}->{statistics.median(times[who]):<8.2f} {ups[who]:7.2f}x")
+                  f"{statistics.median(times['dense']):8.2f}->{statistics.median(times[who]):<8.2f} {ups[who]:7.2f}x"
+                  f"  {note}")
             row[who], row[f"{who} MACs"] = ups[who], kept
     return summary
 
@@ -371,8 +394,69 @@ def trained_accuracy(seeds: int = 3, epochs: int = 4, calibration: int = 256, mo
               f"{cell(rows['random']):>15s} {took:6.1f}  {verdict} ({gain * 100:+.1f} pp, {wins}/{seeds} seeds)")
 
 
+def floor_tradeoff(caps=(1.0, 0.75, 0.625, 0.5), seeds=(0, 1, 2), rounds: int = 30) -> None:
+    """What the per-layer floor (``max_layer_sparsity``) buys in tutorial 03's setting: `kdnb.models.resnet_small`
+    (width 16) trained 3 epochs on the digits images, structured 60 % by L1 with 2 epochs of fine-tuning, per cap:
+    the cost-ranked cut of ``scope="latency"`` (forced, so the timed choice does not pick for it), its accuracy,
+    MACs, narrowest layer and speed-up over dense (this thread's CPU time, batch 256, 1 thread), beside the global
+    cut; then ``scope="latency"`` as a user calls it (default cap, timed choice by the wall clock)."""
+    from unittest import mock
+
+    from kdnb.engine.prune import latency
+
+    print(f"\ntutorial 03's resnet_small (width 16, 3 epochs, digits), structured 60 % L1 + refit, 2 epochs of "
+          f"fine-tuning, {len(seeds)} seeds; speed-up: median of {rounds} alternating rounds, CPU time, batch 256, "
+          f"1 thread")
+    torch.set_num_threads(1)
+    train, val = kdnb.datasets.load("digits", batch_size=64, seed=0, flat=False)
+    x = torch.cat([b[0] for b in val])[:256]
+    rows: dict[str, dict[str, list]] = {}
+    chosen = []
+
+    def cut(net: nn.Module, **options) -> PruneResult:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = prune(net, 0.6, criterion="l1", structured=True, data=train, val=val, finetune=2,
+                           device="cpu", **options)
+        return result
+
+    for seed in seeds:
+        torch.manual_seed(seed)
+        net = kdnb.models.resnet_small(width=16)
+        kdnb.train(net, train, val=val, epochs=3, lr=3e-3, device="cpu", seed=seed, progress=False)
+        results = {"global": cut(net, seed=seed)}
+        with mock.patch.object(latency, "choose", lambda *args, **kwargs: "cost"):
+            for cap in caps:
+                results[f"cost, cap {cap:g}"] = cut(net, seed=seed, scope="latency", max_layer_sparsity=cap)
+        chosen.append(cut(net, seed=seed, scope="latency").ranking)
+        times = alternating_times({"dense": net, **{k: r.model for k, r in results.items()}}, x, rounds,
+                                  time.thread_time)
+        ups = speedups(times)
+        for key, result in results.items():
+            row = rows.setdefault(key, {"accuracy": [], "macs": [], "narrowest": [], "speed-up": []})
+            kept, of = min(result.channels.values(), key=lambda c: c[0] / c[1])
+            row["accuracy"].append(evaluate(result.model, val)["accuracy"])
+            row["macs"].append(macs(net, x[:1]) / macs(result.model, x[:1]))
+            row["narrowest"].append(f"{kept}/{of}")
+            row["speed-up"].append(ups[key])
+        rows.setdefault("dense", {"accuracy": []})["accuracy"].append(evaluate(net, val)["accuracy"])
+    cell = lambda v: f"{statistics.mean(v):.4f} ± {statistics.stdev(v) if len(v) > 1 else 0:.4f}"  # noqa: E731
+    print(f"  {'dense':18s} accuracy {cell(rows.pop('dense')['accuracy'])}")
+    for key, row in rows.items():
+        accuracies, ups = (", ".join(f"{v:.{n}f}" for v in row[k]) for k, n in (("accuracy", 4), ("speed-up", 2)))
+        print(f"  {key:18s} accuracy {cell(row['accuracy'])} ({accuracies}), MACs x {statistics.mean(row['macs']):.2f}, "
+              f"speed-up {statistics.mean(row['speed-up']):.2f}x ({ups}), narrowest layer per seed "
+              f"{', '.join(row['narrowest'])}")
+    print(f"  scope='latency' (default cap {MAX_LAYER_SPARSITY:g}, timed choice) kept: "
+          f"{', '.join(chosen)}")
+
+
 if __name__ == "__main__":
     start = time.perf_counter()
+    if "--floor" in sys.argv:
+        floor_tradeoff()
+        print(f"\ntotal {time.perf_counter() - start:.0f} s")
+        sys.exit()
     if "--trained" in sys.argv:
         trained_accuracy(int(sys.argv[sys.argv.index("--seeds") + 1]) if "--seeds" in sys.argv else 3,
                          models=sys.argv[sys.argv.index("--models") + 1].split(",") if "--models" in sys.argv else None,

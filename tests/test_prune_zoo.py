@@ -342,16 +342,21 @@ def test_macs_per_weight_is_how_often_a_layer_uses_each_weight():
 
 def test_scope_macs_cuts_more_macs_than_the_default_at_the_same_sparsity():
     """scope="macs" ranks channels by score per MAC their removal saves: at the same parameter fraction the
-    early, high-resolution convolutions lose more, so the model keeps fewer MACs."""
+    early, high-resolution convolutions lose more, so the model keeps fewer MACs; the more without its cap."""
+    from kdnb.engine.prune.scores import MAX_LAYER_SPARSITY
+
     torch.manual_seed(0)
     net, x = ZOO["resnet_basic"][0]().eval(), example("resnet_basic")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        default, speed = (prune(net, 0.5, structured=True, example=x, scope=s) for s in ("global", "macs"))
-    assert 0.5 <= default.sparsity < 0.55 and 0.5 <= speed.sparsity < 0.55
-    kept = {name: measure(r.model, x, repeats=1, warmup=0).macs for name, r in (("global", default), ("macs", speed))}
-    assert kept["macs"] < 0.8 * kept["global"]
-    assert speed.model[0].out_channels < default.model[0].out_channels  # the stem runs at full resolution
+        default, speed, uncapped = (prune(net, 0.5, structured=True, example=x, scope=s, max_layer_sparsity=cap)
+                                    for s, cap in (("global", None), ("macs", None), ("macs", 1.0)))
+    assert all(0.5 <= r.sparsity < 0.55 for r in (default, speed, uncapped))
+    kept = {name: measure(r.model, x, repeats=1, warmup=0).macs
+            for name, r in (("global", default), ("macs", speed), ("uncapped", uncapped))}
+    assert kept["uncapped"] < kept["macs"] < 0.9 * kept["global"] and kept["uncapped"] < 0.8 * kept["global"]
+    stems = [r.model[0].out_channels for r in (uncapped, speed, default)]  # the stem runs at full resolution
+    assert stems[0] < stems[1] < stems[2] and stems[1] == 16 * (1 - MAX_LAYER_SPARSITY)
     with pytest.raises(KdnbError, match="scope='macs'.*structured=True") as error:
         prune(net, 0.5, example=x, scope="macs")
     assert "\n" not in str(error.value)
@@ -473,6 +478,92 @@ def test_scope_latency_needs_channels():
     assert "\n" not in str(error.value)
     with pytest.raises(KdnbError, match="latency"):
         prune(net, 0.5, structured=True, example=x, scope="latncy")
+
+
+def _stem_first_net():
+    """A conv chain whose full-resolution stem saves the most MACs per weight: the per-MAC ranking empties it first
+    (at 50 %, uncapped, to 1 of its 8 channels)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    return net, torch.randn(2, 1, 16, 16)
+
+
+def _sparsity(scores, masks):
+    kept = sum(int(masks[n].sum()) if n in masks else scores.shapes[n].numel() for n in scores.prunable)
+    return 1 - kept / sum(scores.shapes[n].numel() for n in scores.prunable)
+
+
+def test_the_cost_ranking_moves_on_once_a_layer_reaches_its_cap():
+    """max_layer_sparsity (Torch-Pruning's max_pruning_ratio): no group loses more than that fraction of its
+    channels; the ranking then takes the next groups' channels, so the sparsity is still reached."""
+    from kdnb.engine.prune.scores import MAX_LAYER_SPARSITY, removed_channels
+
+    net, x = _stem_first_net()
+    scores = importance(net, "l1", structured=True, example=x)
+    with pytest.warns(RuntimeWarning, match="layer '0' keeps 1 of 8"):
+        uncapped = removed_channels(scores, 0.5, "macs", max_layer_sparsity=1.0)
+    assert int(uncapped["0"].sum()) == 7
+    for cap in (0.5, None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no layer down to one channel
+            gone = removed_channels(scores, 0.5, "macs", max_layer_sparsity=cap)
+            masks = masks_at(scores, 0.5, "macs", max_layer_sparsity=cap)
+        limit = cap if cap is not None else MAX_LAYER_SPARSITY  # the default of the cost ranking
+        assert all(int(mask.sum()) <= int(limit * len(mask)) for mask in gone.values())
+        assert int(gone["0"].sum()) == int(limit * 8) and int(gone["3"].sum()) > int(uncapped["3"].sum())
+        assert _sparsity(scores, masks) >= 0.5
+    assert all(torch.equal(removed_channels(scores, 0.5, "global")[r], m)  # "global": only the one channel kept
+               for r, m in removed_channels(scores, 0.5, "global", max_layer_sparsity=1.0).items())
+    with pytest.warns(RuntimeWarning, match=r"at most 0.25 of each layer's channels \(max_layer_sparsity\)"):
+        removed_channels(scores, 0.9, "macs", max_layer_sparsity=0.25)
+
+
+def test_the_cap_holds_in_the_cut_scope_latency_keeps_and_across_rounds(monkeypatch):
+    from kdnb.engine.prune import latency
+    from kdnb.engine.prune.scores import MAX_LAYER_SPARSITY
+
+    net, x = _stem_first_net()
+    monkeypatch.setattr(latency, "paired_speed", lambda first, second, x: 1.5)  # the cost-ranked cut is faster
+    fast = prune(net, 0.5, structured=True, example=x, scope="latency", criterion="l1")
+    assert fast.ranking == "cost" and fast.sparsity >= 0.5
+    assert all(of - kept <= int(MAX_LAYER_SPARSITY * of) for kept, of in fast.channels.values())
+    assert fast.channels["0"] == (8 - int(MAX_LAYER_SPARSITY * 8), 8)
+    rounds = prune(net, 0.5, structured=True, example=x, scope="macs", criterion="l1", rounds=3, max_layer_sparsity=0.5)
+    assert rounds.channels["0"] == (4, 8) and all(kept >= of / 2 for kept, of in rounds.channels.values())
+
+
+def test_masks_cannot_preview_scope_latency_and_the_channel_scopes_share_one_check():
+    net, x = _stem_first_net()
+    channels = importance(net, "l1", structured=True, example=x)
+    weights = importance(net, "l1")
+    with pytest.raises(KdnbError, match="scope='latency'.*use scope='macs' for a cost-ranked preview") as error:
+        masks_at(channels, 0.5, scope="latency")
+    assert "\n" not in str(error.value)
+    for scope in ("macs", "latency"):
+        with pytest.raises(KdnbError) as from_prune:
+            prune(net, 0.5, example=x, scope=scope)
+        assert f"scope={scope!r}" in str(from_prune.value) and "needs structured=True" in str(from_prune.value)
+    with pytest.raises(KdnbError) as from_masks:
+        masks_at(weights, 0.5, scope="macs")
+    with pytest.raises(KdnbError) as from_prune:
+        prune(net, 0.5, example=x, scope="macs")
+    assert str(from_masks.value) == str(from_prune.value)  # one message, one check
+    for bad in (0, 1.5, "0.5", float("nan")):
+        with pytest.raises(KdnbError, match=r"max_layer_sparsity should be a number in \(0, 1\]"):
+            masks_at(channels, 0.5, scope="macs", max_layer_sparsity=bad)
+    with pytest.raises(KdnbError, match="max_layer_sparsity.*pass structured=True"):
+        masks_at(weights, 0.5, max_layer_sparsity=0.5)
+
+
+def test_the_default_cap_is_documented_in_prune():
+    from kdnb.engine.prune.scores import MAX_LAYER_SPARSITY
+    from kdnb.magics import argument_help
+
+    described = argument_help(kdnb.prune)["max_layer_sparsity"]
+    assert f"{MAX_LAYER_SPARSITY:g}" in described and "max_pruning_ratio" in described
 
 
 def test_paired_speed_sees_a_model_that_does_twice_the_work():

@@ -20,6 +20,10 @@ from kdnb.errors import KdnbError, is_number
 
 GRADIENT_STATISTICS = ("grad_sq", "hessian_diag", "group_gradient_weight")  # a backward pass over labelled data
 TRAINING_STATISTICS = ("batchnorm_scale",)  # network slimming trains first
+CHANNEL_SCOPES = {  # the scopes that rank whole channels, and why single weights cannot have them
+    "macs": "ranks channels by their score per MAC their removal saves",
+    "latency": "times the model with channels deleted (single zeroed weights run at dense speed)",
+}
 
 
 def check_sparsity(value: Any, name: str = "sparsity") -> float:
@@ -36,6 +40,24 @@ def check_pattern_text(pattern: Any) -> None:
     if len(numbers) != 2 or not 0 < numbers[0] < numbers[1]:
         raise KdnbError(f"pattern should be 'N:M' (keep N of every M consecutive weights, 0 < N < M), got "
                         f"{checks.shown(pattern)}; pass e.g. pattern='2:4' with sparsity=0.5")
+
+
+def check_scope(scope: Any, structured: bool, max_layer_sparsity: Any, choices: Iterable[str]) -> None:
+    """``scope`` one of ``choices``, a channel ranking only with ``structured``; ``max_layer_sparsity`` None or, with
+    ``structured``, a fraction in (0, 1]. For `prune` and `masks_at` (``structured``: the scores')."""
+    checks.check_choice("scope", scope, choices)
+    if scope in CHANNEL_SCOPES and not structured:
+        raise KdnbError(f"scope={scope!r} {CHANNEL_SCOPES[scope]}: it needs structured=True; for single weights "
+                        "use scope='global' or 'local'")
+    if max_layer_sparsity is None:
+        return
+    if not (is_number(max_layer_sparsity) and 0 < max_layer_sparsity <= 1):  # NaN fails both comparisons
+        raise KdnbError(f"max_layer_sparsity should be a number in (0, 1] -- the most of any layer's channels a "
+                        f"structured cut removes -- got {checks.shown(max_layer_sparsity)}; pass e.g. "
+                        "max_layer_sparsity=0.5")
+    if not structured:
+        raise KdnbError("max_layer_sparsity caps the channels a structured cut removes from each layer: pass "
+                        "structured=True, or for single weights use scope='local' (the same sparsity in every layer)")
 
 
 def check_prunable(model: nn.Module) -> None:
@@ -68,7 +90,7 @@ def check_prune_options(options: dict[str, Any]) -> None:
     if not isinstance(options["criterion"], str):
         raise KdnbError(f"criterion should be a name, got {checks.shown(options['criterion'])}; pass e.g. "
                         "criterion='auto' (see kdnb.engine.prune.criteria.names())")
-    checks.check_choice("scope", options["scope"], PRUNE_SCOPES)
+    check_scope(options["scope"], options["structured"], options["max_layer_sparsity"], PRUNE_SCOPES)
     checks.check_choice("schedule", options["schedule"], schedules.SCHEDULES)
     checks.check_choice("hessian_estimator", options["hessian_estimator"], ESTIMATORS)
     check_pattern_text(options["pattern"])

@@ -24,8 +24,8 @@ from kdnb.engine.prune.groups import (channel_groups, check_structured_support, 
                                       masks_from_keep, prunable_weights)
 from kdnb.engine.prune.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
-from kdnb.engine.prune.scores import (MACS_SCOPE_NEEDS_CHANNELS, Scores, _score, check_criterion, check_pattern,
-                                      check_sparsity, masks_at, parse_pattern, removed_channels)
+from kdnb.engine.prune.scores import (Scores, _score, check_criterion, check_pattern, check_sparsity, masks_at,
+                                      parse_pattern, removed_channels)
 from kdnb.engine.prune.structured import remove_channels
 from kdnb.engine.prune.unstructured import apply_masks, clone, comparable, connected, current_masks, make_permanent
 
@@ -95,6 +95,7 @@ def prune(
     criterion: str = "auto",
     structured: bool = False,
     scope: str = "global",
+    max_layer_sparsity: float | None = None,
     pattern: str | None = None,
     data: Iterable | None = None,
     val: Iterable | None = None,
@@ -161,6 +162,13 @@ def prune(
             `kdnb.engine.prune.latency`; timed, so the choice may differ between machines) or "macs" (rank by
             score per MAC a channel's removal saves; before any fine-tuning both cost accuracy, see
             bench/prune_zoo.py).
+        max_layer_sparsity: structured: the largest fraction of any layer's channels (heads, neurons) a cut
+            removes, as Torch-Pruning's ``max_pruning_ratio``; once a layer reaches it the ranking moves on to
+            the others (if none can give more, the sparsity reached stays below ``sparsity``, with a warning).
+            Default None: 0.5 (`scores.MAX_LAYER_SPARSITY`) for the cost rankings ("macs" and "latency"'s
+            cost-ranked cut), which alone would cut a costly layer to one channel (tutorial 03: the ResNet's
+            stem, 0.79 accuracy after fine-tuning against 0.975 with the cap, bench/prune_zoo.py --floor); no
+            cap but the one channel each layer keeps for "global" and "local".
         pattern: "N:M" semi-structured sparsity (unstructured only).
         data: training ``DataLoader``: statistics for the data criteria, calibration for reconstruction,
             slimming's L1 phase, fine-tuning, and (first batch) the example input for structured tracing.
@@ -212,11 +220,6 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
     arguments.check_prune_options(options)
     options["sparsity"] = check_sparsity(options["sparsity"])
     structured, data = options["structured"], options["data"]
-    if options["scope"] == "macs" and not structured:
-        raise KdnbError(MACS_SCOPE_NEEDS_CHANNELS)
-    if options["scope"] == "latency" and not structured:
-        raise KdnbError("scope='latency' times the model with channels deleted: it needs structured=True (single "
-                        "zeroed weights run at dense speed); use scope='global' for structured=False")
     _check_schedule(options)
     options["auto"] = options["criterion"] == "auto"
     criterion = _default_criterion(options) if options["auto"] else options["criterion"]
@@ -394,10 +397,10 @@ def _removal(run: _Run, plain: nn.Module, scores: Scores, target: float, pruned:
     """The channels a structured cut removes. ``scope="latency"`` picks its ranking once, at the first cut, by
     timing both candidate cuts at the final sparsity on the example (`latency.choose`), and keeps it."""
     if run.scope != "latency":
-        return removed_channels(scores, target, run.scope, pruned)
+        return removed_channels(scores, target, run.scope, pruned, run.max_layer_sparsity)
     if "ranking" not in run.options:
-        run.options["ranking"] = latency.choose(plain, scores, run.sparsity, example)
-    return latency.removal(scores, target, pruned, run.options["ranking"])
+        run.options["ranking"] = latency.choose(plain, scores, run.sparsity, example, run.max_layer_sparsity)
+    return latency.removal(scores, target, pruned, run.options["ranking"], run.max_layer_sparsity)
 
 
 def _groups(run: _Run, model: nn.Module, example: torch.Tensor) -> list:
