@@ -357,6 +357,9 @@ def test_scope_macs_cuts_more_macs_than_the_default_at_the_same_sparsity():
     assert kept["uncapped"] < kept["macs"] < 0.9 * kept["global"] and kept["uncapped"] < 0.8 * kept["global"]
     stems = [r.model[0].out_channels for r in (uncapped, speed, default)]  # the stem runs at full resolution
     assert stems[0] < stems[1] < stems[2] and stems[1] == 16 * (1 - MAX_LAYER_SPARSITY)
+    assert (default.max_layer_sparsity, speed.max_layer_sparsity, uncapped.max_layer_sparsity) == (1.0, 0.5, 1.0)
+    assert "at most 50% of a layer's channels" in speed._headline()  # the cap the cut ran under, said
+    assert "of a layer's channels" not in default._headline() + uncapped._headline()
     with pytest.raises(KdnbError, match="scope='macs'.*structured=True") as error:
         prune(net, 0.5, example=x, scope="macs")
     assert "\n" not in str(error.value)

@@ -24,8 +24,8 @@ from kdnb.engine.prune.groups import (channel_groups, check_structured_support, 
                                       masks_from_keep, prunable_weights)
 from kdnb.engine.prune.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
-from kdnb.engine.prune.scores import (Scores, _score, check_criterion, check_pattern, check_sparsity, masks_at,
-                                      parse_pattern, removed_channels)
+from kdnb.engine.prune.scores import (Scores, _score, check_criterion, check_pattern, check_sparsity, layer_cap,
+                                      masks_at, parse_pattern, removed_channels)
 from kdnb.engine.prune.structured import remove_channels
 from kdnb.engine.prune.unstructured import apply_masks, clone, comparable, connected, current_masks, make_permanent
 
@@ -485,7 +485,15 @@ def _finish(run: _Run) -> PruneResult:
                        example=run.example.cpu() if run.example is not None else None, control=control_model,
                        channels=_channels(run.dense, work) if run.structured else {},
                        reconstructed=run.reconstruct, pattern=run.pattern,
-                       ranking=run.options.get("ranking"))
+                       ranking=run.options.get("ranking"), max_layer_sparsity=_layer_cap(run))
+
+
+def _layer_cap(run: _Run) -> float | None:
+    """The per-layer cap the structured cut ran under (scope="latency": that of the ranking it chose)."""
+    if not run.structured:
+        return None
+    scope = "macs" if run.options.get("ranking") == "cost" else run.scope
+    return layer_cap(scope, run.max_layer_sparsity)
 
 
 def _effective(module: nn.Module, attr: str = "weight") -> torch.Tensor:

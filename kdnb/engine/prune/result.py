@@ -33,6 +33,8 @@ class PruneResult(Result):
         reconstructed: the kept weights were re-solved on calibration data (`kdnb.engine.prune.reconstruct`).
         pattern: the "N:M" semi-structured pattern of the masks, or None.
         ranking: with ``scope="latency"``, the ranking its timing chose ("cost" or "global"), else None.
+        max_layer_sparsity: structured, the most of any layer's channels the cut could remove (``max_layer_sparsity``
+            or the scope's default, `kdnb.engine.prune.scores.layer_cap`); None when unstructured.
     """
 
     model: nn.Module
@@ -57,6 +59,7 @@ class PruneResult(Result):
     reconstructed: bool = False
     pattern: str | None = None
     ranking: str | None = None
+    max_layer_sparsity: float | None = None
     _comparison: Any = field(default=None, compare=False)  # see Result.comparison
 
     def export(self, fold_batchnorm: bool = True, channels_last: bool = True,
@@ -149,6 +152,8 @@ class PruneResult(Result):
         tuned = f", fine-tuned {ran} epoch(s){' with KD' if self.distill else ''}" if self.finetune else ""
         status = "" if completed else f" [{self.history.status}]"
         scope_how = f" ({self.ranking} ranking, the faster when timed)" if self.ranking else ""
+        if self.max_layer_sparsity is not None and self.max_layer_sparsity < 1:
+            scope_how += f", at most {self.max_layer_sparsity:.0%} of a layer's channels"
         return (f"pruned {self.sparsity:.2%} of prunable weights (target {self.target:.2%}): {self.criterion}, "
                 f"{kind}, {self.scope}{scope_how}, {self.schedule}{how}{tuned}{status}")
 
