@@ -106,3 +106,23 @@ def test_auto_on_a_grouped_conv_is_thinet_and_its_refit_masked_equals_deleted():
     small = result.model.eval()
     assert small[2].groups == 2 and small[2].in_channels == result.model[0].out_channels
     assert torch.allclose(masked(x), small(x), atol=1e-5)
+
+
+def test_a_grouped_conv_consumer_is_scored_in_what_its_batchnorm_hands_on():
+    """ThiNet measures a consumer's error after the BatchNorm that normalises its outputs; a grouped conv's rows
+    share units (one position of every conv-group), so each row is scaled by its own BatchNorm channel."""
+    from kdnb.engine.prune.groups import channel_groups, dependency_graph
+    from kdnb.engine.prune.scores import _Context, _normalised_rows
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1, groups=2),
+                        nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 3)).eval()
+    norm = net[3]
+    norm.running_var.uniform_(0.5, 2.0)
+    norm.weight.data.uniform_(-2.0, 2.0)
+    x = torch.randn(4, 1, 6, 6)
+    context = _Context(net, None, True, 0, "fisher", channel_groups(net, dependency_graph(net, x)))
+    rows = net[2].weight.detach().double().reshape(6, -1)
+    scale = (norm.running_var.double() + norm.eps).rsqrt() * norm.weight.detach().double().abs()
+    assert torch.allclose(_normalised_rows(context, "2", rows), rows * scale[:, None])

@@ -7,7 +7,8 @@ from the inputs the already-pruned layers produce, over the calibration samples 
    \;\Rightarrow\; w_{r,K} = (A_K^\top A_K + \lambda I)^{-1} A_K^\top y_r
 
 for every output row ``r`` with kept inputs ``K_r``; ``A`` is the pruned model's layer input (im2col for a
-conv, plus a column of ones for the bias), ``y_r`` the dense layer's output ``r``. With ``A`` the dense
+conv, plus a column of ones for the bias), ``y_r`` the dense layer's output ``r``; a grouped conv's rows read
+only their conv-group's inputs, so ``A`` there is that conv-group's im2col. With ``A`` the dense
 inputs this is exactly Optimal Brain Surgeon's update for removing all the pruned weights of the row at once,
 :math:`\delta w = -H^{-1} E (E^\top H^{-1} E)^{-1} E^\top w`, :math:`H = 2A^\top A` (Hassibi & Stork 1993;
 layer-wise, Dong et al. 2017 "L-OBS"; Frantar & Alistarh 2022 "OBC"); SparseGPT (Frantar & Alistarh 2023)
@@ -177,8 +178,9 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
     conv-group at a time) against ``dense``, in forward order, on the first ``samples`` samples of ``data``; in
     place, returns ``model``.
 
-    ``reselect``: first re-choose each masked Linear's or ungrouped conv's mask, at the sparsity it has, by `sparsegpt` on the
-    inputs the already-pruned layers produce (criterion "obs"); ``pattern`` (N, M) makes it N:M.
+    ``reselect``: first re-choose each masked Linear's or ungrouped conv's mask, at the sparsity it has, by
+    `sparsegpt` on the inputs the already-pruned layers produce (criterion "obs"); ``pattern`` (N, M) makes it
+    N:M.
 
     Cost: one forward pass of the calibration set per layer, and a ``(d+1) x (d+1)`` fp64 Gram matrix
     (``d`` = the layer's inputs, ``in_channels x kernel`` for a conv) plus ``(d+1) x out`` per layer at a time.

@@ -184,6 +184,8 @@ def _normalised_rows(ctx: _Context, layer: str, weight: torch.Tensor) -> torch.T
     """``weight`` (out, d) with the BatchNorm that normalises ``layer``'s outputs folded in (rows times
     gamma / sqrt(var + eps)): errors are then measured in what the next layers read."""
     group = next((g for g in ctx.groups if g.root == layer and g.size == weight.shape[0]), None)  # a unit a row
+    if group is None and calibration.grouped(ctx.model.get_submodule(layer)):
+        return _normalised_grouped_rows(ctx, layer, weight)
     norms = [(s, ctx.model.get_submodule(s.param.rpartition(".")[0])) for s in (group.slices if group else ())
              if s.dim == 0 and s.param.endswith("weight")]
     norms = [(s, m) for s, m in norms if isinstance(m, _BATCHNORM) and m.track_running_stats]
@@ -195,6 +197,24 @@ def _normalised_rows(ctx: _Context, layer: str, weight: torch.Tensor) -> torch.T
     per_unit[s.channel] = factor[s.index]
     units = group.units if group.units is not None else torch.arange(group.size)  # root row -> its unit
     return weight * per_unit[units][:, None]
+
+
+def _normalised_grouped_rows(ctx: _Context, layer: str, weight: torch.Tensor) -> torch.Tensor:
+    """`_normalised_rows` of a grouped conv, whose rows share units (one position of every conv-group): each row
+    times its own BatchNorm channel's scale, where the BatchNorm reads the rows in their order."""
+    group = next((g for g in ctx.groups if g.root == layer), None)
+    slices = group.slices if group else []
+    root = next((s for s in slices if s.param == f"{layer}.weight" and s.dim == 0), None)
+    norms = [(s, ctx.model.get_submodule(s.param.rpartition(".")[0])) for s in slices
+             if s.dim == 0 and s.param.endswith("weight")]
+    norms = [(s, m) for s, m in norms if isinstance(m, _BATCHNORM) and m.track_running_stats]
+    if root is None or len(norms) != 1 or not torch.equal(norms[0][0].index, root.index):
+        return weight
+    s, norm = norms[0]
+    factor = ((norm.running_var.double() + norm.eps).rsqrt() * norm.weight.detach().double().abs()).cpu()
+    per_row = torch.ones(len(weight), dtype=weight.dtype)
+    per_row[root.index] = factor[s.index]
+    return weight * per_row[:, None]
 
 
 def _consumers(ctx: _Context) -> dict[str, tuple]:
