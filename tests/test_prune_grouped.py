@@ -90,8 +90,16 @@ def test_thinet_scores_a_grouped_consumer_by_the_refit_error_per_conv_group(monk
         assert float(channel[unit]) == pytest.approx(errors[i] / errors[-1], rel=1e-6)
 
 
-def test_auto_on_a_grouped_conv_is_thinet_and_its_refit_masked_equals_deleted():
-    net, data = _net(), _data()
+def _net1d() -> nn.Sequential:
+    """`_net` in one dimension: a Conv1d(8, 6, groups=2) reads the first conv's channels."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv1d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv1d(8, 6, 3, padding=1, groups=2),
+                         nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(6, 3)).eval()
+
+
+@pytest.mark.parametrize("dims", [2, 1])
+def test_auto_on_a_grouped_conv_is_thinet_and_its_refit_masked_equals_deleted(dims):
+    net, data = (_net(), _data()) if dims == 2 else (_net1d(), [(x.flatten(1)[:, None], y) for x, y in _data()])
     x = data[0][0][:8]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
