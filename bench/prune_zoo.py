@@ -39,6 +39,22 @@ of one cut.)
 
 Part 4 took 446 s (3 seeds) on the shared 2-core box at load ~3-4, hence opt-in; the CNNs at 16x16 take 40-66 s each.
 
+Grouped convs (``--models resnext,cnn1d_grouped``, shared box at load 1.7-2.1, 3 seeds; default vs random, gain, seeds
+won). Before, group OBS had no columns for a channel a grouped conv reads, so "auto" fell back to L1 on all of resnext
+(its 1x1 convs feed the grouped 3x3s) and scored cnn1d_grouped's first conv by the classifier alone, and the refit
+left grouped convs masked but not re-solved: one cut resnext 0.857 ± 0.008 vs 0.875 ± 0.036 (-1.8 pp, 1/3),
+cnn1d_grouped 0.495 ± 0.111 vs 0.519 ± 0.062 (-2.4, 1/3); 8 rounds resnext 0.686 ± 0.171 vs 0.875 ± 0.036 (-18.8,
+1/3), cnn1d_grouped 0.506 ± 0.125 vs 0.519 ± 0.062 (-1.3, 1/3). Now a grouped conv is re-solved one conv-group at a
+time and ThiNet scores it with one block per conv-group (its rows, its own inputs' H^-1; rows scaled by their
+BatchNorm), which also moves random's refit: one cut resnext 0.909 ± 0.015 vs 0.892 ± 0.027 (+1.7, 3/3, 39 s),
+cnn1d_grouped 0.588 ± 0.060 vs 0.512 ± 0.079 (+7.7, 3/3); 8 rounds resnext 0.892 ± 0.004 vs 0.892 ± 0.027 (+0.0,
+2/3, 124 s), cnn1d_grouped 0.586 ± 0.059 vs 0.512 ± 0.079 (+7.4, 3/3). Without the BatchNorm scaling of a grouped
+consumer's rows: one cut +1.8 / +7.0, 8 rounds -0.6 (2/3) / +5.3 (2/3). resnext at 8 rounds, per seed (default vs
+random): 0.889 vs 0.869, 0.897 vs 0.922, 0.891 vs 0.886; on every seed the re-scored rounds cut the last stage's 64
+residual channels (read by the classifier only) to 8 (one cut: 10-11; random keeps 40-49). On seed 1 alone, the same
+8 rounds with max_layer_sparsity=0.75 gave 0.914 and 0.5 gave 0.936: the loss is the global ranking's allocation,
+not the grouped conv's score (a check on one seed, no default changed).
+
 Part 5 (``--floor``), what the per-layer floor of the cost rankings (``max_layer_sparsity``) buys where tutorial 03
 saw it empty a layer: `kdnb.models.resnet_small` trained 3 epochs on the digits images, structured 60 % by L1 with
 2 epochs of fine-tuning (the tutorial's cell), 3 seeds, the cost-ranked cut of ``scope="latency"`` at caps 1 (none),

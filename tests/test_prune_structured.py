@@ -270,7 +270,7 @@ def test_bad_rounds_is_a_one_line_error(rounds):
     assert "\n" not in str(error.value)
 
 
-def test_auto_is_group_obs_with_data_and_l1_without_or_where_it_cannot_score():
+def test_auto_is_group_obs_with_data_and_l1_without():
     net, train, _ = _digits_mlp((16, 16))
     assert prune(net, 0.5, structured=True, data=train).criterion == "thinet"
     assert prune(net, 0.5, structured=True, example=torch.randn(2, 64)).criterion == "l1"  # no data
@@ -280,7 +280,7 @@ def test_auto_is_group_obs_with_data_and_l1_without_or_where_it_cannot_score():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 16 samples: the refit is damped
         result = prune(grouped, 0.4, structured=True, data=data)
-    assert result.criterion == "l1" and result.model[0].out_channels < 8  # the grouped conv's inputs: no group OBS
+    assert result.criterion == "thinet" and result.model[0].out_channels < 8  # one block per conv-group
 
 
 def test_global_normalisation_divides_by_the_mean_of_the_channels_left():

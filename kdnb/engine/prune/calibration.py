@@ -51,12 +51,19 @@ def loaders_untouched(*loaders: object) -> Iterator[None]:
 
 
 def solvable(module: nn.Module) -> bool:
-    """Layers whose weights are re-solved: Linear and ungrouped Conv1d/2d (a grouped conv's rows see only
-    part of the input; they are masked but not re-solved)."""
+    """Layers whose weights are re-solved as one least squares: Linear and ungrouped Conv1d/2d (a grouped conv's
+    rows see only part of the input: `grouped`)."""
     if isinstance(module, nn.Linear):
         return True
     return (isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1 and not module.transposed
             and not isinstance(module.padding, str))
+
+
+def grouped(module: nn.Module) -> bool:
+    """Grouped Conv1d/2d (``1 < groups < in_channels``, not depthwise): ``groups`` independent convs, re-solved one
+    conv-group at a time (`group_statistics`). A depthwise conv's channels go with its input's: never re-solved."""
+    return (isinstance(module, (nn.Conv1d, nn.Conv2d)) and 1 < module.groups < module.in_channels
+            and not module.transposed and not isinstance(module.padding, str))
 
 
 def as_matrix(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -160,15 +167,36 @@ def layer_statistics(model: nn.Module, layer: str, batches: list[torch.Tensor],
     return gram, (cross if dense is not None else None), rows  # type: ignore[return-value]
 
 
-def input_grams(model: nn.Module, data: Iterable, samples: int = SAMPLES, ones: bool = False
-                ) -> dict[str, torch.Tensor]:
+@torch.no_grad()
+def group_statistics(model: nn.Module, layer: str, batches: list[torch.Tensor], dense: nn.Module | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """`layer_statistics` of a `grouped` conv, one conv-group ``k`` at a time: ``(groups, d+1, d+1)`` Grams of
+    ``A_k`` (the im2col columns of the input channels of group ``k``, ``d = in_channels / groups x kernel``, with
+    the ones column) and ``(groups, d+1, out / groups)`` products with group ``k``'s dense outputs."""
+    module = model.get_submodule(layer)
+    groups = module.groups
+    gram, cross, rows = 0, 0, 0
+    with eval_mode(model), eval_mode(dense) if dense is not None else nullcontext():
+        for x in batches:
+            a = as_matrix(module, _run_until(model, layer, x, output=False))  # columns: group-major, as the weight's
+            parts = torch.stack([_with_ones(p) for p in a.chunk(groups, 1)])  # (groups, rows, d+1)
+            gram = gram + (parts.transpose(1, 2) @ parts).double()
+            if dense is not None:
+                y = output_matrix(module, _run_until(dense, layer, x, output=True)).to(a)
+                cross = cross + (parts.transpose(1, 2) @ torch.stack(y.chunk(groups, 1))).double()
+            rows += len(a)
+    return gram, (cross if dense is not None else None), rows  # type: ignore[return-value]
+
+
+def input_grams(model: nn.Module, data: Iterable, samples: int = SAMPLES, ones: bool = False,
+                groups: bool = False) -> dict[str, torch.Tensor]:
     """``A^T A`` (fp64, ``d x d``; ``ones``: with the ones column last, ``d+1``) of every re-solvable layer, by
-    weight name."""
+    weight name; ``groups``: also each `grouped` conv's, ``(groups, d, d)`` one conv-group at a time."""
     batches = calibration_batches(data, samples)
     grams = {}
     for name in forward_order(model, batches[0]):
         module = model.get_submodule(name)
-        if solvable(module):
-            gram = layer_statistics(model, name, batches)[0]
-            grams[f"{name}.weight" if name else "weight"] = gram if ones else gram[:-1, :-1]
+        if solvable(module) or groups and grouped(module):
+            gram = (layer_statistics if solvable(module) else group_statistics)(model, name, batches)[0]
+            grams[f"{name}.weight" if name else "weight"] = gram if ones else gram[..., :-1, :-1]
     return grams

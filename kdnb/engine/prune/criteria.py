@@ -130,7 +130,9 @@ def thinet(consumers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> 
     :math:`H^{-1} \leftarrow H^{-1} - [H^{-1}]_{:B} [H^{-1}]_{BB}^{-1} [H^{-1}]_{B:}`.
     ``consumers``: for each consuming layer, its weight ``(out, d)`` (with the BatchNorm that normalises its
     outputs folded in, so the error is the one the next layers read), :math:`H^{-1}` ``(d, d)`` and each
-    channel's ``b`` input columns ``(channels, b)``; a consumer with a bias has it as a last column of the weight
+    channel's ``b`` input columns ``(channels, b)`` (a grouped conv is one consumer per conv-group: its rows, the
+    :math:`H^{-1}` of its own inputs, the columns each channel feeds inside it, as the refit solves each conv-group
+    alone); a consumer with a bias has it as a last column of the weight
     and ``X``'s column of ones in ``H`` (``d+1``, never removed): the refit re-solves the bias, which absorbs
     the mean of what a removed channel fed. Score = the error accumulated when the channel goes, over the error
     of removing all but the last (which scores 2): comparable across layers, the removal order inside one.

@@ -154,7 +154,8 @@ def prune(
             "hessian", "obs", "wanda", "thinet", "slimming", "random"); "auto" (the default) is the best the
             benches found: for single weights "lamp" in one shot (bench/prune_oneshot.py) and "hessian" in a
             gradual schedule (bench/prune_sparsity.py); for channels "thinet" (group OBS) with data, "l1"
-            without, or where a channel's only readers are grouped convs (both reconstructed with data).
+            without, or where a channel's only readers are layers the refit cannot re-solve, such as a ConvTranspose
+            or a Conv3d (both reconstructed with data; a grouped conv is re-solved one conv-group at a time).
         structured: delete channels (True) or zero single weights (False).
         scope: "global" (rank across layers: the accuracy default), "local" (the same sparsity in every layer;
             Wanda: per row) or, structured, "latency" (the speed setting: the faster on the example batch of
@@ -368,7 +369,7 @@ def _cut(run: _Run, target: float) -> float:
     example = run.example.to(model_device(plain)) if run.example is not None else None
     scores = _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator)
     if run.auto and run.structured and any(group.root not in scores.channels for group in scores.groups):
-        # group OBS needs a re-solvable consumer (a Linear, an ungrouped conv) for every group: else L1 for all
+        # group OBS needs a re-solvable consumer (a Linear, a Conv1d/2d, or grouped) for every group: else L1 for all
         run.options["criterion"], run.record = "l1", criteria.REGISTRY["l1"]
         scores = _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator)
     pruned = current_masks(run.work)

@@ -7,7 +7,8 @@ from the inputs the already-pruned layers produce, over the calibration samples 
    \;\Rightarrow\; w_{r,K} = (A_K^\top A_K + \lambda I)^{-1} A_K^\top y_r
 
 for every output row ``r`` with kept inputs ``K_r``; ``A`` is the pruned model's layer input (im2col for a
-conv, plus a column of ones for the bias), ``y_r`` the dense layer's output ``r``. With ``A`` the dense
+conv, plus a column of ones for the bias), ``y_r`` the dense layer's output ``r``; a grouped conv's rows read
+only their conv-group's inputs, so ``A`` there is that conv-group's im2col. With ``A`` the dense
 inputs this is exactly Optimal Brain Surgeon's update for removing all the pruned weights of the row at once,
 :math:`\delta w = -H^{-1} E (E^\top H^{-1} E)^{-1} E^\top w`, :math:`H = 2A^\top A` (Hassibi & Stork 1993;
 layer-wise, Dong et al. 2017 "L-OBS"; Frantar & Alistarh 2022 "OBC"); SparseGPT (Frantar & Alistarh 2023)
@@ -29,7 +30,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 from kdnb.errors import warn
-from kdnb.engine.prune.calibration import SAMPLES, calibration_batches, forward_order, layer_statistics, solvable
+from kdnb.engine.prune.calibration import (SAMPLES, calibration_batches, forward_order, group_statistics, grouped,
+                                           layer_statistics, solvable)
 from kdnb.engine.prune.estimate import tied_names
 
 DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's percdamp)
@@ -127,10 +129,26 @@ def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, pattern
     return ~pruned
 
 
+def _refit(current: torch.Tensor, support: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, rows: int,
+           damp: float) -> torch.Tensor:
+    """The rows ``current`` (out, d+1; bias last) re-solved on their ``support``, each kept as it is where that
+    reproduces the dense outputs better."""
+    dead = gram.diagonal() == 0  # inputs never non-zero on the calibration set: their weights stay as they are
+    if rows < support.shape[1]:  # underdetermined: at least SparseGPT's damping
+        damp = max(damp, DAMP)
+    solved = solve_rows(gram, cross, support & ~dead, damp)
+    solved[:, dead] = current[:, dead]
+    energy = torch.zeros(len(current), dtype=torch.float64, device=gram.device)  # ||y_r||^2 cancels in the comparison
+    better = row_errors(solved, gram, cross, energy) < row_errors(current, gram, cross, energy)
+    return torch.where(better[:, None], solved, current)
+
+
 @torch.no_grad()
 def reconstruct_layer(module: nn.Module, gram: torch.Tensor, cross: torch.Tensor, rows: int,
                       damp: float = DAMP) -> None:
-    """Re-solve ``module``'s kept weights and bias in place from ``gram = A^T A`` and ``cross = A^T Y``."""
+    """Re-solve ``module``'s kept weights and bias in place from ``gram = A^T A`` and ``cross = A^T Y``; a `grouped`
+    conv from each conv-group's (``(groups, d+1, d+1)`` and ``(groups, d+1, out / groups)``, `group_statistics`):
+    the rows of group ``k`` read only its inputs, so each group is its own least squares."""
     weight, bias = _weight(module), _bias(module)
     out = weight.shape[0]
     flat = weight.detach().reshape(out, -1).double()
@@ -141,14 +159,11 @@ def reconstruct_layer(module: nn.Module, gram: torch.Tensor, cross: torch.Tensor
                          (bias.detach().double().to(gram.device) * bias_keep if bias is not None
                           else torch.zeros(out, dtype=torch.float64, device=gram.device))[:, None]], 1)
     support = torch.cat([keep, bias_keep[:, None]], 1)
-    dead = gram.diagonal() == 0  # inputs never non-zero on the calibration set: their weights stay as they are
-    if rows < support.shape[1]:  # underdetermined: at least SparseGPT's damping
-        damp = max(damp, DAMP)
-    solved = solve_rows(gram, cross, support & ~dead, damp)
-    solved[:, dead] = current[:, dead]
-    energy = torch.zeros(out, dtype=torch.float64, device=gram.device)  # ||y_r||^2 cancels in the comparison
-    better = row_errors(solved, gram, cross, energy) < row_errors(current, gram, cross, energy)
-    final = torch.where(better[:, None], solved, current)
+    if gram.dim() == 2:
+        final = _refit(current, support, gram, cross, rows, damp)
+    else:  # one conv-group's rows at a time
+        final = torch.cat([_refit(c, s, g, y, rows, damp) for c, s, g, y in
+                           zip(current.chunk(len(gram)), support.chunk(len(gram)), gram, cross)])
     weight.copy_(torch.where(keep, final[:, :-1], flat.to(gram.device)).view_as(weight).to(weight))
     if bias is not None:
         bias.copy_(torch.where(bias_keep, final[:, -1], bias.detach().double().to(gram.device)).to(bias))
@@ -159,11 +174,13 @@ def reconstruct_layer(module: nn.Module, gram: torch.Tensor, cross: torch.Tensor
 
 def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int = SAMPLES,
                 damp: float = DAMP, reselect: bool = False, pattern: tuple[int, int] | None = None) -> nn.Module:
-    """Re-solve every Linear/Conv layer of ``model`` (masked or with zeroed channels) against ``dense``, in
-    forward order, on the first ``samples`` samples of ``data``; in place, returns ``model``.
+    """Re-solve every Linear/Conv layer of ``model`` (masked or with zeroed channels; a grouped conv one
+    conv-group at a time) against ``dense``, in forward order, on the first ``samples`` samples of ``data``; in
+    place, returns ``model``.
 
-    ``reselect``: first re-choose each masked layer's mask, at the sparsity it has, by `sparsegpt` on the
-    inputs the already-pruned layers produce (criterion "obs"); ``pattern`` (N, M) makes it N:M.
+    ``reselect``: first re-choose each masked Linear's or ungrouped conv's mask, at the sparsity it has, by
+    `sparsegpt` on the inputs the already-pruned layers produce (criterion "obs"); ``pattern`` (N, M) makes it
+    N:M.
 
     Cost: one forward pass of the calibration set per layer, and a ``(d+1) x (d+1)`` fp64 Gram matrix
     (``d`` = the layer's inputs, ``in_channels x kernel`` for a conv) plus ``(d+1) x out`` per layer at a time.
@@ -173,14 +190,15 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
     tied = tied_names(model)  # a shared weight cannot be re-solved for two layers at once: it keeps its masking
     for name in forward_order(model, batches[0]):
         module = model.get_submodule(name)
-        if not solvable(module) or f"{name}.weight" in tied or f"{name}.weight_orig" in tied:
+        if not (solvable(module) or grouped(module)) or f"{name}.weight" in tied or f"{name}.weight_orig" in tied:
             continue
-        gram, cross, rows = layer_statistics(model, name, batches, dense)
-        if rows < gram.shape[0]:
-            warn(f"calibration has {count} samples ({rows} input rows) for layer {name!r} with {gram.shape[0]} "
+        statistics = layer_statistics if solvable(module) else group_statistics
+        gram, cross, rows = statistics(model, name, batches, dense)
+        if rows < gram.shape[-1]:
+            warn(f"calibration has {count} samples ({rows} input rows) for layer {name!r} with {gram.shape[-1]} "
                  "inputs: its least squares is underdetermined and is damped; pass more data for a better fit",
                  RuntimeWarning)
-        if reselect and isinstance(getattr(module, "weight_mask", None), torch.Tensor):
+        if reselect and solvable(module) and isinstance(getattr(module, "weight_mask", None), torch.Tensor):
             mask = module.weight_mask
             flat = _weight(module).detach().reshape(mask.shape[0], -1)
             keep = sparsegpt(flat, gram[:-1, :-1], 1.0 - float(mask.float().mean()), pattern, damp=damp)

@@ -153,19 +153,39 @@ def _inverse_hessian_diag(gram: torch.Tensor) -> torch.Tensor:
 
 
 def _consumer_columns(group: ChannelGroup, module: nn.Module, slice_: Any) -> torch.Tensor | None:
-    """``(channels, b)``: the input columns (im2col order for a conv) each channel of ``group`` feeds."""
+    """``(channels, b)``: the input columns (im2col order for a conv) each channel of ``group`` feeds; for a
+    `calibration.grouped` conv, inside one conv-group (a channel's weights sit at the same position of every
+    conv-group's rows, so it feeds those columns of each)."""
     kernel = module.weight[0, 0].numel() if module.weight.dim() > 2 else 1
     per = [slice_.index[slice_.channel == c] for c in range(group.size)]
+    if calibration.grouped(module):
+        per = [torch.unique(p) for p in per]
     if len({len(p) for p in per}) != 1:
         return None
     positions = torch.stack(per)  # (channels, positions per channel)
     return (positions[:, :, None] * kernel + torch.arange(kernel)).reshape(group.size, -1)
 
 
+def _consumer_blocks(ctx: _Context, name: str, module: nn.Module, gram: torch.Tensor, cols: torch.Tensor
+                     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One consumer's (weight (out, d) with its BatchNorm folded in, H^-1 (d, d), columns), the bias last when it
+    has one; a `calibration.grouped` conv's is one block per conv-group: its rows, its own inputs' H^-1."""
+    gram = gram if module.bias is not None else gram[..., :-1, :-1]
+    weight = module.weight.detach().double().reshape(module.weight.shape[0], -1).cpu()
+    if module.bias is not None:
+        weight = torch.cat([weight, module.bias.detach().double().cpu()[:, None]], 1)
+    weight = _normalised_rows(ctx, name, weight)
+    grams, weights = (gram, weight.chunk(len(gram))) if gram.dim() == 3 else ([gram], [weight])
+    return [(w, torch.cholesky_inverse(torch.linalg.cholesky(_damped_hessian(g))).cpu(), cols)
+            for w, g in zip(weights, grams)]
+
+
 def _normalised_rows(ctx: _Context, layer: str, weight: torch.Tensor) -> torch.Tensor:
     """``weight`` (out, d) with the BatchNorm that normalises ``layer``'s outputs folded in (rows times
     gamma / sqrt(var + eps)): errors are then measured in what the next layers read."""
     group = next((g for g in ctx.groups if g.root == layer and g.size == weight.shape[0]), None)  # a unit a row
+    if group is None and calibration.grouped(ctx.model.get_submodule(layer)):
+        return _normalised_grouped_rows(ctx, layer, weight)
     norms = [(s, ctx.model.get_submodule(s.param.rpartition(".")[0])) for s in (group.slices if group else ())
              if s.dim == 0 and s.param.endswith("weight")]
     norms = [(s, m) for s, m in norms if isinstance(m, _BATCHNORM) and m.track_running_stats]
@@ -179,11 +199,30 @@ def _normalised_rows(ctx: _Context, layer: str, weight: torch.Tensor) -> torch.T
     return weight * per_unit[units][:, None]
 
 
+def _normalised_grouped_rows(ctx: _Context, layer: str, weight: torch.Tensor) -> torch.Tensor:
+    """`_normalised_rows` of a grouped conv, whose rows share units (one position of every conv-group): each row
+    times its own BatchNorm channel's scale, where the BatchNorm reads the rows in their order."""
+    group = next((g for g in ctx.groups if g.root == layer), None)
+    slices = group.slices if group else []
+    root = next((s for s in slices if s.param == f"{layer}.weight" and s.dim == 0), None)
+    norms = [(s, ctx.model.get_submodule(s.param.rpartition(".")[0])) for s in slices
+             if s.dim == 0 and s.param.endswith("weight")]
+    norms = [(s, m) for s, m in norms if isinstance(m, _BATCHNORM) and m.track_running_stats]
+    if root is None or len(norms) != 1 or not torch.equal(norms[0][0].index, root.index):
+        return weight
+    s, norm = norms[0]
+    factor = ((norm.running_var.double() + norm.eps).rsqrt() * norm.weight.detach().double().abs()).cpu()
+    per_row = torch.ones(len(weight), dtype=weight.dtype)
+    per_row[root.index] = factor[s.index]
+    return weight * per_row[:, None]
+
+
 def _consumers(ctx: _Context) -> dict[str, tuple]:
     """For each group, every Linear/Conv consuming its channels: (weight (out, d) with its BatchNorm folded in,
     H^-1 (d, d), columns); a consumer with a bias gets the ones column too (its bias last, ``d+1``): the refit
-    re-solves the bias, which absorbs the mean of what a removed channel fed."""
-    grams = calibration.input_grams(ctx.model, ctx.data, ones=True)  # type: ignore[arg-type]
+    re-solves the bias, which absorbs the mean of what a removed channel fed. A grouped conv is ``groups``
+    consumers, one per conv-group, as the refit solves it (`_consumer_blocks`)."""
+    grams = calibration.input_grams(ctx.model, ctx.data, ones=True, groups=True)  # type: ignore[arg-type]
     found = {}
     for group in ctx.groups:
         consumers = []
@@ -194,12 +233,7 @@ def _consumers(ctx: _Context) -> dict[str, tuple]:
             module = ctx.model.get_submodule(name)
             cols = _consumer_columns(group, module, s)
             if cols is not None:
-                gram = grams[s.param] if module.bias is not None else grams[s.param][:-1, :-1]
-                inverse = torch.cholesky_inverse(torch.linalg.cholesky(_damped_hessian(gram)))
-                weight = module.weight.detach().double().reshape(module.weight.shape[0], -1).cpu()
-                if module.bias is not None:
-                    weight = torch.cat([weight, module.bias.detach().double().cpu()[:, None]], 1)
-                consumers.append((_normalised_rows(ctx, name, weight), inverse.cpu(), cols))
+                consumers += _consumer_blocks(ctx, name, module, grams[s.param], cols)
         if consumers:
             found[group.root] = (consumers,)
     return found
