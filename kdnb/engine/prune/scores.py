@@ -186,13 +186,10 @@ def _normalised_rows(ctx: _Context, layer: str, weight: torch.Tensor) -> torch.T
     group = next((g for g in ctx.groups if g.root == layer and g.size == weight.shape[0]), None)  # a unit a row
     if group is None and calibration.grouped(ctx.model.get_submodule(layer)):
         return _normalised_grouped_rows(ctx, layer, weight)
-    norms = [(s, ctx.model.get_submodule(s.param.rpartition(".")[0])) for s in (group.slices if group else ())
-             if s.dim == 0 and s.param.endswith("weight")]
-    norms = [(s, m) for s, m in norms if isinstance(m, _BATCHNORM) and m.track_running_stats]
+    norms = _batchnorm_scales(ctx, group.slices if group else [])
     if len(norms) != 1:  # none, or one per reader (DenseNet) or per residual branch: no single scale
         return weight
-    s, norm = norms[0]
-    factor = ((norm.running_var.double() + norm.eps).rsqrt() * norm.weight.detach().double().abs()).cpu()
+    s, factor = norms[0]
     per_unit = torch.ones(group.size, dtype=weight.dtype)
     per_unit[s.channel] = factor[s.index]
     units = group.units if group.units is not None else torch.arange(group.size)  # root row -> its unit
@@ -205,16 +202,21 @@ def _normalised_grouped_rows(ctx: _Context, layer: str, weight: torch.Tensor) ->
     group = next((g for g in ctx.groups if g.root == layer), None)
     slices = group.slices if group else []
     root = next((s for s in slices if s.param == f"{layer}.weight" and s.dim == 0), None)
-    norms = [(s, ctx.model.get_submodule(s.param.rpartition(".")[0])) for s in slices
-             if s.dim == 0 and s.param.endswith("weight")]
-    norms = [(s, m) for s, m in norms if isinstance(m, _BATCHNORM) and m.track_running_stats]
+    norms = _batchnorm_scales(ctx, slices)
     if root is None or len(norms) != 1 or not torch.equal(norms[0][0].index, root.index):
         return weight
-    s, norm = norms[0]
-    factor = ((norm.running_var.double() + norm.eps).rsqrt() * norm.weight.detach().double().abs()).cpu()
+    s, factor = norms[0]
     per_row = torch.ones(len(weight), dtype=weight.dtype)
     per_row[root.index] = factor[s.index]
     return weight * per_row[:, None]
+
+
+def _batchnorm_scales(ctx: _Context, slices: list) -> list[tuple[Slice, torch.Tensor]]:
+    r"""Each tracking BatchNorm among ``slices`` with its per-channel scale :math:`|\gamma| / \sqrt{var + eps}`."""
+    norms = [(s, ctx.model.get_submodule(s.param.rpartition(".")[0])) for s in slices
+             if s.dim == 0 and s.param.endswith("weight")]
+    return [(s, ((m.running_var.double() + m.eps).rsqrt() * m.weight.detach().double().abs()).cpu())
+            for s, m in norms if isinstance(m, _BATCHNORM) and m.track_running_stats]
 
 
 def _consumers(ctx: _Context) -> dict[str, tuple]:
