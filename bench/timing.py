@@ -11,7 +11,13 @@ def alternating_times(models: dict[str, torch.nn.Module], x: torch.Tensor, round
                       clock=time.perf_counter) -> dict[str, list[float]]:
     """Milliseconds per forward of each model on ``x``, one per round, after 5 warm-up forwards each.
     ``clock=time.thread_time``: CPU time of this thread, steadier on a busy machine (one torch thread only:
-    it does not see the other intra-op threads)."""
+    it does not see the other intra-op threads). On a GPU (``x`` on CUDA) each reading first waits for the
+    kernels, which run asynchronously."""
+    def now() -> float:
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        return clock()
+
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         for model in models.values():
@@ -20,7 +26,7 @@ def alternating_times(models: dict[str, torch.nn.Module], x: torch.Tensor, round
                 model(x)
         for _ in range(rounds):
             for name, model in models.items():
-                start = clock()
+                start = now()
                 model(x)
-                times[name].append((clock() - start) * 1000)
+                times[name].append((now() - start) * 1000)
     return times

@@ -88,6 +88,11 @@ def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return weights
 
 
+def prunable_count(model: nn.Module) -> int:
+    """How many elements the `prunable_weights` of ``model`` hold (what structured sparsity is counted in)."""
+    return sum(w.numel() for w in prunable_weights(model).values())
+
+
 def check_structured_support(model: nn.Module) -> None:
     """A clear error naming the first layer structured pruning cannot resize."""
     for name, module in model.named_modules():

@@ -26,7 +26,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from kdnb.engine.prune.groups import prunable_weights
+from kdnb.engine.prune.groups import prunable_count
 from kdnb.engine.prune.scores import SCOPES, Scores, removed_channels
 
 PRUNE_SCOPES = (*SCOPES, "latency")  # what `prune` accepts: the rankings, and this choice between two of them
@@ -85,18 +85,14 @@ def choose(model: nn.Module, scores: Scores, sparsity: float, example: torch.Ten
     from kdnb.engine.prune.structured import remove_channels
     from kdnb.engine.prune.unstructured import clone, make_permanent
 
-    candidates, reached = {}, {}
+    candidates, reached, dense = {}, {}, prunable_count(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the cut itself warns once, when it is made
         for ranking in ("cost", "global"):
             copy = make_permanent(clone(model)).eval()
             candidates[ranking] = remove_channels(copy, removal(scores, sparsity, None, ranking, max_layer_sparsity),
                                                   example)
-            reached[ranking] = 1 - _weights(candidates[ranking]) / _weights(model)
+            reached[ranking] = 1 - prunable_count(candidates[ranking]) / dense
     if reached["cost"] < min(sparsity, reached["global"]):
         return "global"
     return "cost" if paired_speed(candidates["cost"], candidates["global"], example) > 1 + MARGIN else "global"
-
-
-def _weights(model: nn.Module) -> int:
-    return sum(w.numel() for w in prunable_weights(model).values())

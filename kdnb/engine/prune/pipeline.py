@@ -21,7 +21,7 @@ from kdnb.engine.objective import split_batch
 from kdnb.engine.prune import arguments, calibration, criteria, estimate, latency, schedules
 from kdnb.engine.prune.criteria import Criterion
 from kdnb.engine.prune.groups import (channel_groups, check_structured_support, dependency_graph, keep_vectors,
-                                      masks_from_keep, prunable_weights)
+                                      masks_from_keep, prunable_count, prunable_weights)
 from kdnb.engine.prune.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
 from kdnb.engine.prune.scores import (Scores, _score, check_criterion, check_pattern, check_sparsity, layer_cap,
@@ -511,7 +511,7 @@ def _masked_sparsity(model: nn.Module, weights: dict[str, torch.Tensor], total: 
 
 
 def _structured_sparsity(model: nn.Module, total: int) -> float:
-    return 1.0 - sum(w.numel() for w in prunable_weights(model).values()) / total
+    return 1.0 - prunable_count(model) / total
 
 
 def _channels(before: nn.Module, after: nn.Module) -> dict[str, tuple[int, int]]:
