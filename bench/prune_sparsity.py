@@ -52,6 +52,9 @@ The 20 epochs after the OBS start at 98 %, varied (2026-12-01, this harness's fu
 0.9778; the start itself unchanged): as here 0.9763; lr x0.1 at epoch 15 0.9759; x0.3 at 10 and 15 0.9759; lr 5e-3
 0.9754; cosine 0.9749; SGD (lr 0.1, momentum 0.9) 0.9749; AdamW (weight decay 1e-2) 0.9763; calibration on 512
 samples 0.9740. On 3 seeds (base 0.9777), KD from the dense model alpha 0.5 0.9768, alpha 0.9 0.9749.
+Averaging the fine-tuned weights (2026-12-01, 6 seeds, base 0.9763): an exponential moving average per step
+(decay 0.9 / 0.95 / 0.98) 0.9768 / 0.9768 / 0.9759, a uniform average of the last 5 or 10 epochs' weights (SWA)
+0.9763 / 0.9768: the runs have converged, the gap is the mask.
 
     .venv/bin/python bench/prune_sparsity.py [--full] [--seeds N] [--grid 0.98,0.99] [--only "default,obs,torch"]
 
