@@ -106,7 +106,7 @@ ARGUMENTS = [
     ({"max_layer_sparsity": 0.5}, "structured=True"),
     ({"pattern": "2:4", "structured": True}, "structured=False"), ({"pattern": "2:4", "sparsity": 0.3}, "sparsity=0.5"),
     ({"pattern": "4:2"}, "pattern"), ({"pattern": "abc"}, "pattern"), ({"pattern": 5}, "pattern"),
-    ({"pattern": "0:4", "sparsity": 0.99}, "pattern"), ({"pattern": "1:4", "sparsity": 0.75}, "multiple of 4"),
+    ({"pattern": "0:4", "sparsity": 0.99}, "pattern"), ({"pattern": "1:5", "sparsity": 0.8}, "multiple of 5"),
     ({"pattern": ["2:4"]}, "pattern"),
     # data and val
     ({"data": [1, 2, 3]}, "data"), ({"data": torch.randn(8, 6)}, "DataLoader"), ({"data": 42}, "DataLoader"),

@@ -118,10 +118,25 @@ def test_n_m_pattern_keeps_n_of_every_m_and_its_errors():
         assert bool((mask.reshape(mask.shape[0], -1, 4).sum(2) == 2).all())
     with pytest.raises(KdnbError, match="0 < N < M"):
         prune(net, 0.0, pattern="4:4")
-    with pytest.raises(KdnbError, match="not a multiple of 3"):
+    with pytest.raises(KdnbError, match="no layer has a multiple of 3 inputs per output"):
         prune(net, 1 - 1 / 3, pattern="1:3")
     with pytest.raises(KdnbError, match="pass sparsity=0.5"):
         prune(net, 0.9, pattern="2:4")
+
+
+def test_n_m_leaves_the_layers_it_cannot_divide_dense_and_says_which():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 4 * 4, 6), nn.ReLU(), nn.Linear(6, 3))  # stem 9, head 6 inputs
+    data = DataLoader(TensorDataset(torch.randn(64, 1, 4, 4), torch.randint(0, 3, (64,))), batch_size=16)
+    with pytest.warns(RuntimeWarning, match=r"leaves 2 layer\(s\) dense.*'0.weight' \(9 inputs\), '7.weight' \(6"):
+        result = prune(net, 0.5, pattern="2:4", data=data, val=data)
+    assert set(result.masks) == {"2.weight", "5.weight"}
+    for mask in result.masks.values():
+        assert bool((mask.reshape(mask.shape[0], -1, 4).sum(2) == 2).all())
+    assert bool((result.model[0].weight != 0).all()) and bool((result.model[7].weight != 0).all())
+    assert result.sparsity == pytest.approx(0.5 * (8 * 72 + 6 * 128) / (8 * 9 + 8 * 72 + 6 * 128 + 3 * 6))
+    assert "left dense (inputs per output no multiple of 4): 0.weight, 7.weight" in str(result.summary())
 
 
 def test_reconstruction_without_data_names_data_and_small_calibration_warns():

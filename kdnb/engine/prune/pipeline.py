@@ -13,7 +13,7 @@ from torch import nn
 
 from kdnb.engine import checks, distributed
 from kdnb.engine.device import model_device, resolve_device
-from kdnb.errors import KdnbError
+from kdnb.errors import KdnbError, warn
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Callback, RunState
 from kdnb.engine.history import History
@@ -24,8 +24,8 @@ from kdnb.engine.prune.groups import (channel_groups, check_structured_support, 
                                       masks_from_keep, prunable_count, prunable_weights)
 from kdnb.engine.prune.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
-from kdnb.engine.prune.scores import (Scores, _score, check_criterion, check_pattern, check_sparsity, layer_cap,
-                                      masks_at, parse_pattern, removed_channels)
+from kdnb.engine.prune.scores import (Scores, _score, check_criterion, check_sparsity, layer_cap, masks_at,
+                                      parse_pattern, pattern_misfits, removed_channels)
 from kdnb.engine.prune.structured import remove_channels
 from kdnb.engine.prune.unstructured import apply_masks, clone, comparable, connected, current_masks, make_permanent
 
@@ -133,7 +133,9 @@ def prune(
     - ``structured=False``: that many single weights are zeroed by masks (``torch.nn.utils.prune``), which
       stay fixed through fine-tuning; ``make_permanent(result.model)`` folds them for fast inference.
       ``pattern="2:4"``: N of every M consecutive input weights of each row are kept (``sparsity`` must be
-      1 - N/M); fast only on sparse tensor cores (``torch.sparse.to_sparse_semi_structured``, CUDA).
+      1 - N/M); a layer whose inputs per output are no multiple of M (a conv stem's ``3 x 7 x 7``) stays dense,
+      with a warning naming it, so ``result.sparsity`` is then below 1 - N/M. Fast only on sparse tensor cores
+      (``torch.sparse.to_sparse_semi_structured``, CUDA).
     - ``structured=True``: whole neurons/channels are deleted (Torch-Pruning's DependencyGraph finds the
       coupled layers: BatchNorm, next layers' inputs, residual branches, depthwise convs). Each channel
       takes a known number of weights with it, so channels are removed in ascending score (``scope=
@@ -285,7 +287,11 @@ def _check_pattern(model: nn.Module, options: dict[str, Any]) -> None:
     if abs(options["sparsity"] - (1 - n / m)) > 1e-9:
         raise KdnbError(f"pattern {options['pattern']!r} keeps {n} of every {m} weights, sparsity {1 - n / m:g}; "
                         f"pass sparsity={1 - n / m:g}")
-    check_pattern(model, options["pattern"])
+    misfits = pattern_misfits(model, options["pattern"])
+    if misfits:
+        listed = ", ".join(f"{name!r} ({width} inputs)" for name, width in misfits.items())
+        warn(f"pattern {options['pattern']!r} leaves {len(misfits)} layer(s) dense, whose inputs per output are no "
+             f"multiple of {m}: {listed}; every other layer is {options['pattern']}", RuntimeWarning)
 
 
 def _default_criterion(options: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdnb.engine.prune.groups import prunable_weights
 from kdnb.engine.results import Result, draw
 from kdnb.engine.history import History
 from kdnb.engine.table import Table, format_value
@@ -137,6 +138,10 @@ class PruneResult(Result):
             notes.append(f"{self.pattern} sparsity runs faster only on sparse tensor cores (CUDA, Ampere or newer: "
                          "result.export(semi_structured=True) of a half-precision model); on a CPU it computes every "
                          "zero, at dense speed")
+            dense = [name for name in prunable_weights(self.dense) if name not in self.masks]
+            if dense:
+                notes.append(f"left dense (inputs per output no multiple of {self.pattern.split(':')[1]}): "
+                             + ", ".join(dense))
         return Table(["", *names], table_rows, title=self._headline(), notes=notes)
 
     def _layer_table(self) -> Table:
