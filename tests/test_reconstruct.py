@@ -10,7 +10,7 @@ import kdnb
 from kdnb.errors import KdnbError
 from kdnb.engine.prune import criteria, importance, masks_at, prune
 from kdnb.engine.prune.calibration import as_matrix
-from kdnb.engine.prune.reconstruct import reconstruct, reconstruct_layer, row_errors
+from kdnb.engine.prune.reconstruct import reconstruct, reconstruct_layer, row_errors, sparsegpt
 from kdnb.engine.prune.unstructured import apply_masks, clone
 
 
@@ -118,25 +118,50 @@ def test_n_m_pattern_keeps_n_of_every_m_and_its_errors():
         assert bool((mask.reshape(mask.shape[0], -1, 4).sum(2) == 2).all())
     with pytest.raises(KdnbError, match="0 < N < M"):
         prune(net, 0.0, pattern="4:4")
-    with pytest.raises(KdnbError, match="no layer has a multiple of 3 inputs per output"):
+    with pytest.raises(KdnbError, match="no layer's input channels are a multiple of 3 .'1.weight': 8"):
         prune(net, 1 - 1 / 3, pattern="1:3")
     with pytest.raises(KdnbError, match="pass sparsity=0.5"):
         prune(net, 0.9, pattern="2:4")
 
 
-def test_n_m_leaves_the_layers_it_cannot_divide_dense_and_says_which():
+def _channels_last(mask: torch.Tensor) -> torch.Tensor:
+    """A weight's mask with each row's input channels last, per kernel position: (out, positions, channels)."""
+    return mask.flatten(2).transpose(1, 2) if mask.dim() > 2 else mask[:, None]
+
+
+def _conv_net() -> nn.Module:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                        nn.Flatten(), nn.Linear(8 * 4 * 4, 6), nn.ReLU(), nn.Linear(6, 3))  # stem 9, head 6 inputs
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(8 * 4 * 4, 6), nn.ReLU(), nn.Linear(6, 3))  # stem 1, head 6 inputs
+
+
+@pytest.mark.parametrize("criterion", ["l1", "obs"])
+def test_n_m_groups_a_conv_s_input_channels_and_leaves_the_layers_it_cannot_divide_dense(criterion):
+    net = _conv_net()
     data = DataLoader(TensorDataset(torch.randn(64, 1, 4, 4), torch.randint(0, 3, (64,))), batch_size=16)
-    with pytest.warns(RuntimeWarning, match=r"leaves 2 layer\(s\) dense.*'0.weight' \(9 inputs\), '7.weight' \(6"):
-        result = prune(net, 0.5, pattern="2:4", data=data, val=data)
+    with pytest.warns(RuntimeWarning, match=r"leaves 2 layer\(s\) dense.*'0.weight' \(1\), '7.weight' \(6\)"):
+        result = prune(net, 0.5, criterion=criterion, pattern="2:4", data=data, val=data)
     assert set(result.masks) == {"2.weight", "5.weight"}
-    for mask in result.masks.values():
-        assert bool((mask.reshape(mask.shape[0], -1, 4).sum(2) == 2).all())
+    for mask in result.masks.values():  # 2 of every 4 consecutive input channels, at each kernel position
+        rows = _channels_last(mask)
+        assert bool((rows.reshape(*rows.shape[:2], -1, 4).sum(-1) == 2).all())
     assert bool((result.model[0].weight != 0).all()) and bool((result.model[7].weight != 0).all())
     assert result.sparsity == pytest.approx(0.5 * (8 * 72 + 6 * 128) / (8 * 9 + 8 * 72 + 6 * 128 + 3 * 6))
-    assert "left dense (inputs per output no multiple of 4): 0.weight, 7.weight" in str(result.summary())
+    assert "left dense (input channels no multiple of 4): 0.weight, 7.weight" in str(result.summary())
+
+
+def test_the_obs_sweep_with_a_pattern_groups_a_conv_s_input_channels():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 4, 3)
+    x = torch.randn(32, 8, 5, 5)
+    a = as_matrix(conv, x)
+    order = torch.arange(72).view(8, 9).T.flatten()  # (channel, position) -> (position, channel)
+    gram = (a.T @ a).double()
+    keep = sparsegpt(conv.weight.detach().reshape(4, -1)[:, order], gram[order][:, order], 0.5, pattern=(2, 4))
+    net = nn.Sequential(conv)
+    data = DataLoader(TensorDataset(x, torch.zeros(32, dtype=torch.long)), batch_size=16)
+    mask = prune(net, 0.5, criterion="obs", pattern="2:4", data=data, reconstruct=True).masks["0.weight"]
+    assert torch.equal(mask.reshape(4, -1)[:, order], keep)
 
 
 def test_reconstruction_without_data_names_data_and_small_calibration_warns():

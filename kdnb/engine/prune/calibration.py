@@ -10,6 +10,7 @@ Calibration = the first ``samples`` samples of ``data`` (default `SAMPLES`), run
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -78,6 +79,14 @@ def as_matrix(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         kernel, stride, padding, dilation = module.kernel_size, module.stride, module.padding, module.dilation
     patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (B, d, positions)
     return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+def input_channel_order(shape: torch.Size) -> torch.Tensor:
+    """The permutation of a weight row's inputs (``in_channels x kernel``, `as_matrix`'s order) that puts, at each
+    kernel position, the input channels next to each other: the order in which a conv's N:M groups are read by
+    sparse tensor cores (NVIDIA's ASP masks a conv along its input channels). The identity for a Linear."""
+    kernel = math.prod(shape[2:])
+    return torch.arange(shape[1] * kernel).view(shape[1], kernel).T.flatten()
 
 
 def output_matrix(module: nn.Module, y: torch.Tensor) -> torch.Tensor:

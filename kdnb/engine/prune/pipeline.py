@@ -133,9 +133,10 @@ def prune(
     - ``structured=False``: that many single weights are zeroed by masks (``torch.nn.utils.prune``), which
       stay fixed through fine-tuning; ``make_permanent(result.model)`` folds them for fast inference.
       ``pattern="2:4"``: N of every M consecutive input weights of each row are kept (``sparsity`` must be
-      1 - N/M); a layer whose inputs per output are no multiple of M (a conv stem's ``3 x 7 x 7``) stays dense,
-      with a warning naming it, so ``result.sparsity`` is then below 1 - N/M. Fast only on sparse tensor cores
-      (``torch.sparse.to_sparse_semi_structured``, CUDA).
+      1 - N/M); in a conv, N of every M consecutive input channels at each kernel position, as sparse tensor
+      cores read a conv (NVIDIA's ASP). A layer whose input channels are no multiple of M (an RGB stem's 3) stays
+      dense, with a warning naming it, so ``result.sparsity`` is then below 1 - N/M. Fast only on sparse tensor
+      cores (``torch.sparse.to_sparse_semi_structured``, CUDA).
     - ``structured=True``: whole neurons/channels are deleted (Torch-Pruning's DependencyGraph finds the
       coupled layers: BatchNorm, next layers' inputs, residual branches, depthwise convs). Each channel
       takes a known number of weights with it, so channels are removed in ascending score (``scope=
@@ -289,8 +290,8 @@ def _check_pattern(model: nn.Module, options: dict[str, Any]) -> None:
                         f"pass sparsity={1 - n / m:g}")
     misfits = pattern_misfits(model, options["pattern"])
     if misfits:
-        listed = ", ".join(f"{name!r} ({width} inputs)" for name, width in misfits.items())
-        warn(f"pattern {options['pattern']!r} leaves {len(misfits)} layer(s) dense, whose inputs per output are no "
+        listed = ", ".join(f"{name!r} ({width})" for name, width in misfits.items())
+        warn(f"pattern {options['pattern']!r} leaves {len(misfits)} layer(s) dense, whose input channels are no "
              f"multiple of {m}: {listed}; every other layer is {options['pattern']}", RuntimeWarning)
 
 

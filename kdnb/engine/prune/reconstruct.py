@@ -31,7 +31,7 @@ from torch.nn.utils import prune
 
 from kdnb.errors import warn
 from kdnb.engine.prune.calibration import (SAMPLES, calibration_batches, forward_order, group_statistics, grouped,
-                                           layer_statistics, solvable)
+                                           input_channel_order, layer_statistics, solvable)
 from kdnb.engine.prune.estimate import tied_names
 
 DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's percdamp)
@@ -200,8 +200,12 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
                  RuntimeWarning)
         if reselect and solvable(module) and isinstance(getattr(module, "weight_mask", None), torch.Tensor):
             mask = module.weight_mask
-            flat = _weight(module).detach().reshape(mask.shape[0], -1)
-            keep = sparsegpt(flat, gram[:-1, :-1], 1.0 - float(mask.float().mean()), pattern, damp=damp)
+            order = input_channel_order(mask.shape).to(gram.device) if pattern else \
+                torch.arange(mask[0].numel(), device=gram.device)  # a pattern groups a conv's input channels
+            flat = _weight(module).detach().reshape(mask.shape[0], -1)[:, order]
+            chosen = sparsegpt(flat, gram[order][:, order], 1.0 - float(mask.float().mean()), pattern, damp=damp)
+            keep = torch.empty_like(chosen)
+            keep[:, order] = chosen
             mask.copy_(keep.view_as(mask).to(mask))
         reconstruct_layer(module, gram, cross, rows, damp)
     return model

@@ -140,7 +140,7 @@ class PruneResult(Result):
                          "zero, at dense speed")
             dense = [name for name in prunable_weights(self.dense) if name not in self.masks]
             if dense:
-                notes.append(f"left dense (inputs per output no multiple of {self.pattern.split(':')[1]}): "
+                notes.append(f"left dense (input channels no multiple of {self.pattern.split(':')[1]}): "
                              + ", ".join(dense))
         return Table(["", *names], table_rows, title=self._headline(), notes=notes)
 

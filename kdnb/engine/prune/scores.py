@@ -415,8 +415,9 @@ def masks_at(scores: Scores, sparsity: float, scope: str = "global",
     compare weights within each output row when ``scope="local"``.
 
     ``pruned``: masks already in force; those weights/channels stay pruned. ``pattern="N:M"`` (unstructured):
-    in every row, N of each M consecutive input weights are kept, the highest-scored (``sparsity`` = 1 - N/M); a
-    layer whose rows M does not divide gets no mask (`pattern_misfits`).
+    in every row, N of each M consecutive input channels are kept (a conv's at each kernel position), the
+    highest-scored (``sparsity`` = 1 - N/M); a layer whose input channels M does not divide gets no mask
+    (`pattern_misfits`).
     ``gradual``: a step of an iterative or agp schedule (criteria marked ``raw_when_gradual`` rank raw scores).
     ``max_layer_sparsity`` (structured): the most of any layer's channels removed, as in `kdnb.prune`; default
     `MAX_LAYER_SPARSITY` for "macs", no cap but the one channel kept for the others. ``scope="latency"`` is
@@ -461,32 +462,35 @@ def _values(scores: Scores, pruned: dict[str, torch.Tensor]) -> dict[str, torch.
 
 
 def _pattern_masks(scores: Scores, n: int, m: int, pruned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """N:M masks of the layers whose rows the pattern divides; the others get none (they stay dense)."""
+    """N:M masks along each row's input channels (a conv's at each kernel position) of the layers whose input
+    channels M divides; the others get none (they stay dense)."""
     masks = {}
     for name, values in _values(scores, pruned).items():
-        rows = values.reshape(values.shape[0], -1)
-        if rows.shape[1] % m:
+        if values.shape[1] % m:
             continue
-        blocks = rows.reshape(rows.shape[0], -1, m)  # N:M along each row's inputs (checked to divide)
+        order = calibration.input_channel_order(values.shape)
+        blocks = values.reshape(values.shape[0], -1)[:, order].reshape(values.shape[0], -1, m)
         keep = torch.zeros_like(blocks, dtype=torch.bool).scatter_(2, blocks.topk(n, dim=2).indices, True)
-        masks[name] = keep.view(values.shape)
+        mask = torch.empty(values.shape[0], order.numel(), dtype=torch.bool)
+        mask[:, order] = keep.view(values.shape[0], -1)
+        masks[name] = mask.view(values.shape)
     return masks
 
 
 def pattern_misfits(model: nn.Module, pattern: str | None) -> dict[str, int]:
-    """The prunable layers N:M cannot divide, with their input size (a row of ``in_channels x kernel`` weights,
-    not a multiple of M: a conv stem's ``3 x 7 x 7``, say); they stay dense, as NVIDIA's ASP leaves them.
+    """The prunable layers N:M cannot divide, with their input channels (a Linear's inputs, a conv's input channels
+    per group: not a multiple of M, such as an RGB stem's 3); they stay dense, as NVIDIA's ASP leaves them.
     A `KdnbError` when that is every layer: the pattern would prune nothing."""
     parsed = parse_pattern(pattern)
     if parsed is None:
         return {}
-    widths = {name: weight[0].numel() for name, weight in prunable_weights(model).items()}
+    widths = {name: weight.shape[1] for name, weight in prunable_weights(model).items()}
     misfits = {name: width for name, width in widths.items() if width % parsed[1]}
     if misfits and len(misfits) == len(widths):
-        listed = ", ".join(f"{name!r} {width}" for name, width in list(misfits.items())[:3])
-        raise KdnbError(f"pattern {pattern!r} groups every {parsed[1]} consecutive inputs, but no layer has a "
-                        f"multiple of {parsed[1]} inputs per output ({listed}{', ...' if len(misfits) > 3 else ''});"
-                        " use another M or no pattern")
+        listed = ", ".join(f"{name!r}: {width}" for name, width in list(misfits.items())[:3])
+        raise KdnbError(f"pattern {pattern!r} groups every {parsed[1]} consecutive input channels, but no layer's "
+                        f"input channels are a multiple of {parsed[1]} ({listed}{', ...' if len(misfits) > 3 else ''}"
+                        "); use another M or no pattern")
     return misfits
 
 
