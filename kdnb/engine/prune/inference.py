@@ -22,7 +22,9 @@ def export(model: nn.Module, *, fold_batchnorm: bool = True, channels_last: bool
     ``semi_structured=True`` (a model pruned with ``pattern="2:4"``, on a CUDA GPU of compute capability 8.0
     or newer, in float16 or bfloat16) also stores every 2:4 Linear weight as
     ``torch.sparse.to_sparse_semi_structured``, so its matmuls run on sparse tensor cores; a Linear that torch's
-    kernels refuse (its shape) stays dense, with a warning naming it. Measured by bench/nm_speed.py.
+    kernels refuse (its shape) stays dense, with a warning naming it. A 2:4 conv stays a dense conv with zeros:
+    torch has no sparse convolution kernel (TensorRT has, and kdnb's conv masks follow its layout: 2 of every 4
+    input channels). Measured by bench/nm_speed.py.
     """
     if semi_structured:
         _check_semi_structured(model)
