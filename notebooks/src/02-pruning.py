@@ -95,8 +95,9 @@ assert min(table["default"]) > 0.95
 # Zeroed weights make a model smaller once stored sparse, but a dense matrix multiply still multiplies every
 # zero. NVIDIA's sparse tensor cores (Ampere GPUs and newer) skip them when each group of 4 consecutive inputs
 # of a row holds at most 2 non-zeros: **2:4 sparsity**, 50 % of the weights. `pattern="2:4"` keeps the 2
-# best-scored weights of every 4, and with data the update re-solves them as before. How much does the
-# constraint cost against choosing the same 50 % freely?
+# best-scored weights of every 4; with data the default chooses them by OBS (SparseGPT's sweep, which updates the
+# row as it goes) and the update re-solves them as before. How much does the constraint cost against choosing
+# the same 50 % freely?
 
 # %%
 patterns = {"free 50 %": {}, "2:4": dict(pattern="2:4")}
