@@ -150,6 +150,22 @@ def test_n_m_groups_a_conv_s_input_channels_and_leaves_the_layers_it_cannot_divi
     assert "left dense (input channels no multiple of 4): 0.weight, 7.weight" in str(result.summary())
 
 
+def test_auto_with_a_pattern_is_obs_where_obs_scores_every_layer_else_lamp_and_obs_by_name_warns():
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(64, 4, 4, 4), torch.randint(0, 3, (64,))), batch_size=16)
+    plain = nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))
+    assert prune(plain, 0.5, pattern="2:4", data=data).criterion == "obs"
+    grouped = nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1, groups=2), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(32, 3))  # obs reads no inputs of a grouped conv
+    result = prune(grouped, 0.5, pattern="2:4", data=data)
+    assert result.criterion == "lamp" and set(result.masks) == {"0.weight", "2.weight", "5.weight"}
+    assert result.sparsity == pytest.approx(0.5)
+    with pytest.warns(RuntimeWarning, match=r"'obs' scores only Linear and ungrouped .* 1 layer\(s\) stay dense: "
+                                            r"2.weight; criterion='lamp'"):
+        by_name = prune(grouped, 0.5, criterion="obs", data=data)
+    assert "2.weight" not in by_name.masks and by_name.sparsity < 0.5
+
+
 def test_the_obs_sweep_with_a_pattern_groups_a_conv_s_input_channels():
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 4, 3)

@@ -387,6 +387,8 @@ def _cut(run: _Run, target: float) -> float:
         # group OBS needs a re-solvable consumer (a Linear, a Conv1d/2d, or grouped) for every group: else L1 for all
         run.options["criterion"], run.record = "l1", criteria.REGISTRY["l1"]
         scores = _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator)
+    if not run.structured:
+        scores = _every_layer_scored(run, plain, scores, example)
     pruned = current_masks(run.work)
     if run.structured:
         run.removed.clear()
@@ -406,6 +408,24 @@ def _cut(run: _Run, target: float) -> float:
     reached = _masked_sparsity(run.work, run.weights, run.total)
     run.trajectory.append({"target": target, "sparsity": reached, "val_acc": run.accuracy(run.work)})
     return reached
+
+
+def _every_layer_scored(run: _Run, plain: nn.Module, scores: Scores, example: torch.Tensor | None) -> Scores:
+    """A layer-wise criterion (obs, wanda) scores only the layers whose inputs it reads (Linear, ungrouped
+    Conv1d/2d), and the others would stay dense: "auto" then takes LAMP for every layer; a criterion asked for by
+    name keeps its scores, and the first cut says which layers stay dense."""
+    unscored = [name for name in run.weights if name not in scores.weights]
+    if not unscored:
+        return scores
+    if run.auto:
+        run.options["criterion"] = DEFAULT_CRITERION[False]
+        run.record = criteria.REGISTRY[DEFAULT_CRITERION[False]]
+        return _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator)
+    if not run.trajectory:
+        warn(f"criterion {run.criterion!r} scores only Linear and ungrouped Conv1d/2d layers, so {len(unscored)} "
+             f"layer(s) stay dense: {', '.join(unscored[:4])}{', ...' if len(unscored) > 4 else ''}; "
+             "criterion='lamp' prunes every layer", RuntimeWarning)
+    return scores
 
 
 def _removal(run: _Run, plain: nn.Module, scores: Scores, target: float, pruned: dict[str, torch.Tensor],
