@@ -164,6 +164,7 @@ def test_auto_with_a_pattern_is_obs_where_obs_scores_every_layer_else_lamp_and_o
                                             r"2.weight; criterion='lamp'"):
         by_name = prune(grouped, 0.5, criterion="obs", data=data)
     assert "2.weight" not in by_name.masks and by_name.sparsity < 0.5
+    assert "left dense (obs cannot score them): 2.weight" in str(by_name.summary())
 
 
 def test_the_obs_sweep_with_a_pattern_groups_a_conv_s_input_channels():

@@ -138,11 +138,21 @@ class PruneResult(Result):
             notes.append(f"{self.pattern} sparsity runs faster only on sparse tensor cores (CUDA, Ampere or newer: "
                          "result.export(semi_structured=True) of a half-precision model); on a CPU it computes every "
                          "zero, at dense speed")
-            dense = [name for name in prunable_weights(self.dense) if name not in self.masks]
-            if dense:
-                notes.append(f"left dense (input channels no multiple of {self.pattern.split(':')[1]}): "
-                             + ", ".join(dense))
+        notes += self._dense_layers()
         return Table(["", *names], table_rows, title=self._headline(), notes=notes)
+
+    def _dense_layers(self) -> list[str]:
+        """Notes naming the layers an unstructured prune left without a mask: those an N:M pattern cannot divide,
+        and those the criterion could not score (obs and wanda read only Linear and ungrouped conv inputs)."""
+        if self.structured:
+            return []
+        weights = prunable_weights(self.dense)
+        dense = [name for name in weights if name not in self.masks]
+        m = int(self.pattern.split(":")[1]) if self.pattern else 0
+        misfits = [name for name in dense if m and weights[name].shape[1] % m]
+        unscored = [name for name in dense if name not in misfits]
+        return ([f"left dense (input channels no multiple of {m}): " + ", ".join(misfits)] if misfits else []) + \
+            ([f"left dense ({self.criterion} cannot score them): " + ", ".join(unscored)] if unscored else [])
 
     def _layer_table(self) -> Table:
         layers = self.layers()
