@@ -31,7 +31,7 @@ from kdnb.engine.prune.unstructured import apply_masks, clone, comparable, conne
 
 MARKER = "kdnb_pruned"  # attribute a pruned model carries: the list of prunings it went through
 # criterion="auto": the best of bench/prune_oneshot.py (reconstructing, with data) for weights and for channels;
-# "l1" for channels without data, or for a model whose channels group OBS cannot all score (see `_cut`)
+# "l1" for channels without data, or for a model whose channels group OBS cannot all score (see `_every_layer_scored`)
 DEFAULT_CRITERION = {False: "lamp", True: "thinet"}
 GRADUAL_CRITERION = "hessian"  # the best of bench/prune_sparsity.py's gradual schedules (masked, fine-tuned)
 # an N:M pattern re-solved on data: SparseGPT's N:M sweep (bench/prune_oneshot.py --part pattern, 2:4, 9 seeds:
@@ -382,13 +382,8 @@ def _cut(run: _Run, target: float) -> float:
     trained = bool(run.runs) or run.schedule == "agp"
     reference = (plain if trained else run.dense) if run.reconstruct else None
     example = run.example.to(model_device(plain)) if run.example is not None else None
-    scores = _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator)
-    if run.auto and run.structured and any(group.root not in scores.channels for group in scores.groups):
-        # group OBS needs a re-solvable consumer (a Linear, a Conv1d/2d, or grouped) for every group: else L1 for all
-        run.options["criterion"], run.record = "l1", criteria.REGISTRY["l1"]
-        scores = _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator)
-    if not run.structured:
-        scores = _every_layer_scored(run, plain, scores, example)
+    scores = _every_layer_scored(run, plain, _score(plain, run.record, run.data, run.structured, example, run.seed,
+                                                    run.hessian_estimator), example)
     pruned = current_masks(run.work)
     if run.structured:
         run.removed.clear()
@@ -411,17 +406,20 @@ def _cut(run: _Run, target: float) -> float:
 
 
 def _every_layer_scored(run: _Run, plain: nn.Module, scores: Scores, example: torch.Tensor | None) -> Scores:
-    """A layer-wise criterion (obs, wanda) scores only the layers whose inputs it reads (Linear, ungrouped
-    Conv1d/2d), and the others would stay dense: "auto" then takes LAMP for every layer; a criterion asked for by
-    name keeps its scores, and the first cut says which layers stay dense."""
-    unscored = [name for name in run.weights if name not in scores.weights]
+    """The layer-wise criteria score only the layers whose inputs they read: group OBS needs a re-solvable
+    consumer (a Linear, a Conv1d/2d, or grouped) for every channel group, OBS and Wanda a Linear or ungrouped
+    Conv1d/2d for every weight. Where they cannot score them all, "auto" takes, for every layer, the criterion
+    that can (channels L1, weights LAMP); a criterion asked for by name keeps its scores, and the first
+    unstructured cut says which layers stay dense."""
+    unscored = [group.root for group in scores.groups if group.root not in scores.channels] if run.structured \
+        else [name for name in run.weights if name not in scores.weights]
     if not unscored:
         return scores
     if run.auto:
-        run.options["criterion"] = DEFAULT_CRITERION[False]
-        run.record = criteria.REGISTRY[DEFAULT_CRITERION[False]]
+        fallback = "l1" if run.structured else DEFAULT_CRITERION[False]
+        run.options["criterion"], run.record = fallback, criteria.REGISTRY[fallback]
         return _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator)
-    if not run.trajectory:
+    if not run.structured and not run.trajectory:
         warn(f"criterion {run.criterion!r} scores only Linear and ungrouped Conv1d/2d layers, so {len(unscored)} "
              f"layer(s) stay dense: {', '.join(unscored[:4])}{', ...' if len(unscored) > 4 else ''}; "
              "criterion='lamp' prunes every layer", RuntimeWarning)

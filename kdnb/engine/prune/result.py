@@ -146,11 +146,11 @@ class PruneResult(Result):
         and those the criterion could not score (obs and wanda read only Linear and ungrouped conv inputs)."""
         if self.structured:
             return []
-        weights = prunable_weights(self.dense)
-        dense = [name for name in weights if name not in self.masks]
-        m = int(self.pattern.split(":")[1]) if self.pattern else 0
-        misfits = [name for name in dense if m and weights[name].shape[1] % m]
-        unscored = [name for name in dense if name not in misfits]
+        from kdnb.engine.prune.scores import pattern_misfits
+
+        misfits = list(pattern_misfits(self.dense, self.pattern))
+        unscored = [name for name in prunable_weights(self.dense) if name not in self.masks and name not in misfits]
+        m = self.pattern.split(":")[1] if self.pattern else ""
         return ([f"left dense (input channels no multiple of {m}): " + ", ".join(misfits)] if misfits else []) + \
             ([f"left dense ({self.criterion} cannot score them): " + ", ".join(unscored)] if unscored else [])
 

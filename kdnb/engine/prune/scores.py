@@ -466,7 +466,7 @@ def _pattern_masks(scores: Scores, n: int, m: int, pruned: dict[str, torch.Tenso
     channels M divides; the others get none (they stay dense)."""
     masks = {}
     for name, values in _values(scores, pruned).items():
-        if values.shape[1] % m:
+        if not pattern_fits(values.shape, m):
             continue
         order = calibration.input_channel_order(values.shape)
         blocks = values.reshape(values.shape[0], -1)[:, order].reshape(values.shape[0], -1, m)
@@ -477,6 +477,11 @@ def _pattern_masks(scores: Scores, n: int, m: int, pruned: dict[str, torch.Tenso
     return masks
 
 
+def pattern_fits(shape: torch.Size, m: int) -> bool:
+    """N:M groups a weight of this shape: M divides its input channels (a Linear's inputs, a conv's per group)."""
+    return shape[1] % m == 0
+
+
 def pattern_misfits(model: nn.Module, pattern: str | None) -> dict[str, int]:
     """The prunable layers N:M cannot divide, with their input channels (a Linear's inputs, a conv's input channels
     per group: not a multiple of M, such as an RGB stem's 3); they stay dense, as NVIDIA's ASP leaves them.
@@ -484,9 +489,9 @@ def pattern_misfits(model: nn.Module, pattern: str | None) -> dict[str, int]:
     parsed = parse_pattern(pattern)
     if parsed is None:
         return {}
-    widths = {name: weight.shape[1] for name, weight in prunable_weights(model).items()}
-    misfits = {name: width for name, width in widths.items() if width % parsed[1]}
-    if misfits and len(misfits) == len(widths):
+    weights = prunable_weights(model)
+    misfits = {name: w.shape[1] for name, w in weights.items() if not pattern_fits(w.shape, parsed[1])}
+    if misfits and len(misfits) == len(weights):
         listed = ", ".join(f"{name!r}: {width}" for name, width in list(misfits.items())[:3])
         raise KdnbError(f"pattern {pattern!r} groups every {parsed[1]} consecutive input channels, but no layer's "
                         f"input channels are a multiple of {parsed[1]} ({listed}{', ...' if len(misfits) > 3 else ''}"
