@@ -62,10 +62,10 @@ pruned ones of largest |dL/dw|, at zero; 2026-12-01, 12 seeds, dense 0.9831, cut
 subscriber that read the loader again at each update (so each setting shuffled its epochs differently): gradient of
 one mini-batch, every 50 / 100 steps, alpha 0.3: 0.9784 / 0.9747; every 12 / 25 steps, alpha 0.1: 0.9773 / 0.9745;
 every 50, alpha 0.5: 0.9738; gradient summed over the whole training split, every 12 steps, alpha 0.1 / 0.2 / 0.3:
-0.9768 / 0.9796 / 0.9759, every 24 / 50, alpha 0.3: 0.9793 / 0.9770. Built into `prune` (every 12 steps, alpha
-0.2, the whole split read once, the fine-tuning shuffled exactly as without regrowth: the paired comparison) it
-gave 0.9735, and its masks did move (seed 0: 198 of its 1004 kept weights ended elsewhere). So the spread above is the shuffling
-order, not the regrowth; it was not kept.
+0.9768 / 0.9796 / 0.9759, every 24 / 50, alpha 0.3: 0.9793 / 0.9770. Built into `prune` (every 12 steps, alpha 0.2,
+the whole split read once, the fine-tuning shuffled exactly as without regrowth: the paired comparison) it gave
+0.9735, and its masks did move (seed 0: 198 of its 1004 kept weights ended elsewhere). So the spread above is the
+shuffling order, not the regrowth; it was not kept.
 
     .venv/bin/python bench/prune_sparsity.py [--full] [--seeds N] [--grid 0.98,0.99] [--only "default,obs,torch"]
 
