@@ -146,13 +146,17 @@ class PruneResult(Result):
         and those the criterion could not score (obs and wanda read only Linear and ungrouped conv inputs)."""
         if self.structured:
             return []
-        from kdnb.engine.prune.scores import pattern_misfits
+        from kdnb.engine.prune.scores import parse_pattern, pattern_misfits
 
         misfits = list(pattern_misfits(self.dense, self.pattern))
         unscored = [name for name in prunable_weights(self.dense) if name not in self.masks and name not in misfits]
-        m = self.pattern.split(":")[1] if self.pattern else ""
-        return ([f"left dense (input channels no multiple of {m}): " + ", ".join(misfits)] if misfits else []) + \
-            ([f"left dense ({self.criterion} cannot score them): " + ", ".join(unscored)] if unscored else [])
+        notes = []
+        if misfits:  # only a pattern has misfits
+            m = parse_pattern(self.pattern)[1]  # type: ignore[index]
+            notes.append(f"left dense (input channels no multiple of {m}): " + ", ".join(misfits))
+        if unscored:
+            notes.append(f"left dense ({self.criterion} cannot score them): " + ", ".join(unscored))
+        return notes
 
     def _layer_table(self) -> Table:
         layers = self.layers()
