@@ -38,6 +38,7 @@ PRUNE_SCOPES = (*SCOPES, "latency")  # what `prune` accepts: the rankings, and t
 TRAFFIC_MACS = 64.0
 MARGIN = 0.03  # the cost-ranked cut must be this much faster (median paired ratio) to beat "global"
 ROUNDS = 15  # alternating timed forwards of each candidate
+SCOPE = {"cost": "macs", "global": "global"}  # the `removed_channels` scope each ranking cuts by
 
 
 def cost_ranked(scores: Scores) -> Scores:
@@ -52,9 +53,8 @@ def removal(scores: Scores, sparsity: float, pruned: dict[str, torch.Tensor] | N
             max_layer_sparsity: float | None = None) -> dict[str, torch.Tensor]:
     """The channels to remove under ``ranking`` ("cost" or "global"); ``max_layer_sparsity`` as in
     `removed_channels` (None: its default for each ranking, `scores.MAX_LAYER_SPARSITY` for the cost one)."""
-    if ranking == "cost":
-        return removed_channels(cost_ranked(scores), sparsity, "macs", pruned, max_layer_sparsity)
-    return removed_channels(scores, sparsity, "global", pruned, max_layer_sparsity)
+    ranked = cost_ranked(scores) if ranking == "cost" else scores
+    return removed_channels(ranked, sparsity, SCOPE[ranking], pruned, max_layer_sparsity)
 
 
 def paired_speed(first: nn.Module, second: nn.Module, x: torch.Tensor, rounds: int = ROUNDS) -> float:

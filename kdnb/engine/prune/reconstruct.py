@@ -19,7 +19,8 @@ removed ones): the least-squares channel refit of He et al. 2017 "Channel Prunin
 Damping :math:`\lambda` = ``damp`` x the mean diagonal of :math:`A^\top A` (SparseGPT's 1 %), solved in fp64 by
 Cholesky. A row keeps its masked weights when they reproduce the dense outputs better than the solve (the
 damping could otherwise cost a row whose inputs did not change), so reconstruction never increases a layer's
-error over plain masking.
+error over plain masking. The model's output layer then goes on from its least-squares solution to the dense
+model's predictions (`kdnb.engine.prune.output_refit`), never ending above the divergence of either.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from kdnb.errors import warn
 from kdnb.engine.prune.calibration import (SAMPLES, calibration_batches, forward_order, group_statistics, grouped,
                                            input_channel_order, layer_statistics, solvable)
 from kdnb.engine.prune.estimate import tied_names
+from kdnb.engine.prune.output_refit import output_data, refit_output
 
 DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's percdamp)
 _BLOCK_BYTES = 64 * 2**20  # bound on the (rows x k x k) fp64 systems solved at once
@@ -167,20 +169,48 @@ def reconstruct_layer(module: nn.Module, gram: torch.Tensor, cross: torch.Tensor
     weight.copy_(torch.where(keep, final[:, :-1], flat.to(gram.device)).view_as(weight).to(weight))
     if bias is not None:
         bias.copy_(torch.where(bias_keep, final[:, -1], bias.detach().double().to(gram.device)).to(bias))
-    for hook in module._forward_pre_hooks.values():  # masked tensors are recomputed at the next forward: now
+    _remask(module)
+
+
+def _remask(module: nn.Module) -> None:
+    """Masked tensors are recomputed from ``weight_orig`` at the next forward: recompute them now."""
+    for hook in module._forward_pre_hooks.values():
         if isinstance(hook, prune.BasePruningMethod):
             setattr(module, hook._tensor_name, hook.apply_mask(module))
 
 
+def _kept(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A Linear's trainable weight and bias (zeros without one), and their keep masks (the missing bias: none kept)."""
+    weight, bias = _weight(module), _bias(module)
+    if bias is None:
+        return weight, torch.zeros_like(weight[:, 0]), _mask(module, "weight", weight), \
+            torch.zeros_like(weight[:, 0], dtype=torch.bool)
+    return weight, bias, _mask(module, "weight", weight), _mask(module, "bias", bias)
+
+
+@torch.no_grad()
+def _refit_output_layer(module: nn.Linear, inputs: torch.Tensor, target: torch.Tensor,
+                        masked: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """`output_refit.refit_output` of the model's output layer, in place, on its least-squares solution."""
+    weight, bias, keep, bias_keep = _kept(module)
+    new_weight, new_bias = refit_output(weight, bias, keep, bias_keep, inputs, target, masked)
+    weight.copy_(torch.where(keep, new_weight.to(weight), weight))
+    if module.bias is not None:
+        bias.copy_(torch.where(bias_keep, new_bias.to(bias), bias))
+    _remask(module)
+
+
 def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int = SAMPLES,
-                damp: float = DAMP, reselect: bool = False, pattern: tuple[int, int] | None = None) -> nn.Module:
+                damp: float = DAMP, reselect: bool = False, pattern: tuple[int, int] | None = None,
+                predictions: bool = True) -> nn.Module:
     """Re-solve every Linear/Conv layer of ``model`` (masked or with zeroed channels; a grouped conv one
     conv-group at a time) against ``dense``, in forward order, on the first ``samples`` samples of ``data``; in
     place, returns ``model``.
 
     ``reselect``: first re-choose each masked Linear's or ungrouped conv's mask, at the sparsity it has, by
     `sparsegpt` on the inputs the already-pruned layers produce (criterion "obs"); ``pattern`` (N, M) makes it
-    N:M.
+    N:M. ``predictions``: the Linear whose outputs are the model's is then re-solved for the dense model's
+    predicted distribution (`kdnb.engine.prune.output_refit`), which the least squares only approximates.
 
     Cost: one forward pass of the calibration set per layer, and a ``(d+1) x (d+1)`` fp64 Gram matrix
     (``d`` = the layer's inputs, ``in_channels x kernel`` for a conv) plus ``(d+1) x out`` per layer at a time.
@@ -188,10 +218,16 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
     batches = calibration_batches(data, samples)
     count = sum(len(x) for x in batches)
     tied = tied_names(model)  # a shared weight cannot be re-solved for two layers at once: it keeps its masking
-    for name in forward_order(model, batches[0]):
+    order = forward_order(model, batches[0])
+    for name in order:
         module = model.get_submodule(name)
         if not (solvable(module) or grouped(module)) or f"{name}.weight" in tied or f"{name}.weight_orig" in tied:
             continue
+        output = output_data(model, dense, name, batches) if predictions and name == order[-1] \
+            and isinstance(module, nn.Linear) else None
+        if output is not None:
+            weight, bias, keep, bias_keep = _kept(module)
+            masked = (weight.detach() * keep, bias.detach() * bias_keep)
         statistics = layer_statistics if solvable(module) else group_statistics
         gram, cross, rows = statistics(model, name, batches, dense)
         if rows < gram.shape[-1]:
@@ -200,12 +236,17 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
                  RuntimeWarning)
         if reselect and solvable(module) and isinstance(getattr(module, "weight_mask", None), torch.Tensor):
             mask = module.weight_mask
-            order = input_channel_order(mask.shape).to(gram.device) if pattern else \
-                torch.arange(mask[0].numel(), device=gram.device)  # a pattern groups a conv's input channels
-            flat = _weight(module).detach().reshape(mask.shape[0], -1)[:, order]
-            chosen = sparsegpt(flat, gram[order][:, order], 1.0 - float(mask.float().mean()), pattern, damp=damp)
-            keep = torch.empty_like(chosen)
-            keep[:, order] = chosen
+            flat = _weight(module).detach().reshape(mask.shape[0], -1)
+            if pattern:  # a pattern groups a conv's input channels: sweep in that order, then put them back
+                order = input_channel_order(mask.shape).to(gram.device)  # (the bias column left out)
+                chosen = sparsegpt(flat[:, order], gram[order][:, order], 1.0 - float(mask.float().mean()), pattern,
+                                   damp=damp)
+                keep = torch.empty_like(chosen)
+                keep[:, order] = chosen
+            else:
+                keep = sparsegpt(flat, gram[:-1, :-1], 1.0 - float(mask.float().mean()), damp=damp)  # no bias column
             mask.copy_(keep.view_as(mask).to(mask))
         reconstruct_layer(module, gram, cross, rows, damp)
+        if output is not None:
+            _refit_output_layer(module, *output, masked)
     return model
