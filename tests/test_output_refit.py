@@ -1,6 +1,7 @@
 """The output layer re-solved for the dense model's predictions: the divergence against its formula, never worse
 than least squares or masking, masks kept, only where the layer's outputs are the model's, and only in a prune's
 last cut."""
+import importlib
 import math
 
 import pytest
@@ -90,3 +91,18 @@ def test_only_a_prunes_last_cut_fits_the_predictions(monkeypatch):
     net = kdnb.models.mlp(8, [16, 16], 4)
     prune(net, 0.5, structured=True, scope="local", data=_data(8, 4), rounds=3)
     assert calls == [False, False, True]
+
+
+def test_an_obs_n_m_prune_fits_the_output_layer_once_on_its_reselected_mask(monkeypatch):
+    module = importlib.import_module("kdnb.engine.prune.reconstruct")  # the module, not the function
+    fitted = []
+    real = module.refit_output
+
+    def spy(weight, bias, keep, *args, **kwargs):
+        fitted.append(keep.clone())
+        return real(weight, bias, keep, *args, **kwargs)
+
+    monkeypatch.setattr(module, "refit_output", spy)
+    net = kdnb.models.mlp(8, [16], 4)
+    result = prune(net, 0.5, criterion="obs", pattern="2:4", data=_data(8, 4))
+    assert len(fitted) == 1 and torch.equal(fitted[0], result.masks["3.weight"])

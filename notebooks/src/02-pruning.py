@@ -191,7 +191,7 @@ for criterion in ("random", "l1", "taylor", "thinet"):
                           for v, options in variants.items()}
     row = [a for v in variants for a in neurons[criterion][v]]
     print(f"{criterion:16s}" + "".join(f"   {a:.4f}" for a in row))
-# What the text below says, checked (each margin is 9 validation digits or more; another CPU moves
+# What the text below says, checked (each margin is 5 validation digits or more; another CPU moves
 # them by one or two):
 plain, one_cut, in_rounds = ({c: neurons[c][v] for c in neurons} for v in variants)
 # without the refit, the choice decides; a Taylor sum loses to random
@@ -201,9 +201,9 @@ assert plain["taylor"][0] < plain["random"][0] - 0.2
 assert all(abs(neurons[c][v][0] - neurons["random"][v][0]) < 0.025
            for c in neurons for v in list(variants)[1:])
 # at 90 %: in one cut Taylor loses to random; in rounds every criterion beats it
-assert one_cut["taylor"][1] < one_cut["random"][1] - 0.03
-assert all(in_rounds[c][1] > in_rounds["random"][1] + 0.01 for c in ("l1", "taylor", "thinet"))
-assert in_rounds["taylor"][1] > one_cut["taylor"][1] + 0.05
+assert one_cut["taylor"][1] < one_cut["random"][1] - 0.007
+assert all(in_rounds[c][1] > in_rounds["random"][1] + 0.02 for c in ("l1", "taylor", "thinet"))
+assert in_rounds["taylor"][1] > one_cut["taylor"][1] + 0.04
 assert in_rounds["thinet"][0] >= 0.975 and in_rounds["thinet"][1] >= 0.95  # the default
 
 # %% [markdown]
@@ -212,10 +212,11 @@ assert in_rounds["thinet"][0] >= 0.975 and in_rounds["thinet"][1] >= 0.95  # the
 # than random* (it reads the gradients of a network that fits its training data almost perfectly). With the
 # refit, **random is a strong baseline**: at 75 % every criterion is within a few validation digits of it (the
 # val set has 359), because the next layer is re-solved to make up for whichever neurons went. In one cut,
-# Taylor even loses to random at 90 %. Cut in 8 rounds, every criterion beats random at 90 %, Taylor by the
-# most: after each refit its gradients are no longer those of a network at its minimum. ThiNet in rounds is
-# kdnb's default for structured pruning with data (`criterion="auto"`); `bench/prune_oneshot.py` has the same
-# table over three seeds, with Torch-Pruning's criteria and the same small shape trained from scratch.
+# Taylor even loses to random at 90 %. Cut in 8 rounds, every criterion beats random at 90 % by more than 2
+# points, and Taylor gains the most from the rounds: after each refit its gradients are no longer those of a
+# network at its minimum. ThiNet in rounds is kdnb's default for structured pruning with data
+# (`criterion="auto"`); `bench/prune_oneshot.py` has the same table over three seeds, with Torch-Pruning's
+# criteria and the same small shape trained from scratch.
 #
 # At the same sparsity, deleting neurons loses more than zeroing weights, because it cannot pick the weights
 # one by one:

@@ -225,9 +225,6 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
             continue
         output = output_data(model, dense, name, batches) if predictions and name == order[-1] \
             and isinstance(module, nn.Linear) else None
-        if output is not None:
-            weight, bias, keep, bias_keep = _kept(module)
-            masked = (weight.detach() * keep, bias.detach() * bias_keep)
         statistics = layer_statistics if solvable(module) else group_statistics
         gram, cross, rows = statistics(model, name, batches, dense)
         if rows < gram.shape[-1]:
@@ -238,15 +235,21 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
             mask = module.weight_mask
             flat = _weight(module).detach().reshape(mask.shape[0], -1)
             if pattern:  # a pattern groups a conv's input channels: sweep in that order, then put them back
-                order = input_channel_order(mask.shape).to(gram.device)  # (the bias column left out)
-                chosen = sparsegpt(flat[:, order], gram[order][:, order], 1.0 - float(mask.float().mean()), pattern,
-                                   damp=damp)
+                columns = input_channel_order(mask.shape).to(gram.device)  # (the bias column left out)
+                chosen = sparsegpt(flat[:, columns], gram[columns][:, columns], 1.0 - float(mask.float().mean()),
+                                   pattern, damp=damp)
                 keep = torch.empty_like(chosen)
-                keep[:, order] = chosen
+                keep[:, columns] = chosen
             else:
                 keep = sparsegpt(flat, gram[:-1, :-1], 1.0 - float(mask.float().mean()), damp=damp)  # no bias column
             mask.copy_(keep.view_as(mask).to(mask))
+        masked = _masked(module) if output is not None else None  # what plain masking leaves, for the comparison
         reconstruct_layer(module, gram, cross, rows, damp)
         if output is not None:
             _refit_output_layer(module, *output, masked)
     return model
+
+
+def _masked(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    weight, bias, keep, bias_keep = _kept(module)
+    return weight.detach() * keep, bias.detach() * bias_keep
