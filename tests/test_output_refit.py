@@ -77,6 +77,20 @@ def test_reconstruct_moves_the_output_layer_to_the_dense_predictions_only_where_
     assert output_data(masked, dense, "3", [x])[0].shape == (len(x), 16)
 
 
+def test_an_output_layer_too_large_for_the_bounds_keeps_its_least_squares(monkeypatch):
+    from kdnb.engine.prune import output_refit
+
+    torch.manual_seed(0)
+    dense = kdnb.models.mlp(8, [16], 4)
+    masked = clone(dense)
+    apply_masks(masked, {"3.weight": torch.rand(4, 16) > 0.7})
+    data = _data(8, 4)
+    monkeypatch.setattr(output_refit, "MAX_MACS", 64 * 16 * 4 - 1)  # one batch of 64 rows is already too much
+    bounded = reconstruct(clone(masked), dense, data)
+    squares = reconstruct(clone(masked), dense, data, predictions=False)
+    assert torch.equal(bounded[3].weight, squares[3].weight)
+
+
 def test_only_a_prunes_last_cut_fits_the_predictions(monkeypatch):
     from kdnb.engine.prune import pipeline
 
