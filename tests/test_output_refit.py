@@ -120,3 +120,18 @@ def test_an_obs_n_m_prune_fits_the_output_layer_once_on_its_reselected_mask(monk
     net = kdnb.models.mlp(8, [16], 4)
     result = prune(net, 0.5, criterion="obs", pattern="2:4", data=_data(8, 4))
     assert len(fitted) == 1 and torch.equal(fitted[0], result.masks["3.weight"])
+
+
+def test_a_prune_that_fine_tunes_keeps_the_least_squares_output_layer(monkeypatch):
+    from kdnb.engine.prune import pipeline
+
+    calls = []
+    real = pipeline.reconstruct_layers
+
+    def spy(*args, predictions=True, **kwargs):
+        calls.append(predictions)
+        return real(*args, predictions=predictions, **kwargs)
+
+    monkeypatch.setattr(pipeline, "reconstruct_layers", spy)
+    prune(kdnb.models.mlp(8, [16], 4), 0.5, data=_data(8, 4), finetune=1, schedule="oneshot")
+    assert calls == [False]  # fine-tuning recovers less from the fitted layer (bench/prune_sparsity.py)
