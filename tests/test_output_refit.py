@@ -136,3 +136,5 @@ def test_a_prune_that_fine_tunes_long_keeps_the_least_squares_output_layer(monke
     for epochs in (1, schedules.RESOLVE_BELOW):
         prune(kdnb.models.mlp(8, [16], 4), 0.5, data=_data(8, 4), finetune=epochs, schedule="oneshot")
     assert calls == [True, False]  # a long fine-tuning recovers less from the fitted layer (bench/prune_sparsity.py)
+    result = prune(kdnb.models.mlp(8, [16], 4), 0.5, data=_data(8, 4), reconstruct="least_squares")
+    assert calls == [True, False, False] and result.reconstructed  # least squares only, on request

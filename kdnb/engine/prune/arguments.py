@@ -77,6 +77,9 @@ def check_settings(options: dict[str, Any]) -> None:
     resolve_device(options["device"])
 
 
+LEAST_SQUARES = "least_squares"  # reconstruct=: every layer by least squares, the output layer too
+
+
 def check_prune_options(options: dict[str, Any]) -> None:
     """Every argument of `prune` on its own terms (types and ranges), before any is combined with another."""
     from kdnb.engine.prune.latency import PRUNE_SCOPES  # scores imports this module: read them at call time
@@ -85,8 +88,11 @@ def check_prune_options(options: dict[str, Any]) -> None:
     check_sparsity(options["sparsity"])
     for name in ("structured", "inplace", "prune_again", "control", "distill"):
         checks.check_bool(name, options[name])
-    if options["reconstruct"] is not None:
-        checks.check_bool("reconstruct", options["reconstruct"])
+    if options["reconstruct"] is not None and options["reconstruct"] != LEAST_SQUARES:
+        if not isinstance(options["reconstruct"], bool):
+            raise KdnbError(f"reconstruct should be True, False or {LEAST_SQUARES!r}, got "
+                            f"{checks.shown(options['reconstruct'])}; pass reconstruct=True (the default with data), "
+                            f"reconstruct={LEAST_SQUARES!r} (no fit of the output layer to the predictions) or False")
     if not isinstance(options["criterion"], str):
         raise KdnbError(f"criterion should be a name, got {checks.shown(options['criterion'])}; pass e.g. "
                         "criterion='auto' (see kdnb.engine.prune.criteria.names())")

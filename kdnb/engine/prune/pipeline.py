@@ -102,7 +102,7 @@ def prune(
     pattern: str | None = None,
     data: Iterable | None = None,
     val: Iterable | None = None,
-    reconstruct: bool | None = None,
+    reconstruct: bool | str | None = None,
     rounds: int | None = None,
     finetune: int = 0,
     schedule: str = "auto",
@@ -185,7 +185,9 @@ def prune(
         val: validation loader for accuracies in the history and the summary.
         reconstruct: re-solve the kept weights on ``data`` (default: True when ``data`` is given, except in a
             gradual schedule with ``schedules.RESOLVE_BELOW`` (10) or more fine-tuning epochs: there the
-            fine-tuning recovers better alone, see `kdnb.engine.prune.schedules`).
+            fine-tuning recovers better alone, see `kdnb.engine.prune.schedules`). True also fits the output
+            layer to the unpruned model's predictions (a classifier's logits) after the last cut;
+            ``"least_squares"`` re-solves every layer, the output layer too, by least squares only.
         rounds: cut each pruning step in this many re-scored steps, geometric in the kept weights, with no
             training between: each round scores the network the last re-solve left, so the criterion sees
             what the refit could not recover. Default: `DEFAULT_ROUNDS` for a structured one-shot prune
@@ -317,16 +319,16 @@ def _default_criterion(options: dict[str, Any]) -> str:
 def _check_reconstruct(options: dict[str, Any]) -> bool:
     reconstruct, data = options["reconstruct"], options["data"]
     checks.check_positive("calibration_samples", options["calibration_samples"], integer=True)
-    if reconstruct is None:  # a long gradual fine-tune recovers better without the re-solve (bench/prune_sparsity.py)
-        rounds = options["steps"] or schedules.DEFAULT_STEPS["iterative"] if options["schedule"] == "iterative" else 1
-        epochs = options["finetune"] * rounds
+    # a long gradual fine-tune recovers better without the re-solve (bench/prune_sparsity.py)
+    rounds = options["steps"] or schedules.DEFAULT_STEPS["iterative"] if options["schedule"] == "iterative" else 1
+    epochs = options["finetune"] * rounds
+    options["predictions"] = reconstruct != arguments.LEAST_SQUARES
+    if reconstruct is None:
         return data is not None and (options["schedule"] == "oneshot" or epochs < schedules.RESOLVE_BELOW)
-    if not isinstance(reconstruct, bool):
-        raise KdnbError(f"reconstruct should be True or False (or None: True when data is given), got {reconstruct!r}")
     if reconstruct and data is None:
-        raise KdnbError("reconstruct=True re-solves the kept weights on calibration samples: pass data=train_loader "
-                        "(or reconstruct=False)")
-    return reconstruct
+        raise KdnbError(f"reconstruct={reconstruct!r} re-solves the kept weights on calibration samples: pass "
+                        "data=train_loader (or reconstruct=False)")
+    return bool(reconstruct)
 
 
 def _check_rounds(options: dict[str, Any], reconstruct: bool) -> int:
@@ -374,7 +376,8 @@ def _prune_to(run: _Run, target: float) -> float:
     reached = 1.0 - kept
     for i in range(1, run.rounds + 1):
         reached = _cut(run, 1.0 - kept * ((1.0 - target) / kept) ** (i / run.rounds) if i < run.rounds else target,
-                       last=i == run.rounds and target == run.sparsity and run.finetune < schedules.RESOLVE_BELOW)
+                       last=run.predictions and i == run.rounds and target == run.sparsity
+                       and run.finetune < schedules.RESOLVE_BELOW)
     return reached
 
 
