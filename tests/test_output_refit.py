@@ -91,7 +91,9 @@ def test_an_output_layer_too_large_for_the_bounds_keeps_its_least_squares(monkey
     assert torch.equal(bounded[3].weight, squares[3].weight)
 
 
-def test_only_a_prunes_last_cut_fits_the_predictions(monkeypatch):
+@pytest.fixture
+def fits_asked(monkeypatch) -> list[bool]:
+    """The ``predictions`` flag of each re-solve that `prune` asks for, in order."""
     from kdnb.engine.prune import pipeline
 
     calls = []
@@ -102,9 +104,13 @@ def test_only_a_prunes_last_cut_fits_the_predictions(monkeypatch):
         return real(*args, predictions=predictions, **kwargs)
 
     monkeypatch.setattr(pipeline, "reconstruct_layers", spy)
+    return calls
+
+
+def test_only_a_prunes_last_cut_fits_the_predictions(fits_asked):
     net = kdnb.models.mlp(8, [16, 16], 4)
     prune(net, 0.5, structured=True, scope="local", data=_data(8, 4), rounds=3)
-    assert calls == [False, False, True]
+    assert fits_asked == [False, False, True]
 
 
 def test_an_obs_n_m_prune_fits_the_output_layer_once_on_its_reselected_mask(monkeypatch):
@@ -122,19 +128,9 @@ def test_an_obs_n_m_prune_fits_the_output_layer_once_on_its_reselected_mask(monk
     assert len(fitted) == 1 and torch.equal(fitted[0], result.masks["3.weight"])
 
 
-def test_a_prune_that_fine_tunes_long_keeps_the_least_squares_output_layer(monkeypatch):
-    from kdnb.engine.prune import pipeline
-
-    calls = []
-    real = pipeline.reconstruct_layers
-
-    def spy(*args, predictions=True, **kwargs):
-        calls.append(predictions)
-        return real(*args, predictions=predictions, **kwargs)
-
-    monkeypatch.setattr(pipeline, "reconstruct_layers", spy)
+def test_a_prune_that_fine_tunes_long_keeps_the_least_squares_output_layer(fits_asked):
     for epochs in (1, schedules.RESOLVE_BELOW):
         prune(kdnb.models.mlp(8, [16], 4), 0.5, data=_data(8, 4), finetune=epochs, schedule="oneshot")
-    assert calls == [True, False]  # a long fine-tuning recovers less from the fitted layer (bench/prune_sparsity.py)
+    assert fits_asked == [True, False]  # a long fine-tuning recovers less from the fitted layer (bench/prune_sparsity.py)
     result = prune(kdnb.models.mlp(8, [16], 4), 0.5, data=_data(8, 4), reconstruct="least_squares")
-    assert calls == [True, False, False] and result.reconstructed  # least squares only, on request
+    assert fits_asked == [True, False, False] and result.reconstructed  # least squares only, on request

@@ -249,15 +249,12 @@ def test_rounds_rescore_the_refit_network_and_reach_the_target(monkeypatch):
     assert len(prune(net, 0.6, data=train).trajectory) == 1  # single weights: one cut
 
 
-def test_every_round_refits_against_the_unpruned_model(monkeypatch):
-    from kdnb.engine.prune import pipeline
+def test_every_round_refits_against_the_unpruned_model():
     from kdnb.engine.prune.calibration import calibration_batches, layer_statistics
     from kdnb.engine.prune.reconstruct import reconstruct_layer
 
-    real = pipeline.reconstruct_layers  # least squares only: the output layer's last fit is to the predictions
-    monkeypatch.setattr(pipeline, "reconstruct_layers", lambda *a, **kw: real(*a, **{**kw, "predictions": False}))
-    net, train, _ = _digits_mlp()
-    small = prune(net, 0.7, criterion="l1", structured=True, data=train, rounds=3).model
+    net, train, _ = _digits_mlp()  # least squares only: reconstruct=True then fits the classifier to the predictions
+    small = prune(net, 0.7, criterion="l1", structured=True, data=train, rounds=3, reconstruct="least_squares").model
     classifier = small[5]
     gram, cross, rows = layer_statistics(small, "5", calibration_batches(train), net)  # targets: net's logits
     before = classifier.weight.detach().clone()
