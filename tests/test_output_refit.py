@@ -131,6 +131,6 @@ def test_an_obs_n_m_prune_fits_the_output_layer_once_on_its_reselected_mask(monk
 def test_a_prune_that_fine_tunes_long_keeps_the_least_squares_output_layer(fits_asked):
     for epochs in (1, schedules.RESOLVE_BELOW):
         prune(kdnb.models.mlp(8, [16], 4), 0.5, data=_data(8, 4), finetune=epochs, schedule="oneshot")
-    assert fits_asked == [True, False]  # a long fine-tuning recovers less from the fitted layer (bench/prune_sparsity.py)
+    assert fits_asked == [True, False]  # long fine-tuning recovers less from the fitted layer (bench/prune_sparsity.py)
     result = prune(kdnb.models.mlp(8, [16], 4), 0.5, data=_data(8, 4), reconstruct="least_squares")
     assert fits_asked == [True, False, False] and result.reconstructed  # least squares only, on request
