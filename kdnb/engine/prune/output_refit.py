@@ -100,9 +100,9 @@ def refit_output(weight: torch.Tensor, bias: torch.Tensor, keep: torch.Tensor, b
     optimizer = torch.optim.LBFGS([w, b], max_iter=ITERATIONS, history_size=20, line_search_fn="strong_wolfe",
                                   tolerance_grad=1e-9, tolerance_change=1e-12)  # the optimum to fp64's noise
 
-    def closure() -> torch.Tensor:  # `prediction_divergence` + the pull, the gradient by hand: d KL / d logits
-        log_pruned = torch.log_softmax(x @ (w * keep).T + b * bias_keep, -1)  # = (softmax(logits) - p) / N
-        excess = (log_pruned.exp() - dense) / len(x)
+    def closure() -> torch.Tensor:  # `prediction_divergence` + the pull, and their gradient by hand
+        log_pruned = torch.log_softmax(x @ (w * keep).T + b * bias_keep, -1)
+        excess = (log_pruned.exp() - dense) / len(x)  # d KL / d logits = (softmax(logits) - p) / N
         w.grad = (excess.T @ x) * keep + 2 * ridge * (w - start)
         b.grad = excess.sum(0) * bias_keep
         return (dense * (log_dense - log_pruned)).sum(-1).mean() + ridge * (w - start).pow(2).sum()
@@ -120,8 +120,8 @@ def refit_output(weight: torch.Tensor, bias: torch.Tensor, keep: torch.Tensor, b
 def output_data(model: nn.Module, dense: nn.Module, name: str, batches: list[torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The inputs ``a`` of layer ``name`` in ``model`` and the logits of ``dense`` on ``batches``, both fp64 and
-    one row per prediction (a sequence model's every token), when that layer's outputs are the model's and the
-    two fit in `MAX_BYTES`; else None."""
+    one row per prediction (a sequence model's every token), when that layer's outputs are the model's and its
+    refit `fits` the bounds; else None."""
     capture = OutputCapture(model, name)
     try:
         with eval_mode(model), eval_mode(dense):
