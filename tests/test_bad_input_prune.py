@@ -126,7 +126,8 @@ ARGUMENTS = [
     ({"val": DataLoader(Items({30: (torch.randn(6), torch.tensor(7))}), batch_size=8)}, "batch 4"),
     # reconstruct, calibration
     ({"reconstruct": "yes"}, "reconstruct"), ({"reconstruct": 1}, "reconstruct"),
-    ({"reconstruct": True, "data": None}, "data="),
+    ({"reconstruct": True, "data": None}, "data="), ({"reconstruct": "least-squares"}, "'least_squares'"),
+    ({"reconstruct": "least_squares", "data": None}, "data="),
     ({"calibration_samples": 0}, "calibration_samples"), ({"calibration_samples": -5}, "calibration_samples"),
     ({"calibration_samples": 1.5}, "calibration_samples"), ({"calibration_samples": "100"}, "calibration_samples"),
     # finetune, schedule, steps

@@ -88,11 +88,15 @@ def check_prune_options(options: dict[str, Any]) -> None:
     check_sparsity(options["sparsity"])
     for name in ("structured", "inplace", "prune_again", "control", "distill"):
         checks.check_bool(name, options[name])
-    if options["reconstruct"] is not None and options["reconstruct"] != LEAST_SQUARES:
-        if not isinstance(options["reconstruct"], bool):
+    if options["reconstruct"] is not None and not (isinstance(options["reconstruct"], str)
+                                                   and options["reconstruct"] == LEAST_SQUARES):
+        try:
+            checks.check_bool("reconstruct", options["reconstruct"])  # numpy's bools too, as before
+        except KdnbError:
             raise KdnbError(f"reconstruct should be True, False or {LEAST_SQUARES!r}, got "
                             f"{checks.shown(options['reconstruct'])}; pass reconstruct=True (the default with data), "
-                            f"reconstruct={LEAST_SQUARES!r} (no fit of the output layer to the predictions) or False")
+                            f"reconstruct={LEAST_SQUARES!r} (no fit of the output layer to the predictions) or False"
+                            ) from None
     if not isinstance(options["criterion"], str):
         raise KdnbError(f"criterion should be a name, got {checks.shown(options['criterion'])}; pass e.g. "
                         "criterion='auto' (see kdnb.engine.prune.criteria.names())")

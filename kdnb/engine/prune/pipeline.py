@@ -319,11 +319,9 @@ def _default_criterion(options: dict[str, Any]) -> str:
 def _check_reconstruct(options: dict[str, Any]) -> bool:
     reconstruct, data = options["reconstruct"], options["data"]
     checks.check_positive("calibration_samples", options["calibration_samples"], integer=True)
-    # a long gradual fine-tune recovers better without the re-solve (bench/prune_sparsity.py)
-    rounds = options["steps"] or schedules.DEFAULT_STEPS["iterative"] if options["schedule"] == "iterative" else 1
-    epochs = options["finetune"] * rounds
-    options["predictions"] = reconstruct != arguments.LEAST_SQUARES
-    if reconstruct is None:
+    if reconstruct is None:  # a long gradual fine-tune recovers better without the re-solve (bench/prune_sparsity.py)
+        rounds = options["steps"] or schedules.DEFAULT_STEPS["iterative"] if options["schedule"] == "iterative" else 1
+        epochs = options["finetune"] * rounds
         return data is not None and (options["schedule"] == "oneshot" or epochs < schedules.RESOLVE_BELOW)
     if reconstruct and data is None:
         raise KdnbError(f"reconstruct={reconstruct!r} re-solves the kept weights on calibration samples: pass "
@@ -376,22 +374,27 @@ def _prune_to(run: _Run, target: float) -> float:
     reached = 1.0 - kept
     for i in range(1, run.rounds + 1):
         reached = _cut(run, 1.0 - kept * ((1.0 - target) / kept) ** (i / run.rounds) if i < run.rounds else target,
-                       last=run.predictions and i == run.rounds and target == run.sparsity
-                       and run.finetune < schedules.RESOLVE_BELOW)
+                       predictions=i == run.rounds and target == run.sparsity and _fits_predictions(run))
     return reached
 
 
-def _cut(run: _Run, target: float, last: bool = True) -> float:
-    """Re-score the current model, mask it at ``target`` (then re-solve the rest); returns the sparsity reached.
+def _fits_predictions(run: _Run) -> bool:
+    """Whether the cut that reaches ``sparsity`` fits the output layer to the dense predictions (`output_refit`):
+    unless asked for least squares, and only before a short fine-tuning (under `schedules.RESOLVE_BELOW` epochs).
 
-    Only the ``last`` cut (the one that reaches ``sparsity``) fits the output layer to the dense predictions
-    (`output_refit`), and only before a short fine-tuning (under `schedules.RESOLVE_BELOW` epochs). The cuts
-    before it are re-scored by group OBS, whose costs hold for least-squares consumers (3 seeds, notebook-02
-    teacher, 75 / 90 % of the hidden neurons: in every round 0.9749 / 0.9582, in the last 0.9758 / 0.9656, least
-    squares only 0.9749 / 0.9601). A short fine-tuning keeps the fit's gain (the README's prune, LAMP 90 % then 2
-    epochs, 6 seeds: 0.9745 with it, 0.9721 without), a long one recovers less from the sharper output layer
-    (bench/prune_sparsity.py, the one-shot OBS start then 20 epochs, 3 seeds, 95 % / 98 %: 0.9768 / 0.9740 with
-    it, 0.9842 / 0.9786 without); the crossover between 2 and 20 epochs is not measured."""
+    Only that last cut: the ones before it are re-scored by group OBS, whose costs hold for least-squares
+    consumers (3 seeds, notebook-02 teacher, 75 / 90 % of the hidden neurons: in every round 0.9749 / 0.9582, in
+    the last 0.9758 / 0.9656, least squares only 0.9749 / 0.9601). A short fine-tuning keeps the fit's gain (the
+    README's prune, LAMP 90 % then 2 epochs, 6 seeds: 0.9745 with it, 0.9721 without), a long one recovers less
+    from the sharper output layer (bench/prune_sparsity.py, the one-shot OBS start then 20 epochs, 3 seeds, 95 % /
+    98 %: 0.9768 / 0.9740 with it, 0.9842 / 0.9786 without); the crossover between 2 and 20 epochs is not
+    measured."""
+    return run.options["reconstruct"] != arguments.LEAST_SQUARES and run.finetune < schedules.RESOLVE_BELOW
+
+
+def _cut(run: _Run, target: float, predictions: bool = False) -> float:
+    """Re-score the current model, mask it at ``target`` (then re-solve the rest, the output layer fitted to the
+    dense predictions with ``predictions``: `_fits_predictions`); returns the sparsity reached."""
     plain = make_permanent(clone(run.work))
     # the re-solve reproduces the unpruned model, or the fine-tuned one once training has moved it
     trained = bool(run.runs) or run.schedule == "agp"
@@ -413,7 +416,7 @@ def _cut(run: _Run, target: float, last: bool = True) -> float:
     if reference is not None:  # OBS's sweep re-chooses a single cut's masks; re-scored rounds keep theirs
         reselect = run.record.reselect and not run.structured and run.rounds == 1
         reconstruct_layers(run.work, reference, run.data, run.calibration_samples,
-                           reselect=reselect, pattern=parse_pattern(run.pattern), predictions=last)
+                           reselect=reselect, pattern=parse_pattern(run.pattern), predictions=predictions)
         distributed.broadcast_from_main(run.work.state_dict().values())  # rank 0's re-solved weights everywhere
     reached = _masked_sparsity(run.work, run.weights, run.total)
     run.trajectory.append({"target": target, "sparsity": reached, "val_acc": run.accuracy(run.work)})

@@ -151,15 +151,11 @@ def reconstruct_layer(module: nn.Module, gram: torch.Tensor, cross: torch.Tensor
     """Re-solve ``module``'s kept weights and bias in place from ``gram = A^T A`` and ``cross = A^T Y``; a `grouped`
     conv from each conv-group's (``(groups, d+1, d+1)`` and ``(groups, d+1, out / groups)``, `group_statistics`):
     the rows of group ``k`` read only its inputs, so each group is its own least squares."""
-    weight, bias = _weight(module), _bias(module)
+    weight, bias, keep, bias_keep = _kept(module)
     out = weight.shape[0]
     flat = weight.detach().reshape(out, -1).double()
-    keep = _mask(module, "weight", weight).reshape(out, -1).to(gram.device)
-    bias_keep = (_mask(module, "bias", bias).to(gram.device) if bias is not None
-                 else torch.zeros(out, dtype=torch.bool, device=gram.device))
-    current = torch.cat([flat.to(gram.device) * keep,
-                         (bias.detach().double().to(gram.device) * bias_keep if bias is not None
-                          else torch.zeros(out, dtype=torch.float64, device=gram.device))[:, None]], 1)
+    keep, bias_keep = keep.reshape(out, -1).to(gram.device), bias_keep.to(gram.device)
+    current = torch.cat([flat.to(gram.device) * keep, (bias.detach().double().to(gram.device) * bias_keep)[:, None]], 1)
     support = torch.cat([keep, bias_keep[:, None]], 1)
     if gram.dim() == 2:
         final = _refit(current, support, gram, cross, rows, damp)
@@ -167,7 +163,7 @@ def reconstruct_layer(module: nn.Module, gram: torch.Tensor, cross: torch.Tensor
         final = torch.cat([_refit(c, s, g, y, rows, damp) for c, s, g, y in
                            zip(current.chunk(len(gram)), support.chunk(len(gram)), gram, cross)])
     weight.copy_(torch.where(keep, final[:, :-1], flat.to(gram.device)).view_as(weight).to(weight))
-    if bias is not None:
+    if _bias(module) is not None:
         bias.copy_(torch.where(bias_keep, final[:, -1], bias.detach().double().to(gram.device)).to(bias))
     _remask(module)
 
@@ -180,11 +176,11 @@ def _remask(module: nn.Module) -> None:
 
 
 def _kept(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A Linear's trainable weight and bias (zeros without one), and their keep masks (the missing bias: none kept)."""
+    """A layer's trainable weight and bias (zeros without one), and their keep masks (a missing bias: none kept)."""
     weight, bias = _weight(module), _bias(module)
     if bias is None:
-        return weight, torch.zeros_like(weight[:, 0]), _mask(module, "weight", weight), \
-            torch.zeros_like(weight[:, 0], dtype=torch.bool)
+        zeros = weight.new_zeros(weight.shape[0])
+        return weight, zeros, _mask(module, "weight", weight), zeros.bool()
     return weight, bias, _mask(module, "weight", weight), _mask(module, "bias", bias)
 
 
@@ -195,7 +191,7 @@ def _refit_output_layer(module: nn.Linear, inputs: torch.Tensor, target: torch.T
     weight, bias, keep, bias_keep = _kept(module)
     new_weight, new_bias = refit_output(weight, bias, keep, bias_keep, inputs, target, masked)
     weight.copy_(torch.where(keep, new_weight.to(weight), weight))
-    if module.bias is not None:
+    if _bias(module) is not None:
         bias.copy_(torch.where(bias_keep, new_bias.to(bias), bias))
     _remask(module)
 
@@ -251,5 +247,6 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
 
 
 def _masked(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias as plain masking leaves them."""
     weight, bias, keep, bias_keep = _kept(module)
     return weight.detach() * keep, bias.detach() * bias_keep
