@@ -248,6 +248,8 @@ IMPORTANCE = [
     (lambda: (make_net(), "l1"), {"structured": True, "example": torch.randn(2, 7)}, "example"),
     (lambda: (make_net(), "random"), {"seed": "x"}, "seed"),
     (lambda: (make_net(), "hessian", make_loader()), {"hessian_estimator": "exact"}, "hessian_estimator"),
+    (lambda: (make_net(), "taylor", make_loader()), {"calibration_samples": 0}, "calibration_samples"),
+    (lambda: (make_net(), "wanda", make_loader()), {"calibration_samples": "64"}, "calibration_samples"),
     (lambda: (bn_net(), "slimming", make_loader()), {"structured": True, "slimming_epochs": -1}, "slimming_epochs"),
     (lambda: (bn_net(), "slimming", make_loader()), {"structured": True, "lr": float("nan")}, "lr"),
     (lambda: (bn_net(), "slimming", make_loader()), {"structured": True, "device": "gpu0"}, "device"),

@@ -52,6 +52,47 @@ def test_fisher_diagonal_averages_per_sample_gradients_squared_over_all_batches(
     assert torch.allclose(estimate.fisher_diagonal(model, data, chunk=3)["weight"], expected, atol=1e-7)
 
 
+class _Counted:
+    """A loader that counts the batches it has handed out."""
+
+    def __init__(self, loader):
+        self.loader, self.served = loader, 0
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.served += 1
+            yield batch
+
+    def __len__(self):
+        return len(self.loader)
+
+
+@pytest.mark.parametrize("statistic", ["squared_gradients", "fisher_diagonal", "hutchinson_diagonal"])
+def test_statistics_read_only_the_first_samples(statistic):
+    model, data = _tiny()  # 12 samples in batches of 4
+    first = DataLoader(TensorDataset(*[t[:6] for t in data.dataset.tensors]), batch_size=4)  # 4 + 2
+    counted = _Counted(data)
+    estimated = getattr(estimate, statistic)(model, counted, samples=6)["weight"]
+    assert torch.allclose(estimated, getattr(estimate, statistic)(model, first)["weight"], atol=1e-7)
+    assert counted.served == 2  # the third batch is never loaded
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "hessian", "wanda", "obs"])
+def test_importance_and_prune_score_on_calibration_samples(criterion):
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    data = DataLoader(TensorDataset(x, y), batch_size=8)
+    first = DataLoader(TensorDataset(x[:20], y[:20]), batch_size=8)
+    capped = importance(model, criterion, data, calibration_samples=20).weights
+    assert all(torch.equal(capped[n], v) for n, v in importance(model, criterion, first).weights.items())
+    assert not all(torch.equal(capped[n], v) for n, v in importance(model, criterion, data).weights.items())
+    options = dict(criterion=criterion, reconstruct=False, seed=0)
+    pruned = kdnb.prune(model, 0.5, data=data, calibration_samples=20, **options).model
+    expected = kdnb.prune(model, 0.5, data=first, **options).model
+    assert all(torch.equal(a, b) for a, b in zip(pruned.state_dict().values(), expected.state_dict().values()))
+
+
 class _Scale(nn.Module):
     def __init__(self):
         super().__init__()
@@ -65,7 +106,7 @@ def test_hutchinson_is_exact_for_a_diagonal_hessian_and_averages_all_batches():
     x = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 1.0]])
     data = DataLoader(TensorDataset(x, torch.zeros(2)), batch_size=1)
     loss = lambda out, y: out.pow(2).sum()  # noqa: E731  d2/dw_k2 = 2 x_k^2, no cross terms
-    estimated = estimate.hutchinson_diagonal(_Scale(), data, samples=1, loss_fn=loss)["weight"]
+    estimated = estimate.hutchinson_diagonal(_Scale(), data, probes=1, loss_fn=loss)["weight"]
     assert torch.allclose(estimated, (2 * x.pow(2)).mean(0))
 
 
@@ -76,7 +117,7 @@ def test_hutchinson_estimates_the_hessian_diagonal_of_a_classifier():
     for x, y in data:  # the exact diagonal, averaged over every batch
         loss = lambda flat: F.cross_entropy(F.linear(x, flat.view(2, 3), b), y)  # noqa: E731
         exact += torch.autograd.functional.hessian(loss, w.flatten()).diagonal() / len(data)
-    estimated = estimate.hutchinson_diagonal(model, data, samples=60, seed=0)["weight"].flatten()
+    estimated = estimate.hutchinson_diagonal(model, data, probes=60, seed=0)["weight"].flatten()
     assert torch.allclose(estimated, exact, atol=0.25 * exact.abs().max())
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from kdnb.engine import checks
-from kdnb.engine.prune import schedules
+from kdnb.engine.prune import calibration, schedules
 from kdnb.engine.prune.groups import PRUNABLE
 from kdnb.errors import KdnbError, is_number
 
@@ -151,7 +151,7 @@ def _statistic(criterion: str) -> str | None:
 
 def check_importance(model: Any, criterion: Any, data: Any, structured: Any, example: Any, seed: Any,
                      hessian_estimator: Any, slimming_epochs: Any, slimming_l1: Any, lr: Any, device: Any,
-                     callbacks: Any) -> None:
+                     callbacks: Any, calibration_samples: Any) -> None:
     """Every argument of `importance` (the explorer scores with it), once, before the model is copied."""
     from kdnb.engine.prune.scores import ESTIMATORS
 
@@ -162,6 +162,7 @@ def check_importance(model: Any, criterion: Any, data: Any, structured: Any, exa
     checks.check_bool("structured", structured)
     checks.check_choice("hessian_estimator", hessian_estimator, ESTIMATORS)
     checks.check_count("slimming_epochs", slimming_epochs, 0, example="2")
+    checks.check_count("calibration_samples", calibration_samples, 1, example="2048")
     checks.check_fraction("slimming_l1", slimming_l1, 0.0, math.inf, example="1e-3")
     if example is not None:
         checks.check_example(example, empty=True)
@@ -191,6 +192,7 @@ def check_sensitivity(model: Any, val: Any, options: dict[str, Any]) -> list[flo
     checks.check_model(model)
     checks.check_data_fits(model, val, "val", labels="sensitivity (it measures val accuracy)")
     check_importance(model, options["criterion"], options["data"], options["structured"], options["example"],
-                     options["seed"], "fisher", 2, 1e-3, options["lr"], options["device"], options["callbacks"])
+                     options["seed"], "fisher", 2, 1e-3, options["lr"], options["device"], options["callbacks"],
+                     calibration.SAMPLES)
     check_settings(options)
     return values

@@ -55,8 +55,8 @@ def taylor(weight: torch.Tensor, grad_sq: torch.Tensor) -> torch.Tensor:
     r"""First-order Taylor: :math:`s_k = \frac{1}{B}\sum_b (g_{k,b}\, w_k)^2 = w_k^2\, \overline{g_k^2}`.
 
     Removing :math:`w_k` changes the loss by about :math:`g_k w_k`; its square, averaged over the
-    ``B`` batches, is the importance of Molchanov et al. 2019, "Importance Estimation for Neural
-    Network Pruning" (the per-parameter form of Molchanov et al. 2017). ``grad_sq`` is
+    ``B`` batches of the calibration samples, is the importance of Molchanov et al. 2019, "Importance
+    Estimation for Neural Network Pruning" (the per-parameter form of Molchanov et al. 2017). ``grad_sq`` is
     :math:`\overline{g_k^2}`, the batch gradient squared and averaged over batches. BatchNorm scales and
     shifts are scored like any other parameter. Summed over a channel (structured) this is the sum of the
     per-weight terms; `taylor_group` is the paper's group form.
@@ -81,9 +81,9 @@ def hessian(weight: torch.Tensor, hessian_diag: torch.Tensor) -> torch.Tensor:
     LeCun, Denker & Solla 1990, "Optimal Brain Damage": at a minimum the loss grows by
     :math:`\tfrac{1}{2} h_{kk} w_k^2` when :math:`w_k` is set to zero, the other weights left as they are
     (diagonal Hessian, cross terms ignored). ``hessian_diag`` is :math:`h_{kk}` of the training loss,
-    estimated over all batches by the empirical Fisher (the default,
-    :math:`h_{kk} \approx \frac{1}{N}\sum_n (\partial L_n / \partial w_k)^2`, per-sample gradients squared: a
-    stand-in for the Hessian near a minimum, never negative) or, with ``hessian_estimator="hutchinson"``, by
+    estimated on the calibration samples (the first ``calibration_samples`` of ``data``) by the empirical
+    Fisher (the default, :math:`h_{kk} \approx \frac{1}{N}\sum_n (\partial L_n / \partial w_k)^2`, per-sample
+    gradients squared: a stand-in for the Hessian near a minimum, never negative) or, with ``hessian_estimator="hutchinson"``, by
     Hutchinson's estimator :math:`\mathrm{diag}(H) \approx \mathbb{E}_z[z \odot Hz]`, :math:`z` Rademacher
     (exact in expectation, noisy with few probes). `obs` uses the full layer Hessian instead. A channel
     (structured) sums the terms of the weights that read it (``reads``).

@@ -1,4 +1,5 @@
-"""The statistics behind the data-driven criteria, accumulated over every batch given.
+"""The statistics behind the data-driven criteria, accumulated over the first ``samples`` samples of the batches
+given (`kdnb.prune`'s ``calibration_samples``; None: every batch).
 
 - `squared_gradients`: the batch gradient squared, averaged over batches (taylor);
 - `fisher_diagonal`: the Hessian diagonal by the empirical Fisher (hessian, the default estimator);
@@ -26,17 +27,22 @@ from kdnb.engine.prune.criteria import slimming_penalty
 from kdnb.engine.prune.groups import _BATCHNORM, ChannelGroup, channel_scores
 
 
-def _batches(model: nn.Module, data: Iterable, criterion: str, loss_fn: Callable = F.cross_entropy
-             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Every batch as (inputs, labels) on the model's device. Each is checked as it comes (for cross-entropy: a
-    min and a max of its labels against the classes the model outputs), so a bad later batch is one line."""
-    device, classes = model_device(model), None if loss_fn is F.cross_entropy else 0
+def _batches(model: nn.Module, data: Iterable, criterion: str, loss_fn: Callable = F.cross_entropy,
+             samples: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches holding the first ``samples`` samples (None: every batch; the last one cut to fit) as (inputs,
+    labels) on the model's device. Each is checked as it comes (for cross-entropy: a min and a max of its labels
+    against the classes the model outputs), so a bad later batch is one line. The cap bounds what a gradual
+    schedule's re-scoring costs on a large training set: it reads the data at each of its updates."""
+    device, classes, count = model_device(model), None if loss_fn is F.cross_entropy else 0, 0
     for index, batch in checks.numbered_batches(data, lambda i: f"batch {i + 1} (criterion {criterion!r})"):
         where = f"data (batch {index + 1}, criterion {criterion!r})"
         x, y = checks.check_batch(batch, where)
         if y is None:
             raise KdnbError(f"criterion {criterion!r} needs labelled batches but {where} has inputs only; "
                             "pass a loader of (inputs, labels)")
+        if samples is not None:
+            x, y = x[:samples - count], y[:samples - count]
+            count += len(x)
         x, y = x.to(device), y.to(device)
         if classes is None:
             with torch.no_grad():
@@ -45,6 +51,8 @@ def _batches(model: nn.Module, data: Iterable, criterion: str, loss_fn: Callable
         if classes:
             checks.check_labels(y, classes, len(x), f"in {where}")
         yield x, y
+        if samples is not None and count >= samples:  # stop before the loader loads a batch no one reads
+            return
 
 
 def under_every_name(model: nn.Module, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -100,13 +108,14 @@ def _named_trainable(model: nn.Module) -> tuple[list[str], list[nn.Parameter]]:
     return [n for n, _ in named], [p for _, p in named]
 
 
-def squared_gradients(model: nn.Module, data: Iterable, loss_fn: Callable = F.cross_entropy) -> dict[str, torch.Tensor]:
+def squared_gradients(model: nn.Module, data: Iterable, loss_fn: Callable = F.cross_entropy,
+                      samples: int | None = None) -> dict[str, torch.Tensor]:
     """Mean over batches of the squared batch gradient, for every trainable parameter."""
     names, params = _named_trainable(model)
     sums = [torch.zeros_like(p) for p in params]
     count = 0
     with eval_mode(model):
-        for x, y in _batches(model, data, "taylor", loss_fn):
+        for x, y in _batches(model, data, "taylor", loss_fn, samples):
             grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
             for total, g in zip(sums, grads):
                 if g is not None:
@@ -116,12 +125,12 @@ def squared_gradients(model: nn.Module, data: Iterable, loss_fn: Callable = F.cr
 
 
 def group_gradient_weight(model: nn.Module, data: Iterable, groups: list[ChannelGroup],
-                          loss_fn: Callable = F.cross_entropy) -> dict[str, torch.Tensor]:
+                          loss_fn: Callable = F.cross_entropy, samples: int | None = None) -> dict[str, torch.Tensor]:
     """For each group root, ``(batches, channels)``: sum over the channel's parameters s of g_s w_s, per batch."""
     names, params = _named_trainable(model)
     rows: dict[str, list[torch.Tensor]] = {g.root: [] for g in groups}
     with eval_mode(model):
-        for x, y in _batches(model, data, "taylor_group", loss_fn):
+        for x, y in _batches(model, data, "taylor_group", loss_fn, samples):
             grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
             products = under_every_name(model, {n: (g * p).detach() for n, p, g in zip(names, params, grads)
                                                 if g is not None})
@@ -131,7 +140,7 @@ def group_gradient_weight(model: nn.Module, data: Iterable, groups: list[Channel
 
 
 def fisher_diagonal(model: nn.Module, data: Iterable, loss_fn: Callable = F.cross_entropy,
-                    chunk: int = 64) -> dict[str, torch.Tensor]:
+                    chunk: int = 64, samples: int | None = None) -> dict[str, torch.Tensor]:
     """Empirical Fisher diagonal, F_kk = mean over every sample n of (dL_n/dw_k)^2: a stand-in for the
     Hessian diagonal near a minimum (never negative), from per-sample gradients (``torch.func.vmap`` of
     ``torch.func.grad``, ``chunk`` samples at a time)."""
@@ -149,7 +158,7 @@ def fisher_diagonal(model: nn.Module, data: Iterable, loss_fn: Callable = F.cros
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
     weights = {n: p.detach() for n, p in zip(names, params)}
     with eval_mode(model):
-        for x, y in _batches(model, data, "hessian", loss_fn):
+        for x, y in _batches(model, data, "hessian", loss_fn, samples):
             for start in range(0, len(x), chunk):
                 grads = per_sample(weights, x[start:start + chunk], y[start:start + chunk])
                 for total, name in zip(sums, names):
@@ -158,23 +167,23 @@ def fisher_diagonal(model: nn.Module, data: Iterable, loss_fn: Callable = F.cros
     return under_every_name(model, {n: s / max(count, 1) for n, s in zip(names, sums)})
 
 
-def hutchinson_diagonal(model: nn.Module, data: Iterable, samples: int = 1, seed: int = 0,
-                        loss_fn: Callable = F.cross_entropy) -> dict[str, torch.Tensor]:
-    """Hutchinson's estimate of diag(H), averaged over all batches and ``samples`` probes per batch:
+def hutchinson_diagonal(model: nn.Module, data: Iterable, probes: int = 1, seed: int = 0,
+                        loss_fn: Callable = F.cross_entropy, samples: int | None = None) -> dict[str, torch.Tensor]:
+    """Hutchinson's estimate of diag(H), averaged over the batches and ``probes`` probes per batch:
     diag(H) ~ E_z[z * (H z)] with Rademacher z (Bekas, Kokiopoulou & Saad 2007)."""
     names, params = _named_trainable(model)
     sums = [torch.zeros_like(p) for p in params]
     generator = torch.Generator().manual_seed(seed)
     count = 0
     with eval_mode(model):
-        for x, y in _batches(model, data, "hessian", loss_fn):
+        for x, y in _batches(model, data, "hessian", loss_fn, samples):
             grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True, allow_unused=True)
             used = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
-            for _ in range(samples):
-                probes = [torch.randint(0, 2, g.shape, generator=generator).to(g) * 2 - 1 for _, g in used]
-                hz = torch.autograd.grad([g for _, g in used], [params[i] for i, _ in used], grad_outputs=probes,
+            for _ in range(probes):
+                zs = [torch.randint(0, 2, g.shape, generator=generator).to(g) * 2 - 1 for _, g in used]
+                hz = torch.autograd.grad([g for _, g in used], [params[i] for i, _ in used], grad_outputs=zs,
                                          retain_graph=True, allow_unused=True)
-                for (i, _), z, h in zip(used, probes, hz):
+                for (i, _), z, h in zip(used, zs, hz):
                     if h is not None:
                         sums[i] += z * h.detach()
                 count += 1

@@ -206,7 +206,9 @@ def prune(
         control: also fine-tune an unpruned copy for the same epochs, the control of Blalock et al. 2020.
         slimming_epochs, slimming_l1: the L1-on-BatchNorm-scales training phase of network slimming.
         hessian_estimator: the hessian criterion's diagonal: "fisher" (empirical Fisher) or "hutchinson".
-        calibration_samples: samples of ``data`` that wanda, obs and the reconstruction read.
+        calibration_samples: samples of ``data`` that the data criteria's statistics (gradients, layer inputs) and
+            the reconstruction read: the first ones, at each re-scoring (a gradual schedule re-scores at every
+            update, so this bounds its cost on a large training set).
         optimizer, lr, scheduler, amp, grad_clip, device, seed, callbacks: the training settings of the
             fine-tuning (and slimming) runs, as in `kdnb.train` (``optimizer``: None for Adam(lr), or a factory
             ``params -> optimizer``, since the run trains a copy). ``seed`` also seeds the random criterion
@@ -401,7 +403,7 @@ def _cut(run: _Run, target: float, predictions: bool = False) -> float:
     reference = (plain if trained else run.dense) if run.reconstruct else None
     example = run.example.to(model_device(plain)) if run.example is not None else None
     scores = _every_layer_scored(run, plain, _score(plain, run.record, run.data, run.structured, example, run.seed,
-                                                    run.hessian_estimator), example)
+                                                    run.hessian_estimator, run.calibration_samples), example)
     pruned = current_masks(run.work)
     if run.structured:
         run.removed.clear()
@@ -436,7 +438,8 @@ def _every_layer_scored(run: _Run, plain: nn.Module, scores: Scores, example: to
     if run.auto:
         fallback = "l1" if run.structured else DEFAULT_CRITERION[False]
         run.options["criterion"], run.record = fallback, criteria.REGISTRY[fallback]
-        return _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator)
+        return _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator,
+                      run.calibration_samples)
     if not run.structured and not run.trajectory:
         warn(f"criterion {run.criterion!r} scores only Linear and ungrouped Conv1d/2d layers, so {len(unscored)} "
              f"layer(s) stay dense: {', '.join(unscored[:4])}{', ...' if len(unscored) > 4 else ''}; "

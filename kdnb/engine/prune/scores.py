@@ -105,7 +105,7 @@ def check_criterion(criterion: str, data: Iterable | None, model: nn.Module, str
 
 @dataclass
 class _Context:
-    """What a statistic may read: the model, the data, the mode, the seed."""
+    """What a statistic may read: the model, the data (its first ``samples`` samples), the mode, the seed."""
 
     model: nn.Module
     data: Iterable | None
@@ -113,6 +113,7 @@ class _Context:
     seed: int
     hessian_estimator: str
     groups: list[ChannelGroup]
+    samples: int = calibration.SAMPLES
 
     def scored(self) -> dict[str, torch.Tensor]:
         """The parameters an element criterion scores: every one when structured (BatchNorm included)."""
@@ -126,15 +127,16 @@ def _with(ctx: _Context, stats: dict[str, torch.Tensor]) -> dict[str, tuple]:
 
 
 def _hessian_diag(ctx: _Context) -> dict[str, tuple]:
-    stats = (estimate.fisher_diagonal(ctx.model, ctx.data) if ctx.hessian_estimator == "fisher"  # type: ignore
-             else estimate.hutchinson_diagonal(ctx.model, ctx.data, seed=ctx.seed))  # type: ignore[arg-type]
+    stats = (estimate.fisher_diagonal(ctx.model, ctx.data, samples=ctx.samples)  # type: ignore[arg-type]
+             if ctx.hessian_estimator == "fisher"
+             else estimate.hutchinson_diagonal(ctx.model, ctx.data, seed=ctx.seed, samples=ctx.samples))  # type: ignore
     return _with(ctx, stats)
 
 
 def _per_input(ctx: _Context, of_gram: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, tuple]:
     """A statistic of each layer's input Gram matrix ``X^T X``, one value per input, shaped as the weight."""
     weights = prunable_weights(ctx.model)
-    grams = calibration.input_grams(ctx.model, ctx.data)  # type: ignore[arg-type]
+    grams = calibration.input_grams(ctx.model, ctx.data, ctx.samples)  # type: ignore[arg-type]
     return {n: (weights[n].detach(), of_gram(g).to(weights[n]).view(1, *weights[n].shape[1:]))
             for n, g in grams.items()}
 
@@ -224,7 +226,7 @@ def _consumers(ctx: _Context) -> dict[str, tuple]:
     H^-1 (d, d), columns); a consumer with a bias gets the ones column too (its bias last, ``d+1``): the refit
     re-solves the bias, which absorbs the mean of what a removed channel fed. A grouped conv is ``groups``
     consumers, one per conv-group, as the refit solves it (`_consumer_blocks`)."""
-    grams = calibration.input_grams(ctx.model, ctx.data, ones=True, groups=True)  # type: ignore[arg-type]
+    grams = calibration.input_grams(ctx.model, ctx.data, ctx.samples, ones=True, groups=True)  # type: ignore
     found = {}
     for group in ctx.groups:
         consumers = []
@@ -279,7 +281,7 @@ def _consumer_activations(ctx: _Context) -> dict[str, tuple]:
     hooks = [module.register_forward_pre_hook(record) for module in readers]
     try:
         with eval_mode(ctx.model):
-            for x in calibration.calibration_batches(ctx.data):  # type: ignore[arg-type]
+            for x in calibration.calibration_batches(ctx.data, ctx.samples):  # type: ignore[arg-type]
                 ctx.model(to_device(x, model_device(ctx.model)))
     finally:
         for hook in hooks:
@@ -300,7 +302,8 @@ def _generator(ctx: _Context) -> dict[str, tuple]:
 
 STATISTICS: dict[str | None, Callable[[_Context], dict[str, tuple]]] = {
     None: lambda ctx: {n: (w,) for n, w in ctx.scored().items()},
-    "grad_sq": lambda ctx: _with(ctx, estimate.squared_gradients(ctx.model, ctx.data)),  # type: ignore[arg-type]
+    "grad_sq": lambda ctx: _with(ctx, estimate.squared_gradients(ctx.model, ctx.data,  # type: ignore[arg-type]
+                                                                 samples=ctx.samples)),
     "hessian_diag": _hessian_diag,
     "input_norm": lambda ctx: _per_input(ctx, lambda g: g.diagonal().clamp_min(0).sqrt()),
     "inverse_hessian_diag": lambda ctx: _per_input(ctx, _inverse_hessian_diag),
@@ -310,14 +313,14 @@ STATISTICS: dict[str | None, Callable[[_Context], dict[str, tuple]]] = {
     "consumer_inverse_hessian": _consumers,
     "consumer_activation": _consumer_activations,
     "group_gradient_weight": lambda ctx: {root: (v,) for root, v in estimate.group_gradient_weight(
-        ctx.model, ctx.data, ctx.groups).items()},  # type: ignore[arg-type]
+        ctx.model, ctx.data, ctx.groups, samples=ctx.samples).items()},  # type: ignore[arg-type]
 }
 
 
 def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = None, *, structured: bool = False,
                example: torch.Tensor | None = None, seed: int = 0, hessian_estimator: str = "fisher",
                slimming_epochs: int = 2, slimming_l1: float = 1e-3, lr: float = 1e-3, device: str = "auto",
-               callbacks: Iterable[object] = ()) -> Scores:
+               callbacks: Iterable[object] = (), calibration_samples: int = calibration.SAMPLES) -> Scores:
     """Score every weight (or, ``structured=True``, every channel) of ``model`` once; then
     ``masks_at(scores, s)`` gives the masks at any sparsity ``s`` cheaply.
 
@@ -327,24 +330,26 @@ def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = 
     Args:
         model: the network to score.
         criterion: a name of `kdnb.engine.prune.criteria.REGISTRY` ("l1", "lamp", "taylor", "obs", ...).
-        data: labelled batches: gradient statistics accumulate over all of them, layer-input statistics over
-            the first `calibration.SAMPLES`; slimming trains on them.
+        data: labelled batches: the statistics (gradients, layer inputs) read their first
+            ``calibration_samples`` samples; slimming trains on all of them.
         structured: score channels (coupled groups, via Torch-Pruning's DependencyGraph) instead of weights.
         example: an input batch to trace the model (structured); by default the first batch of ``data``.
         seed: seeds the random criterion and Hutchinson's probes.
         hessian_estimator: the hessian criterion's diagonal: "fisher" (empirical Fisher, per-sample gradients
             squared) or "hutchinson" (Hutchinson's estimator, one Rademacher probe per batch).
+        calibration_samples: how many samples of ``data`` the statistics read (default `calibration.SAMPLES`):
+            what bounds the cost of scoring on a large training set.
     """
     arguments.check_importance(model, criterion, data, structured, example, seed, hessian_estimator,
-                               slimming_epochs, slimming_l1, lr, device, callbacks)
+                               slimming_epochs, slimming_l1, lr, device, callbacks, calibration_samples)
     with calibration.loaders_untouched(data):  # iterating a shuffled loader does not move the user's shuffling
         return _importance(model, criterion, data, structured, example, seed, hessian_estimator, slimming_epochs,
-                           slimming_l1, lr, device, callbacks)
+                           slimming_l1, lr, device, callbacks, calibration_samples)
 
 
 def _importance(model: nn.Module, criterion: str, data: Iterable | None, structured: bool,
                 example: torch.Tensor | None, seed: int, hessian_estimator: str, slimming_epochs: int,
-                slimming_l1: float, lr: float, device: str, callbacks: Iterable[object]) -> Scores:
+                slimming_l1: float, lr: float, device: str, callbacks: Iterable[object], samples: int) -> Scores:
     from kdnb.engine.checks import first_batch
     from kdnb.engine.device import resolve_device
     from kdnb.engine.objective import split_batch
@@ -361,16 +366,17 @@ def _importance(model: nn.Module, criterion: str, data: Iterable | None, structu
             raise KdnbError("structured pruning needs an example input to trace the model: pass data= "
                             "(its first batch is used) or example=torch.randn(1, ...)")
         example = split_batch(first_batch(data))[0]
-    return _score(work, record, data, structured, example, seed, hessian_estimator)
+    return _score(work, record, data, structured, example, seed, hessian_estimator, samples)
 
 
 def _score(model: nn.Module, record: criteria.Criterion, data: Iterable | None, structured: bool,
-           example: torch.Tensor | None, seed: int, hessian_estimator: str) -> Scores:
-    """`Scores` of ``model`` as it is (no training)."""
+           example: torch.Tensor | None, seed: int, hessian_estimator: str,
+           samples: int = calibration.SAMPLES) -> Scores:
+    """`Scores` of ``model`` as it is (no training), its statistics read on the first ``samples`` of ``data``."""
     groups = channel_groups(model, dependency_graph(model, example.to(next(model.parameters()).device))) \
         if structured else []  # type: ignore[union-attr]
     groups = estimate.untied_groups(model, groups)  # a shared weight's channels stay whole: the tie holds
-    context = _Context(model, data, structured, seed, hessian_estimator, groups)
+    context = _Context(model, data, structured, seed, hessian_estimator, groups, samples)
     values = {key: record.formula(*args) for key, args in STATISTICS[record.statistic](context).items()}
     distributed.broadcast_from_main(values.values())  # several processes: rank 0's scores, so the same masks
     prunable = list(prunable_weights(model))
