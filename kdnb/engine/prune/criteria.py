@@ -83,10 +83,11 @@ def hessian(weight: torch.Tensor, hessian_diag: torch.Tensor) -> torch.Tensor:
     (diagonal Hessian, cross terms ignored). ``hessian_diag`` is :math:`h_{kk}` of the training loss,
     estimated on the calibration samples (the first ``calibration_samples`` of ``data``) by the empirical
     Fisher (the default, :math:`h_{kk} \approx \frac{1}{N}\sum_n (\partial L_n / \partial w_k)^2`, per-sample
-    gradients squared: a stand-in for the Hessian near a minimum, never negative) or, with ``hessian_estimator="hutchinson"``, by
-    Hutchinson's estimator :math:`\mathrm{diag}(H) \approx \mathbb{E}_z[z \odot Hz]`, :math:`z` Rademacher
-    (exact in expectation, noisy with few probes). `obs` uses the full layer Hessian instead. A channel
-    (structured) sums the terms of the weights that read it (``reads``).
+    gradients squared: a stand-in for the Hessian near a minimum, never negative) or, with
+    ``hessian_estimator="hutchinson"``, by Hutchinson's estimator
+    :math:`\mathrm{diag}(H) \approx \mathbb{E}_z[z \odot Hz]`, :math:`z` Rademacher (exact in expectation, noisy
+    with few probes). `obs` uses the full layer Hessian instead. A channel (structured) sums the terms of the
+    weights that read it (``reads``).
     """
     return 0.5 * hessian_diag * weight.pow(2)
 

@@ -127,10 +127,10 @@ def _with(ctx: _Context, stats: dict[str, torch.Tensor]) -> dict[str, tuple]:
 
 
 def _hessian_diag(ctx: _Context) -> dict[str, tuple]:
-    stats = (estimate.fisher_diagonal(ctx.model, ctx.data, samples=ctx.samples)  # type: ignore[arg-type]
-             if ctx.hessian_estimator == "fisher"
-             else estimate.hutchinson_diagonal(ctx.model, ctx.data, seed=ctx.seed, samples=ctx.samples))  # type: ignore
-    return _with(ctx, stats)
+    if ctx.hessian_estimator == "fisher":
+        return _with(ctx, estimate.fisher_diagonal(ctx.model, ctx.data, samples=ctx.samples))  # type: ignore[arg-type]
+    return _with(ctx, estimate.hutchinson_diagonal(ctx.model, ctx.data, seed=ctx.seed,  # type: ignore[arg-type]
+                                                   samples=ctx.samples))
 
 
 def _per_input(ctx: _Context, of_gram: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, tuple]:
