@@ -101,14 +101,20 @@ def test_auto_schedule_is_gradual_for_single_weights_from_95_percent_with_fine_t
     assert schedules.resolve("iterative", sparsity, finetune, structured, pattern) == "iterative"  # as given
 
 
-def test_the_default_with_fine_tuning_is_hessian_agp_re_solved_only_for_short_runs(trained, digits):
+def test_the_default_with_fine_tuning_is_hessian_agp_re_solved_where_little_training_follows(trained, digits):
     result = prune(trained, 0.96, data=digits[0], finetune=1)
     assert (result.schedule, result.criterion, result.reconstructed) == ("agp", "hessian", True)
     assert result.steps == 30 and result.sparsity == pytest.approx(0.96, abs=1e-3)
-    long = prune(trained, 0.96, data=digits[0], finetune=schedules.RESOLVE_BELOW)
-    assert (long.schedule, long.criterion, long.reconstructed) == ("agp", "hessian", False)
+    assert all(step["resolved"] for step in result.trajectory)
+    long = prune(trained, 0.96, data=digits[0], finetune=2 * schedules.RESOLVE_BELOW, steps=8)
+    left = [schedules.epochs_left("agp", 2 * schedules.RESOLVE_BELOW, 8, k) for k in range(1, 9)]  # 18.1 ... 5
+    assert (long.schedule, long.criterion, long.reconstructed) == ("agp", "hessian", True)
+    assert [step["resolved"] for step in long.trajectory] == [epochs < schedules.RESOLVE_BELOW for epochs in left]
+    assert "reconstructed at 3 of 8 steps" in repr(long)
+    longest = prune(trained, 0.96, data=digits[0], finetune=4 * schedules.RESOLVE_BELOW, steps=2)  # 10 epochs left
+    assert not longest.reconstructed and not any(step["resolved"] for step in longest.trajectory)
     rounds = prune(trained, 0.96, data=digits[0], finetune=4, schedule="iterative")  # 3 rounds of 4 epochs
-    assert (rounds.criterion, rounds.reconstructed) == ("hessian", False)
+    assert rounds.criterion == "hessian" and [step["resolved"] for step in rounds.trajectory] == [False, True, True]
     oneshot = prune(trained, 0.96, data=digits[0], finetune=1, schedule="oneshot")
     assert (oneshot.criterion, oneshot.reconstructed) == ("lamp", True)  # the one-shot default is unchanged
     short = prune(trained, 0.9, data=digits[0])  # no fine-tuning: one shot, LAMP, re-solved
@@ -121,7 +127,7 @@ def test_agp_reaches_the_target_when_the_run_has_fewer_steps_than_updates(traine
     assert len(result.trajectory) == 4 and result.trajectory[-1]["target"] == pytest.approx(0.95)
     assert result.sparsity == pytest.approx(0.95, abs=1e-3)
     updates = []
-    subscriber = schedules.AGP(0.9, 30, lambda s: updates.append(s) or s)
+    subscriber = schedules.AGP(0.9, 30, lambda s, k, n: updates.append(s) or s)
     state = type("State", (), {"epochs": 1, "steps_per_epoch": 0, "extra": {}})()  # a loader of unknown length
     subscriber.on_run_start(state)
     for step in range(1, 40):

@@ -261,7 +261,8 @@ kdnb.widgets.SparsityExplorer(teacher, val, data=train)
 # the same 3 epochs of training: `schedule="iterative"` prunes and fine-tunes in rounds, and `schedule="agp"`
 # (Zhu & Gupta 2017) raises the sparsity along a cubic curve while it fine-tunes. Each pruning step ranks the
 # weights by their OBD scores (what `criterion="auto"` means in a gradual schedule) and re-solves the kept
-# weights (the default with data for fine-tuning under 10 epochs). Without `schedule=`, `kdnb.prune` picks
+# weights where fewer than 10 epochs of fine-tuning follow the step (the default with data: here every step;
+# in a long run only the later ones, `result.trajectory` marks each). Without `schedule=`, `kdnb.prune` picks
 # "agp" itself at 95 % or more with fine-tuning, so the one-shot run below asks for `schedule="oneshot"`.
 
 # %%

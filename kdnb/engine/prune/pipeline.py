@@ -76,6 +76,7 @@ class _Run:
     trajectory: list[dict[str, float | None]] = field(default_factory=list)
     interrupted: str | None = None  # where the stop button stopped a pruning round, if it did
     paths: list | None = None  # channel groups of the model, for `connected`
+    epochs_left: float = 0.0  # fine-tuning epochs after the pruning step under way (`_resolves`)
 
     def __getattr__(self, name: str) -> Any:  # the options read as attributes: run.sparsity, run.data...
         try:
@@ -183,10 +184,11 @@ def prune(
         data: training ``DataLoader``: statistics for the data criteria, calibration for reconstruction,
             slimming's L1 phase, fine-tuning, and (first batch) the example input for structured tracing.
         val: validation loader for accuracies in the history and the summary.
-        reconstruct: re-solve the kept weights on ``data`` (default: True when ``data`` is given, except in a
-            gradual schedule with ``schedules.RESOLVE_BELOW`` (10) or more fine-tuning epochs: there the
-            fine-tuning recovers better alone, see `kdnb.engine.prune.schedules`). True also fits the output
-            layer to the unpruned model's predictions (a classifier's logits) after the last cut;
+        reconstruct: re-solve the kept weights on ``data`` (default, when ``data`` is given: every one-shot cut;
+            in a gradual schedule the steps followed by fewer than ``schedules.RESOLVE_BELOW`` (10) epochs of
+            fine-tuning, the earlier ones only mask: the training after them recovers better alone, see
+            `kdnb.engine.prune.schedules`; the result's trajectory marks each step "resolved"). True also fits the
+            output layer to the unpruned model's predictions (a classifier's logits) after the last cut;
             ``"least_squares"`` re-solves every layer, the output layer too, by least squares only.
         rounds: cut each pruning step in this many re-scored steps, geometric in the kept weights, with no
             training between: each round scores the network the last re-solve left, so the criterion sees
@@ -321,10 +323,11 @@ def _default_criterion(options: dict[str, Any]) -> str:
 def _check_reconstruct(options: dict[str, Any]) -> bool:
     reconstruct, data = options["reconstruct"], options["data"]
     checks.check_positive("calibration_samples", options["calibration_samples"], integer=True)
-    if reconstruct is None:  # a long gradual fine-tune recovers better without the re-solve (bench/prune_sparsity.py)
-        rounds = options["steps"] or schedules.DEFAULT_STEPS["iterative"] if options["schedule"] == "iterative" else 1
-        epochs = options["finetune"] * rounds
-        return data is not None and (options["schedule"] == "oneshot" or epochs < schedules.RESOLVE_BELOW)
+    if reconstruct is None:  # a gradual step re-solves when little training follows it (`schedules.resolves`)
+        schedule = options["schedule"]
+        steps = options["steps"] or schedules.DEFAULT_STEPS[schedule]
+        last = schedules.epochs_left(schedule, options["finetune"], steps, steps)
+        return data is not None and (schedule == "oneshot" or schedules.resolves(last))
     if reconstruct and data is None:
         raise KdnbError(f"reconstruct={reconstruct!r} re-solves the kept weights on calibration samples: pass "
                         "data=train_loader (or reconstruct=False)")
@@ -355,10 +358,11 @@ def _prepare(run: _Run, model: nn.Module) -> None:
                                 device=str(run.device), seed=run.seed, callbacks=list(run.callbacks))
 
 
-def _prune_round(run: _Run, target: float) -> float:
-    """`_prune_to` as one step that happens whole or not at all: an exception (the stop button too) in its
-    scoring, masking, re-solving or evaluation puts the working model and the removed channels back as they
-    were before it, then goes on."""
+def _prune_round(run: _Run, target: float, epochs_left: float) -> float:
+    """`_prune_to` as one step, followed by ``epochs_left`` epochs of fine-tuning, that happens whole or not at
+    all: an exception (the stop button too) in its scoring, masking, re-solving or evaluation puts the working
+    model and the removed channels back as they were before it, then goes on."""
+    run.epochs_left = epochs_left
     removed = dict(run.removed)
     try:
         with checks.restored_on_error(run.work):
@@ -394,13 +398,24 @@ def _fits_predictions(run: _Run) -> bool:
     return run.options["reconstruct"] != arguments.LEAST_SQUARES and run.finetune < schedules.RESOLVE_BELOW
 
 
+def _resolves(run: _Run) -> bool:
+    """Whether the cut under way re-solves the kept weights: as asked by ``reconstruct=True`` (or
+    "least_squares"); by default a one-shot cut does, and a gradual step when fewer than
+    `schedules.RESOLVE_BELOW` epochs of fine-tuning follow it (`schedules.resolves`)."""
+    if not run.reconstruct:
+        return False
+    if run.options["reconstruct"] is not None or run.schedule == "oneshot":
+        return True
+    return schedules.resolves(run.epochs_left)
+
+
 def _cut(run: _Run, target: float, predictions: bool = False) -> float:
     """Re-score the current model, mask it at ``target`` (then re-solve the rest, the output layer fitted to the
     dense predictions with ``predictions``: `_fits_predictions`); returns the sparsity reached."""
     plain = make_permanent(clone(run.work))
     # the re-solve reproduces the unpruned model, or the fine-tuned one once training has moved it
     trained = bool(run.runs) or run.schedule == "agp"
-    reference = (plain if trained else run.dense) if run.reconstruct else None
+    reference = (plain if trained else run.dense) if _resolves(run) else None
     example = run.example.to(model_device(plain)) if run.example is not None else None
     scores = _every_layer_scored(run, plain, _score(plain, run.record, run.data, run.structured, example, run.seed,
                                                     run.hessian_estimator, run.calibration_samples), example)
@@ -421,7 +436,8 @@ def _cut(run: _Run, target: float, predictions: bool = False) -> float:
                            reselect=reselect, pattern=parse_pattern(run.pattern), predictions=predictions)
         distributed.broadcast_from_main(run.work.state_dict().values())  # rank 0's re-solved weights everywhere
     reached = _masked_sparsity(run.work, run.weights, run.total)
-    run.trajectory.append({"target": target, "sparsity": reached, "val_acc": run.accuracy(run.work)})
+    run.trajectory.append({"target": target, "sparsity": reached, "val_acc": run.accuracy(run.work),
+                           "resolved": reference is not None})
     return reached
 
 
@@ -490,12 +506,13 @@ def _prune_and_finetune(run: _Run) -> None:
     """The schedule: one step, rounds of prune-then-fine-tune, or gradual pruning during fine-tuning."""
     if run.schedule == "agp":
         run.runs.append(_finetune(run, run.finetune, "finetune",
-                                  [schedules.AGP(run.sparsity, run.steps, lambda s: _prune_round(run, s))]))
+                                  [schedules.AGP(run.sparsity, run.steps, lambda s, k, n: _prune_round(
+                                      run, s, schedules.epochs_left("agp", run.finetune, n, k)))]))
         return
     targets = [run.sparsity] if run.schedule == "oneshot" else schedules.iterative_targets(run.sparsity, run.steps)
     for i, target in enumerate(targets):
         try:
-            reached = _prune_round(run, target)
+            reached = _prune_round(run, target, schedules.epochs_left(run.schedule, run.finetune, len(targets), i + 1))
         except KeyboardInterrupt:
             if not run.trajectory:  # nothing pruned yet: nothing to return
                 raise KeyboardInterrupt("prune was interrupted before its first pruning step finished; nothing "

@@ -28,10 +28,11 @@ class PruneResult(Result):
         sparsity: the fraction of prunable weights removed (``target`` was asked for).
         history: the fine-tuning runs, one after the other (per-epoch "sparsity" included).
         trajectory: one entry per pruning step: target, sparsity reached, val accuracy right after it
-            (and after fine-tuning, "finetuned_acc").
+            (and after fine-tuning, "finetuned_acc"), whether it re-solved the kept weights ("resolved").
         dense_accuracy: val accuracy of ``dense`` (None without val).
         control: with ``control=True``, the unpruned model fine-tuned for as long (Blalock et al. 2020).
-        reconstructed: the kept weights were re-solved on calibration data (`kdnb.engine.prune.reconstruct`).
+        reconstructed: the kept weights were re-solved on calibration data (`kdnb.engine.prune.reconstruct`), at
+            every pruning step or, by default in a gradual schedule, at those the trajectory marks "resolved".
         pattern: the "N:M" semi-structured pattern of the masks, or None.
         ranking: with ``scope="latency"``, the ranking its timing chose ("cost" or "global"), else None.
         max_layer_sparsity: structured, the most of any layer's channels the cut could remove (``max_layer_sparsity``
@@ -166,6 +167,9 @@ class PruneResult(Result):
     def _headline(self) -> str:
         kind = "structured" if self.structured else "unstructured"
         how = (f", {self.pattern}" if self.pattern else "") + (", reconstructed" if self.reconstructed else "")
+        resolved = sum(bool(step.get("resolved")) for step in self.trajectory)
+        if self.reconstructed and 0 < resolved < len(self.trajectory):  # the gradual default: its later steps
+            how += f" at {resolved} of {len(self.trajectory)} steps"
         completed = self.history.status == "completed"
         ran = self.finetune if completed else f"{self.history.num_epochs} of {self.finetune}"  # an interrupt: what ran
         tuned = f", fine-tuned {ran} epoch(s){' with KD' if self.distill else ''}" if self.finetune else ""

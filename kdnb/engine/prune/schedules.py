@@ -12,10 +12,17 @@
 bench/prune_sparsity.py (LeNet-300-100 on digits, 20 fine-tuning epochs, 3 seeds, dense 0.9833): at 99 %
 one-shot pruning then fine-tuning reaches 0.874 (LAMP, re-solved), agp with 10 updates 0.970 and with 30
 updates 0.981 (hessian, Adam lr 1e-2); below 95 % a one-shot cut re-solved on the data keeps the accuracy too.
-Re-solving the kept weights at every gradual step depends on the fine-tuning budget: with 20 epochs it costs
-accuracy (hessian agp at 99 %, 6 seeds: 0.966 re-solved vs 0.976 masked), with 3 epochs (notebook 02's MLP
-64-256-256 at 99 %, lr 1e-3) it is what makes gradual pruning work (0.969 re-solved vs 0.53 masked; LAMP 0.91
-vs 0.40). `RESOLVE_BELOW` sits between the two measured budgets; the crossover itself is not measured.
+
+Whether a gradual step re-solves the kept weights (by default, `resolves`) depends on the training left after it:
+a step followed by fewer than `RESOLVE_BELOW` epochs re-solves, the earlier ones only mask. Measured with
+hessian agp (2026-12-02, bench/prune_sparsity.py's harness, LeNet-300-100 at 99 %, 20 epochs, 12 seeds, dense
+0.9831; Adam at lr 1e-2 / at prune's default 1e-3): masks only 0.9752 / 0.9401, every step re-solved 0.9652 /
+0.9631, the steps with < 10 epochs left (the last 10 of 30) 0.9733 / 0.9701; only the first 5 or 15 steps 0.9745
+/ 0.9329 and 0.9726 / 0.9436, only the last 5 0.9756 / 0.9550. With 10 epochs at lr 1e-2, every step (all have
+< 10 left) 0.9631 vs masks 0.9710. On a conv net (bench/prune_oneshot.py's cnn_bn, 3 seeds, lr 1e-3) every step
+re-solved against masks only: 95 % with 5 / 10 / 20 epochs 0.9313 / 0.9526 / 0.9601 vs 0.6778 / 0.9016 /
+0.9545, 98 % with 20 epochs 0.8802 vs 0.8607. With 3 epochs (notebook 02's MLP 64-256-256 at 99 %, lr 1e-3)
+re-solving is what makes gradual pruning work (0.969 vs 0.53 masked; LAMP 0.91 vs 0.40).
 """
 from __future__ import annotations
 
@@ -26,7 +33,8 @@ from kdnb.engine.events import Callback, RunState
 SCHEDULES = ("auto", "oneshot", "iterative", "agp")
 DEFAULT_STEPS = {"oneshot": 1, "iterative": 3, "agp": 30}
 GRADUAL_FROM = 0.95  # "auto" prunes gradually from this sparsity on (with fine-tuning)
-RESOLVE_BELOW = 10  # fine-tuning epochs under which a gradual schedule re-solves the kept weights by default
+RESOLVE_BELOW = 10  # a gradual step followed by fewer fine-tuning epochs re-solves the kept weights by default
+RAMP = 0.75  # the part of an agp run in which it prunes; the rest fine-tunes at the final sparsity
 
 
 def resolve(schedule: str, sparsity: float, finetune: int, structured: bool, pattern: str | None) -> str:
@@ -36,6 +44,22 @@ def resolve(schedule: str, sparsity: float, finetune: int, structured: bool, pat
         return schedule
     gradual = finetune >= 1 and not structured and pattern is None and sparsity >= GRADUAL_FROM
     return "agp" if gradual else "oneshot"
+
+
+def resolves(epochs_left: float) -> bool:
+    """Whether a gradual step followed by ``epochs_left`` epochs of fine-tuning re-solves the kept weights by
+    default: the training left cannot recover what masking alone loses (see the measurements above)."""
+    return epochs_left < RESOLVE_BELOW
+
+
+def epochs_left(schedule: str, finetune: int, steps: int, step: int) -> float:
+    """Fine-tuning epochs that follow pruning step ``step`` (1-based) of ``steps``: "iterative" fine-tunes
+    ``finetune`` epochs after each round, "agp" prunes in the first `RAMP` of its ``finetune`` epochs."""
+    if schedule == "iterative":
+        return float((steps - step + 1) * finetune)
+    if schedule == "agp":
+        return finetune * (1.0 - RAMP * step / steps)
+    return float(finetune)
 
 
 def iterative_targets(sparsity: float, steps: int) -> list[float]:
@@ -57,13 +81,14 @@ def agp(t: int, final: float, initial: float, t0: int, n: int, dt: int) -> float
 
 class AGP(Callback):
     """Subscriber that prunes ``steps`` times during a run following `agp`, then leaves the last quarter of
-    the run (``1 - ramp``) to fine-tune at the final sparsity. ``update(s)`` re-scores and re-masks the model
-    at sparsity ``s``; the current sparsity is published as ``state.extra["sparsity"]`` (logged per epoch).
+    the run (``1 - ramp``) to fine-tune at the final sparsity. ``update(s, k, n)`` re-scores and re-masks the
+    model at sparsity ``s`` as update ``k`` of ``n``; the current sparsity is published as
+    ``state.extra["sparsity"]`` (logged per epoch).
     A run with fewer optimizer steps in its ramp than ``steps`` prunes once per step (``updates``), so the
     final sparsity is always reached."""
 
-    def __init__(self, final: float, steps: int, update: Callable[[float], float], initial: float = 0.0,
-                 ramp: float = 0.75):
+    def __init__(self, final: float, steps: int, update: Callable[[float, int, int], float], initial: float = 0.0,
+                 ramp: float = RAMP):
         self.final, self.steps, self.update, self.initial, self.ramp = final, steps, update, initial, ramp
         self.dt, self.updates = 1, steps
 
@@ -76,4 +101,4 @@ class AGP(Callback):
     def on_step_end(self, state: RunState) -> None:
         if state.step % self.dt == 0 and state.step <= self.updates * self.dt:
             target = agp(state.step, self.final, self.initial, 0, self.updates, self.dt)
-            state.extra["sparsity"] = self.update(target)
+            state.extra["sparsity"] = self.update(target, state.step // self.dt, self.updates)
