@@ -83,6 +83,13 @@ before these 20 epochs: OBS start 95 % / 98 % 0.9768 / 0.9740 with it against 0.
 so a fine-tuning of `schedules.RESOLVE_BELOW` epochs or more keeps the least squares; with it the rows above are
 unchanged (OBS start 90-99 % 0.9861 / 0.9842 / 0.9786 / 0.9591, 1 cut 98 % 0.8923).
 
+The per-step re-solve of the default (2026-12-02, the AVX-512 Xeon, ``--only default``; 3 seeds): 95 / 98 / 99 %
+0.9907 / 0.9833 / 0.9749 (highest 98 %), at prune's own lr 1e-3 0.9889 / 0.9749 (highest 95 %);
+``--seeds 12 --grid 0.99 --only "default,hessian agp masks,hessian agp re-solved"`` (312 s, dense 0.9831): default
+0.9733 ± 0.0050, at lr 1e-3 0.9701 ± 0.0048; masks only (the default before) 0.9752 ± 0.0043, at lr 1e-3 0.9401 ±
+0.0148; every step re-solved 0.9652 ± 0.0071. The output layer also fitted at the last step: 0.9731 / 0.9703
+(lr 1e-2 / 1e-3), no change, so it is not.
+
     .venv/bin/python bench/prune_sparsity.py [--full] [--seeds N] [--grid 0.98,0.99] [--only "default,obs,torch"]
 
 The grid is walked upwards and stops at the first sparsity that loses more than 0.5 pp. Slimming needs
