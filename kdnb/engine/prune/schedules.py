@@ -22,8 +22,8 @@ hessian agp (2026-12-02, bench/prune_sparsity.py's harness, LeNet-300-100 at 99 
 < 10 left) 0.9631 vs masks 0.9710. On a conv net (bench/prune_oneshot.py's cnn_bn, 3 seeds, lr 1e-3) every step
 re-solved against masks only: 95 % with 5 / 10 / 20 epochs 0.9313 / 0.9526 / 0.9601 vs 0.6778 / 0.9016 /
 0.9545, 98 % with 20 epochs 0.8802 vs 0.8607; the default's last 10 of 30 steps, 20 epochs, 0.9554 at 95 % and
-0.9127 at 98 % (bench/prune_resolve.py, which has lr 1e-2 too). With 3 epochs (notebook 02's MLP 64-256-256 at 99 %, lr 1e-3)
-re-solving is what makes gradual pruning work (0.969 vs 0.53 masked; LAMP 0.91 vs 0.40).
+0.9127 at 98 % (bench/prune_resolve.py, which has lr 1e-2 too). With 3 epochs (notebook 02's MLP 64-256-256 at
+99 %, lr 1e-3) re-solving is what makes gradual pruning work (0.969 vs 0.53 masked; LAMP 0.91 vs 0.40).
 """
 from __future__ import annotations
 
