@@ -441,13 +441,13 @@ def test_an_interrupt_in_an_agp_update_keeps_the_updates_done_and_a_consistent_m
     calls = {"n": 0}
     real = pipeline._prune_to
 
-    def prune_to(run, target):
+    def prune_to(run, target, resolve):
         calls["n"] += 1
         if calls["n"] == 2:  # half of the update done: masks applied, then the stop button
             pipeline.apply_masks(run.work, {name: torch.zeros_like(w, dtype=torch.bool)
                                             for name, w in run.weights.items()})
             raise KeyboardInterrupt
-        return real(run, target)
+        return real(run, target, resolve)
 
     monkeypatch.setattr(pipeline, "_prune_to", prune_to)
     result = kdnb.prune(make_net(), 0.8, data=make_loader(), schedule="agp", steps=3, finetune=2, progress=False,

@@ -76,7 +76,6 @@ class _Run:
     trajectory: list[dict[str, float | None]] = field(default_factory=list)
     interrupted: str | None = None  # where the stop button stopped a pruning round, if it did
     paths: list | None = None  # channel groups of the model, for `connected`
-    epochs_left: float = 0.0  # fine-tuning epochs after the pruning step under way (`_resolves`)
 
     def __getattr__(self, name: str) -> Any:  # the options read as attributes: run.sparsity, run.data...
         try:
@@ -236,7 +235,7 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
     arguments.check_prune_options(options)
     options["sparsity"] = check_sparsity(options["sparsity"])
     structured, data = options["structured"], options["data"]
-    _check_schedule(options)
+    steps = _check_schedule(options)
     options["auto"] = options["criterion"] == "auto"
     criterion = _default_criterion(options) if options["auto"] else options["criterion"]
     options["criterion"] = criterion
@@ -252,7 +251,7 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
     arguments.check_inputs(model, data, options["val"], record.statistic, trains, structured, options["example"])
     weights = prunable_weights(model)
     _check_pattern(model, options)
-    reconstruct = _check_reconstruct(options)
+    reconstruct = _check_reconstruct(options, steps)
     rounds = _check_rounds(options, reconstruct)
     example = options["example"]
     if structured:
@@ -262,13 +261,13 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
                             "(its first batch is used) or example=torch.randn(1, ...)")
     if example is None and data is not None:
         example = split_batch(checks.first_batch(data))[0]
-    steps = schedules.DEFAULT_STEPS[options["schedule"]] if options["steps"] is None else options["steps"]
     return _Run(options, record, reconstruct, rounds, steps, example, weights, model_device(model),
                 resolve_device(options["device"]))
 
 
-def _check_schedule(options: dict[str, Any]) -> None:
-    """Fine-tuning and schedule arguments; resolves ``schedule="auto"`` (`schedules.resolve`) in ``options``."""
+def _check_schedule(options: dict[str, Any]) -> int:
+    """Fine-tuning and schedule arguments; resolves ``schedule="auto"`` (`schedules.resolve`) in ``options``;
+    returns the pruning steps (``steps``, or the schedule's default)."""
     finetune, steps = options["finetune"], options["steps"]
     if isinstance(finetune, bool) or not isinstance(finetune, int) or finetune < 0:
         raise KdnbError(f"finetune should be a number of epochs (an integer >= 0), got {finetune!r}")
@@ -288,6 +287,7 @@ def _check_schedule(options: dict[str, Any]) -> None:
     if isinstance(options["optimizer"], torch.optim.Optimizer):
         raise KdnbError("prune fine-tunes a copy of the model, so an optimizer built on the model's parameters "
                         "would train nothing: pass a factory, e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)")
+    return steps
 
 
 def _check_pattern(model: nn.Module, options: dict[str, Any]) -> None:
@@ -320,12 +320,10 @@ def _default_criterion(options: dict[str, Any]) -> str:
     return DEFAULT_CRITERION[False]
 
 
-def _check_reconstruct(options: dict[str, Any]) -> bool:
+def _check_reconstruct(options: dict[str, Any], steps: int) -> bool:
     reconstruct, data = options["reconstruct"], options["data"]
-    checks.check_positive("calibration_samples", options["calibration_samples"], integer=True)
     if reconstruct is None:  # a gradual step re-solves when little training follows it (`schedules.resolves`)
         schedule = options["schedule"]
-        steps = options["steps"] or schedules.DEFAULT_STEPS[schedule]
         last = schedules.epochs_left(schedule, options["finetune"], steps, steps)
         return data is not None and (schedule == "oneshot" or schedules.resolves(last))
     if reconstruct and data is None:
@@ -362,25 +360,25 @@ def _prune_round(run: _Run, target: float, epochs_left: float) -> float:
     """`_prune_to` as one step, followed by ``epochs_left`` epochs of fine-tuning, that happens whole or not at
     all: an exception (the stop button too) in its scoring, masking, re-solving or evaluation puts the working
     model and the removed channels back as they were before it, then goes on."""
-    run.epochs_left = epochs_left
     removed = dict(run.removed)
     try:
         with checks.restored_on_error(run.work):
-            return _prune_to(run, target)
+            return _prune_to(run, target, _resolves(run, epochs_left))
     except BaseException:
         run.removed.clear()
         run.removed.update(removed)
         raise
 
 
-def _prune_to(run: _Run, target: float) -> float:
-    """Cut to ``target`` in ``run.rounds`` steps: the kept fraction shrinks by the same factor in each, and
-    each re-scores the network as the last one left it; returns the sparsity reached."""
+def _prune_to(run: _Run, target: float, resolve: bool) -> float:
+    """Cut to ``target`` in ``run.rounds`` steps (each re-solving the kept weights with ``resolve``): the kept
+    fraction shrinks by the same factor in each, and each re-scores the network as the last one left it; returns
+    the sparsity reached."""
     kept = 1.0 - _masked_sparsity(run.work, run.weights, run.total)
     reached = 1.0 - kept
     for i in range(1, run.rounds + 1):
         reached = _cut(run, 1.0 - kept * ((1.0 - target) / kept) ** (i / run.rounds) if i < run.rounds else target,
-                       predictions=i == run.rounds and target == run.sparsity and _fits_predictions(run))
+                       resolve, predictions=i == run.rounds and target == run.sparsity and _fits_predictions(run))
     return reached
 
 
@@ -398,27 +396,27 @@ def _fits_predictions(run: _Run) -> bool:
     return run.options["reconstruct"] != arguments.LEAST_SQUARES and run.finetune < schedules.RESOLVE_BELOW
 
 
-def _resolves(run: _Run) -> bool:
-    """Whether the cut under way re-solves the kept weights: as asked by ``reconstruct=True`` (or
-    "least_squares"); by default a one-shot cut does, and a gradual step when fewer than
-    `schedules.RESOLVE_BELOW` epochs of fine-tuning follow it (`schedules.resolves`)."""
+def _resolves(run: _Run, epochs_left: float) -> bool:
+    """Whether a pruning step followed by ``epochs_left`` epochs of fine-tuning re-solves the kept weights: as
+    asked by ``reconstruct=True`` (or "least_squares"); by default a one-shot cut does, and a gradual step when
+    fewer than `schedules.RESOLVE_BELOW` epochs follow it (`schedules.resolves`)."""
     if not run.reconstruct:
         return False
     if run.options["reconstruct"] is not None or run.schedule == "oneshot":
         return True
-    return schedules.resolves(run.epochs_left)
+    return schedules.resolves(epochs_left)
 
 
-def _cut(run: _Run, target: float, predictions: bool = False) -> float:
-    """Re-score the current model, mask it at ``target`` (then re-solve the rest, the output layer fitted to the
-    dense predictions with ``predictions``: `_fits_predictions`); returns the sparsity reached."""
+def _cut(run: _Run, target: float, resolve: bool, predictions: bool = False) -> float:
+    """Re-score the current model, mask it at ``target`` (then, with ``resolve``, re-solve the rest, the output
+    layer fitted to the dense predictions with ``predictions``: `_fits_predictions`); returns the sparsity
+    reached."""
     plain = make_permanent(clone(run.work))
     # the re-solve reproduces the unpruned model, or the fine-tuned one once training has moved it
     trained = bool(run.runs) or run.schedule == "agp"
-    reference = (plain if trained else run.dense) if _resolves(run) else None
+    reference = (plain if trained else run.dense) if resolve else None
     example = run.example.to(model_device(plain)) if run.example is not None else None
-    scores = _every_layer_scored(run, plain, _score(plain, run.record, run.data, run.structured, example, run.seed,
-                                                    run.hessian_estimator, run.calibration_samples), example)
+    scores = _every_layer_scored(run, plain, _scored(run, plain, example), example)
     pruned = current_masks(run.work)
     if run.structured:
         run.removed.clear()
@@ -441,6 +439,12 @@ def _cut(run: _Run, target: float, predictions: bool = False) -> float:
     return reached
 
 
+def _scored(run: _Run, plain: nn.Module, example: torch.Tensor | None) -> Scores:
+    """`Scores` of ``plain`` by the run's criterion, with the run's data, seed, estimator and calibration samples."""
+    return _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator,
+                  run.calibration_samples)
+
+
 def _every_layer_scored(run: _Run, plain: nn.Module, scores: Scores, example: torch.Tensor | None) -> Scores:
     """The layer-wise criteria score only the layers whose inputs they read: group OBS needs a re-solvable
     consumer (a Linear, a Conv1d/2d, or grouped) for every channel group, OBS and Wanda a Linear or ungrouped
@@ -454,8 +458,7 @@ def _every_layer_scored(run: _Run, plain: nn.Module, scores: Scores, example: to
     if run.auto:
         fallback = "l1" if run.structured else DEFAULT_CRITERION[False]
         run.options["criterion"], run.record = fallback, criteria.REGISTRY[fallback]
-        return _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator,
-                      run.calibration_samples)
+        return _scored(run, plain, example)
     if not run.structured and not run.trajectory:
         warn(f"criterion {run.criterion!r} scores only Linear and ungrouped Conv1d/2d layers, so {len(unscored)} "
              f"layer(s) stay dense: {', '.join(unscored[:4])}{', ...' if len(unscored) > 4 else ''}; "

@@ -370,8 +370,7 @@ def _importance(model: nn.Module, criterion: str, data: Iterable | None, structu
 
 
 def _score(model: nn.Module, record: criteria.Criterion, data: Iterable | None, structured: bool,
-           example: torch.Tensor | None, seed: int, hessian_estimator: str,
-           samples: int = calibration.SAMPLES) -> Scores:
+           example: torch.Tensor | None, seed: int, hessian_estimator: str, samples: int) -> Scores:
     """`Scores` of ``model`` as it is (no training), its statistics read on the first ``samples`` of ``data``."""
     groups = channel_groups(model, dependency_graph(model, example.to(next(model.parameters()).device))) \
         if structured else []  # type: ignore[union-attr]
