@@ -166,10 +166,12 @@ def main(out_dir: str) -> None:
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
-def spawned(rank: int, out_dir: str, port: str) -> None:
-    """One of 2 processes of torch.multiprocessing.spawn, in a process group of its own (no torchrun)."""
+def spawned(rank: int, out_dir: str) -> None:
+    """One of 2 processes of torch.multiprocessing.spawn, in a process group of its own (no torchrun); they meet
+    through a file, so no port can be taken in between."""
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    rendezvous = f"file://{os.path.join(out_dir, 'rendezvous')}"
+    torch.distributed.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
     torch.manual_seed(rank)  # each process's own initial weights: the call starts from rank 0's
     net = kdnb.models.mlp(64, [32], 10)
     history = kdnb.train(net, digits(256, 64), epochs=1, distributed=True, progress=False)
@@ -181,6 +183,6 @@ def spawned(rank: int, out_dir: str, port: str) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "--spawn":
-        torch.multiprocessing.spawn(spawned, args=(sys.argv[2], sys.argv[3]), nprocs=2)
+        torch.multiprocessing.spawn(spawned, args=(sys.argv[2],), nprocs=2)
     else:
         main(sys.argv[1])

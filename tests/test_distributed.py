@@ -3,7 +3,6 @@ which calls the verbs as a user's script would; here its per-rank results are ch
 against the same calls in this one process."""
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,19 +18,14 @@ WORKER = Path(__file__).with_name("distributed_worker.py")
 ROOT = WORKER.parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """Both ranks' results (one torchrun launch for every check, bounded by a timeout: a hang fails)."""
     out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "KDNB_DEVICE": "cpu"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={free_port()}", str(WORKER), str(out)]
+    # --standalone: torchrun's own store picks a free port (a port chosen here could be taken before it binds)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
+               str(out)]
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)], out
@@ -115,7 +109,7 @@ def test_a_process_group_of_the_users_own_from_mp_spawn(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "KDNB_DEVICE": "cpu"}
     for name in distributed.TORCHRUN_VARIABLES:
         env.pop(name, None)
-    command = [sys.executable, str(WORKER), "--spawn", str(tmp_path), str(free_port())]
+    command = [sys.executable, str(WORKER), "--spawn", str(tmp_path)]
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     zero, one = (torch.load(tmp_path / f"spawned{r}.pt", weights_only=False) for r in (0, 1))
