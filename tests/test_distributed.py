@@ -59,7 +59,9 @@ def test_both_ranks_end_with_the_same_parameters_and_history(ranks, run):
 def test_two_processes_compute_the_one_process_run_on_the_same_global_batches(ranks, one_process, run):
     (zero, _), _ = ranks
     alone = one_process[run]
-    torch.testing.assert_close(zero[run]["checksum"], alone["checksum"], rtol=1e-4, atol=1e-4)
+    # 1e-3: the all-reduce adds the two halves' gradients in another order than one process does; with torch's
+    # generic kernels (ATEN_CPU_CAPABILITY=default) the prune run's parameter sums then differ by up to 1.4e-4
+    torch.testing.assert_close(zero[run]["checksum"], alone["checksum"], rtol=1e-3, atol=1e-3)
     assert len(zero[run]["steps"]["loss"]) == len(alone["steps"]["loss"])  # per-rank batch = 64 / 2
     for name in ("train_loss", "train_acc", "val_loss", "val_acc"):
         if name in alone["epochs"]:
