@@ -92,9 +92,8 @@ The per-step re-solve of the default (2026-12-02, the AVX-512 Xeon, ``--only def
 WoodFisher's block OBS saliency in place of OBD's diagonal (Singh & Alistarh 2020: :math:`w_q^2 / (2 [F_B^{-1}]_{qq})`
 with the empirical Fisher of blocks of 100 consecutive weights, damped by d x its mean diagonal; 2026-12-02, the
 AVX-512 Xeon, 12 seeds at 99 %, dense 0.9831): in the default d = 0.01 / 0.1 0.9728 / 0.9740 (the default: 0.9733),
-masks only d = 0.1 0.9745 (OBD masks only: 0.9752), each 12-seed row 530-610 s (two at once on the 2 cores):
-the correlations inside a block do not
-choose a better mask here, so it is not a criterion.
+masks only d = 0.1 0.9745 (OBD masks only: 0.9752), each 12-seed row 530-610 s (two at once on the 2 cores): the
+correlations inside a block do not choose a better mask here, so it is not a criterion.
 
     .venv/bin/python bench/prune_sparsity.py [--full] [--seeds N] [--grid 0.98,0.99] [--only "default,obs,torch"]
 
