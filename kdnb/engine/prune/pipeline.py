@@ -3,6 +3,7 @@ following a schedule. Each step is one function below; `prune` only calls them i
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -13,12 +14,12 @@ from torch import nn
 
 from kdnb.engine import checks, distributed
 from kdnb.engine.device import model_device, resolve_device
-from kdnb.errors import KdnbError, warn
+from kdnb.errors import KdnbError, is_number, warn
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Callback, RunState
 from kdnb.engine.history import History
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune import arguments, calibration, criteria, estimate, latency, schedules
+from kdnb.engine.prune import arguments, calibration, criteria, decay, estimate, latency, schedules
 from kdnb.engine.prune.criteria import Criterion
 from kdnb.engine.prune.groups import (channel_groups, check_structured_support, dependency_graph, keep_vectors,
                                       masks_from_keep, prunable_count, prunable_weights)
@@ -120,6 +121,7 @@ def prune(
     calibration_samples: int = calibration.SAMPLES,
     optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
     lr: float = 1e-3,
+    weight_decay: float | None = None,
     scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
     amp: bool = False,
     grad_clip: float | None = None,
@@ -214,6 +216,11 @@ def prune(
             fine-tuning (and slimming) runs, as in `kdnb.train` (``optimizer``: None for Adam(lr), or a factory
             ``params -> optimizer``, since the run trains a copy). ``seed`` also seeds the random criterion
             and Hutchinson's probes; the result comes back on the model's original device.
+        weight_decay: the default optimizer's decoupled weight decay (AdamW) on the weights of the Linear and Conv
+            layers that no normalisation reads (`kdnb.engine.prune.decay`); None (the default):
+            `decay.WEIGHT_DECAY` (1.0) in an agp schedule of `decay.FROM_EPOCHS` (10) or more epochs, 0 (Adam)
+            otherwise. With ``optimizer`` given, set the
+            decay in it instead.
 
     Returns:
         PruneResult: ``.model``, ``.masks``, ``.sparsity``, ``.history``, ``.summary()``, ``.plot()``.
@@ -287,7 +294,24 @@ def _check_schedule(options: dict[str, Any]) -> int:
     if isinstance(options["optimizer"], torch.optim.Optimizer):
         raise KdnbError("prune fine-tunes a copy of the model, so an optimizer built on the model's parameters "
                         "would train nothing: pass a factory, e.g. optimizer=lambda p: torch.optim.SGD(p, lr=0.1)")
+    options["weight_decay"] = _check_weight_decay(options)
     return steps
+
+
+def _check_weight_decay(options: dict[str, Any]) -> float:
+    """The default optimizer's decoupled decay: ``weight_decay``, or for None `decay.WEIGHT_DECAY` in a long agp."""
+    weight_decay = options["weight_decay"]
+    if weight_decay is None:
+        long_gradual = options["schedule"] == "agp" and options["finetune"] >= decay.FROM_EPOCHS
+        return decay.WEIGHT_DECAY if long_gradual and options["optimizer"] is None else 0.0
+    if not is_number(weight_decay) or not 0 <= weight_decay < math.inf:
+        raise KdnbError(f"weight_decay should be a number >= 0, got {checks.shown(weight_decay)}; pass e.g. "
+                        "weight_decay=1.0, or 0 for plain Adam")
+    if options["optimizer"] is not None:
+        raise KdnbError("weight_decay sets the default optimizer's (AdamW) decay, but optimizer= is given: set the "
+                        "decay in your optimizer instead, e.g. "
+                        "optimizer=lambda p: torch.optim.AdamW(p, weight_decay=1.0)")
+    return float(weight_decay)
 
 
 def _check_pattern(model: nn.Module, options: dict[str, Any]) -> None:
@@ -499,7 +523,11 @@ def _finetune(run: _Run, epochs: int, title: str, subscribers: list[object], net
         from kdnb.engine.distill import kd_objective
 
         objective = kd_objective(clone(run.dense).eval(), temperature=run.temperature, alpha=run.alpha)
-    return fit(run.work if net is None else net, run.data, run.val, epochs=epochs, optimizer=run.optimizer,
+    net = run.work if net is None else net
+    optimizer = run.optimizer
+    if optimizer is None and run.weight_decay:
+        optimizer = decay.adamw(net, run.example, run.lr, run.weight_decay)
+    return fit(net, run.data, run.val, epochs=epochs, optimizer=optimizer,
                lr=run.lr, objective=objective, device=run.device, amp=run.amp, seed=run.seed,
                callbacks=[*subscribers, *run.callbacks], scheduler=run.scheduler, grad_clip=run.grad_clip,
                title=f"{title} ({'structured' if run.structured else 'unstructured'})")  # names the chart
