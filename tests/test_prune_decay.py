@@ -81,3 +81,10 @@ def test_decay_in_one_shot_fine_tuning_when_asked(digits, optimizers):
     train, _ = digits
     kdnb.prune(kdnb.models.mlp(64, [16], 10), 0.5, data=train, finetune=1, weight_decay=0.1)
     assert isinstance(optimizers[0], torch.optim.AdamW) and optimizers[0].param_groups[0]["weight_decay"] == 0.1
+
+
+def test_by_default_only_a_long_agp_of_a_model_without_normalisation_is_decayed():
+    mlp, bn = kdnb.models.mlp(6, [5], 3), kdnb.models.cnn_bn(width=4)
+    assert decay.default(mlp, "agp", decay.FROM_EPOCHS) == decay.WEIGHT_DECAY
+    assert decay.default(mlp, "agp", decay.FROM_EPOCHS - 1) == decay.default(mlp, "oneshot", 20) == 0
+    assert decay.default(bn, "agp", 20) == 0  # only its classifier would be decayed: it cost accuracy

@@ -218,8 +218,8 @@ def prune(
             and Hutchinson's probes; the result comes back on the model's original device.
         weight_decay: the default optimizer's decoupled weight decay (AdamW) on the weights of the Linear and Conv
             layers that no normalisation reads (`kdnb.engine.prune.decay`); None (the default):
-            `decay.WEIGHT_DECAY` (1.0) in an agp schedule of `decay.FROM_EPOCHS` (10) or more epochs, 0 (Adam)
-            otherwise. With ``optimizer`` given, set the
+            `decay.WEIGHT_DECAY` (1.0) in an agp schedule of `decay.FROM_EPOCHS` (10) or more epochs of a model
+            without normalisation layers (`decay.default`), 0 (Adam) otherwise. With ``optimizer`` given, set the
             decay in it instead.
 
     Returns:
@@ -299,11 +299,11 @@ def _check_schedule(options: dict[str, Any]) -> int:
 
 
 def _check_weight_decay(options: dict[str, Any]) -> float:
-    """The default optimizer's decoupled decay: ``weight_decay``, or for None `decay.WEIGHT_DECAY` in a long agp."""
+    """The default optimizer's decoupled decay: ``weight_decay``, or for None `decay.default`."""
     weight_decay = options["weight_decay"]
     if weight_decay is None:
-        long_gradual = options["schedule"] == "agp" and options["finetune"] >= decay.FROM_EPOCHS
-        return decay.WEIGHT_DECAY if long_gradual and options["optimizer"] is None else 0.0
+        by_default = decay.default(options["model"], options["schedule"], options["finetune"])
+        return by_default if options["optimizer"] is None else 0.0
     if not is_number(weight_decay) or not 0 <= weight_decay < math.inf:
         raise KdnbError(f"weight_decay should be a number >= 0, got {checks.shown(weight_decay)}; pass e.g. "
                         "weight_decay=1.0, or 0 for plain Adam")
