@@ -96,8 +96,8 @@ The decoupled weight decay of the default's agp (2026-12-02 evening, an AMD EPYC
 decay 0.9733 / 0.9775 / 0.9731, at prune's lr 1e-3 (shuffles 1000 / 2000) 0.9705 / 0.9701; 3 seeds (``--only
 default``) 90 / 95 / 98 / 99 % 0.9861 / 0.9889 / 0.9879 / 0.9759 (so on seeds 0-2 alone the highest is 98 %). The
 same decay after the one-shot OBS start (the "obs oneshot decayed" row, 98 %, 12 seeds, shuffle 0 / 1000): 0.9735 /
-0.9731 against 0.9761 / 0.9752 without, so one-shot fine-tuning keeps Adam. Weight decay 1.0 on every weight (conv kernels before a
-BatchNorm too) lost 2-8 pp on cnn_bn; `kdnb.engine.prune.decay` has the rest.
+0.9731 against 0.9761 / 0.9752 without, so one-shot fine-tuning keeps Adam. Weight decay 1.0 on every weight (conv
+kernels before a BatchNorm too) lost 2-8 pp on cnn_bn; `kdnb.engine.prune.decay` has the rest.
 WoodFisher's block OBS saliency in place of OBD's diagonal (Singh & Alistarh 2020: :math:`w_q^2 / (2 [F_B^{-1}]_{qq})`
 with the empirical Fisher of blocks of 100 consecutive weights, damped by d x its mean diagonal; 2026-12-02, the
 AVX-512 Xeon, 12 seeds at 99 %, dense 0.9831): in the default d = 0.01 / 0.1 0.9728 / 0.9740 (the default: 0.9733),
