@@ -9,8 +9,9 @@ lr 1e-2 (Adam; kdnb's agp rows AdamW, its default there) as the baseline measure
 >= 99 % for kdnb's default, and >= 98 % with a one-shot OBS start and the same 20-epoch budget.
 
 kdnb's default (``criterion="auto"``, ``schedule="auto"``) is, with fine-tuning at >= 95 %: agp with 30 updates,
-fine-tuned (for 10 epochs or more) by AdamW with decoupled weight decay 1.0 on the weights that no normalisation reads
-(`kdnb.engine.prune.decay`; the "default without decay" row is Adam, the default until 2026-12-02 evening),
+fine-tuned (for 10 epochs or more, a model without normalisation layers such as this one) by AdamW with decoupled
+weight decay 1.0 on the weights that no normalisation reads (`kdnb.engine.prune.decay`; the "default without
+decay" row is Adam, the default until 2026-12-02 evening),
 hessian (OBD) scores ranked raw across layers, the steps followed by fewer than 10 fine-tuning epochs re-solved (here
 the last 10 of the 30), the others masks only (`kdnb.engine.prune.schedules`; until 2026-12-02 no step re-solved
 with >= 10 epochs in all: that is the "masks only" of the measurements below); below 95 %: one shot, LAMP,

@@ -109,6 +109,8 @@ def check_prune_options(options: dict[str, Any]) -> None:
         checks.check_count("steps", options["steps"], 1, example="3")
     checks.check_count("slimming_epochs", options["slimming_epochs"], 0, example="2")
     checks.check_fraction("slimming_l1", options["slimming_l1"], 0.0, math.inf, example="1e-3")
+    if options["weight_decay"] is not None:
+        checks.check_fraction("weight_decay", options["weight_decay"], 0.0, math.inf, example="1.0")
     checks.check_count("calibration_samples", options["calibration_samples"], 1, example="2048")
     if not is_number(options["temperature"]) or not 0 < options["temperature"] < math.inf:
         raise KdnbError(f"temperature should be a number > 0, got {checks.shown(options['temperature'])}; "

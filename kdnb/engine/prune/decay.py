@@ -18,8 +18,8 @@ alike), so by default a model with normalisation layers is not decayed (`default
 At prune's default lr 1e-3 (LeNet, 36 prunes) the decay neither helps nor hurts (1.0: 0.9700, 0.3: 0.9704, none:
 0.9705). In a short run it costs: notebook 02's agp over 3 epochs (MLP 64-256-256 at 99 %, lr 1e-3, every step
 re-solved) 0.9610 with 1.0 against 0.9638 without (the saved notebook), so the default decays only runs of
-`FROM_EPOCHS` or more. After a one-shot cut it costs too (OBS start at 98 %, 20
-epochs, 12 seeds: 0.9735 vs 0.9761), so one-shot and iterative fine-tuning keep Adam unless ``weight_decay`` is set.
+`FROM_EPOCHS` or more. After a one-shot cut it costs too (OBS start at 98 %, 20 epochs, 12 seeds: 0.9735 vs 0.9761),
+so one-shot fine-tuning keeps Adam unless ``weight_decay`` is set; so does iterative (not measured).
 """
 from __future__ import annotations
 

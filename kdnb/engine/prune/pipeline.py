@@ -3,7 +3,6 @@ following a schedule. Each step is one function below; `prune` only calls them i
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from torch import nn
 
 from kdnb.engine import checks, distributed
 from kdnb.engine.device import model_device, resolve_device
-from kdnb.errors import KdnbError, is_number, warn
+from kdnb.errors import KdnbError, warn
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Callback, RunState
 from kdnb.engine.history import History
@@ -299,14 +298,12 @@ def _check_schedule(options: dict[str, Any]) -> int:
 
 
 def _check_weight_decay(options: dict[str, Any]) -> float:
-    """The default optimizer's decoupled decay: ``weight_decay``, or for None `decay.default`."""
+    """The default optimizer's decoupled decay (its range checked by `arguments.check_prune_options`):
+    ``weight_decay``, or for None `decay.default`."""
     weight_decay = options["weight_decay"]
     if weight_decay is None:
         by_default = decay.default(options["model"], options["schedule"], options["finetune"])
         return by_default if options["optimizer"] is None else 0.0
-    if not is_number(weight_decay) or not 0 <= weight_decay < math.inf:
-        raise KdnbError(f"weight_decay should be a number >= 0, got {checks.shown(weight_decay)}; pass e.g. "
-                        "weight_decay=1.0, or 0 for plain Adam")
     if options["optimizer"] is not None:
         raise KdnbError("weight_decay sets the default optimizer's (AdamW) decay, but optimizer= is given: set the "
                         "decay in your optimizer instead, e.g. "
