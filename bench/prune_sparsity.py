@@ -71,6 +71,15 @@ The 20 epochs after the OBS start at 98 %, varied (2026-12-01, this harness's fu
 0.9754; cosine 0.9749; SGD (lr 0.1, momentum 0.9) 0.9749; AdamW (weight decay 1e-2) 0.9763; calibration on 512
 samples 0.9740. On 3 seeds (base 0.9777), KD from the dense model alpha 0.5 0.9768, alpha 0.9 0.9749.
 On 12 seeds (2026-12-02, the EPYC, shuffle 0, base 0.9761): lr 2e-2 0.9761, 1.5e-2 0.9752.
+What the mask lacks (2026-12-02 night, the EPYC, 12 seeds, shuffle 0 / 1000, base 0.9761 / 0.9752): at 98 % the OBS
+start keeps about 61 inputs, 155 first and 85 second hidden units (seeds 0-2) where agp keeps 50, 45 and 40 for
+about as many weights per layer (OBS 498 / 322 / 184, agp 546 / 260 / 198). Confined to the units agp's own run keeps
+(its mask's live units, the weights between them chosen by the same OBS rounds) the start reaches 0.9770 / 0.9782,
+against agp's 0.9838 / 0.9868 in the same runs: fewer, fuller units are worth ~0.2 pp even when an oracle picks
+them, and the rest of agp's edge is which weights it keeps inside them. ThiNet cutting the units first (global, 79 %
+of them: 112 and 28 left), then the 16 OBS rounds: 0.9751. 12 / 24 / 32 / 8 rounds instead of 16: 0.9721 / 0.9756 /
+0.9703 / 0.9731; the damping 0.1 / 0.001 instead of 0.01: 0.9712 / 0.9721; OBS ranked raw across layers instead of
+LAMP-normalised: 0.9735 (per-seed std ~0.007, so a 12-seed mean is +-0.2 pp).
 Averaging the fine-tuned weights (2026-12-01, 6 seeds, base 0.9763): an exponential moving average per step
 (decay 0.9 / 0.95 / 0.98) 0.9768 / 0.9768 / 0.9759, a uniform average of the last 5 or 10 epochs' weights (SWA)
 0.9763 / 0.9768: the runs have converged, the gap is the mask. Label smoothing 0.05 / 0.1 in the 20 epochs: 0.9731 /
