@@ -15,6 +15,22 @@ same loaders): the fair small network to compare with. One CPU thread.
     .venv/bin/python bench/prune_oneshot.py [--net mlp|cnn_bn] [--part unstructured|structured|pattern] [--seeds N]
         [--quick] [--only "default,random,l1"]
 
+kdnb's unstructured columns rank globally (its default scope) but "l1 local" (each layer at the row's sparsity).
+Global L1 is torch's ranking: re-solved, it still ends below random where it starves a layer (from 95 % on the MLP,
+whose middle layer it leaves 0.4 % of its weights; kdnb warns from a tenth of the density kept overall). 2026-12-03,
+an AMD EPYC (AVX-512), 3 seeds, re-solved, 80/90/95/98 %: MLP (114 s, dense 0.9833) l1 0.9786/0.9814/0.7428/0.0891,
+l1 local 0.9786/0.9786/0.9350/0.5710, random 0.9712/0.9350/0.8041/0.4568, LAMP (the default) 0.9786/0.9759/
+0.9805/0.9619, wanda 0.9786/0.9759/0.9786/0.9526, obs 0.9824/0.9740/0.9684/0.9647, taylor 0.9814/0.9796/0.9638/
+0.7307, hessian 0.9805/0.9796/0.9656/0.7419, torch global L1 0.9629/0.8171/0.1281/0.0994; reconstructing the
+teacher 1.12 s. cnn_bn (54 s, dense 0.9731): l1 0.9573/0.8849/0.6908/0.0929, l1 local 0.8663/0.5348/0.2990/0.1393,
+random 0.6667/0.3974/0.2498/0.1096, LAMP 0.9610/0.8895/0.7214/0.2526, wanda 0.9582/0.8923/0.7103/0.2674, obs
+0.9619/0.8802/0.6509/0.4791, torch global L1 0.1903/0.1179/0.0947/0.0938. So every criterion re-solved beats random
+on every row but global L1 where it starves a layer (MLP 95/98 %, cnn_bn 98 %, all near chance there); L1 local
+beats random on every row of both nets, and loses to global L1 on the conv net at 80-95 %. cnn_bn structured (the
+same box, 179 s), 50/75/90 % of the channels: default 0.9239/0.7187/0.4615, obs 0.9266/0.6778/0.3779, wanda
+0.9127/0.6778/0.4578, l1 0.9174/0.6630/0.4095, random + refit 0.8793/0.6193/0.3110, scratch 0.8951/0.5775/0.2693,
+the best TP importance 0.1755/0.0956/0.1021 (magnitude, magnitude, taylor/random).
+
 The pattern table: 2:4 (2 of every 4 consecutive inputs of a Linear row, of a conv's input channels at each
 kernel position; cnn_bn's 1-channel stem stays dense, so its sparsity is 49.8 %), re-solved unless "no rec" (ASP's
 magnitude 2:4), beside 50 % chosen freely ("free": torch's global L1, kdnb's default). ``--part pattern --seeds 9``
@@ -28,9 +44,10 @@ teacher (90 % of the hidden neurons) and of its refits alone (`reconstruct`, eve
 
 ``--net`` runs one network, ``--part`` one table (both by default); ``--quick`` runs one seed, ``--seeds N``
 N seeds, ``--only`` the columns whose label starts with one of the given words. The structured tables took
-about 19 minutes each on the shared 2-core box (kdnb's 8-round columns cost 1.5-5 s of CPU a run for the MLP). To fit, the conv net calibrates its reconstruction on 512 samples (x 64 positions
-= 32768 rows per layer; the default 2048 gained 0.3-2 pp at about 3x the time) and skips kdnb's hessian,
-taylor and taylor_group columns (per-sample and per-batch gradients of convs are slow), not TP's.
+about 19 minutes each on the shared 2-core box (kdnb's 8-round columns cost 1.5-5 s of CPU a run for the MLP).
+To fit, the conv net calibrates its reconstruction on 512 samples (x 64 positions = 32768 rows per layer; the
+default 2048 gained 0.3-2 pp at about 3x the time) and skips kdnb's hessian, taylor and taylor_group columns
+(per-sample and per-batch gradients of convs are slow), not TP's.
 
 One validation digit is 0.0028 of a seed's accuracy, so 3-seed means of methods within a few digits of each
 other do not rank them. ``--net mlp --part structured --seeds 9 --only
@@ -138,10 +155,10 @@ def torch_global_l1(net, sparsity, train, val):
     return net, val
 
 
-def kdnb_unstructured(criterion, rec, samples):
+def kdnb_unstructured(criterion, rec, samples, scope="global"):
     def run(net, sparsity, train, val):
         return prune(net, sparsity, criterion=criterion, data=train, reconstruct=rec, calibration_samples=samples,
-                     device="cpu").model, val
+                     scope=scope, device="cpu").model, val
     return run
 
 
@@ -281,7 +298,8 @@ def main() -> None:
     for name in NETS:
         n = CALIBRATION[name]
         unstructured = {"torch global L1": torch_global_l1, "l1 no rec": kdnb_unstructured("l1", False, n),
-                        **{c: kdnb_unstructured(c, True, n) for c in KDNB_UNSTRUCTURED[name]}}
+                        **{c: kdnb_unstructured(c, True, n) for c in KDNB_UNSTRUCTURED[name]},
+                        "l1 local": kdnb_unstructured("l1", True, n, scope="local")}
         seed_of = {id(nets[name][0]): seed for seed, nets in zip(SEEDS, seeds_nets)}
         structured = {**{k: torch_pruning(v) for k, v in TP_IMPORTANCES.items()}, "scratch": scratch(name, seed_of),
                       "l1 no rec": kdnb_structured("l1", False, n), "random no rec": kdnb_structured("random", False, n),

@@ -1,5 +1,7 @@
 """kdnb.prune end to end: non-destructive, fixed masks, schedules, results, saving, bad input."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -218,6 +220,20 @@ def test_a_layer_is_never_emptied(trained):
     with pytest.warns(RuntimeWarning, match="keeps its highest-scored one"):
         result = prune(trained, 0.999, scope="local")
     assert all(int(m.sum()) >= 1 for m in result.masks.values())
+
+
+def test_a_global_l1_cut_that_starves_a_layer_says_so_and_lamp_does_not():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 8))
+    with torch.no_grad():
+        net[2].weight.mul_(1e-3)  # magnitudes not comparable across layers: raw l1 takes this layer first
+    with pytest.warns(RuntimeWarning, match=r"global l1 ranking keeps '2.weight' 3.9% .* criterion='lamp'"):
+        starved = prune(net, 0.48, criterion="l1")
+    assert int(starved.masks["2.weight"].sum()) == 20  # 512 - round(0.48 * 1024) of the small layer's 512
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for options in (dict(criterion="lamp"), dict(criterion="l1", scope="local")):
+            assert prune(net, 0.48, **options).sparsity == pytest.approx(0.48, abs=1e-3)
 
 
 BN_NET = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
