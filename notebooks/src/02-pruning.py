@@ -136,7 +136,7 @@ import warnings
 rankings = {"random": dict(criterion="random"), "l1, global": dict(criterion="l1"),
             "l1, local": dict(criterion="l1", scope="local")}
 high = (0.95, 0.98)
-print("with the update  " + "".join(f"{s:>17.0%}" for s in high))
+print(f"{'with the update':16s}" + "".join(f"{s:>16.0%}" for s in high))
 updated = {}
 for method, options in rankings.items():
     with warnings.catch_warnings():
@@ -147,7 +147,7 @@ for method, options in rankings.items():
     middle = [float(r.masks["3.weight"].float().mean()) for r in results]
     print(f"{method:16s}" + "".join(f"  {a:.4f} ({m:5.1%})" for a, m in zip(updated[method], middle)))
 updated["default (lamp)"] = [table["default"][2], last_layer[0.98][1]]
-print(f"{'default (lamp)':16s}" + "".join(f"{a:17.4f}" for a in updated["default (lamp)"]))
+print(f"{'default (lamp)':16s}" + "".join(f"  {a:.4f}        " for a in updated["default (lamp)"]))
 # What the text below says, checked (the smallest margin is 13 validation digits):
 assert all(updated["l1, global"][i] < updated["random"][i] - 0.02 for i in (0, 1))
 assert all(updated["l1, local"][i] > updated["random"][i] + 0.05 for i in (0, 1))
