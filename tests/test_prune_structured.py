@@ -249,6 +249,16 @@ def test_rounds_rescore_the_refit_network_and_reach_the_target(monkeypatch):
     assert len(prune(net, 0.6, data=train).trajectory) == 1  # single weights: one cut
 
 
+def test_random_cuts_once_by_default_as_its_rounds_would_all_cut_alike():
+    net, train, _ = _digits_mlp()
+    batches = torch.utils.data.DataLoader(train.dataset, batch_size=128)  # each round's calibration in one order
+    once = prune(net, 0.6, criterion="random", structured=True, data=batches)
+    rounds = prune(net, 0.6, criterion="random", structured=True, data=batches, rounds=3)
+    assert len(once.trajectory) == 1 and len(rounds.trajectory) == 3
+    for a, b in zip(once.model.state_dict().values(), rounds.model.state_dict().values()):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)  # the same channels, the same last refit
+
+
 def test_every_round_refits_against_the_unpruned_model():
     from kdnb.engine.prune.calibration import calibration_batches, layer_statistics
     from kdnb.engine.prune.reconstruct import reconstruct_layer

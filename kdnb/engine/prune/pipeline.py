@@ -194,7 +194,7 @@ def prune(
         rounds: cut each pruning step in this many re-scored steps, geometric in the kept weights, with no
             training between: each round scores the network the last re-solve left, so the criterion sees
             what the refit could not recover. Default: `DEFAULT_ROUNDS` for a structured one-shot prune
-            with reconstruction and no fine-tuning, `CONNECTED_ROUNDS` (16) for a one-shot "obs" prune with
+            with reconstruction and no fine-tuning (but 1 for "random", whose rounds would all cut alike), `CONNECTED_ROUNDS` (16) for a one-shot "obs" prune with
             reconstruction at sparsity >= 0.98, else 1. With "obs", several rounds keep only weights on an
             input-output path (`kdnb.engine.prune.unstructured.connected`); one cut is SparseGPT's sweep.
         finetune: fine-tuning epochs after pruning (per round for "iterative"; the whole run for "agp").
@@ -363,8 +363,11 @@ def _check_rounds(options: dict[str, Any], reconstruct: bool) -> int:
                 and options["pattern"] is None and options["sparsity"] >= CONNECTED_FROM):
             return CONNECTED_ROUNDS
         # channels: measured without fine-tuning (bench/prune_oneshot.py); a fine-tune after the cut recovers
-        # instead, so there one cut saves the seven extra refits
-        return DEFAULT_ROUNDS if options["structured"] and oneshot_refit and not options["finetune"] else 1
+        # instead, so there one cut saves the seven extra refits. Random scores read nothing a refit changes (the
+        # seed draws them), so every round would cut the same channels and the last refit gives the one cut's model
+        drawn = criteria.REGISTRY[options["criterion"]].statistic == "generator"
+        return DEFAULT_ROUNDS if options["structured"] and oneshot_refit and not options["finetune"] and not drawn \
+            else 1
     checks.check_positive("rounds", rounds, integer=True)
     return rounds
 
