@@ -30,6 +30,13 @@ beats random on every row of both nets, and loses to global L1 on the conv net a
 same box, 179 s), 50/75/90 % of the channels: default 0.9239/0.7187/0.4615, obs 0.9266/0.6778/0.3779, wanda
 0.9127/0.6778/0.4578, l1 0.9174/0.6630/0.4095, random + refit 0.8793/0.6193/0.3110, scratch 0.8951/0.5775/0.2693,
 the best TP importance 0.1755/0.0956/0.1021 (magnitude, magnitude, taylor/random).
+MLP structured (the same box, 282 s, dense 0.9833): default 0.9759/0.9749/0.9601, thinet 0.9759/0.9749/0.9601, obs
+0.9768/0.9749/0.9656, hessian 0.9805/0.9749/0.9526, wanda 0.9786/0.9749/0.9573, l1 0.9805/0.9740/0.9545, taylor
+0.9814/0.9721/0.9545, taylor_group 0.9768/0.9703/0.9619, random + refit 0.9768/0.9694/0.9304 (cut once since
+2026-12-03: its 8 rounds cut the same channels; 0.9768/0.9684/0.9304 in rounds, session 11), scratch 0.9740/0.9712/
+0.9053, TP magnitude 0.8904/0.6258/0.4605; the default prune of the teacher 3.70 s CPU, its refits 1.64 s. So at 50 %
+the default (ThiNet) is 1 of 1,077 digits below random and obs and group Taylor tie it; at 75 / 90 % every criterion
+is above it, by 0.1-0.6 pp at 75 % and 2.2-3.5 pp at 90 %.
 
 The pattern table: 2:4 (2 of every 4 consecutive inputs of a Linear row, of a conv's input channels at each
 kernel position; cnn_bn's 1-channel stem stays dense, so its sparsity is 49.8 %), re-solved unless "no rec" (ASP's
