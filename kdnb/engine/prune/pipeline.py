@@ -169,11 +169,11 @@ def prune(
         structured: delete channels (True) or zero single weights (False).
         scope: "global" (rank across layers: the accuracy default; a one-shot cut that leaves a layer under a
             tenth of the density kept overall warns, as raw l1 does from 95 % on the notebook-02 teacher, where it
-            ends below random even re-solved), "local" (the same sparsity in every layer; Wanda: per row) or, structured, "latency" (the speed setting: the faster on the example batch of
-            two cuts, by score per latency cost -- MACs plus memory traffic -- and "global", see
-            `kdnb.engine.prune.latency`; timed, so the choice may differ between machines) or "macs" (rank by
-            score per MAC a channel's removal saves; before any fine-tuning both cost accuracy, see
-            bench/prune_zoo.py).
+            ends below random even re-solved), "local" (the same sparsity in every layer; Wanda: per row) or,
+            structured, "latency" (the speed setting: the faster on the example batch of two cuts, by score per
+            latency cost -- MACs plus memory traffic -- and "global", see `kdnb.engine.prune.latency`; timed, so
+            the choice may differ between machines) or "macs" (rank by score per MAC a channel's removal saves;
+            before any fine-tuning both cost accuracy, see bench/prune_zoo.py).
         max_layer_sparsity: structured: the largest fraction of any layer's channels (heads, neurons) a cut
             removes, as Torch-Pruning's ``max_pruning_ratio``; once a layer reaches it the ranking moves on to
             the others (if none can give more, the sparsity reached stays below ``sparsity``, with a warning).
@@ -194,9 +194,10 @@ def prune(
         rounds: cut each pruning step in this many re-scored steps, geometric in the kept weights, with no
             training between: each round scores the network the last re-solve left, so the criterion sees
             what the refit could not recover. Default: `DEFAULT_ROUNDS` for a structured one-shot prune
-            with reconstruction and no fine-tuning (but 1 for "random", whose rounds would all cut alike), `CONNECTED_ROUNDS` (16) for a one-shot "obs" prune with
-            reconstruction at sparsity >= 0.98, else 1. With "obs", several rounds keep only weights on an
-            input-output path (`kdnb.engine.prune.unstructured.connected`); one cut is SparseGPT's sweep.
+            with reconstruction and no fine-tuning (but 1 for "random", whose rounds would all cut alike),
+            `CONNECTED_ROUNDS` (16) for a one-shot "obs" prune with reconstruction at sparsity >= 0.98, else 1.
+            With "obs", several rounds keep only weights on an input-output path
+            (`kdnb.engine.prune.unstructured.connected`); one cut is SparseGPT's sweep.
         finetune: fine-tuning epochs after pruning (per round for "iterative"; the whole run for "agp").
         schedule: "oneshot", "iterative" (``steps`` prune/fine-tune rounds), "agp" (gradual pruning over
             ``steps`` updates during fine-tuning, Zhu & Gupta 2017) or "auto" (the default): "agp" for single
