@@ -132,7 +132,7 @@ assert last_layer[0.98][1] > last_layer[0.98][0] + 0.005
 # another. Can the update repair that? Below, the same L1 cut with the update, beside random with the update
 # (each layer loses its share, blindly), L1 ranked within each layer (`scope="local"`) and the default, LAMP
 # (Lee et al. 2021: a weight's square over the sum of the squares of its layer's weights not smaller than it,
-# so each layer's largest weight scores 1 and no layer is emptied; its rows are the first two tables'). In
+# so each layer's largest weight scores 1 and no layer is emptied; its row is the last-layer table's). In
 # brackets, the share of the middle layer's weights kept.
 
 # %%
@@ -151,7 +151,7 @@ for method, options in rankings.items():
     updated[method] = [evaluate(r.model, val)["accuracy"] for r in results]
     middle = [float(r.masks["3.weight"].float().mean()) for r in results]
     print(f"{method:16s}" + "".join(f"  {a:.4f} ({m:5.1%})" for a, m in zip(updated[method], middle)))
-updated["default (lamp)"] = [table["default"][2], last_layer[0.98][1]]
+updated["default (lamp)"] = [last_layer[s][1] for s in high]  # the last-layer table's "+ predictions"
 print(f"{'default (lamp)':16s}" + "".join(f"  {a:.4f}        " for a in updated["default (lamp)"]))
 # What the text below says, checked (the smallest margin is 13 validation digits):
 assert all(updated["l1, global"][i] < updated["random"][i] - 0.02 for i in (0, 1))
