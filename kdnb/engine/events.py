@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-EVENTS = ("on_run_start", "on_step_end", "on_epoch_end", "on_run_end")
+EVENTS = ("on_run_start", "on_step_end", "on_epoch_end", "on_run_end", "on_phase")
 
 
 class Callback:
@@ -21,6 +21,7 @@ class Callback:
     def on_step_end(self, state: RunState) -> None: ...
     def on_epoch_end(self, state: RunState) -> None: ...
     def on_run_end(self, state: RunState) -> None: ...
+    def on_phase(self, state: RunState) -> None: ...  # a phase outside the steps moved on (see `RunState.phase`)
 
 
 @dataclass
@@ -37,6 +38,17 @@ class RunState:
     terms: dict[str, float] = field(default_factory=dict)  # loss terms of the last step
     stop: bool = False  # a subscriber sets this to end the run after the current step
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"sparsity": 0.5} from a schedule
+    # The work between training steps (pruning's "calibrate", "score", "rebuild", "delete", "time"; "evaluate"),
+    # reported by `on_phase` as it starts (done 0), advances and ends (done == total), in units such as layers.
+    phase: str = ""
+    phase_done: int = 0
+    phase_total: int = 0
+
+
+def report_phase(dispatcher: Dispatcher, state: RunState, phase: str, done: int, total: int) -> None:
+    """Tells every subscriber that `phase` has done `done` of its `total` units (0 at its start, total at its end)."""
+    state.phase, state.phase_done, state.phase_total = phase, done, total
+    dispatcher.emit("on_phase", state)
 
 
 class Dispatcher:
