@@ -9,8 +9,9 @@ tensor indexing, independent of the graph; `kdnb.engine.prune.structured` delete
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import warnings
 from copy import deepcopy
@@ -32,6 +33,68 @@ _QKV_NAMES = ("qkv", "c_attn", "in_proj", "Wqkv", "query_key_value")  # one Line
 _SEPARATE_NAMES = (("q", "q_proj", "query"), ("k", "k_proj", "key"), ("v", "v_proj", "value"))  # HF-style q, k, v
 _OUT_NAMES = ("proj", "out_proj", "o_proj", "c_proj", "out", "dense")
 _HEAD_COUNTS = ("num_heads", "num_attention_heads")  # the attribute a hand-written attention reads its heads from
+
+
+Example = Any  # an input batch: a tensor, a tuple of positional inputs, or a mapping of keyword inputs
+
+
+def forward(model: nn.Module, example: Example) -> torch.Tensor:
+    """The model's logits on ``example``: called with the tensor, the tuple's items as positional inputs, or the
+    mapping's as keyword inputs (HuggingFace style); the output's ``.logits`` / ``"logits"`` or first tensor."""
+    if isinstance(example, Mapping):
+        out = model(**example)
+    elif isinstance(example, (tuple, list)):
+        out = model(*example)
+    else:
+        out = model(example)
+    return logits(out)
+
+
+def logits(output: Any) -> torch.Tensor:
+    """The tensor a model's output stands for: itself, its ``logits`` (attribute or key), or its first tensor."""
+    if isinstance(output, torch.Tensor):
+        return output
+    found = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    if isinstance(found, torch.Tensor):
+        return found
+    items = output.values() if isinstance(output, Mapping) else output if isinstance(output, (tuple, list)) else ()
+    first = next((item for item in items if isinstance(item, torch.Tensor)), None)
+    if first is None:
+        raise KdnbError(f"the model returns a {type(output).__name__} holding no tensor; structured pruning compares "
+                        "its logits -- make its forward return them")
+    return first
+
+
+def map_example(example: Example, function) -> Example:
+    """``example`` with ``function`` applied to each of its tensors (the same kind of container)."""
+    if isinstance(example, Mapping):
+        return {key: map_example(value, function) for key, value in example.items()}
+    if isinstance(example, (tuple, list)):
+        return type(example)(map_example(value, function) for value in example)
+    return function(example) if isinstance(example, torch.Tensor) else example
+
+
+def example_to(example: Example, device: torch.device | str) -> Example:
+    return map_example(example, lambda t: t.to(device))
+
+
+def first_rows(example: Example, rows: int) -> Example:
+    """The first ``rows`` samples of ``example`` (every tensor cut along its batch dimension)."""
+    return map_example(example, lambda t: t[:rows] if t.dim() else t)
+
+
+def batch_size(example: Example) -> int:
+    """Samples in ``example``: the length of its first tensor."""
+    sizes: list[int] = []
+    map_example(example, lambda t: sizes.append(len(t)) if t.dim() else None)
+    return sizes[0] if sizes else 1
+
+
+def example_shape(example: Example) -> Any:
+    """Shapes of the example's tensors, for messages."""
+    if isinstance(example, torch.Tensor):
+        return tuple(example.shape)
+    return map_example(example, lambda t: tuple(t.shape))
 
 
 @dataclass
@@ -106,19 +169,29 @@ def check_structured_support(model: nn.Module) -> None:
                             "use structured=False for this model")
 
 
-def dependency_graph(model: nn.Module, example: torch.Tensor):  # -> tp.DependencyGraph
-    """Torch-Pruning's graph of ``model``, traced on ``example``; tracing errors become one line.
+def dependency_graph(model: nn.Module, example: Example):  # -> tp.DependencyGraph
+    """Torch-Pruning's graph of ``model``, traced on ``example`` (a tensor, tuple or mapping of inputs, the model's
+    logits taken as its output: `forward`); tracing errors become one line.
 
     The graph also records, as ``input_coupled``, the nodes that combine the model's input itself with
     features (e.g. a residual add with an identity shortcut from the input): those channels cannot go.
     """
     import torch_pruning as tp
 
+    from kdnb.engine.prune import library
+
     check_structured_support(model)
     was_training = model.training
-    x = example.detach().clone()
-    if x.is_floating_point():
-        x.requires_grad_(True)  # so ops reading the input show it in the graph
+    inputs: list[torch.Tensor] = []
+
+    def traced(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().clone()
+        if t.is_floating_point():
+            t.requires_grad_(True)  # so ops reading the input show it in the graph
+            inputs.append(t)
+        return t
+
+    x = map_example(example, traced)
     names = {module: name for name, module in model.named_modules()}
     running: list[str] = []  # the innermost layer running when tracing fails: the error names it
 
@@ -128,22 +201,23 @@ def dependency_graph(model: nn.Module, example: torch.Tensor):  # -> tp.Dependen
     hooks = [m.register_forward_pre_hook(remember) for m in model.modules() if m is not model]
     try:
         with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=x, forward_fn=lambda m, v: m(v),
-                                                          verbose=False)
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=x, forward_fn=forward, verbose=False,
+                                                          **library.tracing_options(model))
     except (RuntimeError, TypeError, ValueError, AssertionError, ZeroDivisionError, IndexError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         where = f" at layer {running[-1]!r}" if running else ""
         raise KdnbError(f"structured pruning could not trace the model on an input of shape "
-                        f"{tuple(example.shape)}{where}: {first}; pass example= an input the model accepts, "
+                        f"{example_shape(example)}{where}: {first}; pass example= an input the model accepts, "
                         "or use structured=False") from None
     finally:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    graph.example = example.detach()  # for the consistency probe of `channel_groups`
+    graph.example = map_example(example, torch.Tensor.detach)  # for the consistency probe of `channel_groups`
     graph.input_coupled = {node for node in graph.module2node.values()
                            if not isinstance(node.module, STRUCTURED_LAYERS) and node.grad_fn is not None
-                           and any(getattr(f, "variable", None) is x for f, _ in node.grad_fn.next_functions)}
+                           and any(any(getattr(f, "variable", None) is t for t in inputs)
+                                   for f, _ in node.grad_fn.next_functions)}
     return graph
 
 
@@ -450,14 +524,14 @@ def macs_per_weight(model: nn.Module, example: torch.Tensor) -> dict[str, float]
     from torch.utils.flop_counter import FlopCounterMode
 
     with eval_mode(model), FlopCounterMode(display=False) as counter:
-        model(example)
+        forward(model, example)
     flops = counter.get_flop_counts()
     root = type(model).__name__
     found = {}
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE):
             layer = sum(flops.get(f"{root}.{name}" if name else root, {}).values())
-            found[f"{name}.weight" if name else "weight"] = layer / 2 / len(example) / module.weight.numel()
+            found[f"{name}.weight" if name else "weight"] = layer / 2 / batch_size(example) / module.weight.numel()
     return found
 
 
@@ -487,7 +561,7 @@ def activation_positions(model: nn.Module, example: torch.Tensor) -> dict[str, t
         hooks.append(module.register_forward_hook(record(name, sizes, through)))
     try:
         with eval_mode(model):
-            model(example)
+            forward(model, example)
     finally:
         for hook in hooks:
             hook.remove()
@@ -535,21 +609,21 @@ def _breaking_roots(model: nn.Module, groups: list[ChannelGroup], example: torch
     if example is None or not candidates:
         return set()
     with eval_mode(model), torch.no_grad():
-        expected = model(example[:2]).shape
+        expected = forward(model, first_rows(example, 2)).shape
 
     def runs(subset: list[ChannelGroup]) -> bool:
         copy = deepcopy(model).eval()
         layouts, _ = attention_layers(copy)
         grouped = grouped_attention(layouts)
         try:
-            graph = tp.DependencyGraph().build_dependency(copy, example_inputs=example[:2], verbose=False)
+            graph = dependency_graph(copy, first_rows(example, 2))
             for group in subset:
                 idxs = [0] if group.units is None else torch.nonzero(group.units == 0).flatten().tolist()
                 delete_channels(graph, copy.get_submodule(group.root), idxs, grouped)
             update_heads(layouts)
             with torch.no_grad():
-                return copy(example[:2]).shape == expected
-        except (RuntimeError, ValueError, AssertionError, ZeroDivisionError, IndexError, TypeError):
+                return forward(copy, first_rows(example, 2)).shape == expected
+        except (RuntimeError, ValueError, AssertionError, ZeroDivisionError, IndexError, TypeError, KdnbError):
             return False
 
     if runs(candidates):
@@ -576,7 +650,7 @@ def _consistent(model: nn.Module, group: ChannelGroup, example: torch.Tensor | N
                 for s in group.slices:
                     if s.consumer == stage and s.param in params:
                         params[s.param].index_fill_(s.dim, s.index[s.channel == 0], 0.0)
-                outputs.append(model(example[:2]).float())
+                outputs.append(forward(model, first_rows(example, 2)).float())
         finally:
             for name, value in saved.items():
                 params[name].copy_(value)

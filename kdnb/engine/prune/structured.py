@@ -11,17 +11,18 @@ from torch import nn
 
 from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import eval_mode
-from kdnb.engine.prune.groups import (attention_layers, channel_groups, delete_channels, dependency_graph,
-                                      grouped_attention, update_heads)
+from kdnb.engine.prune import library
+from kdnb.engine.prune.groups import (Example, attention_layers, channel_groups, delete_channels, dependency_graph,
+                                      forward, grouped_attention, update_heads)
 
 
 @torch.no_grad()
-def _outputs(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
+def _outputs(model: nn.Module, example: Example) -> torch.Tensor:
     with eval_mode(model):
-        return model(example)
+        return forward(model, example)
 
 
-def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example: torch.Tensor) -> nn.Module:
+def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example: Example) -> nn.Module:
     """Delete, in place, the units ``removed[layer]`` (True = remove) of each group rooted at ``layer`` (a unit is
     a channel, or the channels that go together: one position of every group of a grouped conv, one head).
 
@@ -49,6 +50,7 @@ def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example:
                             "use structured=False for this model") from None
     update_heads(layouts)
     _tie_again(ties)
+    library.sync_config(model)
     _check_outputs(model, example, expected)
     return model
 
@@ -78,7 +80,7 @@ def _tie_again(ties: list[list[tuple[str, nn.Module, str]]]) -> None:
             setattr(other, other_attr, kept)
 
 
-def _check_outputs(model: nn.Module, example: torch.Tensor, expected: torch.Size) -> None:
+def _check_outputs(model: nn.Module, example: Example, expected: torch.Size) -> None:
     names = {module: name for name, module in model.named_modules()}
     where = {"module": None}
 

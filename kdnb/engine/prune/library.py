@@ -1,0 +1,5 @@
+"""placeholder"""
+def tracing_options(model):
+    return {}
+def sync_config(model):
+    pass
