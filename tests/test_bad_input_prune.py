@@ -330,8 +330,8 @@ def test_measure_with_a_bad_example(example, names):
 
 # ---- in-place atomicity: a failure at any phase gives the model back exactly as it came ----
 
-from kdnb.engine.prune import calibration as calibration_module  # noqa: E402
-from kdnb.engine.prune import estimate as estimate_module  # noqa: E402
+from kdnb.engine.prune.score import calibration as calibration_module  # noqa: E402
+from kdnb.engine.prune.score import estimate as estimate_module  # noqa: E402
 from kdnb.engine.prune import pipeline  # noqa: E402
 from torch.nn.utils import parametrize  # noqa: E402
 

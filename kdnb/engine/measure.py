@@ -27,7 +27,7 @@ from kdnb.engine.device import model_device, resolve_device
 from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import eval_mode, evaluate
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune.groups import prunable_attributes  # the weights `sparsity` counts
+from kdnb.engine.prune.graph.groups import prunable_attributes  # the weights `sparsity` counts
 from kdnb.engine.serialize import file_size, module_tensors, plain_modules
 from kdnb.engine.table import Table, format_value
 

@@ -23,8 +23,8 @@ from kdnb.engine.device import model_device
 from kdnb.errors import KdnbError, warn
 from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.objective import StepOutput, Supervised, split_batch
-from kdnb.engine.prune.criteria import slimming_penalty
-from kdnb.engine.prune.groups import _BATCHNORM, ChannelGroup, channel_scores
+from kdnb.engine.prune.score.criteria import slimming_penalty
+from kdnb.engine.prune.graph.groups import _BATCHNORM, ChannelGroup, channel_scores
 
 
 def _batches(model: nn.Module, data: Iterable, criterion: str, loss_fn: Callable = F.cross_entropy,

@@ -4,7 +4,7 @@ data), `masks_at` turns them into masks for a given sparsity (cheap: a sort), so
 
 Sparsity always means the fraction of *prunable weights* (those of every Linear and Conv layer; biases
 and BatchNorm parameters are not counted) that are zero or gone, in both modes. The criteria and what
-each needs come from the registry, `kdnb.engine.prune.criteria.REGISTRY`; the statistics are `STATISTICS`.
+each needs come from the registry, `kdnb.engine.prune.score.criteria.REGISTRY`; the statistics are `STATISTICS`.
 """
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ from torch import nn
 
 from kdnb.errors import KdnbError, suggest, warn
 from kdnb.engine import distributed
-from kdnb.engine.prune import arguments, calibration, criteria, estimate
-from kdnb.engine.prune.groups import (_BATCHNORM, PRUNABLE, ChannelGroup, Slice, channel_groups, channel_scores, dependency_graph,
+from kdnb.engine.prune import arguments
+from kdnb.engine.prune.score import calibration
+from kdnb.engine.prune.score import criteria
+from kdnb.engine.prune.score import estimate
+from kdnb.engine.prune.graph.groups import (_BATCHNORM, PRUNABLE, ChannelGroup, Slice, channel_groups, channel_scores, dependency_graph,
                                       keep_vectors, masks_from_keep, prunable_weights, remaining_weights)
 
 SCOPES = ("global", "local", "macs")
@@ -143,7 +146,7 @@ def _per_input(ctx: _Context, of_gram: Callable[[torch.Tensor], torch.Tensor]) -
 
 def _damped_hessian(gram: torch.Tensor) -> torch.Tensor:
     """H = 2 (X^T X + damp I), damped as the reconstruction is (so it is invertible)."""
-    from kdnb.engine.prune.reconstruct import DAMP
+    from kdnb.engine.prune.rebuild.reconstruct import DAMP
 
     scale = float(gram.diagonal().mean()) or 1.0
     return 2 * (gram + DAMP * scale * torch.eye(len(gram), dtype=gram.dtype, device=gram.device))
@@ -329,7 +332,7 @@ def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = 
 
     Args:
         model: the network to score.
-        criterion: a name of `kdnb.engine.prune.criteria.REGISTRY` ("l1", "lamp", "taylor", "obs", ...).
+        criterion: a name of `kdnb.engine.prune.score.criteria.REGISTRY` ("l1", "lamp", "taylor", "obs", ...).
         data: labelled batches: the statistics (gradients, layer inputs) read their first
             ``calibration_samples`` samples; slimming trains on all of them.
         structured: score channels (coupled groups, via Torch-Pruning's DependencyGraph) instead of weights.
@@ -353,7 +356,7 @@ def _importance(model: nn.Module, criterion: str, data: Iterable | None, structu
     from kdnb.engine.checks import first_batch
     from kdnb.engine.device import resolve_device
     from kdnb.engine.objective import split_batch
-    from kdnb.engine.prune.unstructured import clone, make_permanent
+    from kdnb.engine.prune.cut.masks import clone, make_permanent
 
     record = check_criterion(criterion, data, model, structured, hessian_estimator)
     work = make_permanent(clone(model))
@@ -444,7 +447,7 @@ def masks_at(scores: Scores, sparsity: float, scope: str = "global",
 def masked_model(scores: Scores, sparsity: float, scope: str = "global") -> nn.Module:
     """A plain copy of ``scores.model`` with what ``masks_at(scores, sparsity, scope)`` removes set to zero
     (structured: whole channels zeroed, which computes what deleting them computes)."""
-    from kdnb.engine.prune.unstructured import clone
+    from kdnb.engine.prune.cut.masks import clone
 
     model = clone(scores.model)
     with torch.no_grad():

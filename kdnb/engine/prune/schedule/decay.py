@@ -33,7 +33,7 @@ from torch import nn
 
 from kdnb.engine.device import model_device
 from kdnb.engine.evaluate import eval_mode
-from kdnb.engine.prune.groups import _NORMS, PRUNABLE
+from kdnb.engine.prune.graph.groups import _NORMS, PRUNABLE
 
 WEIGHT_DECAY = 1.0  # prune's default in an agp schedule of FROM_EPOCHS or more, with the default optimizer
 FROM_EPOCHS = 10  # shorter runs have nothing to regularise: the decay only pulls the re-solved weights off their fit

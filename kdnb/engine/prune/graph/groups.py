@@ -5,7 +5,7 @@ next layer, and the matching channel of every branch added to it (residuals) or 
 after it. Torch-Pruning traces those couplings; here each coupled group becomes a `ChannelGroup`: the
 list of tensor slices (parameter, dimension, positions) that every channel owns. Scoring a channel
 (sum of its slices' scores), counting the weights it takes along, and masking it are then simple
-tensor indexing, independent of the graph; `kdnb.engine.prune.structured` deletes them with the graph.
+tensor indexing, independent of the graph; `kdnb.engine.prune.cut.channels` deletes them with the graph.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from kdnb.engine.checks import numbered_batches
 from kdnb.engine.device import model_device, to_device
 from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune.groups import PRUNABLE
+from kdnb.engine.prune.graph.groups import PRUNABLE
 
 SAMPLES = 2048  # calibration samples; digits' whole training split (1438) fits
 

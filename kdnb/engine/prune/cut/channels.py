@@ -11,7 +11,7 @@ from torch import nn
 
 from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import eval_mode
-from kdnb.engine.prune.groups import (attention_layers, channel_groups, delete_channels, dependency_graph,
+from kdnb.engine.prune.graph.groups import (attention_layers, channel_groups, delete_channels, dependency_graph,
                                       grouped_attention, update_heads)
 
 
