@@ -101,7 +101,7 @@ from kdnb.engine.evaluate import evaluate
 from kdnb.engine.loop import fit
 from kdnb.engine.prune import PruneResult, prune
 from kdnb.engine.prune.graph.groups import output_layers, prunable_weights
-from kdnb.engine.prune.score.importance import MAX_LAYER_SPARSITY
+from kdnb.engine.prune.select.channels import MAX_LAYER_SPARSITY
 from kdnb.engine.prune.cut.masks import clone
 from timing import alternating_times  # bench/timing.py: this script's folder is on sys.path
 

@@ -74,7 +74,7 @@ def test_refit_of_a_grouped_conv_is_least_squares_per_conv_group():
 def test_thinet_scores_a_grouped_consumer_by_the_refit_error_per_conv_group(monkeypatch):
     """Undamped, group OBS's accumulated cost of the greedy's removals is the least-squares refit's error with
     those channels gone (each conv-group solved alone), and each step takes the cheapest (brute force)."""
-    monkeypatch.setattr(sys.modules["kdnb.engine.prune.rebuild.reconstruct"], "DAMP", 0.0)  # H = 2 X^T X
+    monkeypatch.setattr(sys.modules["kdnb.engine.prune.score.calibration"], "DAMP", 0.0)  # H = 2 X^T X
     net, data = _net(), _data()
     scores = importance(net, "thinet", data, structured=True)
     group = next(g for g in scores.groups if g.root == "0")

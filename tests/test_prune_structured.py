@@ -297,7 +297,7 @@ def test_global_normalisation_divides_by_the_mean_of_the_channels_left():
     """Rounds re-score a network whose removed channels score 0: a layer's mean over what is left keeps its
     scores comparable (its mean over every channel, the removed included, once emptied a layer in 8 rounds)."""
     from kdnb.engine.prune.graph.groups import keep_vectors, masks_from_keep
-    from kdnb.engine.prune.score.importance import removed_channels
+    from kdnb.engine.prune.select.channels import removed_channels
 
     torch.manual_seed(0)
     net = M.mlp(8, [8, 8], 3)

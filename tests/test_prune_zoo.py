@@ -343,7 +343,7 @@ def test_macs_per_weight_is_how_often_a_layer_uses_each_weight():
 def test_scope_macs_cuts_more_macs_than_the_default_at_the_same_sparsity():
     """scope="macs" ranks channels by score per MAC their removal saves: at the same parameter fraction the
     early, high-resolution convolutions lose more, so the model keeps fewer MACs; the more without its cap."""
-    from kdnb.engine.prune.score.importance import MAX_LAYER_SPARSITY
+    from kdnb.engine.prune.select.channels import MAX_LAYER_SPARSITY
 
     torch.manual_seed(0)
     net, x = ZOO["resnet_basic"][0]().eval(), example("resnet_basic")
@@ -502,7 +502,7 @@ def _sparsity(scores, masks):
 def test_the_cost_ranking_moves_on_once_a_layer_reaches_its_cap():
     """max_layer_sparsity (Torch-Pruning's max_pruning_ratio): no group loses more than that fraction of its
     channels; the ranking then takes the next groups' channels, so the sparsity is still reached."""
-    from kdnb.engine.prune.score.importance import MAX_LAYER_SPARSITY, removed_channels
+    from kdnb.engine.prune.select.channels import MAX_LAYER_SPARSITY, removed_channels
 
     net, x = _stem_first_net()
     scores = importance(net, "l1", structured=True, example=x)
@@ -526,7 +526,7 @@ def test_the_cost_ranking_moves_on_once_a_layer_reaches_its_cap():
 
 def test_the_cap_holds_in_the_cut_scope_latency_keeps_and_across_rounds(monkeypatch):
     from kdnb.engine.prune.select import latency
-    from kdnb.engine.prune.score.importance import MAX_LAYER_SPARSITY
+    from kdnb.engine.prune.select.channels import MAX_LAYER_SPARSITY
 
     net, x = _stem_first_net()
     monkeypatch.setattr(latency, "paired_speed", lambda first, second, x: 1.5)  # the cost-ranked cut is faster
@@ -562,7 +562,7 @@ def test_masks_cannot_preview_scope_latency_and_the_channel_scopes_share_one_che
 
 
 def test_the_default_cap_is_documented_in_prune():
-    from kdnb.engine.prune.score.importance import MAX_LAYER_SPARSITY
+    from kdnb.engine.prune.select.channels import MAX_LAYER_SPARSITY
     from kdnb.magics import argument_help
 
     described = argument_help(kdnb.prune)["max_layer_sparsity"]

@@ -13,24 +13,29 @@ from torch import nn
 
 from kdnb.engine import checks, distributed
 from kdnb.engine.device import model_device, resolve_device
+from kdnb.engine.distill import kd_objective
 from kdnb.errors import KdnbError, warn
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Callback, RunState
 from kdnb.engine.history import History
+from kdnb.engine.loop import fit
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune import arguments
-from kdnb.engine.prune.schedule import decay, schedules
-from kdnb.engine.prune.score import calibration, criteria, estimate
-from kdnb.engine.prune.select import latency
-from kdnb.engine.prune.score.criteria import Criterion
-from kdnb.engine.prune.graph.groups import (channel_groups, check_structured_support, dependency_graph, keep_vectors,
-                                      masks_from_keep, prunable_count, prunable_weights)
-from kdnb.engine.prune.rebuild.reconstruct import reconstruct as reconstruct_layers
-from kdnb.engine.prune.result import PruneResult
-from kdnb.engine.prune.score.importance import (Scores, _score, check_criterion, check_sparsity, layer_cap, masks_at,
-                                      parse_pattern, pattern_misfits, removed_channels)
 from kdnb.engine.prune.cut.channels import remove_channels
 from kdnb.engine.prune.cut.masks import apply_masks, clone, comparable, connected, current_masks, make_permanent
+from kdnb.engine.prune.graph.groups import (channel_groups, check_structured_support, dependency_graph, keep_vectors,
+                                            masks_from_keep, prunable_count, prunable_weights)
+from kdnb.engine.prune.rebuild.reconstruct import reconstruct as reconstruct_layers
+from kdnb.engine.prune.result import PruneResult
+from kdnb.engine.prune.schedule import decay, schedules
+from kdnb.engine.prune.score import calibration, criteria, estimate
+from kdnb.engine.prune.score.criteria import Criterion
+from kdnb.engine.prune.score.importance import check_criterion, compute_scores
+from kdnb.engine.prune.score.scores import Scores
+from kdnb.engine.prune.select import latency
+from kdnb.engine.prune.select.channels import layer_cap, removed_channels
+from kdnb.engine.prune.select.masks import check_sparsity, masks_at
+from kdnb.engine.prune.select.patterns import parse_pattern, pattern_misfits
 
 MARKER = "kdnb_pruned"  # attribute a pruned model carries: the list of prunings it went through
 # criterion="auto": the best of bench/prune_oneshot.py (reconstructing, with data) for weights and for channels;
@@ -470,7 +475,7 @@ def _cut(run: _Run, target: float, resolve: bool, predictions: bool = False) -> 
 
 def _scored(run: _Run, plain: nn.Module, example: torch.Tensor | None) -> Scores:
     """`Scores` of ``plain`` by the run's criterion, with the run's data, seed, estimator and calibration samples."""
-    return _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator,
+    return compute_scores(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator,
                   run.calibration_samples)
 
 
@@ -521,12 +526,8 @@ def _groups(run: _Run, model: nn.Module, example: torch.Tensor) -> list:
 
 def _finetune(run: _Run, epochs: int, title: str, subscribers: list[object], net: nn.Module | None = None) -> History:
     """One fine-tuning run of the one loop, with the training settings given to `prune`."""
-    from kdnb.engine.loop import fit
-
     objective = None
     if run.distill:
-        from kdnb.engine.distill import kd_objective
-
         objective = kd_objective(clone(run.dense).eval(), temperature=run.temperature, alpha=run.alpha)
     net = run.work if net is None else net
     optimizer = run.optimizer

@@ -31,12 +31,11 @@ from torch import nn
 from torch.nn.utils import prune
 
 from kdnb.errors import warn
-from kdnb.engine.prune.score.calibration import (SAMPLES, calibration_batches, forward_order, group_statistics, grouped,
-                                           input_channel_order, layer_statistics, solvable)
-from kdnb.engine.prune.score.estimate import tied_names
 from kdnb.engine.prune.rebuild.output_refit import output_data, refit_output
+from kdnb.engine.prune.score.calibration import (DAMP, SAMPLES, calibration_batches, forward_order, group_statistics,
+                                                 grouped, input_channel_order, layer_statistics, solvable)
+from kdnb.engine.prune.score.estimate import tied_names
 
-DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's percdamp)
 _BLOCK_BYTES = 64 * 2**20  # bound on the (rows x k x k) fp64 systems solved at once
 
 

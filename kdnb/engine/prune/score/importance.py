@@ -1,83 +1,28 @@
-"""Score once, mask at any sparsity: `importance` computes a criterion's scores (the costly part, with
-data), `masks_at` turns them into masks for a given sparsity (cheap: a sort), so a slider can move;
-`masked_model` is a copy of the scored model with those masks applied.
-
-Sparsity always means the fraction of *prunable weights* (those of every Linear and Conv layer; biases
-and BatchNorm parameters are not counted) that are zero or gone, in both modes. The criteria and what
-each needs come from the registry, `kdnb.engine.prune.score.criteria.REGISTRY`; the statistics are `STATISTICS`.
+"""`importance` computes a criterion's scores of a model once (the costly part, with data); `masks_at`
+(`kdnb.engine.prune.select.masks`) then masks at any sparsity cheaply. The criteria and what each needs come from
+the registry, `kdnb.engine.prune.score.criteria.REGISTRY`; the statistics they read are `STATISTICS`.
 """
 from __future__ import annotations
 
-import re
-import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
-from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
-from kdnb.errors import KdnbError, suggest, warn
+from kdnb.errors import KdnbError, suggest
 from kdnb.engine import distributed
+from kdnb.engine.checks import first_batch
+from kdnb.engine.device import eval_mode, model_device, resolve_device, to_device
+from kdnb.engine.objective import split_batch
 from kdnb.engine.prune import arguments
-from kdnb.engine.prune.score import calibration
-from kdnb.engine.prune.score import criteria
-from kdnb.engine.prune.score import estimate
-from kdnb.engine.prune.graph.groups import (_BATCHNORM, PRUNABLE, ChannelGroup, Slice, channel_groups, channel_scores, dependency_graph,
-                                      keep_vectors, masks_from_keep, prunable_weights, remaining_weights)
-
-SCOPES = ("global", "local", "macs")
-# The most of any group's channels the cost ranking ("macs", and scope="latency"'s cost-ranked cut) removes by
-# default (`layer_cap`). bench/prune_zoo.py --floor, tutorial 03's ResNet at 60 %, 2 epochs of fine-tuning, 3 seeds
-# (accuracy; speed-up over dense, CPU time): no cap 0.789 (stem 1 of 16 channels; 2.18x), 0.75 0.942 (1.92x),
-# 0.625 0.961 (1.87x), 0.5 0.975 (1.71x), the global cut 0.982 (1.13x). bench/prune_zoo.py --zoo-only (shared box):
-# scope="latency" as fast as Torch-Pruning or faster on all 16 models with 0.5, 0.75 and no cap in one run each;
-# in two of three more runs at 0.5 densenet was a hair slower, with the global cut, which no cap changes.
-MAX_LAYER_SPARSITY = 0.5
-ESTIMATORS = ("fisher", "hutchinson")
-
-
-@dataclass
-class Scores:
-    """A criterion's scores of one model, ready for `masks_at`.
-
-    Attributes:
-        criterion: the criterion's name.
-        structured: channel scores (True) or weight scores (False).
-        model: the model the scores belong to (for "slimming", the copy trained with the L1 penalty):
-            apply the masks to this one.
-        weights: element score of every prunable weight, by parameter name (structured: those the
-            criterion scores).
-        prunable: names of the prunable weights (those sparsity counts).
-        groups: structured only: the coupled channel groups, and ``channels[root]`` each channel's score.
-        shapes: shape of every parameter, by name.
-    """
-
-    criterion: str
-    structured: bool
-    model: nn.Module
-    weights: dict[str, torch.Tensor]
-    prunable: list[str]
-    shapes: dict[str, torch.Size]
-    groups: list[ChannelGroup] = field(default_factory=list)
-    channels: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        what = f"{len(self.channels)} channel groups" if self.structured else f"{len(self.weights)} weight tensors"
-        return f"Scores(criterion={self.criterion!r}, structured={self.structured}, {what})"
-
-
-def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
-    """``"2:4"`` -> (2, 4): N of every M consecutive input weights kept; a one-line error otherwise."""
-    if pattern is None:
-        return None
-    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(pattern))
-    if not match:
-        raise KdnbError(f"pattern should be 'N:M' (keep N of every M consecutive weights), e.g. '2:4'; got {pattern!r}")
-    n, m = int(match[1]), int(match[2])
-    if not 0 < n < m:
-        raise KdnbError(f"pattern {pattern!r} keeps N={n} of every M={m} weights: it needs 0 < N < M, e.g. '2:4'")
-    return n, m
+from kdnb.engine.prune.cut.masks import clone, make_permanent
+from kdnb.engine.prune.graph.groups import (BATCHNORM, PRUNABLE, ChannelGroup, Slice, channel_groups, channel_scores,
+                                            dependency_graph, prunable_weights)
+from kdnb.engine.prune.score import calibration, criteria, estimate
+from kdnb.engine.prune.score.estimate import ESTIMATORS
+from kdnb.engine.prune.score.scores import Scores
 
 
 def check_criterion(criterion: str, data: Iterable | None, model: nn.Module, structured: bool,
@@ -93,7 +38,7 @@ def check_criterion(criterion: str, data: Iterable | None, model: nn.Module, str
     if record.needs_data and data is None:
         raise KdnbError(f"criterion {criterion!r} needs data to score with: pass data=train_loader "
                         "(or use criterion='l1')")
-    if record.statistic == "batchnorm_scale" and not any(isinstance(m, _BATCHNORM) and m.affine
+    if record.statistic == "batchnorm_scale" and not any(isinstance(m, BATCHNORM) and m.affine
                                                           for m in model.modules()):
         raise KdnbError(f"criterion {criterion!r} prunes by BatchNorm scales but the model has no BatchNorm "
                         "layer; use criterion='l1', 'taylor' or 'hessian'")
@@ -146,10 +91,8 @@ def _per_input(ctx: _Context, of_gram: Callable[[torch.Tensor], torch.Tensor]) -
 
 def _damped_hessian(gram: torch.Tensor) -> torch.Tensor:
     """H = 2 (X^T X + damp I), damped as the reconstruction is (so it is invertible)."""
-    from kdnb.engine.prune.rebuild.reconstruct import DAMP
-
     scale = float(gram.diagonal().mean()) or 1.0
-    return 2 * (gram + DAMP * scale * torch.eye(len(gram), dtype=gram.dtype, device=gram.device))
+    return 2 * (gram + calibration.DAMP * scale * torch.eye(len(gram), dtype=gram.dtype, device=gram.device))
 
 
 def _inverse_hessian_diag(gram: torch.Tensor) -> torch.Tensor:
@@ -221,7 +164,7 @@ def _batchnorm_scales(ctx: _Context, slices: list) -> list[tuple[Slice, torch.Te
     norms = [(s, ctx.model.get_submodule(s.param.rpartition(".")[0])) for s in slices
              if s.dim == 0 and s.param.endswith("weight")]
     return [(s, ((m.running_var.double() + m.eps).rsqrt() * m.weight.detach().double().abs()).cpu())
-            for s, m in norms if isinstance(m, _BATCHNORM) and m.track_running_stats]
+            for s, m in norms if isinstance(m, BATCHNORM) and m.track_running_stats]
 
 
 def _consumers(ctx: _Context) -> dict[str, tuple]:
@@ -260,9 +203,6 @@ def _as_tokens(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
 def _consumer_activations(ctx: _Context) -> dict[str, tuple]:
     """For each group, a list with one ``(samples, tokens, units)`` tensor per Linear/Conv consuming it: the L2
     norm over each unit's channels of what that layer reads from it, on the calibration samples."""
-    from kdnb.engine.device import model_device, to_device
-    from kdnb.engine.evaluate import eval_mode
-
     readers: dict[nn.Module, list[tuple[ChannelGroup, Slice]]] = {}
     for group in ctx.groups:
         for s in group.slices:
@@ -311,7 +251,7 @@ STATISTICS: dict[str | None, Callable[[_Context], dict[str, tuple]]] = {
     "input_norm": lambda ctx: _per_input(ctx, lambda g: g.diagonal().clamp_min(0).sqrt()),
     "inverse_hessian_diag": lambda ctx: _per_input(ctx, _inverse_hessian_diag),
     "batchnorm_scale": lambda ctx: {f"{n}.weight" if n else "weight": (m.weight.detach(),)
-                                    for n, m in ctx.model.named_modules() if isinstance(m, _BATCHNORM) and m.affine},
+                                    for n, m in ctx.model.named_modules() if isinstance(m, BATCHNORM) and m.affine},
     "generator": _generator,
     "consumer_inverse_hessian": _consumers,
     "consumer_activation": _consumer_activations,
@@ -353,11 +293,6 @@ def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = 
 def _importance(model: nn.Module, criterion: str, data: Iterable | None, structured: bool,
                 example: torch.Tensor | None, seed: int, hessian_estimator: str, slimming_epochs: int,
                 slimming_l1: float, lr: float, device: str, callbacks: Iterable[object], samples: int) -> Scores:
-    from kdnb.engine.checks import first_batch
-    from kdnb.engine.device import resolve_device
-    from kdnb.engine.objective import split_batch
-    from kdnb.engine.prune.cut.masks import clone, make_permanent
-
     record = check_criterion(criterion, data, model, structured, hessian_estimator)
     work = make_permanent(clone(model))
     if record.statistic == "batchnorm_scale" and slimming_epochs:
@@ -369,10 +304,10 @@ def _importance(model: nn.Module, criterion: str, data: Iterable | None, structu
             raise KdnbError("structured pruning needs an example input to trace the model: pass data= "
                             "(its first batch is used) or example=torch.randn(1, ...)")
         example = split_batch(first_batch(data))[0]
-    return _score(work, record, data, structured, example, seed, hessian_estimator, samples)
+    return compute_scores(work, record, data, structured, example, seed, hessian_estimator, samples)
 
 
-def _score(model: nn.Module, record: criteria.Criterion, data: Iterable | None, structured: bool,
+def compute_scores(model: nn.Module, record: criteria.Criterion, data: Iterable | None, structured: bool,
            example: torch.Tensor | None, seed: int, hessian_estimator: str, samples: int) -> Scores:
     """`Scores` of ``model`` as it is (no training), its statistics read on the first ``samples`` of ``data``."""
     groups = channel_groups(model, dependency_graph(model, example.to(next(model.parameters()).device))) \
@@ -399,262 +334,3 @@ def _channel_scores(group: ChannelGroup, values: dict[str, torch.Tensor], reads:
     readers = replace(group, slices=[s for s in group.slices if s.consumer]) if reads else group
     channel = channel_scores(readers, values)
     return channel if channel is not None or not reads else channel_scores(group, values)
-
-
-def check_sparsity(sparsity: object) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-        raise KdnbError(f"sparsity should be a number in [0, 1) -- the fraction of prunable weights removed -- "
-                        f"got {sparsity!r}")
-    return float(sparsity)
-
-
-def masks_at(scores: Scores, sparsity: float, scope: str = "global",
-             pruned: dict[str, torch.Tensor] | None = None, pattern: str | None = None,
-             gradual: bool = False, max_layer_sparsity: float | None = None) -> dict[str, torch.Tensor]:
-    """Boolean masks (True = kept) that remove the lowest-scored weights or channels, at ``sparsity``.
-
-    Unstructured: the ``round(sparsity * n)`` lowest-scored weights, among all layers ("global", as
-    ``torch.nn.utils.prune.global_unstructured``) or in each layer ("local"). Structured: whole channels
-    in ascending score ("global"; l1 scores are divided by their layer's mean first, as magnitudes of
-    different layers are not comparable), in ascending score per MAC the channel's removal saves ("macs": the
-    speed ranking), or the same fraction of each layer ("local"), adding channels
-    until the prunable-weight sparsity reaches ``sparsity`` (it may overshoot by less than one channel).
-    Each layer keeps at least one weight or channel (with a warning). Criteria marked ``per_row`` (Wanda)
-    compare weights within each output row when ``scope="local"``.
-
-    ``pruned``: masks already in force; those weights/channels stay pruned. ``pattern="N:M"`` (unstructured):
-    in every row, N of each M consecutive input channels are kept (a conv's at each kernel position), the
-    highest-scored (``sparsity`` = 1 - N/M); a layer whose input channels M does not divide gets no mask
-    (`pattern_misfits`).
-    ``gradual``: a step of an iterative or agp schedule (criteria marked ``raw_when_gradual`` rank raw scores).
-    ``max_layer_sparsity`` (structured): the most of any layer's channels removed, as in `kdnb.prune`; default
-    `MAX_LAYER_SPARSITY` for "macs", no cap but the one channel kept for the others. ``scope="latency"`` is
-    `prune`'s alone: it times two cuts with their channels deleted, which masks cannot show.
-    """
-    check_sparsity(sparsity)
-    if scope == "latency":
-        raise KdnbError("scope='latency' times two cuts with their channels deleted, which masks cannot show; "
-                        "use scope='macs' for a cost-ranked preview, or kdnb.prune(..., scope='latency')")
-    arguments.check_scope(scope, scores.structured, max_layer_sparsity, SCOPES)
-    if scores.structured:
-        removed = removed_channels(scores, sparsity, scope, pruned, max_layer_sparsity)
-        return masks_from_keep(keep_vectors(scores.groups, removed, scores.shapes), scores.shapes)
-    if pattern is not None:
-        return _pattern_masks(scores, *parse_pattern(pattern), pruned or {})  # type: ignore[misc]
-    return _weight_masks(scores, sparsity, scope, pruned or {}, gradual)
-
-
-def masked_model(scores: Scores, sparsity: float, scope: str = "global") -> nn.Module:
-    """A plain copy of ``scores.model`` with what ``masks_at(scores, sparsity, scope)`` removes set to zero
-    (structured: whole channels zeroed, which computes what deleting them computes)."""
-    from kdnb.engine.prune.cut.masks import clone
-
-    model = clone(scores.model)
-    with torch.no_grad():
-        for name, mask in masks_at(scores, sparsity, scope).items():
-            model.get_parameter(name).mul_(mask.to(model.get_parameter(name).device))
-    return model
-
-
-def _lowest(values: torch.Tensor, k: int) -> torch.Tensor:
-    keep = torch.ones(values.numel(), dtype=torch.bool)
-    if k > 0:
-        keep[torch.topk(values.flatten(), k=k, largest=False).indices] = False
-    return keep
-
-
-def _values(scores: Scores, pruned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Scores on the CPU, with what is pruned already at -inf (it goes first)."""
-    return {n: s.detach().cpu().float().masked_fill(~pruned[n].cpu(), float("-inf")) if n in pruned
-            else s.detach().cpu().float() for n, s in scores.weights.items()}
-
-
-def _pattern_masks(scores: Scores, n: int, m: int, pruned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """N:M masks along each row's input channels (a conv's at each kernel position) of the layers whose input
-    channels M divides; the others get none (they stay dense)."""
-    masks = {}
-    for name, values in _values(scores, pruned).items():
-        if not pattern_fits(values.shape, m):
-            continue
-        order = calibration.input_channel_order(values.shape)
-        blocks = values.reshape(values.shape[0], -1)[:, order].reshape(values.shape[0], -1, m)
-        keep = torch.zeros_like(blocks, dtype=torch.bool).scatter_(2, blocks.topk(n, dim=2).indices, True)
-        mask = torch.empty(values.shape[0], order.numel(), dtype=torch.bool)
-        mask[:, order] = keep.view(values.shape[0], -1)
-        masks[name] = mask.view(values.shape)
-    return masks
-
-
-def pattern_fits(shape: torch.Size, m: int) -> bool:
-    """N:M groups a weight of this shape: M divides its input channels (a Linear's inputs, a conv's per group)."""
-    return shape[1] % m == 0
-
-
-def pattern_misfits(model: nn.Module, pattern: str | None) -> dict[str, int]:
-    """The prunable layers N:M cannot divide, with their input channels (a Linear's inputs, a conv's input channels
-    per group: not a multiple of M, such as an RGB stem's 3); they stay dense, as NVIDIA's ASP leaves them.
-    A `KdnbError` when that is every layer: the pattern would prune nothing."""
-    parsed = parse_pattern(pattern)
-    if parsed is None:
-        return {}
-    weights = prunable_weights(model)
-    misfits = {name: w.shape[1] for name, w in weights.items() if not pattern_fits(w.shape, parsed[1])}
-    if misfits and len(misfits) == len(weights):
-        listed = ", ".join(f"{name!r}: {width}" for name, width in list(misfits.items())[:3])
-        raise KdnbError(f"pattern {pattern!r} groups every {parsed[1]} consecutive input channels, but no layer's "
-                        f"input channels are a multiple of {parsed[1]} ({listed}{', ...' if len(misfits) > 3 else ''}"
-                        "); use another M or no pattern")
-    return misfits
-
-
-def _row_masks(values: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
-    masks = {}
-    for name, v in values.items():
-        rows = v.reshape(v.shape[0], -1)
-        k = round(sparsity * rows.shape[1])
-        keep = torch.ones_like(rows, dtype=torch.bool)
-        if k:
-            keep.scatter_(1, torch.topk(rows, k, dim=1, largest=False).indices, False)
-        masks[name] = keep.view(v.shape)
-    return masks
-
-
-def _weight_masks(scores: Scores, sparsity: float, scope: str, pruned: dict[str, torch.Tensor],
-                  gradual: bool = False) -> dict[str, torch.Tensor]:
-    values = _values(scores, pruned)
-    record = criteria.REGISTRY[scores.criterion]
-    if scope == "global" and record.layerwise and not (gradual and record.raw_when_gradual):
-        values = {n: criteria.lamp_normalise(v.clamp_min(0)).masked_fill(v == float("-inf"), float("-inf"))
-                  for n, v in values.items()}
-    if scope == "local" and record.per_row:
-        masks = _row_masks(values, sparsity)
-    elif scope == "global":
-        flat = torch.cat([v.flatten() for v in values.values()])
-        keep = _lowest(flat, round(sparsity * flat.numel())).split([v.numel() for v in values.values()])
-        masks = {n: k.view(v.shape) for (n, v), k in zip(values.items(), keep)}
-    else:
-        masks = {n: _lowest(v, round(sparsity * v.numel())).view(v.shape) for n, v in values.items()}
-    for name, mask in masks.items():
-        if not bool(mask.any()):
-            mask.view(-1)[values[name].flatten().argmax()] = True
-            warn(f"sparsity {sparsity} would remove every weight of {name!r}; it keeps its highest-scored one (a "
-                 "layer needs at least one)", RuntimeWarning)
-    if scope == "global" and not gradual:
-        _warn_starved(masks, sparsity, scores.criterion)
-    return masks
-
-
-STARVED = 0.1  # a one-shot global cut warns when a layer keeps less than this share of the overall density
-
-
-def _warn_starved(masks: dict[str, torch.Tensor], sparsity: float, criterion: str) -> None:
-    """Warn when a one-shot global ranking leaves a layer under `STARVED` of the density kept overall: no
-    re-solve recovers a layer that thin (raw l1 at 95 % on the notebook-02 teacher keeps 0.4 % of its middle
-    layer and ends below random, with reconstruction too: bench/prune_oneshot.py). LAMP's scores are the cure."""
-    kept = 1 - sparsity
-    starved = {n: float(m.float().mean()) for n, m in masks.items() if 1 < int(m.sum()) < STARVED * kept * m.numel()}
-    if starved:
-        listed = ", ".join(f"{n!r} {share:.1%}" for n, share in starved.items())
-        warn(f"global {criterion} ranking keeps {listed} of the weights against {kept:.1%} overall; a layer that "
-             "thin caps what any update recovers: use criterion='lamp' (the default) or scope='local'",
-             RuntimeWarning)
-
-
-def removed_channels(scores: Scores, sparsity: float, scope: str = "global",
-                     pruned: dict[str, torch.Tensor] | None = None,
-                     max_layer_sparsity: float | None = None) -> dict[str, torch.Tensor]:
-    """Structured: which channels of each group to remove (True = removed) to reach ``sparsity``.
-
-    No group loses more than ``max_layer_sparsity`` of its channels (Torch-Pruning's ``max_pruning_ratio``):
-    once one reaches it, the ranking moves on to the others. None: `layer_cap` of ``scope``."""
-    weights = scores.prunable
-    total = sum(scores.shapes[n].numel() for n in weights)
-    cap = layer_cap(scope, max_layer_sparsity)
-    ranked, allowed = {}, {}
-    for group in scores.groups:
-        if group.root not in scores.channels:
-            continue
-        values = scores.channels[group.root].clone()
-        gone = _already_removed(group, pruned) if pruned else torch.zeros(len(values), dtype=torch.bool)
-        if scope in ("global", "macs") and criteria.REGISTRY[scores.criterion].normalise:  # by the mean left
-            values /= values[~gone].mean().clamp_min(1e-12) if bool((~gone).any()) else 1.0
-        if scope == "macs" and group.macs is not None:  # score per MAC its removal saves
-            values /= group.macs.clamp_min(1e-12)
-        values[gone] = float("-inf")
-        ranked[group.root] = values
-        allowed[group.root] = max(_most_removed(len(values), cap), int(gone.sum()))  # what is gone stays gone
-
-    def removal(candidates: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
-        gone = {root: torch.zeros(len(v), dtype=torch.bool) for root, v in ranked.items()}
-        for root, index in candidates:
-            gone[root][index] = True
-        return gone
-
-    if scope in ("global", "macs"):
-        pool = []  # each group's lowest channels, as many as its cap allows (never its best), lowest score first
-        for order, (root, values) in enumerate(ranked.items()):
-            best = int(values.argmax())
-            lowest = sorted((float(v), order, root, i) for i, v in enumerate(values.tolist()) if i != best)
-            pool += lowest[:allowed[root]]
-        pool.sort()
-        count = len(pool) + 1
-
-        def choice(n: int) -> list[tuple[str, int]]:
-            return [(root, i) for _, _, root, i in pool[:n]]
-    else:
-        orders = {root: torch.argsort(values, stable=True).tolist() for root, values in ranked.items()}
-        fractions = sorted({0.0} | {k / len(v) for v in ranked.values() for k in range(1, len(v))})
-        count = len(fractions)
-
-        def choice(n: int) -> list[tuple[str, int]]:
-            return [(root, i) for root, order in orders.items()
-                    for i in order[:min(int(fractions[n] * len(order) + 1e-9), allowed[root])]]
-
-    def reached(n: int) -> float:
-        keep = keep_vectors(scores.groups, removal(choice(n)), scores.shapes)
-        return 1.0 - remaining_weights(keep, scores.shapes, weights) / total
-
-    low, high = 0, count - 1  # the smallest choice whose sparsity reaches the target (it grows with n)
-    if reached(high) < sparsity:
-        capped = f", at most {cap:g} of each layer's channels (max_layer_sparsity)" if cap < 1 else ""
-        warnings.warn(f"structured pruning reaches at most sparsity {reached(high):.4f} < {sparsity} "
-                      f"while keeping one channel per layer{capped} and the outputs; pruning that much",
-                      RuntimeWarning, stacklevel=3)
-        low = high
-    while low < high:
-        middle = (low + high) // 2
-        if reached(middle) >= sparsity:
-            high = middle
-        else:
-            low = middle + 1
-    gone = removal(choice(low))
-    for root, mask in gone.items():
-        if len(mask) > 1 and int((~mask).sum()) == 1:
-            warnings.warn(f"layer {root!r} keeps 1 of {len(mask)} channels at sparsity {sparsity} "
-                          "(a layer needs at least one)", RuntimeWarning, stacklevel=3)
-    return gone
-
-
-def layer_cap(scope: str, max_layer_sparsity: float | None) -> float:
-    """The largest fraction of a group's channels a cut may remove: ``max_layer_sparsity``, or by default
-    `MAX_LAYER_SPARSITY` for the cost ranking ("macs"), which alone would cut the layers whose channels cost the
-    most down to one channel (tutorial 03's stem: 1 of 16), and 1 (only the channel each layer keeps) for the others."""
-    if max_layer_sparsity is not None:
-        return max_layer_sparsity
-    return MAX_LAYER_SPARSITY if scope == "macs" else 1.0
-
-
-def _most_removed(size: int, cap: float) -> int:
-    """How many of ``size`` channels a group may lose under ``cap``: at most ``cap * size``, and never all."""
-    return min(size - 1, int(cap * size + 1e-9))
-
-
-def _already_removed(group: ChannelGroup, pruned: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Channels whose output slice is entirely masked already."""
-    for s in group.slices:
-        if s.dim == 0 and s.param in pruned:
-            alive = pruned[s.param].cpu().reshape(pruned[s.param].shape[0], -1).any(1)
-            gone = torch.zeros(group.size, dtype=torch.bool)
-            gone[s.channel[~alive[s.index]]] = True
-            return gone
-    return torch.zeros(group.size, dtype=torch.bool)

@@ -26,8 +26,11 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from kdnb.engine.prune.cut.channels import remove_channels
+from kdnb.engine.prune.cut.masks import clone, make_permanent
 from kdnb.engine.prune.graph.groups import prunable_count
-from kdnb.engine.prune.score.importance import SCOPES, Scores, removed_channels
+from kdnb.engine.prune.score.scores import Scores
+from kdnb.engine.prune.select.channels import SCOPES, removed_channels
 
 PRUNE_SCOPES = (*SCOPES, "latency")  # what `prune` accepts: the rankings, and this choice between two of them
 
@@ -82,9 +85,6 @@ def choose(model: nn.Module, scores: Scores, sparsity: float, example: torch.Ten
     """"cost" or "global": the ranking whose cut at ``sparsity`` runs ``example`` faster (ties: "global"). A
     cost-ranked cut that its layer cap stopped short of ``sparsity``, and of the global cut, is not a candidate:
     it is not the size asked for."""
-    from kdnb.engine.prune.cut.channels import remove_channels
-    from kdnb.engine.prune.cut.masks import clone, make_permanent
-
     candidates, reached, dense = {}, {}, prunable_count(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the cut itself warns once, when it is made
