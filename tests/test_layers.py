@@ -63,6 +63,15 @@ def layer(name: str) -> int:
     return max(matches)[1]
 
 
+def imported_from(package: str, node: ast.ImportFrom) -> str:
+    """The module a ``from ... import`` in ``package`` reads from, relative imports resolved."""
+    base = node.module or ""
+    if not node.level:
+        return base
+    parts = package.split(".")
+    return ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+
+
 def imports(name: str) -> list[tuple[int, str]]:
     """(line, kdnb module) for every import in module ``name``, wherever it stands in the file."""
     tree = ast.parse(MODULES[name].read_text(), str(MODULES[name]))
@@ -72,9 +81,7 @@ def imports(name: str) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            base = imported_from(package, node)
             for alias in node.names:  # `from kdnb import env` imports the module kdnb.env
                 submodule = f"{base}.{alias.name}"
                 found.append((node.lineno, submodule if submodule in MODULES else base))
@@ -92,9 +99,7 @@ def private_names(name: str) -> list[str]:
     for node in ast.walk(tree):
         if not isinstance(node, ast.ImportFrom):
             continue
-        base = node.module or ""
-        if node.level:
-            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+        base = imported_from(package, node)
         for alias in node.names:
             if within(base, "kdnb") and alias.name.startswith("_") and not alias.name.startswith("__") \
                     and f"{base}.{alias.name}" not in MODULES:
@@ -192,7 +197,8 @@ def test_the_circle_and_private_name_checks_fire(tmp_path):
         graph = {name: {target for _, target in imports(name) if target in MODULES}
                  for name in ("kdnb.fake.first", "kdnb.fake.second")}
         assert import_cycles(graph) == [["kdnb.fake.first", "kdnb.fake.second"]]
-        assert private_names("kdnb.fake.second") == [f"{os.path.relpath(second, ROOT)}:1 imports kdnb.fake.first._private"]
+        assert private_names("kdnb.fake.second") == [
+            f"{os.path.relpath(second, ROOT)}:1 imports kdnb.fake.first._private"]
     finally:
         MODULES.clear()
         MODULES.update(saved)

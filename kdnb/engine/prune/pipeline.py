@@ -11,14 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdnb.engine import checks, distributed
+from kdnb.engine import checks, distributed, loop
 from kdnb.engine.device import model_device, resolve_device
 from kdnb.engine.distill import kd_objective
 from kdnb.errors import KdnbError, warn
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Callback, RunState
 from kdnb.engine.history import History
-from kdnb.engine.loop import fit
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune import arguments
 from kdnb.engine.prune.cut.channels import remove_channels
@@ -185,7 +184,7 @@ def prune(
         max_layer_sparsity: structured: the largest fraction of any layer's channels (heads, neurons) a cut
             removes, as Torch-Pruning's ``max_pruning_ratio``; once a layer reaches it the ranking moves on to
             the others (if none can give more, the sparsity reached stays below ``sparsity``, with a warning).
-            Default None: 0.5 (`scores.MAX_LAYER_SPARSITY`) for the cost rankings ("macs" and "latency"'s
+            Default None: 0.5 (`select.channels.MAX_LAYER_SPARSITY`) for the cost rankings ("macs" and "latency"'s
             cost-ranked cut), which alone would cut a costly layer to one channel (tutorial 03: the ResNet's
             stem, 0.79 accuracy after fine-tuning against 0.975 with the cap, bench/prune_zoo.py --floor); no
             cap but the one channel each layer keeps for "global" and "local".
@@ -196,8 +195,8 @@ def prune(
         reconstruct: re-solve the kept weights on ``data`` (default, when ``data`` is given: every one-shot cut;
             in a gradual schedule the steps followed by fewer than ``schedules.RESOLVE_BELOW`` (10) epochs of
             fine-tuning, the earlier ones only mask: the training after them recovers better alone, see
-            `kdnb.engine.prune.schedule.schedules`; the result's trajectory marks each step "resolved"). True also fits the
-            output layer to the unpruned model's predictions (a classifier's logits) after the last cut;
+            `kdnb.engine.prune.schedule.schedules`; the result's trajectory marks each step "resolved"). True also
+            fits the output layer to the unpruned model's predictions (a classifier's logits) after the last cut;
             ``"least_squares"`` re-solves every layer, the output layer too, by least squares only.
         rounds: cut each pruning step in this many re-scored steps, geometric in the kept weights, with no
             training between: each round scores the network the last re-solve left, so the criterion sees
@@ -476,7 +475,7 @@ def _cut(run: _Run, target: float, resolve: bool, predictions: bool = False) -> 
 def _scored(run: _Run, plain: nn.Module, example: torch.Tensor | None) -> Scores:
     """`Scores` of ``plain`` by the run's criterion, with the run's data, seed, estimator and calibration samples."""
     return compute_scores(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator,
-                  run.calibration_samples)
+                          run.calibration_samples)
 
 
 def _every_layer_scored(run: _Run, plain: nn.Module, scores: Scores, example: torch.Tensor | None) -> Scores:
@@ -533,10 +532,10 @@ def _finetune(run: _Run, epochs: int, title: str, subscribers: list[object], net
     optimizer = run.optimizer
     if optimizer is None and run.weight_decay:
         optimizer = decay.adamw(net, run.example, run.lr, run.weight_decay)
-    return fit(net, run.data, run.val, epochs=epochs, optimizer=optimizer,
-               lr=run.lr, objective=objective, device=run.device, amp=run.amp, seed=run.seed,
-               callbacks=[*subscribers, *run.callbacks], scheduler=run.scheduler, grad_clip=run.grad_clip,
-               title=f"{title} ({'structured' if run.structured else 'unstructured'})")  # names the chart
+    return loop.fit(net, run.data, run.val, epochs=epochs, optimizer=optimizer,
+                    lr=run.lr, objective=objective, device=run.device, amp=run.amp, seed=run.seed,
+                    callbacks=[*subscribers, *run.callbacks], scheduler=run.scheduler, grad_clip=run.grad_clip,
+                    title=f"{title} ({'structured' if run.structured else 'unstructured'})")  # names the chart
 
 
 def _prune_and_finetune(run: _Run) -> None:

@@ -163,6 +163,7 @@ def connected(masks: dict[str, torch.Tensor], values: dict[str, torch.Tensor], g
 
 
 def comparable(scores: Scores, pruned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A `Scores`' weight scores made comparable across layers as `masks_at` ranks a layer-wise criterion (`kdnb.engine.prune.score.criteria.lamp_normalise`), ``-inf`` where ``pruned`` removed them."""
+    """A `Scores`' weight scores made comparable across layers as `masks_at` ranks a layer-wise criterion
+    (`kdnb.engine.prune.score.criteria.lamp_normalise`), ``-inf`` where ``pruned`` removed them."""
     values = {n: lamp_normalise(s.detach().cpu().double().clamp_min(0)) for n, s in scores.weights.items()}
     return {n: v.masked_fill(~pruned[n].cpu(), float("-inf")) if n in pruned else v for n, v in values.items()}

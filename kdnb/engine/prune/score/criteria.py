@@ -210,7 +210,7 @@ class Criterion:
     Attributes:
         name: what users pass as ``criterion=``.
         formula: the score function above, called as ``formula(weight, statistic)`` (or ``formula(weight)``).
-        statistic: what the formula needs besides the weight (a key of `scores.STATISTICS`), or None.
+        statistic: what the formula needs besides the weight (a key of `importance.STATISTICS`), or None.
         needs_data: the statistic is estimated on batches of ``data``.
         unstructured, structured: the modes it can score (single weights, whole channels).
         label, colour: how plots and widgets show it.

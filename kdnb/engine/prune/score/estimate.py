@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnb.engine import checks
+from kdnb.engine import checks, loop
 from kdnb.engine.device import eval_mode, model_device
-from kdnb.engine.loop import fit
 from kdnb.errors import KdnbError, warn
 from kdnb.engine.objective import StepOutput, Supervised, split_batch
 from kdnb.engine.prune.score.criteria import slimming_penalty
@@ -210,8 +209,8 @@ class SlimmingObjective:
 def slimming_phase(model: nn.Module, data: Iterable, *, epochs: int, l1: float, lr: float, device: str,
                    seed: int | None, callbacks: Iterable[object] = ()) -> object:
     """Train ``model`` in place for ``epochs`` with the slimming penalty; returns the run's History."""
-    history = fit(model, data, epochs=epochs, lr=lr, objective=SlimmingObjective(l1), device=device, seed=seed,
-                  callbacks=callbacks, title="slimming")
+    history = loop.fit(model, data, epochs=epochs, lr=lr, objective=SlimmingObjective(l1), device=device,
+                       seed=seed, callbacks=callbacks, title="slimming")
     if history.status == "interrupted":  # the scales are half-trained: scoring them would prune at random
         raise KeyboardInterrupt("network slimming's L1 phase was interrupted before any channel was pruned; "
                                 "nothing was changed")

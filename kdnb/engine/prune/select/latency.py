@@ -14,7 +14,8 @@ kept for the whole prune (its rounds included). A tie (within `MARGIN`) goes to 
 
 The cost ranking alone would empty a costly layer down to the one channel it must keep (tutorial 03's ResNet
 stem: 1 of 16, 0.79 accuracy after fine-tuning), so by default it stops taking a layer's channels at
-`scores.MAX_LAYER_SPARSITY` of them (``max_layer_sparsity``, Torch-Pruning's ``max_pruning_ratio``) and moves on.
+`select.channels.MAX_LAYER_SPARSITY` of them (``max_layer_sparsity``, Torch-Pruning's ``max_pruning_ratio``) and
+moves on.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def cost_ranked(scores: Scores) -> Scores:
 def removal(scores: Scores, sparsity: float, pruned: dict[str, torch.Tensor] | None, ranking: str,
             max_layer_sparsity: float | None = None) -> dict[str, torch.Tensor]:
     """The channels to remove under ``ranking`` ("cost" or "global"); ``max_layer_sparsity`` as in
-    `removed_channels` (None: its default for each ranking, `scores.MAX_LAYER_SPARSITY` for the cost one)."""
+    `removed_channels` (None: its default for each ranking, `select.channels.MAX_LAYER_SPARSITY` for the cost one)."""
     ranked = cost_ranked(scores) if ranking == "cost" else scores
     return removed_channels(ranked, sparsity, SCOPE[ranking], pruned, max_layer_sparsity)
 
