@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from kdnb.errors import KdnbError
-from kdnb.engine.evaluate import eval_mode
-from kdnb.engine.prune import library
-from kdnb.engine.prune.groups import (Example, attention_layers, channel_groups, delete_channels, dependency_graph,
-                                      forward, grouped_attention, update_heads)
+from kdnb.engine.device import eval_mode
+from kdnb.engine.prune.graph import library
+from kdnb.engine.prune.graph.groups import (Example, attention_layers, channel_groups, delete_channels,
+                                            dependency_graph, forward, grouped_attention, update_heads)
 
 
 @torch.no_grad()
