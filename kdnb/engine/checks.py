@@ -328,7 +328,14 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
 
 def check_example(example: Any, what: str = "example", empty: bool = False) -> torch.Tensor:
     """An input batch: a real-valued or integer tensor, batch dimension first, at least one row (``empty``:
-    zero rows allowed, as a tracer may take them)."""
+    zero rows allowed, as a tracer may take them); or a tuple (positional inputs) or mapping (keyword inputs,
+    HuggingFace style) of such tensors."""
+    if isinstance(example, (tuple, list, Mapping)) and example:
+        items = example.items() if isinstance(example, Mapping) else enumerate(example)
+        for key, value in items:
+            if isinstance(value, torch.Tensor):
+                check_example(value, f"{what}[{key!r}]", empty)
+        return example
     if not isinstance(example, torch.Tensor):
         raise KdnbError(f"{what} should be an input batch tensor (batch first), got {shown(example)}; pass e.g. "
                         f"{what}=next(iter(train_loader))[0]")

@@ -21,8 +21,9 @@ from kdnb.engine.history import History
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune import arguments
 from kdnb.engine.prune.cut.channels import remove_channels
+from kdnb.engine.prune.graph import library
 from kdnb.engine.prune.cut.masks import apply_masks, clone, comparable, connected, current_masks, make_permanent
-from kdnb.engine.prune.graph.groups import (channel_groups, check_structured_support, dependency_graph, keep_vectors,
+from kdnb.engine.prune.graph.groups import (channel_groups, check_structured_support, dependency_graph, example_to, keep_vectors,
                                             masks_from_keep, prunable_count, prunable_weights)
 from kdnb.engine.prune.rebuild.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
@@ -381,9 +382,10 @@ def _check_rounds(options: dict[str, Any], reconstruct: bool) -> int:
 
 
 def _prepare(run: _Run, model: nn.Module) -> None:
-    """The dense reference, the working copy on the run's device, slimming's training phase."""
-    run.dense = clone(model)
-    run.work = make_permanent(model if run.inplace else clone(model)).to(run.device)
+    """The dense reference, the working copy on the run's device (a library's Linear stored transposed, GPT-2's
+    Conv1D, as the nn.Linear it computes: `library.as_linears`), slimming's training phase."""
+    run.dense = library.as_linears(clone(model))
+    run.work = library.as_linears(make_permanent(model if run.inplace else clone(model)).to(run.device))
     if run.record.statistic == "batchnorm_scale":
         estimate.slimming_phase(run.work, run.data, epochs=run.slimming_epochs, l1=run.slimming_l1, lr=run.lr,
                                 device=str(run.device), seed=run.seed, callbacks=list(run.callbacks))
@@ -448,7 +450,7 @@ def _cut(run: _Run, target: float, resolve: bool, predictions: bool = False) -> 
     # the re-solve reproduces the unpruned model, or the fine-tuned one once training has moved it
     trained = bool(run.runs) or run.schedule == "agp"
     reference = (plain if trained else run.dense) if resolve else None
-    example = run.example.to(model_device(plain)) if run.example is not None else None
+    example = example_to(run.example, model_device(plain)) if run.example is not None else None
     scores = _every_layer_scored(run, plain, _scored(run, plain, example), example)
     pruned = current_masks(run.work)
     if run.structured:
@@ -570,7 +572,7 @@ def _finish(run: _Run) -> PruneResult:
     if run.structured:
         make_permanent(work)
         try:
-            remove_channels(work, run.removed, run.example.to(model_device(work)))  # type: ignore[union-attr]
+            remove_channels(work, run.removed, example_to(run.example, model_device(work)))  # type: ignore[union-attr]
         except KeyboardInterrupt:  # half-deleted layers are no model; an in-place prune is restored at the entry
             raise KeyboardInterrupt("prune was interrupted while deleting the removed channels; nothing was "
                                     "changed") from None
@@ -583,6 +585,8 @@ def _finish(run: _Run) -> PruneResult:
                   net=control_model)
         control_model.to(run.home)
     work.to(run.home)
+    library.restore_modules(work)
+    library.restore_modules(run.dense)
     setattr(work, MARKER, [*getattr(work, MARKER, []), {"sparsity": reached, "criterion": run.criterion,
                                                         "structured": run.structured}])
     return PruneResult(model=work, dense=run.dense, masks={} if run.structured else current_masks(work),
@@ -590,7 +594,7 @@ def _finish(run: _Run) -> PruneResult:
                        steps=run.steps, target=run.sparsity, sparsity=reached, finetune=run.finetune,
                        distill=run.distill, history=_merge(run.runs, run.interrupted), trajectory=run.trajectory,
                        dense_accuracy=run.accuracy(run.dense), val=run.val,
-                       example=run.example.cpu() if run.example is not None else None, control=control_model,
+                       example=example_to(run.example, "cpu") if run.example is not None else None, control=control_model,
                        channels=_channels(run.dense, work) if run.structured else {},
                        reconstructed=run.reconstruct, pattern=run.pattern,
                        ranking=run.options.get("ranking"), max_layer_sparsity=_layer_cap(run))

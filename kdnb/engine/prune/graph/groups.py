@@ -21,6 +21,7 @@ from torch import nn
 
 from kdnb.errors import KdnbError
 from kdnb.engine.device import eval_mode
+from kdnb.engine.prune.graph import library
 
 PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)  # layers whose weights count towards sparsity
 BATCHNORM = nn.modules.batchnorm._BatchNorm
@@ -30,9 +31,10 @@ NORMS = (BATCHNORM, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._Instanc
 STRUCTURED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *NORMS, nn.Embedding, nn.MultiheadAttention,
                      nn.PReLU)
 _QKV_NAMES = ("qkv", "c_attn", "in_proj", "Wqkv", "query_key_value")  # one Linear laid out (3, heads, head_dim)
-_SEPARATE_NAMES = (("q", "q_proj", "query"), ("k", "k_proj", "key"), ("v", "v_proj", "value"))  # HF-style q, k, v
-_OUT_NAMES = ("proj", "out_proj", "o_proj", "c_proj", "out", "dense")
-_HEAD_COUNTS = ("num_heads", "num_attention_heads")  # the attribute a hand-written attention reads its heads from
+_SEPARATE_NAMES = (("q", "q_proj", "query", "q_lin"), ("k", "k_proj", "key", "k_lin"),
+                   ("v", "v_proj", "value", "v_lin"))  # HF-style q, k, v
+_OUT_NAMES = ("proj", "out_proj", "o_proj", "c_proj", "out", "dense", "out_lin", "o")
+_HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_heads")  # the attribute a hand-written attention reads its heads from
 
 
 Example = Any  # an input batch: a tensor, a tuple of positional inputs, or a mapping of keyword inputs
@@ -157,7 +159,9 @@ def prunable_count(model: nn.Module) -> int:
 
 
 def check_structured_support(model: nn.Module) -> None:
-    """A clear error naming the first layer structured pruning cannot resize."""
+    """A clear error naming the first layer structured pruning cannot resize, or the library version or family
+    of a library's model whose config it could not keep true (`library.check_known`)."""
+    library.check_known(model)
     for name, module in model.named_modules():
         if isinstance(module, nn.RNNBase):
             raise KdnbError(f"structured pruning does not resize recurrent layer {name!r} ({type(module).__name__}): "
@@ -177,8 +181,6 @@ def dependency_graph(model: nn.Module, example: Example):  # -> tp.DependencyGra
     features (e.g. a residual add with an identity shortcut from the input): those channels cannot go.
     """
     import torch_pruning as tp
-
-    from kdnb.engine.prune.graph import library
 
     check_structured_support(model)
     was_training = model.training
@@ -201,8 +203,8 @@ def dependency_graph(model: nn.Module, example: Example):  # -> tp.DependencyGra
     hooks = [m.register_forward_pre_hook(remember) for m in model.modules() if m is not model]
     try:
         with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=x, forward_fn=forward, verbose=False,
-                                                          **library.tracing_options(model))
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=library.tracing_example(model, x),
+                                                          forward_fn=forward, verbose=False)
     except (RuntimeError, TypeError, ValueError, AssertionError, ZeroDivisionError, IndexError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         where = f" at layer {running[-1]!r}" if running else ""
@@ -311,6 +313,13 @@ class Heads:
         return len(self.projections) == 3 and self.count(self.projections[1]) < self.count(self.projections[0])
 
     @property
+    def laid_out(self) -> bool:
+        """Separate q, k, v projections whose output projection is known: their heads are laid out from the
+        shapes (`_kv_group`), so q, k, v and the output lose the same heads (the graph does not couple q with k:
+        they meet in a matmul, and attention that also serves grouped queries runs with fewer k heads)."""
+        return len(self.projections) == 3 and self.output is not None
+
+    @property
     def queries_per_group(self) -> int:
         return self.count(self.projections[0]) // self.count(self.projections[1])
 
@@ -332,7 +341,8 @@ class Heads:
 
 
 def _head_count(module: nn.Module) -> int | None:
-    heads = next((getattr(module, a) for a in _HEAD_COUNTS if isinstance(getattr(module, a, None), int)), None)
+    heads = next((getattr(module, a) for a in _HEAD_COUNTS if isinstance(getattr(module, a, None), int)),
+                 library.head_count(module))
     return heads if heads is not None and heads >= 1 and not isinstance(module, nn.MultiheadAttention) else None
 
 
@@ -361,17 +371,29 @@ def attention_layers(model: nn.Module) -> tuple[list[Heads], set[nn.Module]]:
     attention modules, left whole (their channels are tied across layers in ways we cannot see)."""
     found: list[Heads] = []
     unknown: set[nn.Module] = set()
+    parents = {child: parent for parent in model.modules() for child in parent.children()}
     for module in model.modules():
         heads = _head_count(module)
         if heads is None:
             continue
         linears = {n: m for n, m in module.named_children() if isinstance(m, nn.Linear)}
-        layout = _heads_of(module, heads, linears)
+        layout = None if library.whole_heads(module) else _heads_of(module, heads, linears)
+        if layout is not None and layout.output is None and len(layout.projections) == 3 and module in parents:
+            layout.output = _output_beside(parents[module], layout)
         if layout is not None:
             found.append(layout)
         else:
             unknown |= {m for n, m in linears.items() if n not in _OUT_NAMES}
     return found, unknown
+
+
+def _output_beside(parent: nn.Module, layout: Heads) -> nn.Linear | None:
+    """The Linear reading the heads when it sits beside the attention module rather than in it (BERT's
+    ``attention.output.dense``): the one output-named Linear of the parent that reads the query's width."""
+    width = layout.projections[0].out_features
+    found = [m for n, m in parent.named_modules() if isinstance(m, nn.Linear) and m not in layout.projections
+             and n.rpartition(".")[2] in _OUT_NAMES and m.in_features == width]
+    return found[0] if len(found) == 1 else None
 
 
 def head_projections(layouts: list[Heads]) -> dict[nn.Module, tuple[int, int]]:
@@ -429,7 +451,7 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
     positions = activation_positions(model, graph.example) if per_weight else {}
     layouts, unknown = attention_layers(model)
     heads = head_projections(layouts)
-    grouped = [layout for layout in layouts if layout.grouped]
+    grouped = [layout for layout in layouts if layout.laid_out]
     laid_out = {p for layout in grouped for p in layout.projections}  # their groups: `_kv_group`, not the graph's
     params = dict(model.named_parameters(remove_duplicate=False))
     groups = []
@@ -504,7 +526,7 @@ def _kv_group(layout: Heads, names: dict, params: dict[str, torch.Tensor], per_w
 
 def grouped_attention(layouts: list[Heads]) -> dict[nn.Module, Heads]:
     """The grouped-query attentions among ``layouts``, by their query projection (for `delete_channels`)."""
-    return {layout.projections[0]: layout for layout in layouts if layout.grouped}
+    return {layout.projections[0]: layout for layout in layouts if layout.laid_out}
 
 
 def delete_channels(graph, layer: nn.Module, idxs: list[int], grouped: dict[nn.Module, Heads]) -> None:

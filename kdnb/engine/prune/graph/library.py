@@ -1,5 +1,291 @@
-"""placeholder"""
-def tracing_options(model):
-    return {}
-def sync_config(model):
-    pass
+"""Models as a library builds them (HuggingFace ``transformers``): what structured pruning must know of them, and
+their configs kept true after channels go, so the pruned model runs, ``save_pretrained`` writes it and
+``from_pretrained`` rebuilds it.
+
+Nothing here imports ``transformers``: a model is recognised by its ``config.model_type`` and by the modules it
+holds, and the library's version is read only when one of its models is pruned (``import kdnb`` stays light).
+
+- `check_known`: a transformers model of a family or a major version these layouts were not checked against is
+  refused before anything changes (never a half-pruned model).
+- `as_linears` / `restore_modules`: GPT-2's ``Conv1D`` (a Linear with its weight stored transposed) runs as
+  ``nn.Linear`` while kdnb scores, masks and deletes, so every criterion and Torch-Pruning's pruners see a plain
+  Linear; it goes back to ``Conv1D`` (masks transposed with it) before the model is returned.
+- `head_count`: the heads of an attention module that keeps no count of them (LLaMA's reads ``head_dim`` only).
+- `sync_config`: hidden size, heads, key/value heads, MLP width (and Wav2Vec2's conv widths) written back
+  into the config from the weights; `reload_problem` says whether ``from_pretrained`` can rebuild the result.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from kdnb.errors import KdnbError
+
+KNOWN_MAJOR_VERSIONS = (4, 5)  # transformers versions whose module layouts below were checked (5.25 tested)
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where a family keeps its sizes: the config keys (through the config's ``attribute_map``) and the names of
+    the layers that show them. ``whole_heads``: the heads are tied across layers (T5's shared relative position
+    bias), so they stay whole."""
+
+    intermediate_key: str  # the config key of the MLP width
+    up: tuple[str, ...]  # the MLP's first layers (their outputs are the MLP width)
+    query: str  # the query projection, inside each attention module (a fused qkv: "c_attn")
+    key: str | None = None  # the key projection, for grouped-query attention's key/value heads
+    head_dim_key: str | None = None  # a config key that fixes the head width apart from hidden_size
+    whole_heads: bool = False
+
+
+_BERT = Family("intermediate_size", ("intermediate.dense",), "query")
+_VIT = Family("intermediate_size", ("mlp.fc1", "intermediate.dense"), "q_proj")  # transformers 5 names
+FAMILIES: dict[str, Family] = {
+    "bert": _BERT, "roberta": _BERT, "vit": _VIT, "deit": _VIT,
+    "distilbert": Family("hidden_dim", ("ffn.lin1",), "q_lin"),
+    "gpt2": Family("n_inner", ("mlp.c_fc",), "c_attn"),
+    "llama": Family("intermediate_size", ("mlp.gate_proj", "mlp.up_proj"), "q_proj", "k_proj", "head_dim"),
+    "mistral": Family("intermediate_size", ("mlp.gate_proj", "mlp.up_proj"), "q_proj", "k_proj", "head_dim"),
+    "qwen2": Family("intermediate_size", ("mlp.gate_proj", "mlp.up_proj"), "q_proj", "k_proj", "head_dim"),
+    "wav2vec2": Family("intermediate_size", ("feed_forward.intermediate_dense",), "q_proj"),
+    "t5": Family("d_ff", ("DenseReluDense.wi", "DenseReluDense.wi_0", "DenseReluDense.wi_1"), "q",
+                 whole_heads=True),
+}
+# The layer whose output width is the model's hidden size (the residual stream), by the end of its name.
+_HIDDEN_LAYERS = ("embeddings.word_embeddings", "wte", "embed_tokens", "shared", "distilbert.embeddings.word_embeddings",
+                  "embeddings.patch_embeddings.projection", "feature_projection.projection")
+_LAYERS_KEY = "kdnb_layers"  # per-layer sizes kdnb writes into the config when layers differ
+
+
+def family_of(model: nn.Module) -> Family | None:
+    """The `Family` of a transformers model (None for any other model)."""
+    config = getattr(model, "config", None)
+    return FAMILIES.get(getattr(config, "model_type", None)) if _is_transformers(model) else None
+
+
+def _is_transformers(model: nn.Module) -> bool:
+    module = sys.modules.get("transformers")
+    return module is not None and isinstance(model, module.PreTrainedModel)
+
+
+def check_known(model: nn.Module) -> None:
+    """Refuse, in one line, a transformers model whose family or library version kdnb's layouts do not know:
+    structured pruning would cut heads or widths its config cannot then describe."""
+    if not _is_transformers(model):
+        return
+    version = sys.modules["transformers"].__version__
+    major = int(version.split(".")[0])
+    model_type = getattr(model.config, "model_type", None)
+    if major not in KNOWN_MAJOR_VERSIONS:
+        raise KdnbError(f"structured pruning knows transformers {', '.join(map(str, KNOWN_MAJOR_VERSIONS))}.x, "
+                        f"not {version}: its modules may keep sizes kdnb does not update -- install transformers "
+                        f"<{KNOWN_MAJOR_VERSIONS[-1] + 1}, or use structured=False")
+    if model_type not in FAMILIES:
+        raise KdnbError(f"structured pruning does not know the transformers family {model_type!r} "
+                        f"({type(model).__name__}): it keeps the configs of {', '.join(sorted(FAMILIES))} true -- "
+                        "use structured=False for this model")
+
+
+def tracing_example(model: nn.Module, example):
+    """The example Torch-Pruning traces: a transformers model's mapping with ``use_cache=False``, since the cache's
+    concatenation of past and new keys (GPT-2) is a concat the graph cannot size."""
+    if family_of(model) is not None and isinstance(example, Mapping) and "use_cache" not in example \
+            and getattr(model.config, "use_cache", None) is not None:
+        return {**example, "use_cache": False}
+    return example
+
+
+def _conv1d_class() -> type | None:
+    module = sys.modules.get("transformers.pytorch_utils")
+    return getattr(module, "Conv1D", None)
+
+
+class _FromConv1D(nn.Linear):
+    """A GPT-2 ``Conv1D`` as the ``nn.Linear`` it computes, while kdnb prunes (`as_linears`)."""
+
+
+def as_linears(model: nn.Module) -> nn.Module:
+    """Replace, in place, each transformers ``Conv1D`` (``y = x W + b``, W of shape (in, out)) by the same
+    ``nn.Linear`` (its weight W transposed): the criteria, the masks and Torch-Pruning's pruners see a Linear."""
+    conv1d = _conv1d_class()
+    if conv1d is None:
+        return model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is conv1d:
+                linear = _FromConv1D(child.nx, child.nf, device=child.weight.device, dtype=child.weight.dtype)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.t())
+                    linear.bias.copy_(child.bias)
+                linear.weight.requires_grad_(child.weight.requires_grad)
+                linear.bias.requires_grad_(child.bias.requires_grad)
+                setattr(parent, name, linear)
+    return model
+
+
+def restore_modules(model: nn.Module) -> nn.Module:
+    """Undo `as_linears`, in place: each Linear that was a ``Conv1D`` is one again at its current size, its
+    weight transposed back (and its mask, when one is attached)."""
+    conv1d = _conv1d_class()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, _FromConv1D):
+                continue
+            mask = getattr(child, "weight_mask", None)
+            weight = child.weight_orig if mask is not None else child.weight
+            layer = conv1d(child.out_features, child.in_features).to(device=weight.device, dtype=weight.dtype)
+            layer.weight = nn.Parameter(weight.detach().t().contiguous(), requires_grad=weight.requires_grad)
+            layer.bias = nn.Parameter(child.bias.detach().clone(), requires_grad=child.bias.requires_grad)
+            if mask is not None:
+                torch_prune.custom_from_mask(layer, "weight", mask.t().contiguous())
+            setattr(parent, name, layer)
+    return model
+
+
+def head_count(module: nn.Module) -> int | None:
+    """Heads of a transformers attention module that keeps only ``head_dim`` (LLaMA, Mistral, Qwen2 in
+    transformers 5): the width of its query projection over the head width. None for any other module, and for
+    the attention of a family whose heads stay whole."""
+    head_dim = vars(module).get("head_dim")
+    query = getattr(module, "q_proj", None)
+    config = getattr(module, "config", None)
+    family = FAMILIES.get(getattr(config, "model_type", None))
+    if family is None or family.whole_heads or not isinstance(head_dim, int) or not isinstance(query, nn.Linear):
+        return None
+    return query.out_features // head_dim if query.out_features % head_dim == 0 else None
+
+
+def whole_heads(module: nn.Module) -> bool:
+    """Whether ``module`` is the attention of a family whose heads must stay whole (T5)."""
+    family = FAMILIES.get(getattr(getattr(module, "config", None), "model_type", None))
+    return family is not None and family.whole_heads and hasattr(module, "relative_attention_bias")
+
+
+def _width(layer: nn.Module) -> int:
+    if isinstance(layer, nn.Embedding):
+        return layer.embedding_dim
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return layer.out_channels
+    return layer.out_features
+
+
+def _layer_sizes(model: nn.Module, family: Family, head_dim: int) -> list[dict[str, int]]:
+    """Per attention/MLP layer, in order: heads (and key/value heads), MLP width, read from the projections."""
+    heads, kv_heads, widths = [], [], []
+    for name, module in model.named_modules():
+        query = getattr(module, family.query, None)
+        if isinstance(query, nn.Linear) and not isinstance(module, nn.Linear) and _is_attention(module):
+            fused = family.query == "c_attn"
+            heads.append(query.out_features // ((3 if fused else 1) * head_dim))
+            key = getattr(module, family.key, None) if family.key else None
+            if isinstance(key, nn.Linear):
+                kv_heads.append(key.out_features // head_dim)
+        for up in family.up:
+            if name.endswith("." + up) and isinstance(module, nn.Linear):
+                widths.append(module.out_features)
+                break
+    layers = [{"num_attention_heads": h} for h in heads]
+    for entry, kv in zip(layers, kv_heads):
+        entry["num_key_value_heads"] = kv
+    if len(widths) == len(layers) or not layers:
+        layers = layers or [{} for _ in widths]
+        for entry, width in zip(layers, widths):
+            entry["intermediate_size"] = width
+    return layers
+
+
+def _is_attention(module: nn.Module) -> bool:
+    name = type(module).__name__
+    return "Attention" in name or "Attn" in name
+
+
+def sync_config(model: nn.Module) -> str | None:
+    """Write the pruned model's sizes into its config, in place: ``hidden_size``, ``num_attention_heads``,
+    ``num_key_value_heads``, the MLP width (``intermediate_size`` / ``n_inner`` / ``hidden_dim`` / ``d_ff``),
+    ``head_dim`` (kept), Wav2Vec2's ``conv_dim``. Where layers now differ, the config keeps the first layer's
+    values and lists every layer's under ``kdnb_layers``. Returns why ``from_pretrained`` could not rebuild the
+    model from the config (`reload_problem`), else None. A model of no known family is left alone."""
+    family = family_of(model)
+    if family is None:
+        return None
+    config = model.config
+    head_dim = _head_dim(config, family)
+    hidden = next((_width(m) for n, m in model.named_modules() if any(n == h or n.endswith("." + h)
+                                                                      for h in _HIDDEN_LAYERS)), None)
+    if hidden is not None:
+        config.hidden_size = hidden
+    if family.head_dim_key:
+        setattr(config, family.head_dim_key, head_dim)
+    layers = _layer_sizes(model, family, head_dim)
+    for key in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
+        values = [layer[key] for layer in layers if key in layer]
+        if values:
+            setattr(config, family.intermediate_key if key == "intermediate_size" else key, values[0])
+    uniform = all(layer == layers[0] for layer in layers)
+    if uniform and hasattr(config, _LAYERS_KEY):
+        delattr(config, _LAYERS_KEY)
+    elif not uniform:
+        setattr(config, _LAYERS_KEY, layers)
+    _sync_conv_dims(model, config)
+    _sync_modules(model, config, family, head_dim)
+    return reload_problem(model)
+
+
+def _head_dim(config, family: Family) -> int:
+    """The head width, from the config as it was before the cut (whole heads go: it does not change)."""
+    explicit = getattr(config, family.head_dim_key, None) if family.head_dim_key else None
+    if isinstance(explicit, int):
+        return explicit
+    if getattr(config, "model_type", None) == "t5":
+        return config.d_kv
+    return config.hidden_size // config.num_attention_heads
+
+
+def _sync_conv_dims(model: nn.Module, config) -> None:
+    extractor = getattr(getattr(model, "wav2vec2", model), "feature_extractor", None)
+    if extractor is not None and hasattr(config, "conv_dim"):
+        config.conv_dim = [layer.conv.out_channels for layer in extractor.conv_layers]
+
+
+def _sync_modules(model: nn.Module, config, family: Family, head_dim: int) -> None:
+    """The attributes modules read their sizes from in ``forward`` (beyond the head counts `update_heads` sets):
+    GPT-2's ``split_size`` / ``embed_dim``, T5's ``inner_dim`` / ``d_model``, the ``embed_dim`` of the rest."""
+    for module in model.modules():
+        if not _is_attention(module):
+            continue
+        query = getattr(module, family.query, None)
+        if not isinstance(query, nn.Linear):
+            continue
+        if family.query == "c_attn":
+            module.split_size = query.out_features // 3
+            module.embed_dim = query.in_features
+            module.num_heads = module.split_size // head_dim
+        elif isinstance(vars(module).get("embed_dim"), int):
+            module.embed_dim = query.in_features
+        if isinstance(vars(module).get("inner_dim"), int):
+            module.inner_dim = query.out_features
+        if isinstance(vars(module).get("d_model"), int):
+            module.d_model = query.in_features
+
+
+def reload_problem(model: nn.Module) -> str | None:
+    """Why ``type(model).from_pretrained`` could not rebuild ``model`` from its config (the first parameter whose
+    shape the config gives differently), or None when it can. Built on the meta device: no memory, no init."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rebuilt = type(model)(model.config)
+    except Exception as error:  # noqa: BLE001 - any refusal of the library is the answer
+        return f"{type(model).__name__}(config) fails: {(str(error).splitlines() or [type(error).__name__])[0]}"
+    shapes = {name: tuple(t.shape) for name, t in rebuilt.state_dict().items()}
+    for name, tensor in model.state_dict().items():
+        if name in shapes and shapes[name] != tuple(tensor.shape):
+            why = " (layers differ: see config.kdnb_layers)" if hasattr(model.config, _LAYERS_KEY) else ""
+            return f"the config builds {name} as {shapes[name]}, the pruned model has {tuple(tensor.shape)}{why}"
+    return None

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from kdnb.engine.device import eval_mode, model_device
-from kdnb.engine.prune.graph.groups import NORMS, PRUNABLE
+from kdnb.engine.prune.graph.groups import NORMS, PRUNABLE, example_to, forward
 
 WEIGHT_DECAY = 1.0  # prune's default in an agp schedule of FROM_EPOCHS or more, with the default optimizer
 FROM_EPOCHS = 10  # shorter runs have nothing to regularise: the decay only pulls the re-solved weights off their fit
@@ -66,7 +66,7 @@ def function_scaled_weights(model: nn.Module, example: torch.Tensor) -> set[int]
     hooks += [m.register_forward_pre_hook(read) for m in model.modules() if isinstance(m, NORMS)]
     try:
         with torch.no_grad(), eval_mode(model):  # eval: the trace leaves BatchNorm's running statistics alone
-            model(example.to(model_device(model)))
+            forward(model, example_to(example, model_device(model)))
     finally:
         for hook in hooks:
             hook.remove()

@@ -21,7 +21,7 @@ from torch import nn
 from kdnb.engine.checks import numbered_batches
 from kdnb.engine.device import eval_mode, model_device, to_device
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune.graph.groups import PRUNABLE
+from kdnb.engine.prune.graph.groups import PRUNABLE, forward
 
 SAMPLES = 2048  # calibration samples; digits' whole training split (1438) fits
 DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's percdamp), in scoring and re-solving
@@ -116,7 +116,7 @@ def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
                                               else None) for module in names]
     try:
         with torch.no_grad(), eval_mode(model):
-            model(example)
+            forward(model, example)
     finally:
         for hook in hooks:
             hook.remove()

@@ -18,7 +18,7 @@ from kdnb.engine.device import eval_mode, model_device, resolve_device, to_devic
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune import arguments
 from kdnb.engine.prune.cut.masks import clone, make_permanent
-from kdnb.engine.prune.graph.groups import (BATCHNORM, PRUNABLE, ChannelGroup, Slice, channel_groups, channel_scores,
+from kdnb.engine.prune.graph.groups import (BATCHNORM, PRUNABLE, example_to, ChannelGroup, Slice, channel_groups, channel_scores,
                                             dependency_graph, prunable_weights)
 from kdnb.engine.prune.score import calibration, criteria, estimate
 from kdnb.engine.prune.score.estimate import ESTIMATORS
@@ -310,7 +310,7 @@ def _importance(model: nn.Module, criterion: str, data: Iterable | None, structu
 def compute_scores(model: nn.Module, record: criteria.Criterion, data: Iterable | None, structured: bool,
            example: torch.Tensor | None, seed: int, hessian_estimator: str, samples: int) -> Scores:
     """`Scores` of ``model`` as it is (no training), its statistics read on the first ``samples`` of ``data``."""
-    groups = channel_groups(model, dependency_graph(model, example.to(next(model.parameters()).device))) \
+    groups = channel_groups(model, dependency_graph(model, example_to(example, next(model.parameters()).device))) \
         if structured else []  # type: ignore[union-attr]
     groups = estimate.untied_groups(model, groups)  # a shared weight's channels stay whole: the tie holds
     context = _Context(model, data, structured, seed, hessian_estimator, groups, samples)
