@@ -61,6 +61,8 @@ FAMILIES: dict[str, Family] = {
 _HIDDEN_LAYERS = ("embeddings.word_embeddings", "wte", "embed_tokens", "shared", "distilbert.embeddings.word_embeddings",
                   "embeddings.patch_embeddings.projection", "feature_projection.projection")
 _LAYERS_KEY = "kdnb_layers"  # per-layer sizes kdnb writes into the config when layers differ
+BUILT_FROM_KEY = "kdnb_built_from"  # the sizes the library builds the skeleton with, before `pretrained` narrows it
+_SIZE_KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads")
 
 
 def family_of(model: nn.Module) -> Family | None:
@@ -216,6 +218,10 @@ def sync_config(model: nn.Module) -> str | None:
         return None
     config = model.config
     head_dim = _head_dim(config, family)
+    if not hasattr(config, BUILT_FROM_KEY):  # the unpruned sizes: a skeleton the library can always build
+        keys = (*_SIZE_KEYS, family.intermediate_key, *((family.head_dim_key,) if family.head_dim_key else ()),
+                "conv_dim")
+        setattr(config, BUILT_FROM_KEY, {k: getattr(config, k) for k in keys if hasattr(config, k)})
     hidden = next((_width(m) for n, m in model.named_modules() if any(n == h or n.endswith("." + h)
                                                                       for h in _HIDDEN_LAYERS)), None)
     if hidden is not None:
@@ -276,16 +282,24 @@ def _sync_modules(model: nn.Module, config, family: Family, head_dim: int) -> No
 
 def reload_problem(model: nn.Module) -> str | None:
     """Why ``type(model).from_pretrained`` could not rebuild ``model`` from its config (the first parameter whose
-    shape the config gives differently), or None when it can. Built on the meta device: no memory, no init."""
+    shape the config gives differently), or None when it can (`pretrained.from_pretrained` reloads it either way)."""
+    return reload_problem_of(type(model), model.config, model.state_dict())
+
+
+def reload_problem_of(model_class: type, config, state: dict[str, torch.Tensor] | None = None) -> str | None:
+    """`reload_problem` of ``model_class(config)`` against ``state`` (None: only whether it builds). Built on the
+    meta device: no memory, no init."""
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rebuilt = type(model)(model.config)
+            rebuilt = model_class(config)
     except Exception as error:  # noqa: BLE001 - any refusal of the library is the answer
-        return f"{type(model).__name__}(config) fails: {(str(error).splitlines() or [type(error).__name__])[0]}"
+        return f"{model_class.__name__}(config) fails: {(str(error).splitlines() or [type(error).__name__])[0]}"
+    if state is None:
+        return None if not hasattr(config, _LAYERS_KEY) else "layers differ (config.kdnb_layers)"
     shapes = {name: tuple(t.shape) for name, t in rebuilt.state_dict().items()}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state.items():
         if name in shapes and shapes[name] != tuple(tensor.shape):
-            why = " (layers differ: see config.kdnb_layers)" if hasattr(model.config, _LAYERS_KEY) else ""
+            why = " (layers differ: see config.kdnb_layers)" if hasattr(config, _LAYERS_KEY) else ""
             return f"the config builds {name} as {shapes[name]}, the pruned model has {tuple(tensor.shape)}{why}"
     return None
