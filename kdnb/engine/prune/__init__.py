@@ -18,7 +18,9 @@ from kdnb.engine.prune.select.masks import masked_model, masks_at
 from kdnb.engine.prune.sensitivity import sensitivity
 from kdnb.engine.prune.cut.channels import fold_batchnorm
 from kdnb.engine.prune.cut.masks import apply_masks, make_permanent
+from kdnb.engine.prune.graph.pretrained import from_pretrained
 
 __all__ = ["prune", "sensitivity", "make_permanent", "fold_batchnorm", "export", "importance", "masks_at",
            "masked_model", "apply_masks", "Scores", "PruneResult", "SensitivityResult", "CRITERIA", "REGISTRY",
-           "reconstruct", "l1", "lamp", "taylor", "taylor_group", "hessian", "obs", "wanda", "slimming", "random"]
+           "reconstruct", "l1", "lamp", "taylor", "taylor_group", "hessian", "obs", "wanda", "slimming", "random",
+           "from_pretrained"]

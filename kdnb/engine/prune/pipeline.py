@@ -587,6 +587,10 @@ def _finish(run: _Run) -> PruneResult:
     work.to(run.home)
     library.restore_modules(work)
     library.restore_modules(run.dense)
+    if run.structured and (problem := library.reload_problem(work)) is not None:
+        warn(f"the pruned {type(work).__name__} saves with save_pretrained, but its library's from_pretrained "
+             f"cannot rebuild it ({problem}); reload it with kdnb.engine.prune.from_pretrained(its class, "
+             "directory)", RuntimeWarning)
     setattr(work, MARKER, [*getattr(work, MARKER, []), {"sparsity": reached, "criterion": run.criterion,
                                                         "structured": run.structured}])
     return PruneResult(model=work, dense=run.dense, masks={} if run.structured else current_masks(work),

@@ -462,7 +462,9 @@ def channel_groups(model: nn.Module, graph) -> list[ChannelGroup]:
             warnings.warn(f"structured pruning leaves the heads of {candidate.root!r} whole: silencing a key/value "
                           "group there moves the outputs, so its query heads do not read the key/value head they "
                           "are laid out with", RuntimeWarning, stacklevel=4)
-    for group in graph.get_all_groups(root_module_types=PRUNABLE):
+    # the laid-out heads are not roots: their groups are `_kv_group`s, and tracing them through rotary position
+    # embeddings (LLaMA) costs Torch-Pruning minutes
+    for group in graph.get_all_groups(ignored_layers=list(laid_out), root_module_types=PRUNABLE):
         root = group[0].dep.target.module
         if root in unknown or root in laid_out or any(
                 item.dep.target.module in outputs and graph.is_out_channel_pruning_fn(item.dep.handler)

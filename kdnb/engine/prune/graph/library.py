@@ -63,6 +63,7 @@ _HIDDEN_LAYERS = ("embeddings.word_embeddings", "wte", "embed_tokens", "shared",
 _LAYERS_KEY = "kdnb_layers"  # per-layer sizes kdnb writes into the config when layers differ
 BUILT_FROM_KEY = "kdnb_built_from"  # the sizes the library builds the skeleton with, before `pretrained` narrows it
 _SIZE_KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads")
+SIZES_KEY = "kdnb_sizes"  # the true sizes, where the config class refuses them (`_keep_valid`)
 
 
 def family_of(model: nn.Module) -> Family | None:
@@ -76,12 +77,17 @@ def _is_transformers(model: nn.Module) -> bool:
     return module is not None and isinstance(model, module.PreTrainedModel)
 
 
+def transformers_version() -> str:
+    """The version of the transformers that built the model (already imported: the model is one of its)."""
+    return sys.modules["transformers"].__version__
+
+
 def check_known(model: nn.Module) -> None:
     """Refuse, in one line, a transformers model whose family or library version kdnb's layouts do not know:
     structured pruning would cut heads or widths its config cannot then describe."""
     if not _is_transformers(model):
         return
-    version = sys.modules["transformers"].__version__
+    version = transformers_version()
     major = int(version.split(".")[0])
     model_type = getattr(model.config, "model_type", None)
     if major not in KNOWN_MAJOR_VERSIONS:
@@ -169,6 +175,15 @@ def whole_heads(module: nn.Module) -> bool:
     return family is not None and family.whole_heads and hasattr(module, "relative_attention_bias")
 
 
+def _features(layer: object) -> tuple[int, int] | None:
+    """(inputs, outputs) of a Linear, or of a GPT-2 Conv1D (which keeps them as ``nx``, ``nf``); None otherwise."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    if isinstance(layer, nn.Module) and type(layer).__name__ == "Conv1D":
+        return layer.nx, layer.nf
+    return None
+
+
 def _width(layer: nn.Module) -> int:
     if isinstance(layer, nn.Embedding):
         return layer.embedding_dim
@@ -181,16 +196,16 @@ def _layer_sizes(model: nn.Module, family: Family, head_dim: int) -> list[dict[s
     """Per attention/MLP layer, in order: heads (and key/value heads), MLP width, read from the projections."""
     heads, kv_heads, widths = [], [], []
     for name, module in model.named_modules():
-        query = getattr(module, family.query, None)
-        if isinstance(query, nn.Linear) and not isinstance(module, nn.Linear) and _is_attention(module):
+        query = _features(getattr(module, family.query, None))
+        if query is not None and _is_attention(module):
             fused = family.query == "c_attn"
-            heads.append(query.out_features // ((3 if fused else 1) * head_dim))
-            key = getattr(module, family.key, None) if family.key else None
-            if isinstance(key, nn.Linear):
-                kv_heads.append(key.out_features // head_dim)
+            heads.append(query[1] // ((3 if fused else 1) * head_dim))
+            key = _features(getattr(module, family.key, None)) if family.key else None
+            if key is not None:
+                kv_heads.append(key[1] // head_dim)
         for up in family.up:
-            if name.endswith("." + up) and isinstance(module, nn.Linear):
-                widths.append(module.out_features)
+            if name.endswith("." + up) and _features(module) is not None:
+                widths.append(_features(module)[1])
                 break
     layers = [{"num_attention_heads": h} for h in heads]
     for entry, kv in zip(layers, kv_heads):
@@ -238,9 +253,37 @@ def sync_config(model: nn.Module) -> str | None:
         delattr(config, _LAYERS_KEY)
     elif not uniform:
         setattr(config, _LAYERS_KEY, layers)
+    _keep_valid(config, layers)
     _sync_conv_dims(model, config)
     _sync_modules(model, config, family, head_dim)
     return reload_problem(model)
+
+
+def _keep_valid(config, layers: list[dict[str, int]]) -> None:
+    """A config class that validates its sizes (transformers 5's LLaMA: hidden size a multiple of the heads, checked
+    again by ``save_pretrained``) refusing the pruned ones keeps the sizes it was built with, so it still saves; the
+    true sizes are then under ``kdnb_sizes`` and ``kdnb_layers``, which `pretrained.from_pretrained` reads."""
+    validate = getattr(config, "validate", None)
+    if not callable(validate):
+        return
+    try:
+        validate()
+    except Exception:  # noqa: BLE001 - whatever the library refuses, the sizes it was built with it accepts
+        setattr(config, SIZES_KEY, {key: getattr(config, key) for key in _SIZE_KEYS if hasattr(config, key)})
+        setattr(config, _LAYERS_KEY, layers)
+        for key, value in getattr(config, BUILT_FROM_KEY).items():
+            if key in _SIZE_KEYS:
+                setattr(config, key, value)
+        return
+    if hasattr(config, SIZES_KEY):
+        delattr(config, SIZES_KEY)
+
+
+def true_sizes(config) -> dict[str, int]:
+    """The pruned model's hidden size and (first layer's) heads: the config's, unless `_keep_valid` kept the
+    library's sizes and moved the true ones under ``kdnb_sizes``."""
+    return getattr(config, SIZES_KEY, None) or {key: getattr(config, key) for key in _SIZE_KEYS
+                                                 if getattr(config, key, None) is not None}
 
 
 def _head_dim(config, family: Family) -> int:
@@ -250,7 +293,8 @@ def _head_dim(config, family: Family) -> int:
         return explicit
     if getattr(config, "model_type", None) == "t5":
         return config.d_kv
-    return config.hidden_size // config.num_attention_heads
+    before = getattr(config, BUILT_FROM_KEY, None) or {}  # a pruned config's hidden size no longer divides evenly
+    return before.get("hidden_size", config.hidden_size) // before.get("num_attention_heads", config.num_attention_heads)
 
 
 def _sync_conv_dims(model: nn.Module, config) -> None:
@@ -265,19 +309,20 @@ def _sync_modules(model: nn.Module, config, family: Family, head_dim: int) -> No
     for module in model.modules():
         if not _is_attention(module):
             continue
-        query = getattr(module, family.query, None)
-        if not isinstance(query, nn.Linear):
+        query = _features(getattr(module, family.query, None))
+        if query is None:
             continue
+        inputs, outputs = query
         if family.query == "c_attn":
-            module.split_size = query.out_features // 3
-            module.embed_dim = query.in_features
+            module.split_size = outputs // 3
+            module.embed_dim = inputs
             module.num_heads = module.split_size // head_dim
         elif isinstance(vars(module).get("embed_dim"), int):
-            module.embed_dim = query.in_features
+            module.embed_dim = inputs
         if isinstance(vars(module).get("inner_dim"), int):
-            module.inner_dim = query.out_features
+            module.inner_dim = outputs
         if isinstance(vars(module).get("d_model"), int):
-            module.d_model = query.in_features
+            module.d_model = inputs
 
 
 def reload_problem(model: nn.Module) -> str | None:

@@ -8,12 +8,12 @@ forward and ``save_pretrained``, at the pruned sizes.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from kdnb.errors import KdnbError
 from kdnb.engine.prune.graph import library
 from kdnb.engine.prune.graph.groups import attention_layers, update_heads
 
@@ -24,20 +24,24 @@ def from_pretrained(model_class: type, directory: str | Path) -> nn.Module:
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    config = model_class.config_class.from_pretrained(directory)
-    if library.reload_problem_of(model_class, config) is None:
-        return model_class.from_pretrained(directory)
-    built_from = getattr(config, library.BUILT_FROM_KEY, None)
+    saved = json.loads((directory / "config.json").read_text())
+    built_from = saved.get(library.BUILT_FROM_KEY)
     if not built_from:
-        raise KdnbError(f"{directory} holds no sizes kdnb pruned from (config.{library.BUILT_FROM_KEY}); reload it "
-                        f"with {model_class.__name__}.from_pretrained")
-    skeleton_config = model_class.config_class.from_dict({**config.to_dict(), **built_from})
+        return model_class.from_pretrained(directory)  # not pruned by kdnb: the library's own loader
+    try:
+        if library.reload_problem_of(model_class, model_class.config_class.from_pretrained(directory)) is None:
+            return model_class.from_pretrained(directory)
+    except ValueError:  # its config refuses the pruned sizes (LLaMA's: hidden size a multiple of the heads)
+        pass
+    # the sizes before pruning: a config the library validates and a model it builds, narrowed below
+    skeleton_config = model_class.config_class.from_dict({**saved, **built_from})
     model = model_class(skeleton_config)
     state: dict[str, torch.Tensor] = {}
     for file in sorted(directory.glob("*.safetensors")):
         state.update(load_file(file))
-    for name, tensor in state.items():
-        module_name, _, attr = name.rpartition(".")
+    names = _saved_names(model)
+    for key, tensor in state.items():
+        module_name, _, attr = names.get(key, key).rpartition(".")
         module = model.get_submodule(module_name)
         if attr in module._parameters:
             module._parameters[attr] = nn.Parameter(tensor, requires_grad=module._parameters[attr].requires_grad)
@@ -47,10 +51,23 @@ def from_pretrained(model_class: type, directory: str | Path) -> nn.Module:
         _narrow_attributes(module)
     layouts, _ = attention_layers(model)
     update_heads(layouts)
-    model.config = config
-    library.sync_config(model)
+    library.sync_config(model)  # the skeleton's config takes the sizes of the weights
     model.tie_weights()
     return model.eval()
+
+
+def _saved_names(model: nn.Module) -> dict[str, str]:
+    """``{name in the checkpoint: name in the model}``: transformers 5 saves some families under their
+    earlier names (ViT's ``encoder.layer.N.attention.attention.query``); its own reverse renaming, followed tensor
+    by tensor. Tensors it merges or splits keep their names (they are not narrowed here)."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4 saves under the modules' names
+        return {}
+    state = model.state_dict()
+    by_tensor = {id(tensor): name for name, tensor in state.items()}
+    reverted = revert_weight_conversion(model, dict(state))
+    return {saved: by_tensor[id(tensor)] for saved, tensor in reverted.items() if id(tensor) in by_tensor}
 
 
 def _narrow_attributes(module: nn.Module) -> None:
