@@ -327,7 +327,10 @@ def _sync_modules(model: nn.Module, config, family: Family, head_dim: int) -> No
 
 def reload_problem(model: nn.Module) -> str | None:
     """Why ``type(model).from_pretrained`` could not rebuild ``model`` from its config (the first parameter whose
-    shape the config gives differently), or None when it can (`pretrained.from_pretrained` reloads it either way)."""
+    shape the config gives differently), or None when it can (`pretrained.from_pretrained` reloads it either way)
+    or when ``model`` is no library's."""
+    if family_of(model) is None:
+        return None
     return reload_problem_of(type(model), model.config, model.state_dict())
 
 
