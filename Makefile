@@ -55,6 +55,23 @@ test: setup browser
 check: setup
 	$(PY) -m pytest tests -m "not slow" -q
 
+# timm and torchvision need PyPI's torch (a CUDA build that also runs on CPU, several GB): PyPI's torchvision does
+# not load beside the CPU torch of $(VENV). So they get an environment of their own, with kdnb from this checkout
+# on PYTHONPATH, and the tests marked `zoo` run there (in $(VENV) they skip, saying why).
+ZOO_VENV    ?= .zoo-venv
+ZOO_PY      := $(ZOO_VENV)/bin/python
+ZOO_TORCH   ?= torch==2.14.1 torchvision==0.29.1
+
+$(ZOO_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(ZOO_VENV)
+	$(ZOO_PY) -m pip install --quiet $(ZOO_TORCH) timm transformers "torch-pruning>=1.6.1"
+	$(ZOO_PY) -m pip install --quiet numpy tqdm scikit-learn mnist1d ipywidgets matplotlib ipython \
+	  pytest pytest-timeout hypothesis nbval
+	touch $@
+
+zoo: $(ZOO_VENV)/.installed
+	PYTHONPATH=$(CURDIR) $(ZOO_PY) -m pytest tests -m zoo -q -p no:cacheprovider
+
 notebooks: setup
 	$(PY) tools/make_notebooks.py
 
@@ -62,4 +79,4 @@ bench: setup
 	for f in bench/*.py; do $(PY) $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(ZOO_VENV) .pytest_cache build *.egg-info
