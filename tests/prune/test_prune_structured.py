@@ -149,7 +149,7 @@ def test_parameters_owned_by_a_module_and_grouped_convs_are_pruned(make_layer):
 
 @pytest.mark.parametrize("layer, message", [
     (nn.LSTM(8, 8, batch_first=True), "recurrent layer '1' (LSTM)"),
-    (nn.ConvTranspose1d(8, 8, 1), "layer '1' (ConvTranspose1d, transposed)"),
+    (nn.ConvTranspose1d(8, 8, 1, groups=2), "layer '1' (ConvTranspose1d, transposed, groups=2)"),
 ])
 def test_unsupported_layer_is_a_clear_error(layer, message):
     class Net(nn.Module):
@@ -313,3 +313,18 @@ def test_global_normalisation_divides_by_the_mean_of_the_channels_left():
     already = 1 - sum(int(pruned.get(n, torch.ones(scores.shapes[n])).sum()) for n in scores.prunable) / total
     gone = removed_channels(scores, already + 0.01, "global", pruned)
     assert bool(gone[first][half].all()) and int(gone[first].sum()) > 4 and not bool(gone[second].any())
+
+
+@pytest.mark.parametrize("with_data", [False, True])
+def test_a_transposed_conv_loses_output_channels_and_its_consumer_the_inputs(with_data):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 12, 2, stride=2),
+                        nn.BatchNorm2d(12), nn.ReLU(), nn.Conv2d(12, 6, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    x = torch.randn(4, 1, 8, 8)
+    data = [(torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))) for _ in range(2)]
+    small = prune(net, 0.5, structured=True, **({"data": data} if with_data else {"example": x})).model
+    up = small[2]
+    assert up.in_channels < 8 and up.out_channels < 12 and up.weight.shape[:2] == (up.in_channels, up.out_channels)
+    assert small[3].num_features == up.out_channels == small[5].in_channels
+    assert small.eval()(x).shape == (4, 3)

@@ -167,10 +167,10 @@ def check_structured_support(model: nn.Module) -> None:
             raise KdnbError(f"structured pruning does not resize recurrent layer {name!r} ({type(module).__name__}): "
                             "its hidden units are tied across time steps and gates -- use structured=False, "
                             "or pass the layers after it only")
-        if isinstance(module, nn.modules.conv._ConvNd) and module.transposed:
+        if isinstance(module, nn.modules.conv._ConvNd) and module.transposed and module.groups > 1:
             raise KdnbError(f"structured pruning does not support layer {name!r} ({type(module).__name__}, "
-                            "transposed); it resizes Linear, Conv, norm, embedding and attention layers -- "
-                            "use structured=False for this model")
+                            f"transposed, groups={module.groups}); it resizes Linear, Conv (transposed ones "
+                            "ungrouped), norm, embedding and attention layers -- use structured=False for this model")
 
 
 def dependency_graph(model: nn.Module, example: Example):  # -> tp.DependencyGraph
@@ -261,6 +261,14 @@ def _param_slices(name: str, module: nn.Module, is_out: bool, index: torch.Tenso
         yield prefix + "out_proj.weight", 1, index
         if module.out_proj.bias is not None:
             yield prefix + "out_proj.bias", 0, index
+        return
+    if isinstance(module, nn.modules.conv._ConvNd) and module.transposed:
+        if module.groups > 1:  # its weight is (in, out / groups, ...): grouped transposed convs stay unsupported
+            raise KdnbError(f"structured pruning does not resize the grouped transposed convolution {name!r}; "
+                            "use structured=False for this model")
+        yield prefix + "weight", 1 if is_out else 0, index  # a transposed conv's weight is (in, out, ...)
+        if is_out and module.bias is not None:
+            yield prefix + "bias", 0, index
         return
     depthwise = isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.in_channels > 1
     if is_out or depthwise:  # a depthwise conv's input channel is its output channel: dim 0
