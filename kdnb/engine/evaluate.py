@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -24,11 +25,11 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             module.training = training
 
 
-Outputs = Iterator[tuple[torch.Tensor, torch.Tensor | None, str]]
+Outputs = Iterator[tuple[torch.Tensor, torch.Tensor | None, str, bool]]
 
 
 def _outputs(model: torch.nn.Module, data: Iterable, what: str) -> Outputs:
-    """(logits, labels or None, where) per batch, each batch checked: a bad one is a one-line error naming it
+    """(logits, labels or None, where, per token) per batch, each batch checked: a bad one is a one-line error naming it
     (it may differ from the first batch, the only one the entry checks). Labels are checked against the logits
     (class indices in range); sequence logits come as rows, one per position that counts
     (`kdnb.engine.batches.rows`)."""
@@ -41,8 +42,9 @@ def _outputs(model: torch.nn.Module, data: Iterable, what: str) -> Outputs:
         out = checks.logits_of(model, args, kwargs, f"the model ({where})")
         if y is not None:
             checks.check_labels(y, out.shape, where)
+        sequence = out.dim() > 2
         out, y, _ = rows(model, out, y, kwargs)
-        yield out, y, where
+        yield out, y, where, sequence
 
 
 @torch.no_grad()
@@ -51,7 +53,7 @@ def predict(model: torch.nn.Module, data: Iterable, what: str = "the data") -> t
     one row per position that counts)."""
     logits, labels = [], []
     with eval_mode(model):
-        for out, y, _ in _outputs(model, data, what):
+        for out, y, _, _ in _outputs(model, data, what):
             logits.append(out.float().cpu())
             if y is not None:
                 labels.append(y.cpu())
@@ -60,15 +62,17 @@ def predict(model: torch.nn.Module, data: Iterable, what: str = "the data") -> t
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: Iterable, what: str = "the evaluated data") -> dict[str, float]:
-    """{"loss": mean cross-entropy, "accuracy": top-1} over labelled ``data``; each batch's labels are
+    """{"loss": mean cross-entropy, "accuracy": top-1} over labelled ``data`` (and "perplexity", exp(loss),
+    for sequence outputs); each batch's labels are
     checked (class indices in range), so a bad one is a one-line error naming the batch. Sequence outputs
     count each position that counts once (labels -100 and padding left out; a causal LM's logits at t
     against token t + 1): the loss is then the mean per-token cross-entropy, exp(loss) the perplexity."""
     from kdnb.engine import checks
 
-    total_loss, correct, count = 0.0, 0, 0
+    total_loss, correct, count, per_token = 0.0, 0, 0, False
     with eval_mode(model):
-        for out, y, where in _outputs(model, data, what):
+        for out, y, where, sequence in _outputs(model, data, what):
+            per_token = per_token or sequence
             if y is None:
                 raise checks.KdnbError(f"{what} has no labels {where}; pass a loader of (inputs, labels) (or "
                                        "mapping batches with 'labels') to measure loss and accuracy")
@@ -78,4 +82,5 @@ def evaluate(model: torch.nn.Module, data: Iterable, what: str = "the evaluated 
             count += int((y != IGNORE_INDEX).sum())
     if count == 0:
         return {"loss": float("nan"), "accuracy": float("nan")}
-    return {"loss": total_loss / count, "accuracy": correct / count}
+    result = {"loss": total_loss / count, "accuracy": correct / count}
+    return {**result, "perplexity": math.exp(result["loss"])} if per_token else result
