@@ -110,7 +110,7 @@ ARGUMENTS = [
     ({"pattern": ["2:4"]}, "pattern"),
     # data and val
     ({"data": [1, 2, 3]}, "data"), ({"data": torch.randn(8, 6)}, "DataLoader"), ({"data": 42}, "DataLoader"),
-    ({"data": "abc"}, "DataLoader"), ({"data": empty()}, "empty"), ({"data": dict_batches()}, "'x'"),
+    ({"data": "abc"}, "DataLoader"), ({"data": empty()}, "empty"), ({"data": dict_batches()}, "'labels'|target"),
     ({"data": unbatched()}, "batch_size"), ({"data": make_loader(features=7)}, "input size"),
     ({"data": make_loader(features=7), "criterion": "taylor"}, "input size"),
     ({"data": make_loader(features=7), "structured": True}, "input size"),

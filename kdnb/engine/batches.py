@@ -122,6 +122,14 @@ def example_inputs(example: Any) -> tuple[Args, Kwargs]:
     raise TypeError(f"an example should be a tensor, a tuple of tensors or a mapping, got {type(example).__name__}")
 
 
+def as_example(args: Args, kwargs: Kwargs) -> Any:
+    """``(args, kwargs)`` back as an example `example_inputs` reads: the mapping of keyword inputs, else the
+    positional input (one tensor) or inputs (a tuple). Keyword inputs win when a batch has both."""
+    if kwargs:
+        return kwargs
+    return args[0] if len(args) == 1 else args
+
+
 def inputs_of(batch: Any) -> tuple[Args, Kwargs]:
     """The ``(args, kwargs)`` of a batch, its labels dropped."""
     args, kwargs, _ = split_batch(batch)

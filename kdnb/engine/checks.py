@@ -375,7 +375,7 @@ def check_data_fits(model: torch.nn.Module, data: Any, what: str, labels: str | 
         check_labelled(batch, y, what, labels)
     else:
         with eval_mode(model), torch.no_grad():
-            out = output_of(model, args, kwargs)
+            out = output_of(model, args, kwargs, f"model (on {what}'s first batch)")
         check_tensor_output(out, tensor)
         logits = out if isinstance(out, torch.Tensor) else None
         if y is None or logits is None or logits.dim() not in (2, 3) or y.dim() != logits.dim() - 1:
