@@ -130,6 +130,24 @@ def as_example(args: Args, kwargs: Kwargs) -> Any:
     return args[0] if len(args) == 1 else args
 
 
+def call_example(model: Callable[..., Any], example: Any) -> Any:
+    """The model called on an example (a tensor, a tuple of inputs or a mapping of keyword inputs)."""
+    return call_model(model, *example_inputs(example))
+
+
+def example_rows(example: Any) -> int:
+    """Rows (samples) of an example."""
+    return batch_size(*example_inputs(example))
+
+
+def first_example_rows(example: Any, rows: int) -> Any:
+    """The first ``rows`` samples of an example, in the example's own form."""
+    if isinstance(example, torch.Tensor):
+        return example[:rows]
+    args, kwargs = first_rows(*example_inputs(example), rows)
+    return kwargs if isinstance(example, Mapping) else args
+
+
 def inputs_of(batch: Any) -> tuple[Args, Kwargs]:
     """The ``(args, kwargs)`` of a batch, its labels dropped."""
     args, kwargs, _ = split_batch(batch)
