@@ -1,28 +1,15 @@
 """Loss and accuracy of a model over a loader, without touching its weights or mode."""
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 
+from kdnb.engine import checks
 from kdnb.engine.batches import IGNORE_INDEX, rows
-from kdnb.engine.device import model_device, to_device
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Eval mode inside (dropout off, BatchNorm running statistics); afterwards each submodule gets back
-    its own mode, which may differ from its parent's (e.g. a frozen BatchNorm inside a training model)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
+from kdnb.engine.device import eval_mode, model_device, to_device
 
 
 Outputs = Iterator[tuple[torch.Tensor, torch.Tensor | None, str, bool]]
@@ -33,7 +20,6 @@ def _outputs(model: torch.nn.Module, data: Iterable, what: str) -> Outputs:
     (it may differ from the first batch, the only one the entry checks). Labels are checked against the logits
     (class indices in range); sequence logits come as rows, one per position that counts
     (`kdnb.engine.batches.rows`)."""
-    from kdnb.engine import checks  # checks reads eval_mode from here
 
     device = model_device(model)
     for index, batch in checks.numbered_batches(data, lambda i: f"batch {i + 1} of {what}"):
@@ -67,7 +53,6 @@ def evaluate(model: torch.nn.Module, data: Iterable, what: str = "the evaluated 
     checked (class indices in range), so a bad one is a one-line error naming the batch. Sequence outputs
     count each position that counts once (labels -100 and padding left out; a causal LM's logits at t
     against token t + 1): the loss is then the mean per-token cross-entropy, exp(loss) the perplexity."""
-    from kdnb.engine import checks
 
     total_loss, correct, count, per_token = 0.0, 0, 0, False
     with eval_mode(model):

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch.utils.data import SequentialSampler
 
 from kdnb.engine import batches
-from kdnb.engine.device import model_device, to_device
+from kdnb.engine.device import eval_mode, model_device, to_device
 from kdnb.errors import KdnbError
 from kdnb.engine.distill.objectives import FrozenTeacher
-from kdnb.engine.evaluate import eval_mode, predict
+from kdnb.engine.evaluate import predict
 
 
 class Agreement:

@@ -14,7 +14,7 @@ from torch import nn
 
 from kdnb.engine.batches import call_model, example_inputs
 from kdnb.errors import KdnbError, suggest
-from kdnb.engine.evaluate import eval_mode
+from kdnb.engine.device import eval_mode
 
 FeaturePairs = Sequence[tuple[str, str]]
 
