@@ -148,6 +148,11 @@ def first_example_rows(example: Any, rows: int) -> Any:
     return kwargs if isinstance(example, Mapping) else args
 
 
+def example_of(batch: Any) -> Any:
+    """A batch's inputs as an example (`as_example`): what structured pruning traces when given data."""
+    return as_example(*inputs_of(batch))
+
+
 def inputs_of(batch: Any) -> tuple[Args, Kwargs]:
     """The ``(args, kwargs)`` of a batch, its labels dropped."""
     args, kwargs, _ = split_batch(batch)
@@ -172,8 +177,13 @@ def batch_size(args: Args, kwargs: Kwargs) -> int:
 
 def first_rows(args: Args, kwargs: Kwargs, rows: int) -> tuple[Args, Kwargs]:
     """The first ``rows`` rows of every input tensor (anything else as it is)."""
+    return row_slice(args, kwargs, 0, rows)
+
+
+def row_slice(args: Args, kwargs: Kwargs, start: int, stop: int) -> tuple[Args, Kwargs]:
+    """Rows ``start:stop`` of every input tensor (anything else as it is)."""
     def cut(value: Any) -> Any:
-        return value[:rows] if isinstance(value, torch.Tensor) and value.dim() > 0 else value
+        return value[start:stop] if isinstance(value, torch.Tensor) and value.dim() > 0 else value
 
     return tuple(cut(a) for a in args), {key: cut(value) for key, value in kwargs.items()}
 
@@ -301,6 +311,20 @@ def positions(model: torch.nn.Module, logits: torch.Tensor, labels: Any, kwargs:
     if mask is not None and shift:
         mask = mask[:, 1:]
     return Positions(shift=shift, mask=mask)
+
+
+def ignoring_rows(model: torch.nn.Module, logits: torch.Tensor, labels: torch.Tensor,
+                  kwargs: Kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rows` without selecting: every position a row, the ones that do not count labelled -100 (which
+    cross-entropy ignores). No data-dependent shape, so it runs under ``torch.func.vmap``."""
+    if logits.dim() < 3:
+        return logits, labels
+    attention = kwargs.get("attention_mask")
+    if isinstance(attention, torch.Tensor) and attention.shape == labels.shape:
+        labels = torch.where(attention.bool(), labels, torch.full_like(labels, IGNORE_INDEX))
+    if is_causal_lm(model):
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
 
 
 def rows(model: torch.nn.Module, logits: torch.Tensor, labels: Any,

@@ -159,19 +159,22 @@ def fisher_diagonal(model: nn.Module, data: Iterable, loss_fn: Callable = F.cros
     sums = [torch.zeros_like(p) for p in params]
     count = 0
 
-    def sample_loss(weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, ({**weights, **buffers},), (x.unsqueeze(0),))
-        return loss_fn(out, y.unsqueeze(0))
+    def sample_loss(weights: dict[str, torch.Tensor], args: tuple, kwargs: dict, y: torch.Tensor) -> torch.Tensor:
+        args, kwargs, y = tuple(a.unsqueeze(0) for a in args), {k: v.unsqueeze(0) for k, v in kwargs.items()}, \
+            y.unsqueeze(0)
+        out = batches.logits_of(functional_call(model, ({**weights, **buffers},), args, kwargs))
+        return loss_fn(*batches.ignoring_rows(model, out, y, kwargs))
 
-    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0))
     weights = {n: p.detach() for n, p in zip(names, params)}
     with eval_mode(model):
-        for x, y in _batches(model, data, "hessian", loss_fn, samples):
-            for start in range(0, len(x), chunk):
-                grads = per_sample(weights, x[start:start + chunk], y[start:start + chunk])
+        for (args, kwargs), y in _batches(model, data, "hessian", loss_fn, samples):
+            for start in range(0, len(y), chunk):
+                grads = per_sample(weights, *batches.row_slice(args, kwargs, start, start + chunk),
+                                   y[start:start + chunk])
                 for total, name in zip(sums, names):
                     total += grads[name].pow(2).sum(0)
-            count += len(x)
+            count += len(y)
     return under_every_name(model, {n: s / max(count, 1) for n, s in zip(names, sums)})
 
 

@@ -15,7 +15,7 @@ from kdnb.errors import KdnbError, suggest
 from kdnb.engine import distributed
 from kdnb.engine.checks import first_batch
 from kdnb.engine.device import eval_mode, model_device, resolve_device, to_device
-from kdnb.engine.objective import split_batch
+from kdnb.engine.batches import example_of
 from kdnb.engine.prune import arguments
 from kdnb.engine.prune.cut.masks import clone, make_permanent
 from kdnb.engine.prune.graph.groups import (BATCHNORM, PRUNABLE, ChannelGroup, Slice, channel_groups, channel_scores,
@@ -276,7 +276,8 @@ def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = 
         data: labelled batches: the statistics (gradients, layer inputs) read their first
             ``calibration_samples`` samples; slimming trains on all of them.
         structured: score channels (coupled groups, via Torch-Pruning's DependencyGraph) instead of weights.
-        example: an input batch to trace the model (structured); by default the first batch of ``data``.
+        example: an input batch to trace the model (structured): a tensor, a tuple of inputs or a mapping of
+            keyword inputs; by default the first batch of ``data``.
         seed: seeds the random criterion and Hutchinson's probes.
         hessian_estimator: the hessian criterion's diagonal: "fisher" (empirical Fisher, per-sample gradients
             squared) or "hutchinson" (Hutchinson's estimator, one Rademacher probe per batch).
@@ -303,14 +304,14 @@ def _importance(model: nn.Module, criterion: str, data: Iterable | None, structu
         if data is None:
             raise KdnbError("structured pruning needs an example input to trace the model: pass data= "
                             "(its first batch is used) or example=torch.randn(1, ...)")
-        example = split_batch(first_batch(data))[0]
+        example = example_of(first_batch(data))
     return compute_scores(work, record, data, structured, example, seed, hessian_estimator, samples)
 
 
 def compute_scores(model: nn.Module, record: criteria.Criterion, data: Iterable | None, structured: bool,
            example: torch.Tensor | None, seed: int, hessian_estimator: str, samples: int) -> Scores:
     """`Scores` of ``model`` as it is (no training), its statistics read on the first ``samples`` of ``data``."""
-    groups = channel_groups(model, dependency_graph(model, example.to(next(model.parameters()).device))) \
+    groups = channel_groups(model, dependency_graph(model, to_device(example, model_device(model)))) \
         if structured else []  # type: ignore[union-attr]
     groups = estimate.untied_groups(model, groups)  # a shared weight's channels stay whole: the tie holds
     context = _Context(model, data, structured, seed, hessian_estimator, groups, samples)
