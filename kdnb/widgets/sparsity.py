@@ -21,7 +21,7 @@ import torch
 from kdnb.engine.checks import check_loader, check_model, first_batch
 from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import evaluate
-from kdnb.engine.objective import split_batch
+from kdnb.engine.batches import example_of
 from kdnb.engine.prune.score import criteria
 from kdnb.engine.prune.score.calibration import loaders_untouched
 from kdnb.engine.prune.score.importance import importance
@@ -77,7 +77,7 @@ class SparsityExplorer(Explorer):
         self.model, self.val, self.data = model, val, data
         self.namespace = namespace
         with loaders_untouched(data, val):  # the user's next epoch shuffles as if the explorer had not looked
-            self.example = split_batch(first_batch(data if data is not None else val))[0]
+            self.example = example_of(first_batch(data if data is not None else val))
         self.dense = {"accuracy": evaluate(model, val)["accuracy"], "bytes": file_size(model),
                       "nonzero": nonzero_params(model)[0]}
         self.curves: dict[tuple[str, bool], dict[float, float]] = {}
