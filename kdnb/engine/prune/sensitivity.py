@@ -92,7 +92,7 @@ def _accuracies(scores: Scores, layers: list[str], sparsities: list[float], val:
                 ) -> tuple[dict[str, list[float]], float]:
     """Val accuracy with each layer alone masked at each sparsity, and with none masked."""
     net = copy.deepcopy(scores.model).cpu().eval()
-    params = dict(net.named_parameters())
+    params = dict(net.named_parameters(remove_duplicate=False))  # a tied weight under each of its names
     accuracy: dict[str, list[float]] = {}
     for layer in layers:
         accuracy[layer] = []
