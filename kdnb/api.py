@@ -44,8 +44,8 @@ def check_subscribers(progress: Any, plot: Any) -> None:
                         "(a live chart in a notebook), True or False")
 
 
-READERS_HELP = """        inputs: how to read a batch the default reading does not know: ``inputs(batch) -> (args tuple, kwargs
-            dict, labels or None)``, the model then called as ``model(*args, **kwargs)``. By default a batch is a
+READERS_HELP = """        inputs: how to read a batch the default reading does not know: ``inputs(batch) -> (args tuple,
+            kwargs dict, labels or None)``, the model then called as ``model(*args, **kwargs)``. By default a batch is a
             tensor, ``(inputs, labels)``, ``(x1, ..., xn, labels)`` or a mapping (HuggingFace style: the model's
             keyword inputs plus "labels").
         logits: how to take the logits from the model's output: ``logits(output) -> tensor``. By default the
@@ -71,6 +71,8 @@ def reads_batches(verb: F) -> F:
     extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation="Callable | None")
              for name in ("inputs", "logits")]
     reading_verb.__signature__ = signature.replace(parameters=params[:at] + extra + params[at:])  # type: ignore
+    if verb.__doc__ and "inputs:" not in verb.__doc__:
+        reading_verb.__doc__ = verb.__doc__.rstrip() + "\n\n    Batches and outputs of other shapes:\n" + READERS_HELP
     return reading_verb  # type: ignore[return-value]
 
 

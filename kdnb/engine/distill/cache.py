@@ -171,7 +171,8 @@ def decide(cache: Any, loader: DataLoader, augmented: str | None, features: bool
     be indexed per sample, or the method needs the teacher's features every step (``features``).
     Forcing the cache on augmented data warns that the soft labels go stale.
     """
-    blocker = "fitnets/at read the teacher's features every step" if features else cache_blocker(loader, single)
+    blocker = ("feature methods (fitnets, cosine, at) read the teacher's features every step" if features
+               else cache_blocker(loader, single))
     if cache is False:
         return False, "live teacher (cache=False)"
     if cache == "auto":

@@ -107,7 +107,8 @@ def check_names(pairs: Any, method: str) -> list[tuple[str, str]]:
 
 def plan_features(teacher: nn.Module, student: nn.Module, example: Any, pairs: FeaturePairs,
                   method: str) -> nn.ModuleList:
-    """Dry run on ``example`` (as `output_shapes` takes it): check every layer pair and return one adapter (or Identity) per pair.
+    """Dry run on ``example`` (as `output_shapes` takes it): check every layer pair and return one adapter (or
+    Identity) per pair.
 
     FitNets compares the features themselves, so channels may differ (an adapter maps them) but
     spatial sizes must match; attention transfer compares channel-summed maps, so only the

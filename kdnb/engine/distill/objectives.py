@@ -58,9 +58,9 @@ class Distillation(nn.Module):
     student both see (the batch's inputs as `kdnb.engine.batches` reads them; sequence logits compared per
     token over the positions that count); the teacher's logits come from the cache (``cached=True``: the batch is
     ``(x, y, teacher_logits)``, only without augmentation) or from the frozen teacher run live on
-    that very view; the loss is the method's formula from `losses` (see `methods`), plus, for
-    fitnets/at, beta * the feature loss summed over the layer pairs. For DKD, w = min((epoch + 1) /
-    warmup, 1) ramps the DKD term up (the paper's warm-up).
+    that very view; the loss is the method's formula from `losses` (see `methods`), plus, for the feature
+    methods (fitnets, cosine, at), beta * the feature loss summed over the layer pairs. For DKD,
+    w = min((epoch + 1) / warmup, 1) ramps the DKD term up (the paper's warm-up).
 
     With ``unlabelled=True`` (a transfer set), labels of -1 mark inputs without a label: they enter
     every term but CE. As a subscriber of the run (pass it in ``callbacks``) it follows the epoch

@@ -71,12 +71,13 @@ def distill(
         data: training ``DataLoader`` of ``(inputs, labels)``.
         val: validation loader; each epoch logs val loss, accuracy and top-1 agreement with the teacher.
         method: a name of the registry `kdnb.engine.distill.methods`: "kd" (Hinton et al. 2015),
-            "fitnets" (Romero et al. 2015), "at" (Zagoruyko & Komodakis 2017) or "dkd" (Zhao et al.
-            2022); formulas in `kdnb.engine.distill.losses`.
+            "fitnets" (Romero et al. 2015), "cosine" (DistilBERT's cosine on hidden states, Sanh et al. 2019),
+            "at" (Zagoruyko & Komodakis 2017), "dkd" (Zhao et al. 2022), or one registered with
+            `kdnb.register_method`; formulas in `kdnb.engine.distill.losses`.
         temperature: T of the soft labels softmax(logits / T); higher T shows more of how classes relate.
-        alpha: kd/fitnets/at: weight of the hard-label CE, 1 - alpha weighs the soft term
+        alpha: kd/fitnets/cosine/at: weight of the hard-label CE, 1 - alpha weighs the soft term
             (default 0.5); dkd: weight of TCKD (default 1.0).
-        beta: fitnets/at: weight of the feature term (default 1.0); dkd: weight of NCKD (default 8.0).
+        beta: fitnets/cosine/at: weight of the feature term (default 1.0); dkd: weight of NCKD (default 8.0).
         epochs: passes over the training set (data, plus the transfer set if any): the budget.
         baseline: True or "scratch": also train the same student from the same initial weights on
             hard labels only, with the same optimizer, lr, schedule, seed, augmentation and number
@@ -89,7 +90,7 @@ def distill(
         transfer: extra unlabelled inputs (a DataLoader, e.g. `kdnb.datasets.transfer_set`, or a
             tensor) that the teacher labels; shuffled in with ``data``, where their label is -1 and
             only the soft term (not CE) sees them; DKD takes the teacher's top-1 class as their target.
-        features: fitnets/at: ``[(teacher_layer, student_layer), ...]`` module names (as in
+        features: fitnets/cosine/at: ``[(teacher_layer, student_layer), ...]`` module names (as in
             ``model.named_modules()``) whose outputs are matched; tapped with forward hooks.
         warmup: dkd: epochs of the linear ramp of the DKD term (default: a tenth of ``epochs``, >= 1).
         augment: consistent teaching (Beyer et al. 2022): "digits", "mnist1d" (built-in

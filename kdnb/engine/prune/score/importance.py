@@ -260,6 +260,32 @@ STATISTICS: dict[str | None, Callable[[_Context], dict[str, tuple]]] = {
 }
 
 
+def register_criterion(criterion: criteria.Criterion, *, replace: bool = False) -> criteria.Criterion:
+    """Add ``criterion`` to the registry: ``kdnb.prune(criterion=criterion.name)`` and `importance` then score with
+    it, and the checks, the sparsity explorer and the magics' help list it. Its ``statistic`` is one of
+    `STATISTICS` (None: the weight alone). A name already taken is refused unless ``replace=True``.
+
+    E.g. ``kdnb.register_criterion(Criterion("l2", lambda w: w.pow(2), None, False, True, True, "L2", "tab:red"))``.
+    """
+    if not isinstance(criterion, criteria.Criterion):
+        raise KdnbError(f"register_criterion takes a Criterion record, got {type(criterion).__name__}; pass e.g. "
+                        "Criterion(name, formula, statistic, needs_data, unstructured, structured, label, colour)")
+    if not isinstance(criterion.name, str) or not criterion.name.isidentifier():
+        raise KdnbError(f"a criterion's name should be a Python identifier, got {criterion.name!r}; pass e.g. "
+                        "name='l2'")
+    if criterion.name in criteria.REGISTRY and not replace:
+        raise KdnbError(f"criterion {criterion.name!r} is already registered; pass replace=True to replace it, or "
+                        "choose another name")
+    if criterion.statistic not in STATISTICS:
+        known = [name for name in STATISTICS if name is not None]
+        raise KdnbError(f"criterion {criterion.name!r} reads statistic {criterion.statistic!r}, which kdnb does not "
+                        f"estimate; {suggest(str(criterion.statistic), known)} (or None: the weight alone)")
+    if not callable(criterion.formula):
+        raise KdnbError(f"criterion {criterion.name!r}: formula should be a function formula(weight[, statistic])")
+    criteria.REGISTRY[criterion.name] = criterion
+    return criterion
+
+
 def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = None, *, structured: bool = False,
                example: torch.Tensor | None = None, seed: int = 0, hessian_estimator: str = "fisher",
                slimming_epochs: int = 2, slimming_l1: float = 1e-3, lr: float = 1e-3, device: str = "auto",
