@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from kdnb.engine import checks, loop
+from kdnb.engine import batches, checks, loop
 from kdnb.engine import distributed as ranks
 from kdnb.env import plotting_enabled
 from kdnb.errors import KdnbError
@@ -59,8 +59,6 @@ def reads_batches(verb: F) -> F:
 
     @functools.wraps(verb)
     def reading_verb(*args: Any, inputs: Callable | None = None, logits: Callable | None = None, **kwargs: Any) -> Any:
-        from kdnb.engine import batches
-
         batches.check_readers(inputs, logits)
         with batches.reading(inputs, logits):
             return verb(*args, **kwargs)
