@@ -4,7 +4,7 @@ A batch is a tensor (inputs, no labels), ``(inputs, labels)``, ``(x1, ..., xn, l
 (HuggingFace style: the model's keyword inputs plus ``"labels"``). `split_batch` turns each into
 ``(args, kwargs, labels)``; `call_model` calls ``model(*args, **kwargs)``. A model may return a tensor, a
 tuple, a mapping or a `transformers` ``ModelOutput``: `logits_of` takes the logits (the tensor; ``.logits``;
-the ``"logits"`` key; the first tensor) and says once per run which it took.
+the ``"logits"`` key; the first tensor) and says which it took, once per kind of output in a session.
 
 Anything else is one pair of callables, the verbs' ``inputs=`` and ``logits=`` arguments, set for one call
 with `reading`: ``inputs(batch) -> (args, kwargs, labels)`` and ``logits(output) -> tensor``.
@@ -24,7 +24,7 @@ import functools
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,29 +39,26 @@ LABEL_KEYS = ("labels", "label", "label_ids")  # what HuggingFace's data collato
 IGNORE_INDEX = -100  # the label of a position that does not count (HuggingFace's and torch's cross-entropy)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Reading:
     """How one verb call reads batches and outputs: the user's ``inputs=`` and ``logits=`` callables (None:
-    kdnb's defaults), and which notices it has already given (each is said once per call)."""
+    kdnb's defaults)."""
 
     inputs: Callable[[Any], Split] | None = None
     logits: Callable[[Any], torch.Tensor] | None = None
-    said: set = field(default_factory=set)
 
 
-_OUTSIDE = Reading()  # outside any verb call: each notice once per process
-_READING: ContextVar[Reading] = ContextVar("kdnb_reading", default=_OUTSIDE)
+_READING: ContextVar[Reading] = ContextVar("kdnb_reading", default=Reading())
+_SAID: set[tuple[str, str]] = set()  # (output type, part taken): each said once in a session
 
 
 @contextlib.contextmanager
 def reading(inputs: Callable[[Any], Split] | None = None,
             logits: Callable[[Any], torch.Tensor] | None = None) -> Iterator[Reading]:
     """Inside, `split_batch` and `logits_of` use ``inputs`` / ``logits`` when given (a verb's entry sets them
-    for its whole call); notices are given once inside. A nested verb call keeps the outer call's callables
-    unless it passes its own."""
+    for its whole call). A nested verb call keeps the outer call's callables unless it passes its own."""
     outer = _READING.get()
-    inner = Reading(inputs if inputs is not None else outer.inputs, logits if logits is not None else outer.logits,
-                    outer.said if outer is not _OUTSIDE else set())
+    inner = Reading(inputs if inputs is not None else outer.inputs, logits if logits is not None else outer.logits)
     token = _READING.set(inner)
     try:
         yield inner
@@ -199,9 +196,9 @@ def describe(args: Args, kwargs: Kwargs) -> str:
 
 def logits_of(output: Any) -> torch.Tensor:
     """The logits in a model's output: the tensor itself; ``.logits`` (a ``ModelOutput``); the ``"logits"``
-    key of a mapping; else the first tensor of a tuple or mapping. Which it took is said once per run. The
-    verbs' ``logits=`` callable, when given, decides instead. An output with no logits is a one-line
-    KdnbError naming ``logits=``."""
+    key of a mapping; else the first tensor of a tuple or mapping. Which it took is said once per kind of output
+    in a session. The verbs' ``logits=`` callable, when given, decides instead. An output with no logits is a
+    one-line KdnbError naming ``logits=``."""
     reading = _READING.get()
     if reading.logits is not None:
         return _custom_logits(reading.logits, output)
@@ -212,15 +209,15 @@ def logits_of(output: Any) -> torch.Tensor:
         raise KdnbError(f"the model returns a {type(output).__name__}{_keys(output)} with no logits kdnb can find; "
                         "pass logits=lambda output: ... (the function that picks the logits tensor from it)")
     notice = (type(output).__name__, how)
-    if notice not in reading.said:
-        reading.said.add(notice)
+    if notice not in _SAID:
+        _SAID.add(notice)
         warn(f"the model returns a {type(output).__name__}; kdnb reads {how} as its logits "
              "(pass logits=lambda output: ... to choose otherwise)", LogitsNotice)
     return found
 
 
 class LogitsNotice(UserWarning):
-    """Which part of a model's output kdnb took as its logits (said once per run)."""
+    """Which part of a model's output kdnb took as its logits (said once per kind of output in a session)."""
 
 
 def _find_logits(output: Any) -> tuple[torch.Tensor | None, str]:
