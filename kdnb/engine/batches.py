@@ -168,6 +168,8 @@ def tensors(args: Args, kwargs: Kwargs) -> list[torch.Tensor]:
 
 def batch_size(args: Args, kwargs: Kwargs) -> int:
     """Rows of the batch: the first dimension of its first input tensor (0 when it has none)."""
+    if args and isinstance(args[0], torch.Tensor) and args[0].dim():  # the usual batch, without a list
+        return args[0].shape[0]
     first = next((t for t in tensors(args, kwargs) if t.dim() > 0), None)
     return 0 if first is None else first.shape[0]
 

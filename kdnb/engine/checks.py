@@ -221,7 +221,7 @@ def check_batch(batch: Any, what: str = "data") -> Split:
         raise KdnbError(f"{what}: a batch should be (inputs, labels) tensors or a mapping of the model's keyword "
                         f"inputs and 'labels', got {type(batch).__name__}; use a DataLoader over a dataset whose "
                         "items are (x, y)") from None
-    if not batches.tensors(args, kwargs):
+    if not (args and isinstance(args[0], torch.Tensor)) and not batches.tensors(args, kwargs):  # the usual first
         got = type(args[0]).__name__ if args else f"keys {sorted(map(str, kwargs))[:6]}"
         raise KdnbError(f"{what}: the inputs should be tensors, got {got}; make the dataset return tensors, "
                         "e.g. torch.as_tensor(x, dtype=torch.float32)")
@@ -239,16 +239,18 @@ def check_labels(y: torch.Tensor, logits_shape: torch.Size | tuple[int, ...], wh
     logits (batch, tokens, classes), one per token (batch, tokens); each in 0..classes-1 or -100 (a position
     that does not count, as torch's cross-entropy ignores it)."""
     classes, rows = logits_shape[-1], logits_shape[0]
-    shapes = [(rows,)] + ([tuple(logits_shape[:-1])] if len(logits_shape) == 3 else [])
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool or tuple(y.shape) not in shapes:
-        if not (y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool) and y.dim() == 1:
+    integer = not (y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool)
+    shaped = (y.dim() == 1 and y.shape[0] == rows) or (len(logits_shape) == 3 and y.shape == logits_shape[:-1])
+    if not (integer and shaped):
+        if integer and y.dim() == 1:
             raise KdnbError(f"labels {where}: {y.shape[0]} labels for {rows} inputs; check the dataset "
                             "returns one label per input")
-        wanted = " or ".join(str(shape) for shape in shapes)
+        wanted = f"({rows},)" + (f" or {tuple(logits_shape[:-1])}" if len(logits_shape) == 3 else "")
         raise KdnbError(f"labels {where} should be an integer tensor of class indices of shape {wanted}, got dtype "
                         f"{y.dtype} and shape {tuple(y.shape)}; convert them with y.long() (one index per sample)")
     if y.numel():
-        low, high = (int(v) for v in torch.aminmax(y))
+        low, high = torch.aminmax(y)
+        low, high = int(low), int(high)
         if low == batches.IGNORE_INDEX:
             counted = y[y != batches.IGNORE_INDEX]
             low = int(counted.min()) if counted.numel() else 0
