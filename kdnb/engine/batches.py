@@ -213,8 +213,8 @@ def logits_of(output: Any) -> torch.Tensor:
     notice = (type(output).__name__, how)
     if notice not in _SAID:
         _SAID.add(notice)
-        warn(f"the model returns a {type(output).__name__}; kdnb reads {how} as its logits "
-             "(pass logits=lambda output: ... to choose otherwise)", LogitsNotice)
+        warn(f"the model returns a {type(output).__name__}; kdnb uses {how} as the logits "
+             "(pass logits=lambda output: ... to pick another part)", LogitsNotice)
     return found
 
 
