@@ -172,8 +172,9 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
             check_labels_in_range(loader, num_classes)
         else:
             output_of(net, *inputs)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference mode: FlopCounterMode fails there on weight_norm's parametrization
             macs, nonzero_macs = _macs(net, inputs)
+        with torch.inference_mode():
             latency, spread = _latency_ms(net, inputs, target, repeats, warmup)
             scores = evaluate(net, loader) if labelled else {}
 
