@@ -190,3 +190,22 @@ def test_a_registered_criterion_prunes_and_a_registered_method_distils():
                                                    "curved", "tab:red"))
     finally:
         del criteria.REGISTRY["squared"], methods.METHODS["soft_only"]
+
+
+def test_the_explorers_take_mapping_batches_and_mapping_outputs():
+    pytest.importorskip("ipywidgets")
+    from kdnb.widgets import SparsityExplorer, TemperatureExplorer
+
+    torch.manual_seed(0)
+    model, data = KeywordInputs(), DataLoader(Pixels(), batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", batches.LogitsNotice)
+        kdnb.train(model, data, epochs=2, **quiet())
+        explorer = SparsityExplorer(model, data, data=data, namespace={})
+        explorer.slider.value = 0.8
+        assert explorer.numbers["sparsity"] == 0.8 and explorer.numbers["nonzero"] < explorer.dense["nonzero"]
+        explorer.criterion.value = "taylor"
+        assert ("taylor", False) in explorer.curves
+        temperature = TemperatureExplorer(model, data, max_samples=10)
+        assert len(temperature.logits) == 10 and temperature.labels is not None
+        assert temperature.show(3, 8.0).startswith(f"sample 3 (class {int(temperature.labels[3])}), T = 8.0")
