@@ -24,6 +24,10 @@ _VERBS = {
     "make_permanent": "kdnb.api",
     "KdnbError": "kdnb.errors",
     "Callback": "kdnb.engine.events",
+    "register_method": "kdnb.engine.distill.methods",
+    "Method": "kdnb.engine.distill.methods",
+    "register_criterion": "kdnb.engine.prune.score.importance",
+    "Criterion": "kdnb.engine.prune.score.criteria",
 }
 _MODULES = ("datasets", "models", "widgets", "plots", "engine", "exercises", "api", "env", "errors")
 __all__ = [*_VERBS, *_MODULES, "__version__"]

@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from kdnb.engine import checks, loop
+from kdnb.engine import batches, checks, loop
 from kdnb.engine import distributed as ranks
 from kdnb.env import plotting_enabled
 from kdnb.errors import KdnbError
@@ -42,6 +42,36 @@ def check_subscribers(progress: Any, plot: Any) -> None:
     if not any(plot is choice for choice in (True, False)) and plot != "auto":
         raise KdnbError(f"plot should be True, False or 'auto', got {checks.shown(plot)}; pass plot='auto' "
                         "(a live chart in a notebook), True or False")
+
+
+READERS_HELP = """        inputs: how to read a batch the default reading does not know: ``inputs(batch) -> (args tuple,
+            kwargs dict, labels or None)``, the model then called as ``model(*args, **kwargs)``. By default a batch is a
+            tensor, ``(inputs, labels)``, ``(x1, ..., xn, labels)`` or a mapping (HuggingFace style: the model's
+            keyword inputs plus "labels").
+        logits: how to take the logits from the model's output: ``logits(output) -> tensor``. By default the
+            output itself (a tensor), its ``.logits`` (a ModelOutput), its "logits" key, else its first tensor
+            (kdnb says once which it took)."""
+
+
+def reads_batches(verb: F) -> F:
+    """Wrap a verb so it also takes ``inputs=`` and ``logits=`` (`READERS_HELP`): checked at its entry, then in
+    force for the whole call (`kdnb.engine.batches.reading`)."""
+
+    @functools.wraps(verb)
+    def reading_verb(*args: Any, inputs: Callable | None = None, logits: Callable | None = None, **kwargs: Any) -> Any:
+        batches.check_readers(inputs, logits)
+        with batches.reading(inputs, logits):
+            return verb(*args, **kwargs)
+
+    signature = inspect.signature(verb)
+    params = list(signature.parameters.values())
+    at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation="Callable | None")
+             for name in ("inputs", "logits")]
+    reading_verb.__signature__ = signature.replace(parameters=params[:at] + extra + params[at:])  # type: ignore
+    if verb.__doc__ and "inputs:" not in verb.__doc__:
+        reading_verb.__doc__ = verb.__doc__.rstrip() + "\n\n    Batches and outputs of other shapes:\n" + READERS_HELP
+    return reading_verb  # type: ignore[return-value]
 
 
 def with_subscribers(engine_fn: F) -> F:
@@ -92,6 +122,7 @@ _train.__doc__ = f"""Train ``model`` in place with hard labels and return its `H
         loss: ``loss(logits, labels)``; cross-entropy by default. It may return
             ``(loss, {{"term": value}})`` to log extra terms.
 {loop.settings_help()}
+{READERS_HELP}
         progress: show a tqdm progress bar.
         plot: "auto" shows the live loss chart in a notebook; True forces it, False hides it.
         distributed: "auto" runs on every process of a torch.distributed group (under ``torchrun``):
@@ -105,12 +136,14 @@ _train.__doc__ = f"""Train ``model`` in place with hard labels and return its `H
         run puts ``model`` back exactly as it was given.
     """
 
-train = with_subscribers(_train)
+train = reads_batches(with_subscribers(_train))
 train.__name__ = train.__qualname__ = "train"
 
+@reads_batches
 def evaluate(model, data) -> dict[str, float]:
     """``{"loss": mean cross-entropy, "accuracy": top-1}`` of ``model`` over the labelled loader ``data``,
-    in eval mode; the model's weights and mode are left as they were."""
+    in eval mode (sequence outputs: per token that counts, plus "perplexity"); the model's weights and mode are
+    left as they were. ``inputs=`` and ``logits=`` read other batches and outputs (see `kdnb.train`)."""
     from kdnb.engine.evaluate import evaluate as evaluate_model
 
     checks.check_model(model)
@@ -141,12 +174,12 @@ def leaves_rng_alone(engine_fn: F) -> F:
     return verb  # type: ignore[return-value]
 
 
-measure = leaves_rng_alone(_measure)
-compare = leaves_rng_alone(_compare)
+measure = reads_batches(leaves_rng_alone(_measure))
+compare = reads_batches(leaves_rng_alone(_compare))
 from kdnb.engine.serialize import load, save  # noqa: E402,F401
 from kdnb.engine.distill import distill as _distill  # noqa: E402
 
-distill = with_subscribers(_distill)
+distill = reads_batches(with_subscribers(_distill))
 from kdnb.engine.prune import make_permanent as _make_permanent  # noqa: E402 - no run, so no subscribers
 
 
@@ -158,5 +191,5 @@ def make_permanent(model):
 
 from kdnb.engine.prune import prune as _prune, sensitivity as _sensitivity  # noqa: E402
 
-prune = with_subscribers(_prune)
-sensitivity = with_subscribers(_sensitivity)
+prune = reads_batches(with_subscribers(_prune))
+sensitivity = reads_batches(with_subscribers(_sensitivity))

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
+# torch's decorators (torch.no_grad() on a function) wrap kdnb's frames in theirs: not the user's line either
+_DECORATOR_FILE = str(Path("torch", "utils", "_contextlib.py"))
 
 
 class KdnbError(ValueError):
@@ -47,6 +49,7 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     inside kdnb the warning was raised (a fixed ``stacklevel`` points into kdnb as soon as a call
     path changes)."""
     level, frame = 2, sys._getframe(1)  # stacklevel 2 is warn's caller
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+                                 or frame.f_code.co_filename.endswith(_DECORATOR_FILE)):
         level, frame = level + 1, frame.f_back
     warnings.warn(message, category, stacklevel=level)

@@ -178,13 +178,13 @@ def on_meta() -> nn.Module:
 
 
 def dict_batches() -> DataLoader:
-    """Batches as dicts, without the 'x' key kdnb reads."""
+    """Batches as dicts without the 'labels' key (their "target" is no keyword input of the model either)."""
     class D(Dataset):
         def __len__(self):
             return 8
 
         def __getitem__(self, i):
-            return {"input": torch.randn(6), "label": torch.tensor(i % 3)}
+            return {"input": torch.randn(6), "target": torch.tensor(i % 3)}
 
     return DataLoader(D(), batch_size=4)
 

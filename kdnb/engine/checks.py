@@ -18,7 +18,8 @@ import torch
 from kdnb.engine.device import eval_mode, model_device, to_device
 from kdnb.errors import KdnbError, first_line, is_integer, is_number, suggest  # noqa: F401 - the checks' words
 from kdnb.engine.events import EVENTS
-from kdnb.engine.objective import split_batch
+from kdnb.engine import batches
+from kdnb.engine.batches import Split, split_batch
 
 
 def shown(value: Any, limit: int = 40) -> str:
@@ -210,65 +211,65 @@ def check_loss(loss: Any) -> None:
     _check_factory("loss", loss, "torch.nn.CrossEntropyLoss(label_smoothing=0.1)")
 
 
-def check_batch(batch: Any, what: str = "data") -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(inputs, labels or None) of one batch, or an error saying what the batch should look like.
-    ``what`` names where the batch came from: "data", "val", "data (batch 3 of epoch 1)"."""
-    if isinstance(batch, Mapping) and "x" not in batch:
-        raise KdnbError(f"{what}: batches are dicts with keys {sorted(map(str, batch))[:6]}; kdnb reads 'x' "
-                        "(inputs) and 'y' (labels): rename them in the dataset's __getitem__ or collate_fn")
+def check_batch(batch: Any, what: str = "data") -> Split:
+    """``(args, kwargs, labels or None)`` of one batch (`kdnb.engine.batches.split_batch`), or an error saying
+    what the batch should look like. ``what`` names where the batch came from: "data", "val", "data (batch 3
+    of epoch 1)"."""
     try:
-        x, y = split_batch(batch)
+        args, kwargs, y = split_batch(batch)
     except TypeError:
-        raise KdnbError(f"{what}: a batch should be (inputs, labels) tensors, got {type(batch).__name__}; "
-                        "use a DataLoader over a dataset whose items are (x, y)") from None
-    if not isinstance(x, torch.Tensor):
-        raise KdnbError(f"{what}: the inputs should be a tensor, got {type(x).__name__}; make the dataset return "
-                        "tensors, e.g. torch.as_tensor(x, dtype=torch.float32)")
+        raise KdnbError(f"{what}: a batch should be (inputs, labels) tensors or a mapping of the model's keyword "
+                        f"inputs and 'labels', got {type(batch).__name__}; use a DataLoader over a dataset whose "
+                        "items are (x, y)") from None
+    if not (args and isinstance(args[0], torch.Tensor)) and not batches.tensors(args, kwargs):  # the usual first
+        got = type(args[0]).__name__ if args else f"keys {sorted(map(str, kwargs))[:6]}"
+        raise KdnbError(f"{what}: the inputs should be tensors, got {got}; make the dataset return tensors, "
+                        "e.g. torch.as_tensor(x, dtype=torch.float32)")
     if y is not None and not isinstance(y, torch.Tensor):
         raise KdnbError(f"{what}: the labels should be a tensor, got {type(y).__name__}; make the dataset return "
                         "tensors, e.g. torch.as_tensor(y)")
     if y is not None and y.dim() == 0:
         raise KdnbError(f"{what} gives one sample at a time (labels of shape ()), not batches; pass "
                         "DataLoader(dataset, batch_size=64) (batch_size=None turns batching off)")
-    return x, y
+    return args, kwargs, y
 
 
-def check_labels(y: torch.Tensor, num_classes: int, batch_size: int, where: str) -> None:
-    """Class-index labels: 1-D integers, one per input, each in 0..num_classes-1 (a min and a max)."""
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool or y.dim() != 1:
-        raise KdnbError(f"labels {where} should be a 1-D integer tensor of class indices, got dtype {y.dtype} and "
-                        f"shape {tuple(y.shape)}; convert them with y.long() (one index per sample)")
-    if y.shape[0] != batch_size:
-        raise KdnbError(f"labels {where}: {y.shape[0]} labels for {batch_size} inputs; check the dataset "
-                        "returns one label per input")
+def check_labels(y: torch.Tensor, logits_shape: torch.Size | tuple[int, ...], where: str) -> None:
+    """Class-index labels of logits of ``logits_shape``: integers, one per input (batch,) or, for sequence
+    logits (batch, tokens, classes), one per token (batch, tokens); each in 0..classes-1 or -100 (a position
+    that does not count, as torch's cross-entropy ignores it)."""
+    classes, rows = logits_shape[-1], logits_shape[0]
+    integer = not (y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool)
+    shaped = (y.dim() == 1 and y.shape[0] == rows) or (len(logits_shape) == 3 and y.shape == logits_shape[:-1])
+    if not (integer and shaped):
+        if integer and y.dim() == 1:
+            raise KdnbError(f"labels {where}: {y.shape[0]} labels for {rows} inputs; check the dataset "
+                            "returns one label per input")
+        wanted = f"({rows},)" + (f" or {tuple(logits_shape[:-1])}" if len(logits_shape) == 3 else "")
+        raise KdnbError(f"labels {where} should be an integer tensor of class indices of shape {wanted}, got dtype "
+                        f"{y.dtype} and shape {tuple(y.shape)}; convert them with y.long() (one index per sample)")
     if y.numel():
         low, high = torch.aminmax(y)
         low, high = int(low), int(high)
-        if low < 0 or high >= num_classes:
+        if low == batches.IGNORE_INDEX:
+            counted = y[y != batches.IGNORE_INDEX]
+            low = int(counted.min()) if counted.numel() else 0
+        if low < 0 or high >= classes:
             raise KdnbError(f"labels out of range {where}: found {low}..{high} but the model outputs "
-                            f"{num_classes} classes; fix the labels or give the last layer one output per class")
+                            f"{classes} classes; fix the labels or give the last layer one output per class")
 
 
-def logits_of(model: torch.nn.Module, x: torch.Tensor, what: str = "model") -> torch.Tensor:
-    """``model(x)`` as a (batch, classes) tensor, or an error naming what the model did instead."""
-    try:
-        out = model(x)
-    except (KdnbError, KeyboardInterrupt):
-        raise
-    except Exception as error:  # noqa: BLE001 - any failure of the user's forward is theirs to see in one line
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise KdnbError(f"{what} failed on an input batch of shape {shape}: {type(error).__name__}: "
-                        f"{first_line(error)} -- check that the model's input size matches the data") from None
-    if isinstance(out, (Mapping, tuple, list)) or hasattr(out, "logits"):
-        keys = f" with keys {sorted(map(str, out))[:6]}" if isinstance(out, Mapping) else ""
-        raise KdnbError(f"{what} returns a {type(out).__name__}{keys}, but kdnb needs a tensor of logits (batch, "
-                        "classes); wrap it in a module whose forward returns only the logits")
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or not out.dtype.is_floating_point:
-        got = f"shape {tuple(out.shape)} {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
-        raise KdnbError(f"{what} should return float logits of shape (batch, classes), got {got}; "
-                        "make the model end with nn.Flatten() and nn.Linear(features, classes)")
-    if out.shape[0] != x.shape[0]:
-        raise KdnbError(f"{what} returned {out.shape[0]} rows of logits for a batch of {x.shape[0]} inputs; "
+def logits_of(model: torch.nn.Module, args: tuple, kwargs: dict, what: str = "model") -> torch.Tensor:
+    """The model's logits on one batch's inputs, (batch, classes) or per token (batch, tokens, classes), or an
+    error naming what the model did instead."""
+    out = batches.logits_of(output_of(model, args, kwargs, what))
+    if not out.dtype.is_floating_point or out.dim() not in (2, 3):
+        raise KdnbError(f"{what} should return float logits of shape (batch, classes) or (batch, tokens, classes), "
+                        f"got shape {tuple(out.shape)} {out.dtype}; make the model end with "
+                        "nn.Linear(features, classes), or pass logits=lambda output: ... to pick them")
+    rows = batches.batch_size(args, kwargs)
+    if out.shape[0] != rows:
+        raise KdnbError(f"{what} returned {out.shape[0]} rows of logits for a batch of {rows} inputs; "
                         "check that its forward keeps the batch dimension first")
     return out
 
@@ -280,13 +281,12 @@ def check_model_fits_data(model: torch.nn.Module, batch: Any, device: torch.devi
 
     Returns the number of classes the model outputs.
     """
-    x, y = check_batch(batch, data_name)
+    args, kwargs, y = check_batch(batch, data_name)
     with eval_mode(model):
-        out = logits_of(model, x.to(device), what)
-    num_classes = out.shape[1]
+        out = logits_of(model, *to_device((args, kwargs), device), what)
     if y is not None:
-        check_labels(y, num_classes, x.shape[0], f"in {data_name}'s first batch")
-    return num_classes
+        check_labels(y, out.shape, f"in {data_name}'s first batch")
+    return out.shape[-1]
 
 
 def check_labels_in_range(data: Any, num_classes: int, what: str = "data") -> None:
@@ -326,26 +326,38 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     return value
 
 
-def check_example(example: Any, what: str = "example", empty: bool = False) -> torch.Tensor:
-    """An input batch: a real-valued or integer tensor, batch dimension first, at least one row (``empty``:
-    zero rows allowed, as a tracer may take them); or a tuple (positional inputs) or mapping (keyword inputs,
-    HuggingFace style) of such tensors."""
-    if isinstance(example, (tuple, list, Mapping)) and example:
-        items = example.items() if isinstance(example, Mapping) else enumerate(example)
-        for key, value in items:
-            if isinstance(value, torch.Tensor):
-                check_example(value, f"{what}[{key!r}]", empty)
-        return example
-    if not isinstance(example, torch.Tensor):
-        raise KdnbError(f"{what} should be an input batch tensor (batch first), got {shown(example)}; pass e.g. "
-                        f"{what}=next(iter(train_loader))[0]")
-    if example.dim() == 0 or (example.shape[0] == 0 and not empty):
-        raise KdnbError(f"{what} should hold at least one sample, batch dimension first, got shape "
-                        f"{tuple(example.shape)}; pass e.g. {what}=x[:8]")
-    if example.dtype == torch.bool or example.dtype.is_complex:
-        raise KdnbError(f"{what} should hold real numbers (or integer token ids), got dtype {example.dtype}; "
-                        f"convert it, e.g. {what}.float()")
+def check_example(example: Any, what: str = "example", empty: bool = False) -> Any:
+    """An input batch: a tensor, a tuple of tensors (several positional inputs) or a mapping (keyword inputs),
+    real-valued or integer, batch dimension first, at least one row (``empty``: zero rows allowed, as a tracer
+    may take them). Returned as given."""
+    try:
+        args, kwargs = batches.example_inputs(example)
+    except TypeError:
+        args, kwargs = (), {}
+    found = batches.tensors(args, kwargs)
+    if not found:
+        raise KdnbError(f"{what} should be an input batch (a tensor, a tuple of tensors or a mapping of keyword "
+                        f"inputs, batch first), got {shown(example)}; pass e.g. {what}=next(iter(train_loader))[0]")
+    for tensor in found:
+        if tensor.dim() == 0 or (tensor.shape[0] == 0 and not empty):
+            raise KdnbError(f"{what} should hold at least one sample, batch dimension first, got shape "
+                            f"{tuple(tensor.shape)}; pass e.g. {what}=x[:8]")
+        if tensor.dtype == torch.bool or tensor.dtype.is_complex:
+            raise KdnbError(f"{what} should hold real numbers (or integer token ids), got dtype {tensor.dtype}; "
+                            f"convert it, e.g. {what}.float()")
     return example
+
+
+def check_labelled(batch: Any, labels: Any, what: str, why: str) -> None:
+    """Labels in the batch where ``why`` (training, a gradient, an accuracy) needs them; a mapping batch's
+    missing key is named."""
+    if labels is not None:
+        return
+    if isinstance(batch, Mapping):
+        raise KdnbError(f"{what}'s batches have no 'labels' key (keys: {sorted(map(str, batch))[:6]}), but {why} "
+                        "needs labels; add them to each batch as 'labels' (or pass inputs=... to read them)")
+    raise KdnbError(f"{what}'s batches have no labels, but {why} needs them; pass a loader of (inputs, labels) "
+                    "batches")
 
 
 def check_data_fits(model: torch.nn.Module, data: Any, what: str, labels: str | None = None,
@@ -353,21 +365,21 @@ def check_data_fits(model: torch.nn.Module, data: Any, what: str, labels: str | 
     """``data``'s first batch runs through ``model`` (eval mode, on the model's device, no RNG moved).
 
     ``labels`` (why they are needed: training, a gradient, an accuracy) asks for labelled batches and float
-    logits (batch, classes) they are in range of. Without it only the inputs are read (scoring, calibration):
-    any output will do (``tensor``, why one is needed, asks for a tensor), and labels are checked when the output
-    is logits. Returns the number of classes, when known."""
+    logits they are in range of. Without it only the inputs are read (scoring, calibration): any output will
+    do (``tensor``, why logits are needed, asks for an output with logits), and labels are checked when the
+    output is logits. Returns the number of classes, when known."""
     check_loader(data, what)
     here = model_device(model)
     batch = to_device(first_batch(data, what), here)
-    x, y = check_batch(batch, what)
-    if y is None and labels is not None:
-        raise KdnbError(f"{what}'s batches have no labels, but {labels} needs them; pass a loader of "
-                        "(inputs, labels) batches")
-    if labels is None:
+    args, kwargs, y = check_batch(batch, what)
+    if labels is not None:
+        check_labelled(batch, y, what, labels)
+    else:
         with eval_mode(model), torch.no_grad():
-            out = output_of(model, x)
+            out = output_of(model, args, kwargs, f"model (on {what}'s first batch)")
         check_tensor_output(out, tensor)
-        if y is None or not (isinstance(out, torch.Tensor) and out.dim() == 2 and y.dim() == 1):
+        logits = out if isinstance(out, torch.Tensor) else None
+        if y is None or logits is None or logits.dim() not in (2, 3) or y.dim() != logits.dim() - 1:
             return None
     num_classes = check_model_fits_data(model, batch, here, data_name=what)
     check_labels_in_range(data, num_classes, what)
@@ -375,21 +387,22 @@ def check_data_fits(model: torch.nn.Module, data: Any, what: str, labels: str | 
 
 
 def check_tensor_output(out: Any, why: str | None) -> None:
-    """A tensor, where ``why`` (e.g. "structured pruning compares outputs") needs one; None: anything."""
-    if why is not None and not isinstance(out, torch.Tensor):
-        raise KdnbError(f"the model returns a {type(out).__name__}, but {why} needs a tensor; wrap it in a module "
-                        "whose forward returns one tensor (the logits)")
+    """Logits in the output (`kdnb.engine.batches.logits_of`), where ``why`` (e.g. "structured pruning compares
+    outputs") needs them; None: anything."""
+    if why is not None:
+        batches.logits_of(out)
 
 
-def output_of(model: torch.nn.Module, x: torch.Tensor) -> Any:
-    """``model(x)``, whatever it returns, or one line saying how the user's forward failed."""
+def output_of(model: torch.nn.Module, args: tuple, kwargs: dict, what: str = "model") -> Any:
+    """``model(*args, **kwargs)``, whatever it returns, or one line saying how the user's forward failed."""
     try:
-        return model(x)
+        return batches.call_model(model, args, kwargs)
     except (KdnbError, KeyboardInterrupt):
         raise
     except Exception as error:  # noqa: BLE001 - the user's forward, any exception
-        raise KdnbError(f"model failed on an input batch of shape {tuple(x.shape)}: {type(error).__name__}: "
-                        f"{first_line(error)} -- check that the model's input size matches the data") from None
+        raise KdnbError(f"{what} failed on an input batch of shape {batches.describe(args, kwargs)}: "
+                        f"{type(error).__name__}: {first_line(error)} -- check that the model's input size matches "
+                        "the data") from None
 
 
 class ModelState:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -49,7 +49,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
         return batch if batch.device == device else batch.to(device, non_blocking=True)
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(item, device) for item in batch)
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):  # a dict, or HuggingFace's BatchEncoding (a UserDict)
         return {key: to_device(value, device) for key, value in batch.items()}
     return batch
 

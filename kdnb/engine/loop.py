@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdnb.engine import checks, distributed
+from kdnb.engine import batches, checks, distributed
 from kdnb.engine.device import model_device, resolve_device, to_device
 from kdnb.engine.events import Dispatcher, RunState
 from kdnb.engine.history import History
@@ -205,14 +205,15 @@ def _check(model: torch.nn.Module, data: Iterable, val: Iterable | None, epochs:
     here, num_classes = model_device(model), None
     if check_inputs:
         batch = to_device(checks.first_batch(data, "data"), here)
+        if getattr(objective, "needs_labels", False):
+            checks.check_labelled(batch, checks.check_batch(batch)[2], "data", "training with cross-entropy")
         num_classes = checks.check_model_fits_data(model, batch, here)
         checks.check_labels_in_range(data, num_classes)
-        num_classes = num_classes if checks.split_batch(batch)[1] is not None else None
+        num_classes = num_classes if checks.check_batch(batch)[2] is not None else None
     if val is not None and evaluate_fn is None:  # the default evaluation needs labelled batches the model takes
         val_batch = to_device(checks.first_batch(val, "val"), here)
-        if checks.check_batch(val_batch, "val")[1] is None:
-            raise KdnbError("val's batches have no labels; pass a loader of (inputs, labels) as val= "
-                            "(val loss and accuracy need labels)")
+        checks.check_labelled(val_batch, checks.check_batch(val_batch, "val")[2], "val",
+                              "the val loss and accuracy")
         checks.check_labels_in_range(val, checks.check_model_fits_data(model, val_batch, here, data_name="val"), "val")
     return num_classes
 
@@ -381,9 +382,9 @@ def _train_epoch(run: _Run, data: Iterable, interrupt: dict[str, bool]) -> _Epoc
         batch = to_device(batch, run.device)
         where = f"in batch {index + 1} of epoch {epoch}"
         if run.num_classes is not None:
-            x, y = checks.check_batch(batch, f"data (batch {index + 1} of epoch {epoch})")
+            args, kwargs, y = checks.check_batch(batch, f"data (batch {index + 1} of epoch {epoch})")
             if y is not None:
-                checks.check_labels(y, run.num_classes, x.shape[0], where)
+                checks.check_labels(y, (batches.batch_size(args, kwargs), *y.shape[1:], run.num_classes), where)
         out = _forward(run, batch, where)
         loss_value = _loss_value(out.loss, where)  # the step's one sync: the last step's weight norm is ready too
         # Over the ranks, in one all-reduce: the terms averaged (a NaN on one is a NaN on all) and a stop

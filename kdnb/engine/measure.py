@@ -13,7 +13,7 @@ import dataclasses
 import math
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -21,16 +21,18 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from kdnb.engine import batches
+from kdnb.engine.batches import split_batch
 from kdnb.engine.checks import (check_example, check_labels_in_range, check_loader, check_model, check_model_fits_data,
-                                first_batch)
-from kdnb.engine.device import eval_mode, model_device, resolve_device
+                                first_batch, output_of)
+from kdnb.engine.device import eval_mode, model_device, resolve_device, to_device
 from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import evaluate
-from kdnb.engine.objective import split_batch
 from kdnb.engine.prune.graph.groups import prunable_attributes  # the weights `sparsity` counts
 from kdnb.engine.serialize import file_size, module_tensors, plain_modules
 from kdnb.engine.table import Table, format_value
 
+Inputs = tuple[tuple, dict]  # a model's (args, kwargs) on one batch
 NOISY_SPREAD = 0.25  # latency_spread above this: the machine was busy while timing, the median is unsure
 
 
@@ -56,7 +58,10 @@ class Measurement:
         latency_spread: interquartile range of the timed passes / their median (0: all equal); above
             ``NOISY_SPREAD`` the latency line flags the measurement as noisy.
         batch_size, device, threads: the batch, device and ``torch.get_num_threads()`` of the timing.
-        accuracy: top-1 accuracy over the labelled data, None without labels.
+        accuracy: top-1 accuracy over the labelled data, None without labels (sequence outputs: over the
+            tokens that count, a causal LM's logits at t against token t + 1).
+        perplexity: exp(mean per-token cross-entropy) over labelled sequence outputs (language models,
+            token classifiers); None otherwise.
     """
 
     params: int
@@ -73,6 +78,7 @@ class Measurement:
     threads: int
     accuracy: float | None = None
     latency_spread: float = 0.0
+    perplexity: float | None = None
 
     @property
     def latency_noisy(self) -> bool:
@@ -99,6 +105,7 @@ class Measurement:
             ("nonzero MACs", f"{format_value(self.nonzero_macs)} per sample"),
             ("bytes", f"{format_value(self.bytes)} (kdnb.save); {format_value(self.bytes_dense)} dense"),
             ("accuracy", format_value(self.accuracy)),
+            *([("perplexity", format_value(self.perplexity))] if self.perplexity is not None else []),
         ]
 
     def __repr__(self) -> str:
@@ -114,9 +121,10 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
 
     Args:
         model: any ``nn.Module``.
-        data_or_example: a ``DataLoader`` of ``(inputs, labels)`` (accuracy over all of it; timing on its
-            first batch) or of bare inputs, or an example input batch (a tensor whose first dimension
-            is the batch; no accuracy).
+        data_or_example: a ``DataLoader`` of ``(inputs, labels)``, ``(x1, ..., xn, labels)`` or mappings
+            with ``"labels"`` (accuracy over all of it; timing on its first batch) or of bare inputs, or an
+            example input batch (a tensor, a tuple of tensors or a mapping of keyword inputs, batch first; no
+            accuracy).
         batch_size: time a batch of this many samples, drawn from the data (rows repeated when the data
             has fewer); None: the first batch / the example as given.
         device: where to time and evaluate; None: the model's own device. Another device measures a copy.
@@ -141,32 +149,34 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
     net = model if target == home else copy.deepcopy(model).to(target)
 
     loader, labelled = None, False
-    if isinstance(data_or_example, torch.Tensor):
-        x = check_example(data_or_example, "data_or_example")
+    if _is_example(data_or_example):
+        inputs = batches.example_inputs(check_example(data_or_example, "data_or_example"))
     else:
         loader = check_loader(data_or_example, "data_or_example")
         first = first_batch(loader, "data_or_example")
         try:
-            x, y = split_batch(first)
+            args, kwargs, y = split_batch(first)
         except TypeError:
-            raise KdnbError(f"data_or_example should give input batches as tensors or (inputs, labels), got a batch "
-                            f"of type {type(first).__name__}; pass a DataLoader or an example input tensor") from None
-        labelled = y is not None
-    if not isinstance(x, torch.Tensor) or x.dim() == 0:
-        raise KdnbError(f"measure needs input batches as tensors (batch first), got {type(x).__name__}; "
+            raise KdnbError(f"data_or_example should give input batches as tensors, (inputs, labels) or mappings, "
+                            f"got a batch of type {type(first).__name__}; pass a DataLoader or an example input "
+                            "tensor") from None
+        inputs, labelled = (args, kwargs), y is not None
+    if not batches.tensors(*inputs) or batches.batch_size(*inputs) == 0:
+        raise KdnbError(f"measure needs input batches as tensors (batch first), got {batches.describe(*inputs)}; "
                         "pass a DataLoader of (inputs, labels) or an example input tensor")
-    x = _batch_of(x, loader, batch_size).to(target)
+    inputs = to_device(_batch_of(inputs, loader, batch_size), target)
 
     with eval_mode(net):
         if labelled:
             num_classes = check_model_fits_data(net, first, target)
             check_labels_in_range(loader, num_classes)
         else:
-            _check_runs(net, x)
+            output_of(net, *inputs)
+        with torch.no_grad():  # not inference mode: FlopCounterMode fails there on weight_norm's parametrization
+            macs, nonzero_macs = _macs(net, inputs)
         with torch.inference_mode():
-            macs, nonzero_macs = _macs(net, x)
-            latency, spread = _latency_ms(net, x, target, repeats, warmup)
-            accuracy = evaluate(net, loader)["accuracy"] if labelled else None
+            latency, spread = _latency_ms(net, inputs, target, repeats, warmup)
+            scores = evaluate(net, loader) if labelled else {}
 
     params, nonzero, weights, zero_weights = parameter_counts(model)
     return Measurement(
@@ -175,8 +185,9 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
         overall_sparsity=1 - nonzero / params if params else 0.0,
         macs=macs, nonzero_macs=nonzero_macs,
         bytes_dense=file_size(model, compact=False), bytes=file_size(model),
-        latency_ms=latency, batch_size=x.shape[0], device=_device_name(target), threads=torch.get_num_threads(),
-        accuracy=accuracy, latency_spread=spread,
+        latency_ms=latency, batch_size=batches.batch_size(*inputs), device=_device_name(target),
+        threads=torch.get_num_threads(), accuracy=scores.get("accuracy"), latency_spread=spread,
+        perplexity=scores.get("perplexity"),
     )
 
 
@@ -191,30 +202,33 @@ def _device_name(device: torch.device) -> str:
     return f"{device} {torch.cuda.get_device_name(device)}" if device.type == "cuda" else str(device)
 
 
-def _batch_of(x: torch.Tensor, loader: Iterable | None, batch_size: int | None) -> torch.Tensor:
+def _is_example(value: Any) -> bool:
+    """An example input batch rather than a loader: a tensor, a mapping, or a tuple of tensors."""
+    return isinstance(value, (torch.Tensor, Mapping)) or (
+        isinstance(value, tuple) and bool(value) and all(isinstance(item, torch.Tensor) for item in value))
+
+
+def _batch_of(inputs: Inputs, loader: Iterable | None, batch_size: int | None) -> Inputs:
+    """The inputs to time: as given (``batch_size`` None), else ``batch_size`` rows drawn from the loader's
+    batches in order, rows repeated when it has fewer."""
     if batch_size is None:
-        return x
+        return inputs
     parts, count = [], 0
-    for batch in (loader if loader is not None else [x]):
-        part = split_batch(batch)[0]
+    for batch in (loader if loader is not None else [None]):
+        part = inputs if batch is None else batches.inputs_of(batch)
         parts.append(part)
-        count += part.shape[0]
+        count += batches.batch_size(*part)
         if count >= batch_size:
             break
-    rows = torch.cat(parts)
-    return rows.repeat(math.ceil(batch_size / rows.shape[0]), *[1] * (rows.dim() - 1))[:batch_size]
 
+    def joined(values: list[Any]) -> Any:
+        if not isinstance(values[0], torch.Tensor) or values[0].dim() == 0:
+            return values[0]
+        rows = torch.cat(values)
+        return rows.repeat(math.ceil(batch_size / rows.shape[0]), *[1] * (rows.dim() - 1))[:batch_size]
 
-@torch.no_grad()
-def _check_runs(model: nn.Module, x: torch.Tensor) -> None:
-    try:
-        model(x)
-    except (KdnbError, KeyboardInterrupt):
-        raise
-    except Exception as error:  # noqa: BLE001 - any failure of the user's forward (IndexError too) is one line
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise KdnbError(f"model failed on an input batch of shape {tuple(x.shape)}: {first_line} "
-                        "-- check that the model's input size matches the data") from None
+    args = tuple(joined([part[0][i] for part in parts]) for i in range(len(parts[0][0])))
+    return args, {key: joined([part[1][key] for part in parts]) for key in parts[0][1]}
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int, int, int]:
@@ -246,7 +260,7 @@ _cpu_attention_flops._get_raw = True  # type: ignore[attr-defined]  # called wit
 _UNCOUNTED = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
 
 
-def _macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+def _macs(model: nn.Module, inputs: Inputs) -> tuple[int, int]:
     """(MACs, nonzero MACs) per sample: FlopCounterMode's FLOPs / 2, per layer scaled by weight density.
     ``nn.MultiheadAttention`` runs its plain path while counting (its fused inference kernel is invisible to
     the counter), and its projections' zeros are counted per token of the inputs it was called with."""
@@ -262,7 +276,7 @@ def _macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         with FlopCounterMode(display=False, custom_mapping=_UNCOUNTED) as counter:
-            model(x)
+            batches.call_model(model, *inputs)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for hook in hooks:
@@ -279,7 +293,7 @@ def _macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
             sparse_saving += flops * (1 - int(torch.count_nonzero(weight)) / max(weight.numel(), 1))
     for module, counts in tokens.items():
         sparse_saving += _attention_zero_flops(module, counts)
-    n = x.shape[0]
+    n = batches.batch_size(*inputs)
     return round(total / 2 / n), round((total - sparse_saving) / 2 / n)
 
 
@@ -296,7 +310,7 @@ def _attention_zero_flops(module: nn.MultiheadAttention, tokens: tuple[int, int,
     return 2.0 * (zeros[0] * tokens[0] + zeros[1] * tokens[1] + zeros[2] * tokens[2] + zeros[3] * tokens[0])
 
 
-def _latency_ms(model: nn.Module, x: torch.Tensor, device: torch.device, repeats: int,
+def _latency_ms(model: nn.Module, inputs: Inputs, device: torch.device, repeats: int,
                 warmup: int) -> tuple[float, float]:
     """(median ms, interquartile range / median) of ``repeats`` timed passes after ``warmup`` untimed ones.
     The median ignores the few passes a busy machine slows down; the spread says how busy it was."""
@@ -308,7 +322,7 @@ def _latency_ms(model: nn.Module, x: torch.Tensor, device: torch.device, repeats
     for i in range(warmup + repeats):
         sync()
         start = time.perf_counter()
-        model(x)
+        batches.call_model(model, *inputs)
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - start)

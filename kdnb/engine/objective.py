@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kdnb.engine.batches import call_model, logits_of, rows, split_batch
+
 
 @dataclass
 class StepOutput:
@@ -20,29 +22,22 @@ class StepOutput:
     terms: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
-def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(x, y, ...) -> (x, y); a bare tensor is an unlabeled batch."""
-    if isinstance(batch, torch.Tensor):
-        return batch, None
-    if isinstance(batch, (list, tuple)) and len(batch) >= 1:
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    if isinstance(batch, dict) and "x" in batch:
-        return batch["x"], batch.get("y")
-    raise TypeError(f"a batch should be (inputs, labels), got {type(batch).__name__}")
-
-
 class Supervised:
-    """Hard-label training: ``loss_fn(logits, y)`` (cross-entropy by default).
+    """Hard-label training: ``loss_fn(logits, y)`` (cross-entropy by default); sequence logits (batch, tokens,
+    classes) are scored per token over the positions that count (`kdnb.engine.batches.rows`).
 
     ``loss_fn`` may return a tensor, or ``(tensor, {"name": term, ...})`` to report extra terms.
     """
 
     def __init__(self, loss_fn: Callable[..., Any] | None = None):
         self.loss_fn = loss_fn or F.cross_entropy
+        self.needs_labels = loss_fn is None  # a loss of the user's may do without them
 
     def __call__(self, model: torch.nn.Module, batch: Any) -> StepOutput:
-        x, y = split_batch(batch)
-        logits = model(x)
+        args, kwargs, y = split_batch(batch)
+        logits = logits_of(call_model(model, args, kwargs))
+        if logits.dim() > 2:  # per token, over the positions that count
+            logits, y, _ = rows(model, logits, y, kwargs)
         result = self.loss_fn(logits, y)
         loss, terms = result if isinstance(result, tuple) else (result, {})
         return StepOutput(loss=loss, logits=logits, targets=y, terms=terms)

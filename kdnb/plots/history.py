@@ -22,7 +22,7 @@ from kdnb.engine.history import History
 from kdnb.plots.figure import new_figure
 
 # Fixed colours per loss term so "kd" is the same colour in every chart of a notebook.
-TERM_COLORS = {"loss": "black", "ce": "tab:blue", "kd": "tab:orange", "hint": "tab:green", "at": "tab:green",
+TERM_COLORS = {"loss": "black", "ce": "tab:blue", "kd": "tab:orange", "hint": "tab:green", "cos": "tab:green", "at": "tab:green",
                "tckd": "tab:purple", "nckd": "tab:brown"}
 SPARE_COLORS = ("tab:red", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 RUN_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")

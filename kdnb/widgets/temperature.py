@@ -12,38 +12,34 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.utils.data import default_collate
 
 from kdnb.engine.checks import check_model, check_positive
 from kdnb.engine.distill.losses import soft_labels
 from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import predict
-from kdnb.engine.objective import split_batch
+from kdnb.engine.batches import batch_size, inputs_of
 from kdnb.widgets._support import Explorer, png
 
 
-def first_samples(samples: Any, limit: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Up to ``limit`` inputs (and labels, if any) from a tensor, an (x, y) pair, a Dataset or a DataLoader."""
+def first_samples(samples: Any, limit: int) -> list[Any]:
+    """Batches holding at least ``limit`` samples (inputs, and labels if any) from a tensor, an (x, y) pair, a
+    Dataset or a DataLoader (its batches as `kdnb.engine.batches` reads them: mappings too)."""
     if isinstance(samples, torch.Tensor):
-        return samples[:limit], None
+        return [samples[:limit]]
     if isinstance(samples, (tuple, list)) and samples and isinstance(samples[0], torch.Tensor):
-        x, y = split_batch(samples)
-        return x[:limit], (y[:limit] if isinstance(y, torch.Tensor) else None)
+        return [tuple(part[:limit] for part in samples)]
     if isinstance(samples, torch.utils.data.Dataset) and hasattr(samples, "__len__"):
-        items = [split_batch(samples[i]) for i in range(min(limit, len(samples)))]
-        labels = [y for _, y in items]
-        return (torch.stack([x for x, _ in items]),
-                torch.as_tensor(labels) if all(y is not None for y in labels) and labels else None)
+        return [default_collate([samples[i] for i in range(min(limit, len(samples)))])]
     if hasattr(samples, "__iter__"):
-        xs, ys = [], []
+        found, count = [], 0
         for batch in samples:
-            x, y = split_batch(batch)
-            xs.append(x)
-            ys.append(y)
-            if sum(len(part) for part in xs) >= limit:
+            found.append(batch)
+            count += batch_size(*inputs_of(batch))
+            if count >= limit:
                 break
-        if xs:
-            labels = torch.cat(ys)[:limit] if all(y is not None for y in ys) else None
-            return torch.cat(xs)[:limit], labels
+        if found:
+            return found
     raise KdnbError(f"samples should be a tensor of inputs, an (inputs, labels) pair, a Dataset or a DataLoader, "
                     f"got {type(samples).__name__}")
 
@@ -70,8 +66,8 @@ class TemperatureExplorer(Explorer):
                  classes: Sequence[str] | None = None, max_samples: int = 32):
         check_model(teacher, "teacher")
         check_positive("temperature", temperature)
-        inputs, self.labels = first_samples(samples, max_samples)
-        self.logits, _ = predict(teacher, [inputs])
+        logits, labels = predict(teacher, first_samples(samples, max_samples))  # sequences: one row per token
+        self.logits, self.labels = logits[:max_samples], (labels[:max_samples] if labels is not None else None)
         num_classes = self.logits.shape[1]
         self.classes = [str(c) for c in classes] if classes is not None else [str(i) for i in range(num_classes)]
         if len(self.classes) != num_classes:

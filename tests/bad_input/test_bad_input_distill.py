@@ -124,6 +124,17 @@ ARGUMENTS = [
 ]
 
 
+class NoLogits(nn.Module):
+    """Its output holds no tensor kdnb could take as logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return {"score": float(self.fc(x).sum())}
+
+
 def _case_id(index: int, kwargs: dict) -> str:
     return f"{index}-" + ",".join(f"{k}={v!r}"[:24] for k, v in kwargs.items())
 
@@ -136,7 +147,7 @@ def test_each_argument_of_distill_is_checked_at_the_entry(kwargs, names):
 MODELS = [
     # (teacher, student, names)
     (lambda: "big", net, "teacher"), (lambda: None, net, "teacher"), (teacher, lambda: "small", "student"),
-    (on_meta, net, "meta"), (teacher, on_meta, "meta"), (DictOut, net, "dict"), (teacher, DictOut, "dict"),
+    (on_meta, net, "meta"), (teacher, on_meta, "meta"), (NoLogits, net, "logits="), (teacher, NoLogits, "logits="),
     (lambda: Raises(IndexError), net, "IndexError"), (teacher, lambda: Raises(KeyError), "KeyError"),
     (teacher, frozen, "requires_grad"), (lambda: net(features=7), net, "input size"),
     (teacher, lambda: net(features=7), "input size"),
@@ -159,7 +170,7 @@ def test_the_student_is_the_teacher():
 
 DATA = [
     (lambda: [1, 2, 3], "data"), (lambda: torch.randn(8, 6), "DataLoader"), (lambda: 42, "DataLoader"),
-    (lambda: "abc", "DataLoader"), (empty, "empty"), (dict_batches, "'x'"),
+    (lambda: "abc", "DataLoader"), (empty, "empty"), (dict_batches, "'labels'"),
     (lambda: DataLoader(TensorDataset(torch.randn(8, 6), torch.randint(0, 3, (8,))), batch_size=None), "batch_size"),
     (lambda: labels(torch.rand(8)), "float32"), (lambda: labels(torch.tensor([0, 1, 2, 9] * 2)), "out of range"),
     (lambda: labels(torch.tensor([0, 1, -2, 0] * 2)), "out of range"), (unlabelled, "transfer="),

@@ -32,6 +32,13 @@ class DictOut(nn.Module):
         return {"logits": self.out(self.fc(x).relu())}
 
 
+class NoLogits(DictOut):
+    """Its output holds no tensor kdnb could take as logits."""
+
+    def forward(self, x):
+        return {"score": float(self.out(self.fc(x)).sum())}
+
+
 class Raises(DictOut):
     def __init__(self, error: type[BaseException]):
         super().__init__()
@@ -110,7 +117,7 @@ ARGUMENTS = [
     ({"pattern": ["2:4"]}, "pattern"),
     # data and val
     ({"data": [1, 2, 3]}, "data"), ({"data": torch.randn(8, 6)}, "DataLoader"), ({"data": 42}, "DataLoader"),
-    ({"data": "abc"}, "DataLoader"), ({"data": empty()}, "empty"), ({"data": dict_batches()}, "'x'"),
+    ({"data": "abc"}, "DataLoader"), ({"data": empty()}, "empty"), ({"data": dict_batches()}, "target"),
     ({"data": unbatched()}, "batch_size"), ({"data": make_loader(features=7)}, "input size"),
     ({"data": make_loader(features=7), "criterion": "taylor"}, "input size"),
     ({"data": make_loader(features=7), "structured": True}, "input size"),
@@ -197,8 +204,8 @@ def test_each_argument_of_prune_is_checked_at_the_entry(kwargs, names, inplace):
 
 MODELS = [
     (lambda: "resnet", {}, "model"), (lambda: None, {}, "model"), (on_meta, {}, "meta"),
-    (lambda: nn.Sequential(nn.ReLU()), {}, "no prunable layers"), (DictOut, {"val": make_loader()}, "dict"),
-    (DictOut, {"criterion": "taylor"}, "dict"), (DictOut, {"structured": True}, "dict"),
+    (lambda: nn.Sequential(nn.ReLU()), {}, "no prunable layers"), (NoLogits, {"val": make_loader()}, "logits="),
+    (NoLogits, {"criterion": "taylor"}, "logits="), (NoLogits, {"structured": True}, "logits="),
     (lambda: Raises(IndexError), {}, "IndexError"), (lambda: Raises(KeyError), {"criterion": "hessian"}, "KeyError"),
     (lambda: Raises(AttributeError), {"structured": True}, "AttributeError"),
     (frozen, {"criterion": "taylor"}, "requires_grad"), (frozen, {"criterion": "hessian"}, "requires_grad"),
@@ -257,7 +264,7 @@ IMPORTANCE = [
     (lambda: (bn_net(), "slimming", make_loader()), {"structured": True, "lr": float("nan")}, "lr"),
     (lambda: (bn_net(), "slimming", make_loader()), {"structured": True, "device": "gpu0"}, "device"),
     (lambda: (frozen(), "taylor", make_loader()), {}, "requires_grad"),
-    (lambda: (DictOut(), "taylor", make_loader()), {}, "dict"),
+    (lambda: (NoLogits(), "taylor", make_loader()), {}, "logits="),
     (lambda: (make_net(), "taylor", make_loader(labels=torch.full((32,), 4))), {}, "out of range"),
 ]
 
@@ -299,7 +306,7 @@ SENSITIVITY = [
     (lambda: (make_net(), make_loader()), {"device": "gpu0"}, "device"),
     (lambda: (make_net(), make_loader()), {"callbacks": 5}, "callbacks"),
     (lambda: (make_net(), make_loader(labels=torch.full((32,), 4))), {}, "out of range"),
-    (lambda: (DictOut(), make_loader()), {}, "dict"),
+    (lambda: (NoLogits(), make_loader()), {}, "logits="),
 ]
 
 

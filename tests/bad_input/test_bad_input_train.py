@@ -103,9 +103,11 @@ def test_losses_that_fail_on_the_first_step(loss):
 
 # ---- the model ----
 
-class TupleOut(DictOut):
+class NoLogits(DictOut):
+    """Its output holds no tensor kdnb could take as logits: the error names logits=."""
+
     def forward(self, x):
-        return self.fc(x), x
+        return {"text": "positive", "score": float(self.fc(x).sum())}
 
 
 class Wrong(DictOut):
@@ -125,9 +127,9 @@ def frozen():
 
 MODELS = [
     ("resnet", "model"), (None, "model"), (frozen, "requires_grad"), (lambda: nn.Sequential(nn.Flatten()), "model"),
-    (on_meta, "meta"), (DictOut, "dict"), (TupleOut, "tuple"), (lambda: Raises(IndexError), "IndexError"),
+    (on_meta, "meta"), (NoLogits, "logits="), (lambda: Raises(IndexError), "IndexError"),
     (lambda: Raises(KeyError), "KeyError"), (lambda: Raises(AttributeError), "AttributeError"),
-    (lambda: Wrong(lambda out: out[:, :, None]), "logits"), (lambda: Wrong(lambda out: out.argmax(1, keepdim=True)), "logits"),
+    (lambda: Wrong(lambda out: out[:, :, None, None]), "logits"), (lambda: Wrong(lambda out: out.argmax(1, keepdim=True)), "logits"),
     (lambda: Wrong(lambda out: out[:2]), "rows"), (lambda: kdnb.models.mlp(7, [8], 3), "input size"),
     (lambda: kdnb.models.mlp(6, [8], 2), "labels out of range"),
 ]
@@ -149,7 +151,7 @@ def unbatched():
     return DataLoader(TensorDataset(torch.randn(8, 6), torch.randint(0, 3, (8,))), batch_size=None)
 
 
-def dict_batches(keys=("input", "label")):
+def dict_batches(keys=("input", "target")):
     class D(Dataset):
         def __len__(self):
             return 8
@@ -168,7 +170,7 @@ DATA = [
     (lambda: torch.randn(8, 6), "DataLoader"), (lambda: iter([1, 2]), "DataLoader"), (lambda: 42, "DataLoader"),
     (lambda: "abc", "DataLoader"), (lambda: {"x": torch.randn(4, 6)}, "DataLoader"),
     (lambda: labels(torch.zeros(0, dtype=torch.long), n=0), "empty"), (lambda: [], "empty"),
-    (unbatched, "batch_size"), (dict_batches, "'x'"), (lambda: DataLoader([1, 2, 3]), "shape"),
+    (unbatched, "batch_size"), (lambda: dict_batches(("input", "target")), "no 'labels' key"), (lambda: DataLoader([1, 2, 3]), "no labels"),
     (lambda: labels(torch.rand(8)), "float32"), (lambda: labels(torch.zeros(8, 3, dtype=torch.long)), "shape"),
     (lambda: labels(torch.tensor([0, 1, 2, 9, 0, 1, 2, 0])), "labels out of range"),
     (lambda: labels(torch.tensor([0, 1, -1, 0, 0, 1, 2, 0])), "labels out of range"),

@@ -39,9 +39,11 @@ class Raises(nn.Module):
         return self.fc(x)[torch.tensor([99])]  # IndexError from the user's forward
 
 
-class DictOut(Raises):
+class NoLogits(Raises):
+    """Returns a mapping with no tensor in it: nothing kdnb can take as logits."""
+
     def forward(self, x):
-        return {"logits": self.fc(x)}
+        return {"score": float(self.fc(x).sum())}
 
 
 def on_meta():
@@ -73,7 +75,7 @@ MEASURE = [
     (lambda: (make_net(), torch.randn(4, 7)), {}, "input size"),
     (lambda: (Raises(), torch.randn(4, 6)), {}, "model failed"),
     (lambda: (Raises(), make_loader()), {}, "IndexError"),
-    (lambda: (DictOut(), make_loader()), {}, "dict"),
+    (lambda: (NoLogits(), make_loader()), {}, "logits="),
     (lambda: (make_net(classes=2), make_loader()), {}, "labels out of range"),
     (lambda: (make_net(), DataLoader(Items({20: (torch.randn(6), torch.tensor(5))}), batch_size=8)), {}, "batch 3"),
     (lambda: (make_net(), DataLoader(TensorDataset(torch.randn(8, 6), torch.randint(0, 3, (8,))), batch_size=None)),
@@ -126,7 +128,7 @@ EVALUATE = [
     (lambda: (make_net(), DataLoader(TensorDataset(torch.randn(8, 6)), batch_size=4)), "no labels"),
     (lambda: (make_net(), make_loader(labels=torch.full((24,), 3))), "labels out of range"),
     (lambda: (Raises(), make_loader()), "IndexError"),
-    (lambda: (DictOut(), make_loader()), "dict"),
+    (lambda: (NoLogits(), make_loader()), "logits="),
     (lambda: (on_meta(), make_loader()), "meta"),
     (lambda: (make_net(), DataLoader(Items({9: (torch.randn(6), torch.tensor(1.5))}), batch_size=8)), "batch 2"),
     (lambda: (make_net(), [1, 2, 3]), "a batch should be"),

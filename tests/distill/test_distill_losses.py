@@ -128,6 +128,23 @@ def test_fitnets_is_the_mean_squared_error(seed):
 
 
 @fast
+@given(seeds)
+def test_cosine_matches_its_formula_per_token_and_per_sample(seed):
+    g = torch.Generator().manual_seed(seed)
+
+    def formula(s, t):  # mean over rows of 1 - <s, t> / (|s| |t|), written out
+        return (1 - (s * t).sum(1) / (s.norm(dim=1) * t.norm(dim=1))).mean()
+
+    tokens_s, tokens_t = torch.randn(3, 5, 8, generator=g), torch.randn(3, 5, 8, generator=g)
+    assert torch.allclose(losses.cosine(tokens_s, tokens_t), formula(tokens_s.reshape(15, 8), tokens_t.reshape(15, 8)),
+                          atol=1e-6)
+    maps_s, maps_t = torch.randn(4, 3, 2, 2, generator=g), torch.randn(4, 3, 2, 2, generator=g)
+    assert torch.allclose(losses.cosine(maps_s, maps_t), formula(maps_s.reshape(4, 12), maps_t.reshape(4, 12)),
+                          atol=1e-6)
+    assert losses.cosine(maps_s, 3.0 * maps_s).abs().item() < 1e-6  # the scale is not matched, only the direction
+
+
+@fast
 @given(seeds, st.integers(1, 6))
 def test_attention_map_and_at_match_their_formulas(seed, channels):
     g = torch.Generator().manual_seed(seed)
@@ -148,6 +165,7 @@ def test_attention_map_and_at_match_their_formulas(seed, channels):
 def test_docstrings_state_formula_and_paper():
     for fn, paper in ((losses.kd, "Hinton"), (losses.soft_kl, "Hinton"), (losses.fitnets, "Romero"),
                       (losses.at, "Zagoruyko"), (losses.attention_map, "Zagoruyko"), (losses.dkd, "Zhao"),
+                      (losses.cosine, "Sanh"),
                       (losses.tckd, "Zhao"), (losses.nckd, "Zhao")):
         assert paper in fn.__doc__ and "=" in fn.__doc__, fn.__name__
     assert "disagree" in losses.kd.__doc__

@@ -17,7 +17,7 @@ def setup():
 
 
 def test_every_record_names_a_formula_of_losses_with_its_paper():
-    assert methods.names() == ("kd", "fitnets", "at", "dkd")
+    assert methods.names() == ("kd", "fitnets", "cosine", "at", "dkd")
     for record in methods.METHODS.values():
         assert getattr(losses, record.formula.__name__) is record.formula
         assert "=" in record.formula.__doc__ and record.label and record.terms[0] == "ce"
@@ -45,7 +45,7 @@ def test_a_new_method_is_one_record(setup):
     record = methods.Method("soft-only", "soft labels only", "Hinton, Vinyals & Dean 2015", losses.soft_kl,
                             lambda step: losses.soft_kl(step.s, step.t, step.temperature), ("kd",), 0.0, 0.0,
                             "none")
-    methods.register(record)
+    kdnb.register_method(record)
     try:
         result = distill(teacher, student, train, method="soft-only", epochs=1)
         assert result.history.status == "completed" and result.method == "soft-only"

@@ -169,7 +169,7 @@ def test_feature_methods_tap_layers_by_name(signals, method, term):
     result = distill(teacher, student, train, val, method=method, epochs=2, features=[("3", "3"), ("1", "1")])
     assert term in result.history.steps and result.history.status == "completed"
     assert result.history[f"train_{term}"][-1] < result.history[f"train_{term}"][0]
-    assert result.soft_labels.startswith("live teacher (fitnets/at read the teacher's features")
+    assert result.soft_labels.startswith("live teacher (feature methods (fitnets, cosine, at) read the teacher's features")
     assert not any(m._forward_hooks for m in result.student.modules())  # the taps are gone
 
 

@@ -53,8 +53,8 @@ def test_tutorials_use_only_the_public_api():
         assert "kdnb.engine" not in source, f"{path.name} imports kdnb's internals"
 
 
-def test_the_six_tutorials_exist():
-    assert [p.name[:2] for p in TUTORIALS] == ["00", "01", "02", "03", "04", "05"]
+def test_the_seven_tutorials_exist():
+    assert [p.name[:2] for p in TUTORIALS] == ["00", "01", "02", "03", "04", "05", "06"]
 
 
 @pytest.mark.parametrize("path", TUTORIALS + EXERCISES + SOLUTIONS, ids=lambda p: p.name)

@@ -156,6 +156,18 @@ CASES["block_macs"] = (block_right, [
 ])
 
 
+def next_token_right(logits, ids, mask):
+    counts = mask[:, 1:].bool()
+    return F.cross_entropy(logits[:, :-1][counts], ids[:, 1:][counts])
+
+
+CASES["next_token_loss"] = (next_token_right, [
+    (lambda z, ids, m: F.cross_entropy(z[m.bool()], ids[m.bool()]), "predict the NEXT token"),
+    (lambda z, ids, m: F.cross_entropy(z[:, :-1].reshape(-1, z.shape[-1]), ids[:, 1:].reshape(-1)),
+     "leave out the positions whose next token is padding"),
+    (lambda z, ids, m: F.cross_entropy(z[:, :-1][m[:, :-1].bool()], ids[:, 1:][m[:, :-1].bool()]),
+     "attention_mask[:, 1:], not [:, :-1]"),
+])
 CASES["shrink_linear"] = (shrink_right, [
     (shrink_columns, "a hidden neuron is a ROW"),
     (shrink_no_bias, "keeps its bias"),

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import SequentialSampler
 
+from kdnb.engine import batches
 from kdnb.engine.device import eval_mode, model_device, to_device
 from kdnb.errors import KdnbError
 from kdnb.engine.distill.objectives import FrozenTeacher
 from kdnb.engine.evaluate import predict
-from kdnb.engine.objective import split_batch
 
 
 class Agreement:
@@ -49,9 +49,12 @@ class Agreement:
         logits, labels, teacher_pred = [], [], []
         with eval_mode(model):
             for batch in val:
-                x, y = split_batch(to_device(batch, model_device(model)))
-                logits.append(model(x).float().cpu())
-                teacher_pred.append(self.teacher(x).argmax(1).cpu())
+                args, kwargs, y = batches.split_batch(to_device(batch, model_device(model)))
+                out, y, where = batches.rows(model, batches.logits_of(batches.call_model(model, args, kwargs)),
+                                             y, kwargs)
+                teacher = self.teacher(*args, **kwargs)
+                logits.append(out.float().cpu())
+                teacher_pred.append((where.logits(teacher) if where is not None else teacher).argmax(1).cpu())
                 if y is not None:
                     labels.append(y.cpu())
         return torch.cat(logits), (torch.cat(labels) if labels else None), torch.cat(teacher_pred)

@@ -21,7 +21,7 @@ from torch.utils.data._utils.collate import default_collate
 from kdnb.engine.checks import numbered_batches
 from kdnb.engine.distributed import gather_shards, shard_range
 from kdnb.errors import KdnbError
-from kdnb.engine.objective import split_batch
+from kdnb.engine.batches import split_batch
 
 # Class-name fragments of random data augmentations (torchvision, albumentations, kornia...).
 RANDOM_NAMES = ("Random", "AutoAugment", "RandAugment", "TrivialAugment", "AugMix", "ColorJitter")
@@ -54,7 +54,7 @@ def reads_differ(dataset: Any, index: int = 0) -> bool:
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
         with torch.random.fork_rng(devices=[]):
-            first, second = split_batch(dataset[index])[0], split_batch(dataset[index])[0]
+            first, second = split_batch(dataset[index])[0][0], split_batch(dataset[index])[0][0]
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
@@ -76,8 +76,11 @@ def augmentation(data: Any) -> str | None:
     return "reading the same sample twice gave different inputs" if differ else None
 
 
-def cache_blocker(data: Any) -> str | None:
-    """Why teacher logits of ``data`` cannot be cached per sample, or None when they can."""
+def cache_blocker(data: Any, single: bool = True) -> str | None:
+    """Why teacher logits of ``data`` cannot be cached per sample, or None when they can (``single``: its batches
+    are (inputs, labels) of one input tensor and the teacher's logits one row per sample)."""
+    if not single:
+        return "the cache keeps one row of logits per sample of (inputs, labels) batches"
     dataset = getattr(data, "dataset", None)
     if not isinstance(data, DataLoader) or dataset is None:
         return "the data is not a torch DataLoader"
@@ -105,19 +108,24 @@ class SoftLabelled(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Any, Any, torch.Tensor]:
-        x, y = split_batch(self.dataset[index])
-        return x, y, self.logits[index]
+        return (*_input_and_label(self.dataset[index]), self.logits[index])
 
     def __getitems__(self, indices: list[int]) -> list[Any]:
         index = torch.as_tensor(indices)
         if isinstance(self.dataset, TensorDataset):
             # One gather per tensor gives what collating the samples one by one would, without the loop.
-            x, y = split_batch(tuple(tensor.index_select(0, index) for tensor in self.dataset.tensors))
+            x, y = _input_and_label(tuple(tensor.index_select(0, index) for tensor in self.dataset.tensors))
         else:
             read = getattr(self.dataset, "__getitems__", None)
             samples = read(indices) if read else [self.dataset[i] for i in indices]
-            x, y = split_batch(default_collate(samples))
+            x, y = _input_and_label(default_collate(samples))
         return [x, y, self.logits.index_select(0, index)]
+
+
+def _input_and_label(item: Any) -> tuple[Any, Any]:
+    """(input, label or None) of a sample or batch of one input tensor (the only kind the cache takes)."""
+    args, _, y = split_batch(item)
+    return args[0], y
 
 
 def _collated(batch: list[Any]) -> list[Any]:
@@ -141,7 +149,7 @@ def teacher_logits(teacher: Callable[[torch.Tensor], torch.Tensor], dataset: Any
     else:
         batches = DataLoader(Subset(dataset, read), batch_size=batch_size, shuffle=False)
     batches = numbered_batches(batches, lambda i: f"batch {i + 1} of the soft-label cache pass")  # one line if bad
-    rows = torch.cat([teacher(split_batch(batch)[0].to(device)).to("cpu", dtype) for _, batch in batches])
+    rows = torch.cat([teacher(_input_and_label(batch)[0].to(device)).to("cpu", dtype) for _, batch in batches])
     return gather_shards(rows[:keep], len(dataset))
 
 
@@ -155,14 +163,16 @@ def cached_loader(data: DataLoader, logits: torch.Tensor) -> DataLoader:
                       num_workers=data.num_workers, pin_memory=data.pin_memory, generator=data.generator)
 
 
-def decide(cache: Any, loader: DataLoader, augmented: str | None, features: bool) -> tuple[bool, str]:
+def decide(cache: Any, loader: DataLoader, augmented: str | None, features: bool,
+           single: bool = True) -> tuple[bool, str]:
     """Whether to cache, and how the run gets its soft labels, in words for the result.
 
     ``cache="auto"`` caches unless the loader is randomly augmented (``augmented`` says why), cannot
     be indexed per sample, or the method needs the teacher's features every step (``features``).
     Forcing the cache on augmented data warns that the soft labels go stale.
     """
-    blocker = "fitnets/at read the teacher's features every step" if features else cache_blocker(loader)
+    blocker = ("feature methods (fitnets, cosine, at) read the teacher's features every step" if features
+               else cache_blocker(loader, single))
     if cache is False:
         return False, "live teacher (cache=False)"
     if cache == "auto":

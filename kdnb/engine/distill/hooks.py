@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdnb.engine.batches import call_model, example_inputs
 from kdnb.errors import KdnbError, suggest
 from kdnb.engine.device import eval_mode
 
@@ -28,7 +29,8 @@ class Tap:
 
     def _recorder(self, name: str) -> Any:
         def record(module: nn.Module, inputs: Any, output: Any) -> None:
-            self.outputs[name] = output
+            # A layer of a library model may return a tuple (hidden states first): its first tensor.
+            self.outputs[name] = output if isinstance(output, torch.Tensor) else _first_tensor(output)
 
         return record
 
@@ -38,14 +40,21 @@ class Tap:
         self.handles, self.outputs = [], {}
 
 
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    items = output if isinstance(output, (tuple, list)) else getattr(output, "values", lambda: ())()
+    return next((item for item in items if isinstance(item, torch.Tensor)), None)
+
+
 @torch.no_grad()
-def output_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """The output shape of every named module of ``model`` on input ``x`` (one dry run, eval mode)."""
+def output_shapes(model: nn.Module, example: Any) -> dict[str, tuple[int, ...]]:
+    """The output shape of every named module of ``model`` on ``example`` (a tensor, a tuple of inputs or a
+    mapping of keyword inputs: one dry run, eval mode)."""
+    inputs = example_inputs(example)
     names = [name for name, _ in model.named_modules() if name]
     tap = Tap(model, names)
     try:
         with eval_mode(model):
-            model(x)
+            call_model(model, *inputs)
         return {name: tuple(out.shape) for name, out in tap.outputs.items() if isinstance(out, torch.Tensor)}
     finally:
         tap.remove()
@@ -96,15 +105,16 @@ def check_names(pairs: Any, method: str) -> list[tuple[str, str]]:
     return [(t, s) for t, s in pairs]
 
 
-def plan_features(teacher: nn.Module, student: nn.Module, x: torch.Tensor, pairs: FeaturePairs,
+def plan_features(teacher: nn.Module, student: nn.Module, example: Any, pairs: FeaturePairs,
                   method: str) -> nn.ModuleList:
-    """Dry run on ``x``: check every layer pair and return one adapter (or Identity) per pair.
+    """Dry run on ``example`` (as `output_shapes` takes it): check every layer pair and return one adapter (or
+    Identity) per pair.
 
     FitNets compares the features themselves, so channels may differ (an adapter maps them) but
     spatial sizes must match; attention transfer compares channel-summed maps, so only the
     spatial sizes must match and it needs no adapter.
     """
-    shapes = {"teacher": output_shapes(teacher, x), "student": output_shapes(student, x)}
+    shapes = {"teacher": output_shapes(teacher, example), "student": output_shapes(student, example)}
     adapters = nn.ModuleList()
     for names in pairs:
         for role, name in zip(("teacher", "student"), names):

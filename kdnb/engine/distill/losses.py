@@ -123,6 +123,25 @@ def fitnets(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> tor
     return F.mse_loss(student_feature, teacher_feature)
 
 
+def cosine(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+    """Cosine hidden-state loss, the L_cos of DistilBERT (Sanh et al. 2019, "DistilBERT, a distilled version of
+    BERT"):
+
+        L_cos = mean over rows of (1 - <r(h_s), h_t> / (||r(h_s)|| ||h_t||))
+
+    a row being one token's hidden state of features (N, T, d) (the paper's, per position), or one sample's
+    whole feature, flattened, of any other shape. Only the direction of the representation is matched, not its
+    scale, which a student of another width cannot copy anyway. ``student_feature`` is already r(h_s), through the
+    adapter where the widths differ. Cost: O(elements) time, one pass.
+    """
+    if student_feature.dim() == 3:
+        width = student_feature.shape[-1]
+        s, t = student_feature.reshape(-1, width), teacher_feature.reshape(-1, width)
+    else:
+        s, t = student_feature.flatten(1), teacher_feature.flatten(1)
+    return (1 - F.cosine_similarity(s, t, dim=1)).mean()
+
+
 def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """Spatial attention map of Zagoruyko & Komodakis 2017, "Paying More Attention to Attention":
 

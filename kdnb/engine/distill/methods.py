@@ -3,7 +3,8 @@
 A record names the method, the formula of `losses` a training step calls, the terms that formula
 reports, its default weights and what it needs (the teacher's features, a label on every sample).
 The objective, the checks of `distill`, the magics' help and the docs read this registry; adding a
-method is one formula in `losses` plus one `register(Method(...))` here.
+method is one formula in `losses` plus one `register_method(Method(...))` here (from outside:
+`kdnb.register_method`).
 """
 from __future__ import annotations
 
@@ -73,9 +74,27 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
-def register(method: Method) -> Method:
+def register_method(method: Method, *, replace: bool = False) -> Method:
+    """Add ``method`` to the registry: ``kdnb.distill(method=method.name)`` then runs it, and the checks, the
+    magics' help and the charts know it. A name already taken is refused unless ``replace=True``.
+
+    A method is one formula (``formula``, whose docstring states it) and its ``loss(step: Step) -> tensor``;
+    e.g. ``kdnb.register_method(Method("mse_logits", "MSE on logits", "Ba & Caruana 2014", mse, lambda st:
+    mse(st.s, st.t), ("mse",), 0.0, 0.0, "none"))``."""
+    if not isinstance(method, Method):
+        raise KdnbError(f"register_method takes a Method record, got {type(method).__name__}; pass e.g. "
+                        "Method(name, label, paper, formula, loss, terms, alpha, beta, weights)")
+    if not isinstance(method.name, str) or not method.name or method.name.split() != [method.name]:
+        raise KdnbError(f"a method's name should be one word (it is the method= string), got {method.name!r}; "
+                        "pass e.g. name='my_kd'")
+    if method.name in METHODS and not replace:
+        raise KdnbError(f"method {method.name!r} is already registered; pass replace=True to replace it, or "
+                        "choose another name")
+    if not callable(method.loss) or not callable(method.formula):
+        raise KdnbError(f"method {method.name!r}: formula and loss should be functions (loss(step) -> tensor)")
     METHODS[method.name] = method
     return method
+
 
 
 def get(name: object) -> Method:
@@ -98,11 +117,14 @@ def _kd(step: Step) -> torch.Tensor:
 
 _KD_WEIGHTS = "alpha: hard-label CE (1 - alpha: the soft term); beta: the feature term"
 
-register(Method("kd", "KD (soft labels)", "Hinton, Vinyals & Dean 2015", losses.kd, _kd, ("ce", "kd"),
+register_method(Method("kd", "KD (soft labels)", "Hinton, Vinyals & Dean 2015", losses.kd, _kd, ("ce", "kd"),
                 0.5, 0.0, "alpha: hard-label CE (1 - alpha: the soft term)"))
-register(Method("fitnets", "FitNets (hints + KD)", "Romero et al. 2015", losses.kd, _kd, ("ce", "kd", "hint"),
+register_method(Method("fitnets", "FitNets (hints + KD)", "Romero et al. 2015", losses.kd, _kd, ("ce", "kd", "hint"),
                 0.5, 1.0, _KD_WEIGHTS, feature_loss=losses.fitnets, feature_term="hint"))
-register(Method("at", "attention transfer + KD", "Zagoruyko & Komodakis 2017", losses.kd, _kd, ("ce", "kd", "at"),
+register_method(Method("cosine", "cosine hidden states + KD", "Sanh et al. 2019 (DistilBERT)", losses.kd, _kd,
+                ("ce", "kd", "cos"), 0.5, 1.0, _KD_WEIGHTS, feature_loss=losses.cosine, feature_term="cos"))
+register_method(Method("at", "attention transfer + KD", "Zagoruyko & Komodakis 2017", losses.kd, _kd,
+                       ("ce", "kd", "at"),
                 0.5, 1.0, _KD_WEIGHTS, feature_loss=losses.at, feature_term="at"))
 
 
@@ -115,7 +137,7 @@ def _dkd(step: Step) -> torch.Tensor:
                                        terms=step.terms)
 
 
-register(Method("dkd", "DKD (decoupled KD)", "Zhao et al. 2022", losses.dkd, _dkd, ("ce", "tckd", "nckd"),
+register_method(Method("dkd", "DKD (decoupled KD)", "Zhao et al. 2022", losses.dkd, _dkd, ("ce", "tckd", "nckd"),
                 1.0, 8.0, "alpha: TCKD; beta: NCKD (Zhao et al.'s CIFAR values)",
                 mixup=False))  # a mixed input has no single target class to decouple around
 
@@ -125,7 +147,7 @@ def _pseudo(step: Step) -> torch.Tensor:
                                terms=step.terms)
 
 
-register(Method("pseudo", "hard pseudo-labels", "Lee 2013", losses.pseudo_label, _pseudo, ("ce", "pseudo"),
+register_method(Method("pseudo", "hard pseudo-labels", "Lee 2013", losses.pseudo_label, _pseudo, ("ce", "pseudo"),
                 0.5, 0.0, "alpha: hard-label CE (1 - alpha: CE with the teacher's top-1 class)", baseline=True))
 
 
@@ -137,5 +159,5 @@ def _scratch(step: Step) -> torch.Tensor:
 
 
 # The fair baseline: the same student, steps, optimizer, schedule and augmentation, hard labels only.
-register(Method("scratch", "scratch (hard labels)", "", losses.hard_ce, _scratch, ("ce",), 1.0, 0.0,
+register_method(Method("scratch", "scratch (hard labels)", "", losses.hard_ce, _scratch, ("ce",), 1.0, 0.0,
                 "none", needs_teacher=False, baseline=True))

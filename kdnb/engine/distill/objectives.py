@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdnb.engine import checks
+from kdnb.engine import batches, checks
 from kdnb.engine.device import model_device
 from kdnb.engine.distill import augment, losses, methods
 from kdnb.engine.distill.augment import Augmentation
 from kdnb.engine.distill.hooks import Tap
 from kdnb.engine.distill.options import check_augment, check_mixup, check_weights
-from kdnb.engine.objective import StepOutput, split_batch
+from kdnb.engine.objective import StepOutput
 
 
 class FrozenTeacher:
@@ -43,21 +43,24 @@ class FrozenTeacher:
             self.model.to(device)
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if model_device(self.model) != x.device:
-            self.model.to(x.device)
-        return self.model(x).float()
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The teacher's logits on one batch's inputs, called as the model is (it follows them to their device)."""
+        device = batches.tensors(args, kwargs)[0].device
+        if model_device(self.model) != device:
+            self.model.to(device)
+        return batches.logits_of(batches.call_model(self.model, args, kwargs)).float()
 
 
 class Distillation(nn.Module):
     """``objective(student, batch) -> StepOutput`` for any method of the registry (`methods`).
 
     One step: draw the batch's random view (``augment``, then ``mixup``), which the teacher and the
-    student both see; the teacher's logits come from the cache (``cached=True``: the batch is
+    student both see (the batch's inputs as `kdnb.engine.batches` reads them; sequence logits compared per
+    token over the positions that count); the teacher's logits come from the cache (``cached=True``: the batch is
     ``(x, y, teacher_logits)``, only without augmentation) or from the frozen teacher run live on
-    that very view; the loss is the method's formula from `losses` (see `methods`), plus, for
-    fitnets/at, beta * the feature loss summed over the layer pairs. For DKD, w = min((epoch + 1) /
-    warmup, 1) ramps the DKD term up (the paper's warm-up).
+    that very view; the loss is the method's formula from `losses` (see `methods`), plus, for the feature
+    methods (fitnets, cosine, at), beta * the feature loss summed over the layer pairs. For DKD,
+    w = min((epoch + 1) / warmup, 1) ramps the DKD term up (the paper's warm-up).
 
     With ``unlabelled=True`` (a transfer set), labels of -1 mark inputs without a label: they enter
     every term but CE. As a subscriber of the run (pass it in ``callbacks``) it follows the epoch
@@ -81,21 +84,25 @@ class Distillation(nn.Module):
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
 
     def forward(self, model: nn.Module, batch: Any) -> StepOutput:
-        x, y = split_batch(batch)
-        if self.augment is not None:
-            x = self.augment(x)
+        args, kwargs, y = batches.split_batch(batch[:2] if self.cached else batch)  # cached: (x, y, teacher logits)
+        if self.augment is not None:  # augment and mixup: batches of one input tensor (checked at the entry)
+            args = (self.augment(args[0]),)
         mix = None
         if self.mixup:
-            x, mix = augment.mixup(x, y, self.mixup)
-        s = model(x)
+            x, mix = augment.mixup(args[0], y, self.mixup)
+            args = (x,)
+        s = batches.logits_of(batches.call_model(model, args, kwargs))
         self.steps += 1
-        if y is not None and s.dim() == 2:  # each batch's labels, as the loop checks plain training's
-            known = y[y != losses.UNLABELLED] if self.unlabelled else y
-            checks.check_labels(known, s.shape[1], len(known), f"in training step {self.steps} of this run (the "
-                                "student is restored)")
         t = None
         if self.spec.needs_teacher:
-            t = batch[2].to(s.dtype) if self.cached else self.teacher(x)
+            t = batch[2].to(s.dtype) if self.cached else self.teacher(*args, **kwargs)
+        if s.dim() > 2:  # per token: the positions that count, the same rows of teacher and student
+            where = batches.positions(model, s, y, kwargs)
+            s, y, t = where.logits(s), where.labels(y), (where.logits(t) if t is not None else None)
+        if y is not None and s.dim() == 2:  # each batch's labels, as the loop checks plain training's
+            known = y[y != losses.UNLABELLED] if self.unlabelled else y
+            checks.check_labels(known, (len(known), s.shape[1]), f"in training step {self.steps} of this run (the "
+                                "student is restored)")
         terms: dict[str, torch.Tensor] = {}
         ramp = min((self.epoch + 1) / self.warmup, 1.0)
         step = methods.Step(s, t, y, self.temperature, self.alpha, self.beta, ramp=ramp, mix=mix,

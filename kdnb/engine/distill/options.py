@@ -153,7 +153,7 @@ def check_transfer_fits(transfer: Any, x: torch.Tensor) -> None:
         sample = transfer
     else:
         sample = checks.first_batch(transfer, "transfer")
-        sample = sample if isinstance(sample, torch.Tensor) else checks.check_batch(sample, "transfer")[0]
+        sample = sample if isinstance(sample, torch.Tensor) else checks.check_batch(sample, "transfer")[0][0]
     if sample.shape[1:] != x.shape[1:] or sample.dtype != x.dtype:
         raise KdnbError(f"transfer inputs are {tuple(sample.shape[1:])} {sample.dtype} per sample but data's are "
                         f"{tuple(x.shape[1:])} {x.dtype}; pass transfer inputs shaped like the data's")

@@ -9,14 +9,14 @@ baselines (scratch, pseudo-labels: the same steps, optimizer, schedule and augme
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from kdnb.engine import checks
+from kdnb.engine import batches, checks
 from kdnb.engine.device import resolve_device, to_device
 from kdnb.engine.distill import augment as augmentations
 from kdnb.engine.distill import cache as soft_cache
@@ -26,9 +26,9 @@ from kdnb.engine.distill.objectives import Distillation, FrozenTeacher
 from kdnb.engine.distill.result import DistillResult, SeedRun
 from kdnb.engine.distill.transfer import with_transfer
 from kdnb.errors import KdnbError
+from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.history import History
 from kdnb.engine.loop import SETTINGS, OptimizerSpec, Settings, fit
-from kdnb.engine.objective import split_batch
 
 
 def distill(
@@ -71,12 +71,13 @@ def distill(
         data: training ``DataLoader`` of ``(inputs, labels)``.
         val: validation loader; each epoch logs val loss, accuracy and top-1 agreement with the teacher.
         method: a name of the registry `kdnb.engine.distill.methods`: "kd" (Hinton et al. 2015),
-            "fitnets" (Romero et al. 2015), "at" (Zagoruyko & Komodakis 2017) or "dkd" (Zhao et al.
-            2022); formulas in `kdnb.engine.distill.losses`.
+            "fitnets" (Romero et al. 2015), "cosine" (DistilBERT's cosine on hidden states, Sanh et al. 2019),
+            "at" (Zagoruyko & Komodakis 2017), "dkd" (Zhao et al. 2022), or one registered with
+            `kdnb.register_method`; formulas in `kdnb.engine.distill.losses`.
         temperature: T of the soft labels softmax(logits / T); higher T shows more of how classes relate.
-        alpha: kd/fitnets/at: weight of the hard-label CE, 1 - alpha weighs the soft term
+        alpha: kd/fitnets/cosine/at: weight of the hard-label CE, 1 - alpha weighs the soft term
             (default 0.5); dkd: weight of TCKD (default 1.0).
-        beta: fitnets/at: weight of the feature term (default 1.0); dkd: weight of NCKD (default 8.0).
+        beta: fitnets/cosine/at: weight of the feature term (default 1.0); dkd: weight of NCKD (default 8.0).
         epochs: passes over the training set (data, plus the transfer set if any): the budget.
         baseline: True or "scratch": also train the same student from the same initial weights on
             hard labels only, with the same optimizer, lr, schedule, seed, augmentation and number
@@ -89,7 +90,7 @@ def distill(
         transfer: extra unlabelled inputs (a DataLoader, e.g. `kdnb.datasets.transfer_set`, or a
             tensor) that the teacher labels; shuffled in with ``data``, where their label is -1 and
             only the soft term (not CE) sees them; DKD takes the teacher's top-1 class as their target.
-        features: fitnets/at: ``[(teacher_layer, student_layer), ...]`` module names (as in
+        features: fitnets/cosine/at: ``[(teacher_layer, student_layer), ...]`` module names (as in
             ``model.named_modules()``) whose outputs are matched; tapped with forward hooks.
         warmup: dkd: epochs of the linear ramp of the DKD term (default: a tenth of ``epochs``, >= 1).
         augment: consistent teaching (Beyer et al. 2022): "digits", "mnist1d" (built-in
@@ -216,20 +217,21 @@ def _prepare(teacher: nn.Module, student: nn.Module, data: Iterable, val: Iterab
     frozen = FrozenTeacher(teacher, device)
     initial, trained = copy.deepcopy(student), copy.deepcopy(student).to(device)
     batch = to_device(checks.first_batch(data, "data"), device)
-    num_classes = _check_pair(frozen.model, trained, batch, device)
+    num_classes, per_token = _check_pair(frozen.model, trained, batch, device)
     checks.check_labels_in_range(data, num_classes)
     if val is not None:
         checks.check_data_fits(trained, val, "val")
+    single = _single_input(batch, opts)
     if opts.transfer is not None:
-        options.check_transfer_fits(opts.transfer, split_batch(batch)[0])
+        options.check_transfer_fits(opts.transfer, single)
     if opts.augment is not None:
-        augmentations.check(opts.augment, split_batch(batch)[0])
+        augmentations.check(opts.augment, single)
     if seed is not None:
         torch.manual_seed(seed)  # the adapters' initial weights
-    x = split_batch(batch)[0][:2]
-    adapters = hooks.plan_features(frozen.model, trained, x, opts.pairs, opts.method) if opts.pairs else None
+    example = batches.as_example(*batches.first_rows(*checks.check_batch(batch)[:2], 2))
+    adapters = hooks.plan_features(frozen.model, trained, example, opts.pairs, opts.method) if opts.pairs else None
     loader = with_transfer(data, opts.transfer) if opts.transfer is not None else data
-    cached, how = _soft_labels(opts, frozen, loader, data)
+    cached, how = _soft_labels(opts, frozen, loader, data, single is not None and not per_token)
     if cached:
         dtype = torch.float16 if opts.cache == "fp16" else torch.float32
         logits = soft_cache.teacher_logits(frozen, loader.dataset, loader.batch_size or 64, device, dtype)
@@ -238,14 +240,30 @@ def _prepare(teacher: nn.Module, student: nn.Module, data: Iterable, val: Iterab
     return _Plan(frozen, initial, trained, loader, cached, how, adapters, agreement)
 
 
-def _soft_labels(opts: _Options, frozen: FrozenTeacher, loader: Iterable, data: Iterable) -> tuple[bool, str]:
-    """Whether to cache the teacher's logits, and where the soft labels come from, in words."""
+def _single_input(batch: Any, opts: _Options) -> torch.Tensor | None:
+    """The one input tensor of an (inputs, labels) batch, else None; a transfer set, augment and mixup need one
+    (they make and mix input tensors), so with them another batch is a one-line error."""
+    args, kwargs, _ = checks.check_batch(batch, "data")
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    needs = [name for name, given in (("transfer", opts.transfer is not None), ("augment", opts.augment is not None),
+                                      ("mixup", bool(opts.mixup))) if given]
+    if needs:
+        raise KdnbError(f"{needs[0]}= needs batches of (inputs, labels) with one input tensor, but data's batches "
+                        f"hold {batches.describe(args, kwargs)}; pass {needs[0]}=None")
+    return None
+
+
+def _soft_labels(opts: _Options, frozen: FrozenTeacher, loader: Iterable, data: Iterable,
+                 single: bool) -> tuple[bool, str]:
+    """Whether to cache the teacher's logits (``single``: the batches are (inputs, labels) of one tensor and
+    the logits one row per sample), and where the soft labels come from, in words."""
     drawn = augmentations.describe(opts.augment, opts.mixup)
     if drawn is not None:  # each step is a new view: the teacher labels it live (consistent teaching)
         return False, f"live teacher (consistent teaching: {drawn})"
     augmented = soft_cache.augmentation(data) or (
         soft_cache.augmentation(opts.transfer) if opts.transfer is not None else None)
-    return soft_cache.decide(opts.cache, loader, augmented, features=bool(opts.pairs))
+    return soft_cache.decide(opts.cache, loader, augmented, features=bool(opts.pairs), single=single)
 
 
 def _one_seed(teacher: nn.Module, student: nn.Module, data: Iterable, val: Iterable | None, opts: _Options,
@@ -344,14 +362,23 @@ def _same_steps(epochs: int, loader: Iterable, data: Iterable) -> int:
         return epochs
 
 
-def _check_pair(teacher: nn.Module, student: nn.Module, batch: Any, device: torch.device) -> int:
-    """Both models run on the first batch and output the same number of classes; returns it."""
-    x, y = checks.check_batch(batch, "data")
+def _check_pair(teacher: nn.Module, student: nn.Module, batch: Any, device: torch.device) -> tuple[int, bool]:
+    """Both models run on the first batch and output logits of the same shape; returns (classes, whether the
+    logits are per token)."""
+    args, kwargs, y = checks.check_batch(batch, "data")
     if y is None:
+        if isinstance(batch, Mapping):
+            checks.check_labelled(batch, y, "data", "distillation's hard-label term")
         raise KdnbError("data should yield (inputs, labels) batches; pass unlabelled inputs as transfer= instead")
     classes = checks.check_model_fits_data(teacher, batch, device, what="teacher")
-    student_classes = checks.check_model_fits_data(student, (x,), device, what="student")  # sizes first, then labels
-    if student_classes != classes:
-        raise KdnbError(f"teacher outputs {classes} classes but student outputs {student_classes}; "
+    with eval_mode(student), torch.no_grad():  # sizes first, then labels
+        logits = checks.logits_of(student, args, kwargs, "student")
+    with eval_mode(teacher), torch.no_grad():
+        teacher_shape = checks.logits_of(teacher, args, kwargs, "teacher").shape
+    if logits.shape[-1] != classes:
+        raise KdnbError(f"teacher outputs {classes} classes but student outputs {logits.shape[-1]}; "
                         f"give the student's last layer {classes} outputs")
-    return classes
+    if logits.shape != teacher_shape:
+        raise KdnbError(f"teacher's logits are {tuple(teacher_shape)} but student's {tuple(logits.shape)} on the same "
+                        "batch; the student should output one row of logits per sample (or per token) as the teacher")
+    return classes, logits.dim() > 2

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdnb.errors import KdnbError
 from kdnb.engine.distill.losses import UNLABELLED
-from kdnb.engine.objective import split_batch
+from kdnb.engine.batches import split_batch
 
 
 class WithTransfer(Dataset):
@@ -27,10 +27,10 @@ class WithTransfer(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         if index < len(self.labelled):
-            x, y = split_batch(self.labelled[index])
-            return x, torch.as_tensor(y, dtype=torch.int64)
-        x, _ = split_batch(self.transfer[index - len(self.labelled)])
-        return x, torch.tensor(UNLABELLED, dtype=torch.int64)
+            args, _, y = split_batch(self.labelled[index])
+            return args[0], torch.as_tensor(y, dtype=torch.int64)
+        args, _, _ = split_batch(self.transfer[index - len(self.labelled)])
+        return args[0], torch.tensor(UNLABELLED, dtype=torch.int64)
 
 
 def with_transfer(data: DataLoader, transfer: Any) -> DataLoader:

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from kdnb.engine import checks
-from kdnb.engine.device import resolve_device
+from kdnb.engine.batches import call_example
+from kdnb.engine.device import resolve_device, to_device
 from kdnb.engine.loop import SETTINGS, Settings
-from kdnb.engine.prune.graph.groups import PRUNABLE, example_to, forward
+from kdnb.engine.prune.graph.groups import PRUNABLE
 from kdnb.engine.prune.schedule import schedules
 from kdnb.engine.prune.score import calibration
 from kdnb.engine.prune.score.criteria import REGISTRY
@@ -136,7 +137,7 @@ def check_inputs(model: nn.Module, data: Iterable | None, val: Iterable | None, 
     if example is not None and structured:
         with checks.eval_mode(model), torch.no_grad():
             try:
-                out = forward(model, example_to(example, checks.model_device(model)))
+                out = call_example(model, to_device(example, checks.model_device(model)))
             except Exception:  # noqa: BLE001 - the tracer runs it again and names the failing layer
                 out = torch.empty(0)
         checks.check_tensor_output(out, compared)

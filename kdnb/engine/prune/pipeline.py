@@ -12,18 +12,18 @@ import torch
 from torch import nn
 
 from kdnb.engine import checks, distributed, loop
-from kdnb.engine.device import model_device, resolve_device
+from kdnb.engine.device import model_device, resolve_device, to_device
 from kdnb.engine.distill import kd_objective
 from kdnb.errors import KdnbError, warn
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Callback, RunState
 from kdnb.engine.history import History
-from kdnb.engine.objective import split_batch
+from kdnb.engine.batches import example_of
 from kdnb.engine.prune import arguments
 from kdnb.engine.prune.cut.channels import remove_channels
 from kdnb.engine.prune.graph import library
 from kdnb.engine.prune.cut.masks import apply_masks, clone, comparable, connected, current_masks, make_permanent
-from kdnb.engine.prune.graph.groups import (channel_groups, check_structured_support, dependency_graph, example_to, keep_vectors,
+from kdnb.engine.prune.graph.groups import (channel_groups, check_structured_support, dependency_graph, keep_vectors,
                                             masks_from_keep, prunable_count, prunable_weights)
 from kdnb.engine.prune.rebuild.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
@@ -73,7 +73,7 @@ class _Run:
     reconstruct: bool
     rounds: int
     steps: int
-    example: torch.Tensor | None
+    example: Any  # a tensor, a tuple of inputs or a mapping of keyword inputs (None: none)
     weights: dict[str, torch.Tensor]
     home: torch.device
     device: torch.device
@@ -117,7 +117,7 @@ def prune(
     steps: int | None = None,
     distill: bool = False,
     inplace: bool = False,
-    example: torch.Tensor | None = None,
+    example: Any = None,
     prune_again: bool = False,
     control: bool = False,
     temperature: float = 4.0,
@@ -213,7 +213,8 @@ def prune(
         steps: rounds or updates (default 1 / 3 / 30 for oneshot / iterative / agp).
         distill: fine-tune with the unpruned model as teacher (Hinton KD, ``temperature``, ``alpha``).
         inplace: prune ``model`` itself instead of a copy.
-        example: an input batch for structured tracing; by default the first batch of ``data``.
+        example: an input batch for structured tracing: a tensor, a tuple of inputs or a mapping of keyword
+            inputs (as the model takes them); by default the first batch of ``data``.
         prune_again: allow pruning a model that is already a `prune` result (never by accident).
         control: also fine-tune an unpruned copy for the same epochs, the control of Blalock et al. 2020.
         slimming_epochs, slimming_l1: the L1-on-BatchNorm-scales training phase of network slimming.
@@ -276,7 +277,7 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
             raise KdnbError("structured pruning needs an example input to trace the model: pass data= "
                             "(its first batch is used) or example=torch.randn(1, ...)")
     if example is None and data is not None:
-        example = split_batch(checks.first_batch(data))[0]
+        example = example_of(checks.first_batch(data))
     return _Run(options, record, reconstruct, rounds, steps, example, weights, model_device(model),
                 resolve_device(options["device"]))
 
@@ -450,7 +451,7 @@ def _cut(run: _Run, target: float, resolve: bool, predictions: bool = False) -> 
     # the re-solve reproduces the unpruned model, or the fine-tuned one once training has moved it
     trained = bool(run.runs) or run.schedule == "agp"
     reference = (plain if trained else run.dense) if resolve else None
-    example = example_to(run.example, model_device(plain)) if run.example is not None else None
+    example = to_device(run.example, model_device(plain)) if run.example is not None else None
     scores = _every_layer_scored(run, plain, _scored(run, plain, example), example)
     pruned = current_masks(run.work)
     if run.structured:
@@ -572,7 +573,7 @@ def _finish(run: _Run) -> PruneResult:
     if run.structured:
         make_permanent(work)
         try:
-            remove_channels(work, run.removed, example_to(run.example, model_device(work)))  # type: ignore[union-attr]
+            remove_channels(work, run.removed, to_device(run.example, model_device(work)))
         except KeyboardInterrupt:  # half-deleted layers are no model; an in-place prune is restored at the entry
             raise KeyboardInterrupt("prune was interrupted while deleting the removed channels; nothing was "
                                     "changed") from None
@@ -598,7 +599,8 @@ def _finish(run: _Run) -> PruneResult:
                        steps=run.steps, target=run.sparsity, sparsity=reached, finetune=run.finetune,
                        distill=run.distill, history=_merge(run.runs, run.interrupted), trajectory=run.trajectory,
                        dense_accuracy=run.accuracy(run.dense), val=run.val,
-                       example=example_to(run.example, "cpu") if run.example is not None else None, control=control_model,
+                       example=to_device(run.example, torch.device("cpu")) if run.example is not None else None,
+                       control=control_model,
                        channels=_channels(run.dense, work) if run.structured else {},
                        reconstructed=run.reconstruct, pattern=run.pattern,
                        ranking=run.options.get("ranking"), max_layer_sparsity=_layer_cap(run))

@@ -58,7 +58,7 @@ class PruneResult(Result):
     trajectory: list[dict[str, Any]]
     dense_accuracy: float | None = None
     val: Iterable | None = None
-    example: torch.Tensor | None = None
+    example: Any = None  # a tensor, a tuple of inputs or a mapping of keyword inputs
     control: nn.Module | None = None
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)
     reconstructed: bool = False

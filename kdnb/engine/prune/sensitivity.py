@@ -12,7 +12,7 @@ from torch import nn
 from kdnb.engine import checks
 from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import evaluate
-from kdnb.engine.objective import split_batch
+from kdnb.engine.batches import example_of
 from kdnb.engine.prune import arguments
 from kdnb.engine.prune.graph.groups import keep_vectors, masks_from_keep
 from kdnb.engine.prune.result import SensitivityResult
@@ -42,7 +42,7 @@ def sensitivity(
     data: Iterable | None = None,
     structured: bool = False,
     layers: Sequence[str] | None = None,
-    example: torch.Tensor | None = None,
+    example: Any = None,
     optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
     lr: float = 1e-3,
     scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
@@ -63,7 +63,8 @@ def sensitivity(
         val: labelled loader to evaluate on.
         sparsities: the sparsities to try, each in [0, 1).
         criterion: as in `prune`; taylor, hessian and slimming need ``data``.
-        example: an input batch to trace the model (structured); by default the first batch of data or val.
+        example: an input batch to trace the model (structured): a tensor, a tuple of inputs or a mapping of
+            keyword inputs; by default the first batch of data or val.
         layers: names to analyse (weight names like "1.weight", or, structured, layer names like "1");
             default all.
         optimizer, lr, scheduler, amp, grad_clip, device, seed, callbacks: the training settings, as in
@@ -73,7 +74,7 @@ def sensitivity(
     sparsities = arguments.check_sensitivity(model, val, dict(locals()))
     with calibration.loaders_untouched(data, val):  # scoring and evaluating draw batches; the shuffling stays
         if structured and example is None:
-            example = split_batch(checks.first_batch(data if data is not None else val))[0]
+            example = example_of(checks.first_batch(data if data is not None else val))
         scores = importance(model, criterion, data, structured=structured, example=example, seed=seed, lr=lr,
                             device=device, callbacks=callbacks)
         known = list(scores.channels if structured else scores.weights)
@@ -91,7 +92,7 @@ def _accuracies(scores: Scores, layers: list[str], sparsities: list[float], val:
                 ) -> tuple[dict[str, list[float]], float]:
     """Val accuracy with each layer alone masked at each sparsity, and with none masked."""
     net = copy.deepcopy(scores.model).cpu().eval()
-    params = dict(net.named_parameters())
+    params = dict(net.named_parameters(remove_duplicate=False))  # a tied weight under each of its names
     accuracy: dict[str, list[float]] = {}
     for layer in layers:
         accuracy[layer] = []

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from kdnb.errors import KdnbError
+from kdnb.engine import batches
 from kdnb.engine.device import eval_mode
 from kdnb.engine.prune.graph import library
 
@@ -41,30 +42,9 @@ Example = Any  # an input batch: a tensor, a tuple of positional inputs, or a ma
 
 
 def forward(model: nn.Module, example: Example) -> torch.Tensor:
-    """The model's logits on ``example``: called with the tensor, the tuple's items as positional inputs, or the
-    mapping's as keyword inputs (HuggingFace style); the output's ``.logits`` / ``"logits"`` or first tensor."""
-    if isinstance(example, Mapping):
-        out = model(**example)
-    elif isinstance(example, (tuple, list)):
-        out = model(*example)
-    else:
-        out = model(example)
-    return logits(out)
-
-
-def logits(output: Any) -> torch.Tensor:
-    """The tensor a model's output stands for: itself, its ``logits`` (attribute or key), or its first tensor."""
-    if isinstance(output, torch.Tensor):
-        return output
-    found = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
-    if isinstance(found, torch.Tensor):
-        return found
-    items = output.values() if isinstance(output, Mapping) else output if isinstance(output, (tuple, list)) else ()
-    first = next((item for item in items if isinstance(item, torch.Tensor)), None)
-    if first is None:
-        raise KdnbError(f"the model returns a {type(output).__name__} holding no tensor; structured pruning compares "
-                        "its logits -- make its forward return them")
-    return first
+    """The model's logits on ``example`` (`kdnb.engine.batches`: called with the tensor, the tuple's items or the
+    mapping's keyword inputs; the output's ``.logits`` / ``"logits"`` / first tensor)."""
+    return batches.logits_of(batches.call_example(model, example))
 
 
 def map_example(example: Example, function) -> Example:
@@ -74,29 +54,6 @@ def map_example(example: Example, function) -> Example:
     if isinstance(example, (tuple, list)):
         return type(example)(map_example(value, function) for value in example)
     return function(example) if isinstance(example, torch.Tensor) else example
-
-
-def example_to(example: Example, device: torch.device | str) -> Example:
-    return map_example(example, lambda t: t.to(device))
-
-
-def first_rows(example: Example, rows: int) -> Example:
-    """The first ``rows`` samples of ``example`` (every tensor cut along its batch dimension)."""
-    return map_example(example, lambda t: t[:rows] if t.dim() else t)
-
-
-def batch_size(example: Example) -> int:
-    """Samples in ``example``: the length of its first tensor."""
-    sizes: list[int] = []
-    map_example(example, lambda t: sizes.append(len(t)) if t.dim() else None)
-    return sizes[0] if sizes else 1
-
-
-def example_shape(example: Example) -> Any:
-    """Shapes of the example's tensors, for messages."""
-    if isinstance(example, torch.Tensor):
-        return tuple(example.shape)
-    return map_example(example, lambda t: tuple(t.shape))
 
 
 @dataclass
@@ -208,9 +165,9 @@ def dependency_graph(model: nn.Module, example: Example):  # -> tp.DependencyGra
     except (RuntimeError, TypeError, ValueError, AssertionError, ZeroDivisionError, IndexError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         where = f" at layer {running[-1]!r}" if running else ""
-        raise KdnbError(f"structured pruning could not trace the model on an input of shape "
-                        f"{example_shape(example)}{where}: {first}; pass example= an input the model accepts, "
-                        "or use structured=False") from None
+        shape = batches.describe(*batches.example_inputs(example))
+        raise KdnbError(f"structured pruning could not trace the model on an input of shape {shape}{where}: {first}; "
+                        "pass example= an input the model accepts, or use structured=False") from None
     finally:
         model.train(was_training)
         for hook in hooks:
@@ -563,7 +520,7 @@ def macs_per_weight(model: nn.Module, example: torch.Tensor) -> dict[str, float]
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE):
             layer = sum(flops.get(f"{root}.{name}" if name else root, {}).values())
-            found[f"{name}.weight" if name else "weight"] = layer / 2 / batch_size(example) / module.weight.numel()
+            found[f"{name}.weight" if name else "weight"] = layer / 2 / batches.example_rows(example) / module.weight.numel()
     return found
 
 
@@ -641,20 +598,20 @@ def _breaking_roots(model: nn.Module, groups: list[ChannelGroup], example: torch
     if example is None or not candidates:
         return set()
     with eval_mode(model), torch.no_grad():
-        expected = forward(model, first_rows(example, 2)).shape
+        expected = forward(model, batches.first_example_rows(example, 2)).shape
 
     def runs(subset: list[ChannelGroup]) -> bool:
         copy = deepcopy(model).eval()
         layouts, _ = attention_layers(copy)
         grouped = grouped_attention(layouts)
         try:
-            graph = dependency_graph(copy, first_rows(example, 2))
+            graph = dependency_graph(copy, batches.first_example_rows(example, 2))
             for group in subset:
                 idxs = [0] if group.units is None else torch.nonzero(group.units == 0).flatten().tolist()
                 delete_channels(graph, copy.get_submodule(group.root), idxs, grouped)
             update_heads(layouts)
             with torch.no_grad():
-                return forward(copy, first_rows(example, 2)).shape == expected
+                return forward(copy, batches.first_example_rows(example, 2)).shape == expected
         except (RuntimeError, ValueError, AssertionError, ZeroDivisionError, IndexError, TypeError, KdnbError):
             return False
 
@@ -682,7 +639,7 @@ def _consistent(model: nn.Module, group: ChannelGroup, example: torch.Tensor | N
                 for s in group.slices:
                     if s.consumer == stage and s.param in params:
                         params[s.param].index_fill_(s.dim, s.index[s.channel == 0], 0.0)
-                outputs.append(forward(model, first_rows(example, 2)).float())
+                outputs.append(forward(model, batches.first_example_rows(example, 2)).float())
         finally:
             for name, value in saved.items():
                 params[name].copy_(value)

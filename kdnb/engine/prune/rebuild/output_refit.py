@@ -31,10 +31,13 @@ up to `ITERATIONS` L-BFGS steps of a few ``rows x d x classes`` products; a laye
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdnb.engine.batches import call_example, logits_of
 from kdnb.engine.device import eval_mode, model_device, to_device
 
 
@@ -117,21 +120,21 @@ def refit_output(weight: torch.Tensor, bias: torch.Tensor, keep: torch.Tensor, b
 
 
 @torch.no_grad()
-def output_data(model: nn.Module, dense: nn.Module, name: str, batches: list[torch.Tensor]
+def output_data(model: nn.Module, dense: nn.Module, name: str, examples: list[Any]
                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The inputs ``a`` of layer ``name`` in ``model`` and the logits of ``dense`` on ``batches``, both fp64 and
+    """The inputs ``a`` of layer ``name`` in ``model`` and the logits of ``dense`` on ``examples``, both fp64 and
     one row per prediction (a sequence model's every token), when that layer's outputs are the model's and its
     refit `fits` the bounds; else None."""
     capture = OutputCapture(model, name)
     try:
         with eval_mode(model), eval_mode(dense):
-            outputs = [model(to_device(x, model_device(model))) for x in batches]
+            outputs = [logits_of(call_example(model, to_device(x, model_device(model)))) for x in examples]
             if not capture.is_output(outputs):
                 return None
             rows = sum(o.numel() // o.shape[-1] for o in capture.outputs)
             if not fits(rows, capture.inputs[0].shape[-1], capture.outputs[0].shape[-1]):
                 return None
-            targets = [dense(to_device(x, model_device(dense))) for x in batches]
+            targets = [logits_of(call_example(dense, to_device(x, model_device(dense)))) for x in examples]
     finally:
         capture.handle.remove()
     a = torch.cat([x.reshape(-1, x.shape[-1]) for x in capture.inputs]).double()

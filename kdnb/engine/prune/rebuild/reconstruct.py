@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from kdnb.errors import warn
+from kdnb.engine.batches import example_rows
 from kdnb.engine.prune.rebuild.output_refit import output_data, refit_output
 from kdnb.engine.prune.score.calibration import (DAMP, SAMPLES, calibration_batches, forward_order, group_statistics,
                                                  grouped, input_channel_order, layer_statistics, solvable)
@@ -210,18 +211,18 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
     Cost: one forward pass of the calibration set per layer, and a ``(d+1) x (d+1)`` fp64 Gram matrix
     (``d`` = the layer's inputs, ``in_channels x kernel`` for a conv) plus ``(d+1) x out`` per layer at a time.
     """
-    batches = calibration_batches(data, samples)
-    count = sum(len(x) for x in batches)
+    examples = calibration_batches(data, samples)
+    count = sum(example_rows(x) for x in examples)
     tied = tied_names(model)  # a shared weight cannot be re-solved for two layers at once: it keeps its masking
-    order = forward_order(model, batches[0])
+    order = forward_order(model, examples[0])
     for name in order:
         module = model.get_submodule(name)
         if not (solvable(module) or grouped(module)) or f"{name}.weight" in tied or f"{name}.weight_orig" in tied:
             continue
-        output = output_data(model, dense, name, batches) if predictions and name == order[-1] \
+        output = output_data(model, dense, name, examples) if predictions and name == order[-1] \
             and isinstance(module, nn.Linear) else None
         statistics = layer_statistics if solvable(module) else group_statistics
-        gram, cross, rows = statistics(model, name, batches, dense)
+        gram, cross, rows = statistics(model, name, examples, dense)
         if rows < gram.shape[-1]:
             warn(f"calibration has {count} samples ({rows} input rows) for layer {name!r} with {gram.shape[-1]} "
                  "inputs: its least squares is underdetermined and is damped; pass more data for a better fit",

@@ -27,12 +27,14 @@ the ramp and none after 0.9819 / 0.9791 / 0.9789 over three shufflings (mean 0.9
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
-from kdnb.engine.device import eval_mode, model_device
-from kdnb.engine.prune.graph.groups import NORMS, PRUNABLE, example_to, forward
+from kdnb.engine.batches import call_example
+from kdnb.engine.device import eval_mode, model_device, to_device
+from kdnb.engine.prune.graph.groups import NORMS, PRUNABLE
 
 WEIGHT_DECAY = 1.0  # prune's default in an agp schedule of FROM_EPOCHS or more, with the default optimizer
 FROM_EPOCHS = 10  # shorter runs have nothing to regularise: the decay only pulls the re-solved weights off their fit
@@ -46,7 +48,7 @@ def default(model: nn.Module, schedule: str, finetune: int) -> float:
     return WEIGHT_DECAY if schedule == "agp" and finetune >= FROM_EPOCHS and not normalised else 0.0
 
 
-def function_scaled_weights(model: nn.Module, example: torch.Tensor) -> set[int]:
+def function_scaled_weights(model: nn.Module, example: Any) -> set[int]:
     """The ids of the weights of the Linear and Conv layers whose outputs no normalisation layer reads (traced on
     ``example``): the weights whose scale changes what the model computes. A masked weight is its
     ``weight_orig``, the parameter the optimizer updates."""
@@ -66,7 +68,7 @@ def function_scaled_weights(model: nn.Module, example: torch.Tensor) -> set[int]
     hooks += [m.register_forward_pre_hook(read) for m in model.modules() if isinstance(m, NORMS)]
     try:
         with torch.no_grad(), eval_mode(model):  # eval: the trace leaves BatchNorm's running statistics alone
-            forward(model, example_to(example, model_device(model)))
+            call_example(model, to_device(example, model_device(model)))
     finally:
         for hook in hooks:
             hook.remove()
@@ -74,7 +76,7 @@ def function_scaled_weights(model: nn.Module, example: torch.Tensor) -> set[int]
     return {id(w) for w in weights if isinstance(w, nn.Parameter)}
 
 
-def adamw(model: nn.Module, example: torch.Tensor, lr: float, weight_decay: float
+def adamw(model: nn.Module, example: Any, lr: float, weight_decay: float
           ) -> Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]:
     """A factory ``params -> AdamW(lr)`` decaying by ``weight_decay`` only `function_scaled_weights` of ``model``."""
     decayed = function_scaled_weights(model, example)

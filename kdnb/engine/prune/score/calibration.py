@@ -13,15 +13,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdnb.engine import batches
 from kdnb.engine.checks import numbered_batches
 from kdnb.engine.device import eval_mode, model_device, to_device
-from kdnb.engine.objective import split_batch
-from kdnb.engine.prune.graph.groups import PRUNABLE, forward
+from kdnb.engine.prune.graph.groups import PRUNABLE
 
 SAMPLES = 2048  # calibration samples; digits' whole training split (1438) fits
 DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's percdamp), in scoring and re-solving
@@ -96,19 +97,20 @@ def output_matrix(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
     return y.reshape(y.shape[0], y.shape[1], -1).transpose(1, 2).reshape(-1, y.shape[1])
 
 
-def calibration_batches(data: Iterable, samples: int = SAMPLES) -> list[torch.Tensor]:
-    """The inputs of the first ``samples`` samples of ``data``, as batches."""
-    batches, count = [], 0
+def calibration_batches(data: Iterable, samples: int = SAMPLES) -> list[Any]:
+    """The inputs of the first ``samples`` samples of ``data``, as batches: examples as
+    `kdnb.engine.batches.call_example` takes them (a tensor, a tuple of inputs, a mapping of keyword inputs)."""
+    found, count = [], 0
     for _, batch in numbered_batches(data, lambda i: f"calibration batch {i + 1}"):  # a loader's failure: one line
-        x = split_batch(batch)[0]
-        batches.append(x[:samples - count])
-        count += len(batches[-1])
+        example = batches.as_example(*batches.inputs_of(batch))
+        found.append(batches.first_example_rows(example, samples - count))
+        count += batches.example_rows(found[-1])
         if count >= samples:
             break
-    return batches
+    return found
 
 
-def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+def forward_order(model: nn.Module, example: Any) -> list[str]:
     """Names of the prunable layers in the order the forward pass calls them."""
     order: list[str] = []
     names = {module: name for name, module in model.named_modules() if isinstance(module, PRUNABLE)}
@@ -116,7 +118,7 @@ def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
                                               else None) for module in names]
     try:
         with torch.no_grad(), eval_mode(model):
-            forward(model, example)
+            batches.call_example(model, example)
     finally:
         for hook in hooks:
             hook.remove()
@@ -144,10 +146,10 @@ class _Stop(Exception):
     pass
 
 
-def _run_until(model: nn.Module, layer: str, x: torch.Tensor, output: bool) -> torch.Tensor:
+def _run_until(model: nn.Module, layer: str, x: Any, output: bool) -> torch.Tensor:
     capture = _Capture(model.get_submodule(layer), output)
     try:
-        model(to_device(x, model_device(model)))
+        batches.call_example(model, to_device(x, model_device(model)))
     except _Stop:
         pass
     finally:
@@ -157,7 +159,7 @@ def _run_until(model: nn.Module, layer: str, x: torch.Tensor, output: bool) -> t
 
 
 @torch.no_grad()
-def layer_statistics(model: nn.Module, layer: str, batches: list[torch.Tensor],
+def layer_statistics(model: nn.Module, layer: str, examples: list[Any],
                      dense: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """``(A^T A, A^T Y, rows)`` of ``layer``: ``A`` its inputs in ``model`` (with the ones column), ``Y`` the same
     layer's outputs in ``dense`` (bias included; None without ``dense``). Each batch's products are taken in
@@ -166,7 +168,7 @@ def layer_statistics(model: nn.Module, layer: str, batches: list[torch.Tensor],
     module = model.get_submodule(layer)
     gram, cross, rows = 0, 0, 0
     with eval_mode(model), eval_mode(dense) if dense is not None else nullcontext():
-        for x in batches:
+        for x in examples:
             a = _with_ones(as_matrix(module, _run_until(model, layer, x, output=False)))
             gram = gram + (a.T @ a).double()
             if dense is not None:
@@ -177,7 +179,7 @@ def layer_statistics(model: nn.Module, layer: str, batches: list[torch.Tensor],
 
 
 @torch.no_grad()
-def group_statistics(model: nn.Module, layer: str, batches: list[torch.Tensor], dense: nn.Module | None = None
+def group_statistics(model: nn.Module, layer: str, examples: list[Any], dense: nn.Module | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """`layer_statistics` of a `grouped` conv, one conv-group ``k`` at a time: ``(groups, d+1, d+1)`` Grams of
     ``A_k`` (the im2col columns of the input channels of group ``k``, ``d = in_channels / groups x kernel``, with
@@ -186,7 +188,7 @@ def group_statistics(model: nn.Module, layer: str, batches: list[torch.Tensor], 
     groups = module.groups
     gram, cross, rows = 0, 0, 0
     with eval_mode(model), eval_mode(dense) if dense is not None else nullcontext():
-        for x in batches:
+        for x in examples:
             a = as_matrix(module, _run_until(model, layer, x, output=False))  # columns: group-major, as the weight's
             parts = torch.stack([_with_ones(p) for p in a.chunk(groups, 1)])  # (groups, rows, d+1)
             gram = gram + (parts.transpose(1, 2) @ parts).double()
@@ -201,11 +203,11 @@ def input_grams(model: nn.Module, data: Iterable, samples: int = SAMPLES, ones: 
                 groups: bool = False) -> dict[str, torch.Tensor]:
     """``A^T A`` (fp64, ``d x d``; ``ones``: with the ones column last, ``d+1``) of every re-solvable layer, by
     weight name; ``groups``: also each `grouped` conv's, ``(groups, d, d)`` one conv-group at a time."""
-    batches = calibration_batches(data, samples)
+    examples = calibration_batches(data, samples)
     grams = {}
-    for name in forward_order(model, batches[0]):
+    for name in forward_order(model, examples[0]):
         module = model.get_submodule(name)
         if solvable(module) or groups and grouped(module):
-            gram = (layer_statistics if solvable(module) else group_statistics)(model, name, batches)[0]
+            gram = (layer_statistics if solvable(module) else group_statistics)(model, name, examples)[0]
             grams[f"{name}.weight" if name else "weight"] = gram if ones else gram[..., :-1, :-1]
     return grams

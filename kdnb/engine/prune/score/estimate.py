@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnb.engine import checks, loop
-from kdnb.engine.device import eval_mode, model_device
+from kdnb.engine import batches, checks, loop
+from kdnb.engine.device import eval_mode, model_device, to_device
 from kdnb.errors import KdnbError, warn
-from kdnb.engine.objective import StepOutput, Supervised, split_batch
+from kdnb.engine.objective import StepOutput, Supervised
 from kdnb.engine.prune.score.criteria import slimming_penalty
 from kdnb.engine.prune.graph.groups import BATCHNORM, ChannelGroup, channel_scores
 
@@ -29,31 +29,38 @@ ESTIMATORS = ("fisher", "hutchinson")  # the hessian criterion's diagonals: `fis
 
 
 def _batches(model: nn.Module, data: Iterable, criterion: str, loss_fn: Callable = F.cross_entropy,
-             samples: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The batches holding the first ``samples`` samples (None: every batch; the last one cut to fit) as (inputs,
-    labels) on the model's device. Each is checked as it comes (for cross-entropy: a min and a max of its labels
-    against the classes the model outputs), so a bad later batch is one line. The cap bounds what a gradual
-    schedule's re-scoring costs on a large training set: it reads the data at each of its updates."""
+             samples: int | None = None) -> Iterator[tuple[tuple[tuple, dict], torch.Tensor]]:
+    """The batches holding the first ``samples`` samples (None: every batch; the last one cut to fit) as (inputs
+    (args, kwargs), labels) on the model's device. Each is checked as it comes (for cross-entropy: a min and a
+    max of its labels against the classes the model outputs), so a bad later batch is one line. The cap bounds
+    what a gradual schedule's re-scoring costs on a large training set: it reads the data at each of its updates."""
     device, classes, count = model_device(model), None if loss_fn is F.cross_entropy else 0, 0
     for index, batch in checks.numbered_batches(data, lambda i: f"batch {i + 1} (criterion {criterion!r})"):
         where = f"data (batch {index + 1}, criterion {criterion!r})"
-        x, y = checks.check_batch(batch, where)
+        args, kwargs, y = checks.check_batch(batch, where)
         if y is None:
-            raise KdnbError(f"criterion {criterion!r} needs labelled batches but {where} has inputs only; "
-                            "pass a loader of (inputs, labels)")
+            checks.check_labelled(batch, y, where, f"criterion {criterion!r}")
         if samples is not None:
-            x, y = x[:samples - count], y[:samples - count]
-            count += len(x)
-        x, y = x.to(device), y.to(device)
+            (args, kwargs), y = batches.first_rows(args, kwargs, samples - count), y[:samples - count]
+            count += len(y)
+        (args, kwargs), y = to_device((args, kwargs), device), y.to(device)
         if classes is None:
             with torch.no_grad():
-                out = model(x[:1])
-            classes = out.shape[1] if isinstance(out, torch.Tensor) and out.dim() == 2 else 0
+                out = batches.logits_of(batches.call_model(model, *batches.first_rows(args, kwargs, 1)))
+            classes = out.shape[-1] if out.dim() in (2, 3) else 0
         if classes:
-            checks.check_labels(y, classes, len(x), f"in {where}")
-        yield x, y
+            checks.check_labels(y, (batches.batch_size(args, kwargs), *y.shape[1:], classes), f"in {where}")
+        yield (args, kwargs), y
         if samples is not None and count >= samples:  # stop before the loader loads a batch no one reads
             return
+
+
+def batch_loss(model: nn.Module, inputs: tuple[tuple, dict], y: torch.Tensor, loss_fn: Callable) -> torch.Tensor:
+    """``loss_fn(logits, labels)`` of one batch (sequence logits: over the positions that count)."""
+    args, kwargs = inputs
+    logits = batches.logits_of(batches.call_model(model, args, kwargs))
+    logits, y, _ = batches.rows(model, logits, y, kwargs)
+    return loss_fn(logits, y)
 
 
 def under_every_name(model: nn.Module, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -116,8 +123,8 @@ def squared_gradients(model: nn.Module, data: Iterable, loss_fn: Callable = F.cr
     sums = [torch.zeros_like(p) for p in params]
     count = 0
     with eval_mode(model):
-        for x, y in _batches(model, data, "taylor", loss_fn, samples):
-            grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
+        for inputs, y in _batches(model, data, "taylor", loss_fn, samples):
+            grads = torch.autograd.grad(batch_loss(model, inputs, y, loss_fn), params, allow_unused=True)
             for total, g in zip(sums, grads):
                 if g is not None:
                     total += g.detach().pow(2)
@@ -131,8 +138,8 @@ def group_gradient_weight(model: nn.Module, data: Iterable, groups: list[Channel
     names, params = _named_trainable(model)
     rows: dict[str, list[torch.Tensor]] = {g.root: [] for g in groups}
     with eval_mode(model):
-        for x, y in _batches(model, data, "taylor_group", loss_fn, samples):
-            grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
+        for inputs, y in _batches(model, data, "taylor_group", loss_fn, samples):
+            grads = torch.autograd.grad(batch_loss(model, inputs, y, loss_fn), params, allow_unused=True)
             products = under_every_name(model, {n: (g * p).detach() for n, p, g in zip(names, params, grads)
                                                 if g is not None})
             for group in groups:
@@ -152,19 +159,22 @@ def fisher_diagonal(model: nn.Module, data: Iterable, loss_fn: Callable = F.cros
     sums = [torch.zeros_like(p) for p in params]
     count = 0
 
-    def sample_loss(weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, ({**weights, **buffers},), (x.unsqueeze(0),))
-        return loss_fn(out, y.unsqueeze(0))
+    def sample_loss(weights: dict[str, torch.Tensor], args: tuple, kwargs: dict, y: torch.Tensor) -> torch.Tensor:
+        args, kwargs, y = tuple(a.unsqueeze(0) for a in args), {k: v.unsqueeze(0) for k, v in kwargs.items()}, \
+            y.unsqueeze(0)
+        out = batches.logits_of(functional_call(model, ({**weights, **buffers},), args, kwargs))
+        return loss_fn(*batches.ignoring_rows(model, out, y, kwargs))
 
-    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0))
     weights = {n: p.detach() for n, p in zip(names, params)}
     with eval_mode(model):
-        for x, y in _batches(model, data, "hessian", loss_fn, samples):
-            for start in range(0, len(x), chunk):
-                grads = per_sample(weights, x[start:start + chunk], y[start:start + chunk])
+        for (args, kwargs), y in _batches(model, data, "hessian", loss_fn, samples):
+            for start in range(0, len(y), chunk):
+                grads = per_sample(weights, *batches.row_slice(args, kwargs, start, start + chunk),
+                                   y[start:start + chunk])
                 for total, name in zip(sums, names):
                     total += grads[name].pow(2).sum(0)
-            count += len(x)
+            count += len(y)
     return under_every_name(model, {n: s / max(count, 1) for n, s in zip(names, sums)})
 
 
@@ -177,8 +187,9 @@ def hutchinson_diagonal(model: nn.Module, data: Iterable, probes: int = 1, seed:
     generator = torch.Generator().manual_seed(seed)
     count = 0
     with eval_mode(model):
-        for x, y in _batches(model, data, "hessian", loss_fn, samples):
-            grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True, allow_unused=True)
+        for inputs, y in _batches(model, data, "hessian", loss_fn, samples):
+            grads = torch.autograd.grad(batch_loss(model, inputs, y, loss_fn), params, create_graph=True,
+                                        allow_unused=True)
             used = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
             for _ in range(probes):
                 zs = [torch.randint(0, 2, g.shape, generator=generator).to(g) * 2 - 1 for _, g in used]

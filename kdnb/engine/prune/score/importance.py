@@ -15,10 +15,10 @@ from kdnb.errors import KdnbError, suggest
 from kdnb.engine import distributed
 from kdnb.engine.checks import first_batch
 from kdnb.engine.device import eval_mode, model_device, resolve_device, to_device
-from kdnb.engine.objective import split_batch
+from kdnb.engine.batches import example_of
 from kdnb.engine.prune import arguments
 from kdnb.engine.prune.cut.masks import clone, make_permanent
-from kdnb.engine.prune.graph.groups import (BATCHNORM, PRUNABLE, example_to, ChannelGroup, Slice, channel_groups, channel_scores,
+from kdnb.engine.prune.graph.groups import (BATCHNORM, PRUNABLE, ChannelGroup, Slice, channel_groups, channel_scores,
                                             dependency_graph, prunable_weights)
 from kdnb.engine.prune.score import calibration, criteria, estimate
 from kdnb.engine.prune.score.estimate import ESTIMATORS
@@ -260,6 +260,32 @@ STATISTICS: dict[str | None, Callable[[_Context], dict[str, tuple]]] = {
 }
 
 
+def register_criterion(criterion: criteria.Criterion, *, replace: bool = False) -> criteria.Criterion:
+    """Add ``criterion`` to the registry: ``kdnb.prune(criterion=criterion.name)`` and `importance` then score with
+    it, and the checks, the sparsity explorer and the magics' help list it. Its ``statistic`` is one of
+    `STATISTICS` (None: the weight alone). A name already taken is refused unless ``replace=True``.
+
+    E.g. ``kdnb.register_criterion(Criterion("l2", lambda w: w.pow(2), None, False, True, True, "L2", "tab:red"))``.
+    """
+    if not isinstance(criterion, criteria.Criterion):
+        raise KdnbError(f"register_criterion takes a Criterion record, got {type(criterion).__name__}; pass e.g. "
+                        "Criterion(name, formula, statistic, needs_data, unstructured, structured, label, colour)")
+    if not isinstance(criterion.name, str) or not criterion.name.isidentifier():
+        raise KdnbError(f"a criterion's name should be a Python identifier, got {criterion.name!r}; pass e.g. "
+                        "name='l2'")
+    if criterion.name in criteria.REGISTRY and not replace:
+        raise KdnbError(f"criterion {criterion.name!r} is already registered; pass replace=True to replace it, or "
+                        "choose another name")
+    if criterion.statistic not in STATISTICS:
+        known = [name for name in STATISTICS if name is not None]
+        raise KdnbError(f"criterion {criterion.name!r} reads statistic {criterion.statistic!r}, which kdnb does not "
+                        f"estimate; {suggest(str(criterion.statistic), known)} (or None: the weight alone)")
+    if not callable(criterion.formula):
+        raise KdnbError(f"criterion {criterion.name!r}: formula should be a function formula(weight[, statistic])")
+    criteria.REGISTRY[criterion.name] = criterion
+    return criterion
+
+
 def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = None, *, structured: bool = False,
                example: torch.Tensor | None = None, seed: int = 0, hessian_estimator: str = "fisher",
                slimming_epochs: int = 2, slimming_l1: float = 1e-3, lr: float = 1e-3, device: str = "auto",
@@ -276,7 +302,8 @@ def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = 
         data: labelled batches: the statistics (gradients, layer inputs) read their first
             ``calibration_samples`` samples; slimming trains on all of them.
         structured: score channels (coupled groups, via Torch-Pruning's DependencyGraph) instead of weights.
-        example: an input batch to trace the model (structured); by default the first batch of ``data``.
+        example: an input batch to trace the model (structured): a tensor, a tuple of inputs or a mapping of
+            keyword inputs; by default the first batch of ``data``.
         seed: seeds the random criterion and Hutchinson's probes.
         hessian_estimator: the hessian criterion's diagonal: "fisher" (empirical Fisher, per-sample gradients
             squared) or "hutchinson" (Hutchinson's estimator, one Rademacher probe per batch).
@@ -303,14 +330,14 @@ def _importance(model: nn.Module, criterion: str, data: Iterable | None, structu
         if data is None:
             raise KdnbError("structured pruning needs an example input to trace the model: pass data= "
                             "(its first batch is used) or example=torch.randn(1, ...)")
-        example = split_batch(first_batch(data))[0]
+        example = example_of(first_batch(data))
     return compute_scores(work, record, data, structured, example, seed, hessian_estimator, samples)
 
 
 def compute_scores(model: nn.Module, record: criteria.Criterion, data: Iterable | None, structured: bool,
            example: torch.Tensor | None, seed: int, hessian_estimator: str, samples: int) -> Scores:
     """`Scores` of ``model`` as it is (no training), its statistics read on the first ``samples`` of ``data``."""
-    groups = channel_groups(model, dependency_graph(model, example_to(example, next(model.parameters()).device))) \
+    groups = channel_groups(model, dependency_graph(model, to_device(example, model_device(model)))) \
         if structured else []  # type: ignore[union-attr]
     groups = estimate.untied_groups(model, groups)  # a shared weight's channels stay whole: the tie holds
     context = _Context(model, data, structured, seed, hessian_estimator, groups, samples)

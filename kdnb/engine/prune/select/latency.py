@@ -23,10 +23,12 @@ import statistics
 import time
 import warnings
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
 
+from kdnb.engine.batches import call_example, example_inputs, tensors
 from kdnb.engine.prune.cut.channels import remove_channels
 from kdnb.engine.prune.cut.masks import clone, make_permanent
 from kdnb.engine.prune.graph.groups import prunable_count
@@ -61,27 +63,30 @@ def removal(scores: Scores, sparsity: float, pruned: dict[str, torch.Tensor] | N
     return removed_channels(ranked, sparsity, SCOPE[ranking], pruned, max_layer_sparsity)
 
 
-def paired_speed(first: nn.Module, second: nn.Module, x: torch.Tensor, rounds: int = ROUNDS) -> float:
-    """Median over alternating rounds of time(second) / time(first): above 1 when ``first`` is faster."""
+def paired_speed(first: nn.Module, second: nn.Module, x: Any, rounds: int = ROUNDS) -> float:
+    """Median over alternating rounds of time(second) / time(first) on the example ``x`` (a tensor, a tuple of
+    inputs or a mapping of keyword inputs): above 1 when ``first`` is faster."""
+    device = tensors(*example_inputs(x))[0].device
+
     def clock() -> float:  # a GPU runs asynchronously: wait for it before reading the clock
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         return time.perf_counter()
 
     ratios = []
     with torch.inference_mode():
         for model in (first, second):
-            model.eval()(x)
+            call_example(model.eval(), x)
         for _ in range(rounds):
             start = clock()
-            first(x)
+            call_example(first, x)
             middle = clock()
-            second(x)
+            call_example(second, x)
             ratios.append((clock() - middle) / max(middle - start, 1e-9))
     return statistics.median(ratios)
 
 
-def choose(model: nn.Module, scores: Scores, sparsity: float, example: torch.Tensor,
+def choose(model: nn.Module, scores: Scores, sparsity: float, example: Any,
            max_layer_sparsity: float | None = None) -> str:
     """"cost" or "global": the ranking whose cut at ``sparsity`` runs ``example`` faster (ties: "global"). A
     cost-ranked cut that its layer cap stopped short of ``sparsity``, and of the global cut, is not a candidate:
