@@ -59,7 +59,9 @@ def test_structured_with_data_deletes_channels_and_keeps_the_outputs(name):
     data = [(torch.randn(4, 3, side, side), torch.randint(0, 3, (4,))) for _ in range(2)]
     with torch.no_grad():
         expected = model(data[0][0]).shape
-    result = kdnb.prune(model, 0.5, structured=True, data=data, rounds=1)
+    # Taylor scores from the data's gradients, no re-solve: the graph and the deletion are under test here; what the
+    # default with data costs on these sizes is bench/prune_real.py's (and the cost issue's)
+    result = kdnb.prune(model, 0.5, structured=True, data=data, criterion="taylor", reconstruct=False)
     pruned = result.model.eval()
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
     with torch.no_grad():
