@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ import kdnb  # noqa: E402
 from kdnb.engine.prune.graph.groups import forward  # noqa: E402
 
 torch.set_num_threads(1)
+TP_LIMIT = 120  # seconds given to Torch-Pruning's MetaPruner per model
 warnings.filterwarnings("ignore")
 
 
@@ -117,6 +119,24 @@ def _step(name: str, call):
         return f"refused: {type(error).__name__}: {first[:110]}", time.perf_counter() - start, None
 
 
+class _TooLong(Exception):
+    pass
+
+
+def _within(seconds: int, call):
+    """``call()``, or `_TooLong` after ``seconds`` (Torch-Pruning's groups through LLaMA's rotary take minutes)."""
+    def alarm(signum, frame):
+        raise _TooLong(f"did not finish in {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        return call()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _metapruner(model, example, hf: bool):
     import torch_pruning as tp
 
@@ -177,7 +197,7 @@ def run(models: dict, hf: bool) -> list[dict]:
             row["measure"] = status
             status, _, how = _step("reload", lambda: _reload(pruned, hf))
             row["save -> load"] = f"ran ({how})" if status == "ran" else status
-        status, seconds, tp_params = _step("tp", lambda: _metapruner(model, example, hf))
+        status, seconds, tp_params = _step("tp", lambda: _within(TP_LIMIT, lambda: _metapruner(model, example, hf)))
         row["TP MetaPruner"] = f"ran {seconds:.1f}s -> {tp_params}" if status == "ran" else status
         print(row, flush=True)
         rows.append(row)
