@@ -78,7 +78,7 @@ def _config_matches_weights(model) -> None:
     config = model.config
     family = library.family_of(model)
     layers = getattr(config, "kdnb_layers", None)
-    sizes = library._layer_sizes(model, family, library._head_dim(config, family))
+    sizes = library.layer_sizes(model, family, library.head_width(config, family))
     true = library.true_sizes(config)  # LLaMA's config class refuses some pruned sizes: then kdnb_sizes holds them
     if layers is None:
         assert all(layer == sizes[0] for layer in sizes)

@@ -192,7 +192,7 @@ def _width(layer: nn.Module) -> int:
     return layer.out_features
 
 
-def _layer_sizes(model: nn.Module, family: Family, head_dim: int) -> list[dict[str, int]]:
+def layer_sizes(model: nn.Module, family: Family, head_dim: int) -> list[dict[str, int]]:
     """Per attention/MLP layer, in order: heads (and key/value heads), MLP width, read from the projections."""
     heads, kv_heads, widths = [], [], []
     for name, module in model.named_modules():
@@ -232,7 +232,7 @@ def sync_config(model: nn.Module) -> str | None:
     if family is None:
         return None
     config = model.config
-    head_dim = _head_dim(config, family)
+    head_dim = head_width(config, family)
     if not hasattr(config, BUILT_FROM_KEY):  # the unpruned sizes: a skeleton the library can always build
         keys = (*_SIZE_KEYS, family.intermediate_key, *((family.head_dim_key,) if family.head_dim_key else ()),
                 "conv_dim")
@@ -243,7 +243,7 @@ def sync_config(model: nn.Module) -> str | None:
         config.hidden_size = hidden
     if family.head_dim_key:
         setattr(config, family.head_dim_key, head_dim)
-    layers = _layer_sizes(model, family, head_dim)
+    layers = layer_sizes(model, family, head_dim)
     for key in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
         values = [layer[key] for layer in layers if key in layer]
         if values:
@@ -286,7 +286,7 @@ def true_sizes(config) -> dict[str, int]:
                                                  if getattr(config, key, None) is not None}
 
 
-def _head_dim(config, family: Family) -> int:
+def head_width(config, family: Family) -> int:
     """The head width, from the config as it was before the cut (whole heads go: it does not change)."""
     explicit = getattr(config, family.head_dim_key, None) if family.head_dim_key else None
     if isinstance(explicit, int):
