@@ -45,9 +45,9 @@ def check_subscribers(progress: Any, plot: Any) -> None:
 
 
 READERS_HELP = """        inputs: how to read a batch the default reading does not know: ``inputs(batch) -> (args tuple,
-            kwargs dict, labels or None)``, the model then called as ``model(*args, **kwargs)``. By default a batch is a
-            tensor, ``(inputs, labels)``, ``(x1, ..., xn, labels)`` or a mapping (HuggingFace style: the model's
-            keyword inputs plus "labels").
+            kwargs dict, labels or None)``, the model then called as ``model(*args, **kwargs)``. By default a
+            batch is a tensor, ``(inputs, labels)``, ``(x1, ..., xn, labels)`` or a mapping (HuggingFace
+            style: the model's keyword inputs plus "labels").
         logits: how to take the logits from the model's output: ``logits(output) -> tensor``. By default the
             output itself (a tensor), its ``.logits`` (a ModelOutput), its "logits" key, else its first tensor
             (kdnb says once which it took)."""
