@@ -58,6 +58,14 @@ def _vit():
     return transformers.ViTForImageClassification(config), {"pixel_values": torch.randn(2, 3, 16, 16)}
 
 
+def _wav2vec2():
+    config = transformers.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2),
+                                         conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                                         num_conv_pos_embedding_groups=4, num_labels=3)
+    return transformers.Wav2Vec2ForSequenceClassification(config), {"input_values": torch.randn(2, 400)}
+
+
 FAMILIES = {"bert": _bert, "roberta": _roberta, "distilbert": _distilbert, "gpt2": _gpt2, "llama": _llama,
             "mistral": _mistral, "qwen2": _qwen2, "vit": _vit}
 
@@ -86,8 +94,9 @@ def _config_matches_weights(model) -> None:
         assert sizes[0]["intermediate_size"] == getattr(config, family.intermediate_key)
     else:
         assert layers == sizes
-    embeddings = model.get_input_embeddings()
-    assert not isinstance(embeddings, torch.nn.Embedding) or embeddings.embedding_dim == true["hidden_size"]
+    norms = [m for n, m in model.named_modules() if n.endswith(("encoder.layer_norm", "embeddings.LayerNorm", ".norm",
+                                                               "ln_f", "layernorm"))]
+    assert norms and all(norm.weight.shape == (true["hidden_size"],) for norm in norms)  # the residual width
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -138,3 +147,14 @@ def test_an_unknown_family_is_refused(monkeypatch):
     monkeypatch.setattr(model.config, "model_type", "bert-of-the-future")
     with pytest.raises(KdnbError, match="does not know the transformers family 'bert-of-the-future'"):
         kdnb.prune(model, 0.5, structured=True, example=example)
+
+
+def test_wav2vec2s_training_only_mask_embedding_follows_the_hidden_size():
+    """SpecAugment's mask embedding is read in training only, so the traced graph never sees it: it is narrowed
+    with the hidden size, and a training step runs."""
+    _, pruned, example, expected = _pruned(_wav2vec2)
+    assert pruned(**example).logits.shape == expected.shape
+    _config_matches_weights(pruned)
+    assert pruned.wav2vec2.masked_spec_embed.shape == (pruned.config.hidden_size,)
+    pruned.train()
+    pruned(**{"input_values": torch.randn(2, 4000)}, labels=torch.tensor([0, 1])).loss.backward()

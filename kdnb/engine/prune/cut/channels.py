@@ -36,6 +36,7 @@ def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example:
     layouts, _ = attention_layers(model)
     grouped = grouped_attention(layouts)  # GQA: whole key/value groups
     ties = _tied_parameters(model)
+    untraced = library.HiddenMarker(model)  # hidden-size parameters an eval forward never reads (Wav2Vec2's)
     for root, gone in removed.items():
         if units.get(root) is not None:
             gone = gone[units[root]]  # unit -> its channels
@@ -50,6 +51,7 @@ def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example:
                             "use structured=False for this model") from None
     update_heads(layouts)
     _tie_again(ties)
+    untraced.narrow()
     library.sync_config(model)
     _check_outputs(model, example, expected)
     return model

@@ -156,6 +156,42 @@ def restore_modules(model: nn.Module) -> nn.Module:
     return model
 
 
+# Hidden-size parameters only training reads (Wav2Vec2's SpecAugment mask embedding), so the traced graph never
+# couples them, and the norm whose weight, in the hidden-size group, shows which hidden channels survive.
+_UNTRACED_HIDDEN = {"wav2vec2": ("masked_spec_embed", "encoder.layer_norm")}
+
+
+class HiddenMarker:
+    """Narrow the hidden-size parameters the graph cannot see (`_UNTRACED_HIDDEN`) like the hidden size: before the
+    deletion, a norm of the hidden-size group holds its channel numbers (its weights kept aside); after it, the
+    numbers left are the kept channels, which slice the untraced parameters, and the norm gets its weights back."""
+
+    def __init__(self, model: nn.Module):
+        self.params: list[tuple[nn.Module, str]] = []
+        self.norm: nn.Module | None = None
+        entry = _UNTRACED_HIDDEN.get(getattr(getattr(model, "config", None), "model_type", None))
+        if entry is None or family_of(model) is None:
+            return
+        attr, norm = entry
+        self.params = [(m, attr) for m in model.modules() if isinstance(getattr(m, attr, None), nn.Parameter)]
+        self.norm = next((m for n, m in model.named_modules() if n == norm or n.endswith("." + norm)), None)
+        if self.norm is None or not self.params:
+            self.params = []
+            return
+        self.saved = self.norm.weight.detach().clone()
+        with torch.no_grad():
+            self.norm.weight.copy_(torch.arange(len(self.saved), dtype=self.saved.dtype))
+
+    def narrow(self) -> None:
+        if not self.params:
+            return
+        kept = self.norm.weight.detach().round().long()
+        self.norm.weight = nn.Parameter(self.saved[kept], requires_grad=self.norm.weight.requires_grad)
+        for module, attr in self.params:
+            old = getattr(module, attr)
+            setattr(module, attr, nn.Parameter(old.detach()[kept], requires_grad=old.requires_grad))
+
+
 def head_count(module: nn.Module) -> int | None:
     """Heads of a transformers attention module that keeps only ``head_dim`` (LLaMA, Mistral, Qwen2 in
     transformers 5): the width of its query projection over the head width. None for any other module, and for

@@ -41,7 +41,7 @@ def from_pretrained(model_class: type, directory: str | Path) -> nn.Module:
         state.update(load_file(file))
     names = _saved_names(model)
     for key, tensor in state.items():
-        module_name, _, attr = names.get(key, key).rpartition(".")
+        module_name, _, attr = _weight_norm_name(names.get(key, key)).rpartition(".")
         module = model.get_submodule(module_name)
         if attr in module._parameters:
             module._parameters[attr] = nn.Parameter(tensor, requires_grad=module._parameters[attr].requires_grad)
@@ -68,6 +68,15 @@ def _saved_names(model: nn.Module) -> dict[str, str]:
     by_tensor = {id(tensor): name for name, tensor in state.items()}
     reverted = revert_weight_conversion(model, dict(state))
     return {saved: by_tensor[id(tensor)] for saved, tensor in reverted.items() if id(tensor) in by_tensor}
+
+
+def _weight_norm_name(name: str) -> str:
+    """torch's weight norm saved under its legacy names (``weight_g``, ``weight_v``: Wav2Vec2's positional conv) as
+    the parametrization's (``parametrizations.weight.original0`` / ``original1``)."""
+    for legacy, original in (("weight_g", "original0"), ("weight_v", "original1")):
+        if name.endswith("." + legacy):
+            return f"{name[:-len(legacy)]}parametrizations.weight.{original}"
+    return name
 
 
 def _narrow_attributes(module: nn.Module) -> None:
