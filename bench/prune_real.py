@@ -88,7 +88,9 @@ def _zoo_models():
         "tv mobilenet_v3_small": (lambda: tv.mobilenet_v3_small(num_classes=3), image(32)),
         "tv densenet121": (lambda: tv.densenet121(num_classes=3), image(32)),
         "tv regnet_x_400mf": (lambda: tv.regnet_x_400mf(num_classes=3), image(32)),
-        "tv vit_b_16": (lambda: tv.vit_b_16(num_classes=3, image_size=32), image(32)),
+        "tv vit (vit_b_16's class, small)": (lambda: tv.vision_transformer.VisionTransformer(
+            image_size=32, patch_size=16, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=3),
+            image(32)),
         "tv swin_t": (lambda: tv.swin_t(num_classes=3), image(32)),
         "timm resnet18": (timm_model("resnet18"), image(32)),
         "timm efficientnet_b0": (timm_model("efficientnet_b0"), image(32)),

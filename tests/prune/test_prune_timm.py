@@ -41,7 +41,9 @@ MODELS = {  # name -> (build, image side)
     "tv_vgg11_bn": (_torchvision("vgg11_bn"), 32),
     "tv_googlenet": (_torchvision("googlenet", aux_logits=False, init_weights=False), 32),
     "tv_shufflenet_v2_x0_5": (_torchvision("shufflenet_v2_x0_5"), 32),
-    "tv_vit_b_16": (_torchvision("vit_b_16", image_size=32), 32),
+    # vit_b_16's own class and code at a small width (the full one, 86 M parameters, took 24 GB here: killed)
+    "tv_vit_b_16_small": (lambda: _library("torchvision.models.vision_transformer").VisionTransformer(
+        image_size=32, patch_size=16, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=3), 32),
     "tv_swin_t": (_torchvision("swin_t"), 32),
     "timm_resnet18": (_timm("resnet18"), 32),
     "timm_convnext_atto": (_timm("convnext_atto"), 32),
