@@ -24,17 +24,18 @@ model's predictions (`kdnb.engine.prune.output_refit`), never ending above the d
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
 from kdnb.errors import warn
-from kdnb.engine.prune.calibration import (SAMPLES, calibration_batches, forward_order, group_statistics, grouped,
-                                           input_channel_order, layer_statistics, solvable)
+from kdnb.engine.prune.calibration import (SAMPLES, calibration_batches, forward_order, grouped, input_channel_order,
+                                           solvable)
 from kdnb.engine.prune.estimate import tied_names
-from kdnb.engine.prune.output_refit import output_data, refit_output
+from kdnb.engine.prune.output_refit import fits, refit_output
+from kdnb.engine.prune.stream import Lockstep, lockstep, statistics
 
 DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's percdamp)
 _BLOCK_BYTES = 64 * 2**20  # bound on the (rows x k x k) fp64 systems solved at once
@@ -198,7 +199,7 @@ def _refit_output_layer(module: nn.Linear, inputs: torch.Tensor, target: torch.T
 
 def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int = SAMPLES,
                 damp: float = DAMP, reselect: bool = False, pattern: tuple[int, int] | None = None,
-                predictions: bool = True) -> nn.Module:
+                predictions: bool = True, progress: Callable[[int, int], None] | None = None) -> nn.Module:
     """Re-solve every Linear/Conv layer of ``model`` (masked or with zeroed channels; a grouped conv one
     conv-group at a time) against ``dense``, in forward order, on the first ``samples`` samples of ``data``; in
     place, returns ``model``.
@@ -208,42 +209,74 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
     N:M. ``predictions``: the Linear whose outputs are the model's is then re-solved for the dense model's
     predicted distribution (`kdnb.engine.prune.output_refit`), which the least squares only approximates.
 
-    Cost: one forward pass of the calibration set per layer, and a ``(d+1) x (d+1)`` fp64 Gram matrix
-    (``d`` = the layer's inputs, ``in_channels x kernel`` for a conv) plus ``(d+1) x out`` per layer at a time.
+    ``progress(done, total)`` is called after each layer.
+
+    Cost: one forward pass of the calibration set through ``model`` and one through ``dense`` in all
+    (`stream.Lockstep`), each layer's Gram matrix (`stream.statistics`: ``rows x d^2``, rows subsampled), and its
+    re-solve (`solve_rows`: at most SparseGPT's ``O(d^3 + out d^2)``). Memory: the activations live at the current
+    layer, and one layer's ``(d+1) x (d+1)`` fp64 Gram matrix plus ``(d+1) x out`` at a time (``d`` = the layer's
+    inputs, ``in_channels x kernel`` for a conv).
     """
     batches = calibration_batches(data, samples)
     count = sum(len(x) for x in batches)
     tied = tied_names(model)  # a shared weight cannot be re-solved for two layers at once: it keeps its masking
     order = forward_order(model, batches[0])
-    for name in order:
-        module = model.get_submodule(name)
-        if not (solvable(module) or grouped(module)) or f"{name}.weight" in tied or f"{name}.weight_orig" in tied:
-            continue
-        output = output_data(model, dense, name, batches) if predictions and name == order[-1] \
-            and isinstance(module, nn.Linear) else None
-        statistics = layer_statistics if solvable(module) else group_statistics
-        gram, cross, rows = statistics(model, name, batches, dense)
-        if rows < gram.shape[-1]:
-            warn(f"calibration has {count} samples ({rows} input rows) for layer {name!r} with {gram.shape[-1]} "
-                 "inputs: its least squares is underdetermined and is damped; pass more data for a better fit",
-                 RuntimeWarning)
-        if reselect and solvable(module) and isinstance(getattr(module, "weight_mask", None), torch.Tensor):
-            mask = module.weight_mask
-            flat = _weight(module).detach().reshape(mask.shape[0], -1)
-            if pattern:  # a pattern groups a conv's input channels: sweep in that order, then put them back
-                columns = input_channel_order(mask.shape).to(gram.device)  # (the bias column left out)
-                chosen = sparsegpt(flat[:, columns], gram[columns][:, columns], 1.0 - float(mask.float().mean()),
-                                   pattern, damp=damp)
-                keep = torch.empty_like(chosen)
-                keep[:, columns] = chosen
-            else:
-                keep = sparsegpt(flat, gram[:-1, :-1], 1.0 - float(mask.float().mean()), damp=damp)  # no bias column
-            mask.copy_(keep.view_as(mask).to(mask))
-        masked = _masked(module) if output is not None else None  # what plain masking leaves, for the comparison
-        reconstruct_layer(module, gram, cross, rows, damp)
-        if output is not None:
-            _refit_output_layer(module, *output, masked)
+    visited = [name for name in order if (solvable(model.get_submodule(name)) or grouped(model.get_submodule(name)))
+               and f"{name}.weight" not in tied and f"{name}.weight_orig" not in tied]
+    with lockstep(model, visited, batches) as pruned, lockstep(dense, visited, batches, output=True) as target:
+        for done, name in enumerate(visited):
+            module = model.get_submodule(name)
+            inputs, outputs = pruned.at(name), target.at(name)
+            gram, cross, rows = statistics(module, inputs, outputs)
+            if rows < gram.shape[-1]:
+                warn(f"calibration has {count} samples ({rows} input rows) for layer {name!r} with "
+                     f"{gram.shape[-1]} inputs: its least squares is underdetermined and is damped; pass more data "
+                     "for a better fit", RuntimeWarning)
+            if reselect and solvable(module) and isinstance(getattr(module, "weight_mask", None), torch.Tensor):
+                _reselect(module, gram, pattern, damp)
+            output = _output_rows(module, inputs, outputs, target) if predictions and name == order[-1] \
+                and isinstance(module, nn.Linear) else None
+            masked = _masked(module) if output is not None else None  # what plain masking leaves, for the comparison
+            reconstruct_layer(module, gram, cross, rows, damp)
+            if output is not None:
+                _refit_output_layer(module, *output, masked)
+            del gram, cross
+            pruned.release(name)
+            target.release(name)
+            if progress is not None:
+                progress(done + 1, len(visited))
     return model
+
+
+def _reselect(module: nn.Module, gram: torch.Tensor, pattern: tuple[int, int] | None, damp: float) -> None:
+    """Re-choose a masked layer's mask at the sparsity it has by `sparsegpt` (N:M with ``pattern``)."""
+    mask = module.weight_mask
+    flat = _weight(module).detach().reshape(mask.shape[0], -1)
+    if pattern:  # a pattern groups a conv's input channels: sweep in that order, then put them back
+        columns = input_channel_order(mask.shape).to(gram.device)  # (the bias column left out)
+        chosen = sparsegpt(flat[:, columns], gram[columns][:, columns], 1.0 - float(mask.float().mean()),
+                           pattern, damp=damp)
+        keep = torch.empty_like(chosen)
+        keep[:, columns] = chosen
+    else:
+        keep = sparsegpt(flat, gram[:-1, :-1], 1.0 - float(mask.float().mean()), damp=damp)  # no bias column
+    mask.copy_(keep.view_as(mask).to(mask))
+
+
+def _output_rows(module: nn.Linear, inputs: list, outputs: list, target: Lockstep
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The output layer's calibration inputs and the dense logits, fp64, one row per prediction, when the layer's
+    outputs are the dense model's (its forward returns them, batch for batch) and the refit `fits`; else None."""
+    if any(x is None for x in inputs):
+        return None
+    results = target.finish()
+    if not all(out is result for out, result in zip(outputs, results)):
+        return None
+    rows = sum(o.numel() // o.shape[-1] for o in outputs)
+    if not fits(rows, inputs[0].shape[-1], outputs[0].shape[-1]):
+        return None
+    a = torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs]).double()
+    return a, torch.cat([o.reshape(-1, o.shape[-1]) for o in outputs]).double().to(a.device)
 
 
 def _masked(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
