@@ -34,6 +34,7 @@ from kdnb.errors import warn
 from kdnb.engine.prune.calibration import (SAMPLES, calibration_batches, forward_order, grouped, input_channel_order,
                                            solvable)
 from kdnb.engine.prune.estimate import tied_names
+from kdnb.engine.prune.linalg import inverse_factor
 from kdnb.engine.prune.output_refit import fits, refit_output
 from kdnb.engine.prune.stream import Lockstep, lockstep, statistics
 
@@ -149,15 +150,14 @@ def sweep_rows(gram: torch.Tensor, cross: torch.Tensor, support: torch.Tensor, d
     (a kept weight is never moved for a later column's removal), which `solve_rows` is: `_refine`'s conjugate
     gradients then close the gap.
 
-    ``U`` comes from one Cholesky factor of the column-reversed ``G`` and a triangular inverse, in fp32 (damped by
-    ``damp`` x mean diag, more where the factor fails, so fp32 Cholesky is safe on CUDA too). Cost: ``2 d^3 / 3 +
-    (1 + REFINE_STEPS) rows d^2`` multiply-adds; memory ``d^2 + rows d``.
+    ``U`` is `linalg.inverse_factor` (fp32, damped by ``damp`` x mean diag, more where the factor fails).
+    Cost: ``2 d^3 / 3 + (1 + REFINE_STEPS) rows d^2`` multiply-adds; memory ``d^2 + rows d``.
     """
     width = gram.shape[0]
     dead = gram.diagonal() == 0
     h = gram.clone()
     h[dead, dead] = 1.0
-    upper = _inverse_factor(h, damp)
+    upper = inverse_factor(h, damp)
     solution = (cross.T.to(upper) @ upper.T) @ upper  # W* = C^T H^-1, H^-1 = U^T U
     solution[:, dead] = 0.0
     pruned = ~support
@@ -198,65 +198,6 @@ def _refine(start: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, suppor
         direction = z + (new / rz.clamp_min(torch.finfo(h.dtype).tiny))[:, None] * direction
         rz = new
     return w
-
-
-def _inverse_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper ``U`` with ``U^T U = (h + lambda I)^-1``, fp32: with ``P`` the reversal of the columns and
-    ``P h P = L L^T``, ``U = P L^-1 P`` (one Cholesky and one triangular inverse, where SparseGPT takes three
-    factorisations). ``lambda`` = ``damp`` x mean diag, tenfold until the factor exists."""
-    flipped = h.flip(0, 1).float()
-    scale = float(flipped.diagonal().mean()) or 1.0
-    eye = torch.eye(len(h), dtype=flipped.dtype, device=flipped.device)
-    lam = max(damp, 1e-6) * scale
-    for _ in range(8):
-        factor, info = torch.linalg.cholesky_ex(flipped + lam * eye)
-        if not bool(info.any()):
-            break
-        lam *= 10
-    return torch.linalg.solve_triangular(factor, eye, upper=False).flip(0, 1)
-
-
-@torch.no_grad()
-def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, pattern: tuple[int, int] | None = None,
-              blocksize: int = 128, damp: float = DAMP) -> torch.Tensor:
-    r"""SparseGPT's OBS sweep (Frantar & Alistarh 2023, Algorithm 1): which weights of ``weight`` (out, d) to keep.
-
-    With the upper Cholesky factor ``U`` of :math:`H^{-1}` (:math:`H = 2X^\top X` damped), columns are visited
-    in blocks of ``blocksize``: in each block the weights of lowest OBS saliency :math:`w^2 / U_{qq}^2` are
-    pruned (``sparsity`` of the block, or M-N of every M with ``pattern=(N, M)``), then column by column the
-    pruned weight's error :math:`(w_q - 0) / U_{qq}` is pushed onto the later columns through row ``q`` of ``U``,
-    the lazy-batch form of OBS's update. Returns the keep mask (True = kept); `reconstruct_layer` then
-    re-solves the kept weights exactly.
-    """
-    w = weight.detach().double().clone()
-    h = gram.detach().double().clone()
-    dead = h.diagonal() == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h.diagonal().add_(damp * float(h.diagonal().mean()))
-    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    pruned = torch.zeros_like(w, dtype=torch.bool)
-    for start in range(0, w.shape[1], blocksize):
-        end = min(start + blocksize, w.shape[1])
-        block, inverse = w[:, start:end].clone(), upper[start:end, start:end]
-        mask = torch.zeros_like(block, dtype=torch.bool)
-        if pattern is None:
-            saliency = block.pow(2) / inverse.diagonal().pow(2)
-            count = int(saliency.numel() * sparsity)
-            if count:
-                mask.view(-1)[torch.topk(saliency.flatten(), count, largest=False).indices] = True
-        errors = torch.zeros_like(block)
-        for i in range(end - start):
-            if pattern is not None and i % pattern[1] == 0:
-                saliency = block[:, i:i + pattern[1]].pow(2) / inverse.diagonal()[i:i + pattern[1]].pow(2)
-                mask.scatter_(1, i + torch.topk(saliency, pattern[1] - pattern[0], dim=1, largest=False).indices, True)
-            column = block[:, i]
-            error = torch.where(mask[:, i], column, 0.0) / inverse[i, i]
-            block[:, i:] -= error[:, None] * inverse[i, i:][None, :]
-            errors[:, i] = error
-        w[:, end:] -= errors @ upper[start:end, end:]
-        pruned[:, start:end] = mask
-    return ~pruned
 
 
 def _refit(current: torch.Tensor, support: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, rows: int,

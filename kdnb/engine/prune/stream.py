@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 import torch
@@ -29,6 +29,8 @@ from torch import nn
 
 from kdnb.engine.device import model_device, to_device
 from kdnb.engine.evaluate import eval_mode
+from kdnb.engine.prune.calibration import (SAMPLES, as_matrix, calibration_batches, forward_order, grouped,
+                                           output_matrix, solvable)
 
 _DONE = "<done>"
 _POLL_S = 0.1  # how often the waiting caller wakes, so that Ctrl-C reaches it
@@ -175,8 +177,6 @@ def statistics(module: nn.Module, inputs: Sequence[torch.Tensor | None], outputs
     groups)``. Rows beyond `row_budget` are subsampled, the same rows of ``A`` and ``Y``. Products in the model's
     dtype, summed in fp64. Cost: ``rows x d^2`` multiply-adds (``rows`` after subsampling); memory ``(d+1)^2``.
     """
-    from kdnb.engine.prune.calibration import as_matrix, grouped, output_matrix
-
     present = [i for i, x in enumerate(inputs) if x is not None and (outputs is None or outputs[i] is not None)]
     groups = module.groups if grouped(module) else 1
     counts = {i: _row_count(module, inputs[i]) for i in present}
@@ -227,3 +227,22 @@ def _products(a: torch.Tensor, y: torch.Tensor | None, groups: int) -> tuple[tor
         outs = torch.stack(y.chunk(groups, 1)) if groups > 1 else y[None]  # (groups, rows, out / groups)
         cross = torch.cat([parts.transpose(1, 2) @ outs, outs.sum(1, keepdim=True)], 1).double()
     return (gram, cross) if groups > 1 else (gram[0], None if cross is None else cross[0])
+
+
+def each_gram(model: nn.Module, data: Iterable, samples: int = SAMPLES, ones: bool = False, groups: bool = False,
+              progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(weight name, A^T A)`` of every re-solvable layer in forward order, one at a time (fp64, ``d x d``;
+    ``ones``: with the ones column last, ``d+1``; ``groups``: also each `calibration.grouped` conv's, ``(groups,
+    d, d)``), from one `Lockstep` pass of the first ``samples`` samples of ``data``; ``progress(done, total)``
+    after each layer. Memory: the caller holds one layer's matrix at a time, unless it keeps them."""
+    batches = calibration_batches(data, samples)
+    layers = [name for name in forward_order(model, batches[0])
+              if solvable(model.get_submodule(name)) or groups and grouped(model.get_submodule(name))]
+    with lockstep(model, layers, batches) as stream:
+        for done, name in enumerate(layers):
+            gram = statistics(model.get_submodule(name), stream.at(name), None)[0]
+            yield f"{name}.weight" if name else "weight", gram if ones else gram[..., :-1, :-1]
+            del gram
+            stream.release(name)
+            if progress is not None:
+                progress(done + 1, len(layers))
