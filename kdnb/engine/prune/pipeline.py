@@ -20,6 +20,7 @@ from kdnb.engine.history import History
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune import arguments, calibration, criteria, decay, estimate, latency, schedules
 from kdnb.engine.prune.criteria import Criterion
+from kdnb.engine.prune.phases import Phases
 from kdnb.engine.prune.groups import (channel_groups, check_structured_support, dependency_graph, keep_vectors,
                                       masks_from_keep, prunable_count, prunable_weights)
 from kdnb.engine.prune.reconstruct import reconstruct as reconstruct_layers
@@ -377,6 +378,7 @@ def _prepare(run: _Run, model: nn.Module) -> None:
     """The dense reference, the working copy on the run's device, slimming's training phase."""
     run.dense = clone(model)
     run.work = make_permanent(model if run.inplace else clone(model)).to(run.device)
+    run.options["phases"] = Phases(run.work, run.callbacks)  # "calibrate", "score", "rebuild", "delete", "time"
     if run.record.statistic == "batchnorm_scale":
         estimate.slimming_phase(run.work, run.data, epochs=run.slimming_epochs, l1=run.slimming_l1, lr=run.lr,
                                 device=str(run.device), seed=run.seed, callbacks=list(run.callbacks))
@@ -456,8 +458,9 @@ def _cut(run: _Run, target: float, resolve: bool, predictions: bool = False) -> 
     apply_masks(run.work, masks)
     if reference is not None:  # OBS's sweep re-chooses a single cut's masks; re-scored rounds keep theirs
         reselect = run.record.reselect and not run.structured and run.rounds == 1
-        reconstruct_layers(run.work, reference, run.data, run.calibration_samples,
-                           reselect=reselect, pattern=parse_pattern(run.pattern), predictions=predictions)
+        reconstruct_layers(run.work, reference, run.data, run.calibration_samples, reselect=reselect,
+                           pattern=parse_pattern(run.pattern), predictions=predictions,
+                           progress=run.phases.tracker("rebuild"))
         distributed.broadcast_from_main(run.work.state_dict().values())  # rank 0's re-solved weights everywhere
     reached = _masked_sparsity(run.work, run.weights, run.total)
     run.trajectory.append({"target": target, "sparsity": reached, "val_acc": run.accuracy(run.work),
@@ -468,7 +471,7 @@ def _cut(run: _Run, target: float, resolve: bool, predictions: bool = False) -> 
 def _scored(run: _Run, plain: nn.Module, example: torch.Tensor | None) -> Scores:
     """`Scores` of ``plain`` by the run's criterion, with the run's data, seed, estimator and calibration samples."""
     return _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator,
-                  run.calibration_samples)
+                  run.calibration_samples, run.phases)
 
 
 def _every_layer_scored(run: _Run, plain: nn.Module, scores: Scores, example: torch.Tensor | None) -> Scores:
@@ -499,7 +502,8 @@ def _removal(run: _Run, plain: nn.Module, scores: Scores, target: float, pruned:
     if run.scope != "latency":
         return removed_channels(scores, target, run.scope, pruned, run.max_layer_sparsity)
     if "ranking" not in run.options:
-        run.options["ranking"] = latency.choose(plain, scores, run.sparsity, example, run.max_layer_sparsity)
+        run.options["ranking"] = latency.choose(plain, scores, run.sparsity, example, run.max_layer_sparsity,
+                                                progress=run.phases.tracker("time"))
     return latency.removal(scores, target, pruned, run.options["ranking"], run.max_layer_sparsity)
 
 
@@ -567,7 +571,8 @@ def _finish(run: _Run) -> PruneResult:
     if run.structured:
         make_permanent(work)
         try:
-            remove_channels(work, run.removed, run.example.to(model_device(work)))  # type: ignore[union-attr]
+            remove_channels(work, run.removed, run.example.to(model_device(work)),  # type: ignore[union-attr]
+                            progress=run.phases.tracker("delete"))
         except KeyboardInterrupt:  # half-deleted layers are no model; an in-place prune is restored at the entry
             raise KeyboardInterrupt("prune was interrupted while deleting the removed channels; nothing was "
                                     "changed") from None

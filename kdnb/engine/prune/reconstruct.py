@@ -200,6 +200,49 @@ def _refine(start: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, suppor
     return w
 
 
+@torch.no_grad()
+def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, pattern: tuple[int, int] | None = None,
+              blocksize: int = 128, damp: float = DAMP) -> torch.Tensor:
+    r"""SparseGPT's OBS sweep (Frantar & Alistarh 2023, Algorithm 1): which weights of ``weight`` (out, d) to keep.
+
+    With the upper Cholesky factor ``U`` of :math:`H^{-1}` (:math:`H = 2X^\top X` damped), columns are visited
+    in blocks of ``blocksize``: in each block the weights of lowest OBS saliency :math:`w^2 / U_{qq}^2` are
+    pruned (``sparsity`` of the block, or M-N of every M with ``pattern=(N, M)``), then column by column the
+    pruned weight's error :math:`(w_q - 0) / U_{qq}` is pushed onto the later columns through row ``q`` of ``U``,
+    the lazy-batch form of OBS's update. Returns the keep mask (True = kept); `reconstruct_layer` then
+    re-solves the kept weights exactly.
+    """
+    w = weight.detach().double().clone()
+    h = gram.detach().double().clone()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h.diagonal().add_(damp * float(h.diagonal().mean()))
+    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    pruned = torch.zeros_like(w, dtype=torch.bool)
+    for start in range(0, w.shape[1], blocksize):
+        end = min(start + blocksize, w.shape[1])
+        block, inverse = w[:, start:end].clone(), upper[start:end, start:end]
+        mask = torch.zeros_like(block, dtype=torch.bool)
+        if pattern is None:
+            saliency = block.pow(2) / inverse.diagonal().pow(2)
+            count = int(saliency.numel() * sparsity)
+            if count:
+                mask.view(-1)[torch.topk(saliency.flatten(), count, largest=False).indices] = True
+        errors = torch.zeros_like(block)
+        for i in range(end - start):
+            if pattern is not None and i % pattern[1] == 0:
+                saliency = block[:, i:i + pattern[1]].pow(2) / inverse.diagonal()[i:i + pattern[1]].pow(2)
+                mask.scatter_(1, i + torch.topk(saliency, pattern[1] - pattern[0], dim=1, largest=False).indices, True)
+            column = block[:, i]
+            error = torch.where(mask[:, i], column, 0.0) / inverse[i, i]
+            block[:, i:] -= error[:, None] * inverse[i, i:][None, :]
+            errors[:, i] = error
+        w[:, end:] -= errors @ upper[start:end, end:]
+        pruned[:, start:end] = mask
+    return ~pruned
+
+
 def _refit(current: torch.Tensor, support: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, rows: int,
            damp: float) -> torch.Tensor:
     """The rows ``current`` (out, d+1; bias last) re-solved on their ``support``, each kept as it is where that
@@ -291,6 +334,8 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
     order = forward_order(model, batches[0])
     visited = [name for name in order if (solvable(model.get_submodule(name)) or grouped(model.get_submodule(name)))
                and f"{name}.weight" not in tied and f"{name}.weight_orig" not in tied]
+    if progress is not None:
+        progress(0, len(visited))
     with lockstep(model, visited, batches) as pruned, lockstep(dense, visited, batches, output=True) as target:
         for done, name in enumerate(visited):
             module = model.get_submodule(name)

@@ -238,6 +238,8 @@ def each_gram(model: nn.Module, data: Iterable, samples: int = SAMPLES, ones: bo
     batches = calibration_batches(data, samples)
     layers = [name for name in forward_order(model, batches[0])
               if solvable(model.get_submodule(name)) or groups and grouped(model.get_submodule(name))]
+    if progress is not None:
+        progress(0, len(layers))
     with lockstep(model, layers, batches) as stream:
         for done, name in enumerate(layers):
             gram = statistics(model.get_submodule(name), stream.at(name), None)[0]
