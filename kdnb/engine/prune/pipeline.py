@@ -18,7 +18,7 @@ from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Callback, RunState
 from kdnb.engine.history import History
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune import arguments, calibration, criteria, decay, estimate, latency, schedules
+from kdnb.engine.prune import arguments, budget, calibration, criteria, decay, estimate, latency, schedules
 from kdnb.engine.prune.criteria import Criterion
 from kdnb.engine.prune.phases import Phases
 from kdnb.engine.prune.groups import (channel_groups, check_structured_support, dependency_graph, keep_vectors,
@@ -368,8 +368,13 @@ def _check_rounds(options: dict[str, Any], reconstruct: bool) -> int:
         # instead, so there one cut saves the seven extra refits. Random scores read nothing a refit changes (the
         # seed draws them), so every round would cut the same channels and the last refit gives the one cut's model
         drawn = criteria.REGISTRY[options["criterion"]].statistic == "generator"
-        return DEFAULT_ROUNDS if options["structured"] and oneshot_refit and not options["finetune"] and not drawn \
-            else 1
+        if not (options["structured"] and oneshot_refit and not options["finetune"] and not drawn):
+            return 1
+        # as many as `budget.ROUNDS_FLOPS` affords: eight on the tutorials' networks, one on a ResNet at 224x224
+        example = options["example"] if options["example"] is not None else split_batch(
+            checks.first_batch(options["data"]))[0]
+        return budget.affordable_rounds(options["model"], example, options["data"], options["calibration_samples"],
+                                        DEFAULT_ROUNDS)
     checks.check_positive("rounds", rounds, integer=True)
     return rounds
 
