@@ -331,7 +331,7 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
     batches = calibration_batches(data, samples)
     count = sum(len(x) for x in batches)
     tied = tied_names(model)  # a shared weight cannot be re-solved for two layers at once: it keeps its masking
-    order = forward_order(model, batches[0])
+    order = forward_order(model, batches[0][:1])  # one sample shows the order
     visited = [name for name in order if (solvable(model.get_submodule(name)) or grouped(model.get_submodule(name)))
                and f"{name}.weight" not in tied and f"{name}.weight_orig" not in tied]
     if progress is not None:

@@ -29,8 +29,7 @@ from torch import nn
 
 from kdnb.engine.device import model_device, to_device
 from kdnb.engine.evaluate import eval_mode
-from kdnb.engine.prune.calibration import (SAMPLES, as_matrix, calibration_batches, forward_order, grouped,
-                                           output_matrix, solvable)
+from kdnb.engine.prune.calibration import SAMPLES, calibration_batches, forward_order, grouped, solvable
 
 _DONE = "<done>"
 _POLL_S = 0.1  # how often the waiting caller wakes, so that Ctrl-C reaches it
@@ -174,8 +173,10 @@ def statistics(module: nn.Module, inputs: Sequence[torch.Tensor | None], outputs
     """``(A^T A, A^T Y, rows)`` of one layer from each batch's input (and output) tensor: ``A`` the input matrix
     with a column of ones last (`calibration.as_matrix`), ``Y`` the outputs as rows (`calibration.output_matrix`);
     a `calibration.grouped` conv's one conv-group at a time, ``(groups, d+1, d+1)`` and ``(groups, d+1, out /
-    groups)``. Rows beyond `row_budget` are subsampled, the same rows of ``A`` and ``Y``. Products in the model's
-    dtype, summed in fp64. Cost: ``rows x d^2`` multiply-adds (``rows`` after subsampling); memory ``(d+1)^2``.
+    groups)``. Rows beyond `row_budget` are subsampled (a conv: output positions, the same for ``A`` and ``Y``).
+    Products in the model's dtype, summed in fp64; a conv's from its unfolded input as it comes, ``(d, positions)``
+    per sample, never copied into rows. Cost: ``rows x d^2`` multiply-adds (``rows`` after subsampling); memory
+    ``(d+1)^2`` plus one batch's unfolded input.
     """
     present = [i for i, x in enumerate(inputs) if x is not None and (outputs is None or outputs[i] is not None)]
     groups = module.groups if grouped(module) else 1
@@ -186,19 +187,41 @@ def statistics(module: nn.Module, inputs: Sequence[torch.Tensor | None], outputs
     cross: torch.Tensor | int = 0
     rows = 0
     for i in present:
-        a = as_matrix(module, inputs[i])
-        index = _kept_rows(len(a), share, i, a.device)
+        a, y = _columns(module, inputs[i], None if outputs is None else outputs[i])  # (samples, d, positions)
+        index = _kept_rows(a.shape[2], share, i, a.device)
         if index is not None:
-            a = a[index]
-        y = None
-        if outputs is not None:
-            y = output_matrix(module, outputs[i]).to(a)
-            y = y[index] if index is not None else y
+            a, y = a[:, :, index], (y[:, :, index] if y is not None else None)
         g, c = _products(a, y, groups)
         gram = gram + g
         cross = cross + c if c is not None else cross
-        rows += len(a)
+        rows += a.shape[0] * a.shape[2]
     return gram, (cross if outputs is not None else None), rows  # type: ignore[return-value]
+
+
+def _columns(module: nn.Module, x: torch.Tensor, y: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The layer's input and output as ``(samples, features, positions)``: a Linear's rows are one sample each
+    (positions 1), a 1x1 conv reads its input as it is, another conv its unfolded patches (`calibration.as_matrix`'s
+    columns)."""
+    if isinstance(module, nn.Linear):
+        a = x.reshape(-1, x.shape[-1])[:, :, None]
+        return a, (y.reshape(-1, y.shape[-1]).to(a)[:, :, None] if y is not None else None)
+    pointwise = all(k == 1 for k in module.kernel_size) and all(s == 1 for s in module.stride) and \
+        all(p == 0 for p in module.padding)
+    if pointwise:
+        a = x.flatten(2)
+    elif isinstance(module, nn.Conv1d):
+        a = as_matrix_columns(module, x.unsqueeze(2), (1, *module.kernel_size), (1, *module.stride),
+                              (0, *module.padding), (1, *module.dilation))
+    else:
+        a = as_matrix_columns(module, x, module.kernel_size, module.stride, module.padding, module.dilation)
+    return a, (y.flatten(2).to(a) if y is not None else None)
+
+
+def as_matrix_columns(module: nn.Module, x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int],
+                      padding: Sequence[int], dilation: Sequence[int]) -> torch.Tensor:
+    """``torch.nn.functional.unfold`` of a conv's input: ``(samples, in_channels x kernel, positions)``."""
+    return torch.nn.functional.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
 
 
 def _row_count(module: nn.Module, x: torch.Tensor) -> int:
@@ -214,18 +237,18 @@ def _positions(module: nn.Module, size: Sequence[int]) -> list[int]:
 
 
 def _products(a: torch.Tensor, y: torch.Tensor | None, groups: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``[A 1]^T [A 1]`` and ``[A 1]^T Y`` in fp64 (per conv-group for ``groups`` > 1) without copying ``A`` to
-    append the column of ones."""
-    parts = torch.stack(a.chunk(groups, 1)) if groups > 1 else a[None]  # (groups, rows, d)
-    n = parts.shape[1]
-    sums = parts.sum(1, keepdim=True)  # (groups, 1, d): 1^T A
-    top = torch.cat([parts.transpose(1, 2) @ parts, sums.transpose(1, 2)], 2)
-    corner = torch.full((groups, 1, 1), float(n), dtype=parts.dtype, device=parts.device)
-    gram = torch.cat([top, torch.cat([sums, corner], 2)], 1).double()
+    """``[A 1]^T [A 1]`` and ``[A 1]^T Y`` in fp64 (per conv-group for ``groups`` > 1) from ``a`` (samples, d,
+    positions) and ``y`` (samples, out, positions), without copying ``A`` into rows or appending the ones."""
+    samples, width, positions = a.shape
+    parts = a.reshape(samples, groups, width // groups, positions)
+    products = torch.einsum("sgdp,sgep->gde", parts, parts)  # one product over samples x positions
+    sums = parts.sum((0, 3))[:, :, None]  # (groups, d, 1): A^T 1
+    corner = torch.full((groups, 1, 1), float(samples * positions), dtype=a.dtype, device=a.device)
+    gram = torch.cat([torch.cat([products, sums], 2), torch.cat([sums.transpose(1, 2), corner], 2)], 1).double()
     cross = None
     if y is not None:
-        outs = torch.stack(y.chunk(groups, 1)) if groups > 1 else y[None]  # (groups, rows, out / groups)
-        cross = torch.cat([parts.transpose(1, 2) @ outs, outs.sum(1, keepdim=True)], 1).double()
+        outs = y.reshape(samples, groups, y.shape[1] // groups, positions)
+        cross = torch.cat([torch.einsum("sgdp,sgop->gdo", parts, outs), outs.sum((0, 3))[:, None, :]], 1).double()
     return (gram, cross) if groups > 1 else (gram[0], None if cross is None else cross[0])
 
 
@@ -236,7 +259,7 @@ def each_gram(model: nn.Module, data: Iterable, samples: int = SAMPLES, ones: bo
     d, d)``), from one `Lockstep` pass of the first ``samples`` samples of ``data``; ``progress(done, total)``
     after each layer. Memory: the caller holds one layer's matrix at a time, unless it keeps them."""
     batches = calibration_batches(data, samples)
-    layers = [name for name in forward_order(model, batches[0])
+    layers = [name for name in forward_order(model, batches[0][:1])  # one sample shows the order
               if solvable(model.get_submodule(name)) or groups and grouped(model.get_submodule(name))]
     if progress is not None:
         progress(0, len(layers))
