@@ -31,6 +31,7 @@ from kdnb.engine.device import eval_mode, model_device, to_device
 from kdnb.engine.prune.score.calibration import SAMPLES, calibration_batches, forward_order, grouped, solvable
 
 _DONE = "<done>"
+THREADS = 4  # forward passes parked at once: the calibration batches are joined into this many chunks
 _POLL_S = 0.1  # how often the waiting caller wakes, so that Ctrl-C reaches it
 
 
@@ -48,7 +49,7 @@ class Lockstep:
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], batches: Sequence[torch.Tensor], output: bool = False):
-        self.model, self.layers, self.batches, self.output = model, list(layers), list(batches), output
+        self.model, self.layers, self.batches, self.output = model, list(layers), chunks(batches), output
         self.reports: queue.Queue = queue.Queue()
         self.released = {name: threading.Event() for name in self.layers}
         self.compute = threading.Lock()  # one forward segment at a time: no oversubscribed intra-op threads
@@ -135,6 +136,18 @@ class Lockstep:
             if where == layer:
                 self.position[index], self.values[index] = None, None
         self.released[layer].set()
+
+
+def chunks(batches: Sequence[torch.Tensor], most: int = THREADS) -> list[torch.Tensor]:
+    """``batches`` joined, in order, into at most ``most`` tensors (where their shapes allow): every park and
+    release of a thread costs a wake-up, which on a loaded machine takes milliseconds, so a small model's many
+    batches would spend more time waking threads than computing."""
+    batches = list(batches)
+    if len(batches) <= most or len({b.shape[1:] for b in batches}) != 1 or not all(
+            isinstance(b, torch.Tensor) for b in batches):
+        return batches
+    size = -(-len(batches) // most)
+    return [torch.cat(batches[i:i + size]) for i in range(0, len(batches), size)]
 
 
 @contextmanager
