@@ -55,6 +55,17 @@ def uptime() -> str:
         return "load " + " ".join(f.read().split()[:3])
 
 
+def gemm_speed() -> str:
+    """What the box gives this process now: fp32 GFLOP/s of a 2048^2 matrix product at `THREADS` threads (2 quiet
+    AVX-512 cores give ~100; a shared box far less), to read the times against."""
+    torch.set_num_threads(THREADS)
+    a = torch.randn(2048, 2048)
+    start = time.perf_counter()
+    for _ in range(3):
+        a @ a
+    return f"{3 * 2 * 2048 ** 3 / (time.perf_counter() - start) / 1e9:.0f} GFLOP/s"
+
+
 def _model(name: str):
     """(model, calibration loader, example) of one benchmark model; random weights (cost does not depend on them)."""
     import kdnb
@@ -173,7 +184,7 @@ def part_scale(models: list[str], baseline: str | None, limit: int) -> None:
     methods = {"structured": "kdnb default, 50 % structured", "unstructured": "kdnb default, 80 % unstructured",
                "tp": "Torch-Pruning MetaPruner L1, 50 %", "torch": "torch global_unstructured L1, 80 %"}
     print(f"## scale: default prune with data, {THREADS} threads, {IMAGES} calibration images at {SIZE}x{SIZE} "
-          f"({TOKENS} tokens for BERT); {uptime()}")
+          f"({TOKENS} tokens for BERT); {uptime()}, fp32 product {gemm_speed()}")
     print("| model | params | calibration pass GFLOPs | method | time (s) | peak RSS (GB) | load (before -> after) |")
     print("|---|---|---|---|---|---|---|")
     rows: dict[tuple[str, str], dict] = {}

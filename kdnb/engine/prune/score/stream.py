@@ -248,19 +248,26 @@ def _positions(module: nn.Module, size: Sequence[int]) -> list[int]:
             zip(size, module.kernel_size, module.stride, module.padding, module.dilation)]
 
 
+def _by_group(a: torch.Tensor, groups: int) -> torch.Tensor:
+    """``(samples, features, positions)`` as ``(groups, features / groups, samples x positions)``."""
+    samples, width, positions = a.shape
+    return a.reshape(samples, groups, width // groups, positions).permute(1, 2, 0, 3).reshape(
+        groups, width // groups, samples * positions)
+
+
 def _products(a: torch.Tensor, y: torch.Tensor | None, groups: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``[A 1]^T [A 1]`` and ``[A 1]^T Y`` in fp64 (per conv-group for ``groups`` > 1) from ``a`` (samples, d,
     positions) and ``y`` (samples, out, positions), without copying ``A`` into rows or appending the ones."""
     samples, width, positions = a.shape
-    parts = a.reshape(samples, groups, width // groups, positions)
-    products = torch.einsum("sgdp,sgep->gde", parts, parts)  # one product over samples x positions
-    sums = parts.sum((0, 3))[:, :, None]  # (groups, d, 1): A^T 1
+    parts = _by_group(a, groups)  # (groups, d, samples x positions): one copy, then one matrix product
+    products = parts @ parts.transpose(1, 2)
+    sums = parts.sum(2, keepdim=True)  # (groups, d, 1): A^T 1
     corner = torch.full((groups, 1, 1), float(samples * positions), dtype=a.dtype, device=a.device)
     gram = torch.cat([torch.cat([products, sums], 2), torch.cat([sums.transpose(1, 2), corner], 2)], 1).double()
     cross = None
     if y is not None:
-        outs = y.reshape(samples, groups, y.shape[1] // groups, positions)
-        cross = torch.cat([torch.einsum("sgdp,sgop->gdo", parts, outs), outs.sum((0, 3))[:, None, :]], 1).double()
+        outs = _by_group(y, groups)  # (groups, out / groups, samples x positions)
+        cross = torch.cat([parts @ outs.transpose(1, 2), outs.sum(2)[:, None, :]], 1).double()
     return (gram, cross) if groups > 1 else (gram[0], None if cross is None else cross[0])
 
 
