@@ -8,6 +8,8 @@ reports 0 at its start and ``total`` at its end, so nothing on screen stays stil
 """
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Iterable
 
 from torch import nn
@@ -43,3 +45,32 @@ class Phases:
 def silent() -> Phases:
     """Phases no one listens to."""
     return Phases(nn.Module(), ())
+
+
+def cost(started: float, model: nn.Module, with_data: bool) -> dict[str, float]:
+    """What a prune cost: seconds since ``started`` (``time.perf_counter``), the process's peak resident memory
+    (bytes; where the platform reports it) and, with data, the largest layer's statistics, the most the layer-wise
+    methods hold at once (a ``(d+1)^2`` Gram matrix and ``(d+1) x out`` cross products, fp64)."""
+    found = {"seconds": time.perf_counter() - started}
+    try:
+        import resource
+
+        found["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin"
+                                                                                       else 1024)
+    except ImportError:  # Windows
+        pass
+    if with_data:
+        widths = [(m.weight[0].numel() + 1, m.weight.shape[0]) for m in model.modules()
+                  if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+        found["statistics_bytes"] = max((8 * d * (d + out) for d, out in widths), default=0)
+    return found
+
+
+def cost_line(found: dict[str, float]) -> str:
+    """`cost` as one line of a summary."""
+    parts = [f"pruned in {found['seconds']:.1f} s"]
+    if "peak_rss_bytes" in found:
+        parts.append(f"peak memory {found['peak_rss_bytes'] / 2**30:.2f} GB (the process's)")
+    if "statistics_bytes" in found:
+        parts.append(f"at most {found['statistics_bytes'] / 2**20:.2g} MB of layer statistics at once")
+    return ", ".join(parts)

@@ -3,6 +3,7 @@ following a schedule. Each step is one function below; `prune` only calls them i
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from kdnb.engine.prune.cut.channels import remove_channels
 from kdnb.engine.prune.cut.masks import apply_masks, clone, comparable, connected, current_masks, make_permanent
 from kdnb.engine.prune.graph.groups import (channel_groups, check_structured_support, dependency_graph, keep_vectors,
                                             masks_from_keep, prunable_count, prunable_weights)
+from kdnb.engine.prune import phases
 from kdnb.engine.prune.phases import Phases
 from kdnb.engine.prune.rebuild.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
@@ -391,6 +393,7 @@ def _prepare(run: _Run, model: nn.Module) -> None:
     run.dense = clone(model)
     run.work = make_permanent(model if run.inplace else clone(model)).to(run.device)
     run.options["phases"] = Phases(run.work, run.callbacks)  # "calibrate", "score", "rebuild", "delete", "time"
+    run.options["started"] = time.perf_counter()
     if run.record.statistic == "batchnorm_scale":
         estimate.slimming_phase(run.work, run.data, epochs=run.slimming_epochs, l1=run.slimming_l1, lr=run.lr,
                                 device=str(run.device), seed=run.seed, callbacks=list(run.callbacks))
@@ -603,7 +606,8 @@ def _finish(run: _Run) -> PruneResult:
                        example=run.example.cpu() if run.example is not None else None, control=control_model,
                        channels=_channels(run.dense, work) if run.structured else {},
                        reconstructed=run.reconstruct, pattern=run.pattern,
-                       ranking=run.options.get("ranking"), max_layer_sparsity=_layer_cap(run))
+                       ranking=run.options.get("ranking"), max_layer_sparsity=_layer_cap(run),
+                       cost=phases.cost(run.started, run.dense, run.data is not None and run.reconstruct))
 
 
 def _layer_cap(run: _Run) -> float | None:
