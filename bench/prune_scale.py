@@ -75,7 +75,7 @@ def _model(name: str):
         train, _ = kdnb.datasets.load("digits", batch_size=64, seed=0)
         return kdnb.models.mlp(64, [256, 256], 10), train
     if name in ("resnet18", "resnet50"):
-        model = getattr(kdnb.models, name)(num_classes=1000)
+        model = getattr(_replicas(), name)(num_classes=1000)
         x = torch.randn(IMAGES, 3, SIZE, SIZE)
         return model, DataLoader(TensorDataset(x, torch.randint(0, 1000, (IMAGES,))), batch_size=32)
     if name == "bert":
@@ -92,6 +92,17 @@ def _model(name: str):
         ids = torch.randint(0, 30522, (IMAGES, TOKENS))
         return Logits().eval(), DataLoader(TensorDataset(ids, torch.randint(0, 2, (IMAGES,))), batch_size=16)
     raise SystemExit(f"unknown model {name!r}")
+
+
+def _replicas():
+    """This checkout's ``kdnb.models`` (a ``--baseline`` checkout may predate its resnet18 / resnet50)."""
+    import importlib.util
+
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kdnb", "models.py")
+    spec = importlib.util.spec_from_file_location("kdnb_bench_models", here)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
 
 def _weights(model: nn.Module) -> int:

@@ -131,9 +131,7 @@ class PruneResult(Result):
         pruned = rows["pruned"]
         notes = [f"compression ratio (dense params / pruned nonzero params): {format_value(pruned['params_x'])}x",
                  f"theoretical speed-up (dense MACs / pruned nonzero MACs): {format_value(pruned['macs_x'])}x",
-                 comparison.latency_line()]
-        if self.cost is not None:
-            notes.append(cost_line(self.cost))
+                 *([cost_line(self.cost)] if self.cost is not None else []), comparison.latency_line()]
         if self.history.status != "completed" and self.history.message:  # where it stopped, and what was kept
             notes.append(self.history.message)
         if self.pattern is not None:
