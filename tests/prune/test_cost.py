@@ -195,3 +195,18 @@ def test_an_interrupt_in_any_phase_leaves_the_model_as_it_was(phase):
     assert result is None or result.history.status == "interrupted"
     after = net.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_torchvision_sized_replicas_have_torchvision_s_parameter_counts():
+    assert sum(p.numel() for p in kdnb.models.resnet18().parameters()) == 11_689_512  # torchvision's resnet18
+    assert sum(p.numel() for p in kdnb.models.resnet50().parameters()) == 25_557_032  # torchvision's resnet50
+
+
+def test_structured_rounds_fit_their_calibration_budget():
+    from kdnb.engine.prune.schedule import budget
+
+    digits = _loader(torch.randn(1438, 1, 8, 8), batch_size=64)  # the tutorials' calibration set
+    assert budget.affordable_rounds(kdnb.models.cnn_bn(10), torch.randn(2, 1, 8, 8), digits, 2048, 8) == 8
+    images = _loader(torch.zeros(128, 3, 224, 224))  # 128 calibration images
+    big = budget.affordable_rounds(kdnb.models.resnet18(), torch.randn(2, 3, 224, 224), images, 128, 8)
+    assert big == 1  # ~3.6 GFLOPs a sample x 128 samples x 3 passes a round: over budget at once
