@@ -377,13 +377,8 @@ def _check_rounds(options: dict[str, Any], reconstruct: bool) -> int:
         # instead, so there one cut saves the seven extra refits. Random scores read nothing a refit changes (the
         # seed draws them), so every round would cut the same channels and the last refit gives the one cut's model
         drawn = criteria.REGISTRY[options["criterion"]].statistic == "generator"
-        if not (options["structured"] and oneshot_refit and not options["finetune"] and not drawn):
-            return 1
-        # as many as `budget.ROUNDS_FLOPS` affords: eight on the tutorials' networks, one on a ResNet at 224x224
-        example = options["example"] if options["example"] is not None else split_batch(
-            checks.first_batch(options["data"]))[0]
-        return budget.affordable_rounds(options["model"], example, options["data"], options["calibration_samples"],
-                                        DEFAULT_ROUNDS)
+        return DEFAULT_ROUNDS if options["structured"] and oneshot_refit and not options["finetune"] and not drawn \
+            else 1
     checks.check_positive("rounds", rounds, integer=True)
     return rounds
 
@@ -394,6 +389,9 @@ def _prepare(run: _Run, model: nn.Module) -> None:
     run.work = make_permanent(model if run.inplace else clone(model)).to(run.device)
     run.options["phases"] = Phases(run.work, run.callbacks)  # "calibrate", "score", "rebuild", "delete", "time"
     run.options["started"] = time.perf_counter()
+    if run.options["rounds"] is None and run.rounds > 1 and run.structured:  # as many as their passes afford:
+        # eight on the tutorials' networks, one on a ResNet at 224x224 (`budget.ROUNDS_FLOPS`)
+        run.rounds = budget.affordable_rounds(run.dense, run.example, run.data, run.calibration_samples, run.rounds)
     if run.record.statistic == "batchnorm_scale":
         estimate.slimming_phase(run.work, run.data, epochs=run.slimming_epochs, l1=run.slimming_l1, lr=run.lr,
                                 device=str(run.device), seed=run.seed, callbacks=list(run.callbacks))

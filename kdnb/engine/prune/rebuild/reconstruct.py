@@ -42,6 +42,7 @@ _BLOCK_BYTES = 64 * 2**20  # bound on the (rows x k x k) fp64 systems solved at 
 # The exact per-row re-solve wherever it costs at most this many times SparseGPT's sweep (`resolve_rows`):
 # measured in bench/prune_scale.py --solve
 EXACT_FACTOR = 4.0
+EXACT_BELOW = 2**26  # multiply-adds under which the exact solve always runs (a fraction of a second)
 REFINE_STEPS = 10  # conjugate-gradient steps after the sweep (`_refine`)
 
 
@@ -131,8 +132,10 @@ def sweep_cost(support: torch.Tensor) -> float:
 def resolve_rows(gram: torch.Tensor, cross: torch.Tensor, support: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
     """The rows re-solved on their supports: exactly (`solve_rows`) where that costs at most `sweep_rows`
     (SparseGPT's sweep, refined), whose batched Cholesky factors of small systems run about `EXACT_FACTOR` times
-    slower per multiply-add than its matrix products; the sweep elsewhere. Cost: ``O(d^3 + rows d^2)``."""
-    if EXACT_FACTOR * exact_cost(support) <= sweep_cost(support):
+    slower per multiply-add than its matrix products, or costs under `EXACT_BELOW` anyway; the sweep elsewhere.
+    Cost: ``O(d^3 + rows d^2)``."""
+    cost = exact_cost(support)
+    if cost <= EXACT_BELOW or EXACT_FACTOR * cost <= sweep_cost(support):
         return solve_rows(gram, cross, support, damp)
     return sweep_rows(gram, cross, support, damp)
 

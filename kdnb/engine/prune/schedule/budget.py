@@ -34,5 +34,8 @@ def affordable_rounds(model: nn.Module, example: torch.Tensor, data: Iterable, s
     """``most`` rounds, or fewer (at least one) where their calibration passes would pass `ROUNDS_FLOPS`."""
     dataset = getattr(data, "dataset", None)
     count = min(samples, len(dataset)) if hasattr(dataset, "__len__") else samples  # type: ignore[arg-type]
-    per_round = PASSES_PER_ROUND * sample_flops(model, example) * count
+    try:
+        per_round = PASSES_PER_ROUND * sample_flops(model, example) * count
+    except (RuntimeError, TypeError, ValueError):  # an example the model cannot run: the trace reports it, by name
+        return most
     return max(1, min(most, ROUNDS_FLOPS // max(1, per_round)))

@@ -164,6 +164,7 @@ def lockstep(model: nn.Module, layers: Sequence[str], batches: Sequence[torch.Te
 # are drawn uniformly (seeded: the same rows on every call), as SparseGPT samples its calibration tokens.
 ROWS_FLOOR = 2**16
 ROWS_PER_INPUT = 32
+EXACT_WIDTH = 512  # layers of up to this many inputs take their products in fp64, larger ones in the model's dtype
 
 
 def row_budget(rows: int, width: int) -> int:
@@ -200,6 +201,8 @@ def statistics(module: nn.Module, inputs: Sequence[torch.Tensor | None], outputs
     rows = 0
     for i in present:
         a, y = _columns(module, inputs[i], None if outputs is None else outputs[i])  # (samples, d, positions)
+        if width <= EXACT_WIDTH:  # small: fp64 products cost nothing and match a float64 least squares
+            a, y = a.double(), (y.double() if y is not None else None)
         index = _kept_rows(a.shape[2], share, i, a.device)
         if index is not None:
             a, y = a[:, :, index], (y[:, :, index] if y is not None else None)
