@@ -20,7 +20,7 @@ Part "threads": one calibration pass of resnet18 at 1, 2 and 4 intra-op threads,
 torch's threads behave when other jobs share the cores.
 
     .venv/bin/python bench/prune_scale.py [--part scale|accuracy|solve|threads] [--models mlp,resnet18,resnet50,bert]
-        [--baseline /work/main] [--limit 600] [--seeds 3]
+        [--methods structured,unstructured,tp,torch] [--baseline /work/main] [--limit 600] [--seeds 3]
 
 The box's load (``uptime``) is printed before and after every timing: on a shared machine the numbers are only
 comparable within one run.
@@ -199,9 +199,10 @@ def part_scale(models: list[str], baseline: str | None, limit: int) -> None:
     print("| model | params | calibration pass GFLOPs | method | time (s) | peak RSS (GB) | load (before -> after) |")
     print("|---|---|---|---|---|---|---|")
     rows: dict[tuple[str, str], dict] = {}
+    chosen = _option("--methods", ",".join(methods)).split(",")
     for name in models:
         for method, label in methods.items():
-            if name == "bert" and method in ("structured", "tp"):
+            if name == "bert" and method in ("structured", "tp") or method not in chosen:
                 continue
             runs = [(label, here)] + ([(f"{label} [baseline {baseline}]", baseline)]
                                       if baseline and method in ("structured", "unstructured") else [])
