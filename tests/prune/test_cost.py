@@ -119,7 +119,8 @@ def test_rows_sharing_their_support_are_solved_as_one_system_with_the_same_resul
     support = (torch.rand(31) < 0.5).expand(12, -1).clone()
     support[:, -1] = True
     shared = reconstruct_module.solve_rows(gram, cross, support)
-    one_by_one = torch.cat([reconstruct_module.solve_rows(gram, cross[:, r:r + 1], support[r:r + 1]) for r in range(12)])
+    one_by_one = torch.cat([reconstruct_module.solve_rows(gram, cross[:, r:r + 1], support[r:r + 1])
+                            for r in range(12)])
     assert torch.allclose(shared, one_by_one, atol=1e-8)
 
 
