@@ -39,9 +39,10 @@ from kdnb.engine.prune.score.linalg import inverse_factor
 from kdnb.engine.prune.score.stream import Lockstep, lockstep, statistics
 
 _BLOCK_BYTES = 64 * 2**20  # bound on the (rows x k x k) fp64 systems solved at once
-# The exact per-row re-solve wherever it costs at most this many times SparseGPT's sweep (`resolve_rows`):
-# measured in bench/prune_scale.py --solve
-EXACT_FACTOR = 4.0
+# The exact per-row re-solve runs where its modelled cost is at most 1/EXACT_FACTOR of the refined sweep's: its
+# batched Cholesky factors of small systems ran 13-80x slower per modelled multiply-add than the sweep's products,
+# for 0.0-0.4 % less squared error (bench/prune_scale.py --part solve, random layers of 256-1152 inputs, shared box)
+EXACT_FACTOR = 16.0
 EXACT_BELOW = 2**26  # multiply-adds under which the exact solve always runs (a fraction of a second)
 REFINE_STEPS = 10  # conjugate-gradient steps after the sweep (`_refine`)
 
