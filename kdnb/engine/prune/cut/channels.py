@@ -6,6 +6,8 @@ BatchNorm, the next layers' inputs, the other branches of residual adds and dept
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -22,7 +24,8 @@ def _outputs(model: nn.Module, example: Example) -> torch.Tensor:
         return forward(model, example)
 
 
-def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example: Example) -> nn.Module:
+def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example: Example,
+                    progress: Callable[[int, int], None] | None = None) -> nn.Module:
     """Delete, in place, the units ``removed[layer]`` (True = remove) of each group rooted at ``layer`` (a unit is
     a channel, or the channels that go together: one position of every group of a grouped conv, one head).
 
@@ -37,7 +40,9 @@ def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example:
     grouped = grouped_attention(layouts)  # GQA: whole key/value groups
     ties = _tied_parameters(model)
     untraced = library.HiddenMarker(model)  # hidden-size parameters an eval forward never reads (Wav2Vec2's)
-    for root, gone in removed.items():
+    for done, (root, gone) in enumerate(removed.items()):
+        if progress is not None:  # ``progress(done, groups)`` before each group and after the last
+            progress(done, len(removed))
         if units.get(root) is not None:
             gone = gone[units[root]]  # unit -> its channels
         idxs = torch.nonzero(gone).flatten().tolist()
@@ -54,6 +59,8 @@ def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example:
     untraced.narrow()
     library.sync_config(model)
     _check_outputs(model, example, expected)
+    if progress is not None:
+        progress(len(removed), len(removed))
     return model
 
 
