@@ -71,7 +71,8 @@ def _hf_models():
             num_labels=3)), lambda n=8: {"input_values": torch.randn(n, 400)}),
         "t5": (lambda: T.T5ForSequenceClassification(T.T5Config(
             vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, num_labels=3,
-            decoder_start_token_id=0, pad_token_id=0)), ids),
+            decoder_start_token_id=0, pad_token_id=0)), lambda n=8: {"input_ids": torch.cat(
+                [torch.randint(2, 100, (n, 7)), torch.ones(n, 1, dtype=torch.long)], 1)}),  # ends with <eos> (1)
     }
 
 
@@ -220,8 +221,11 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--zoo", action="store_true", help="timm and torchvision (needs them importable)")
+    parser.add_argument("--only", default="", help="comma-separated model names (default: all)")
     args = parser.parse_args()
     models, hf = (_zoo_models(), False) if args.zoo else (_hf_models(), True)
+    if args.only:
+        models = {name: entry for name, entry in models.items() if name in args.only.split(",")}
     start = time.perf_counter()
     rows = run(models, hf)
     print(f"\n{' '.join(sys.argv)} -- {time.strftime('%Y-%m-%d %H:%M')} UTC, torch {torch.__version__}, "
