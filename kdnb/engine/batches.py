@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -143,6 +143,30 @@ def first_example_rows(example: Any, rows: int) -> Any:
         return example[:rows]
     args, kwargs = first_rows(*example_inputs(example), rows)
     return kwargs if isinstance(example, Mapping) else args
+
+
+def join_examples(examples: Sequence[Any]) -> Any:
+    """Examples of one form (tensors, tuples of inputs, or mappings with the same keys) joined row-wise into one,
+    or None where they cannot be (another form, a non-tensor input, shapes that differ after the batch)."""
+    first = examples[0]
+    if isinstance(first, torch.Tensor):
+        parts = [[example] for example in examples]
+    elif isinstance(first, Mapping):
+        parts = [[example[key] for key in first] if isinstance(example, Mapping) and example.keys() == first.keys()
+                 else None for example in examples]
+    elif isinstance(first, tuple):
+        parts = [list(example) if isinstance(example, tuple) and len(example) == len(first) else None
+                 for example in examples]
+    else:
+        return None
+    if any(part is None for part in parts) or not all(
+            isinstance(value, torch.Tensor) and value.dim() and value.shape[1:] == reference.shape[1:]
+            for part in parts for value, reference in zip(part, parts[0])):
+        return None
+    joined = [torch.cat(column) for column in zip(*parts)]
+    if isinstance(first, torch.Tensor):
+        return joined[0]
+    return dict(zip(first, joined)) if isinstance(first, Mapping) else tuple(joined)
 
 
 def example_of(batch: Any) -> Any:

@@ -209,3 +209,13 @@ def test_the_explorers_take_mapping_batches_and_mapping_outputs():
         temperature = TemperatureExplorer(model, data, max_samples=10)
         assert len(temperature.logits) == 10 and temperature.labels is not None
         assert temperature.show(3, 8.0).startswith(f"sample 3 (class {int(temperature.labels[3])}), T = 8.0")
+
+
+def test_many_small_mapping_batches_join_for_the_streamed_calibration():
+    first = {"pixels": torch.ones(2, 6), "mask": torch.zeros(2, 6)}
+    joined = batches.join_examples([first, first, first])
+    assert joined["pixels"].shape == (6, 6) and joined["mask"].shape == (6, 6)
+    assert batches.join_examples([torch.ones(2, 3), torch.ones(2, 4)]) is None  # shapes differ after the batch
+    data = DataLoader(Pixels(), batch_size=4)  # 12 batches: more than the calibration's threads
+    pruned = kdnb.prune(KeywordInputs(), 0.5, data=data, **quiet())  # the default re-solves on them
+    assert pruned.reconstructed and pruned.sparsity == pytest.approx(0.5, abs=0.02)

@@ -22,12 +22,13 @@ import math
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
 
-from kdnb.engine.batches import call_example, first_example_rows
+from kdnb.engine.batches import call_example, first_example_rows, join_examples
 from kdnb.engine.device import eval_mode, model_device, to_device
 from kdnb.engine.prune.score.calibration import SAMPLES, calibration_batches, forward_order, grouped, solvable
 
@@ -139,16 +140,17 @@ class Lockstep:
         self.released[layer].set()
 
 
-def chunks(batches: Sequence[torch.Tensor], most: int = THREADS) -> list[torch.Tensor]:
-    """``batches`` joined, in order, into at most ``most`` tensors (where their shapes allow): every park and
-    release of a thread costs a wake-up, which on a loaded machine takes milliseconds, so a small model's many
-    batches would spend more time waking threads than computing."""
+def chunks(batches: Sequence[Any], most: int = THREADS) -> list[Any]:
+    """``batches`` (examples: tensors, tuples of inputs or mappings of keyword inputs) joined, in order, into at
+    most ``most`` (where their shapes allow, `join_examples`): every park and release of a thread costs a wake-up,
+    which on a loaded machine takes milliseconds, so a small model's many batches would spend more time waking
+    threads than computing."""
     batches = list(batches)
-    if len(batches) <= most or len({b.shape[1:] for b in batches}) != 1 or not all(
-            isinstance(b, torch.Tensor) for b in batches):
+    if len(batches) <= most or join_examples(batches[:2]) is None:
         return batches
     size = -(-len(batches) // most)
-    return [torch.cat(batches[i:i + size]) for i in range(0, len(batches), size)]
+    joined = [join_examples(batches[i:i + size]) for i in range(0, len(batches), size)]
+    return batches if any(part is None for part in joined) else joined
 
 
 @contextmanager
