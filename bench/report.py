@@ -8,6 +8,7 @@ whose modes measure different things (``report.run(main, modes=("--part",))``: `
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import datetime
 import io
@@ -31,7 +32,8 @@ def machine() -> str:
         names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                  if line.startswith("model name")]
         model = names[0] if names else model
-    parts = [model, f"{os.cpu_count()} cores", f"torch {torch.__version__} ({torch.get_num_threads()} threads)"]
+    threads = torch.get_num_threads()
+    parts = [model, f"{os.cpu_count()} cores", f"torch {torch.__version__} ({threads} thread{'s' * (threads > 1)})"]
     if os.environ.get("ATEN_CPU_CAPABILITY"):
         parts.append(f"ATEN_CPU_CAPABILITY={os.environ['ATEN_CPU_CAPABILITY']}")
     if torch.cuda.is_available():
@@ -40,16 +42,17 @@ def machine() -> str:
     return ", ".join(parts)
 
 
-def write_section(script: str, printed: str, part: str | None = None, path: Path | None = None) -> Path:
-    """Replace the section of ``script`` (``part``: one of its modes) in ``path`` with the command line, the date,
-    the machine and ``printed``; a section not there yet is appended."""
+def write_section(script: str | Path, printed: str, part: str | None = None, path: Path | None = None) -> Path:
+    """Replace the section of ``script`` (``part``: one of its modes) in ``path`` with what the script measures (its
+    docstring's first line), the command line, the date, the machine and ``printed``; a new section is appended."""
     path = path or BENCHMARKS
     name = Path(script).name + (f" {part}" if part else "")
     start, end = f"<!-- bench:{name} start -->", f"<!-- bench:{name} end -->"
     command = shlex.join(["python", f"bench/{Path(script).name}",
                           *(arg for arg in sys.argv[1:] if arg != DRY_RUN_FLAG)])
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    section = (f"{start}\n## bench/{name}\n\n`{command}`, {when}; {machine()}\n\n"
+    what = (ast.get_docstring(ast.parse(Path(script).read_text())) or "").split("\n\n")[0].replace("\n", " ")
+    section = (f"{start}\n## bench/{name}\n\n{what}\n\n`{command}`, {when}; {machine()}\n\n"
                f"```text\n{printed.strip()}\n```\n{end}")
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if start in text and end in text:

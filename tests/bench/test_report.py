@@ -20,14 +20,15 @@ def report(monkeypatch, tmp_path):
 def test_a_section_is_appended_once_then_replaced_between_its_markers(report, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["loop_overhead.py", "--rounds", "3"])
     report.BENCHMARKS.write_text("# Benchmarks\n\nintro kept\n")
-    report.write_section("bench/loop_overhead.py", "ratio 1.10\n")
-    report.write_section("bench/chart_overhead.py", "ratio 1.04\n")
-    report.write_section("bench/loop_overhead.py", "ratio 1.02\n")
+    report.write_section(BENCH / "loop_overhead.py", "ratio 1.10\n")
+    report.write_section(BENCH / "chart_overhead.py", "ratio 1.04\n")
+    report.write_section(BENCH / "loop_overhead.py", "ratio 1.02\n")
     text = report.BENCHMARKS.read_text()
     assert text.startswith("# Benchmarks\n\nintro kept\n")
     assert text.count("<!-- bench:loop_overhead.py start -->") == 1 and "ratio 1.10" not in text
     assert text.index("ratio 1.02") < text.index("ratio 1.04")  # replaced where it stood, not moved to the end
     assert "`python bench/loop_overhead.py --rounds 3`" in text and "cores, torch " in text and "load average" in text
+    assert "hand-written PyTorch loop" in text  # what the bench measures: its docstring's first line
 
 
 def test_each_mode_writes_its_own_section(report):
@@ -35,8 +36,8 @@ def test_each_mode_writes_its_own_section(report):
     assert report.mode_of(argv, ("--part",)) == "--part pattern"
     assert report.mode_of(argv, ("--regime", "--net")) == "--regime a b"
     assert report.mode_of(argv, ("--net",)) is None
-    report.write_section("prune_oneshot.py", "whole run")
-    report.write_section("prune_oneshot.py", "pattern only", part="--part pattern")
+    report.write_section(BENCH / "prune_oneshot.py", "whole run")
+    report.write_section(BENCH / "prune_oneshot.py", "pattern only", part="--part pattern")
     text = report.BENCHMARKS.read_text()
     assert "whole run" in text and "## bench/prune_oneshot.py --part pattern" in text
 
