@@ -196,14 +196,30 @@ def _reload_pt2(path: Path, model: nn.Module) -> Runner:
 
 
 def _write_pretrained(model: nn.Module, target: Path, inputs: Inputs) -> str:
-    model.save_pretrained(target)
+    with _no_progress_bars():
+        model.save_pretrained(target)
     return f"save_pretrained, {type(model).__name__}"
 
 
 def _reload_pretrained(path: Path, model: nn.Module) -> Runner:
-    with _quiet():
+    """The class `AutoModel...from_pretrained` resolves the saved config to: the model's own."""
+    with _no_progress_bars():
         reloaded = type(model).from_pretrained(path).eval()
     return lambda inputs: _call(reloaded, inputs)
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers draws a bar per file it writes or reads: noise in the one line an export prints."""
+    from transformers.utils import logging as hf_logging
+
+    shown_before = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown_before:
+            hf_logging.enable_progress_bar()
 
 
 def _writer(suffix: str) -> Callable[[nn.Module, Path, Inputs], str]:
@@ -249,6 +265,24 @@ FORMATS: dict[str, Format] = {
                           "export to .pt instead"),
 }
 SUFFIXES = {suffix: fmt for fmt in FORMATS.values() for suffix in fmt.suffixes}
+
+
+@contextlib.contextmanager
+def onnxruntime_model(model: nn.Module, x: torch.Tensor, threads: int) -> Iterator[Callable[[torch.Tensor], Any]]:
+    """``model`` exported to ONNX (and checked) in a temporary folder, as a function of an input batch that runs
+    it in ONNX Runtime's CPU provider on ``threads`` threads (`kdnb.measure`'s ``runtime="onnxruntime"``)."""
+    _check_packages(FORMATS["onnx"])
+    import onnxruntime
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        _export(_plain_copy(model), path, FORMATS["onnx"], ((x.detach().cpu(),), {}))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.log_severity_level = 3
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        yield lambda batch: session.run(None, {name: batch.numpy()})
 
 
 # ---- writing, checking, moving into place ----
