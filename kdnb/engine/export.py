@@ -512,6 +512,9 @@ def _check_format(model: nn.Module, path: Any, format: Any) -> Format:
             chosen = SUFFIXES[suffix]
         elif _is_transformers(model) and (not suffix or Path(path).is_dir()):
             chosen = FORMATS["transformers"]
+        elif Path(path).is_dir():
+            raise KdnbError(f"{str(path)!r} is a directory (an export to a directory is for transformers models); "
+                            f"give a file name such as {str(Path(path) / 'model.onnx')!r}")
         else:
             named = f"unknown suffix {suffix!r}" if suffix else "no suffix"
             raise KdnbError(f"{str(path)!r} has {named}; name the file *.onnx (ONNX Runtime), *.pt2 (torch.export), "
