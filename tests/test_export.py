@@ -229,3 +229,28 @@ def test_measure_times_the_export_in_onnx_runtime(tmp_path):
     assert "unstructured sparsity does not speed it up" in table
     with pytest.raises(KdnbError, match=r"runtime should be 'torch' or 'onnxruntime', got 'ort'"):
         kdnb.measure(net, x, runtime="ort")
+
+
+def test_the_kdnb_export_line_magic_exports_a_notebook_variable_or_says_what_is_wrong(tmp_path, capsys):
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "kdnb")
+    try:
+        shell.user_ns.update(net=kdnb.models.mlp(8, [16], 3), val=[(torch.randn(4, 8), torch.zeros(4).long())])
+        result = shell.run_line_magic("kdnb", f"export net {tmp_path}/net.pt --example 'val[0][0]'")
+        assert result.path == tmp_path / "net.pt" and result.max_diff == 0
+        shell.run_line_magic("kdnb", "export -h")
+        assert "%kdnb export --example EXPR [--format NAME] MODEL PATH" in capsys.readouterr().out
+        for line, message in [(f"export net {tmp_path}/n.onnx", "the following arguments are required: --example"),
+                              (f"export nett {tmp_path}/n.onnx --example val", "name 'nett' is not defined"),
+                              (f"export net {tmp_path}/n.xyz --example val[0][0]", "unknown suffix '.xyz'"),
+                              ("exprot", "did you mean 'export'?")]:
+            with pytest.raises(UsageError, match=message):
+                shell.run_line_magic("kdnb", line)
+        assert sorted(os.listdir(tmp_path)) == ["net.pt", "net.pt.json"]
+    finally:
+        shell.run_line_magic("unload_ext", "kdnb")
+        InteractiveShell.clear_instance()
