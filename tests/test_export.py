@@ -254,3 +254,23 @@ def test_the_kdnb_export_line_magic_exports_a_notebook_variable_or_says_what_is_
     finally:
         shell.run_line_magic("unload_ext", "kdnb")
         InteractiveShell.clear_instance()
+
+
+def test_the_sparsity_explorers_apply_exports_what_it_stores(tmp_path):
+    pytest.importorskip("ipywidgets")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from kdnb.widgets import SparsityExplorer
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 8)
+    val = DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=16)
+    namespace: dict = {}
+    explorer = SparsityExplorer(kdnb.models.mlp(8, [16], 2), val, namespace=namespace)
+    explorer.slider.value = 0.5
+    with pytest.raises(KdnbError, match="unknown suffix"):  # a bad path: nothing stored
+        explorer.apply("small", export=tmp_path / "small.xyz")
+    assert namespace == {}
+    model = explorer.apply("small", export=tmp_path / "small.onnx")
+    assert namespace["small"] is model and "exported small.onnx" in explorer.status.value
+    assert sorted(os.listdir(tmp_path)) == ["small.onnx"]
