@@ -38,8 +38,7 @@ from torch.utils import _pytree as pytree
 
 from kdnb.engine import plain_weights, serialize
 from kdnb.engine.checks import check_model, shown
-from kdnb.engine.prune import make_permanent
-from kdnb.engine.prune.unstructured import clone
+from kdnb.engine.prune.cut.masks import clone, make_permanent
 from kdnb.env import version
 from kdnb.errors import KdnbError, first_line, suggest
 
