@@ -398,7 +398,7 @@ def _large(model: nn.Module) -> bool:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values()) > LARGE_BYTES
 
 
-def _is_transformers(model: nn.Module) -> bool:
+def is_transformers(model: nn.Module) -> bool:
     """A ``transformers.PreTrainedModel``, asked without importing transformers."""
     return any(cls.__name__ == "PreTrainedModel" and cls.__module__.startswith("transformers.")
                for cls in type(model).__mro__)
@@ -509,7 +509,7 @@ def _check_format(model: nn.Module, path: Any, format: Any) -> Format:
         suffix = Path(path).suffix.lower()
         if suffix in SUFFIXES:
             chosen = SUFFIXES[suffix]
-        elif _is_transformers(model) and (not suffix or Path(path).is_dir()):
+        elif is_transformers(model) and (not suffix or Path(path).is_dir()):
             chosen = FORMATS["transformers"]
         elif Path(path).is_dir():
             raise KdnbError(f"{str(path)!r} is a directory (an export to a directory is for transformers models); "
@@ -519,7 +519,7 @@ def _check_format(model: nn.Module, path: Any, format: Any) -> Format:
             raise KdnbError(f"{str(path)!r} has {named}; name the file *.onnx (ONNX Runtime), *.pt2 (torch.export), "
                             "*.pt or *.safetensors (a state_dict), a directory for a transformers model, or pass "
                             "format=")
-    if chosen.name == "transformers" and not _is_transformers(model):
+    if chosen.name == "transformers" and not is_transformers(model):
         raise KdnbError(f"format 'transformers' (save_pretrained) needs a transformers model, got "
                         f"{type(model).__name__}; export it to *.onnx, *.pt2 or *.pt instead")
     return chosen
