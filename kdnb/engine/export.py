@@ -527,6 +527,9 @@ def _check_format(model: nn.Module, path: Any, format: Any) -> Format:
 
 def _check_target(path: str | os.PathLike, chosen: Format) -> Path:
     target = Path(path).expanduser()
+    if chosen.name == "transformers" and target.exists() and not target.is_dir():
+        raise KdnbError(f"{str(path)!r} is a file; save_pretrained writes a directory: give a new name such as "
+                        f"{str(target) + '_pretrained'!r}")
     if chosen.name != "transformers" and target.is_dir():
         raise KdnbError(f"{str(path)!r} is a directory; give a file name such as "
                         f"{str(target / ('model' + chosen.suffixes[0]))!r}")

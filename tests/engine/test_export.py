@@ -274,3 +274,15 @@ def test_the_sparsity_explorers_apply_exports_what_it_stores(tmp_path):
     model = explorer.apply("small", export=tmp_path / "small.onnx")
     assert namespace["small"] is model and "exported small.onnx" in explorer.status.value
     assert sorted(os.listdir(tmp_path)) == ["small.onnx"]
+
+
+def test_round_to_keeps_a_multiple_of_channels_in_every_layer_for_blocked_runtimes():
+    net, x = _net(), _example()
+    plain = kdnb.prune(net, sparsity=0.5, structured=True, criterion="l1", example=x, progress=False).model
+    rounded = kdnb.prune(net, sparsity=0.5, structured=True, criterion="l1", example=x, round_to=4, progress=False)
+    widths = [m.out_channels for m in rounded.model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(width % 4 == 0 for width in widths)
+    assert any(m.out_channels % 4 for m in plain.modules() if isinstance(m, nn.Conv2d))  # rounding changed something
+    assert 0.3 < rounded.sparsity <= 0.5 + 1e-3  # a little short of the target, never over it by much
+    with pytest.raises(KdnbError, match=r"round_to rounds the channels a structured cut keeps"):
+        kdnb.prune(net, sparsity=0.5, round_to=4, progress=False)
