@@ -132,7 +132,8 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
         warmup: untimed forward passes first (caches, allocators, lazy initialisation).
         runtime: "torch", or "onnxruntime": time the model exported to ONNX (`kdnb.export`, checked) in ONNX
             Runtime's CPU provider on as many threads as torch uses. ONNX Runtime runs stored zeros like any
-            weight: unstructured sparsity does not make it faster; structured pruning (fewer channels) does.
+            weight: unstructured sparsity does not make it faster; structured pruning (fewer channels) does, once
+            each layer keeps a multiple of 8 channels (``kdnb.prune(..., round_to=8)``; bench/export.py).
 
     Timing runs in eval mode under ``torch.inference_mode()``, synchronising CUDA around each pass.
     ``sparsity`` is the fraction of zeros among the weights of Linear and Conv layers and attention input
@@ -401,7 +402,7 @@ class Comparison:
                  "bytes x: kdnb.save file size); sparsity: zeros among Linear/Conv weights"]
         if any(r["runtime"] != "torch" and r["nonzero_macs"] < r["macs"] for r in self.rows):
             notes.append("ONNX Runtime multiplies stored zeros like any weight: unstructured sparsity does not speed "
-                         "it up (1.00x); fewer channels (structured pruning) do")
+                         "it up (1.00x); fewer channels (structured pruning, round_to=8) do")
         notes.append(self.latency_line())
         return Table(["model", "accuracy", "params", "nonzeros", "sparsity", "MACs", "nz MACs", "bytes",
                       "params x", "MACs x", "bytes x"], rows, notes=notes)
