@@ -192,8 +192,8 @@ def prune(
         round_to: structured: keep a multiple of this many channels in each layer (Torch-Pruning's ``round_to``),
             restoring the best-scored of those the cut removed, so the sparsity reached may fall a little short.
             Runtimes that compute in blocks of channels need it: ONNX Runtime's CPU convolutions run 8 or 16
-            channels at a time and fall back to a slower path otherwise (bench/export.py: a 50 % cut of a
-            MobileNetV2 ran 0.5x as fast as dense there, and faster than dense with ``round_to=8``). None: 1.
+            channels at a time and fall back to a slower path otherwise, where a structurally pruned MobileNetV2
+            runs slower than the dense one (bench/export.py). None: 1.
         pattern: "N:M" semi-structured sparsity (unstructured only).
         data: training ``DataLoader``: statistics for the data criteria, calibration for reconstruction,
             slimming's L1 phase, fine-tuning, and (first batch) the example input for structured tracing.
