@@ -88,7 +88,8 @@ def tiny_bert() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     config = BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=512, max_position_embeddings=64, num_labels=2)
     tokens = torch.randint(0, 1000, (8, 32), generator=torch.Generator().manual_seed(0))
-    return BertForSequenceClassification(config).eval(), {"input_ids": tokens, "attention_mask": torch.ones_like(tokens)}
+    example = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens)}
+    return BertForSequenceClassification(config).eval(), example
 
 
 def models() -> dict[str, tuple[nn.Module, object]]:

@@ -342,7 +342,7 @@ class KdnbMagics(Magics):
             args = parse_argstring(_export_arguments, line)
         except UsageError as error:
             raise UsageError(f"%kdnb export: {error}") from None
-        model, example = (self._value(name, text) for name, text in (("MODEL", args.model), ("--example", args.example)))
+        model, example = self._value("MODEL", args.model), self._value("--example", args.example)
         try:
             return kdnb.api.export(model, args.path, example, format=args.format)
         except KdnbError as error:
@@ -354,7 +354,8 @@ class KdnbMagics(Magics):
         if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # IPython's split keeps the quotes
             text = text[1:-1]
         try:
-            return eval(compile(text, f"<%kdnb export {name}>", "eval"), self.shell.user_ns)  # noqa: S307 - the user's own
+            code = compile(text, f"<%kdnb export {name}>", "eval")
+            return eval(code, self.shell.user_ns)  # noqa: S307 - the user's own notebook expression
         except NameError as error:
             missing = getattr(error, "name", None) or str(error)
             raise UsageError(f"%kdnb export: {name} {text}: name {missing!r} is not defined; define it in a cell "

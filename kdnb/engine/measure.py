@@ -149,7 +149,8 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise KdnbError(f"warmup should be a non-negative integer, got {warmup!r}; pass e.g. warmup=5")
     if runtime not in RUNTIMES:
-        raise KdnbError(f"runtime should be 'torch' or 'onnxruntime', got {runtime!r}; {suggest(str(runtime), RUNTIMES)}")
+        raise KdnbError(f"runtime should be 'torch' or 'onnxruntime', got {runtime!r}; "
+                        f"{suggest(str(runtime), RUNTIMES)}")
     home = _full(model_device(model))
     target = home if device is None else _full(resolve_device(device))
     if runtime == "onnxruntime" and target.type != "cpu":
