@@ -3,7 +3,8 @@
 `export` writes, by the path's suffix (or ``format=``):
 
 - ``.onnx``: ``torch.onnx.export`` (the dynamo exporter, else the TorchScript one), opset `OPSET`, a dynamic
-  batch axis named ``batch``; checked in ONNX Runtime's CPU provider;
+  batch axis named ``batch`` (and ``sequence`` for a transformers model's token inputs); checked in ONNX Runtime's
+  CPU provider;
 - ``.pt2``: ``torch.export.export`` and ``torch.export.save`` (dynamic batch); checked with ``torch.export.load``;
 - a directory, for a ``transformers`` model: ``save_pretrained`` (its config says its widths); checked with
   ``from_pretrained``;
@@ -107,7 +108,8 @@ def export(model: nn.Module, path: str | os.PathLike, example: Any, *, format: s
             folder must exist; an existing file is replaced only once the export checked out.
         example: one input batch as the model takes it: a tensor, a tuple of tensors (positional arguments)
             or a mapping of tensors (keyword arguments, e.g. a tokenizer's output; ``labels`` is left out).
-            The first dimension is the batch; the export accepts any batch size.
+            The first dimension is the batch; the export accepts any batch size (and, for a transformers model's
+            token inputs, any length).
         format: ``"onnx"``, ``"pt2"``, ``"pt"``, ``"safetensors"`` or ``"transformers"``; None: from ``path``.
 
     Pruning masks are folded into plain weights on a copy (stored zeros: an unstructured model is as fast as
@@ -136,17 +138,20 @@ def _write_onnx(model: nn.Module, target: Path, inputs: Inputs) -> str:
         with _tracked(model) as where, _quiet():
             torch.onnx.export(model, args, str(target), kwargs=kwargs or None, dynamo=True, verbose=False,
                               opset_version=OPSET, input_names=names, output_names=outputs,
-                              dynamic_shapes=_batch_dims(inputs, "batch"), external_data=_large(model))
+                              dynamic_shapes=_dynamic_dims(model, inputs, "batch", "sequence"),
+                              external_data=_large(model))
         return f"ONNX opset {OPSET}, dynamo exporter"
     except Exception as error:  # noqa: BLE001 - any exporter failure: the TorchScript exporter may still do it
         dynamo_error, layer = error, where.layer
     _empty(target.parent)
+    dims = _dynamic_dims(model, inputs, "batch", "sequence")
+    axes = dict(zip(names, dims.values() if isinstance(dims, dict) else dims))
+    axes |= {name: {0: "batch"} for name in outputs}
     try:  # the TorchScript exporter traces one run: a branch on the data (TracerWarning) would be frozen in
         with _quiet(), warnings.catch_warnings():
             warnings.simplefilter("error", torch.jit.TracerWarning)
             torch.onnx.export(model, args + ((kwargs,) if kwargs else ()), str(target), dynamo=False,
-                              opset_version=OPSET, input_names=names, output_names=outputs,
-                              dynamic_axes={name: {0: "batch"} for name in [*names, *outputs]})
+                              opset_version=OPSET, input_names=names, output_names=outputs, dynamic_axes=axes)
         return f"ONNX opset {OPSET}, TorchScript exporter (the dynamo exporter failed: {_reason(dynamo_error)})"
     except Exception:  # noqa: BLE001 - report the dynamo exporter's error: it names the layer and op
         _empty(target.parent)
@@ -182,11 +187,12 @@ def _write_pt2(model: nn.Module, target: Path, inputs: Inputs) -> str:
     try:
         with _tracked(model) as where, _quiet():
             program = torch.export.export(model, args, kwargs or None, strict=False,
-                                          dynamic_shapes=_batch_dims(inputs, torch.export.Dim.DYNAMIC))
+                                          dynamic_shapes=_dynamic_dims(model, inputs, torch.export.Dim.DYNAMIC,
+                                                                       torch.export.Dim.DYNAMIC))
     except Exception as error:  # noqa: BLE001 - whatever torch.export trips on is one line naming the layer
         raise _failure(model, ".pt2 (torch.export)", error, where.layer, STATE_DICT_INSTEAD) from None
     torch.export.save(program, target)
-    return "torch.export, dynamic batch"
+    return "torch.export, dynamic batch" + (" and length" if is_tokens(model, inputs) else "")
 
 
 def _reload_pt2(path: Path, model: nn.Module) -> Runner:
@@ -288,8 +294,13 @@ def onnxruntime_model(model: nn.Module, x: torch.Tensor, threads: int) -> Iterat
 # ---- writing, checking, moving into place ----
 
 def _export(model: nn.Module, target: Path, chosen: Format, inputs: Inputs) -> Exported:
-    trace_inputs = _with_batch(inputs, 2) if _batch_size(inputs) == 1 else inputs  # torch.export fixes a batch of 1
+    # torch.export fixes a dimension of size 1: trace on at least 2; check on another batch size (and length)
+    trace_inputs = _with_batch(inputs, 2) if _batch_size(inputs) == 1 else inputs
     other = _with_batch(inputs, 2 * _batch_size(inputs))
+    if is_tokens(model, inputs):
+        length = next(iter(inputs[1].values())).shape[1]
+        trace_inputs = _with_length(trace_inputs, 2) if length == 1 else trace_inputs
+        other = _with_length(other, length // 2) if length > 3 else other
     expected = [_call(model, inputs), _call(model, other)]
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
@@ -381,10 +392,29 @@ def _with_batch(inputs: Inputs, size: int) -> Inputs:
     return tuple(map(resized, args)), {key: resized(t) for key, t in kwargs.items()}
 
 
-def _batch_dims(inputs: Inputs, dim: Any) -> tuple | dict:
-    """``dynamic_shapes``: dimension 0 of every input is the batch."""
+def _with_length(inputs: Inputs, length: int) -> Inputs:
+    """Token inputs ``length`` tokens long: cut, or the tokens repeated."""
+    def resized(t: torch.Tensor) -> torch.Tensor:
+        return t.repeat(1, math.ceil(length / t.shape[1]), *[1] * (t.dim() - 2))[:, :length]
+
+    return inputs[0], {key: resized(t) for key, t in inputs[1].items()}
+
+
+def _dynamic_dims(model: nn.Module, inputs: Inputs, batch: Any, sequence: Any) -> tuple | dict:
+    """``dynamic_shapes``: dimension 0 of every input is the batch; a transformers model's token inputs also
+    vary in length (dimension 1)."""
     args, kwargs = inputs
-    return {key: {0: dim} for key in kwargs} if kwargs else tuple({0: dim} for _ in args)
+    if not kwargs:
+        return tuple({0: batch} for _ in args)
+    dims = {0: batch, 1: sequence} if is_tokens(model, inputs) else {0: batch}
+    return {key: dict(dims) for key in kwargs}
+
+
+def is_tokens(model: nn.Module, inputs: Inputs) -> bool:
+    """A transformers model called with keyword inputs of one length (a tokenizer's ``input_ids``, masks...)."""
+    args, kwargs = inputs
+    return is_transformers(model) and not args and bool(kwargs) and all(t.dim() >= 2 for t in kwargs.values()) \
+        and len({t.shape[1] for t in kwargs.values()}) == 1
 
 
 def _arg_names(args: tuple) -> list[str]:

@@ -223,6 +223,10 @@ def test_a_transformers_model_runs_in_onnx_runtime_from_its_tokenizer_mapping(tm
     session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     assert {node.name for node in session.get_inputs()} == {"input_ids", "attention_mask"}
     assert result.max_diff <= 1e-4
+    tokens = torch.randint(0, 100, (3, 5))  # another batch size and length
+    got = session.run(None, {"input_ids": tokens.numpy(), "attention_mask": torch.ones_like(tokens).numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(got), bert(input_ids=tokens).logits, atol=1e-4)
 
 
 def test_measure_times_the_export_in_onnx_runtime(tmp_path):
