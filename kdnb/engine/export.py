@@ -609,5 +609,17 @@ def _check_runs(model: nn.Module, inputs: Inputs) -> None:
     try:
         _call(model, inputs)
     except Exception as error:  # noqa: BLE001 - the user's forward failing on their example is one line
+        args, kwargs = inputs
+        if len(args) > 1 and _runs(model, (args[:-1], kwargs)):
+            raise KdnbError(f"model fails on example, a tuple of {len(args)} tensors, but runs on all but the last: "
+                            "it looks like an (inputs, labels) batch; pass example=batch[0]") from None
         raise KdnbError(f"model fails on example ({type(error).__name__}: {first_line(error)[:200]}); pass an input "
                         "batch the model takes") from None
+
+
+def _runs(model: nn.Module, inputs: Inputs) -> bool:
+    try:
+        _call(model, inputs)
+    except Exception:  # noqa: BLE001 - any failure: it does not
+        return False
+    return True

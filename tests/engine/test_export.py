@@ -162,6 +162,8 @@ def test_bad_input_is_one_line_before_anything_is_written(tmp_path):
         (dict(path=tmp_path / "net", format="transformers"), r"needs a transformers model, got Sequential"),
         (dict(path=tmp_path / "net.onnx", example=[1, 2]), r"example should hold tensors whose first dimension"),
         (dict(path=tmp_path / "net.onnx", example=torch.randn(4, 3)), r"model fails on example \(RuntimeError"),
+        (dict(path=tmp_path / "net.onnx", example=(x, torch.zeros(4).long())), r"looks like an \(inputs, labels\) "
+                                                                              r"batch; pass example=batch\[0\]"),
         (dict(path=3), r"path should be a file name"),
     ]
     for kwargs, message in cases:
