@@ -12,10 +12,14 @@ from kdnb.env import INSTALL_HINT, in_kernel, ipywidgets_or_none  # noqa: F401 -
 
 def png(figure: Any) -> bytes:
     """The figure rendered by Agg as PNG bytes (fast compression: the chart redraws while training)."""
+    figure.canvas.draw()
+    return encoded(figure.canvas)
+
+
+def encoded(canvas: Any) -> bytes:
+    """What an Agg canvas holds now, as PNG bytes."""
     from PIL import Image
 
-    canvas = figure.canvas
-    canvas.draw()
     buffer = io.BytesIO()
     rgba = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba())
     rgba.convert("RGB").save(buffer, format="png", compress_level=1)  # opaque figure: no alpha channel to encode
