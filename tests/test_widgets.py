@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import sys
 
 import pytest
@@ -502,3 +503,45 @@ def test_explorers_fall_back_to_text_with_an_install_hint(trained, monkeypatch):
     temperature = TemperatureExplorer(trained, loader(seed=1))
     assert temperature.widget is None and "T = 2.0" in temperature.show(1, 2.0)
     assert "pip install" in temperature._repr_mimebundle_()["text/plain"]
+
+
+# ---- the progress bar ----
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+@pytest.fixture
+def notebook_bars(shell, monkeypatch):
+    """tqdm.auto as in a notebook kernel: the ipywidgets bar."""
+    import tqdm.auto
+    import tqdm.notebook
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.notebook.tqdm)
+
+
+def test_a_finished_bar_leaves_a_static_line_and_no_widget(notebook_bars):
+    from kdnb.progress import ProgressBar
+
+    with capture_output() as captured:
+        fit(models.mlp(8, [8], 3), loader(), loader(seed=1), epochs=2, callbacks=[ProgressBar()], title="train")
+    first, *_, last = captured.outputs
+    assert WIDGET_VIEW in first.data and not first.update  # the live bar
+    assert last.update and WIDGET_VIEW not in last.data  # replaced in place by its final line
+    assert re.fullmatch(r"train: 12/12 steps \[00:0\d, .*step/s, epoch=2/2, loss=\d\.\d{4}, val_acc=0\.\d{3}\]",
+                        last.data["text/plain"])
+    assert "width:100.0%" in last.data["text/html"] and "|" not in last.data["text/plain"]  # no text-drawn bar
+
+
+def test_pruning_phases_share_one_bar_that_ends_as_a_line(notebook_bars):
+    from kdnb.progress import ProgressBar
+
+    bar = ProgressBar()
+    state = RunState(model=torch.nn.Linear(1, 1), history=History(), epochs=1, steps_per_epoch=1, title="prune")
+    with capture_output() as captured:
+        for phase, total in (("score", 3), ("rebuild", 4)):
+            for done in range(total + 1):
+                report_phase(Dispatcher([bar]), state, phase, done, total)
+    ids = {out.transient["display_id"] for out in captured.outputs}
+    last = captured.outputs[-1].data
+    assert len(ids) == 1 and WIDGET_VIEW not in last
+    assert last["text/plain"].startswith("score: layer 3 of 3, rebuild: layer 4 of 4 [")
