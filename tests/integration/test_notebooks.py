@@ -13,10 +13,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 from nbsource import notebook_of, targets  # noqa: E402
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 TUTORIALS = sorted(NOTEBOOKS.glob("[0-9][0-9]-*.ipynb"))
 EXERCISES = sorted((NOTEBOOKS / "exercises").glob("*.ipynb"))
 SOLUTIONS = sorted((NOTEBOOKS / "exercises" / "solutions").glob("*.ipynb"))

@@ -206,6 +206,7 @@ def test_a_new_criterion_is_one_function_and_one_record(monkeypatch):
     assert result.sparsity == pytest.approx(0.5, abs=0.01) and kept <= removed  # the largest went first
 
 
+@pytest.mark.slow
 def test_default_with_data_reconstructs_and_beats_masking():
     train, val = kdnb.datasets.load("digits", batch_size=256, seed=0)
     torch.manual_seed(0)

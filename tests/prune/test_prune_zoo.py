@@ -138,6 +138,7 @@ def test_a_parameter_the_model_owns_is_narrowed_with_the_embedding():
     assert result.model.class_token.shape[-1] == result.model.embed.out_features < 16
 
 
+@pytest.mark.slow
 def test_channel_shuffle_is_pruned_where_it_can_be_and_says_where_it_cannot():
     torch.manual_seed(0)
     net, x = ZOO["shufflenet_v2"][0]().eval(), example("shufflenet_v2")
@@ -340,6 +341,7 @@ def test_macs_per_weight_is_how_often_a_layer_uses_each_weight():
     assert tokens == {"0.weight": 7.0, "1.weight": 7.0}
 
 
+@pytest.mark.slow
 def test_scope_macs_cuts_more_macs_than_the_default_at_the_same_sparsity():
     """scope="macs" ranks channels by score per MAC their removal saves: at the same parameter fraction the
     early, high-resolution convolutions lose more, so the model keeps fewer MACs; the more without its cap."""

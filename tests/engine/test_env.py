@@ -9,7 +9,7 @@ from kdnb import env
 
 
 def test_the_version_has_one_source_pyproject():
-    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     assert kdnb.__version__ == env.version() == pyproject["project"]["version"]
     assert env.version("no-such-package-kdnb") == "unknown (not installed)"
 

@@ -18,9 +18,9 @@ import pytest
 from browser_support import CHROMIUM_FLAGS, JupyterLab, Notebook, find_chromium
 
 T = TypeVar("T")
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(240)]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 SHOTS = REPO / "bench" / "out" / "browser"
 

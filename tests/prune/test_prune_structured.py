@@ -223,6 +223,7 @@ def _digits_mlp(hidden=(32, 32)):
     return net.eval(), train, val
 
 
+@pytest.mark.slow
 def test_rounds_rescore_the_refit_network_and_reach_the_target(monkeypatch):
     from kdnb.engine.prune import criteria
     from kdnb.engine.prune.pipeline import DEFAULT_ROUNDS
@@ -249,6 +250,7 @@ def test_rounds_rescore_the_refit_network_and_reach_the_target(monkeypatch):
     assert len(prune(net, 0.6, data=train).trajectory) == 1  # single weights: one cut
 
 
+@pytest.mark.slow
 def test_random_cuts_once_by_default_as_its_rounds_would_all_cut_alike():
     net, train, _ = _digits_mlp()
     batches = torch.utils.data.DataLoader(train.dataset, batch_size=128)  # each round's calibration in one order

@@ -14,8 +14,9 @@ import kdnb
 from kdnb.engine import distributed
 from kdnb.errors import KdnbError
 
-WORKER = Path(__file__).with_name("distributed_worker.py")
-ROOT = WORKER.parent.parent
+TESTS = Path(__file__).resolve().parents[1]  # the shared helpers live in tests/, above this folder
+WORKER = TESTS / "distributed_worker.py"
+ROOT = TESTS.parent
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,7 @@ def one_process(worker):
 RUNS = ("train", "distill_cache=True", "distill_cache=False", "distill_fitnets", "prune")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", RUNS)
 def test_both_ranks_end_with_the_same_parameters_and_history(ranks, run):
     (zero, one), _ = ranks
@@ -55,6 +57,7 @@ def test_both_ranks_end_with_the_same_parameters_and_history(ranks, run):
     assert zero[run]["steps"] == one[run]["steps"] and zero[run]["epochs"] == one[run]["epochs"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", RUNS)
 def test_two_processes_compute_the_one_process_run_on_the_same_global_batches(ranks, one_process, run):
     (zero, _), _ = ranks
@@ -69,6 +72,7 @@ def test_two_processes_compute_the_one_process_run_on_the_same_global_batches(ra
                                        rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_only_rank_zero_draws_bars_warns_and_saves(ranks):
     (zero, one), out = ranks
     assert zero["bars"] and one["bars"] == []  # one bar per run: rank 0's
@@ -76,17 +80,20 @@ def test_only_rank_zero_draws_bars_warns_and_saves(ranks):
     assert (out / "saved-by-rank-0.kdnb").exists() and not (out / "saved-by-rank-1.kdnb").exists()
 
 
+@pytest.mark.slow
 def test_a_batch_size_that_does_not_split_is_rounded_up_per_rank(ranks):
     (zero, one), _ = ranks
     assert len(zero["uneven"]["steps"]["loss"]) == 4  # 256 samples, 128 per rank, 32 a step: a global 64
     assert zero["uneven"]["epochs"] == one["uneven"]["epochs"]
 
 
+@pytest.mark.slow
 def test_pruning_replicas_that_started_apart_scores_and_masks_rank_zeros_weights(ranks):
     (zero, one), _ = ranks
     assert torch.equal(zero["pruned_from_own_init"]["checksum"], one["pruned_from_own_init"]["checksum"])
 
 
+@pytest.mark.slow
 def test_data_driven_pruning_on_each_ranks_own_data_takes_rank_zeros_scores_and_weights(ranks):
     (zero, one), _ = ranks
     for name in ("obs", "taylor_structured"):  # OBS: scores from each rank's Hessian, then re-solved weights
@@ -94,18 +101,21 @@ def test_data_driven_pruning_on_each_ranks_own_data_takes_rank_zeros_scores_and_
         assert torch.equal(zero["pruned_from_own_data"][name]["checksum"], one["pruned_from_own_data"][name]["checksum"])
 
 
+@pytest.mark.slow
 def test_batchnorm_statistics_are_rank_zeros_on_every_rank_after_training(ranks):
     (zero, one), _ = ranks
     assert zero["batchnorm"]["status"] == "completed" and zero["batchnorm"]["epochs"] == one["batchnorm"]["epochs"]
     assert torch.equal(zero["batchnorm"]["checksum"], one["batchnorm"]["checksum"])  # parameters and buffers
 
 
+@pytest.mark.slow
 def test_the_soft_label_cache_is_built_sharded_each_rank_labels_its_half_once(ranks, worker):
     (zero, one), _ = ranks
     alone = worker.cache_labels(False)  # the first batch's checks, plus all 256 samples
     assert zero["cache_labels"] == one["cache_labels"] == alone - 128
 
 
+@pytest.mark.slow
 def test_a_process_group_of_the_users_own_from_mp_spawn(tmp_path):
     """No torchrun: the user's script starts 2 processes with torch.multiprocessing.spawn and its own group."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "KDNB_DEVICE": "cpu"}
@@ -120,6 +130,7 @@ def test_a_process_group_of_the_users_own_from_mp_spawn(tmp_path):
     assert len(zero["steps"]["loss"]) == 4  # 256 samples, a global batch of 64: 4 steps, each rank 32 a step
 
 
+@pytest.mark.slow
 def test_a_nan_on_one_rank_stops_both_before_the_update(ranks):
     (zero, one), _ = ranks
     for rank in (zero, one):
@@ -128,6 +139,7 @@ def test_a_nan_on_one_rank_stops_both_before_the_update(ranks):
     assert zero["nan"]["steps"] == one["nan"]["steps"]
 
 
+@pytest.mark.slow
 def test_an_interrupt_on_one_rank_stops_both_after_the_same_step(ranks):
     (zero, one), _ = ranks
     for rank in (zero, one):
@@ -136,6 +148,7 @@ def test_an_interrupt_on_one_rank_stops_both_after_the_same_step(ranks):
     assert zero["again"]["status"] == "completed" and zero["again"]["epochs"] == one["again"]["epochs"]
 
 
+@pytest.mark.slow
 def test_a_loader_with_its_own_distributed_sampler_is_used_as_is(ranks):
     (zero, one), _ = ranks
     assert len(zero["own_sampler"]["steps"]["loss"]) == 2 * 8  # 128 samples per rank, 16 a step, 2 epochs

@@ -103,6 +103,7 @@ def test_auto_schedule_is_gradual_for_single_weights_from_95_percent_with_fine_t
     assert schedules.resolve("iterative", sparsity, finetune, structured, pattern) == "iterative"  # as given
 
 
+@pytest.mark.slow
 def test_the_default_with_fine_tuning_is_hessian_agp_re_solved_where_little_training_follows(trained, digits):
     result = prune(trained, 0.96, data=digits[0], finetune=1)
     assert (result.schedule, result.criterion, result.reconstructed) == ("agp", "hessian", True)

@@ -4,7 +4,8 @@ import torch
 import kdnb
 
 
-@pytest.mark.parametrize("name,shape,classes", [("digits", (64,), 10), ("mnist1d", (40,), 10), ("synthetic", (20,), 4)])
+@pytest.mark.parametrize("name,shape,classes", [("digits", (64,), 10), pytest.param("mnist1d", (40,), 10, marks=pytest.mark.slow),
+                                                ("synthetic", (20,), 4)])  # mnist1d: generated, seconds
 def test_load_shapes_labels_and_determinism(name, shape, classes):
     train, val = kdnb.datasets.load(name, batch_size=16, seed=0)
     x, y = next(iter(train))

@@ -202,6 +202,7 @@ def test_built_in_digits_augmentation_shifts_raw_pixels():
     assert shifted.shape == x.shape
 
 
+@pytest.mark.slow
 def test_built_in_mnist1d_augmentation_is_the_generators_transforms():
     train, _ = kdnb.datasets.load("mnist1d", batch_size=16, seed=0, flat=False)
     x = next(iter(train))[0]

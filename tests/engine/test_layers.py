@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "kdnb"
 LAYERS = [  # top first; a module's layer is that of its longest matching prefix
     ("kdnb",),
