@@ -455,6 +455,9 @@ def test_saved_explorer_output_has_a_picture(trained):
     bundle = explorer._repr_mimebundle_()
     assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
     assert "application/vnd.jupyter.widget-view+json" in bundle and "accuracy" in bundle["text/plain"]
+    # a static page (nbconvert's HTML, GitHub) keeps the numbers' table beside the curve
+    assert "<table>" in bundle["text/html"] and "non-zero params" in bundle["text/html"]
+    assert "data:image/png;base64," in bundle["text/html"]
     temperature = TemperatureExplorer(trained, loader(seed=1))
     assert base64.b64decode(temperature._repr_mimebundle_()["image/png"]).startswith(b"\x89PNG")
 
