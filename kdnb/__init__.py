@@ -1,10 +1,13 @@
 """kdnb: make neural networks smaller by knowledge distillation and pruning, and watch it happen.
 
-``import kdnb`` stays light: widgets and matplotlib load on first use.
+``import kdnb`` stays light: widgets and matplotlib load on first use. Inside IPython (a notebook kernel)
+it also declares the magics ``%%distill``, ``%%prune`` and ``%kdnb``, loaded on their first use, so a cell
+magic works after ``import kdnb`` as after ``%load_ext kdnb``.
 """
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 from kdnb.env import version as _version
@@ -52,3 +55,26 @@ def unload_ipython_extension(ipython: Any) -> None:
     from kdnb.magics import unload_ipython_extension as unload
 
     unload(ipython)
+
+
+MAGICS = {"distill": "cell", "prune": "cell", "kdnb": "line"}
+
+
+def _declare_magics() -> None:
+    """In an IPython shell, declare the magics lazily: IPython runs ``%load_ext kdnb`` when one is first used
+    (or asked for with ``%%distill?``); nothing heavy is imported now."""
+    if "IPython" not in sys.modules:  # never import IPython just to ask
+        return
+    shell = sys.modules["IPython"].get_ipython()
+    if shell is None:
+        return
+    manager = shell.magics_manager
+    for name, kind in MAGICS.items():
+        if name not in manager.magics[kind]:
+            try:
+                manager.register_lazy(name, "kdnb", kind)
+            except (AttributeError, TypeError):  # an IPython without lazy magics of a kind: %load_ext kdnb it is
+                return
+
+
+_declare_magics()
