@@ -68,6 +68,10 @@ def _declare_magics() -> None:
     shell = sys.modules["IPython"].get_ipython()
     if shell is None:
         return
+    from kdnb.env import in_kernel, plotting_enabled
+
+    if in_kernel() and plotting_enabled():
+        shell.events.register("post_run_cell", _warm_up_chart)
     manager = shell.magics_manager
     for name, kind in MAGICS.items():
         if name not in manager.magics[kind]:
@@ -75,6 +79,15 @@ def _declare_magics() -> None:
                 manager.register_lazy(name, "kdnb", kind)
             except (AttributeError, TypeError):  # an IPython without lazy magics of a kind: %load_ext kdnb it is
                 return
+
+
+def _warm_up_chart(*_: Any) -> None:
+    """Once, when the cell that imported kdnb ends: load matplotlib and its fonts for the live chart, so the
+    first training cell shows its chart within a second instead of paying a second or two of imports."""
+    sys.modules["IPython"].get_ipython().events.unregister("post_run_cell", _warm_up_chart)
+    from kdnb.widgets.live import warm_up
+
+    warm_up()
 
 
 _declare_magics()

@@ -27,6 +27,9 @@ def execute(notebook: nbformat.NotebookNode, path: Path, timeout: int = 600) -> 
                             resources={"metadata": {"path": str(path.parent)}})
     started = time.perf_counter()
     with client.setup_kernel(stderr=subprocess.DEVNULL):
+        # language_info as the kernel reports it, which is what a frontend writes back on opening the notebook:
+        # saved as it will be, opening a committed notebook leaves it unchanged
+        notebook.metadata["language_info"] = client.wait_for_reply(client.kc.kernel_info())["content"]["language_info"]
         for index, cell in enumerate(notebook.cells):
             client.execute_cell(cell, index)
     elapsed = time.perf_counter() - started

@@ -37,8 +37,8 @@ def text(cell):
 def test_saved_notebook_matches_its_source(path):
     """The committed .ipynb has the cells its notebooks/src/ source makes (sources compared, nothing run)."""
     source, which = targets()[path]
-    made = [(c.cell_type, c.source) for c in notebook_of(source, which).cells]
-    saved = [(c.cell_type, c.source) for c in nbformat.read(path, as_version=4).cells]
+    made = [(c.cell_type, c.source, c.metadata.get("tags")) for c in notebook_of(source, which).cells]
+    saved = [(c.cell_type, c.source, c.metadata.get("tags")) for c in nbformat.read(path, as_version=4).cells]
     assert saved == made, f"{path.name} drifted from {source.name}: run `make notebooks`"
 
 
@@ -64,7 +64,8 @@ def test_saved_executed_in_order_without_errors(path):
     assert counts == list(range(1, len(cells) + 1)), "run it top to bottom: make notebooks"
     errors = [o for c in cells for o in c.outputs if o.output_type == "error"]
     assert not errors, errors[0].get("evalue")
-    assert sum("# NBVAL_CHECK_OUTPUT" in c.source for c in cells) >= 1, "no cell's output is checked"
+    assert sum("nbval-check-output" in c.metadata.get("tags", ()) for c in cells) >= 1, "no cell's output is checked"
+    assert not any("NBVAL" in c.source for c in cells), "a test marker in the code students read: use the cell's tag"
 
 
 def test_quickstart_is_short_and_uses_the_magics():
