@@ -6,7 +6,7 @@ never cleared and re-created, so nothing flickers. The output is a plain PNG, so
 nbconvert-executed notebook keeps the final picture without any widget state. When each run ends,
 a one-line summary is printed; without a notebook frontend that line is all the chart shows.
 
-Frames are throttled by wall time, never by step counts: a first frame at the first event 0.1 s into the call,
+Frames are throttled by wall time, never by step counts: a first frame at the call's first event,
 then at least one a second (also between training steps: pruning's phases, "rebuild: layer 7 of 52",
 draw on their own events), each repainting only the lines over a saved background (`HistoryFigure`'s
 blitting), so the redraws stay within a few percent of the run (``bench/chart_overhead.py``).
@@ -43,12 +43,16 @@ def summary_line(run: Run) -> str:
     return ", ".join(parts)
 
 
+_WARM: list[HistoryFigure] = []  # a figure built and rendered ahead, for the next chart to start from
+
+
 def warm_up() -> None:
     """Import matplotlib and render an empty chart once (fonts, text layout): what the first frame of the
     first chart of a session would otherwise pay, a second or two, before anyone is watching."""
     figure = HistoryFigure(live=True)
     figure.update([])
     encoded(figure.render())
+    _WARM[:] = [figure]
 
 
 class LiveChart(Callback):
@@ -74,7 +78,7 @@ class LiveChart(Callback):
     """
 
     def __init__(self, image: bool | None = None, max_rate: float = 4.0, budget: float = 0.04,
-                 first_frame: float = 0.1, max_interval: float = 0.9):
+                 first_frame: float = 0.0, max_interval: float = 0.9):
         self.image = in_kernel() if image is None else bool(image)
         self.min_interval = 1.0 / max_rate
         self.max_interval = max_interval
@@ -139,7 +143,7 @@ class LiveChart(Callback):
         started = time.perf_counter()
         try:
             if self._figure is None:
-                self._figure = HistoryFigure(live=True)
+                self._figure = _WARM.pop() if _WARM else HistoryFigure(live=True)
             self._figure.update(self.runs, self.note)
             picture = encoded(self._figure.render())
             self._show(picture, final)

@@ -353,9 +353,11 @@ def test_quickstart_live_chart_and_sparsity_slider(lab, open_notebook, shots):
     page.locator(".jp-OutputArea-output").first.wait_for(timeout=60_000)
     page.wait_for_timeout(5000)
     text = page.locator("body").inner_text()
+    sliders = page.locator(".kdnb-sparsity-slider").count()  # the explorer, down the page, came back too
     page.screenshot(path=shots / "notebook7-reopened.png", full_page=True)
     page.close()
     assert "Error displaying widget" not in text and re.search(r"distill: \d+/\d+ steps", text)
+    assert sliders == 1, "Notebook 7 did not show the explorer from the saved widget state"
 
 
 TUTORIALS = sorted(path.name for path in NOTEBOOKS.glob("[0-9][0-9]-*.ipynb"))
