@@ -171,9 +171,8 @@ class HistoryFigure:
     def update(self, runs: Sequence[Run], note: str = "") -> Any:
         """Draw ``runs`` (in order) and ``note``, and return the matplotlib Figure."""
         self._layout(with_sparsity=any(run.sparsity for run in runs))
-        leads = [item for item in place(runs) if item.lead]
-        self._short_titles = short_titles([item.run.title for item in leads]) if len(leads) > 1 else {}
         placed = place(runs)
+        self._short_titles = short_titles([item.run.title for item in placed if item.lead])
         arms = list(dict.fromkeys(item.run.arm for item in placed))
         self._arm_names = short_titles(arms) if len(arms) > 1 else {}
         for index, item in enumerate(placed):
@@ -356,10 +355,12 @@ class HistoryFigure:
     # ---- axes and legends ----
 
     def _set_limits(self, placed: Sequence[Placed]) -> None:
-        """The steps of every run (planned ones included, so a live axis does not grow at every frame); the
-        loss from 0 (or its minimum) to its maximum, kept while the data fit and fill half of it."""
-        extent = max((item.start + max(item.run.history.num_steps, item.run.planned_steps) for item in placed),
-                     default=0)
+        """The steps of every run (while it runs, the steps it plans, so a live axis does not grow at every
+        frame); the loss from 0 (or its minimum) to its maximum, kept while a run is running, the data fit and
+        fill half of it."""
+        running = [item.run.history.status == "running" for item in placed]
+        extent = max((item.start + max(item.run.history.num_steps, item.run.planned_steps if on else 0)
+                      for item, on in zip(placed, running)), default=0)  # a finished run: its own steps
         self._set("x", self._panels["loss"].set_xlim, (0, max(extent, 1) + 0.5))
         values = [line.get_ydata() for key, line in self._artists.items() if key[0] == "loss" and len(line.get_ydata())]
         if not values:
@@ -374,7 +375,7 @@ class HistoryFigure:
         current = self._limits.get("loss y")
         fits = current is not None and current[0] <= wanted[0] and wanted[1] <= current[1] \
             and (wanted[1] - wanted[0]) >= 0.5 * (current[1] - current[0])
-        if not (self.live and fits):
+        if not (self.live and fits and any(running)):  # the last frame fits the data
             self._set("loss y", self._panels["loss"].set_ylim, wanted)
 
     def _set(self, name: str, setter: Any, limits: tuple) -> None:

@@ -68,6 +68,13 @@ def test_saved_executed_in_order_without_errors(path):
     assert not any("NBVAL" in c.source for c in cells), "a test marker in the code students read: use the cell's tag"
 
 
+@pytest.mark.parametrize("path", TUTORIALS + EXERCISES + SOLUTIONS, ids=lambda p: p.name)
+def test_saved_with_the_language_info_a_kernel_reports(path):
+    """A frontend fills language_info from the kernel on opening: saved that way, opening changes nothing."""
+    info = nbformat.read(path, as_version=4).metadata.language_info
+    assert {"name", "version", "mimetype", "file_extension", "codemirror_mode", "pygments_lexer"} <= set(info)
+
+
 def test_quickstart_is_short_and_uses_the_magics():
     cells = nbformat.read(NOTEBOOKS / "00-quickstart.ipynb", as_version=4).cells
     assert len(cells) < 10

@@ -548,3 +548,16 @@ def test_pruning_phases_share_one_bar_that_ends_as_a_line(notebook_bars):
     last = captured.outputs[-1].data
     assert len(ids) == 1 and WIDGET_VIEW not in last
     assert last["text/plain"].startswith("score: layer 3 of 3, rebuild: layer 4 of 4 [")
+
+
+def test_a_run_stopped_early_ends_on_axes_that_fit_its_steps():
+    history = History()
+    for step in range(1, 41):
+        history.log_step({"loss": 1 / step})
+    figure = HistoryFigure(live=True)
+    run = Run("finetune", history, planned_steps=45_000)
+    figure.update([run])
+    assert figure.figure.axes[0].get_xlim()[1] > 45_000  # while it runs: the steps it plans, a still axis
+    history.status = "stopped"
+    figure.update([run])
+    assert figure.figure.axes[0].get_xlim()[1] < 45  # its last frame: the steps it made
