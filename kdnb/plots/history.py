@@ -385,8 +385,8 @@ class HistoryFigure:
             self._stale()
 
     def _set_legends(self) -> None:
-        """One legend per panel, under it, each entry once; one accuracy curve needs none (the title names it)."""
-        rows = 1
+        """One legend per panel, under it, each entry once; one accuracy curve needs none (the title names it).
+        The panels leave room below for the tallest legend."""
         for name, ax in self._panels.items():
             handles = tuple(line for line in ax.get_lines() if not line.get_label().startswith("_"))
             wanted = handles if (len(handles) > 1 or (name == "loss" and handles)) else ()
@@ -397,13 +397,18 @@ class HistoryFigure:
             if ax.get_legend() is not None:
                 ax.get_legend().remove()
             if wanted:
-                # as many columns as the panel's width holds (about 45 characters of legend text)
-                widest = max(len(line.get_label()) for line in wanted) + 5
-                columns = max(1, min(len(wanted), (45 if name == "loss" else 28) // widest))
-                rows = max(rows, math.ceil(len(wanted) / columns))
                 ax.legend(handles=list(wanted), fontsize=8, frameon=False, loc="upper center",
-                          bbox_to_anchor=(0.5, -0.2), ncol=columns, handlelength=1.6, columnspacing=1.0)
-        self.figure.subplots_adjust(bottom=0.2 + 0.055 * rows)
+                          bbox_to_anchor=(0.5, -0.2), ncol=self._columns(name, wanted), handlelength=1.6,
+                          columnspacing=1.0)
+        rows = max((math.ceil(len(wanted) / self._columns(name, wanted)) for name, wanted in self._legends.items()
+                    if wanted), default=1)
+        self._set("bottom", lambda bottom: self.figure.subplots_adjust(bottom=bottom), (0.2 + 0.055 * rows,))
+
+    @staticmethod
+    def _columns(panel: str, handles: Sequence[Any]) -> int:
+        """As many legend columns as the panel's width holds (about 45 characters of text under the loss)."""
+        widest = max(len(line.get_label()) for line in handles) + 5
+        return max(1, min(len(handles), (45 if panel == "loss" else 28) // widest))
 
 
 @drawer(History)
