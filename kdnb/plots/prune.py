@@ -27,6 +27,11 @@ def plot_prune(result: PruneResult) -> Any:
         # the kept share is often a sliver of the bar: say it in numbers beside it
         layers.text(weights, row, f" {kept_here:,} kept", va="center", ha="left", fontsize=8)
     layers.set_xlim(0, 1.3 * max((row[1] for row in rows), default=1))
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    layers.xaxis.set_major_locator(MaxNLocator(4))  # counts up to millions: few ticks, in thousands
+    layers.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value / 1000:g}k" if value >= 1000
+                                                   else f"{value:g}"))
     layers.invert_yaxis()
     layers.set_xlabel("weights")
     layers.set_title(f"{result.sparsity:.1%} of prunable weights removed", fontsize=10)

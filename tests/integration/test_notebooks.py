@@ -75,6 +75,17 @@ def test_saved_with_the_language_info_a_kernel_reports(path):
     assert {"name", "version", "mimetype", "file_extension", "codemirror_mode", "pygments_lexer"} <= set(info)
 
 
+def test_quickstart_as_a_static_page():
+    """As GitHub and nbviewer show it (nbconvert's HTML, no kernel): each run's bar is its final line, never a
+    bar drawn in text, and the sparsity explorer keeps its numbers' table beside its curve."""
+    from nbconvert import HTMLExporter
+
+    page, _ = HTMLExporter().from_notebook_node(nbformat.read(NOTEBOOKS / "00-quickstart.ipynb", as_version=4))
+    assert "\u2588" not in page and "█" not in page  # tqdm's text bar blocks
+    assert page.count("kdnb-progress") >= 3 and "kdnb-sparsity-numbers" in page
+    assert "non-zero params" in page
+
+
 def test_quickstart_is_short_and_uses_the_magics():
     cells = nbformat.read(NOTEBOOKS / "00-quickstart.ipynb", as_version=4).cells
     assert len(cells) < 10
