@@ -1,6 +1,6 @@
 """What does scoring cost a gradual prune on a larger training set?
 
-kdnb's default prune with fine-tuning at >= 95 % sparsity is agp (`kdnb.engine.prune.schedules`): it re-scores
+kdnb's default prune with fine-tuning at >= 95 % sparsity is agp (`kdnb.engine.prune.schedule.schedules`): it re-scores
 the network at each of its 30 updates, by the hessian criterion's empirical Fisher (per-sample gradients). The
 statistics read the first ``calibration_samples`` samples of ``data`` (default 2048, `calibration.SAMPLES`), so
 that cost stays flat as the training set grows; reading every sample at every update (``calibration_samples``

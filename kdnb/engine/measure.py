@@ -23,11 +23,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdnb.engine.checks import (check_example, check_labels_in_range, check_loader, check_model, check_model_fits_data,
                                 first_batch)
-from kdnb.engine.device import model_device, resolve_device
+from kdnb.engine.device import eval_mode, model_device, resolve_device
 from kdnb.errors import KdnbError, suggest
-from kdnb.engine.evaluate import eval_mode, evaluate
+from kdnb.engine.evaluate import evaluate
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune.groups import prunable_attributes  # the weights `sparsity` counts
+from kdnb.engine.prune.graph.groups import prunable_attributes  # the weights `sparsity` counts
 from kdnb.engine.serialize import file_size, module_tensors, plain_modules
 from kdnb.engine.table import Table, format_value
 

@@ -49,7 +49,7 @@ from kdnb.engine.checks import check_model
 from kdnb import models
 from kdnb.engine.distributed import is_main_process
 from kdnb.errors import KdnbError
-from kdnb.engine.prune.groups import attention_layers, update_heads
+from kdnb.engine.prune.graph.groups import attention_layers, update_heads
 from kdnb.models import Residual
 
 FORMAT = "kdnb"

@@ -330,8 +330,8 @@ def test_measure_with_a_bad_example(example, names):
 
 # ---- in-place atomicity: a failure at any phase gives the model back exactly as it came ----
 
-from kdnb.engine.prune import calibration as calibration_module  # noqa: E402
-from kdnb.engine.prune import estimate as estimate_module  # noqa: E402
+from kdnb.engine.prune.score import calibration as calibration_module  # noqa: E402
+from kdnb.engine.prune.score import estimate as estimate_module  # noqa: E402
 from kdnb.engine.prune import pipeline  # noqa: E402
 from torch.nn.utils import parametrize  # noqa: E402
 
@@ -429,7 +429,7 @@ def test_an_interrupt_before_anything_is_pruned_is_one_clean_line_and_changes_no
 
 
 def test_an_interrupt_in_a_later_round_returns_the_rounds_done(monkeypatch):
-    monkeypatch.setattr(pipeline, "_score", interrupted_on_call(pipeline._score, 2))
+    monkeypatch.setattr(pipeline, "compute_scores", interrupted_on_call(pipeline.compute_scores, 2))
     model, data = make_net(), make_loader()
     result = kdnb.prune(model, 0.9, data=data, val=make_loader(), schedule="iterative", steps=3, finetune=1,
                         progress=False, plot=False)

@@ -3,7 +3,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kdnb.engine.evaluate import eval_mode, evaluate, predict
+from kdnb.engine.device import eval_mode
+from kdnb.engine.evaluate import evaluate, predict
 
 
 def test_each_submodule_gets_its_own_mode_back():

@@ -8,7 +8,10 @@
   which nothing else in kdnb imports.
 - ``plots`` draws data: from the engine it reads only the results, histories and tables (and registers its
   drawers in ``kdnb.engine.results``); it computes nothing there, so a figure never calls back into pruning.
-- A private module (``_name``) is imported only from inside its own package.
+- A private module (``_name``) is imported only from inside its own package; a private name (``_name``) is never
+  imported from another module (what two modules share is public).
+- No import circles between kdnb modules, counting the imports inside functions: an import moved into a function
+  to dodge a circle is still one.
 - The engine hands a result to ``plots`` through ``kdnb.engine.results`` (a registry, filled when the package
   named by ``results.BACKEND`` loads), never by an import.
 """
@@ -60,6 +63,15 @@ def layer(name: str) -> int:
     return max(matches)[1]
 
 
+def imported_from(package: str, node: ast.ImportFrom) -> str:
+    """The module a ``from ... import`` in ``package`` reads from, relative imports resolved."""
+    base = node.module or ""
+    if not node.level:
+        return base
+    parts = package.split(".")
+    return ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+
+
 def imports(name: str) -> list[tuple[int, str]]:
     """(line, kdnb module) for every import in module ``name``, wherever it stands in the file."""
     tree = ast.parse(MODULES[name].read_text(), str(MODULES[name]))
@@ -69,9 +81,7 @@ def imports(name: str) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            base = imported_from(package, node)
             for alias in node.names:  # `from kdnb import env` imports the module kdnb.env
                 submodule = f"{base}.{alias.name}"
                 found.append((node.lineno, submodule if submodule in MODULES else base))
@@ -79,6 +89,56 @@ def imports(name: str) -> list[tuple[int, str]]:
               and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             found.append((node.lineno, node.args[0].value))
     return sorted({(line, target) for line, target in found if within(target, "kdnb")})
+
+
+def private_names(name: str) -> list[str]:
+    """``file:line imports module._name`` for every private name that module ``name`` imports from another module."""
+    tree = ast.parse(MODULES[name].read_text(), str(MODULES[name]))
+    package = name if is_package(name) else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        base = imported_from(package, node)
+        for alias in node.names:
+            if within(base, "kdnb") and alias.name.startswith("_") and not alias.name.startswith("__") \
+                    and f"{base}.{alias.name}" not in MODULES:
+                found.append(f"{os.path.relpath(MODULES[name], ROOT)}:{node.lineno} imports {base}.{alias.name}")
+    return found
+
+
+def import_cycles(modules: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles among ``modules`` (module -> the kdnb modules it imports): each strongly connected
+    group of two or more modules, or a module importing itself (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+    for root in modules:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(modules[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            node, targets = work[-1]
+            target = next((t for t in targets if t in modules), None)
+            if target is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    group = stack[stack.index(node):]
+                    del stack[stack.index(node):]
+                    if len(group) > 1 or node in modules[node]:
+                        cycles.append(sorted(group))
+            elif target not in index:
+                index[target] = low[target] = len(index)
+                stack.append(target)
+                work.append((target, iter(sorted(modules[target]))))
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+    return cycles
 
 
 def problems(name: str) -> list[str]:
@@ -114,10 +174,40 @@ def test_imports_point_downwards(name):
     assert problems(name) == []
 
 
+def test_no_private_name_is_imported_across_modules():
+    assert [line for name in sorted(MODULES) for line in private_names(name)] == []
+
+
+def test_no_import_circles():
+    graph = {name: {target for _, target in imports(name) if target in MODULES} for name in MODULES}
+    assert import_cycles(graph) == []
+
+
+def test_the_circle_and_private_name_checks_fire(tmp_path):
+    """A circle through an import inside a function is found, as is a private name imported from a module."""
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"a"}}) == [["a"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+    saved = dict(MODULES)
+    try:
+        first, second = tmp_path / "first.py", tmp_path / "second.py"
+        first.write_text("def f():\n    from kdnb.fake.second import helper\n")
+        second.write_text("from kdnb.fake.first import _private\n")
+        MODULES.update({"kdnb.fake.first": first, "kdnb.fake.second": second})
+        graph = {name: {target for _, target in imports(name) if target in MODULES}
+                 for name in ("kdnb.fake.first", "kdnb.fake.second")}
+        assert import_cycles(graph) == [["kdnb.fake.first", "kdnb.fake.second"]]
+        assert private_names("kdnb.fake.second") == [
+            f"{os.path.relpath(second, ROOT)}:1 imports kdnb.fake.first._private"]
+    finally:
+        MODULES.clear()
+        MODULES.update(saved)
+
+
 def test_the_layer_rules_catch_the_old_upward_imports(tmp_path):
     """Each rule fires on a line of the kind it forbids (the five upward imports this test replaced)."""
     old = {"kdnb.engine.prune.result": "from kdnb.plots.prune import plot_prune",
-           "kdnb.plots.prune": "from kdnb.engine.prune.groups import prunable_weights",
+           "kdnb.plots.prune": "from kdnb.engine.prune.graph.groups import prunable_weights",
            "kdnb.magics": "import kdnb",
            "kdnb.widgets.sparsity": "from kdnb.api import prune",
            "kdnb.datasets": "from kdnb.engine.errors import KdnbError"}

@@ -388,7 +388,7 @@ def test_apply_stores_a_pruned_copy_and_leaves_the_model(trained):
 
 
 def test_the_dropdown_lists_the_registry(trained):
-    from kdnb.engine.prune import criteria
+    from kdnb.engine.prune.score import criteria
 
     explorer = SparsityExplorer(trained, loader(seed=1), data=loader(), namespace={})
     assert tuple(explorer.criterion.options) == criteria.names()

@@ -4,8 +4,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import kdnb
-from kdnb.engine.prune import criteria
-from kdnb.engine.prune.scores import importance, removed_channels
+from kdnb.engine.prune.score import criteria
+from kdnb.engine.prune.score.importance import importance
+from kdnb.engine.prune.select.channels import removed_channels
 
 
 def test_formula_means_over_tokens_then_l2_over_samples_then_sums_consumers():

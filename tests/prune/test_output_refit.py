@@ -12,10 +12,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import kdnb
-from kdnb.engine.prune import prune, schedules
-from kdnb.engine.prune.output_refit import output_data, prediction_divergence, refit_output
-from kdnb.engine.prune.reconstruct import reconstruct
-from kdnb.engine.prune.unstructured import apply_masks, clone
+from kdnb.engine.prune import prune
+from kdnb.engine.prune.schedule import schedules
+from kdnb.engine.prune.rebuild.output_refit import output_data, prediction_divergence, refit_output
+from kdnb.engine.prune.rebuild.reconstruct import reconstruct
+from kdnb.engine.prune.cut.masks import apply_masks, clone
 
 
 def test_prediction_divergence_is_the_mean_kl_of_the_softmaxes():
@@ -78,7 +79,7 @@ def test_reconstruct_moves_the_output_layer_to_the_dense_predictions_only_where_
 
 
 def test_an_output_layer_too_large_for_the_bounds_keeps_its_least_squares(monkeypatch):
-    from kdnb.engine.prune import output_refit
+    from kdnb.engine.prune.rebuild import output_refit
 
     torch.manual_seed(0)
     dense = kdnb.models.mlp(8, [16], 4)
@@ -114,7 +115,7 @@ def test_only_a_prunes_last_cut_fits_the_predictions(fits_asked):
 
 
 def test_an_obs_n_m_prune_fits_the_output_layer_once_on_its_reselected_mask(monkeypatch):
-    module = importlib.import_module("kdnb.engine.prune.reconstruct")  # the module, not the function
+    module = importlib.import_module("kdnb.engine.prune.rebuild.reconstruct")  # the module, not the function
     fitted = []
     real = module.refit_output
 

@@ -8,9 +8,10 @@ from torch import nn
 
 import kdnb
 from kdnb.errors import KdnbError
-from kdnb.engine.prune import make_permanent, prune, schedules, sensitivity
-from kdnb.engine.prune.scores import importance
-from kdnb.engine.prune.unstructured import clone
+from kdnb.engine.prune import make_permanent, prune, sensitivity
+from kdnb.engine.prune.schedule import schedules
+from kdnb.engine.prune.score.importance import importance
+from kdnb.engine.prune.cut.masks import clone
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import kdnb
 from kdnb.engine.prune import prune
-from kdnb.engine.prune.groups import channel_groups, dependency_graph
-from kdnb.engine.prune.unstructured import connected, on_path
+from kdnb.engine.prune.graph.groups import channel_groups, dependency_graph
+from kdnb.engine.prune.cut.masks import connected, on_path
 
 LAYERS = ("1.weight", "3.weight", "5.weight")  # kdnb.models.mlp: Flatten, Linear, ReLU, Linear, ReLU, Linear
 

@@ -10,7 +10,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import kdnb
 from kdnb.engine.loop import fit
-from kdnb.engine.prune import criteria, estimate, importance, masks_at
+from kdnb.engine.prune import importance, masks_at
+from kdnb.engine.prune.score import criteria
+from kdnb.engine.prune.score import estimate
 
 
 def test_formulas_on_hand_checkable_tensors():
@@ -201,7 +203,7 @@ def test_oracle_neuron_scores_rank_like_the_true_loss_change(trained_mlp, criter
     base = loss(net)
     true_change = []
     for k in range(24):  # ablate hidden neuron k: its input row, its bias, its output column
-        ablated = kdnb.engine.prune.unstructured.clone(net)
+        ablated = kdnb.engine.prune.cut.masks.clone(net)
         with torch.no_grad():
             ablated[1].weight[k] = 0
             ablated[1].bias[k] = 0
@@ -247,8 +249,8 @@ def test_reading_criteria_score_a_channel_by_the_weights_that_read_it():
 def test_thinet_cost_lets_the_consumer_bias_absorb_a_removed_channels_mean():
     """A consumer with a bias: its Hessian carries the ones column, so ThiNet's cost of removing a channel is the
     error left after the refit of the other columns *and the bias* (what the reconstruction re-solves)."""
-    from kdnb.engine.prune import scores as scoring
-    from kdnb.engine.prune.groups import channel_groups, dependency_graph
+    from kdnb.engine.prune.score import importance as scoring
+    from kdnb.engine.prune.graph.groups import channel_groups, dependency_graph
 
     torch.manual_seed(0)
     x = torch.randn(50, 3, dtype=torch.float64) + torch.tensor([3.0, 0.0, -2.0], dtype=torch.float64)  # means

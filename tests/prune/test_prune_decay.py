@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import kdnb
-from kdnb.engine.prune import decay
-from kdnb.engine.prune.unstructured import apply_masks
+from kdnb.engine.prune.schedule import decay
+from kdnb.engine.prune.cut.masks import apply_masks
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import torch.nn.utils.prune
 from torch import nn
 
 from kdnb.engine.prune import importance, masks_at, prune
-from kdnb.engine.prune.reconstruct import reconstruct
-from kdnb.engine.prune.unstructured import clone
+from kdnb.engine.prune.rebuild.reconstruct import reconstruct
+from kdnb.engine.prune.cut.masks import clone
 
 
 def _net() -> nn.Sequential:
@@ -74,7 +74,7 @@ def test_refit_of_a_grouped_conv_is_least_squares_per_conv_group():
 def test_thinet_scores_a_grouped_consumer_by_the_refit_error_per_conv_group(monkeypatch):
     """Undamped, group OBS's accumulated cost of the greedy's removals is the least-squares refit's error with
     those channels gone (each conv-group solved alone), and each step takes the cheapest (brute force)."""
-    monkeypatch.setattr(sys.modules["kdnb.engine.prune.reconstruct"], "DAMP", 0.0)  # H = 2 X^T X
+    monkeypatch.setattr(sys.modules["kdnb.engine.prune.score.calibration"], "DAMP", 0.0)  # H = 2 X^T X
     net, data = _net(), _data()
     scores = importance(net, "thinet", data, structured=True)
     group = next(g for g in scores.groups if g.root == "0")
@@ -119,8 +119,8 @@ def test_auto_on_a_grouped_conv_is_thinet_and_its_refit_masked_equals_deleted(di
 def test_a_grouped_conv_consumer_is_scored_in_what_its_batchnorm_hands_on():
     """ThiNet measures a consumer's error after the BatchNorm that normalises its outputs; a grouped conv's rows
     share units (one position of every conv-group), so each row is scaled by its own BatchNorm channel."""
-    from kdnb.engine.prune.groups import channel_groups, dependency_graph
-    from kdnb.engine.prune.scores import _Context, _normalised_rows
+    from kdnb.engine.prune.graph.groups import channel_groups, dependency_graph
+    from kdnb.engine.prune.score.importance import _Context, _normalised_rows
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1, groups=2),

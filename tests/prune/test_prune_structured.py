@@ -12,7 +12,7 @@ import kdnb
 from kdnb.errors import KdnbError
 from kdnb.engine.measure import measure
 from kdnb.engine.prune import fold_batchnorm, importance, masks_at, prune
-from kdnb.engine.prune.groups import prunable_weights
+from kdnb.engine.prune.graph.groups import prunable_weights
 
 M = kdnb.models
 
@@ -98,7 +98,7 @@ def test_structured_masks_equal_physical_removal():
     torch.manual_seed(0)
     net, x = M.cnn_bn(5, width=8).eval(), torch.randn(2, 1, 8, 8)
     scores = importance(net, "l1", structured=True, example=x)
-    masked = kdnb.engine.prune.unstructured.clone(net)
+    masked = kdnb.engine.prune.cut.masks.clone(net)
     with torch.no_grad():
         for name, mask in masks_at(scores, 0.5).items():
             masked.get_parameter(name).mul_(mask)
@@ -111,7 +111,7 @@ def test_fold_batchnorm_computes_the_same_function():
     net, x = M.resnet_small(5, width=4, blocks=1), torch.randn(4, 1, 8, 8)
     labels = torch.tensor([0, 1, 2, 3])
     kdnb.train(net, [(x, labels)], epochs=2, device="cpu", progress=False)  # non-trivial running stats
-    folded = fold_batchnorm(kdnb.engine.prune.unstructured.clone(net))
+    folded = fold_batchnorm(kdnb.engine.prune.cut.masks.clone(net))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert torch.allclose(net.eval()(x), folded(x), atol=1e-5)
 
@@ -135,9 +135,9 @@ def test_parameters_owned_by_a_module_and_grouped_convs_are_pruned(make_layer):
     net = nn.Sequential(nn.Conv1d(1, 8, 3), layer, nn.Flatten(), nn.LazyLinear(3))
     x = torch.randn(2, 1, 6)
     net(x)
-    net = kdnb.engine.prune.unstructured.clone(net)  # materialise the lazy layer
+    net = kdnb.engine.prune.cut.masks.clone(net)  # materialise the lazy layer
     scores = importance(net, "l1", structured=True, example=x)
-    masked = kdnb.engine.prune.unstructured.clone(net)
+    masked = kdnb.engine.prune.cut.masks.clone(net)
     with torch.no_grad():
         for name, mask in masks_at(scores, 0.4).items():
             masked.get_parameter(name).mul_(mask)
@@ -225,7 +225,7 @@ def _digits_mlp(hidden=(32, 32)):
 
 @pytest.mark.slow
 def test_rounds_rescore_the_refit_network_and_reach_the_target(monkeypatch):
-    from kdnb.engine.prune import criteria
+    from kdnb.engine.prune.score import criteria
     from kdnb.engine.prune.pipeline import DEFAULT_ROUNDS
 
     net, train, val = _digits_mlp()
@@ -262,8 +262,8 @@ def test_random_cuts_once_by_default_as_its_rounds_would_all_cut_alike():
 
 
 def test_every_round_refits_against_the_unpruned_model():
-    from kdnb.engine.prune.calibration import calibration_batches, layer_statistics
-    from kdnb.engine.prune.reconstruct import reconstruct_layer
+    from kdnb.engine.prune.score.calibration import calibration_batches, layer_statistics
+    from kdnb.engine.prune.rebuild.reconstruct import reconstruct_layer
 
     net, train, _ = _digits_mlp()  # least squares only: reconstruct=True then fits the classifier to the predictions
     small = prune(net, 0.7, criterion="l1", structured=True, data=train, rounds=3, reconstruct="least_squares").model
@@ -298,8 +298,8 @@ def test_auto_is_group_obs_with_data_and_l1_without():
 def test_global_normalisation_divides_by_the_mean_of_the_channels_left():
     """Rounds re-score a network whose removed channels score 0: a layer's mean over what is left keeps its
     scores comparable (its mean over every channel, the removed included, once emptied a layer in 8 rounds)."""
-    from kdnb.engine.prune.groups import keep_vectors, masks_from_keep
-    from kdnb.engine.prune.scores import removed_channels
+    from kdnb.engine.prune.graph.groups import keep_vectors, masks_from_keep
+    from kdnb.engine.prune.select.channels import removed_channels
 
     torch.manual_seed(0)
     net = M.mlp(8, [8, 8], 3)

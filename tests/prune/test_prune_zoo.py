@@ -11,8 +11,8 @@ import kdnb
 from kdnb.errors import KdnbError
 from kdnb.engine.measure import measure
 from kdnb.engine.prune import importance, masks_at, prune
-from kdnb.engine.prune.groups import prunable_weights
-from kdnb.engine.prune.unstructured import clone
+from kdnb.engine.prune.graph.groups import prunable_weights
+from kdnb.engine.prune.cut.masks import clone
 
 from zoo import REFUSED, ZOO, example
 
@@ -331,7 +331,7 @@ def test_multihead_attention_input_projections_count_as_prunable_weights():
 
 
 def test_macs_per_weight_is_how_often_a_layer_uses_each_weight():
-    from kdnb.engine.prune.groups import macs_per_weight
+    from kdnb.engine.prune.graph.groups import macs_per_weight
 
     x = torch.randn(2, 1, 6, 6)  # the first conv: 36 output positions, the strided one 9
     per_weight = macs_per_weight(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 2, 3, stride=2, padding=1)),
@@ -345,7 +345,7 @@ def test_macs_per_weight_is_how_often_a_layer_uses_each_weight():
 def test_scope_macs_cuts_more_macs_than_the_default_at_the_same_sparsity():
     """scope="macs" ranks channels by score per MAC their removal saves: at the same parameter fraction the
     early, high-resolution convolutions lose more, so the model keeps fewer MACs; the more without its cap."""
-    from kdnb.engine.prune.scores import MAX_LAYER_SPARSITY
+    from kdnb.engine.prune.select.channels import MAX_LAYER_SPARSITY
 
     torch.manual_seed(0)
     net, x = ZOO["resnet_basic"][0]().eval(), example("resnet_basic")
@@ -441,8 +441,8 @@ def test_grouped_query_llama_prunes_its_key_value_groups_and_mlp():
 def test_traffic_counts_the_activations_a_channel_writes_and_reads():
     """A conv's channel writes its output (36 positions), its BatchNorm reads and writes it (2 x 36), the strided
     conv after reads it (36): 144 elements per sample; the cost that scope="latency" ranks by adds them to the MACs."""
-    from kdnb.engine.prune import latency
-    from kdnb.engine.prune.groups import activation_positions
+    from kdnb.engine.prune.select import latency
+    from kdnb.engine.prune.graph.groups import activation_positions
 
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4),
                         nn.Conv2d(4, 2, 3, stride=2, padding=1)).eval()
@@ -460,8 +460,8 @@ def test_traffic_counts_the_activations_a_channel_writes_and_reads():
 def test_scope_latency_keeps_the_cut_that_runs_faster(faster, monkeypatch):
     """scope="latency" deletes both candidate cuts, times them on the example and keeps the faster one's ranking
     (the timing replaced here by a verdict); a tie goes to "global"."""
-    from kdnb.engine.prune import latency
-    from kdnb.engine.prune.structured import remove_channels
+    from kdnb.engine.prune.select import latency
+    from kdnb.engine.prune.cut.channels import remove_channels
 
     monkeypatch.setattr(latency, "paired_speed", lambda first, second, x: 1.5 if faster == "cost" else 1.01)
     torch.manual_seed(0)
@@ -504,7 +504,7 @@ def _sparsity(scores, masks):
 def test_the_cost_ranking_moves_on_once_a_layer_reaches_its_cap():
     """max_layer_sparsity (Torch-Pruning's max_pruning_ratio): no group loses more than that fraction of its
     channels; the ranking then takes the next groups' channels, so the sparsity is still reached."""
-    from kdnb.engine.prune.scores import MAX_LAYER_SPARSITY, removed_channels
+    from kdnb.engine.prune.select.channels import MAX_LAYER_SPARSITY, removed_channels
 
     net, x = _stem_first_net()
     scores = importance(net, "l1", structured=True, example=x)
@@ -527,8 +527,8 @@ def test_the_cost_ranking_moves_on_once_a_layer_reaches_its_cap():
 
 
 def test_the_cap_holds_in_the_cut_scope_latency_keeps_and_across_rounds(monkeypatch):
-    from kdnb.engine.prune import latency
-    from kdnb.engine.prune.scores import MAX_LAYER_SPARSITY
+    from kdnb.engine.prune.select import latency
+    from kdnb.engine.prune.select.channels import MAX_LAYER_SPARSITY
 
     net, x = _stem_first_net()
     monkeypatch.setattr(latency, "paired_speed", lambda first, second, x: 1.5)  # the cost-ranked cut is faster
@@ -564,7 +564,7 @@ def test_masks_cannot_preview_scope_latency_and_the_channel_scopes_share_one_che
 
 
 def test_the_default_cap_is_documented_in_prune():
-    from kdnb.engine.prune.scores import MAX_LAYER_SPARSITY
+    from kdnb.engine.prune.select.channels import MAX_LAYER_SPARSITY
     from kdnb.magics import argument_help
 
     described = argument_help(kdnb.prune)["max_layer_sparsity"]
@@ -572,7 +572,7 @@ def test_the_default_cap_is_documented_in_prune():
 
 
 def test_paired_speed_sees_a_model_that_does_twice_the_work():
-    from kdnb.engine.prune import latency
+    from kdnb.engine.prune.select import latency
 
     torch.manual_seed(0)
     one = nn.Sequential(*[nn.Linear(256, 256) for _ in range(4)])

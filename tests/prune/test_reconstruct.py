@@ -8,17 +8,18 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import kdnb
 from kdnb.errors import KdnbError
-from kdnb.engine.prune import criteria, importance, masks_at, prune
-from kdnb.engine.prune.calibration import as_matrix
-from kdnb.engine.prune.reconstruct import reconstruct, reconstruct_layer, row_errors, sparsegpt
-from kdnb.engine.prune.unstructured import apply_masks, clone
+from kdnb.engine.prune import importance, masks_at, prune
+from kdnb.engine.prune.score import criteria
+from kdnb.engine.prune.score.calibration import as_matrix
+from kdnb.engine.prune.rebuild.reconstruct import reconstruct, reconstruct_layer, row_errors, sparsegpt
+from kdnb.engine.prune.cut.masks import apply_masks, clone
 
 
 def _stats(layer: nn.Module, x: torch.Tensor, dense: nn.Module | None = None):
     a = torch.cat([as_matrix(layer, x).double(), torch.ones(len(as_matrix(layer, x)), 1, dtype=torch.float64)], 1)
     with torch.no_grad():
         y = (dense or layer)(x)
-    from kdnb.engine.prune.calibration import output_matrix
+    from kdnb.engine.prune.score.calibration import output_matrix
 
     return a.T @ a, a.T @ output_matrix(layer, y).double(), len(a)
 
@@ -221,7 +222,7 @@ def test_default_with_data_reconstructs_and_beats_masking():
 
 
 def test_sparsegpt_keeps_the_asked_fraction_or_pattern_and_obs_reselects():
-    from kdnb.engine.prune.reconstruct import sparsegpt
+    from kdnb.engine.prune.rebuild.reconstruct import sparsegpt
 
     torch.manual_seed(0)
     x = torch.randn(64, 16, dtype=torch.float64)
@@ -251,8 +252,8 @@ def test_thinet_removes_first_the_channel_of_least_obs_error_and_refits():
 
 
 def test_group_taylor_squares_the_summed_gradient_times_weight_per_batch():
-    from kdnb.engine.prune import estimate
-    from kdnb.engine.prune.groups import channel_groups, dependency_graph
+    from kdnb.engine.prune.score import estimate
+    from kdnb.engine.prune.graph.groups import channel_groups, dependency_graph
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
@@ -275,8 +276,8 @@ def test_group_taylor_squares_the_summed_gradient_times_weight_per_batch():
 def test_thinet_measures_a_consumers_error_after_its_batchnorm():
     """The consumer's rows are scaled by its BatchNorm's gamma / sqrt(var + eps): folded in, as the next layers
     read it (a channel whose output BN amplifies weighs more)."""
-    from kdnb.engine.prune import scores as scoring
-    from kdnb.engine.prune.groups import channel_groups, dependency_graph
+    from kdnb.engine.prune.score import importance as scoring
+    from kdnb.engine.prune.graph.groups import channel_groups, dependency_graph
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 3))

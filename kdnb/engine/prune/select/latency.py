@@ -14,7 +14,8 @@ kept for the whole prune (its rounds included). A tie (within `MARGIN`) goes to 
 
 The cost ranking alone would empty a costly layer down to the one channel it must keep (tutorial 03's ResNet
 stem: 1 of 16, 0.79 accuracy after fine-tuning), so by default it stops taking a layer's channels at
-`scores.MAX_LAYER_SPARSITY` of them (``max_layer_sparsity``, Torch-Pruning's ``max_pruning_ratio``) and moves on.
+`select.channels.MAX_LAYER_SPARSITY` of them (``max_layer_sparsity``, Torch-Pruning's ``max_pruning_ratio``) and
+moves on.
 """
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from kdnb.engine.prune.groups import prunable_count
-from kdnb.engine.prune.scores import SCOPES, Scores, removed_channels
+from kdnb.engine.prune.cut.channels import remove_channels
+from kdnb.engine.prune.cut.masks import clone, make_permanent
+from kdnb.engine.prune.graph.groups import prunable_count
+from kdnb.engine.prune.score.scores import Scores
+from kdnb.engine.prune.select.channels import SCOPES, removed_channels
 
 PRUNE_SCOPES = (*SCOPES, "latency")  # what `prune` accepts: the rankings, and this choice between two of them
 
@@ -52,7 +56,7 @@ def cost_ranked(scores: Scores) -> Scores:
 def removal(scores: Scores, sparsity: float, pruned: dict[str, torch.Tensor] | None, ranking: str,
             max_layer_sparsity: float | None = None) -> dict[str, torch.Tensor]:
     """The channels to remove under ``ranking`` ("cost" or "global"); ``max_layer_sparsity`` as in
-    `removed_channels` (None: its default for each ranking, `scores.MAX_LAYER_SPARSITY` for the cost one)."""
+    `removed_channels` (None: its default for each ranking, `select.channels.MAX_LAYER_SPARSITY` for the cost one)."""
     ranked = cost_ranked(scores) if ranking == "cost" else scores
     return removed_channels(ranked, sparsity, SCOPE[ranking], pruned, max_layer_sparsity)
 
@@ -82,9 +86,6 @@ def choose(model: nn.Module, scores: Scores, sparsity: float, example: torch.Ten
     """"cost" or "global": the ranking whose cut at ``sparsity`` runs ``example`` faster (ties: "global"). A
     cost-ranked cut that its layer cap stopped short of ``sparsity``, and of the global cut, is not a candidate:
     it is not the size asked for."""
-    from kdnb.engine.prune.structured import remove_channels
-    from kdnb.engine.prune.unstructured import clone, make_permanent
-
     candidates, reached, dense = {}, {}, prunable_count(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the cut itself warns once, when it is made

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from kdnb.errors import KdnbError
-from kdnb.engine.evaluate import eval_mode
-from kdnb.engine.prune.groups import (attention_layers, channel_groups, delete_channels, dependency_graph,
+from kdnb.engine.device import eval_mode
+from kdnb.engine.prune.graph.groups import (attention_layers, channel_groups, delete_channels, dependency_graph,
                                       grouped_attention, update_heads)
 
 

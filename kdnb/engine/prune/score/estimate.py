@@ -18,13 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnb.engine import checks
-from kdnb.engine.device import model_device
+from kdnb.engine import checks, loop
+from kdnb.engine.device import eval_mode, model_device
 from kdnb.errors import KdnbError, warn
-from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.objective import StepOutput, Supervised, split_batch
-from kdnb.engine.prune.criteria import slimming_penalty
-from kdnb.engine.prune.groups import _BATCHNORM, ChannelGroup, channel_scores
+from kdnb.engine.prune.score.criteria import slimming_penalty
+from kdnb.engine.prune.graph.groups import BATCHNORM, ChannelGroup, channel_scores
+
+ESTIMATORS = ("fisher", "hutchinson")  # the hessian criterion's diagonals: `fisher_diagonal`, `hutchinson_diagonal`
 
 
 def _batches(model: nn.Module, data: Iterable, criterion: str, loss_fn: Callable = F.cross_entropy,
@@ -199,7 +200,7 @@ class SlimmingObjective:
 
     def __call__(self, model: nn.Module, batch: object) -> StepOutput:
         out = self.task(model, batch)
-        gammas = [m.weight for m in model.modules() if isinstance(m, _BATCHNORM) and m.affine]
+        gammas = [m.weight for m in model.modules() if isinstance(m, BATCHNORM) and m.affine]
         penalty = slimming_penalty(gammas)
         return StepOutput(loss=out.loss + self.l1 * penalty, logits=out.logits, targets=out.targets,
                           terms={"ce": out.loss.detach(), "l1_gamma": penalty.detach()})
@@ -208,10 +209,8 @@ class SlimmingObjective:
 def slimming_phase(model: nn.Module, data: Iterable, *, epochs: int, l1: float, lr: float, device: str,
                    seed: int | None, callbacks: Iterable[object] = ()) -> object:
     """Train ``model`` in place for ``epochs`` with the slimming penalty; returns the run's History."""
-    from kdnb.engine.loop import fit
-
-    history = fit(model, data, epochs=epochs, lr=lr, objective=SlimmingObjective(l1), device=device, seed=seed,
-                  callbacks=callbacks, title="slimming")
+    history = loop.fit(model, data, epochs=epochs, lr=lr, objective=SlimmingObjective(l1), device=device,
+                       seed=seed, callbacks=callbacks, title="slimming")
     if history.status == "interrupted":  # the scales are half-trained: scoring them would prune at random
         raise KeyboardInterrupt("network slimming's L1 phase was interrupted before any channel was pruned; "
                                 "nothing was changed")

@@ -20,7 +20,7 @@ Damping :math:`\lambda` = ``damp`` x the mean diagonal of :math:`A^\top A` (Spar
 Cholesky. A row keeps its masked weights when they reproduce the dense outputs better than the solve (the
 damping could otherwise cost a row whose inputs did not change), so reconstruction never increases a layer's
 error over plain masking. The model's output layer then goes on from its least-squares solution to the dense
-model's predictions (`kdnb.engine.prune.output_refit`), never ending above the divergence of either.
+model's predictions (`kdnb.engine.prune.rebuild.output_refit`), never ending above the divergence of either.
 """
 from __future__ import annotations
 
@@ -31,12 +31,11 @@ from torch import nn
 from torch.nn.utils import prune
 
 from kdnb.errors import warn
-from kdnb.engine.prune.calibration import (SAMPLES, calibration_batches, forward_order, group_statistics, grouped,
-                                           input_channel_order, layer_statistics, solvable)
-from kdnb.engine.prune.estimate import tied_names
-from kdnb.engine.prune.output_refit import output_data, refit_output
+from kdnb.engine.prune.rebuild.output_refit import output_data, refit_output
+from kdnb.engine.prune.score.calibration import (DAMP, SAMPLES, calibration_batches, forward_order, group_statistics,
+                                                 grouped, input_channel_order, layer_statistics, solvable)
+from kdnb.engine.prune.score.estimate import tied_names
 
-DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's percdamp)
 _BLOCK_BYTES = 64 * 2**20  # bound on the (rows x k x k) fp64 systems solved at once
 
 
@@ -206,7 +205,7 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
     ``reselect``: first re-choose each masked Linear's or ungrouped conv's mask, at the sparsity it has, by
     `sparsegpt` on the inputs the already-pruned layers produce (criterion "obs"); ``pattern`` (N, M) makes it
     N:M. ``predictions``: the Linear whose outputs are the model's is then re-solved for the dense model's
-    predicted distribution (`kdnb.engine.prune.output_refit`), which the least squares only approximates.
+    predicted distribution (`kdnb.engine.prune.rebuild.output_refit`), which the least squares only approximates.
 
     Cost: one forward pass of the calibration set per layer, and a ``(d+1) x (d+1)`` fp64 Gram matrix
     (``d`` = the layer's inputs, ``in_channels x kernel`` for a conv) plus ``(d+1) x out`` per layer at a time.

@@ -26,8 +26,8 @@ re-solved against masks only: 95 % with 5 / 10 / 20 epochs 0.9313 / 0.9526 / 0.9
 99 %, lr 1e-3) re-solving is what makes gradual pruning work (0.969 vs 0.53 masked; LAMP 0.91 vs 0.40).
 
 An agp run of 10 epochs or more, of a model without normalisation layers, fine-tunes with decoupled weight decay by
-default (`kdnb.engine.prune.decay`: LeNet-300-100 at 99 % over 20 epochs, lr 1e-2, 36 prunes, 0.9814 against 0.9746
-without).
+default (`kdnb.engine.prune.schedule.decay`: LeNet-300-100 at 99 % over 20 epochs, lr 1e-2, 36 prunes, 0.9814
+against 0.9746 without).
 """
 from __future__ import annotations
 

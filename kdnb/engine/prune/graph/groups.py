@@ -5,7 +5,7 @@ next layer, and the matching channel of every branch added to it (residuals) or 
 after it. Torch-Pruning traces those couplings; here each coupled group becomes a `ChannelGroup`: the
 list of tensor slices (parameter, dimension, positions) that every channel owns. Scoring a channel
 (sum of its slices' scores), counting the weights it takes along, and masking it are then simple
-tensor indexing, independent of the graph; `kdnb.engine.prune.structured` deletes them with the graph.
+tensor indexing, independent of the graph; `kdnb.engine.prune.cut.channels` deletes them with the graph.
 """
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ import torch
 from torch import nn
 
 from kdnb.errors import KdnbError
-from kdnb.engine.evaluate import eval_mode
+from kdnb.engine.device import eval_mode
 
 PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)  # layers whose weights count towards sparsity
-_BATCHNORM = nn.modules.batchnorm._BatchNorm
-_NORMS = (_BATCHNORM, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+BATCHNORM = nn.modules.batchnorm._BatchNorm
+NORMS = (BATCHNORM, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 # Layers Torch-Pruning's pruner functions resize (parameters owned by other modules, such as a class token,
 # are "unwrapped parameters" to it: it narrows their last non-singleton dimension with the channels).
-STRUCTURED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_NORMS, nn.Embedding, nn.MultiheadAttention,
+STRUCTURED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *NORMS, nn.Embedding, nn.MultiheadAttention,
                      nn.PReLU)
 _QKV_NAMES = ("qkv", "c_attn", "in_proj", "Wqkv", "query_key_value")  # one Linear laid out (3, heads, head_dim)
 _SEPARATE_NAMES = (("q", "q_proj", "query"), ("k", "k_proj", "key"), ("v", "v_proj", "value"))  # HF-style q, k, v
@@ -168,7 +168,7 @@ def _param_slices(name: str, module: nn.Module, is_out: bool, index: torch.Tenso
     """(parameter, dim, positions) that the channels at ``index`` of ``module`` own (output side if ``is_out``);
     positions may repeat ``index`` (an attention projection holds q, k and v rows of each channel)."""
     prefix = f"{name}." if name else ""
-    if isinstance(module, (*_NORMS, nn.PReLU)):
+    if isinstance(module, (*NORMS, nn.PReLU)):
         for param in ("weight", "bias"):
             tensor = getattr(module, param, None)
             if isinstance(tensor, torch.Tensor) and tensor.numel() > 1:
@@ -480,7 +480,7 @@ def activation_positions(model: nn.Module, example: torch.Tensor) -> dict[str, t
         if isinstance(module, PRUNABLE):
             groups, rows = getattr(module, "groups", 1), module.weight.shape[0]
             sizes, through = (module.weight.shape[1] * groups, rows), groups == rows > 1  # depthwise: through
-        elif isinstance(module, _NORMS) and getattr(module, "weight", None) is not None:
+        elif isinstance(module, NORMS) and getattr(module, "weight", None) is not None:
             sizes, through = (module.weight.numel(),) * 2, True
         else:
             continue

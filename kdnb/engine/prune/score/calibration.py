@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdnb.engine.checks import numbered_batches
-from kdnb.engine.device import model_device, to_device
-from kdnb.engine.evaluate import eval_mode
+from kdnb.engine.device import eval_mode, model_device, to_device
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune.groups import PRUNABLE
+from kdnb.engine.prune.graph.groups import PRUNABLE
 
 SAMPLES = 2048  # calibration samples; digits' whole training split (1438) fits
+DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's percdamp), in scoring and re-solving
 
 
 def _shuffle_generators(loader: object) -> list[torch.Generator]:

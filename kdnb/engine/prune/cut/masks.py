@@ -7,16 +7,14 @@ an ordinary model with zeros, as fast as the dense one (the mask multiply costs 
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
-from kdnb.engine.prune.groups import ChannelGroup, channel_scores, keep_vectors, masks_from_keep
-
-if TYPE_CHECKING:
-    from kdnb.engine.prune.scores import Scores
+from kdnb.engine.prune.graph.groups import ChannelGroup, channel_scores, keep_vectors, masks_from_keep
+from kdnb.engine.prune.score.criteria import lamp_normalise
+from kdnb.engine.prune.score.scores import Scores
 
 
 def _owner(model: nn.Module, param: str) -> tuple[nn.Module, str]:
@@ -164,10 +162,8 @@ def connected(masks: dict[str, torch.Tensor], values: dict[str, torch.Tensor], g
             for n, a in zip(names, added.split([kept[n].numel() for n in names]))}
 
 
-def comparable(scores: "Scores", pruned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A `kdnb.engine.prune.scores.Scores`' weight scores made comparable across layers as `masks_at` ranks a
-    layer-wise criterion (`kdnb.engine.prune.criteria.lamp_normalise`), ``-inf`` where ``pruned`` removed them."""
-    from kdnb.engine.prune.criteria import lamp_normalise
-
+def comparable(scores: Scores, pruned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A `Scores`' weight scores made comparable across layers as `masks_at` ranks a layer-wise criterion
+    (`kdnb.engine.prune.score.criteria.lamp_normalise`), ``-inf`` where ``pruned`` removed them."""
     values = {n: lamp_normalise(s.detach().cpu().double().clamp_min(0)) for n, s in scores.weights.items()}
     return {n: v.masked_fill(~pruned[n].cpu(), float("-inf")) if n in pruned else v for n, v in values.items()}

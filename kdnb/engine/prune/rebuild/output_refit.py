@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnb.engine.device import model_device, to_device
-from kdnb.engine.evaluate import eval_mode
+from kdnb.engine.device import eval_mode, model_device, to_device
+
 
 RIDGE = 1e-4  # rho (the measurements above)
 # L-BFGS iterations at most, with tolerances that fp64 allows. Only the pull bends the directions that sharpen

@@ -31,9 +31,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from kdnb.engine.device import model_device
-from kdnb.engine.evaluate import eval_mode
-from kdnb.engine.prune.groups import _NORMS, PRUNABLE
+from kdnb.engine.device import eval_mode, model_device
+from kdnb.engine.prune.graph.groups import NORMS, PRUNABLE
 
 WEIGHT_DECAY = 1.0  # prune's default in an agp schedule of FROM_EPOCHS or more, with the default optimizer
 FROM_EPOCHS = 10  # shorter runs have nothing to regularise: the decay only pulls the re-solved weights off their fit
@@ -43,7 +42,7 @@ def default(model: nn.Module, schedule: str, finetune: int) -> float:
     """``prune``'s decay when ``weight_decay`` is None: `WEIGHT_DECAY` in an agp run of `FROM_EPOCHS` or more of a
     model without normalisation layers, else 0. In a normalised model the decay reaches only the weights after the
     last normalisation (a classifier), where it regularises nothing and cost 1.4 pp (cnn_bn, see above)."""
-    normalised = any(isinstance(m, _NORMS) for m in model.modules())
+    normalised = any(isinstance(m, NORMS) for m in model.modules())
     return WEIGHT_DECAY if schedule == "agp" and finetune >= FROM_EPOCHS and not normalised else 0.0
 
 
@@ -64,7 +63,7 @@ def function_scaled_weights(model: nn.Module, example: torch.Tensor) -> set[int]
 
     layers = [m for m in model.modules() if isinstance(m, PRUNABLE)]
     hooks = [m.register_forward_hook(record) for m in layers]
-    hooks += [m.register_forward_pre_hook(read) for m in model.modules() if isinstance(m, _NORMS)]
+    hooks += [m.register_forward_pre_hook(read) for m in model.modules() if isinstance(m, NORMS)]
     try:
         with torch.no_grad(), eval_mode(model):  # eval: the trace leaves BatchNorm's running statistics alone
             model(example.to(model_device(model)))

@@ -4,10 +4,10 @@ The registry: a criterion is one formula function below plus one `Criterion` rec
 (its name, formula, the statistic it needs, whether that needs data, the modes it supports, label,
 colour). `kdnb.prune`, `importance`, the checks, the sparsity explorer and the magics' help all read
 `REGISTRY`; adding a criterion is one function and one record here. The statistics themselves are
-estimated by `kdnb.engine.prune.scores.STATISTICS` (batch gradients, Hessian diagonals, layer inputs).
+estimated by `kdnb.engine.prune.score.importance.STATISTICS` (batch gradients, Hessian diagonals, layer inputs).
 
 Element criteria score every element of a parameter tensor; structured pruning adds a channel's element
-scores over every slice it owns (`kdnb.engine.prune.groups`), or over the weights that read it only for the
+scores over every slice it owns (`kdnb.engine.prune.graph.groups`), or over the weights that read it only for the
 criteria marked ``reads``. Channel criteria (``channel=True``) score
 whole channels from a channel-level statistic.
 """
@@ -99,7 +99,7 @@ def obs(weight: torch.Tensor, inverse_hessian_diag: torch.Tensor) -> torch.Tenso
     Hassibi & Stork 1993, "Second order derivatives for network pruning: Optimal Brain Surgeon": removing
     :math:`w_q` and moving the others by :math:`\delta w = -\frac{w_q}{[H^{-1}]_{qq}} H^{-1} e_q` raises the
     layer's squared output error by exactly :math:`s_q` (layer-wise: Dong et al. 2017; Frantar & Alistarh
-    2022, 2023 "SparseGPT"). The update is `kdnb.engine.prune.reconstruct` (``reconstruct=True``).
+    2022, 2023 "SparseGPT"). The update is `kdnb.engine.prune.rebuild.reconstruct` (``reconstruct=True``).
     ``inverse_hessian_diag`` is :math:`[H^{-1}]_{qq}` of the input position ``q`` of each weight (damped).
     A channel (structured) sums the saliencies of the weights that read it (``reads``).
     """
@@ -210,7 +210,7 @@ class Criterion:
     Attributes:
         name: what users pass as ``criterion=``.
         formula: the score function above, called as ``formula(weight, statistic)`` (or ``formula(weight)``).
-        statistic: what the formula needs besides the weight (a key of `scores.STATISTICS`), or None.
+        statistic: what the formula needs besides the weight (a key of `importance.STATISTICS`), or None.
         needs_data: the statistic is estimated on batches of ``data``.
         unstructured, structured: the modes it can score (single weights, whole channels).
         label, colour: how plots and widgets show it.
@@ -224,7 +224,7 @@ class Criterion:
             global threshold empties layers: bench/prune_oneshot.py); unstructured global ranking uses their
             `lamp_normalise` form, which cannot empty a layer either.
         reselect: with reconstruction, each layer's mask is re-chosen at the sparsity the scores gave it, by
-            SparseGPT's OBS sweep on the already-pruned inputs (`kdnb.engine.prune.reconstruct.sparsegpt`).
+            SparseGPT's OBS sweep on the already-pruned inputs (`kdnb.engine.prune.rebuild.reconstruct.sparsegpt`).
         reads: structured, a channel's score sums the element scores of the weights that *read* it only (the
             next layers' input columns), not of those that produce it (its filter, bias, BatchNorm): removing a
             channel is exactly zeroing what reads it, whatever produced it. For wanda this is Wanda-sp (An et al.
