@@ -6,6 +6,7 @@ JupyterLab, watch the DOM, press keys on sliders and save screenshots (the path 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -83,6 +84,21 @@ class StopAfter(kdnb.Callback):
         state.stop = time.perf_counter() - self.start > self.seconds
 
 
+# When each magic cell started and drew its first frame, in the kernel's clock (kdnb's share of the latency).
+import kdnb.widgets.live as live
+
+marks = {}
+get_ipython().events.register("pre_run_cell", lambda info: info.raw_cell.startswith("%%") and marks.update(
+    cell=time.perf_counter(), frame=None))
+show = live.LiveChart._show
+
+
+def timed_show(chart, *args):
+    show(chart, *args)
+    marks["frame"] = marks["frame"] or time.perf_counter()
+
+
+live.LiveChart._show = timed_show
 torch.set_num_threads(1)
 train, val = kdnb.datasets.load("digits", batch_size=32, seed=0)
 torch.manual_seed(0)
@@ -392,9 +408,18 @@ def test_a_ten_second_run_draws_a_frame_a_second(open_notebook, shots, magic):
     started = notebook.run_cell(cell, timeout=120)
     assert notebook.errors() == []
     frames = [at - started for at, _ in notebook.frames(cell)]
-    print(f"%%{magic}: {len(frames)} frames at {', '.join(f'{t:.2f}' for t in frames)} s")
+    in_kernel = float(notebook.kernel("print(marks['frame'] - marks['cell'])"))
+    load = os.getloadavg()[0]
+    print(f"%%{magic}: {len(frames)} frames at {', '.join(f'{t:.2f}' for t in frames)} s in the page; the first "
+          f"{in_kernel:.2f} s into the cell in the kernel; load average {load:.1f}")
     notebook.outputs(cell).screenshot(path=shots / f"{magic}-final.png")
-    assert len(frames) >= 8 and frames[0] <= 1.0, f"%%{magic}: frames at {frames}"
+    gaps = [b - a for a, b in zip(frames, frames[1:])]
+    assert len(frames) >= 8, f"%%{magic}: frames at {frames}"
+    assert in_kernel <= 1.0, f"%%{magic}: the first frame {in_kernel:.2f} s into the cell"
+    # In the page the frame also waits for the kernel's message and the browser's rendering; on a machine
+    # running more than one task per core those add up to seconds, so there the bound is looser.
+    slack = 1.0 if load <= os.cpu_count() else 1.5
+    assert frames[0] <= 1.0 * slack and max(gaps) <= 1.5 * slack, f"%%{magic}: frames at {frames}"
 
 
 def test_opening_a_committed_notebook_leaves_it_unchanged(lab, open_notebook):
