@@ -5,7 +5,7 @@ exactly as in a Jupyter kernel (an IPython shell whose display publisher keeps t
 the cost measured is Agg drawing + PNG encoding + publishing. Timed in one process, alternating
 A/B, median over rounds; the time spent inside the chart's own event handlers is reported too, and
 the longest wall-time gap between two frames (the chart promises one at least every second).
-The chart draws its first frame at the run's first event, then a frame every max(0.25 s, cost / 4 %), at most
+The chart draws its first frame at the run's first event, then a frame every max(0.5 s, cost / 4 %), at most
 0.9 s apart, each repainting only the lines over a saved background (a full redraw only when an axis, a
 legend or the layout changes), and a last frame when the run ends. ``--epochs`` sets the run's length
 (60 digits epochs: about 3 s on an idle 2-core machine). On a loaded machine the A/B ratio swings; the

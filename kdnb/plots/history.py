@@ -181,10 +181,8 @@ class HistoryFigure:
             if item.run.sparsity:
                 self._draw_sparsity(index, item)
         self._draw_means(placed)
-        waiting = not any(item.run.history.epochs.get(name) for item in placed for name in ("val_acc", "train_acc"))
-        if self._waiting.get_visible() != waiting:
-            self._waiting.set_visible(waiting)
-            self._stale()
+        self._waiting.set_visible(not any(item.run.history.epochs.get(name) for item in placed
+                                          for name in ("val_acc", "train_acc")))
         self._note.set_text(note)
         self._set_limits(placed)
         self._set_legends()
@@ -209,7 +207,7 @@ class HistoryFigure:
         return canvas
 
     def _moving(self) -> list[Any]:
-        return [*self._artists.values(), self._note]
+        return [*self._artists.values(), self._note, self._waiting]
 
     def _stale(self) -> None:
         self._background = None
@@ -240,8 +238,8 @@ class HistoryFigure:
         acc.set_ylabel("accuracy (%)")
         acc.set_title("validation accuracy", fontsize=9)
         waiting = "a point at the end\nof each epoch" if self.live else "no accuracy logged"
-        self._waiting = acc.text(0.5, 0.5, waiting, transform=acc.transAxes,
-                                 ha="center", va="center", fontsize=9, color="0.55")
+        self._waiting = acc.text(0.5, 0.5, waiting, transform=acc.transAxes, ha="center", va="center", fontsize=9,
+                                 color="0.55", animated=self.live)  # drawn per frame: hiding it costs no redraw
         if with_sparsity:
             sparsity = self._panels["sparsity"]
             sparsity.set_xlabel("step", fontsize=9)
@@ -356,8 +354,7 @@ class HistoryFigure:
 
     def _set_limits(self, placed: Sequence[Placed]) -> None:
         """The steps of every run (while it runs, the steps it plans, so a live axis does not grow at every
-        frame); the loss from 0 (or its minimum) to its maximum, kept while a run is running, the data fit and
-        fill half of it."""
+        frame); the loss from 0 (or its minimum) to its maximum, kept while the data fit and fill half of it."""
         running = [item.run.history.status == "running" for item in placed]
         extent = max((item.start + max(item.run.history.num_steps, item.run.planned_steps if on else 0)
                       for item, on in zip(placed, running)), default=0)  # a finished run: its own steps
@@ -375,7 +372,7 @@ class HistoryFigure:
         current = self._limits.get("loss y")
         fits = current is not None and current[0] <= wanted[0] and wanted[1] <= current[1] \
             and (wanted[1] - wanted[0]) >= 0.5 * (current[1] - current[0])
-        if not (self.live and fits and any(running)):  # the last frame fits the data
+        if not (self.live and fits):
             self._set("loss y", self._panels["loss"].set_ylim, wanted)
 
     def _set(self, name: str, setter: Any, limits: tuple) -> None:

@@ -77,7 +77,7 @@ class LiveChart(Callback):
         runs: the runs drawn, in order.
     """
 
-    def __init__(self, image: bool | None = None, max_rate: float = 4.0, budget: float = 0.04,
+    def __init__(self, image: bool | None = None, max_rate: float = 2.0, budget: float = 0.04,
                  first_frame: float = 0.0, max_interval: float = 0.9):
         self.image = in_kernel() if image is None else bool(image)
         self.min_interval = 1.0 / max_rate
