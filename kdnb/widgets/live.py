@@ -100,6 +100,8 @@ class LiveChart(Callback):
         self._started()
         self.note = ""
         self.runs.append(Run(state.title, state.history, planned_steps=state.epochs * state.steps_per_epoch))
+        if self.image and self._due():  # the first frame at once: the run's axes, before its first step
+            self._draw()
 
     def on_phase(self, state: RunState) -> None:
         self._started()
