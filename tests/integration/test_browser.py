@@ -436,3 +436,23 @@ def test_opening_a_committed_notebook_leaves_it_unchanged(lab, open_notebook):
     notebook.page.wait_for_timeout(2000)
     notebook.save()
     assert (lab.root_dir / name).read_bytes() == (NOTEBOOKS / QUICKSTART).read_bytes()
+
+
+def test_the_make_lab_url_opens_the_file_browser_at_the_root(lab, browser):
+    """`make lab`'s URL (`tree/<notebook>?file-browser-path=/`) opens a notebook in a folder and shows the project's
+    root in the file browser, not the notebook's folder."""
+    page = browser.new_page()
+    try:
+        page.goto(f"{lab.base}/lab/tree/exercises/00-quickstart-exercises.ipynb?file-browser-path=/"
+                  f"&token={lab.token}")
+        page.wait_for_function("() => window.jupyterapp !== undefined", timeout=60_000)
+        page.wait_for_function("""() => window.jupyterapp.shell.currentWidget?.context?.path
+                                   === 'exercises/00-quickstart-exercises.ipynb'""", timeout=60_000)
+        page.wait_for_timeout(2000)  # the file browser follows the opened file, if it does, by now
+        path = page.evaluate("""() => Array.from(window.jupyterapp.shell.widgets('left'))
+          .find((widget) => widget.id === 'filebrowser').model.path""")
+        assert path == "", f"the file browser opened at {path!r}"
+    finally:
+        page.evaluate("() => Promise.all(Array.from(window.jupyterapp.serviceManager.sessions.running())"
+                      ".map((s) => window.jupyterapp.serviceManager.sessions.shutdown(s.id)))")
+        page.close()
