@@ -80,8 +80,8 @@ class Report:
     def __repr__(self) -> str:
         lines = [self.headline()]
         for status, what, hint in self.entries:
-            lines.append(textwrap.fill(what, WIDTH, initial_indent=f"  {TEXT_MARKS[status]:7s}",
-                                       subsequent_indent=" " * 9))
+            mark = f"  {TEXT_MARKS[status]:7s}" if status in TEXT_MARKS else "  "
+            lines.append(textwrap.fill(what, WIDTH, initial_indent=mark, subsequent_indent=" " * len(mark)))
             if hint:
                 lines.append(textwrap.fill(hint, WIDTH, initial_indent=" " * 9 + "hint: ", subsequent_indent=" " * 15))
         if self._pending():
@@ -103,7 +103,7 @@ class Report:
 
 
 WIDTH = 100  # characters per line of the text report
-TEXT_MARKS = {"ok": "ok", "wrong": "wrong", "stub": ""}
+TEXT_MARKS = {"ok": "ok", "wrong": "wrong"}  # a stub's line ("not done yet: ...") speaks for itself
 HTML_MARKS = {"ok": ("&#10003;", "#2e7d32"), "wrong": ("&#10007;", "#c62828"), "stub": ("&#8230;", "#9e6a00")}
 
 
