@@ -3,6 +3,7 @@ following a schedule. Each step is one function below; `prune` only calls them i
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,9 +25,11 @@ from kdnb.engine.prune.cut.channels import remove_channels
 from kdnb.engine.prune.cut.masks import apply_masks, clone, comparable, connected, current_masks, make_permanent
 from kdnb.engine.prune.graph.groups import (channel_groups, check_structured_support, dependency_graph, keep_vectors,
                                             masks_from_keep, prunable_count, prunable_weights)
+from kdnb.engine.prune import phases
+from kdnb.engine.prune.phases import Phases
 from kdnb.engine.prune.rebuild.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
-from kdnb.engine.prune.schedule import decay, schedules
+from kdnb.engine.prune.schedule import budget, decay, schedules
 from kdnb.engine.prune.score import calibration, criteria, estimate
 from kdnb.engine.prune.score.criteria import Criterion
 from kdnb.engine.prune.score.importance import check_criterion, compute_scores
@@ -384,6 +387,11 @@ def _prepare(run: _Run, model: nn.Module) -> None:
     """The dense reference, the working copy on the run's device, slimming's training phase."""
     run.dense = clone(model)
     run.work = make_permanent(model if run.inplace else clone(model)).to(run.device)
+    run.options["phases"] = Phases(run.work, run.callbacks)  # "calibrate", "score", "rebuild", "delete", "time"
+    run.options["started"] = time.perf_counter()
+    if run.options["rounds"] is None and run.rounds > 1 and run.structured:  # as many as their passes afford:
+        # eight on the tutorials' networks, one on a ResNet at 224x224 (`budget.ROUNDS_FLOPS`)
+        run.rounds = budget.affordable_rounds(run.dense, run.example, run.data, run.calibration_samples, run.rounds)
     if run.record.statistic == "batchnorm_scale":
         estimate.slimming_phase(run.work, run.data, epochs=run.slimming_epochs, l1=run.slimming_l1, lr=run.lr,
                                 device=str(run.device), seed=run.seed, callbacks=list(run.callbacks))
@@ -463,8 +471,9 @@ def _cut(run: _Run, target: float, resolve: bool, predictions: bool = False) -> 
     apply_masks(run.work, masks)
     if reference is not None:  # OBS's sweep re-chooses a single cut's masks; re-scored rounds keep theirs
         reselect = run.record.reselect and not run.structured and run.rounds == 1
-        reconstruct_layers(run.work, reference, run.data, run.calibration_samples,
-                           reselect=reselect, pattern=parse_pattern(run.pattern), predictions=predictions)
+        reconstruct_layers(run.work, reference, run.data, run.calibration_samples, reselect=reselect,
+                           pattern=parse_pattern(run.pattern), predictions=predictions,
+                           progress=run.phases.tracker("rebuild"))
         distributed.broadcast_from_main(run.work.state_dict().values())  # rank 0's re-solved weights everywhere
     reached = _masked_sparsity(run.work, run.weights, run.total)
     run.trajectory.append({"target": target, "sparsity": reached, "val_acc": run.accuracy(run.work),
@@ -475,7 +484,7 @@ def _cut(run: _Run, target: float, resolve: bool, predictions: bool = False) -> 
 def _scored(run: _Run, plain: nn.Module, example: torch.Tensor | None) -> Scores:
     """`Scores` of ``plain`` by the run's criterion, with the run's data, seed, estimator and calibration samples."""
     return compute_scores(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator,
-                          run.calibration_samples)
+                          run.calibration_samples, run.phases)
 
 
 def _every_layer_scored(run: _Run, plain: nn.Module, scores: Scores, example: torch.Tensor | None) -> Scores:
@@ -506,7 +515,8 @@ def _removal(run: _Run, plain: nn.Module, scores: Scores, target: float, pruned:
     if run.scope != "latency":
         return removed_channels(scores, target, run.scope, pruned, run.max_layer_sparsity)
     if "ranking" not in run.options:
-        run.options["ranking"] = latency.choose(plain, scores, run.sparsity, example, run.max_layer_sparsity)
+        run.options["ranking"] = latency.choose(plain, scores, run.sparsity, example, run.max_layer_sparsity,
+                                                progress=run.phases.tracker("time"))
     return latency.removal(scores, target, pruned, run.options["ranking"], run.max_layer_sparsity)
 
 
@@ -570,7 +580,8 @@ def _finish(run: _Run) -> PruneResult:
     if run.structured:
         make_permanent(work)
         try:
-            remove_channels(work, run.removed, run.example.to(model_device(work)))  # type: ignore[union-attr]
+            remove_channels(work, run.removed, run.example.to(model_device(work)),  # type: ignore[union-attr]
+                            progress=run.phases.tracker("delete"))
         except KeyboardInterrupt:  # half-deleted layers are no model; an in-place prune is restored at the entry
             raise KeyboardInterrupt("prune was interrupted while deleting the removed channels; nothing was "
                                     "changed") from None
@@ -593,7 +604,8 @@ def _finish(run: _Run) -> PruneResult:
                        example=run.example.cpu() if run.example is not None else None, control=control_model,
                        channels=_channels(run.dense, work) if run.structured else {},
                        reconstructed=run.reconstruct, pattern=run.pattern,
-                       ranking=run.options.get("ranking"), max_layer_sparsity=_layer_cap(run))
+                       ranking=run.options.get("ranking"), max_layer_sparsity=_layer_cap(run),
+                       cost=phases.cost(run.started, run.dense, run.data is not None and run.reconstruct))
 
 
 def _layer_cap(run: _Run) -> float | None:
