@@ -15,8 +15,9 @@ from typing import Any
 from kdnb.engine.distributed import is_main_process
 from kdnb.engine.events import Callback, RunState
 
-# The unit each of pruning's phases counts in (`kdnb.engine.events.report_phase`); a phase not listed counts plainly.
-PHASE_UNITS = {"calibrate": "batch", "score": "layer", "rebuild": "layer", "evaluate": "batch"}
+# The unit each of pruning's phases counts in (`kdnb.engine.prune.phases`); a phase whose unit varies (calibrate,
+# score: layers or groups) counts plainly.
+PHASE_UNITS = {"rebuild": "layer", "delete": "group", "time": "cut"}
 STATUS_COLORS = {"completed": "#4caf50", "interrupted": "#ff9800", "stopped": "#ff9800"}  # else red
 STATIC_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit}s [{elapsed}, {rate_fmt}{postfix}]"
 PHASE_FORMAT = "{desc} {n_fmt} of {total_fmt} {bar} [{elapsed}]"

@@ -547,7 +547,7 @@ def test_pruning_phases_share_one_bar_that_ends_as_a_line(notebook_bars):
     ids = {out.transient["display_id"] for out in captured.outputs}
     last = captured.outputs[-1].data
     assert len(ids) == 1 and WIDGET_VIEW not in last
-    assert last["text/plain"].startswith("score: layer 3 of 3, rebuild: layer 4 of 4 [")
+    assert last["text/plain"].startswith("score: 3 of 3, rebuild: layer 4 of 4 [")
 
 
 def test_a_run_stopped_early_ends_on_axes_that_fit_its_steps():
