@@ -35,7 +35,7 @@ from kdnb.engine.prune.score.criteria import Criterion
 from kdnb.engine.prune.score.importance import check_criterion, compute_scores
 from kdnb.engine.prune.score.scores import Scores
 from kdnb.engine.prune.select import latency
-from kdnb.engine.prune.select.channels import layer_cap, removed_channels
+from kdnb.engine.prune.select.channels import layer_cap, removed_channels, rounded
 from kdnb.engine.prune.select.masks import check_sparsity, masks_at
 from kdnb.engine.prune.select.patterns import parse_pattern, pattern_misfits
 
@@ -109,6 +109,7 @@ def prune(
     structured: bool = False,
     scope: str = "global",
     max_layer_sparsity: float | None = None,
+    round_to: int | None = None,
     pattern: str | None = None,
     data: Iterable | None = None,
     val: Iterable | None = None,
@@ -191,6 +192,11 @@ def prune(
             cost-ranked cut), which alone would cut a costly layer to one channel (tutorial 03: the ResNet's
             stem, 0.79 accuracy after fine-tuning against 0.975 with the cap, bench/prune_zoo.py --floor); no
             cap but the one channel each layer keeps for "global" and "local".
+        round_to: structured: keep a multiple of this many channels in each layer (Torch-Pruning's ``round_to``),
+            restoring the best-scored of those the cut removed, so the sparsity reached may fall a little short.
+            Runtimes that compute in blocks of channels need it: ONNX Runtime's CPU convolutions run 8 or 16
+            channels at a time and fall back to a slower path otherwise, where a structurally pruned MobileNetV2
+            runs slower than the dense one (bench/export.py). None: 1.
         pattern: "N:M" semi-structured sparsity (unstructured only).
         data: training ``DataLoader``: statistics for the data criteria, calibration for reconstruction,
             slimming's L1 phase, fine-tuning, and (first batch) the example input for structured tracing.
@@ -269,6 +275,7 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
     arguments.check_inputs(model, data, options["val"], record.statistic, trains, structured, options["example"])
     weights = prunable_weights(model)
     _check_pattern(model, options)
+    arguments.check_round_to(options["round_to"], structured)
     reconstruct = _check_reconstruct(options, steps)
     rounds = _check_rounds(options, reconstruct)
     example = options["example"]
@@ -513,11 +520,13 @@ def _removal(run: _Run, plain: nn.Module, scores: Scores, target: float, pruned:
     """The channels a structured cut removes. ``scope="latency"`` picks its ranking once, at the first cut, by
     timing both candidate cuts at the final sparsity on the example (`latency.choose`), and keeps it."""
     if run.scope != "latency":
-        return removed_channels(scores, target, run.scope, pruned, run.max_layer_sparsity)
-    if "ranking" not in run.options:
-        run.options["ranking"] = latency.choose(plain, scores, run.sparsity, example, run.max_layer_sparsity,
-                                                progress=run.phases.tracker("time"))
-    return latency.removal(scores, target, pruned, run.options["ranking"], run.max_layer_sparsity)
+        removed = removed_channels(scores, target, run.scope, pruned, run.max_layer_sparsity)
+    else:
+        if "ranking" not in run.options:
+            run.options["ranking"] = latency.choose(plain, scores, run.sparsity, example, run.max_layer_sparsity,
+                                                    progress=run.phases.tracker("time"))
+        removed = latency.removal(scores, target, pruned, run.options["ranking"], run.max_layer_sparsity)
+    return rounded(removed, scores, pruned, run.round_to) if run.round_to else removed
 
 
 def _groups(run: _Run, model: nn.Module, example: torch.Tensor) -> list:

@@ -95,6 +95,23 @@ def removed_channels(scores: Scores, sparsity: float, scope: str = "global",
     return gone
 
 
+def rounded(removed: dict[str, torch.Tensor], scores: Scores, pruned: dict[str, torch.Tensor] | None,
+            multiple: int) -> dict[str, torch.Tensor]:
+    """``removed`` with each group keeping a multiple of ``multiple`` channels (or all of them): the best-scored
+    channels this cut removed come back (never one an earlier cut removed)."""
+    groups = {group.root: group for group in scores.groups}
+    result = {}
+    for root, gone in removed.items():
+        kept = int((~gone).sum())
+        missing = min(len(gone), -(-kept // multiple) * multiple) - kept
+        earlier = _already_removed(groups[root], pruned) if pruned else torch.zeros_like(gone)
+        candidates = (gone & ~earlier).nonzero().flatten()
+        best = candidates[torch.argsort(scores.channels[root][candidates], descending=True, stable=True)[:missing]]
+        result[root] = gone.clone()
+        result[root][best] = False
+    return result
+
+
 def layer_cap(scope: str, max_layer_sparsity: float | None) -> float:
     """The largest fraction of a group's channels a cut may remove: ``max_layer_sparsity``, or by default
     `MAX_LAYER_SPARSITY` for the cost ranking ("macs"), which alone would cut the layers whose channels cost the
