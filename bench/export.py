@@ -28,6 +28,7 @@ from kdnb.engine.export import is_transformers, onnxruntime_model
 from kdnb.engine.table import Table
 from kdnb.models import Residual
 from timing import alternating_times  # bench/timing.py: this script's folder is on sys.path
+import report  # bench/report.py: this script's folder is on sys.path
 
 torch.set_num_threads(1)
 FORMATS = (".onnx", ".pt2", ".pt", ".safetensors")
@@ -212,4 +213,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(main)
