@@ -28,7 +28,7 @@ from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import eval_mode, evaluate
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune.groups import prunable_attributes  # the weights `sparsity` counts
-from kdnb.engine.serialize import file_size, module_tensors, plain_modules
+from kdnb.engine import serialize  # a module: serialize -> prune -> measure may be mid-import
 from kdnb.engine.table import Table, format_value
 
 NOISY_SPREAD = 0.25  # latency_spread above this: the machine was busy while timing, the median is unsure
@@ -174,7 +174,7 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
         sparsity=zero_weights / weights if weights else 0.0,
         overall_sparsity=1 - nonzero / params if params else 0.0,
         macs=macs, nonzero_macs=nonzero_macs,
-        bytes_dense=file_size(model, compact=False), bytes=file_size(model),
+        bytes_dense=serialize.file_size(model, compact=False), bytes=serialize.file_size(model),
         latency_ms=latency, batch_size=x.shape[0], device=_device_name(target), threads=torch.get_num_threads(),
         accuracy=accuracy, latency_spread=spread,
     )
@@ -222,8 +222,8 @@ def parameter_counts(model: nn.Module) -> tuple[int, int, int, int]:
     `kdnb.save` writes it (pruning masks folded). A parameter shared by two modules (tied weights) counts once."""
     params = nonzero = weights = zero_weights = 0
     seen = {}  # holding the tensors keeps their keys unique
-    for _, module in plain_modules(model):
-        for name, tensor, is_param in module_tensors(module):
+    for _, module in serialize.plain_modules(model):
+        for name, tensor, is_param in serialize.module_tensors(module):
             key = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride())
             if is_param and key not in seen:
                 seen[key] = tensor
@@ -272,10 +272,10 @@ def _macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     root = type(model).__name__
     sparse_saving = 0.0
     # A layer used at two places is counted under one of its names: look it up under all of them.
-    for path, module in plain_modules(model, remove_duplicate=False):
+    for path, module in serialize.plain_modules(model, remove_duplicate=False):
         flops = sum(per_module.get(f"{root}.{path}" if path else root, {}).values())
         if flops and isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-            weight = next(tensor for name, tensor, _ in module_tensors(module) if name == "weight")
+            weight = next(tensor for name, tensor, _ in serialize.module_tensors(module) if name == "weight")
             sparse_saving += flops * (1 - int(torch.count_nonzero(weight)) / max(weight.numel(), 1))
     for module, counts in tokens.items():
         sparse_saving += _attention_zero_flops(module, counts)
@@ -286,12 +286,12 @@ def _macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
 def _attention_zero_flops(module: nn.MultiheadAttention, tokens: tuple[int, int, int]) -> float:
     """FLOPs an ``nn.MultiheadAttention``'s zero weights would save: 2 per zero weight per token it projects
     (q, k, v projections on the query's, key's, value's tokens; the output projection on the query's)."""
-    weights = dict((name, tensor) for name, tensor, _ in module_tensors(module))
+    weights = dict((name, tensor) for name, tensor, _ in serialize.module_tensors(module))
     if module._qkv_same_embed_dim:
         projections = weights["in_proj_weight"].chunk(3)
     else:
         projections = [weights[f"{p}_proj_weight"] for p in "qkv"]
-    out = next(tensor for name, tensor, _ in module_tensors(module.out_proj) if name == "weight")
+    out = next(tensor for name, tensor, _ in serialize.module_tensors(module.out_proj) if name == "weight")
     zeros = [w.numel() - int(torch.count_nonzero(w)) for w in (*projections, out)]
     return 2.0 * (zeros[0] * tokens[0] + zeros[1] * tokens[1] + zeros[2] * tokens[2] + zeros[3] * tokens[0])
 

@@ -28,6 +28,7 @@ from kdnb.engine.distill.transfer import with_transfer
 from kdnb.errors import KdnbError
 from kdnb.engine.history import History
 from kdnb.engine.loop import SETTINGS, OptimizerSpec, Settings, fit
+from kdnb.engine.measure import compare
 from kdnb.engine.objective import split_batch
 
 
@@ -326,7 +327,7 @@ def _finish(plan: _Plan, opts: _Options, teacher: nn.Module, data: Iterable, val
         baseline_history=scratch[1] if scratch else None, method=opts.method, settings=settings,
         soft_labels=plan.soft_labels, teacher_accuracy=plan.agreement.teacher_accuracy if plan.agreement else None,
         val=val, data=data, baselines={name: model for name, (model, _) in baselines.items()},
-        baseline_histories={name: run for name, (_, run) in baselines.items()})
+        baseline_histories={name: run for name, (_, run) in baselines.items()}, measure_with=compare)
 
 
 def _schedule_name(scheduler: Any) -> str:

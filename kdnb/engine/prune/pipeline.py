@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdnb.engine import checks, distributed
+from kdnb.engine import checks, distributed, measure
 from kdnb.engine.device import model_device, resolve_device
 from kdnb.errors import KdnbError, warn
 from kdnb.engine.evaluate import evaluate
@@ -590,7 +590,8 @@ def _finish(run: _Run) -> PruneResult:
                        example=run.example.cpu() if run.example is not None else None, control=control_model,
                        channels=_channels(run.dense, work) if run.structured else {},
                        reconstructed=run.reconstruct, pattern=run.pattern,
-                       ranking=run.options.get("ranking"), max_layer_sparsity=_layer_cap(run))
+                       ranking=run.options.get("ranking"), max_layer_sparsity=_layer_cap(run),
+                       measure_with=measure.compare)
 
 
 def _layer_cap(run: _Run) -> float | None:

@@ -1,7 +1,7 @@
 """What `prune` and `sensitivity` return: the model, the numbers, a table and a picture."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,7 @@ class PruneResult(Result):
     ranking: str | None = None
     max_layer_sparsity: float | None = None
     _comparison: Any = field(default=None, compare=False)  # see Result.comparison
+    measure_with: Callable[..., Any] | None = field(default=None, compare=False)  # see Result.comparison
 
     def export(self, fold_batchnorm: bool = True, channels_last: bool = True,
                semi_structured: bool = False) -> nn.Module:
