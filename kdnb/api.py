@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from kdnb.engine import checks, loop
+from kdnb.engine import checks
 from kdnb.engine import distributed as ranks
 from kdnb.env import plotting_enabled
 from kdnb.errors import KdnbError
@@ -71,58 +71,10 @@ def with_subscribers(engine_fn: F) -> F:
     return verb  # type: ignore[return-value]
 
 
-def _train(model, data, val=None, *, epochs: int = 5, loss=None, optimizer=None, lr: float = 1e-3,
-           scheduler=None, amp: bool = False, grad_clip: float | None = None, device: str = "auto",
-           seed: int | None = 0, callbacks: Iterable[object] = ()):
-    from kdnb.engine.objective import Supervised
-
-    checks.check_loss(loss)
-    return loop.fit(model, data, val, epochs=epochs, objective=Supervised(loss) if loss is not None else None,
-                    title="train", optimizer=optimizer, lr=lr, scheduler=scheduler, amp=amp, grad_clip=grad_clip,
-                    device=device, seed=seed, callbacks=callbacks)
-
-
-_train.__doc__ = f"""Train ``model`` in place with hard labels and return its `History`.
-
-    Args:
-        model: any ``nn.Module`` that maps a batch of inputs to logits ``(batch, classes)``.
-        data: training ``DataLoader`` of ``(inputs, labels)``.
-        val: optional validation loader; val loss and accuracy are logged each epoch.
-        epochs: passes over ``data``.
-        loss: ``loss(logits, labels)``; cross-entropy by default. It may return
-            ``(loss, {{"term": value}})`` to log extra terms.
-{loop.settings_help()}
-        progress: show a tqdm progress bar.
-        plot: "auto" shows the live loss chart in a notebook; True forces it, False hides it.
-        distributed: "auto" runs on every process of a torch.distributed group (under ``torchrun``):
-            DistributedDataParallel, the data sharded, the same History on each rank; True requires
-            such a group (an error otherwise); False trains each process alone on all the data.
-
-    Returns:
-        History: per-step loss, per-epoch train/val loss and accuracy, status ("completed",
-        "interrupted" by the stop button, or "diverged" on a non-finite or exploding loss or exploding
-        weights). Bad input raises a one-line `KdnbError` before anything changes; any error during the
-        run puts ``model`` back exactly as it was given.
-    """
+# Each engine verb below plugs in here (one line each); see with_subscribers.
+from kdnb.engine.supervised import evaluate, train as _train  # noqa: E402,F401
 
 train = with_subscribers(_train)
-train.__name__ = train.__qualname__ = "train"
-
-def evaluate(model, data) -> dict[str, float]:
-    """``{"loss": mean cross-entropy, "accuracy": top-1}`` of ``model`` over the labelled loader ``data``,
-    in eval mode; the model's weights and mode are left as they were."""
-    from kdnb.engine.evaluate import evaluate as evaluate_model
-
-    checks.check_model(model)
-    checks.check_loader(data, "data")
-    restore_rng = checks.rng_state(data)  # evaluating draws every batch; the loader shuffles on as before
-    try:
-        return evaluate_model(model, data)
-    finally:
-        restore_rng()
-
-
-# Each engine verb below plugs in here (one line each); see with_subscribers.
 from kdnb.engine.measure import compare as _compare, measure as _measure  # noqa: E402 - no run, no subscribers
 
 
