@@ -149,6 +149,15 @@ def check_positive(name: str, value: Any, integer: bool = False) -> None:
                         f"{'5' if integer else '0.001'}")
 
 
+def check_temperature(temperature: Any) -> float:
+    """The T of soft labels softmax(logits / T): a finite number > 0. The one check of distill, prune's
+    fine-tuning by distillation and the temperature explorer."""
+    if not is_number(temperature) or not 0 < temperature < math.inf:
+        raise KdnbError(f"temperature should be a number > 0 (soft labels are softmax(logits / T)), "
+                        f"got {shown(temperature)}; pass e.g. temperature=4.0")
+    return float(temperature)
+
+
 def check_bool(name: str, value: Any) -> None:
     if not isinstance(value, (bool, np.bool_)):
         raise KdnbError(f"{name} should be True or False, got {shown(value)}; pass {name}=True or {name}=False")

@@ -112,9 +112,7 @@ def check_prune_options(options: dict[str, Any]) -> None:
     if options["weight_decay"] is not None:
         checks.check_fraction("weight_decay", options["weight_decay"], 0.0, math.inf, example="1.0")
     checks.check_count("calibration_samples", options["calibration_samples"], 1, example="2048")
-    if not is_number(options["temperature"]) or not 0 < options["temperature"] < math.inf:
-        raise KdnbError(f"temperature should be a number > 0, got {checks.shown(options['temperature'])}; "
-                        "pass e.g. temperature=4.0")
+    checks.check_temperature(options["temperature"])
     checks.check_fraction("alpha", options["alpha"], closed=True, example="0.5")
     if options["example"] is not None:
         checks.check_example(options["example"], empty=True)  # tracing an empty batch is the tracer's to refuse
