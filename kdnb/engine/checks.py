@@ -299,16 +299,22 @@ def check_model_fits_data(model: torch.nn.Module, batch: Any, device: torch.devi
     return num_classes
 
 
-def check_labels_in_range(data: Any, num_classes: int, what: str = "data") -> None:
-    """Check every label at once when the dataset holds them as a tensor (cheap), else only batch one."""
+def check_labels_in_range(data: Any, num_classes: int, what: str = "data") -> bool:
+    """Check every label at once when the dataset holds them as a tensor (cheap), else only batch one.
+    Returns whether that covered every batch's labels for the whole run (1-D class indices of a TensorDataset,
+    batched by the default collate), so the loop need not check them batch by batch."""
     dataset = getattr(data, "dataset", None)
     tensors = getattr(dataset, "tensors", None)
-    if tensors and len(tensors) > 1 and not tensors[1].dtype.is_floating_point and tensors[1].numel():
-        low, high = int(tensors[1].min()), int(tensors[1].max())
-        if low < 0 or high >= num_classes:
-            raise KdnbError(f"labels out of range: {what}'s dataset has labels {low}..{high} but the model "
-                            f"outputs {num_classes} classes; fix the labels or give the last layer one output "
-                            "per class")
+    if not (tensors and len(tensors) > 1 and not tensors[1].dtype.is_floating_point and tensors[1].numel()):
+        return False
+    low, high = int(tensors[1].min()), int(tensors[1].max())
+    if low < 0 or high >= num_classes:
+        raise KdnbError(f"labels out of range: {what}'s dataset has labels {low}..{high} but the model "
+                        f"outputs {num_classes} classes; fix the labels or give the last layer one output "
+                        "per class")
+    labels = tensors[1]
+    return (labels.dim() == 1 and labels.dtype not in (torch.bool, torch.complex64, torch.complex128)
+            and getattr(data, "collate_fn", None) is torch.utils.data.default_collate)
 
 
 def check_fraction(name: str, value: Any, low: float = 0.0, high: float = 1.0, closed: bool = False,
