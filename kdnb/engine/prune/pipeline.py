@@ -76,6 +76,8 @@ class _Run:
     trajectory: list[dict[str, float | None]] = field(default_factory=list)
     interrupted: str | None = None  # where the stop button stopped a pruning round, if it did
     paths: list | None = None  # channel groups of the model, for `connected`
+    prior: dict[str, torch.Tensor] = field(default_factory=dict)  # the masks it came with: they only grow
+    start_sparsity: float = 0.0  # the fraction of prunable weights those masks held at zero
 
     def __getattr__(self, name: str) -> Any:  # the options read as attributes: run.sparsity, run.data...
         try:
@@ -255,6 +257,7 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
         last = getattr(model, MARKER)[-1]
         raise KdnbError(f"this model is already pruned (sparsity {last['sparsity']:.4f}, {last['criterion']}); "
                         "pass prune_again=True to prune it further")
+    _check_masks_grow(model, options["sparsity"], structured)
     trains = bool(options["finetune"] or options["control"])
     arguments.check_inputs(model, data, options["val"], record.statistic, trains, structured, options["example"])
     weights = prunable_weights(model)
@@ -271,6 +274,23 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
         example = split_batch(checks.first_batch(data))[0]
     return _Run(options, record, reconstruct, rounds, steps, example, weights, model_device(model),
                 resolve_device(options["device"]))
+
+
+def _check_masks_grow(model: nn.Module, sparsity: float, structured: bool) -> None:
+    """Masks only grow: an unstructured target below what the model's masks (torch.nn.utils.prune's, or kdnb's
+    from an earlier prune) already hold at zero would revive weights the user pruned."""
+    current = mask_sparsity(model)
+    if not structured and sparsity < current - 1e-9:
+        raise KdnbError(f"sparsity {sparsity:g} is below the model's current sparsity {current:.4f} (the weights "
+                        f"its masks hold at zero, which pruning never revives); pass sparsity >= {current:.4f}")
+
+
+def mask_sparsity(model: nn.Module) -> float:
+    """The fraction of ``model``'s prunable weights that masks (torch.nn.utils.prune's, kdnb's) hold at zero."""
+    masks = current_masks(model)
+    weights = prunable_weights(model)
+    masked = sum(int((~masks[name]).sum()) for name in weights if name in masks)
+    return masked / sum(w.numel() for w in weights.values())
 
 
 def _check_schedule(options: dict[str, Any]) -> int:
@@ -376,7 +396,9 @@ def _check_rounds(options: dict[str, Any], reconstruct: bool) -> int:
 def _prepare(run: _Run, model: nn.Module) -> None:
     """The dense reference, the working copy on the run's device, slimming's training phase."""
     run.dense = clone(model)
+    run.prior, run.start_sparsity = current_masks(model), mask_sparsity(model)
     run.work = make_permanent(model if run.inplace else clone(model)).to(run.device)
+    apply_masks(run.work, run.prior)  # the user's masks (weights and biases) stay in force through every phase
     if run.record.statistic == "batchnorm_scale":
         estimate.slimming_phase(run.work, run.data, epochs=run.slimming_epochs, l1=run.slimming_l1, lr=run.lr,
                                 device=str(run.device), seed=run.seed, callbacks=list(run.callbacks))
@@ -453,16 +475,22 @@ def _cut(run: _Run, target: float, resolve: bool, predictions: bool = False) -> 
         if run.record.name in CONNECTED and reference is not None and run.rounds > 1 and run.pattern is None \
                 and example is not None:
             masks = connected(masks, comparable(scores, pruned), _groups(run, plain, example))
-    apply_masks(run.work, masks)
+    apply_masks(run.work, _grown(masks, run.prior))
     if reference is not None:  # OBS's sweep re-chooses a single cut's masks; re-scored rounds keep theirs
         reselect = run.record.reselect and not run.structured and run.rounds == 1
         reconstruct_layers(run.work, reference, run.data, run.calibration_samples,
                            reselect=reselect, pattern=parse_pattern(run.pattern), predictions=predictions)
+        apply_masks(run.work, _grown(current_masks(run.work), run.prior))  # a re-chosen mask keeps them too
         distributed.broadcast_from_main(run.work.state_dict().values())  # rank 0's re-solved weights everywhere
     reached = _masked_sparsity(run.work, run.weights, run.total)
     run.trajectory.append({"target": target, "sparsity": reached, "val_acc": run.accuracy(run.work),
                            "resolved": reference is not None})
     return reached
+
+
+def _grown(masks: dict[str, torch.Tensor], prior: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``masks`` with every entry ``prior`` pruned pruned too (masks only grow)."""
+    return {name: mask & prior[name].to(mask.device) if name in prior else mask for name, mask in masks.items()}
 
 
 def _scored(run: _Run, plain: nn.Module, example: torch.Tensor | None) -> Scores:
@@ -591,6 +619,7 @@ def _finish(run: _Run) -> PruneResult:
                        channels=_channels(run.dense, work) if run.structured else {},
                        reconstructed=run.reconstruct, pattern=run.pattern,
                        ranking=run.options.get("ranking"), max_layer_sparsity=_layer_cap(run),
+                       start_sparsity=run.start_sparsity,
                        measure_with=measure.compare)
 
 

@@ -26,6 +26,8 @@ class PruneResult(Result):
         masks: unstructured: ``{"layer.weight": bool mask}`` (True = kept); structured: empty.
         channels: structured: ``{"layer": (kept, original)}`` output channels of each layer that lost some.
         sparsity: the fraction of prunable weights removed (``target`` was asked for).
+        start_sparsity: the fraction the model's masks held at zero when it came in (torch.nn.utils.prune's or an
+            earlier prune's); they stay zero (masks only grow), so ``sparsity`` is at least this.
         history: the fine-tuning runs, one after the other (per-epoch "sparsity" included).
         trajectory: one entry per pruning step: target, sparsity reached, val accuracy right after it
             (and after fine-tuning, "finetuned_acc"), whether it re-solved the kept weights ("resolved").
@@ -62,6 +64,7 @@ class PruneResult(Result):
     pattern: str | None = None
     ranking: str | None = None
     max_layer_sparsity: float | None = None
+    start_sparsity: float = 0.0
     _comparison: Any = field(default=None, compare=False)  # see Result.comparison
     measure_with: Callable[..., Any] | None = field(default=None, compare=False)  # see Result.comparison
 
@@ -109,7 +112,7 @@ class PruneResult(Result):
         last = self.trajectory[-1] if self.trajectory else {}
         pruned_acc = self.history.last("val_acc") if self.finetune else last.get("val_acc")
         rows = [["val accuracy", self.dense_accuracy, pruned_acc],
-                ["sparsity (Linear/Conv weights)", f"{0:.2%}", f"{self.sparsity:.2%}"]]
+                ["sparsity (Linear/Conv weights)", f"{self.start_sparsity:.2%}", f"{self.sparsity:.2%}"]]
         return Table(["", "dense", "pruned"], rows, title=self._headline(),
                      notes=["summary() measures params, non-zeros, MACs, bytes on disk and latency"])
 
