@@ -1,6 +1,9 @@
-# Two entry points, each doing all the set-up it needs on a fresh clone:
+# Entry points, each doing all the set-up it needs on a fresh clone:
 #   make lab    set up, then open JupyterLab on the quickstart notebook
-#   make test   set up, then run the whole test suite (may install Debian's chromium for the browser test)
+#   make test   set up, then run the whole test suite, notebooks included, as CI does (may install Debian's
+#               chromium for the browser test)
+#   make check  set up, then the fast tier for the edit-test loop: tests/ without the tests marked slow
+#               (notebooks, browser, torchrun, long trainings); about 3 minutes on a 2-core machine
 #   make notebooks  regenerate notebooks/*.ipynb from notebooks/src/*.py and execute them
 VENV        ?= .venv
 PYTHON      ?= python3
@@ -9,7 +12,7 @@ PY          := $(VENV)/bin/python
 TORCH_SPEC  ?= torch==2.13.0+cpu
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: lab test setup browser notebooks bench clean
+.PHONY: lab test check setup browser notebooks bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +51,9 @@ lab: setup
 
 test: setup browser
 	$(PY) -m pytest
+
+check: setup
+	$(PY) -m pytest tests -m "not slow" -q
 
 notebooks: setup
 	$(PY) tools/make_notebooks.py

@@ -1,6 +1,6 @@
 """What does scoring cost a gradual prune on a larger training set?
 
-kdnb's default prune with fine-tuning at >= 95 % sparsity is agp (`kdnb.engine.prune.schedules`): it re-scores
+kdnb's default prune with fine-tuning at >= 95 % sparsity is agp (`kdnb.engine.prune.schedule.schedules`): it re-scores
 the network at each of its 30 updates, by the hessian criterion's empirical Fisher (per-sample gradients). The
 statistics read the first ``calibration_samples`` samples of ``data`` (default 2048, `calibration.SAMPLES`), so
 that cost stays flat as the training set grows; reading every sample at every update (``calibration_samples``
@@ -8,7 +8,7 @@ set to the training set's size, which is what kdnb did before 2026-12-02) costs 
 over the whole set. Measured side by side on MNIST-1D (``kdnb.datasets``, generated offline) with a 40-256-256-10
 MLP trained 3 epochs, pruned to 95 % with 10 fine-tuning epochs (no re-solve at that budget), ``SEEDS`` seeds:
 wall time and val accuracy of each, next to the same schedule scored by L1 (no statistics: the fine-tuning's
-own cost). Nothing is asserted here; ``tests/test_prune_criteria.py`` checks that the cap reads only those samples.
+own cost). Nothing is asserted here; ``tests/prune/test_prune_criteria.py`` checks that the cap reads only those samples.
 
     .venv/bin/python bench/prune_cost.py [--samples 25000] [--seeds 3]
 """

@@ -77,7 +77,7 @@ of those five per seed, picked on the validation digits themselves (an oracle, n
 what any of these selections reaches.
 
 Since 2026-12-02 every kdnb column that reconstructs also fits the output layer, after its last cut, to the dense
-model's predicted distribution (`kdnb.engine.prune.output_refit`: KL, pulled towards the least-squares solution).
+model's predicted distribution (`kdnb.engine.prune.rebuild.output_refit`: KL, pulled towards the least-squares solution).
 ``--net mlp`` that day (3 seeds, 426 s, an AVX-512 Xeon, dense 0.9833): unstructured default (LAMP) 80/90/95/98 %
 0.9786/0.9759/0.9814/0.9610 (least squares only, the same box: 0.9777/0.9721/0.9396 at 90/95/98 %); structured
 default 50/75/90 % 0.9777/0.9759/0.9656 (least squares only: 0.9777/0.9749/0.9601), random + refit
@@ -107,7 +107,7 @@ import kdnb
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.loop import fit
 from kdnb.engine.prune import prune, reconstruct
-from kdnb.engine.prune.unstructured import clone
+from kdnb.engine.prune.cut.masks import clone
 
 torch.set_num_threads(1)
 QUICK = "--quick" in sys.argv

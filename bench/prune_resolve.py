@@ -1,6 +1,6 @@
 """Which steps of a gradual prune should re-solve the kept weights? Measured side by side.
 
-kdnb's default (`kdnb.engine.prune.schedules.resolves`) re-solves the steps of an agp or iterative schedule that
+kdnb's default (`kdnb.engine.prune.schedule.schedules.resolves`) re-solves the steps of an agp or iterative schedule that
 fewer than ``RESOLVE_BELOW`` (10) fine-tuning epochs follow, and only masks the earlier ones. Against it, in one
 run: masks only at every step (``reconstruct=False``, the default before 2026-12-02 for 10 or more epochs) and a
 re-solve at every step (``reconstruct=True``), each at Adam lr 1e-2 (bench/prune_sparsity.py's setting) and at
@@ -15,7 +15,7 @@ width 16, 8 epochs on digits images). Val accuracy, mean ± std over ``SEEDS`` s
 0.9749 / 0.9601; 98 % 0.9359 / 0.9127, 0.9415 / 0.8607, 0.9322 / 0.8802. The default is the best or within 0.6 pp
 of it in every cell, where each alternative loses 3-5 pp in one.
 
-With the decay of a long agp (`kdnb.engine.prune.decay`: LeNet's rows; cnn_bn has BatchNorm, so keeps Adam;
+With the decay of a long agp (`kdnb.engine.prune.schedule.decay`: LeNet's rows; cnn_bn has BatchNorm, so keeps Adam;
 2026-12-02 evening, an AMD EPYC): LeNet 99 % 0.9759 / 0.9656, 0.9740 / 0.9285, 0.9796 / 0.9619 (re-solving every
 step ties or beats the default at lr 1e-2 and loses at 1e-3); cnn_bn (``--net cnn_bn``, 535 s) 95 % 0.9601 / 0.9610,
 0.9638 / 0.9554, 0.9740 / 0.9629; 98 % 0.9350 / 0.9044, 0.9434 / 0.8737, 0.9480 / 0.9220: on this box re-solving

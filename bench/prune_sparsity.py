@@ -13,10 +13,10 @@ is 90 % in each). Goal (issue 11):
 
 kdnb's default (``criterion="auto"``, ``schedule="auto"``) is, with fine-tuning at >= 95 %: agp with 30 updates,
 fine-tuned (for 10 epochs or more, a model without normalisation layers such as this one) by AdamW with decoupled
-weight decay 1.0 on the weights that no normalisation reads (`kdnb.engine.prune.decay`; the "default without
+weight decay 1.0 on the weights that no normalisation reads (`kdnb.engine.prune.schedule.decay`; the "default without
 decay" row is Adam, the default until 2026-12-02 evening),
 hessian (OBD) scores ranked raw across layers, the steps followed by fewer than 10 fine-tuning epochs re-solved (here
-the last 10 of the 30), the others masks only (`kdnb.engine.prune.schedules`; until 2026-12-02 no step re-solved
+the last 10 of the 30), the others masks only (`kdnb.engine.prune.schedule.schedules`; until 2026-12-02 no step re-solved
 with >= 10 epochs in all: that is the "masks only" of the measurements below); below 95 %: one shot, LAMP,
 re-solved on the data.
 What decided it (measured with this script's harness, 99 %, 3 seeds unless said):
@@ -38,7 +38,7 @@ hidden units whose outgoing weights the next layer dropped (53 of 332 on a path 
 Vysogorets & Kempe 2023, "Connectivity Matters"; the "effective" line). kdnb's OBS start is now, from 98 % on, 16
 re-scored rounds (geometric, no training between) whose masks keep only weights on an input-output path: a unit
 with no incoming or no outgoing weight releases its weights to the next-best ones between live units
-(`kdnb.engine.prune.unstructured.connected`); below 98 % one cut (SparseGPT's sweep), which there fine-tunes as
+(`kdnb.engine.prune.cut.masks.connected`); below 98 % one cut (SparseGPT's sweep), which there fine-tunes as
 well or better (95 %: 0.984 vs 0.981 for the rounds) at 1/15 of the time. Measured at 98 % (3 seeds, fresh
 loader unless said): 1 cut 0.890;
 8 rounds 0.955, + paths 0.968 (with SparseGPT's reselect in each round 0.951, so rounds keep the scored masks);
@@ -105,7 +105,7 @@ every 50, alpha 0.5: 0.9738; gradient summed over the whole training split, ever
 the whole split read once, the fine-tuning shuffled exactly as without regrowth: the paired comparison) it gave
 0.9735, and its masks did move (seed 0: 198 of its 1004 kept weights ended elsewhere). So the spread above is the
 shuffling order, not the regrowth; it was not kept.
-The output layer fitted to the dense predictions after the last cut (`kdnb.engine.prune.output_refit`, 2026-12-02),
+The output layer fitted to the dense predictions after the last cut (`kdnb.engine.prune.rebuild.output_refit`, 2026-12-02),
 before these 20 epochs: OBS start 95 % / 98 % 0.9768 / 0.9740 with it against 0.9842 / 0.9786 without (3 seeds),
 so a fine-tuning of `schedules.RESOLVE_BELOW` epochs or more keeps the least squares; with it the rows above are
 unchanged (OBS start 90-99 % 0.9861 / 0.9842 / 0.9786 / 0.9591, 1 cut 98 % 0.8923).
@@ -122,7 +122,7 @@ decay 0.9733 / 0.9775 / 0.9731, at prune's lr 1e-3 (shuffles 1000 / 2000) 0.9705
 default``) 90 / 95 / 98 / 99 % 0.9861 / 0.9889 / 0.9879 / 0.9759 (so on seeds 0-2 alone the highest is 98 %). The
 same decay after the one-shot OBS start (the "obs oneshot decayed" row, 98 %, 12 seeds, shuffle 0 / 1000): 0.9735 /
 0.9731 against 0.9761 / 0.9752 without, so one-shot fine-tuning keeps Adam. Weight decay 1.0 on every weight (conv
-kernels before a BatchNorm too) lost 2-8 pp on cnn_bn; `kdnb.engine.prune.decay` has the rest.
+kernels before a BatchNorm too) lost 2-8 pp on cnn_bn; `kdnb.engine.prune.schedule.decay` has the rest.
 WoodFisher's block OBS saliency in place of OBD's diagonal (Singh & Alistarh 2020: :math:`w_q^2 / (2 [F_B^{-1}]_{qq})`
 with the empirical Fisher of blocks of 100 consecutive weights, damped by d x its mean diagonal; 2026-12-02, the
 AVX-512 Xeon, 12 seeds at 99 %, dense 0.9831): in the default d = 0.01 / 0.1 0.9728 / 0.9740 (the default: 0.9733),
@@ -152,8 +152,8 @@ import kdnb
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.loop import fit, seed_everything
 from kdnb.engine.prune import prune
-from kdnb.engine.prune.decay import adamw
-from kdnb.engine.prune.unstructured import clone, current_masks
+from kdnb.engine.prune.schedule.decay import adamw
+from kdnb.engine.prune.cut.masks import clone, current_masks
 
 torch.set_num_threads(1)
 
@@ -215,7 +215,7 @@ def dense_models(train) -> dict[int, torch.nn.Module]:
 def torch_baseline(net: torch.nn.Module, sparsity: float, train, val, seed: int, lr: float,
                    weight_decay: float) -> float:
     """torch's global L1 cut, then the fine-tuning: Adam, or with ``weight_decay`` AdamW decaying the weights as
-    kdnb's agp default does (`kdnb.engine.prune.decay.adamw`), for a like-for-like comparison."""
+    kdnb's agp default does (`kdnb.engine.prune.schedule.decay.adamw`), for a like-for-like comparison."""
     net = clone(net)
     layers = [(m, "weight") for m in net.modules() if isinstance(m, torch.nn.Linear)]
     torch_prune.global_unstructured(layers, torch_prune.L1Unstructured, amount=sparsity)

@@ -25,8 +25,8 @@ import torch_pruning as tp
 
 import kdnb
 from kdnb.engine.prune import export, make_permanent, prune
-from kdnb.engine.prune.groups import prunable_weights
-from kdnb.engine.prune.unstructured import clone
+from kdnb.engine.prune.graph.groups import prunable_weights
+from kdnb.engine.prune.cut.masks import clone
 from timing import alternating_times  # bench/timing.py: this script's folder is on sys.path
 
 torch.set_num_threads(2)

@@ -6,7 +6,7 @@ prunable weights: Linear/Conv weights and attention input projections) and, *at 
 one TP reached, which overshoots 50 % by its rounding), by kdnb (`kdnb.engine.prune.prune`, L1) with its default
 ``scope="global"``, with ``scope="macs"`` (channels ranked by score per MAC their removal saves) and with
 ``scope="latency"`` (the speed setting: of a cut ranked by score per MAC + memory traffic saved and the "global"
-cut, the faster on the example batch, timed by the engine; `kdnb.engine.prune.latency`). Per model: status
+cut, the faster on the example batch, timed by the engine; `kdnb.engine.prune.select.latency`). Per model: status
 (pruned / broke / refused), sparsity, parameters and MACs before/after (deterministic), CPU latency (batch 8)
 dense vs pruned, speed-up. "broke": the call raised or the pruned model no longer runs.
 
@@ -100,9 +100,9 @@ import kdnb
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.loop import fit
 from kdnb.engine.prune import PruneResult, prune
-from kdnb.engine.prune.groups import output_layers, prunable_weights
-from kdnb.engine.prune.scores import MAX_LAYER_SPARSITY
-from kdnb.engine.prune.unstructured import clone
+from kdnb.engine.prune.graph.groups import output_layers, prunable_weights
+from kdnb.engine.prune.select.channels import MAX_LAYER_SPARSITY
+from kdnb.engine.prune.cut.masks import clone
 from timing import alternating_times  # bench/timing.py: this script's folder is on sys.path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -418,7 +418,7 @@ def floor_tradeoff(caps=(1.0, 0.75, 0.625, 0.5), seeds=(0, 1, 2), rounds: int = 
     cut; then ``scope="latency"`` as a user calls it (default cap, timed choice by the wall clock)."""
     from unittest import mock
 
-    from kdnb.engine.prune import latency
+    from kdnb.engine.prune.select import latency
 
     print(f"\ntutorial 03's resnet_small (width 16, 3 epochs, digits), structured 60 % L1 + refit, 2 epochs of "
           f"fine-tuning, {len(seeds)} seeds; speed-up: median of {rounds} alternating rounds, CPU time, batch 256, "

@@ -5,7 +5,7 @@ execute them, saving their outputs.
     .venv/bin/python tools/make_notebooks.py 01 exercises # those whose path contains "01" or "exercises"
     .venv/bin/python tools/make_notebooks.py --no-run     # write only (cells, no outputs)
 
-Rerun it after editing a source or changing what kdnb prints: tests/test_notebooks.py fails when a
+Rerun it after editing a source or changing what kdnb prints: tests/integration/test_notebooks.py fails when a
 committed notebook's cells differ from its source, and nbval compares the `# NBVAL_CHECK_OUTPUT` cells.
 """
 from __future__ import annotations

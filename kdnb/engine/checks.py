@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdnb.engine.device import model_device, to_device
+from kdnb.engine.device import eval_mode, model_device, to_device
 from kdnb.errors import KdnbError, first_line, is_integer, is_number, suggest  # noqa: F401 - the checks' words
-from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.events import EVENTS
 from kdnb.engine.objective import split_batch
 

@@ -1,7 +1,9 @@
-"""Resolve a device name, move nested batches to it."""
+"""Where and how a model runs: resolve a device name, move nested batches to it, evaluate in eval mode."""
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -58,3 +60,16 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for tensor in model.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Eval mode inside (dropout off, BatchNorm running statistics); afterwards each submodule gets back
+    its own mode, which may differ from its parent's (e.g. a frozen BatchNorm inside a training model)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training

@@ -1,26 +1,13 @@
 """Loss and accuracy of a model over a loader, without touching its weights or mode."""
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from kdnb.engine.device import model_device, to_device
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Eval mode inside (dropout off, BatchNorm running statistics); afterwards each submodule gets back
-    its own mode, which may differ from its parent's (e.g. a frozen BatchNorm inside a training model)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
+from kdnb.engine import checks
+from kdnb.engine.device import eval_mode, model_device, to_device
 
 
 Outputs = Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, str]]
@@ -29,7 +16,6 @@ Outputs = Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, str]]
 def _outputs(model: torch.nn.Module, data: Iterable, what: str) -> Outputs:
     """(inputs, labels or None, logits, where) per batch, each batch checked: a bad one is a one-line error
     naming it (it may differ from the first batch, the only one the entry checks)."""
-    from kdnb.engine import checks  # checks reads eval_mode from here
 
     device = model_device(model)
     for index, batch in checks.numbered_batches(data, lambda i: f"batch {i + 1} of {what}"):
@@ -54,7 +40,6 @@ def predict(model: torch.nn.Module, data: Iterable, what: str = "the data") -> t
 def evaluate(model: torch.nn.Module, data: Iterable, what: str = "the evaluated data") -> dict[str, float]:
     """{"loss": mean cross-entropy, "accuracy": top-1} over labelled ``data``; each batch's labels are
     checked (1-D class indices in range), so a bad one is a one-line error naming the batch."""
-    from kdnb.engine import checks
 
     total_loss, correct, count = 0.0, 0, 0
     with eval_mode(model):

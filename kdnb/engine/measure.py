@@ -23,12 +23,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdnb.engine.checks import (check_example, check_labels_in_range, check_loader, check_model, check_model_fits_data,
                                 first_batch)
-from kdnb.engine.device import model_device, resolve_device
+from kdnb.engine.device import eval_mode, model_device, resolve_device
 from kdnb.errors import KdnbError, suggest
-from kdnb.engine.evaluate import eval_mode, evaluate
+from kdnb.engine.evaluate import evaluate
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune.groups import prunable_attributes  # the weights `sparsity` counts
-from kdnb.engine import serialize  # a module: serialize -> prune -> measure may be mid-import
+from kdnb.engine.prune.graph.groups import prunable_attributes  # the weights `sparsity` counts
+from kdnb.engine import serialize  # the module: serialize -> prune (its package) -> pipeline -> measure
 from kdnb.engine.table import Table, format_value
 
 NOISY_SPREAD = 0.25  # latency_spread above this: the machine was busy while timing, the median is unsure

@@ -51,7 +51,7 @@ from kdnb.engine.distributed import is_main_process
 from kdnb.engine.file_checks import (FORMAT, FORMAT_VERSION, damaged, first_line, join, read, shape_dtype,
                                      place)
 from kdnb.errors import KdnbError
-from kdnb.engine.prune.groups import attention_layers, update_heads
+from kdnb.engine.prune.graph.groups import attention_layers, update_heads
 
 SPARSE_MIN_NUMEL = 256  # smaller tensors stay dense: two more records in the zip file cost more than they save
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from torch import nn
 
 from kdnb.engine.evaluate import evaluate
-from kdnb.engine.prune.groups import prunable_weights
+from kdnb.engine.prune.graph.groups import prunable_weights
 from kdnb.exercises.report import FAILED, NOT_DONE, Report, attempt, grade_fraction
 
 

@@ -1,6 +1,6 @@
 """Checks for the pruning exercises: importance criteria, a magnitude mask, sparsity.
 
-The references are kdnb's own criteria (`kdnb.engine.prune.criteria`): L1 magnitude (Han et al.
+The references are kdnb's own criteria (`kdnb.engine.prune.score.criteria`): L1 magnitude (Han et al.
 2015), first-order Taylor (Molchanov et al. 2019), Optimal Brain Damage (LeCun et al. 1990) and Optimal
 Brain Surgeon's update (Hassibi & Stork 1993).
 """
@@ -11,8 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from kdnb.engine.prune import criteria
-from kdnb.engine.prune.groups import prunable_weights
+from kdnb.engine.prune.score import criteria
+from kdnb.engine.prune.graph.groups import prunable_weights
 from kdnb.exercises.report import FAILED, NOT_DONE, Report, as_number, as_tensor, attempt, close, grade_fraction
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from kdnb.engine.prune import criteria
+from kdnb.engine.prune.score import criteria
 from kdnb.exercises.report import FAILED, NOT_DONE, Report, as_number, as_tensor, attempt, close
 
 

@@ -1,6 +1,6 @@
 """The sparsity explorer: move a slider, see what pruning that much costs.
 
-Scores are computed once per criterion (and mode) by `kdnb.engine.prune.scores.importance`; a slider
+Scores are computed once per criterion (and mode) by `kdnb.engine.prune.importance`; a slider
 move then costs one mask (`masks_at`: a sort of the scores) and one evaluation of the masked copy,
 so the numbers follow the slider. The preview masks only: the reconstruction `kdnb.prune` does by default
 with data re-solves every layer (a few tenths of a second on the tutorial MLP, seconds on a conv net), too
@@ -22,10 +22,12 @@ from kdnb.engine.checks import check_loader, check_model, first_batch
 from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune import criteria
-from kdnb.engine.prune.calibration import loaders_untouched
-from kdnb.engine.prune.scores import Scores, check_sparsity, importance, masks_at
-from kdnb.engine.prune.unstructured import apply_masks
+from kdnb.engine.prune.score import criteria
+from kdnb.engine.prune.score.calibration import loaders_untouched
+from kdnb.engine.prune.score.importance import importance
+from kdnb.engine.prune.score.scores import Scores
+from kdnb.engine.prune.select.masks import check_sparsity, masks_at
+from kdnb.engine.prune.cut.masks import apply_masks
 from kdnb.engine.measure import parameter_counts
 from kdnb.engine.serialize import file_size
 from kdnb.engine.table import Table
@@ -51,7 +53,7 @@ class SparsityExplorer(Explorer):
     Args:
         model: a trained ``nn.Module`` (never changed: the explorer masks a copy).
         val: labelled validation ``DataLoader`` the accuracy is measured on.
-        criterion: the starting criterion, a name of `kdnb.engine.prune.criteria.REGISTRY` ("l1", "lamp",
+        criterion: the starting criterion, a name of `kdnb.engine.prune.score.criteria.REGISTRY` ("l1", "lamp",
             "taylor", "hessian", "obs", "wanda", "random", ...; "thinet" and "taylor_group" score whole channels).
         data: training batches the data criteria ("taylor", "hessian", "obs", ...) are estimated on.
         structured: start with whole neurons/channels removed (True) instead of single weights.

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import SequentialSampler
 
-from kdnb.engine.device import model_device, to_device
+from kdnb.engine.device import eval_mode, model_device, to_device
 from kdnb.errors import KdnbError
 from kdnb.engine.distill.objectives import FrozenTeacher
-from kdnb.engine.evaluate import eval_mode, predict
+from kdnb.engine.evaluate import predict
 from kdnb.engine.objective import split_batch
 
 

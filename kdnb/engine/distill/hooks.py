@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from kdnb.errors import KdnbError, suggest
-from kdnb.engine.evaluate import eval_mode
+from kdnb.engine.device import eval_mode
 
 FeaturePairs = Sequence[tuple[str, str]]
 

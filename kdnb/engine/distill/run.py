@@ -29,7 +29,7 @@ from kdnb.errors import KdnbError
 from kdnb.engine.history import History
 from kdnb.engine.distill.options import DistillOptions
 from kdnb.engine.loop import OptimizerSpec, Settings, fit
-from kdnb.engine.measure import compare
+from kdnb.engine import measure
 from kdnb.engine.objective import split_batch
 
 
@@ -286,7 +286,7 @@ def _finish(plan: _Plan, opts: DistillOptions, teacher: nn.Module, data: Iterabl
         baseline_history=scratch[1] if scratch else None, method=opts.method, settings=settings,
         soft_labels=plan.soft_labels, teacher_accuracy=plan.agreement.teacher_accuracy if plan.agreement else None,
         val=val, data=data, baselines={name: model for name, (model, _) in baselines.items()},
-        baseline_histories={name: run for name, (_, run) in baselines.items()}, measure_with=compare)
+        baseline_histories={name: run for name, (_, run) in baselines.items()}, measure_with=measure.compare)
 
 
 def _schedule_name(scheduler: Any) -> str:

@@ -6,16 +6,18 @@ channels with Torch-Pruning's DependencyGraph), fine-tune with the one training 
 sparsity explorer). `sensitivity` prunes one layer at a time. `make_permanent` folds masks for inference;
 `export` makes a fast inference copy (masks and BatchNorm folded, channels-last).
 """
-from kdnb.engine.prune.criteria import (CRITERIA, REGISTRY, hessian, l1, lamp, obs, random, slimming, taylor,
-                                        taylor_group, wanda)
+from kdnb.engine.prune.score.criteria import (CRITERIA, REGISTRY, hessian, l1, lamp, obs, random, slimming, taylor,
+                                              taylor_group, wanda)
 from kdnb.engine.prune.inference import export
 from kdnb.engine.prune.pipeline import prune
-from kdnb.engine.prune.reconstruct import reconstruct
+from kdnb.engine.prune.rebuild.reconstruct import reconstruct
 from kdnb.engine.prune.result import PruneResult, SensitivityResult
-from kdnb.engine.prune.scores import Scores, importance, masked_model, masks_at
+from kdnb.engine.prune.score.importance import importance
+from kdnb.engine.prune.score.scores import Scores
+from kdnb.engine.prune.select.masks import masked_model, masks_at
 from kdnb.engine.prune.sensitivity import sensitivity
-from kdnb.engine.prune.structured import fold_batchnorm
-from kdnb.engine.prune.unstructured import apply_masks, make_permanent
+from kdnb.engine.prune.cut.channels import fold_batchnorm
+from kdnb.engine.prune.cut.masks import apply_masks, make_permanent
 
 __all__ = ["prune", "sensitivity", "make_permanent", "fold_batchnorm", "export", "importance", "masks_at",
            "masked_model", "apply_masks", "Scores", "PruneResult", "SensitivityResult", "CRITERIA", "REGISTRY",

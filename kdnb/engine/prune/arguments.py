@@ -14,8 +14,14 @@ import torch
 from torch import nn
 
 from kdnb.engine import checks
-from kdnb.engine.prune import calibration, schedules
-from kdnb.engine.prune.groups import PRUNABLE
+from kdnb.engine.device import resolve_device
+from kdnb.engine.loop import SETTINGS, Settings
+from kdnb.engine.prune.graph.groups import PRUNABLE
+from kdnb.engine.prune.schedule import schedules
+from kdnb.engine.prune.score import calibration
+from kdnb.engine.prune.score.criteria import REGISTRY
+from kdnb.engine.prune.score.estimate import ESTIMATORS
+from kdnb.engine.prune.select.latency import PRUNE_SCOPES
 from kdnb.errors import KdnbError, is_number
 
 GRADIENT_STATISTICS = ("grad_sq", "hessian_diag", "group_gradient_weight")  # a backward pass over labelled data
@@ -70,9 +76,6 @@ def check_prunable(model: nn.Module) -> None:
 
 def check_settings(options: dict[str, Any]) -> None:
     """The training settings every verb takes (`kdnb.engine.loop.Settings`), and the device name."""
-    from kdnb.engine.device import resolve_device
-    from kdnb.engine.loop import SETTINGS, Settings
-
     Settings(**{name: options[name] for name in SETTINGS})
     resolve_device(options["device"])
 
@@ -82,9 +85,6 @@ LEAST_SQUARES = "least_squares"  # reconstruct=: every layer by least squares, t
 
 def check_prune_options(options: dict[str, Any]) -> None:
     """Every argument of `prune` on its own terms (types and ranges), before any is combined with another."""
-    from kdnb.engine.prune.latency import PRUNE_SCOPES  # scores imports this module: read them at call time
-    from kdnb.engine.prune.scores import ESTIMATORS
-
     check_sparsity(options["sparsity"])
     for name in ("structured", "inplace", "prune_again", "control", "distill"):
         checks.check_bool(name, options[name])
@@ -99,7 +99,7 @@ def check_prune_options(options: dict[str, Any]) -> None:
                             ) from None
     if not isinstance(options["criterion"], str):
         raise KdnbError(f"criterion should be a name, got {checks.shown(options['criterion'])}; pass e.g. "
-                        "criterion='auto' (see kdnb.engine.prune.criteria.names())")
+                        "criterion='auto' (see kdnb.engine.prune.score.criteria.names())")
     check_scope(options["scope"], options["structured"], options["max_layer_sparsity"], PRUNE_SCOPES)
     checks.check_choice("schedule", options["schedule"], schedules.SCHEDULES)
     checks.check_choice("hessian_estimator", options["hessian_estimator"], ESTIMATORS)
@@ -143,8 +143,6 @@ def check_inputs(model: nn.Module, data: Iterable | None, val: Iterable | None, 
 
 
 def _statistic(criterion: str) -> str | None:
-    from kdnb.engine.prune.criteria import REGISTRY
-
     record = REGISTRY.get(criterion)
     return record.statistic if record is not None else None
 
@@ -153,8 +151,6 @@ def check_importance(model: Any, criterion: Any, data: Any, structured: Any, exa
                      hessian_estimator: Any, slimming_epochs: Any, slimming_l1: Any, lr: Any, device: Any,
                      callbacks: Any, calibration_samples: Any) -> None:
     """Every argument of `importance` (the explorer scores with it), once, before the model is copied."""
-    from kdnb.engine.prune.scores import ESTIMATORS
-
     checks.check_model(model)
     check_prunable(model)
     if not isinstance(criterion, str):

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from kdnb.errors import KdnbError, warn
-from kdnb.engine.prune.structured import fold_batchnorm as fold
-from kdnb.engine.prune.unstructured import clone, make_permanent
+from kdnb.engine.prune.cut.channels import fold_batchnorm as fold
+from kdnb.engine.prune.cut.masks import clone, make_permanent
 
 SPARSE_DTYPES = (torch.float16, torch.bfloat16)  # the dtypes whose sparse tensor-core format is 2:4
 

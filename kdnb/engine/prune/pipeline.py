@@ -11,23 +11,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdnb.engine import checks, distributed, measure
+from kdnb.engine import checks, distributed, loop, measure
 from kdnb.engine.device import model_device, resolve_device
+from kdnb.engine.distill import kd_objective
 from kdnb.errors import KdnbError, warn
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.events import Callback, RunState
 from kdnb.engine.history import History
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune import arguments, calibration, criteria, decay, estimate, latency, schedules
-from kdnb.engine.prune.criteria import Criterion
-from kdnb.engine.prune.groups import (channel_groups, check_structured_support, dependency_graph, keep_vectors,
-                                      masks_from_keep, prunable_count, prunable_weights)
-from kdnb.engine.prune.reconstruct import reconstruct as reconstruct_layers
+from kdnb.engine.prune import arguments
+from kdnb.engine.prune.cut.channels import remove_channels
+from kdnb.engine.prune.cut.masks import apply_masks, clone, comparable, connected, current_masks, make_permanent
+from kdnb.engine.prune.graph.groups import (channel_groups, check_structured_support, dependency_graph, keep_vectors,
+                                            masks_from_keep, prunable_count, prunable_weights)
+from kdnb.engine.prune.rebuild.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
-from kdnb.engine.prune.scores import (Scores, _score, check_criterion, check_sparsity, layer_cap, masks_at,
-                                      parse_pattern, pattern_misfits, removed_channels)
-from kdnb.engine.prune.structured import remove_channels
-from kdnb.engine.prune.unstructured import apply_masks, clone, comparable, connected, current_masks, make_permanent
+from kdnb.engine.prune.schedule import decay, schedules
+from kdnb.engine.prune.score import calibration, criteria, estimate
+from kdnb.engine.prune.score.criteria import Criterion
+from kdnb.engine.prune.score.importance import check_criterion, compute_scores
+from kdnb.engine.prune.score.scores import Scores
+from kdnb.engine.prune.select import latency
+from kdnb.engine.prune.select.channels import layer_cap, removed_channels
+from kdnb.engine.prune.select.masks import check_sparsity, masks_at
+from kdnb.engine.prune.select.patterns import parse_pattern, pattern_misfits
 
 MARKER = "kdnb_pruned"  # attribute a pruned model carries: the list of prunings it went through
 # criterion="auto": the best of bench/prune_oneshot.py (reconstructing, with data) for weights and for channels;
@@ -153,15 +160,15 @@ def prune(
 
     With ``data`` (and ``reconstruct`` not False), after each pruning step every layer's kept weights and
     bias are re-solved, layer by layer in forward order, to reproduce the unpruned layer's outputs on the
-    first ``calibration_samples`` samples of ``data`` (`kdnb.engine.prune.reconstruct`: Optimal Brain
+    first ``calibration_samples`` samples of ``data`` (`kdnb.engine.prune.rebuild.reconstruct`: Optimal Brain
     Surgeon's update, layer-wise; structured: the least-squares refit of the consumers of removed channels);
     after the last cut (before fine-tuning shorter than `schedules.RESOLVE_BELOW` epochs) the output layer goes
-    on to the unpruned model's predicted distribution (`kdnb.engine.prune.output_refit`).
+    on to the unpruned model's predicted distribution (`kdnb.engine.prune.rebuild.output_refit`).
 
     Args:
         model: a trained ``nn.Module``; left bit-identical unless ``inplace=True``.
         sparsity: fraction of prunable weights to remove, in [0, 1).
-        criterion: a name of `kdnb.engine.prune.criteria.REGISTRY` ("l1", "lamp", "taylor", "taylor_group",
+        criterion: a name of `kdnb.engine.prune.score.criteria.REGISTRY` ("l1", "lamp", "taylor", "taylor_group",
             "hessian", "obs", "wanda", "thinet", "slimming", "random"); "auto" (the default) is the best the
             benches found: for single weights "lamp" in one shot (bench/prune_oneshot.py; "obs", SparseGPT's
             sweep, for an N:M pattern with data) and "hessian" in a gradual schedule (bench/prune_sparsity.py); for
@@ -173,13 +180,13 @@ def prune(
             tenth of the density kept overall warns, as raw l1 does from 95 % on the notebook-02 teacher, where it
             ends below random even re-solved), "local" (the same sparsity in every layer; Wanda: per row) or,
             structured, "latency" (the speed setting: the faster on the example batch of two cuts, by score per
-            latency cost -- MACs plus memory traffic -- and "global", see `kdnb.engine.prune.latency`; timed, so
+            latency cost -- MACs plus memory traffic -- and "global", see `kdnb.engine.prune.select.latency`; timed, so
             the choice may differ between machines) or "macs" (rank by score per MAC a channel's removal saves;
             before any fine-tuning both cost accuracy, see bench/prune_zoo.py).
         max_layer_sparsity: structured: the largest fraction of any layer's channels (heads, neurons) a cut
             removes, as Torch-Pruning's ``max_pruning_ratio``; once a layer reaches it the ranking moves on to
             the others (if none can give more, the sparsity reached stays below ``sparsity``, with a warning).
-            Default None: 0.5 (`scores.MAX_LAYER_SPARSITY`) for the cost rankings ("macs" and "latency"'s
+            Default None: 0.5 (`select.channels.MAX_LAYER_SPARSITY`) for the cost rankings ("macs" and "latency"'s
             cost-ranked cut), which alone would cut a costly layer to one channel (tutorial 03: the ResNet's
             stem, 0.79 accuracy after fine-tuning against 0.975 with the cap, bench/prune_zoo.py --floor); no
             cap but the one channel each layer keeps for "global" and "local".
@@ -190,8 +197,8 @@ def prune(
         reconstruct: re-solve the kept weights on ``data`` (default, when ``data`` is given: every one-shot cut;
             in a gradual schedule the steps followed by fewer than ``schedules.RESOLVE_BELOW`` (10) epochs of
             fine-tuning, the earlier ones only mask: the training after them recovers better alone, see
-            `kdnb.engine.prune.schedules`; the result's trajectory marks each step "resolved"). True also fits the
-            output layer to the unpruned model's predictions (a classifier's logits) after the last cut;
+            `kdnb.engine.prune.schedule.schedules`; the result's trajectory marks each step "resolved"). True also
+            fits the output layer to the unpruned model's predictions (a classifier's logits) after the last cut;
             ``"least_squares"`` re-solves every layer, the output layer too, by least squares only.
         rounds: cut each pruning step in this many re-scored steps, geometric in the kept weights, with no
             training between: each round scores the network the last re-solve left, so the criterion sees
@@ -199,11 +206,11 @@ def prune(
             with reconstruction and no fine-tuning (but 1 for "random", whose rounds would all cut alike),
             `CONNECTED_ROUNDS` (16) for a one-shot "obs" prune with reconstruction at sparsity >= 0.98, else 1.
             With "obs", several rounds keep only weights on an input-output path
-            (`kdnb.engine.prune.unstructured.connected`); one cut is SparseGPT's sweep.
+            (`kdnb.engine.prune.cut.masks.connected`); one cut is SparseGPT's sweep.
         finetune: fine-tuning epochs after pruning (per round for "iterative"; the whole run for "agp").
         schedule: "oneshot", "iterative" (``steps`` prune/fine-tune rounds), "agp" (gradual pruning over
             ``steps`` updates during fine-tuning, Zhu & Gupta 2017) or "auto" (the default): "agp" for single
-            weights at sparsity >= 0.95 with fine-tuning, else "oneshot"; see `kdnb.engine.prune.schedules`.
+            weights at sparsity >= 0.95 with fine-tuning, else "oneshot"; see `kdnb.engine.prune.schedule.schedules`.
         steps: rounds or updates (default 1 / 3 / 30 for oneshot / iterative / agp).
         distill: fine-tune with the unpruned model as teacher (Hinton KD, ``temperature``, ``alpha``).
         inplace: prune ``model`` itself instead of a copy.
@@ -220,7 +227,7 @@ def prune(
             ``params -> optimizer``, since the run trains a copy). ``seed`` also seeds the random criterion
             and Hutchinson's probes; the result comes back on the model's original device.
         weight_decay: the default optimizer's decoupled weight decay (AdamW) on the weights of the Linear and Conv
-            layers that no normalisation reads (`kdnb.engine.prune.decay`); None (the default):
+            layers that no normalisation reads (`kdnb.engine.prune.schedule.decay`); None (the default):
             `decay.WEIGHT_DECAY` (1.0) in an agp schedule of `decay.FROM_EPOCHS` (10) or more epochs of a model
             without normalisation layers (`decay.default`), 0 (Adam) otherwise. With ``optimizer`` given, set the
             decay in it instead.
@@ -495,8 +502,8 @@ def _grown(masks: dict[str, torch.Tensor], prior: dict[str, torch.Tensor]) -> di
 
 def _scored(run: _Run, plain: nn.Module, example: torch.Tensor | None) -> Scores:
     """`Scores` of ``plain`` by the run's criterion, with the run's data, seed, estimator and calibration samples."""
-    return _score(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator,
-                  run.calibration_samples)
+    return compute_scores(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator,
+                          run.calibration_samples)
 
 
 def _every_layer_scored(run: _Run, plain: nn.Module, scores: Scores, example: torch.Tensor | None) -> Scores:
@@ -546,21 +553,17 @@ def _groups(run: _Run, model: nn.Module, example: torch.Tensor) -> list:
 
 def _finetune(run: _Run, epochs: int, title: str, subscribers: list[object], net: nn.Module | None = None) -> History:
     """One fine-tuning run of the one loop, with the training settings given to `prune`."""
-    from kdnb.engine.loop import fit
-
     objective = None
     if run.distill:
-        from kdnb.engine.distill import kd_objective
-
         objective = kd_objective(clone(run.dense).eval(), temperature=run.temperature, alpha=run.alpha)
     net = run.work if net is None else net
     optimizer = run.optimizer
     if optimizer is None and run.weight_decay:
         optimizer = decay.adamw(net, run.example, run.lr, run.weight_decay)
-    return fit(net, run.data, run.val, epochs=epochs, optimizer=optimizer,
-               lr=run.lr, objective=objective, device=run.device, amp=run.amp, seed=run.seed,
-               callbacks=[*subscribers, *run.callbacks], scheduler=run.scheduler, grad_clip=run.grad_clip,
-               title=f"{title} ({'structured' if run.structured else 'unstructured'})")  # names the chart
+    return loop.fit(net, run.data, run.val, epochs=epochs, optimizer=optimizer,
+                    lr=run.lr, objective=objective, device=run.device, amp=run.amp, seed=run.seed,
+                    callbacks=[*subscribers, *run.callbacks], scheduler=run.scheduler, grad_clip=run.grad_clip,
+                    title=f"{title} ({'structured' if run.structured else 'unstructured'})")  # names the chart
 
 
 def _prune_and_finetune(run: _Run) -> None:

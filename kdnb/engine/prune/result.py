@@ -8,9 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdnb.engine.prune.groups import prunable_weights
-from kdnb.engine.results import Result, draw
 from kdnb.engine.history import History
+from kdnb.engine.prune.cut.masks import clone, make_permanent
+from kdnb.engine.prune.graph.groups import prunable_weights
+from kdnb.engine.prune.inference import export
+from kdnb.engine.prune.select.patterns import parse_pattern, pattern_misfits
+from kdnb.engine.results import Result, draw
 from kdnb.engine.table import Table, format_value
 
 
@@ -33,12 +36,12 @@ class PruneResult(Result):
             (and after fine-tuning, "finetuned_acc"), whether it re-solved the kept weights ("resolved").
         dense_accuracy: val accuracy of ``dense`` (None without val).
         control: with ``control=True``, the unpruned model fine-tuned for as long (Blalock et al. 2020).
-        reconstructed: the kept weights were re-solved on calibration data (`kdnb.engine.prune.reconstruct`), at
+        reconstructed: the kept weights were re-solved on calibration data (`kdnb.engine.prune.rebuild.reconstruct`), at
             every pruning step or, by default in a gradual schedule, at those the trajectory marks "resolved".
         pattern: the "N:M" semi-structured pattern of the masks, or None.
         ranking: with ``scope="latency"``, the ranking its timing chose ("cost" or "global"), else None.
         max_layer_sparsity: structured, the most of any layer's channels the cut could remove (``max_layer_sparsity``
-            or the scope's default, `kdnb.engine.prune.scores.layer_cap`); None when unstructured.
+            or the scope's default, `kdnb.engine.prune.score.importance.layer_cap`); None when unstructured.
     """
 
     model: nn.Module
@@ -73,21 +76,15 @@ class PruneResult(Result):
         """An inference copy of the pruned model (see `kdnb.engine.prune.inference.export`): masks folded,
         BatchNorm folded into the layer before it, channels-last weights, eval mode; ``semi_structured=True``
         (a "2:4" prune, on a CUDA GPU, in half precision) stores its 2:4 weights for sparse tensor cores."""
-        from kdnb.engine.prune.inference import export
-
         return export(self.model, fold_batchnorm=fold_batchnorm, channels_last=channels_last,
                       semi_structured=semi_structured)
 
     def plain_model(self) -> nn.Module:
         """The pruned model with its masks folded, as `kdnb.save` stores it (compared like for like)."""
-        from kdnb.engine.prune.unstructured import clone, make_permanent
-
         return make_permanent(clone(self.model))
 
     def layers(self) -> Table:
         """Per layer: weights kept of the original, and the layer's sparsity."""
-        from kdnb.engine.prune.groups import prunable_weights
-
         before = {n: w.numel() for n, w in prunable_weights(self.dense).items()}
         plain = self.plain_model()
         rows = []
@@ -151,8 +148,6 @@ class PruneResult(Result):
         and those the criterion could not score (obs and wanda read only Linear and ungrouped conv inputs)."""
         if self.structured:
             return []
-        from kdnb.engine.prune.scores import parse_pattern, pattern_misfits
-
         misfits = list(pattern_misfits(self.dense, self.pattern))
         unscored = [name for name in prunable_weights(self.dense) if name not in self.masks and name not in misfits]
         notes = []

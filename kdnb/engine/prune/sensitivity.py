@@ -13,10 +13,13 @@ from kdnb.engine import checks
 from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune.groups import keep_vectors, masks_from_keep
+from kdnb.engine.prune import arguments
+from kdnb.engine.prune.graph.groups import keep_vectors, masks_from_keep
 from kdnb.engine.prune.result import SensitivityResult
-from kdnb.engine.prune import arguments, calibration
-from kdnb.engine.prune.scores import Scores, importance, masks_at
+from kdnb.engine.prune.score import calibration
+from kdnb.engine.prune.score.importance import importance
+from kdnb.engine.prune.score.scores import Scores
+from kdnb.engine.prune.select.masks import masks_at
 
 
 def _layer_masks(scores: Scores, layer: str, sparsity: float) -> dict[str, torch.Tensor]:

@@ -1,0 +1,211 @@
+"""Calibration inputs of each layer: what the layer-wise criteria (wanda, obs) and the reconstruction read.
+
+A Linear or Conv layer computes ``Y = A W^T`` where ``A`` is its input as a matrix: one row per sample
+(Linear) or per sample and output position (Conv: the im2col patches, ``torch.nn.functional.unfold``),
+one column per input weight (``in_channels * kernel`` for a conv), plus a column of ones for the bias.
+Only ``A^T A`` (the layer Hessian of the squared error, up to the factor 2) and ``A^T Y`` are kept, summed
+over batches: memory ``(d+1)^2`` numbers per layer, ``d`` its input size, whatever the calibration size.
+
+Calibration = the first ``samples`` samples of ``data`` (default `SAMPLES`), run in eval mode.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdnb.engine.checks import numbered_batches
+from kdnb.engine.device import eval_mode, model_device, to_device
+from kdnb.engine.objective import split_batch
+from kdnb.engine.prune.graph.groups import PRUNABLE
+
+SAMPLES = 2048  # calibration samples; digits' whole training split (1438) fits
+DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's percdamp), in scoring and re-solving
+
+
+def _shuffle_generators(loader: object) -> list[torch.Generator]:
+    """The generators a DataLoader shuffles with: its own, and its sampler's (or batch sampler's sampler's)."""
+    sampler = getattr(loader, "sampler", None)
+    inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+    found = [getattr(x, "generator", None) for x in (loader, sampler, inner)]
+    unique = {id(g): g for g in found if isinstance(g, torch.Generator)}
+    return list(unique.values())
+
+
+@contextmanager
+def loaders_untouched(*loaders: object) -> Iterator[None]:
+    """Iterate the user's loaders (scoring, calibration, fine-tuning) without moving their shuffling: on exit,
+    even after an error, each loader's shuffling generators and torch's global CPU generator (which a loader
+    without its own draws its shuffle seed from) are back where they were, so the user's next epoch shuffles
+    exactly as if the call had never happened."""
+    saved = [(g, g.get_state()) for loader in loaders if loader is not None for g in _shuffle_generators(loader)]
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            for generator, state in saved:
+                generator.set_state(state)
+
+
+def solvable(module: nn.Module) -> bool:
+    """Layers whose weights are re-solved as one least squares: Linear and ungrouped Conv1d/2d (a grouped conv's
+    rows see only part of the input: `grouped`)."""
+    if isinstance(module, nn.Linear):
+        return True
+    return (isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1 and not module.transposed
+            and not isinstance(module.padding, str))
+
+
+def grouped(module: nn.Module) -> bool:
+    """Grouped Conv1d/2d (``1 < groups < in_channels``, not depthwise): ``groups`` independent convs, re-solved one
+    conv-group at a time (`group_statistics`). A depthwise conv's channels go with its input's: never re-solved."""
+    return (isinstance(module, (nn.Conv1d, nn.Conv2d)) and 1 < module.groups < module.in_channels
+            and not module.transposed and not isinstance(module.padding, str))
+
+
+def as_matrix(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input ``x`` of ``module`` as the matrix ``A`` (rows: samples x positions, columns: weight inputs)."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    if isinstance(module, nn.Conv1d):  # as a 2-D conv of height 1
+        x = x.unsqueeze(2)
+        kernel, stride, padding, dilation = ((1, *module.kernel_size), (1, *module.stride), (0, *module.padding),
+                                             (1, *module.dilation))
+    else:
+        kernel, stride, padding, dilation = module.kernel_size, module.stride, module.padding, module.dilation
+    patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (B, d, positions)
+    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+def input_channel_order(shape: torch.Size) -> torch.Tensor:
+    """The permutation of a weight row's inputs (``in_channels x kernel``, `as_matrix`'s order) that puts, at each
+    kernel position, the input channels next to each other: the order in which a conv's N:M groups are read by
+    sparse tensor cores (NVIDIA's ASP masks a conv along its input channels). The identity for a Linear."""
+    kernel = math.prod(shape[2:])
+    return torch.arange(shape[1] * kernel).view(shape[1], kernel).T.flatten()
+
+
+def output_matrix(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """The layer's output as rows matching `as_matrix` (one column per output unit/channel)."""
+    if isinstance(module, nn.Linear):
+        return y.reshape(-1, y.shape[-1])
+    return y.reshape(y.shape[0], y.shape[1], -1).transpose(1, 2).reshape(-1, y.shape[1])
+
+
+def calibration_batches(data: Iterable, samples: int = SAMPLES) -> list[torch.Tensor]:
+    """The inputs of the first ``samples`` samples of ``data``, as batches."""
+    batches, count = [], 0
+    for _, batch in numbered_batches(data, lambda i: f"calibration batch {i + 1}"):  # a loader's failure: one line
+        x = split_batch(batch)[0]
+        batches.append(x[:samples - count])
+        count += len(batches[-1])
+        if count >= samples:
+            break
+    return batches
+
+
+def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of the prunable layers in the order the forward pass calls them."""
+    order: list[str] = []
+    names = {module: name for name, module in model.named_modules() if isinstance(module, PRUNABLE)}
+    hooks = [module.register_forward_pre_hook(lambda m, _: order.append(names[m]) if names[m] not in order
+                                              else None) for module in names]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return order
+
+
+def _with_ones(a: torch.Tensor) -> torch.Tensor:
+    return torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], 1)
+
+
+class _Capture:
+    """Forward hook keeping the input (or output) of one module, then stopping the pass there."""
+
+    def __init__(self, module: nn.Module, output: bool):
+        self.value: torch.Tensor | None = None
+        self.output = output
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        self.value = (out if self.output else inputs[0]).detach()
+        raise _Stop
+
+
+class _Stop(Exception):
+    pass
+
+
+def _run_until(model: nn.Module, layer: str, x: torch.Tensor, output: bool) -> torch.Tensor:
+    capture = _Capture(model.get_submodule(layer), output)
+    try:
+        model(to_device(x, model_device(model)))
+    except _Stop:
+        pass
+    finally:
+        capture.handle.remove()
+    assert capture.value is not None, f"layer {layer} was not called"
+    return capture.value
+
+
+@torch.no_grad()
+def layer_statistics(model: nn.Module, layer: str, batches: list[torch.Tensor],
+                     dense: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """``(A^T A, A^T Y, rows)`` of ``layer``: ``A`` its inputs in ``model`` (with the ones column), ``Y`` the same
+    layer's outputs in ``dense`` (bias included; None without ``dense``). Each batch's products are taken in
+    the model's dtype and summed in fp64 (as SparseGPT accumulates H), which keeps the im2col matrices of
+    convs fast."""
+    module = model.get_submodule(layer)
+    gram, cross, rows = 0, 0, 0
+    with eval_mode(model), eval_mode(dense) if dense is not None else nullcontext():
+        for x in batches:
+            a = _with_ones(as_matrix(module, _run_until(model, layer, x, output=False)))
+            gram = gram + (a.T @ a).double()
+            if dense is not None:
+                y = output_matrix(module, _run_until(dense, layer, x, output=True)).to(a)
+                cross = cross + (a.T @ y).double()
+            rows += len(a)
+    return gram, (cross if dense is not None else None), rows  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def group_statistics(model: nn.Module, layer: str, batches: list[torch.Tensor], dense: nn.Module | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """`layer_statistics` of a `grouped` conv, one conv-group ``k`` at a time: ``(groups, d+1, d+1)`` Grams of
+    ``A_k`` (the im2col columns of the input channels of group ``k``, ``d = in_channels / groups x kernel``, with
+    the ones column) and ``(groups, d+1, out / groups)`` products with group ``k``'s dense outputs."""
+    module = model.get_submodule(layer)
+    groups = module.groups
+    gram, cross, rows = 0, 0, 0
+    with eval_mode(model), eval_mode(dense) if dense is not None else nullcontext():
+        for x in batches:
+            a = as_matrix(module, _run_until(model, layer, x, output=False))  # columns: group-major, as the weight's
+            parts = torch.stack([_with_ones(p) for p in a.chunk(groups, 1)])  # (groups, rows, d+1)
+            gram = gram + (parts.transpose(1, 2) @ parts).double()
+            if dense is not None:
+                y = output_matrix(module, _run_until(dense, layer, x, output=True)).to(a)
+                cross = cross + (parts.transpose(1, 2) @ torch.stack(y.chunk(groups, 1))).double()
+            rows += len(a)
+    return gram, (cross if dense is not None else None), rows  # type: ignore[return-value]
+
+
+def input_grams(model: nn.Module, data: Iterable, samples: int = SAMPLES, ones: bool = False,
+                groups: bool = False) -> dict[str, torch.Tensor]:
+    """``A^T A`` (fp64, ``d x d``; ``ones``: with the ones column last, ``d+1``) of every re-solvable layer, by
+    weight name; ``groups``: also each `grouped` conv's, ``(groups, d, d)`` one conv-group at a time."""
+    batches = calibration_batches(data, samples)
+    grams = {}
+    for name in forward_order(model, batches[0]):
+        module = model.get_submodule(name)
+        if solvable(module) or groups and grouped(module):
+            gram = (layer_statistics if solvable(module) else group_statistics)(model, name, batches)[0]
+            grams[f"{name}.weight" if name else "weight"] = gram if ones else gram[..., :-1, :-1]
+    return grams
