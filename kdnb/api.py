@@ -5,6 +5,7 @@ Magics and Python calls go through these same functions, so both show the same.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import warnings
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 from kdnb.engine import checks
 from kdnb.engine import distributed as ranks
 from kdnb.env import plotting_enabled
-from kdnb.errors import KdnbError
+from kdnb.errors import KdnbError, check_keywords
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,23 +45,50 @@ def check_subscribers(progress: Any, plot: Any) -> None:
                         "(a live chart in a notebook), True or False")
 
 
+def keyword_names(fn: Callable[..., Any]) -> list[str]:
+    """The arguments ``fn`` takes by keyword."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds]
+
+
+def keywords_checked(fn: F) -> F:
+    """``fn`` whose unknown keyword argument is one `KdnbError` naming it and the closest argument (the name
+    another tool gives it, too: ``example_inputs`` -> 'example'), not a raw TypeError."""
+    accepted = keyword_names(fn)
+
+    @functools.wraps(fn)
+    def verb(*args: Any, **kwargs: Any) -> Any:
+        check_keywords(fn.__name__, kwargs, accepted)
+        return fn(*args, **kwargs)
+
+    return verb  # type: ignore[return-value]
+
+
 def with_subscribers(engine_fn: F) -> F:
     """Wrap an engine verb (which takes ``callbacks=``) so it also takes ``progress=``, ``plot=`` and
     ``distributed=`` (how every training run of the call is spread over processes, `kdnb.engine.distributed`)."""
 
+    signature = inspect.signature(engine_fn)
+    accepted = [*keyword_names(engine_fn), "progress", "plot", "distributed"]
+    default_seed = signature.parameters["seed"].default if "seed" in signature.parameters else None
+
     @functools.wraps(engine_fn)
     def verb(*args: Any, progress: bool = True, plot: bool | str = "auto", callbacks: Iterable[object] = (),
              distributed: bool | str = "auto", **kwargs: Any) -> Any:
+        check_keywords(engine_fn.__name__, kwargs, accepted)
         check_subscribers(progress, plot)
         ranks.check_mode(distributed)
         callbacks = checks.check_callbacks(callbacks)
-        with ranks.mode(distributed), warnings.catch_warnings():
+        # A seeded run is kdnb's own: the caller's RNGs and loaders' shuffling are as they were, success or error
+        # (seed=None draws from them, as the user's own loop would).
+        seeded = kwargs.get("seed", default_seed) is not None
+        untouched = checks.rng_preserved(*args, *kwargs.values()) if seeded else contextlib.nullcontext()
+        with ranks.mode(distributed), warnings.catch_warnings(), untouched:
             ranks.share([*args, *kwargs.values()], kwargs.get("device", "auto"))
             if not ranks.is_main_process():
                 warnings.simplefilter("ignore")  # under torchrun rank 0 warns for all, not once per process
             return engine_fn(*args, callbacks=subscribers(progress, plot, callbacks), **kwargs)
 
-    signature = inspect.signature(engine_fn)
     params = list(signature.parameters.values())
     extra = [inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=True, annotation="bool"),
              inspect.Parameter("plot", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation="bool | str"),
@@ -72,7 +100,9 @@ def with_subscribers(engine_fn: F) -> F:
 
 
 # Each engine verb below plugs in here (one line each); see with_subscribers.
-from kdnb.engine.supervised import evaluate, train as _train  # noqa: E402,F401
+from kdnb.engine.supervised import evaluate as _evaluate, train as _train  # noqa: E402
+
+evaluate = keywords_checked(_evaluate)
 
 train = with_subscribers(_train)
 from kdnb.engine.measure import compare as _compare, measure as _measure  # noqa: E402 - no run, no subscribers
@@ -84,6 +114,8 @@ def leaves_rng_alone(engine_fn: F) -> F:
 
     @functools.wraps(engine_fn)
     def verb(*args: Any, **kwargs: Any) -> Any:
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(engine_fn).parameters.values()):
+            check_keywords(engine_fn.__name__, kwargs, keyword_names(engine_fn))
         restore_rng = checks.rng_state(*args[1:2], kwargs.get("data"), kwargs.get("data_or_example"))
         try:
             return engine_fn(*args, **kwargs)
@@ -95,13 +127,16 @@ def leaves_rng_alone(engine_fn: F) -> F:
 
 measure = leaves_rng_alone(_measure)
 compare = leaves_rng_alone(_compare)
-from kdnb.engine.serialize import load, save  # noqa: E402,F401
+from kdnb.engine.serialize import load as _load, save as _save  # noqa: E402
+
+load, save = keywords_checked(_load), keywords_checked(_save)
 from kdnb.engine.distill import distill as _distill  # noqa: E402
 
 distill = with_subscribers(_distill)
 from kdnb.engine.prune import make_permanent as _make_permanent  # noqa: E402 - no run, so no subscribers
 
 
+@keywords_checked
 @functools.wraps(_make_permanent)
 def make_permanent(model):
     checks.check_model(model)  # the one check at the public entry; the engine folds its own copies unchecked

@@ -405,7 +405,8 @@ def _prepare(run: _Run, model: nn.Module) -> None:
     run.dense = clone(model)
     run.prior, run.start_sparsity = current_masks(model), mask_sparsity(model)
     run.work = make_permanent(model if run.inplace else clone(model)).to(run.device)
-    apply_masks(run.work, run.prior)  # the user's masks (weights and biases) stay in force through every phase
+    if run.prior:  # the user's masks (weights and biases) stay in force through every phase
+        apply_masks(run.work, run.prior)
     if run.record.statistic == "batchnorm_scale":
         estimate.slimming_phase(run.work, run.data, epochs=run.slimming_epochs, l1=run.slimming_l1, lr=run.lr,
                                 device=str(run.device), seed=run.seed, callbacks=list(run.callbacks))
