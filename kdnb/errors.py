@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
+# A magic runs inside IPython's machinery (its magic dispatch, decorator-made wrappers): the cell is the user's line.
+_MACHINERY = ("IPython.", "ipykernel.")
 
 
 class KdnbError(ValueError):
@@ -80,6 +82,12 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     inside kdnb the warning was raised (a fixed ``stacklevel`` points into kdnb as soon as a call
     path changes)."""
     level, frame = 2, sys._getframe(1)  # stacklevel 2 is warn's caller
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while frame is not None and _not_the_users(frame):
         level, frame = level + 1, frame.f_back
     warnings.warn(message, category, stacklevel=level)
+
+
+def _not_the_users(frame: Any) -> bool:
+    """A frame of kdnb, or of the IPython machinery between a magic cell and kdnb."""
+    return frame.f_code.co_filename.startswith(_PACKAGE_DIR) or \
+        str(frame.f_globals.get("__name__", "")).startswith(_MACHINERY) or frame.f_code.co_filename.startswith("<decorator")
