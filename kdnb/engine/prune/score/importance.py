@@ -85,8 +85,9 @@ def _per_input(ctx: _Context, of_gram: Callable[[torch.Tensor], torch.Tensor]) -
     """A statistic of each layer's input Gram matrix ``X^T X``, one value per input, shaped as the weight."""
     weights = prunable_weights(ctx.model)
     grams = calibration.input_grams(ctx.model, ctx.data, ctx.samples)  # type: ignore[arg-type]
+    # a weight tied under two names is scored once, under its first (`prunable_weights`), by that layer's inputs
     return {n: (weights[n].detach(), of_gram(g).to(weights[n]).view(1, *weights[n].shape[1:]))
-            for n, g in grams.items()}
+            for n, g in grams.items() if n in weights}
 
 
 def _damped_hessian(gram: torch.Tensor) -> torch.Tensor:
