@@ -596,15 +596,18 @@ def _prune_and_finetune(run: _Run) -> None:
 def _finish(run: _Run) -> PruneResult:
     """Delete the removed channels, run the control, mark the model, and gather the result."""
     work = run.work
+    deleted = run.structured
     if run.structured:
+        masked = checks.ModelState(work)  # the pruned (and fine-tuned) model, its channels masked to zero
         make_permanent(work)
         try:
             remove_channels(work, run.removed, run.example.to(model_device(work)))  # type: ignore[union-attr]
-        except KeyboardInterrupt:  # half-deleted layers are no model; an in-place prune is restored at the entry
-            raise KeyboardInterrupt("prune was interrupted while deleting the removed channels; nothing was "
-                                    "changed") from None
-    reached = _structured_sparsity(work, run.total) if run.structured else _masked_sparsity(work, run.weights,
-                                                                                             run.total)
+        except KeyboardInterrupt:  # half-deleted layers are no model: it goes back to computing the same, masked
+            masked.restore()
+            deleted = False
+            run.interrupted = ("interrupted while deleting the removed channels: the model keeps them masked to "
+                               "zero (it computes the same; make_permanent folds the masks), not deleted")
+    reached = _structured_sparsity(work, run.total) if deleted else _masked_sparsity(work, run.weights, run.total)
     control_model = None
     if run.control and run.finetune:
         control_model = clone(run.dense).to(run.device)
@@ -614,7 +617,7 @@ def _finish(run: _Run) -> PruneResult:
     work.to(run.home)
     setattr(work, MARKER, [*getattr(work, MARKER, []), {"sparsity": reached, "criterion": run.criterion,
                                                         "structured": run.structured}])
-    return PruneResult(model=work, dense=run.dense, masks={} if run.structured else current_masks(work),
+    return PruneResult(model=work, dense=run.dense, masks={} if deleted else current_masks(work),
                        criterion=run.criterion, structured=run.structured, scope=run.scope, schedule=run.schedule,
                        steps=run.steps, target=run.sparsity, sparsity=reached, finetune=run.finetune,
                        distill=run.distill, history=_merge(run.runs, run.interrupted), trajectory=run.trajectory,

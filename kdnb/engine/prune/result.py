@@ -195,6 +195,7 @@ class SensitivityResult:
     accuracy: dict[str, list[float]]
     sizes: dict[str, int]
     dense_accuracy: float
+    stopped: str | None = None  # where the stop button ended it: ``accuracy`` holds the layers measured before
 
     def table(self) -> Table:
         unit = "channels" if self.structured else "weights"
@@ -202,7 +203,8 @@ class SensitivityResult:
         return Table(["layer", unit, *[f"{s:.0%}" for s in self.sparsities]], rows,
                      title=f"sensitivity ({self.criterion}, {'structured' if self.structured else 'unstructured'}): "
                            "val accuracy with one layer pruned",
-                     notes=[f"dense accuracy {format_value(self.dense_accuracy)}"])
+                     notes=[f"dense accuracy {format_value(self.dense_accuracy)}", *([self.stopped] if self.stopped
+                                                                                    else [])])
 
     def plot(self) -> Any:
         """Static figure: accuracy against sparsity, one line per layer."""

@@ -74,8 +74,12 @@ def sensitivity(
     with calibration.loaders_untouched(data, val):  # scoring and evaluating draw batches; the shuffling stays
         if structured and example is None:
             example = split_batch(checks.first_batch(data if data is not None else val))[0]
-        scores = importance(model, criterion, data, structured=structured, example=example, seed=seed, lr=lr,
-                            device=device, callbacks=callbacks)
+        try:
+            scores = importance(model, criterion, data, structured=structured, example=example, seed=seed, lr=lr,
+                                device=device, callbacks=callbacks)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt("sensitivity was interrupted while scoring, before any layer was pruned; "
+                                    "nothing to return, and the model is as given") from None
         known = list(scores.channels if structured else scores.weights)
         layers = known if layers is None else list(layers)
         unknown = [name for name in layers if name not in known]
@@ -83,26 +87,39 @@ def sensitivity(
             raise KdnbError(f"unknown layer {unknown[0]!r} for sensitivity; known: {', '.join(known)}; pass some "
                             "of these as layers=")
         accuracy, dense = _accuracies(scores, layers, sparsities, val)
-    sizes = {layer: (len(scores.channels[layer]) if structured else scores.shapes[layer].numel()) for layer in layers}
-    return SensitivityResult(criterion, structured, sparsities, accuracy, sizes, dense)
+    sizes = {layer: (len(scores.channels[layer]) if structured else scores.shapes[layer].numel()) for layer in accuracy}
+    stopped = None if len(accuracy) == len(layers) else \
+        f"interrupted by the stop button: {len(accuracy)} of {len(layers)} layers measured"
+    return SensitivityResult(criterion, structured, sparsities, accuracy, sizes, dense, stopped)
 
 
 def _accuracies(scores: Scores, layers: list[str], sparsities: list[float], val: Iterable
                 ) -> tuple[dict[str, list[float]], float]:
-    """Val accuracy with each layer alone masked at each sparsity, and with none masked."""
+    """Val accuracy with each layer alone masked at each sparsity, and with none masked. The stop button ends it
+    after the last whole layer: the layers measured so far (on a copy: the model is never touched)."""
     net = copy.deepcopy(scores.model).cpu().eval()
     params = dict(net.named_parameters())
+    dense = evaluate(net, val)["accuracy"]
     accuracy: dict[str, list[float]] = {}
     for layer in layers:
-        accuracy[layer] = []
-        for s in sparsities:
-            masks = _layer_masks(scores, layer, s)
-            saved = {name: params[name].detach().clone() for name in masks}
-            with torch.no_grad():
-                for name, mask in masks.items():
-                    params[name].mul_(mask)
-            accuracy[layer].append(evaluate(net, val)["accuracy"])
-            with torch.no_grad():
-                for name, value in saved.items():
-                    params[name].copy_(value)
-    return accuracy, evaluate(net, val)["accuracy"]
+        try:
+            accuracy[layer] = [_masked_accuracy(scores, net, params, layer, s, val) for s in sparsities]
+        except KeyboardInterrupt:
+            break
+    return accuracy, dense
+
+
+def _masked_accuracy(scores: Scores, net: nn.Module, params: dict[str, torch.Tensor], layer: str, sparsity: float,
+                     val: Iterable) -> float:
+    """Val accuracy of ``net`` with ``layer`` alone masked at ``sparsity``; its weights are put back after."""
+    masks = _layer_masks(scores, layer, sparsity)
+    saved = {name: params[name].detach().clone() for name in masks}
+    try:
+        with torch.no_grad():
+            for name, mask in masks.items():
+                params[name].mul_(mask)
+        return evaluate(net, val)["accuracy"]
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)

@@ -287,8 +287,12 @@ def importance(model: nn.Module, criterion: str = "l1", data: Iterable | None = 
     arguments.check_importance(model, criterion, data, structured, example, seed, hessian_estimator,
                                slimming_epochs, slimming_l1, lr, device, callbacks, calibration_samples)
     with calibration.loaders_untouched(data):  # iterating a shuffled loader does not move the user's shuffling
-        return _importance(model, criterion, data, structured, example, seed, hessian_estimator, slimming_epochs,
-                           slimming_l1, lr, device, callbacks, calibration_samples)
+        try:
+            return _importance(model, criterion, data, structured, example, seed, hessian_estimator,
+                               slimming_epochs, slimming_l1, lr, device, callbacks, calibration_samples)
+        except KeyboardInterrupt:  # scores are whole or nothing; the model was never touched (a copy is scored)
+            raise KeyboardInterrupt(f"importance was interrupted while scoring ({criterion}); there are no scores "
+                                    "yet, and the model is as given") from None
 
 
 def _importance(model: nn.Module, criterion: str, data: Iterable | None, structured: bool,
