@@ -25,7 +25,8 @@ def _owner(model: nn.Module, param: str) -> tuple[nn.Module, str]:
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     """Mask ``model``'s parameters in place (``{"0.weight": bool mask}``, True = kept).
 
-    A parameter masked already gets the new mask (its pruned entries are expected to stay pruned);
+    A parameter masked already gets the new mask in place of its old one (the sparsity explorer moves both
+    ways; `prune` passes masks that keep every entry masked before it started pruned: masks only grow);
     others get ``torch.nn.utils.prune.custom_from_mask``.
     """
     for param, mask in _tied_consistent(model, masks).items():
