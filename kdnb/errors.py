@@ -89,5 +89,5 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
 
 def _not_the_users(frame: Any) -> bool:
     """A frame of kdnb, or of the IPython machinery between a magic cell and kdnb."""
-    return frame.f_code.co_filename.startswith(_PACKAGE_DIR) or \
-        str(frame.f_globals.get("__name__", "")).startswith(_MACHINERY) or frame.f_code.co_filename.startswith("<decorator")
+    file = frame.f_code.co_filename
+    return file.startswith((_PACKAGE_DIR, "<decorator")) or str(frame.f_globals.get("__name__", "")).startswith(_MACHINERY)

@@ -25,7 +25,7 @@ MAX_WIDTH = 1 << 20  # no reference network here needs a layer wider than a mill
 
 
 @dataclass(frozen=True)
-class Rebuild:
+class RebuildRecipe:
     """How `kdnb.load` rebuilds a class without its user's code: the constructor ``arguments`` read off a saved
     instance (``bias``: whether it has one), the attributes that follow its tensors' shapes after structured
     pruning (``follows_shapes``), and a factory for a container whose constructor needs children (``empty``)."""
@@ -35,16 +35,16 @@ class Rebuild:
     empty: Callable[[], nn.Module] | None = None
 
 
-REBUILDABLE: dict[type[nn.Module], Rebuild] = {}  # filled by @rebuildable; kdnb.engine.serialize reads it
+REBUILDABLE: dict[type[nn.Module], RebuildRecipe] = {}  # filled by @rebuildable; kdnb.engine.serialize reads it
 
 
 def rebuildable(*arguments: str, follows_shapes: tuple[str, ...] = (),
                 empty: Callable[[], nn.Module] | None = None) -> Callable[[type], type]:
-    """Class decorator: `kdnb.load` may rebuild the class from a file (see `Rebuild`). Every class here has it;
+    """Class decorator: `kdnb.load` may rebuild the class from a file (see `RebuildRecipe`). Every class here has it;
     a user's own module class may take it too."""
 
     def register(cls: type) -> type:
-        REBUILDABLE[cls] = Rebuild(arguments, follows_shapes, empty)
+        REBUILDABLE[cls] = RebuildRecipe(arguments, follows_shapes, empty)
         return cls
 
     return register

@@ -114,7 +114,7 @@ def _classes() -> _Classes:
 
 
 @functools.cache
-def _table(registered: tuple[tuple[type[nn.Module], models.Rebuild], ...]) -> _Classes:
+def _table(registered: tuple[tuple[type[nn.Module], models.RebuildRecipe], ...]) -> _Classes:
     given = {**_TORCH, **{cls: rebuild.arguments for cls, rebuild in registered}}
     arguments = {cls: tuple(arg for arg in args if arg in inspect.signature(cls).parameters)
                  for cls, args in given.items()}
