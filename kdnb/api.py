@@ -103,7 +103,6 @@ def with_subscribers(engine_fn: F) -> F:
 from kdnb.engine.supervised import evaluate as _evaluate, train as _train  # noqa: E402
 
 evaluate = keywords_checked(_evaluate)
-
 train = with_subscribers(_train)
 from kdnb.engine.measure import compare as _compare, measure as _measure  # noqa: E402 - no run, no subscribers
 
@@ -114,8 +113,6 @@ def leaves_rng_alone(engine_fn: F) -> F:
 
     @functools.wraps(engine_fn)
     def verb(*args: Any, **kwargs: Any) -> Any:
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(engine_fn).parameters.values()):
-            check_keywords(engine_fn.__name__, kwargs, keyword_names(engine_fn))
         restore_rng = checks.rng_state(*args[1:2], kwargs.get("data"), kwargs.get("data_or_example"))
         try:
             return engine_fn(*args, **kwargs)
@@ -125,8 +122,8 @@ def leaves_rng_alone(engine_fn: F) -> F:
     return verb  # type: ignore[return-value]
 
 
-measure = leaves_rng_alone(_measure)
-compare = leaves_rng_alone(_compare)
+measure = leaves_rng_alone(keywords_checked(_measure))
+compare = leaves_rng_alone(_compare)  # its own options are checked by name (``**measure_kwargs``)
 from kdnb.engine.serialize import load as _load, save as _save  # noqa: E402
 
 load, save = keywords_checked(_load), keywords_checked(_save)
