@@ -10,7 +10,7 @@ from torch.nn.utils import prune as torch_prune
 from torch.utils.data import DataLoader, TensorDataset
 
 import kdnb
-from kdnb.engine.prune.pipeline import current_masks, mask_sparsity
+from kdnb.engine.prune.cut.masks import current_masks, mask_sparsity
 from kdnb.errors import KdnbError
 
 QUIET = {"progress": False, "plot": False}

@@ -21,7 +21,8 @@ from kdnb.engine.history import History
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune import arguments
 from kdnb.engine.prune.cut.channels import remove_channels
-from kdnb.engine.prune.cut.masks import apply_masks, clone, comparable, connected, current_masks, make_permanent
+from kdnb.engine.prune.cut.masks import (apply_masks, clone, comparable, connected, current_masks, make_permanent,
+                                         mask_sparsity)
 from kdnb.engine.prune.graph.groups import (channel_groups, check_structured_support, dependency_graph, keep_vectors,
                                             masks_from_keep, prunable_count, prunable_weights)
 from kdnb.engine.prune.rebuild.reconstruct import reconstruct as reconstruct_layers
@@ -290,14 +291,6 @@ def _check_masks_grow(model: nn.Module, sparsity: float, structured: bool) -> No
     if not structured and sparsity < current - 1e-9:
         raise KdnbError(f"sparsity {sparsity:g} is below the model's current sparsity {current:.4f} (the weights "
                         f"its masks hold at zero, which pruning never revives); pass sparsity >= {current:.4f}")
-
-
-def mask_sparsity(model: nn.Module) -> float:
-    """The fraction of ``model``'s prunable weights that masks (torch.nn.utils.prune's, kdnb's) hold at zero."""
-    masks = current_masks(model)
-    weights = prunable_weights(model)
-    masked = sum(int((~masks[name]).sum()) for name in weights if name in masks)
-    return masked / sum(w.numel() for w in weights.values())
 
 
 def _check_schedule(options: dict[str, Any]) -> int:

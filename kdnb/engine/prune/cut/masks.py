@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
-from kdnb.engine.prune.graph.groups import ChannelGroup, channel_scores, keep_vectors, masks_from_keep
+from kdnb.engine.prune.graph.groups import ChannelGroup, channel_scores, keep_vectors, masks_from_keep, prunable_weights
 from kdnb.engine.prune.score.criteria import lamp_normalise
 from kdnb.engine.prune.score.scores import Scores
 
@@ -83,6 +83,14 @@ def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
                 param = f"{name}.{hook._tensor_name}" if name else hook._tensor_name
                 found[param] = getattr(module, hook._tensor_name + "_mask").detach().bool().cpu()
     return found
+
+
+def mask_sparsity(model: nn.Module) -> float:
+    """The fraction of ``model``'s prunable weights that masks (torch.nn.utils.prune's, kdnb's) hold at zero."""
+    masks = current_masks(model)
+    weights = prunable_weights(model)
+    masked = sum(int((~masks[name]).sum()) for name in weights if name in masks)
+    return masked / sum(w.numel() for w in weights.values())
 
 
 def make_permanent(model: nn.Module) -> nn.Module:
