@@ -3,6 +3,7 @@ following a schedule. Each step is one function below; `prune` only calls them i
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,9 +26,11 @@ from kdnb.engine.prune.cut.masks import (apply_masks, clone, comparable, connect
                                          mask_sparsity)
 from kdnb.engine.prune.graph.groups import (channel_groups, check_structured_support, dependency_graph, keep_vectors,
                                             masks_from_keep, prunable_count, prunable_weights)
+from kdnb.engine.prune import phases
+from kdnb.engine.prune.phases import Phases
 from kdnb.engine.prune.rebuild.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
-from kdnb.engine.prune.schedule import decay, schedules
+from kdnb.engine.prune.schedule import budget, decay, schedules
 from kdnb.engine.prune.score import calibration, criteria, estimate
 from kdnb.engine.prune.score.criteria import Criterion
 from kdnb.engine.prune.score.importance import check_criterion, compute_scores
@@ -400,6 +403,11 @@ def _prepare(run: _Run, model: nn.Module) -> None:
     run.work = make_permanent(model if run.inplace else clone(model)).to(run.device)
     if run.prior:  # the user's masks (weights and biases) stay in force through every phase
         apply_masks(run.work, run.prior)
+    run.options["phases"] = Phases(run.work, run.callbacks)  # "calibrate", "score", "rebuild", "delete", "time"
+    run.options["started"] = time.perf_counter()
+    if run.options["rounds"] is None and run.rounds > 1 and run.structured:  # as many as their passes afford:
+        # eight on the tutorials' networks, one on a ResNet at 224x224 (`budget.ROUNDS_FLOPS`)
+        run.rounds = budget.affordable_rounds(run.dense, run.example, run.data, run.calibration_samples, run.rounds)
     if run.record.statistic == "batchnorm_scale":
         estimate.slimming_phase(run.work, run.data, epochs=run.slimming_epochs, l1=run.slimming_l1, lr=run.lr,
                                 device=str(run.device), seed=run.seed, callbacks=list(run.callbacks))
@@ -479,8 +487,9 @@ def _cut(run: _Run, target: float, resolve: bool, predictions: bool = False) -> 
     apply_masks(run.work, _grown(masks, run.prior))
     if reference is not None:  # OBS's sweep re-chooses a single cut's masks; re-scored rounds keep theirs
         reselect = run.record.reselect and not run.structured and run.rounds == 1
-        reconstruct_layers(run.work, reference, run.data, run.calibration_samples,
-                           reselect=reselect, pattern=parse_pattern(run.pattern), predictions=predictions)
+        reconstruct_layers(run.work, reference, run.data, run.calibration_samples, reselect=reselect,
+                           pattern=parse_pattern(run.pattern), predictions=predictions,
+                           progress=run.phases.tracker("rebuild"))
         apply_masks(run.work, _grown(current_masks(run.work), run.prior))  # a re-chosen mask keeps them too
         distributed.broadcast_from_main(run.work.state_dict().values())  # rank 0's re-solved weights everywhere
     reached = _masked_sparsity(run.work, run.weights, run.total)
@@ -497,7 +506,7 @@ def _grown(masks: dict[str, torch.Tensor], prior: dict[str, torch.Tensor]) -> di
 def _scored(run: _Run, plain: nn.Module, example: torch.Tensor | None) -> Scores:
     """`Scores` of ``plain`` by the run's criterion, with the run's data, seed, estimator and calibration samples."""
     return compute_scores(plain, run.record, run.data, run.structured, example, run.seed, run.hessian_estimator,
-                          run.calibration_samples)
+                          run.calibration_samples, run.phases)
 
 
 def _every_layer_scored(run: _Run, plain: nn.Module, scores: Scores, example: torch.Tensor | None) -> Scores:
@@ -528,7 +537,8 @@ def _removal(run: _Run, plain: nn.Module, scores: Scores, target: float, pruned:
     if run.scope != "latency":
         return removed_channels(scores, target, run.scope, pruned, run.max_layer_sparsity)
     if "ranking" not in run.options:
-        run.options["ranking"] = latency.choose(plain, scores, run.sparsity, example, run.max_layer_sparsity)
+        run.options["ranking"] = latency.choose(plain, scores, run.sparsity, example, run.max_layer_sparsity,
+                                                progress=run.phases.tracker("time"))
     return latency.removal(scores, target, pruned, run.options["ranking"], run.max_layer_sparsity)
 
 
@@ -594,7 +604,8 @@ def _finish(run: _Run) -> PruneResult:
         masked = checks.ModelState(work)  # the pruned (and fine-tuned) model, its channels masked to zero
         make_permanent(work)
         try:
-            remove_channels(work, run.removed, run.example.to(model_device(work)))  # type: ignore[union-attr]
+            remove_channels(work, run.removed, run.example.to(model_device(work)),  # type: ignore[union-attr]
+                            progress=run.phases.tracker("delete"))
         except KeyboardInterrupt:  # half-deleted layers are no model: it goes back to computing the same, masked
             masked.restore()
             deleted = False
@@ -619,8 +630,8 @@ def _finish(run: _Run) -> PruneResult:
                        channels=_channels(run.dense, work) if run.structured else {},
                        reconstructed=run.reconstruct, pattern=run.pattern,
                        ranking=run.options.get("ranking"), max_layer_sparsity=_layer_cap(run),
-                       start_sparsity=run.start_sparsity,
-                       measure_with=measure.compare)
+                       start_sparsity=run.start_sparsity, measure_with=measure.compare,
+                       cost=phases.cost(run.started, run.dense, run.data is not None and run.reconstruct))
 
 
 def _layer_cap(run: _Run) -> float | None:

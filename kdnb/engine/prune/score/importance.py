@@ -20,7 +20,9 @@ from kdnb.engine.prune import arguments
 from kdnb.engine.prune.cut.masks import clone, make_permanent
 from kdnb.engine.prune.graph.groups import (BATCHNORM, PRUNABLE, ChannelGroup, Slice, channel_groups, channel_scores,
                                             dependency_graph, prunable_weights)
-from kdnb.engine.prune.score import calibration, criteria, estimate
+from kdnb.engine.prune.phases import Phases, silent
+from kdnb.engine.prune.score import calibration, criteria, estimate, stream
+from kdnb.engine.prune.score.linalg import inverse_factor
 from kdnb.engine.prune.score.estimate import ESTIMATORS
 from kdnb.engine.prune.score.scores import Scores
 
@@ -62,6 +64,7 @@ class _Context:
     hessian_estimator: str
     groups: list[ChannelGroup]
     samples: int = calibration.SAMPLES
+    progress: Callable[[int, int], None] | None = None  # (layers done, layers) as a calibration pass moves on
 
     def scored(self) -> dict[str, torch.Tensor]:
         """The parameters an element criterion scores: every one when structured (BatchNorm included)."""
@@ -82,12 +85,13 @@ def _hessian_diag(ctx: _Context) -> dict[str, tuple]:
 
 
 def _per_input(ctx: _Context, of_gram: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, tuple]:
-    """A statistic of each layer's input Gram matrix ``X^T X``, one value per input, shaped as the weight."""
+    """A statistic of each layer's input Gram matrix ``X^T X``, one value per input, shaped as the weight; one
+    layer's Gram matrix held at a time (`stream.each_gram`)."""
     weights = prunable_weights(ctx.model)
-    grams = calibration.input_grams(ctx.model, ctx.data, ctx.samples)  # type: ignore[arg-type]
     # a weight tied under two names is scored once, under its first (`prunable_weights`), by that layer's inputs
     return {n: (weights[n].detach(), of_gram(g).to(weights[n]).view(1, *weights[n].shape[1:]))
-            for n, g in grams.items() if n in weights}
+            for n, g in stream.each_gram(ctx.model, ctx.data, ctx.samples, progress=ctx.progress)  # type: ignore
+            if n in weights}
 
 
 def _damped_hessian(gram: torch.Tensor) -> torch.Tensor:
@@ -172,22 +176,52 @@ def _consumers(ctx: _Context) -> dict[str, tuple]:
     """For each group, every Linear/Conv consuming its channels: (weight (out, d) with its BatchNorm folded in,
     H^-1 (d, d), columns); a consumer with a bias gets the ones column too (its bias last, ``d+1``): the refit
     re-solves the bias, which absorbs the mean of what a removed channel fed. A grouped conv is ``groups``
-    consumers, one per conv-group, as the refit solves it (`_consumer_blocks`)."""
-    grams = calibration.input_grams(ctx.model, ctx.data, ctx.samples, ones=True, groups=True)  # type: ignore
-    found = {}
+    consumers, one per conv-group, as the refit solves it (`_consumer_blocks`). A group too large for ThiNet's
+    greedy (`criteria.greedy_fits`) gets instead each channel's one-shot group-OBS cost summed over its consumers
+    (`criteria.group_obs`), taken as each layer's Gram matrix passes (`stream.each_gram`), so that only the small
+    groups' inverse Hessians are held."""
+    readers: dict[str, list[tuple[ChannelGroup, Slice]]] = {}
     for group in ctx.groups:
-        consumers = []
         for s in group.slices:
-            if s.dim != 1 or s.param not in grams:
-                continue
-            name = s.param.rpartition(".")[0]
-            module = ctx.model.get_submodule(name)
+            if s.dim == 1 and s.param.endswith("weight"):
+                readers.setdefault(s.param, []).append((group, s))
+    greedy = {group.root: criteria.greedy_fits(group.size, [_width(ctx.model, s.param) for s in group.slices
+                                                            if s.dim == 1 and s.param in readers])
+              for group in ctx.groups}
+    blocks: dict[str, list] = {}
+    costs: dict[str, torch.Tensor] = {}
+    for param, gram in stream.each_gram(ctx.model, ctx.data, ctx.samples, ones=True, groups=True,  # type: ignore
+                                        progress=ctx.progress):
+        name = param.rpartition(".")[0]
+        module = ctx.model.get_submodule(name)
+        for group, s in readers.get(param, []):
             cols = _consumer_columns(group, module, s)
-            if cols is not None:
-                consumers += _consumer_blocks(ctx, name, module, grams[s.param], cols)
-        if consumers:
-            found[group.root] = (consumers,)
-    return found
+            if cols is None:
+                continue
+            if greedy[group.root]:
+                blocks.setdefault(group.root, []).extend(_consumer_blocks(ctx, name, module, gram, cols))
+            else:
+                cost = sum(criteria.group_obs(w, u, cols) for w, u in _consumer_factors(ctx, name, module, gram))
+                costs[group.root] = costs.get(group.root, 0) + cost
+    return {**{root: (found,) for root, found in blocks.items()}, **{root: ([], cost) for root, cost in costs.items()}}
+
+
+def _width(model: nn.Module, param: str) -> int:
+    """Inputs (plus the ones column) of the layer owning ``param``, per conv-group."""
+    return model.get_parameter(param)[0].numel() + 1
+
+
+def _consumer_factors(ctx: _Context, name: str, module: nn.Module, gram: torch.Tensor
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`_consumer_blocks` for `criteria.group_obs`: (weight, upper factor of H^-1) per conv-group, fp32 factors
+    (`linalg.inverse_factor`: ``2 d^3 / 3``, where the inverse costs ``d^3``)."""
+    gram = gram if module.bias is not None else gram[..., :-1, :-1]
+    weight = module.weight.detach().double().reshape(module.weight.shape[0], -1).cpu()
+    if module.bias is not None:
+        weight = torch.cat([weight, module.bias.detach().double().cpu()[:, None]], 1)
+    weight = _normalised_rows(ctx, name, weight)
+    grams, weights = (gram, weight.chunk(len(gram))) if gram.dim() == 3 else ([gram], [weight])
+    return [(w, inverse_factor(g, calibration.DAMP).cpu()) for w, g in zip(weights, grams)]
 
 
 def _as_tokens(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
@@ -313,13 +347,19 @@ def _importance(model: nn.Module, criterion: str, data: Iterable | None, structu
 
 
 def compute_scores(model: nn.Module, record: criteria.Criterion, data: Iterable | None, structured: bool,
-           example: torch.Tensor | None, seed: int, hessian_estimator: str, samples: int) -> Scores:
-    """`Scores` of ``model`` as it is (no training), its statistics read on the first ``samples`` of ``data``."""
-    groups = channel_groups(model, dependency_graph(model, example.to(next(model.parameters()).device))) \
+                   example: torch.Tensor | None, seed: int, hessian_estimator: str, samples: int,
+                   phases: Phases | None = None) -> Scores:
+    """`Scores` of ``model`` as it is (no training), its statistics read on the first ``samples`` of ``data``;
+    ``phases`` hears "calibrate" (layer by layer where the statistics are layer-wise) and "score"."""
+    phases = phases or silent()
+    groups = channel_groups(model, dependency_graph(model, _tracing(example).to(next(model.parameters()).device))) \
         if structured else []  # type: ignore[union-attr]
     groups = estimate.untied_groups(model, groups)  # a shared weight's channels stay whole: the tie holds
-    context = _Context(model, data, structured, seed, hessian_estimator, groups, samples)
-    values = {key: record.formula(*args) for key, args in STATISTICS[record.statistic](context).items()}
+    context = _Context(model, data, structured, seed, hessian_estimator, groups, samples, phases.tracker("calibrate"))
+    phases.report("calibrate", 0, 1)
+    statistics = STATISTICS[record.statistic](context)
+    phases.report("calibrate", 1, 1)
+    values = {key: record.formula(*args) for key, args in phases.each("score", list(statistics.items()))}
     distributed.broadcast_from_main(values.values())  # several processes: rank 0's scores, so the same masks
     prunable = list(prunable_weights(model))
     shapes = {n: p.shape for n, p in model.named_parameters(remove_duplicate=False)}  # tied: every name
@@ -330,6 +370,12 @@ def compute_scores(model: nn.Module, record: criteria.Criterion, data: Iterable 
         if channel is not None:
             result.channels[group.root] = channel.detach().double().cpu()
     return result
+
+
+def _tracing(example: torch.Tensor) -> torch.Tensor:
+    """Two samples of ``example`` (batch first), enough to trace the model's graph: a ResNet-50 traced on a batch
+    of 32 images at 224x224 costs a quarter of a pass of 128 calibration images, for the same graph."""
+    return example[:2] if isinstance(example, torch.Tensor) and example.dim() > 1 and len(example) > 2 else example
 
 
 def _channel_scores(group: ChannelGroup, values: dict[str, torch.Tensor], reads: bool) -> torch.Tensor | None:
