@@ -55,6 +55,8 @@ def keywords_checked(fn: F) -> F:
     """``fn`` whose unknown keyword argument is one `KdnbError` naming it and the closest argument (the name
     another tool gives it, too: ``example_inputs`` -> 'example'), not a raw TypeError."""
     accepted = keyword_names(fn)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()):
+        return fn  # it takes any keyword: it names its own unknown ones
 
     @functools.wraps(fn)
     def verb(*args: Any, **kwargs: Any) -> Any:
@@ -127,6 +129,9 @@ compare = leaves_rng_alone(_compare)  # its own options are checked by name (``*
 from kdnb.engine.serialize import load as _load, save as _save  # noqa: E402
 
 load, save = keywords_checked(_load), keywords_checked(_save)
+from kdnb.engine.export import export as _export  # noqa: E402 - checks its arguments itself; no run
+
+export = keywords_checked(_export)
 from kdnb.engine.distill import distill as _distill  # noqa: E402
 
 distill = with_subscribers(_distill)

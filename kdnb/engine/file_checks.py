@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdnb.engine import plain_weights
 from kdnb.errors import KdnbError
 
 FORMAT = "kdnb"
@@ -48,6 +49,10 @@ def read(path: Path, known: Mapping[str, tuple[str, ...]]) -> dict:
     """The payload of the kdnb file at ``path``, its whole structure checked (``known``: each class `load` may
     rebuild, by its saved name, with the constructor arguments its config holds)."""
     file = str(path)
+    if plain_weights.is_plain(path):  # a state_dict kdnb.export wrote, with its layer widths beside it
+        payload = plain_weights.read(path)
+        _check_payload(payload, file, known)
+        return payload
     try:
         with open(path, "rb") as stream:
             head = stream.read(4)

@@ -216,7 +216,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Read a file written by `save` and return the model, with the outputs it had when saved.
 
     Args:
-        path: a kdnb file.
+        path: a kdnb file, or a ``.pt`` / ``.safetensors`` state_dict that `kdnb.export` wrote (the layer
+            widths it needs are in the JSON beside it).
         model: ``None`` rebuilds the saved architecture (it must consist of `rebuildable` classes).
             Otherwise the weights load *into* this module (a fresh instance of the saved model's
             class) and it is returned; its Linear/Conv/BatchNorm layers are resized first where
@@ -255,6 +256,12 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 
 # ---- writing ----
+
+def dense_payload(model: nn.Module) -> dict:
+    """What `save` would write with every tensor dense: ``tensors`` is the plain model's state_dict (masks
+    folded), ``spec`` its module tree (each layer's widths), ``tied`` the names that share a tensor."""
+    return _payload(model, compact=False, metadata={})
+
 
 @torch.no_grad()
 def _payload(model: nn.Module, *, compact: bool, metadata: dict) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import html
+import os
 import warnings
 from collections.abc import Iterable, MutableMapping
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from kdnb.engine.checks import check_loader, check_model, first_batch
 from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import evaluate
+from kdnb.engine.export import export as export_model
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune.score import criteria
 from kdnb.engine.prune.score.calibration import loaders_untouched
@@ -166,11 +168,16 @@ class SparsityExplorer(Explorer):
     def _show(self) -> None:
         if self.slider is None:
             return
+        self.table.value = self.html()
+        self.image.value = png(self.figure())  # after the numbers, which the frontend already shows
+
+    def html(self) -> str:
+        """The numbers as the widget shows them: the setting on one line, the table, any message."""
         table = self.summary()
         title, table.title = table.title, ""  # above the table, on one line, not a caption as wide as the table
-        self.table.value = (f"{NUMBERS_STYLE}<div><b>{html.escape(title)}</b></div>{table.to_html()}"
-                            + (f"<div style='color:#b00'>{html.escape(self.message)}</div>" if self.message else ""))
-        self.image.value = png(self.figure())  # after the numbers, which the frontend already shows
+        return (f"{NUMBERS_STYLE}<div class='kdnb-sparsity-numbers'><div><b>{html.escape(title)}</b></div>"
+                f"{table.to_html()}</div>"
+                + (f"<div style='color:#b00'>{html.escape(self.message)}</div>" if self.message else ""))
 
     def summary(self) -> Table:
         n, d = self.numbers, self.dense
@@ -216,7 +223,8 @@ class SparsityExplorer(Explorer):
         self._current.set_data([100 * self.numbers["sparsity"]], [100 * self.numbers["accuracy"]])
         return self._figure
 
-    def apply(self, name: str | None = None, *, replace: bool = False) -> torch.nn.Module:
+    def apply(self, name: str | None = None, *, replace: bool = False,
+              export: str | os.PathLike | None = None) -> torch.nn.Module:
         """Prune a copy of the model at the current setting (`kdnb.engine.prune.prune`, one shot, no
         fine-tuning, ``reconstruct=False`` as the preview) and store it in the notebook as ``name`` (default:
         the name typed next to the button). Its accuracy is the one the preview showed; for the re-solved
@@ -224,7 +232,8 @@ class SparsityExplorer(Explorer):
 
         A notebook variable that this explorer did not make is never overwritten unless ``replace=True``:
         the model goes into the first free name (``pruned_2``, ...), and ``status`` says so.
-        Returns the pruned model.
+        ``export="pruned.onnx"`` also writes it there with `kdnb.export` (checked on the explorer's example
+        batch) before storing it. Returns the pruned model.
         """
         from kdnb.engine.prune import prune
 
@@ -236,12 +245,13 @@ class SparsityExplorer(Explorer):
         result = prune(self.model, self.setting["sparsity"], criterion=self.setting["criterion"],
                        structured=self.setting["structured"], data=self.data, val=self.val, example=self.example,
                        reconstruct=False)
+        exported = "" if export is None else f"; {html.escape(str(export_model(result.model, export, self.example)))}"
         namespace[stored] = result.model
         self._stored.add(stored)
         self.stored_as = stored
         note = "" if stored == name else f" (<code>{name}</code> holds a variable of yours: kept)"
         if self.slider is not None:
-            self.status.value = f"stored the pruned model in <code>{stored}</code>{note}"
+            self.status.value = f"stored the pruned model in <code>{stored}</code>{note}{exported}"
             self.name.value = self.free_name(name)  # the next apply does not replace this one either
         return result.model
 

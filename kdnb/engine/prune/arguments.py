@@ -22,7 +22,7 @@ from kdnb.engine.prune.score import calibration
 from kdnb.engine.prune.score.criteria import REGISTRY
 from kdnb.engine.prune.score.estimate import ESTIMATORS
 from kdnb.engine.prune.select.latency import PRUNE_SCOPES
-from kdnb.errors import KdnbError, is_number
+from kdnb.errors import KdnbError, is_integer, is_number
 
 GRADIENT_STATISTICS = ("grad_sq", "hessian_diag", "group_gradient_weight")  # a backward pass over labelled data
 TRAINING_STATISTICS = ("batchnorm_scale",)  # network slimming trains first
@@ -46,6 +46,18 @@ def check_pattern_text(pattern: Any) -> None:
     if len(numbers) != 2 or not 0 < numbers[0] < numbers[1]:
         raise KdnbError(f"pattern should be 'N:M' (keep N of every M consecutive weights, 0 < N < M), got "
                         f"{checks.shown(pattern)}; pass e.g. pattern='2:4' with sparsity=0.5")
+
+
+def check_round_to(round_to: Any, structured: bool) -> None:
+    """``round_to``: None, or a positive channel count, and only for a structured cut."""
+    if round_to is None:
+        return
+    if not (is_integer(round_to) and round_to >= 1):
+        raise KdnbError(f"round_to should be a positive number of channels, got {checks.shown(round_to)}; pass e.g. "
+                        "round_to=8")
+    if not structured:
+        raise KdnbError("round_to rounds the channels a structured cut keeps: pass structured=True, or leave "
+                        "round_to out")
 
 
 def check_scope(scope: Any, structured: bool, max_layer_sparsity: Any, choices: Iterable[str]) -> None:

@@ -36,7 +36,7 @@ from kdnb.engine.prune.score.criteria import Criterion
 from kdnb.engine.prune.score.importance import check_criterion, compute_scores
 from kdnb.engine.prune.score.scores import Scores
 from kdnb.engine.prune.select import latency
-from kdnb.engine.prune.select.channels import layer_cap, removed_channels
+from kdnb.engine.prune.select.channels import layer_cap, removed_channels, rounded
 from kdnb.engine.prune.select.masks import check_sparsity, masks_at
 from kdnb.engine.prune.select.patterns import parse_pattern, pattern_misfits
 
@@ -45,15 +45,14 @@ MARKER = "kdnb_pruned"  # attribute a pruned model carries: the list of prunings
 # "l1" for channels without data, or for a model whose channels group OBS cannot all score (see `_every_layer_scored`)
 DEFAULT_CRITERION = {False: "lamp", True: "thinet"}
 GRADUAL_CRITERION = "hessian"  # the best of bench/prune_sparsity.py's gradual schedules (masked, fine-tuned)
-# an N:M pattern re-solved on data: SparseGPT's N:M sweep (bench/prune_oneshot.py --part pattern, 2:4, 9 seeds:
-# cnn_bn 0.9684 vs 0.9663 for L1's choice, both re-solved; the MLP 0.9740 vs 0.9737)
+# an N:M pattern re-solved on data: SparseGPT's N:M sweep, ahead of L1's choice on both nets of
+# bench/prune_oneshot.py --part pattern
 PATTERN_CRITERION = "obs"
 DEFAULT_ROUNDS = 8  # re-scored cuts of a structured one-shot prune with reconstruction (bench/prune_oneshot.py)
 # single-weight criteria whose re-scored rounds keep only weights on an input-output path (`connected`; a single
 # cut is SparseGPT's sweep), and their default rounds in a one-shot prune with reconstruction from CONNECTED_FROM
-# sparsity on (bench/prune_sparsity.py, 20 epochs, 3 seeds: 1 cut / 16 rounds 90 % 0.986/0.983, 95 % 0.984/0.981,
-# 98 % 0.890/0.978; notebook 02's teacher without fine-tuning: 90 % 0.981/0.978, 95 % 0.967/0.972, 98 % 0.81/0.96,
-# the rounds costing 15x the time)
+# sparsity on, where the rounds win by far, with and without fine-tuning, at many times a cut's cost (below it a
+# single cut does as well: bench/prune_sparsity.py, and bench/prune_oneshot.py on notebook 02's teacher)
 CONNECTED, CONNECTED_ROUNDS, CONNECTED_FROM = ("obs",), 16, 0.98
 
 
@@ -112,6 +111,7 @@ def prune(
     structured: bool = False,
     scope: str = "global",
     max_layer_sparsity: float | None = None,
+    round_to: int | None = None,
     pattern: str | None = None,
     data: Iterable | None = None,
     val: Iterable | None = None,
@@ -192,8 +192,13 @@ def prune(
             the others (if none can give more, the sparsity reached stays below ``sparsity``, with a warning).
             Default None: 0.5 (`select.channels.MAX_LAYER_SPARSITY`) for the cost rankings ("macs" and "latency"'s
             cost-ranked cut), which alone would cut a costly layer to one channel (tutorial 03: the ResNet's
-            stem, 0.79 accuracy after fine-tuning against 0.975 with the cap, bench/prune_zoo.py --floor); no
+            stem, many points of accuracy lost after fine-tuning, bench/prune_zoo.py --floor); no
             cap but the one channel each layer keeps for "global" and "local".
+        round_to: structured: keep a multiple of this many channels in each layer (Torch-Pruning's ``round_to``),
+            restoring the best-scored of those the cut removed, so the sparsity reached may fall a little short.
+            Runtimes that compute in blocks of channels need it: ONNX Runtime's CPU convolutions run 8 or 16
+            channels at a time and fall back to a slower path otherwise, where a structurally pruned MobileNetV2
+            runs slower than the dense one (bench/export.py). None: 1.
         pattern: "N:M" semi-structured sparsity (unstructured only).
         data: training ``DataLoader``: statistics for the data criteria, calibration for reconstruction,
             slimming's L1 phase, fine-tuning, and (first batch) the example input for structured tracing.
@@ -273,6 +278,7 @@ def _check(model: nn.Module, options: dict[str, Any]) -> _Run:
     arguments.check_inputs(model, data, options["val"], record.statistic, trains, structured, options["example"])
     weights = prunable_weights(model)
     _check_pattern(model, options)
+    arguments.check_round_to(options["round_to"], structured)
     reconstruct = _check_reconstruct(options, steps)
     rounds = _check_rounds(options, reconstruct)
     example = options["example"]
@@ -444,12 +450,9 @@ def _fits_predictions(run: _Run) -> bool:
     unless asked for least squares, and only before a short fine-tuning (under `schedules.RESOLVE_BELOW` epochs).
 
     Only that last cut: the ones before it are re-scored by group OBS, whose costs hold for least-squares
-    consumers (3 seeds, notebook-02 teacher, 75 / 90 % of the hidden neurons: in every round 0.9749 / 0.9582, in
-    the last 0.9758 / 0.9656, least squares only 0.9749 / 0.9601). A short fine-tuning keeps the fit's gain (the
-    README's prune, LAMP 90 % then 2 epochs, 6 seeds: 0.9745 with it, 0.9721 without), a long one recovers less
-    from the sharper output layer (bench/prune_sparsity.py, the one-shot OBS start then 20 epochs, 3 seeds, 95 % /
-    98 %: 0.9768 / 0.9740 with it, 0.9842 / 0.9786 without); the crossover between 2 and 20 epochs is not
-    measured."""
+    consumers (fitting in every round lost accuracy on notebook 02's teacher, bench/prune_oneshot.py). A short
+    fine-tuning keeps the fit's gain (the README's prune), a long one recovers less from the sharper output layer
+    (bench/prune_sparsity.py, the one-shot OBS start); the crossover between 2 and 20 epochs is not measured."""
     return run.options["reconstruct"] != arguments.LEAST_SQUARES and run.finetune < schedules.RESOLVE_BELOW
 
 
@@ -535,11 +538,13 @@ def _removal(run: _Run, plain: nn.Module, scores: Scores, target: float, pruned:
     """The channels a structured cut removes. ``scope="latency"`` picks its ranking once, at the first cut, by
     timing both candidate cuts at the final sparsity on the example (`latency.choose`), and keeps it."""
     if run.scope != "latency":
-        return removed_channels(scores, target, run.scope, pruned, run.max_layer_sparsity)
-    if "ranking" not in run.options:
-        run.options["ranking"] = latency.choose(plain, scores, run.sparsity, example, run.max_layer_sparsity,
-                                                progress=run.phases.tracker("time"))
-    return latency.removal(scores, target, pruned, run.options["ranking"], run.max_layer_sparsity)
+        removed = removed_channels(scores, target, run.scope, pruned, run.max_layer_sparsity)
+    else:
+        if "ranking" not in run.options:
+            run.options["ranking"] = latency.choose(plain, scores, run.sparsity, example, run.max_layer_sparsity,
+                                                    progress=run.phases.tracker("time"))
+        removed = latency.removal(scores, target, pruned, run.options["ranking"], run.max_layer_sparsity)
+    return rounded(removed, scores, pruned, run.round_to) if run.round_to else removed
 
 
 def _groups(run: _Run, model: nn.Module, example: torch.Tensor) -> list:
