@@ -311,6 +311,51 @@ def check_fraction(name: str, value: Any, low: float = 0.0, high: float = 1.0, c
     return float(value)
 
 
+def check_sparsity(value: Any, name: str = "sparsity") -> float:
+    """A fraction of the prunable weights to remove, in [0, 1): `kdnb.prune`, `masks_at`, the sparsity explorer."""
+    return check_fraction(name, value, example="0.5")
+
+
+def check_sparsities(sparsities: Any) -> list[float]:
+    """A non-empty list of sparsities, each in [0, 1) (`kdnb.sensitivity`)."""
+    if isinstance(sparsities, (str, bytes)) or not isinstance(sparsities, Iterable):
+        raise KdnbError(f"sparsities should be a list of fractions in [0, 1), got {shown(sparsities)}; "
+                        "pass e.g. sparsities=[0.5, 0.9]")
+    sparsities = list(sparsities)
+    if not sparsities:
+        raise KdnbError("sparsities is empty; pass the sparsities to try, e.g. sparsities=[0.5, 0.9]")
+    return [check_sparsity(s, f"sparsities[{i}]") for i, s in enumerate(sparsities)]
+
+
+def check_layer_names(layers: Any) -> list[str] | None:
+    """None (every layer) or a non-empty list of parameter or layer names (`kdnb.sensitivity`)."""
+    if layers is not None and (isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable)
+                               or not list(layers) or not all(isinstance(n, str) for n in layers)):
+        raise KdnbError(f"layers should be None (every layer) or a non-empty list of names, got "
+                        f"{shown(layers)}; pass e.g. layers=['0.weight'] (see model.named_parameters())")
+    return None if layers is None else list(layers)
+
+
+def check_pattern(pattern: Any) -> None:
+    """None or an N:M pattern ``"N:M"`` with 0 < N < M (keep N of every M consecutive weights)."""
+    if pattern is None:
+        return
+    parts = pattern.split(":") if isinstance(pattern, str) else []
+    numbers = [int(p) for p in parts if p.strip().isdigit()] if len(parts) == 2 else []
+    if len(numbers) != 2 or not 0 < numbers[0] < numbers[1]:
+        raise KdnbError(f"pattern should be 'N:M' (keep N of every M consecutive weights, 0 < N < M), got "
+                        f"{shown(pattern)}; pass e.g. pattern='2:4' with sparsity=0.5")
+
+
+def check_temperature(value: Any) -> float:
+    """A distillation temperature: a finite number > 0 (`kdnb.distill`, `kdnb.prune`'s fine-tuning, the
+    temperature explorer)."""
+    if not is_number(value) or not 0 < value < math.inf:
+        raise KdnbError(f"temperature should be a positive number (soft labels are softmax(logits / T)), got "
+                        f"{shown(value)}; pass e.g. temperature=4.0")
+    return float(value)
+
+
 def check_count(name: str, value: Any, minimum: int = 0, example: str = "2") -> int:
     """An integer >= ``minimum`` (not a bool, a float or a string)."""
     if not is_integer(value) or value < minimum:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from kdnb.engine.checks import check_model, check_positive
+from kdnb.engine.checks import check_model, check_temperature
 from kdnb.engine.distill.losses import soft_labels
 from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import predict
@@ -69,7 +69,7 @@ class TemperatureExplorer(Explorer):
     def __init__(self, teacher: torch.nn.Module, samples: Any, *, temperature: float = 4.0,
                  classes: Sequence[str] | None = None, max_samples: int = 32):
         check_model(teacher, "teacher")
-        check_positive("temperature", temperature)
+        check_temperature(temperature)
         inputs, self.labels = first_samples(samples, max_samples)
         self.logits, _ = predict(teacher, [inputs])
         num_classes = self.logits.shape[1]

@@ -36,9 +36,7 @@ def _number(value: Any) -> bool:
 
 
 def check_weights(method: str, temperature: Any, alpha: Any, beta: Any) -> None:
-    if not _number(temperature) or temperature <= 0:
-        raise KdnbError(f"temperature should be a number > 0 (soft labels are softmax(logits / T)), "
-                        f"got {shown(temperature)}; pass e.g. temperature=4.0")
+    checks.check_temperature(temperature)
     if method == "dkd":
         for name, value in (("alpha", alpha), ("beta", beta)):
             if not _number(value) or value < 0:
