@@ -32,7 +32,6 @@ from kdnb.engine.serialize import file_size
 from kdnb.engine.table import Table
 from kdnb.widgets._support import Explorer, png
 
-CRITERIA = criteria.names()  # the registry: a criterion added there shows up in the dropdown
 MODES = {"unstructured": False, "structured": True}
 NUMBERS_STYLE = ("<style>.kdnb-sparsity-numbers td, .kdnb-sparsity-numbers th {padding: 1px 10px}"
                  ".kdnb-sparsity-numbers td + td, .kdnb-sparsity-numbers th + th {text-align: right}</style>")
@@ -95,13 +94,14 @@ class SparsityExplorer(Explorer):
         self.at(0.0)
 
     def _check_criterion(self, criterion: str) -> None:
-        if criterion not in CRITERIA:
-            raise KdnbError(f"unknown criterion {criterion!r}; {suggest(str(criterion), CRITERIA)}")
+        if criterion not in criteria.REGISTRY:  # the registry: a criterion registered there shows up here
+            raise KdnbError(f"unknown criterion {criterion!r}; {suggest(str(criterion), criteria.names())}")
 
     def _build(self, widgets: Any) -> Any:
         self.slider = widgets.FloatSlider(value=0.0, min=0.0, max=0.99, step=0.01, description="sparsity",
                                           readout_format=".0%", continuous_update=True, layout={"width": "460px"})
-        self.criterion = widgets.Dropdown(options=CRITERIA, value=self.setting["criterion"], description="criterion")
+        self.criterion = widgets.Dropdown(options=criteria.names(), value=self.setting["criterion"],
+                                          description="criterion")
         self.mode = widgets.ToggleButtons(options=list(MODES), value="structured" if self.setting["structured"]
                                           else "unstructured", style={"button_width": "105px"})
         self.table = widgets.HTML()

@@ -50,10 +50,11 @@ def hessian(weight: torch.Tensor, hessian_diag: torch.Tensor) -> torch.Tensor:
 
 
 def _hessian_diag(ctx: Context) -> dict[str, tuple]:
+    """The Hessian diagonal by the context's estimator: the empirical Fisher, or Hutchinson's."""
     if ctx.hessian_estimator == "fisher":
-        return ctx.with_weights(estimate.fisher_diagonal(ctx.model, ctx.data, samples=ctx.samples))  # type: ignore[arg-type]
+        return ctx.with_weights(estimate.fisher_diagonal(ctx.model, ctx.data, samples=ctx.samples))  # type: ignore
     return ctx.with_weights(estimate.hutchinson_diagonal(ctx.model, ctx.data, seed=ctx.seed,  # type: ignore[arg-type]
-                                                   samples=ctx.samples))
+                                                         samples=ctx.samples))
 
 
 GRAD_SQ = Statistic(name="grad_sq", needs_data=True, gradients=True, estimate=lambda ctx: ctx.with_weights(
