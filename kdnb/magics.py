@@ -21,7 +21,7 @@ import inspect
 import traceback
 import keyword
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError

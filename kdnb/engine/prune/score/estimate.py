@@ -19,7 +19,6 @@ from torch import nn
 
 from kdnb.engine import checks
 from kdnb.engine.device import eval_mode, model_device
-from kdnb.engine.objective import split_batch
 from kdnb.engine.prune.graph.groups import ChannelGroup, channel_scores
 from kdnb.errors import KdnbError, warn
 

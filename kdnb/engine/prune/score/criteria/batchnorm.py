@@ -11,7 +11,7 @@ from kdnb.engine import loop
 from kdnb.engine.loop import Settings
 from kdnb.engine.objective import StepOutput, Supervised
 from kdnb.engine.prune.graph.groups import BATCHNORM
-from kdnb.engine.prune.score.registry import Context, Criterion, Statistic, register
+from kdnb.engine.prune.score.registry import Criterion, Statistic, register
 from kdnb.errors import KdnbError
 
 
