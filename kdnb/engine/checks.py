@@ -387,16 +387,17 @@ def check_example(example: Any, what: str = "example", empty: bool = False) -> t
 
 
 def check_data_fits(model: torch.nn.Module, data: Any, what: str, labels: str | None = None,
-                    tensor: str | None = None) -> int | None:
+                    tensor: str | None = None, first: Any = None) -> int | None:
     """``data``'s first batch runs through ``model`` (eval mode, on the model's device, no RNG moved).
 
     ``labels`` (why they are needed: training, a gradient, an accuracy) asks for labelled batches and float
     logits (batch, classes) they are in range of. Without it only the inputs are read (scoring, calibration):
     any output will do (``tensor``, why one is needed, asks for a tensor), and labels are checked when the output
-    is logits. Returns the number of classes, when known."""
+    is logits. ``first``: the first batch, when the caller drew it already. Returns the number of classes, when
+    known."""
     check_loader(data, what)
     here = model_device(model)
-    batch = to_device(first_batch(data, what), here)
+    batch = to_device(first_batch(data, what) if first is None else first, here)
     x, y = check_batch(batch, what)
     if y is None and labels is not None:
         raise KdnbError(f"{what}'s batches have no labels, but {labels} needs them; pass a loader of "

@@ -169,7 +169,8 @@ def parse_prune(model: Any, sparsity: Any, data: Any, val: Any, *, criterion: An
         last = getattr(model, MARKER)[-1]
         raise KdnbError(f"this model is already pruned (sparsity {last['sparsity']:.4f}, {last['criterion']}); "
                         "pass prune_again=True to prune it further")
-    check_inputs(model, data, val, record.statistic, bool(finetune or control), structured, example)
+    first = checks.first_batch(data) if data is not None else None  # drawn once: checked, then traced
+    check_inputs(model, data, val, record.statistic, bool(finetune or control), structured, example, first)
     check_model_pattern(model, pattern, sparsity, structured)
     rebuild = parse_rebuild(reconstruct, rounds, data, plan, structured, record, sparsity, pattern,
                             calibration_samples)
@@ -178,8 +179,8 @@ def parse_prune(model: Any, sparsity: Any, data: Any, val: Any, *, criterion: An
         if example is None and data is None:
             raise KdnbError("structured pruning needs an example input to trace the model: pass data= "
                             "(its first batch is used) or example=torch.randn(1, ...)")
-    if example is None and data is not None:
-        example = split_batch(checks.first_batch(data))[0]
+    if example is None and first is not None:
+        example = split_batch(first)[0]
     fallback = ("l1" if structured else DEFAULT_CRITERION[False]) if criterion == "auto" else None
     cut = Cut(sparsity=sparsity, criterion=name, structured=structured, scope=scope, pattern=pattern,
               max_layer_sparsity=max_layer_sparsity, fallback=fallback, hessian_estimator=hessian_estimator,
@@ -341,17 +342,19 @@ def check_criterion(criterion: str, data: Iterable | None, model: nn.Module, str
 
 def check_inputs(model: nn.Module, data: Iterable | None, val: Iterable | None,
                  statistic: criteria.Statistic | None, trains: bool, structured: bool = False,
-                 example: torch.Tensor | None = None) -> None:
+                 example: torch.Tensor | None = None, first: Any = None) -> None:
     """The model against what it will be given: ``data``'s and ``val``'s first batch through it, labels where
     a gradient or a training run needs them, trainable parameters for those, a tensor output where structured
-    pruning compares outputs (an ``example`` the forward fails on is left to the tracer, which names the layer)."""
+    pruning compares outputs (an ``example`` the forward fails on is left to the tracer, which names the layer).
+    ``first``: ``data``'s first batch, when drawn already."""
     needs_gradients = (statistic is not None and statistic.gradients) or trains
     why = "fine-tuning" if trains else f"a gradient-based criterion ({statistic.name if statistic else None})"
     if needs_gradients:
         checks.check_trainable([p for p in model.parameters() if p.requires_grad])
     compared = "structured pruning (it compares the model's outputs)" if structured else None
     if data is not None:
-        checks.check_data_fits(model, data, "data", labels=why if needs_gradients else None, tensor=compared)
+        checks.check_data_fits(model, data, "data", labels=why if needs_gradients else None, tensor=compared,
+                               first=first)
     if example is not None and structured:
         with checks.eval_mode(model), torch.no_grad():
             try:
