@@ -164,7 +164,7 @@ def prune(
             the others (if none can give more, the sparsity reached stays below ``sparsity``, with a warning).
             Default None: 0.5 (`select.channels.MAX_LAYER_SPARSITY`) for the cost rankings ("macs" and "latency"'s
             cost-ranked cut), which alone would cut a costly layer to one channel (tutorial 03: the ResNet's
-            stem, 0.79 accuracy after fine-tuning against 0.975 with the cap, bench/prune_zoo.py --floor); no
+            stem, many points of accuracy lost after fine-tuning, bench/prune_zoo.py --floor); no
             cap but the one channel each layer keeps for "global" and "local".
         pattern: "N:M" semi-structured sparsity (unstructured only).
         data: training ``DataLoader``: statistics for the data criteria, calibration for reconstruction,

@@ -90,15 +90,12 @@ class Criterion:
         reads: structured, a channel's score sums the element scores of the weights that *read* it only (the
             next layers' input columns), not of those that produce it (its filter, bias, BatchNorm): removing a
             channel is exactly zeroing what reads it, whatever produced it. For wanda this is Wanda-sp (An et al.
-            2024). Measured (3 seeds, 8 rounds with reconstruction; whole group -> reading weights): on the
-            notebook-02 teacher, 75 % / 90 % of the hidden neurons removed, obs 0.973/0.946 -> 0.973/0.958,
-            wanda 0.968/0.936 -> 0.970/0.950, hessian 0.966/0.951 -> 0.975/0.944, while taylor, 0.973/0.940 ->
-            0.972/0.930, keeps its whole group; on cnn_bn (50/75/90 %) obs 0.885/0.561/0.312 -> 0.913/0.624/0.332,
-            wanda 0.900/0.620/0.355 -> 0.891/0.605/0.345 (bench/prune_oneshot.py).
+            2024). Set where reading weights beat the whole group in bench/prune_oneshot.py (obs, wanda, hessian on
+            the notebook-02 teacher; obs on cnn_bn); taylor keeps its whole group.
         raw_when_gradual: ``layerwise`` only for a one-shot cut; a gradual schedule ("iterative", "agp") ranks the
             raw scores globally: they estimate one loss, and with fine-tuning between the steps their uneven
-            allocation across layers wins (hessian to 98 % on LeNet-300-100, 3 seeds, 20 epochs, dense 0.983: agp
-            0.986 raw vs 0.977 normalised, 4 iterative rounds 0.970 vs 0.965; bench/prune_sparsity.py).
+            allocation across layers wins (hessian to 98 % on LeNet-300-100, agp and iterative:
+            bench/prune_sparsity.py).
     """
 
     name: str
