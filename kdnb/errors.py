@@ -18,11 +18,9 @@ class KdnbError(ValueError):
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:
-    """'did you mean 'x'?' for a close choice, else the list of choices: a unique choice the name begins
-    (``temp`` -> 'temperature'), else a near spelling (``critrion`` -> 'criterion', difflib's ratio >= 0.6)."""
+    """' (did you mean 'x'?)' when a close match exists, else the list of valid names."""
     choices = list(choices)
-    starts = [c for c in choices if c.startswith(name) and len(name) >= 3]
-    close = starts if len(starts) == 1 else difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
     if close:
         return f"did you mean {close[0]!r}?"
     return "choose from " + ", ".join(repr(c) for c in choices)
@@ -38,11 +36,10 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def first_line(error: BaseException, limit: int = 200) -> str:
-    """The first line of an error's message (torch's run to many lines; at most ``limit`` characters: a hostile
-    file's may be huge), or its type's name when it has none."""
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (torch's run to many lines), or its type's name when it has none."""
     text = str(error).strip()
-    return text.splitlines()[0][:limit] if text else type(error).__name__
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import inspect
 import traceback
 import keyword
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -29,7 +30,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from kdnb import env
-from kdnb.errors import KdnbError, first_line, is_integer, suggest
+from kdnb.errors import KdnbError, first_line, is_integer
 
 VERBS = ("distill", "prune")
 # The two options `kdnb.api.with_subscribers` adds to every verb.
@@ -74,6 +75,19 @@ def argument_help(verb: Callable[..., Any]) -> dict[str, str]:
         elif current and line.startswith(" " * 8):
             described.update({name: described[name] + " " + line.strip() for name in current})
     return {**SUBSCRIBER_HELP, **described}
+
+
+def close_match(name: str, choices: Iterable[str]) -> str:
+    """'did you mean 'x'?' for a close choice, else the list of choices: a unique option the name begins
+    (``--temp`` -> 'temperature'), else a near spelling (``--critrion`` -> 'criterion'); never a far one."""
+    choices = list(choices)
+    starts = [c for c in choices if c.startswith(name) and len(name) >= 3]
+    if len(starts) == 1:
+        return f"did you mean {starts[0]!r}?"
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.75)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return "choose from " + ", ".join(repr(c) for c in choices)
 
 
 _LAST_ERROR: list[BaseException] = []  # the last error a magic reported in one line, for %kdnb traceback
@@ -193,7 +207,7 @@ class VerbMagic:
             seen.add(option)
 
     def _unknown(self, name: str, where: str) -> None:
-        raise UsageError(f"%%{self.name}: unknown option {name!r} {where}; {suggest(name, self.params)}")
+        raise UsageError(f"%%{self.name}: unknown option {name!r} {where}; {close_match(name, self.params)}")
 
     def _line_source(self, name: str, text: str) -> tuple[str, ast.expr]:
         """A value on the magic's line is a Python expression; for a text option, a bare word or anything
@@ -251,7 +265,7 @@ class VerbMagic:
         except NameError as error:
             missing = getattr(error, "name", None) or str(error)
             hidden = getattr(self.shell, "user_ns_hidden", {})
-            hint = suggest(missing, [n for n in self.shell.user_ns if not n.startswith("_") and n not in hidden])
+            hint = close_match(missing, [n for n in self.shell.user_ns if not n.startswith("_") and n not in hidden])
             hint = hint if hint.startswith("did you mean") else "define it in a cell above first"
             raise UsageError(f"%%{self.name}: {where}: {name} = ...: name {missing!r} is not defined; {hint}") from None
         except Exception as error:  # noqa: BLE001 — any failure of the user's expression is reported in one line
@@ -298,7 +312,7 @@ class KdnbMagics(Magics):
         commands = {"version": self._version, "status": self._status, "help": self._help,
                     "traceback": self._traceback}
         if command not in commands:
-            raise UsageError(f"%kdnb {command}: unknown command; {suggest(command, commands)}")
+            raise UsageError(f"%kdnb {command}: unknown command; {close_match(command, commands)}")
         print(commands[command]())
 
     def _version(self) -> str:

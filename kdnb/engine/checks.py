@@ -148,6 +148,15 @@ def check_positive(name: str, value: Any, integer: bool = False) -> None:
                         f"{'5' if integer else '0.001'}")
 
 
+def check_temperature(temperature: Any) -> float:
+    """The T of soft labels softmax(logits / T): a finite number > 0. The one check of distill, prune's
+    fine-tuning by distillation and the temperature explorer."""
+    if not is_number(temperature) or not 0 < temperature < math.inf:
+        raise KdnbError(f"temperature should be a number > 0 (soft labels are softmax(logits / T)), "
+                        f"got {shown(temperature)}; pass e.g. temperature=4.0")
+    return float(temperature)
+
+
 def check_bool(name: str, value: Any) -> None:
     if not isinstance(value, (bool, np.bool_)):
         raise KdnbError(f"{name} should be True or False, got {shown(value)}; pass {name}=True or {name}=False")
@@ -345,15 +354,6 @@ def check_pattern(pattern: Any) -> None:
     if len(numbers) != 2 or not 0 < numbers[0] < numbers[1]:
         raise KdnbError(f"pattern should be 'N:M' (keep N of every M consecutive weights, 0 < N < M), got "
                         f"{shown(pattern)}; pass e.g. pattern='2:4' with sparsity=0.5")
-
-
-def check_temperature(value: Any) -> float:
-    """A distillation temperature: a finite number > 0 (`kdnb.distill`, `kdnb.prune`'s fine-tuning, the
-    temperature explorer)."""
-    if not is_number(value) or not 0 < value < math.inf:
-        raise KdnbError(f"temperature should be a positive number (soft labels are softmax(logits / T)), got "
-                        f"{shown(value)}; pass e.g. temperature=4.0")
-    return float(value)
 
 
 def check_count(name: str, value: Any, minimum: int = 0, example: str = "2") -> int:

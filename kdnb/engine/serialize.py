@@ -48,7 +48,7 @@ from torch.nn.utils import parametrize, prune
 from kdnb.engine.checks import check_model
 from kdnb import models
 from kdnb.engine.distributed import is_main_process
-from kdnb.errors import KdnbError, first_line
+from kdnb.errors import KdnbError
 from kdnb.engine.prune.graph.groups import attention_layers, update_heads
 from kdnb.models import Residual
 
@@ -337,7 +337,7 @@ def _meta_module(node: dict, path: str, file: str) -> nn.Module:
             return _EMPTY[cls]() if cls in _EMPTY else cls(**config)
     except (TypeError, ValueError, RuntimeError, OverflowError) as error:  # e.g. Dropout(p=2), a negative size
         raise _damaged(file, f"the {node['class']} at {_where(path)} cannot be built from its config "
-                             f"{node['config']} ({first_line(error)})") from None
+                             f"{node['config']} ({_first_line(error)})") from None
 
 
 def _node(spec: dict, path: str) -> dict | None:
@@ -430,7 +430,7 @@ def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], resizes: list
                 tensor.copy_(values[key])
         if not isinstance(error, (RuntimeError, TypeError)):
             raise  # the skeleton's own code failed: its own traceback says where
-        raise KdnbError(f"cannot load {file!r} into model=: {first_line(error)}; pass a fresh model=YourNet() "
+        raise KdnbError(f"cannot load {file!r} into model=: {_first_line(error)}; pass a fresh model=YourNet() "
                         "built as when saved") from None
 
 
@@ -535,6 +535,11 @@ def _damaged(file: str, what: str) -> KdnbError:
                      "(or use a backup copy)")
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def _read(path: Path) -> dict:
     file = str(path)
     try:
@@ -570,7 +575,7 @@ def _check_zip(path: Path, file: str) -> None:
             compressed = any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist())
             bad = None if compressed else archive.testzip()  # never inflate: a zip bomb stays unopened
     except Exception as error:  # noqa: BLE001 - zipfile raises many types on a broken archive
-        raise _damaged(file, f"it is truncated or its zip archive is broken ({first_line(error)})") from None
+        raise _damaged(file, f"it is truncated or its zip archive is broken ({_first_line(error)})") from None
     if compressed:
         raise _damaged(file, "its zip archive holds compressed records, which torch.save never writes")
     if bad is not None:
