@@ -6,7 +6,8 @@ can trace it. Shape attributes that structured pruning changes (``SelfAttention.
 ``dim``) are read off the parameters, so a pruned model still describes itself.
 
 - MLPs and CNNs: `mlp`, `lenet_300_100`, `cnn1d`, `cnn_bn`, `resnet_small`, `mobile_cnn`, `resnext_small`
-  (grouped convs), `convnext_small` (depthwise 7x7, LayerNorm2d, layer scale);
+  (grouped convs), `convnext_small` (depthwise 7x7, LayerNorm2d, layer scale); `resnet18` and `resnet50` at
+  torchvision's sizes;
 - transformers: `vit_tiny` (the 8x8 digits as 16 patches; ~0.95 validation accuracy after 20 epochs,
   ~15 s on one CPU thread: bench/prune_zoo.py) and `gpt_tiny` (a causal language model).
 """
@@ -130,6 +131,50 @@ def resnet_small(num_classes: int = 10, *, width: int = 16, in_channels: int = 1
             cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
     return nn.Sequential(*layers)
+
+
+def _bottleneck(cin: int, mid: int, stride: int) -> Residual:
+    """ResNet-50's bottleneck block (1x1 reduce, 3x3 at ``stride``, 1x1 expand to 4 x ``mid``), torchvision's v1.5."""
+    cout = 4 * mid
+    body = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+                         *_conv_bn(mid, mid, stride), nn.ReLU(),
+                         nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+    return Residual(body, _shortcut(cin, cout, stride))
+
+
+def _imagenet_resnet(blocks: Sequence[int], bottleneck: bool, num_classes: int, in_channels: int,
+                     width: int) -> nn.Sequential:
+    """He et al. 2016's ImageNet ResNet: a 7x7/2 stem and 3x3/2 max-pool, four stages of residual blocks at
+    ``width`` x 1, 2, 4, 8 (the first block of the last three strided), global pool, Linear."""
+    _check_widths(num_classes=num_classes, in_channels=in_channels, width=width)
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),
+                               nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1)]
+    cin = width
+    for stage, count in enumerate(blocks):
+        mid = width * 2 ** stage
+        for block in range(count):
+            stride = 2 if stage > 0 and block == 0 else 1
+            if bottleneck:
+                layers.append(_bottleneck(cin, mid, stride))
+                cin = 4 * mid
+            else:
+                body = nn.Sequential(*_conv_bn(cin, mid, stride), nn.ReLU(), *_conv_bn(mid, mid))
+                layers.append(Residual(body, _shortcut(cin, mid, stride)))
+                cin = mid
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def resnet18(num_classes: int = 1000, *, in_channels: int = 3, width: int = 64) -> nn.Sequential:
+    """torchvision's ``resnet18`` layer for layer (11.69 M parameters at the defaults; basic blocks 2-2-2-2), as
+    one ``nn.Sequential`` of `Residual` blocks: the size a practitioner prunes (bench/prune_scale.py)."""
+    return _imagenet_resnet((2, 2, 2, 2), False, num_classes, in_channels, width)
+
+
+def resnet50(num_classes: int = 1000, *, in_channels: int = 3, width: int = 64) -> nn.Sequential:
+    """torchvision's ``resnet50`` layer for layer (25.56 M parameters at the defaults; bottleneck blocks 3-4-6-3,
+    stride in the 3x3 as v1.5), as one ``nn.Sequential`` of `Residual` blocks (bench/prune_scale.py)."""
+    return _imagenet_resnet((3, 4, 6, 3), True, num_classes, in_channels, width)
 
 
 def mobile_cnn(num_classes: int = 10, *, width: int = 32, in_channels: int = 1) -> nn.Sequential:

@@ -330,7 +330,7 @@ def test_measure_with_a_bad_example(example, names):
 
 # ---- in-place atomicity: a failure at any phase gives the model back exactly as it came ----
 
-from kdnb.engine.prune.score import calibration as calibration_module  # noqa: E402
+from kdnb.engine.prune.score import stream as stream_module  # noqa: E402
 from kdnb.engine.prune.score import estimate as estimate_module  # noqa: E402
 from kdnb.engine.prune import pipeline  # noqa: E402
 from torch.nn.utils import parametrize  # noqa: E402
@@ -381,7 +381,7 @@ def phases(error):
     return [
         ("gradient statistics", {"criterion": "taylor"}, (estimate_module, "squared_gradients", fail(error))),
         ("hessian diagonal", {"criterion": "hessian"}, (estimate_module, "fisher_diagonal", fail(error))),
-        ("calibration pass", {"criterion": "obs"}, (calibration_module, "layer_statistics", fail(error))),
+        ("calibration pass", {"criterion": "obs"}, (stream_module, "statistics", fail(error))),
         ("masking", {}, (pipeline, "apply_masks", after(pipeline.apply_masks, fail(error)))),
         ("reconstruction", {}, (pipeline, "reconstruct_layers", after(pipeline.reconstruct_layers, fail(error)))),
         ("fine-tuning", {"finetune": 2, "callbacks": [StopAt(error, at=3)]}, None),

@@ -24,7 +24,7 @@ from kdnb.engine.loop import Settings
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune.graph.groups import PRUNABLE, check_structured_support
 from kdnb.engine.prune.result import PruneResult
-from kdnb.engine.prune.schedule import decay, schedules
+from kdnb.engine.prune.schedule import budget, decay, schedules
 from kdnb.engine.prune.score import calibration, criteria
 from kdnb.engine.prune.score.estimate import ESTIMATORS
 from kdnb.engine.prune.select.latency import PRUNE_SCOPES
@@ -181,6 +181,10 @@ def parse_prune(model: Any, sparsity: Any, data: Any, val: Any, *, criterion: An
                             "(its first batch is used) or example=torch.randn(1, ...)")
     if example is None and first is not None:
         example = split_batch(first)[0]
+    if rounds is None and rebuild.rounds > 1 and structured:  # as many as their calibration passes afford: eight
+        # on the tutorials' networks, one on a ResNet at 224x224 (`budget.ROUNDS_FLOPS`)
+        rebuild = dataclasses.replace(rebuild, rounds=budget.affordable_rounds(model, example, data,
+                                                                               calibration_samples, rebuild.rounds))
     fallback = ("l1" if structured else DEFAULT_CRITERION[False]) if criterion == "auto" else None
     cut = Cut(sparsity=sparsity, criterion=name, structured=structured, scope=scope, pattern=pattern,
               max_layer_sparsity=max_layer_sparsity, fallback=fallback, hessian_estimator=hessian_estimator,

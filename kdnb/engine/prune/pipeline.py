@@ -3,6 +3,7 @@ schedule says: score -> select -> rebuild (re-solve what is kept), fine-tune, an
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ from kdnb.engine.prune.cut.channels import remove_channels
 from kdnb.engine.prune.cut.masks import apply_masks, clone, comparable, connected, current_masks, make_permanent
 from kdnb.engine.prune.graph.groups import (channel_groups, dependency_graph, keep_vectors, masks_from_keep,
                                             prunable_count, prunable_weights)
+from kdnb.engine.prune import phases
 from kdnb.engine.prune.options import CONNECTED, MARKER, PruneOptions, parse_prune
+from kdnb.engine.prune.phases import Phases
 from kdnb.engine.prune.rebuild.reconstruct import reconstruct as reconstruct_layers
 from kdnb.engine.prune.result import PruneResult
 from kdnb.engine.prune.schedule import decay, schedules
@@ -61,6 +64,8 @@ class Run:
     home: torch.device
     dense: nn.Module
     work: nn.Module
+    phases: Phases  # "calibrate", "score", "rebuild", "delete", "time"
+    started: float = field(default_factory=time.perf_counter)
     removed: dict[str, torch.Tensor] = field(default_factory=dict)
     runs: list[History] = field(default_factory=list)
     trajectory: list[dict[str, float | None]] = field(default_factory=list)
@@ -231,7 +236,8 @@ def _prepare(model: nn.Module, options: PruneOptions, data: Iterable | None, val
     """The dense reference, the working copy on the run's device, slimming's training phase."""
     weights, home, dense = prunable_weights(model), model_device(model), clone(model)
     work = make_permanent(model if options.inplace else clone(model)).to(options.settings.device)
-    run = Run(options, data, val, criteria.REGISTRY[options.cut.criterion], weights, home, dense, work)
+    run = Run(options, data, val, criteria.REGISTRY[options.cut.criterion], weights, home, dense, work,
+              Phases(work, options.settings.callbacks))
     statistic = run.record.statistic
     if statistic is not None and statistic.trains:
         slimming_phase(run.work, data, epochs=options.cut.slimming_epochs, l1=options.cut.slimming_l1,
@@ -301,8 +307,8 @@ def _cut(run: Run, target: float, resolve: bool, predictions: bool = False) -> f
     apply_masks(run.work, masks)
     if reference is not None:  # rebuild; OBS's sweep re-chooses a single cut's masks, re-scored rounds keep theirs
         reselect = run.record.reselect and not cut.structured and rebuild.rounds == 1
-        reconstruct_layers(run.work, reference, run.data, rebuild.calibration_samples,
-                           reselect=reselect, pattern=cut.nm, predictions=predictions)
+        reconstruct_layers(run.work, reference, run.data, rebuild.calibration_samples, reselect=reselect,
+                           pattern=cut.nm, predictions=predictions, progress=run.phases.tracker("rebuild"))
         distributed.broadcast_from_main(run.work.state_dict().values())  # rank 0's re-solved weights everywhere
     reached = _masked_sparsity(run.work, run.weights, run.total)
     run.trajectory.append({"target": target, "sparsity": reached, "val_acc": run.accuracy(run.work),
@@ -314,7 +320,7 @@ def _scored(run: Run, plain: nn.Module, example: torch.Tensor | None) -> Scores:
     """`Scores` of ``plain`` by the run's criterion, with the run's data, seed, estimator and calibration samples."""
     cut = run.options.cut
     return compute_scores(plain, run.record, run.data, cut.structured, example, run.options.settings.seed,
-                          cut.hessian_estimator, run.options.rebuild.calibration_samples)
+                          cut.hessian_estimator, run.options.rebuild.calibration_samples, run.phases)
 
 
 def _every_layer_scored(run: Run, plain: nn.Module, scores: Scores, example: torch.Tensor | None) -> Scores:
@@ -346,7 +352,8 @@ def _removal(run: Run, plain: nn.Module, scores: Scores, target: float, pruned: 
     if cut.scope != "latency":
         return removed_channels(scores, target, cut.scope, pruned, cut.max_layer_sparsity)
     if run.ranking is None:
-        run.ranking = latency.choose(plain, scores, cut.sparsity, example, cut.max_layer_sparsity)
+        run.ranking = latency.choose(plain, scores, cut.sparsity, example, cut.max_layer_sparsity,
+                                     progress=run.phases.tracker("time"))
     return latency.removal(scores, target, pruned, run.ranking, cut.max_layer_sparsity)
 
 
@@ -414,7 +421,8 @@ def _result(run: Run) -> PruneResult:
     if cut.structured:
         make_permanent(work)
         try:
-            remove_channels(work, run.removed, example.to(model_device(work)))  # type: ignore[union-attr]
+            remove_channels(work, run.removed, example.to(model_device(work)),  # type: ignore[union-attr]
+                            progress=run.phases.tracker("delete"))
         except KeyboardInterrupt:  # half-deleted layers are no model; an in-place prune is restored at the entry
             raise KeyboardInterrupt("prune was interrupted while deleting the removed channels; nothing was "
                                     "changed") from None
@@ -437,7 +445,9 @@ def _result(run: Run) -> PruneResult:
                        example=example.cpu() if example is not None else None, control=control_model,
                        channels=_channels(run.dense, work) if cut.structured else {},
                        reconstructed=run.options.rebuild.reconstruct, pattern=cut.pattern, ranking=run.ranking,
-                       max_layer_sparsity=_layer_cap(run))
+                       max_layer_sparsity=_layer_cap(run),
+                       cost=phases.cost(run.started, run.dense,
+                                        run.data is not None and run.options.rebuild.reconstruct))
 
 
 def _layer_cap(run: Run) -> float | None:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from kdnb.engine.history import History
+from kdnb.engine.prune.phases import cost_line
 from kdnb.engine.prune.cut.masks import clone, make_permanent
 from kdnb.engine.prune.graph.groups import prunable_weights
 from kdnb.engine.prune.inference import export
@@ -65,6 +66,7 @@ class PruneResult(Result):
     pattern: str | None = None
     ranking: str | None = None
     max_layer_sparsity: float | None = None
+    cost: dict[str, float] | None = None  # the prune's seconds and peak memory (`phases.cost`)
     _comparison: Any = field(default=None, compare=False)  # see Result.comparison
 
     def export(self, fold_batchnorm: bool = True, channels_last: bool = True,
@@ -129,7 +131,7 @@ class PruneResult(Result):
         pruned = rows["pruned"]
         notes = [f"compression ratio (dense params / pruned nonzero params): {format_value(pruned['params_x'])}x",
                  f"theoretical speed-up (dense MACs / pruned nonzero MACs): {format_value(pruned['macs_x'])}x",
-                 comparison.latency_line()]
+                 *([cost_line(self.cost)] if self.cost is not None else []), comparison.latency_line()]
         if self.history.status != "completed" and self.history.message:  # where it stopped, and what was kept
             notes.append(self.history.message)
         if self.pattern is not None:

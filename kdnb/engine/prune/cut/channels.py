@@ -6,6 +6,8 @@ BatchNorm, the next layers' inputs, the other branches of residual adds and dept
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -21,7 +23,8 @@ def _outputs(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
         return model(example)
 
 
-def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example: torch.Tensor) -> nn.Module:
+def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example: torch.Tensor,
+                    progress: Callable[[int, int], None] | None = None) -> nn.Module:
     """Delete, in place, the units ``removed[layer]`` (True = remove) of each group rooted at ``layer`` (a unit is
     a channel, or the channels that go together: one position of every group of a grouped conv, one head).
 
@@ -35,7 +38,9 @@ def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example:
     layouts, _ = attention_layers(model)
     grouped = grouped_attention(layouts)  # GQA: whole key/value groups
     ties = _tied_parameters(model)
-    for root, gone in removed.items():
+    for done, (root, gone) in enumerate(removed.items()):
+        if progress is not None:  # ``progress(done, groups)`` before each group and after the last
+            progress(done, len(removed))
         if units.get(root) is not None:
             gone = gone[units[root]]  # unit -> its channels
         idxs = torch.nonzero(gone).flatten().tolist()
@@ -50,6 +55,8 @@ def remove_channels(model: nn.Module, removed: dict[str, torch.Tensor], example:
     update_heads(layouts)
     _tie_again(ties)
     _check_outputs(model, example, expected)
+    if progress is not None:
+        progress(len(removed), len(removed))
     return model
 
 

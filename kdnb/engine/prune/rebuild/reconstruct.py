@@ -24,19 +24,27 @@ model's predictions (`kdnb.engine.prune.rebuild.output_refit`), never ending abo
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
 from kdnb.errors import warn
-from kdnb.engine.prune.rebuild.output_refit import output_data, refit_output
-from kdnb.engine.prune.score.calibration import (DAMP, SAMPLES, calibration_batches, forward_order, group_statistics,
-                                                 grouped, input_channel_order, layer_statistics, solvable)
+from kdnb.engine.prune.rebuild.output_refit import fits, refit_output
+from kdnb.engine.prune.score.calibration import (DAMP, SAMPLES, calibration_batches, forward_order, grouped,
+                                                 input_channel_order, solvable)
 from kdnb.engine.prune.score.estimate import tied_names
+from kdnb.engine.prune.score.linalg import inverse_factor
+from kdnb.engine.prune.score.stream import Lockstep, lockstep, statistics
 
 _BLOCK_BYTES = 64 * 2**20  # bound on the (rows x k x k) fp64 systems solved at once
+# The exact per-row re-solve runs where its modelled cost is at most 1/EXACT_FACTOR of the refined sweep's: its
+# batched Cholesky factors of small systems ran 13-80x slower per modelled multiply-add than the sweep's products,
+# for 0.0-0.4 % less squared error (bench/prune_scale.py --part solve, random layers of 256-1152 inputs, shared box)
+EXACT_FACTOR = 16.0
+EXACT_BELOW = 2**26  # multiply-adds under which the exact solve always runs (a fraction of a second)
+REFINE_STEPS = 10  # conjugate-gradient steps after the sweep (`_refine`)
 
 
 def _weight(module: nn.Module) -> torch.Tensor:
@@ -62,10 +70,25 @@ def row_errors(weights: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, t
 
 def solve_rows(gram: torch.Tensor, cross: torch.Tensor, support: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
     """Least squares of every row on its support (``support[r, j]`` True = input ``j`` kept, last column the
-    bias), damped by ``damp`` x mean diag(``gram``); rows sharing a support size are solved in one batch."""
+    bias), damped by ``damp`` x mean diag(``gram``), exactly: rows sharing a support (a structured refit: all of
+    them) share one Cholesky factor, the others are batched by support size.
+
+    Cost: ``sum over distinct supports of k^3 / 3 + rows k^2`` (``k`` kept inputs): SparseGPT's ``O(d^3 + rows
+    d^2)`` when the rows share their supports, up to ``rows k^3 / 3`` when each row has its own (`exact_cost`;
+    `resolve_rows` then takes `sweep_rows` instead)."""
     rows, width = support.shape
     solution = torch.zeros(rows, width, dtype=torch.float64, device=gram.device)
     lam = damp * float(gram.diagonal().mean()) if damp else 0.0
+    patterns, which = torch.unique(support, dim=0, return_inverse=True)
+    if len(patterns) * 4 <= rows:  # few distinct supports: one factor each, every row of it a right-hand side
+        for p, pattern in enumerate(patterns):
+            index = torch.nonzero(pattern).flatten()
+            if len(index):
+                chosen = torch.nonzero(which == p).flatten()
+                system = gram[index[:, None], index[None, :]]
+                system.diagonal().add_(lam)
+                solution[chosen[:, None], index] = _solve(system, cross[index][:, chosen]).T
+        return solution
     counts = support.sum(1)
     for k in counts.unique().tolist():
         if k == 0:
@@ -78,13 +101,106 @@ def solve_rows(gram: torch.Tensor, cross: torch.Tensor, support: torch.Tensor, d
             system = gram[index[:, :, None], index[:, None, :]]
             system.diagonal(dim1=1, dim2=2).add_(lam)
             rhs = cross.T[sel[:, None], index].unsqueeze(-1)
-            factor, info = torch.linalg.cholesky_ex(system)
-            if bool(info.any()):  # not positive definite (no damping, too few samples): least squares instead
-                values = torch.linalg.lstsq(system, rhs).solution.squeeze(-1)
-            else:
-                values = torch.cholesky_solve(rhs, factor).squeeze(-1)
-            solution[sel[:, None], index] = values
+            solution[sel[:, None], index] = _solve(system, rhs).squeeze(-1)
     return solution
+
+
+def _solve(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``system^-1 rhs`` by Cholesky; by least squares where ``system`` is not positive definite (no damping,
+    too few samples)."""
+    factor, info = torch.linalg.cholesky_ex(system)
+    if bool(info.any()):
+        return torch.linalg.lstsq(system, rhs).solution
+    return torch.cholesky_solve(rhs, factor)
+
+
+def exact_cost(support: torch.Tensor) -> float:
+    """Multiply-adds of `solve_rows` on ``support``: a Cholesky per distinct support and a solve per row."""
+    counts = support.sum(1).double()
+    distinct = len(torch.unique(support, dim=0)) if support.shape[0] > 1 else 1
+    if distinct * 4 <= support.shape[0]:
+        return float(distinct * counts.max() ** 3 / 3 + (counts ** 2).sum())
+    return float((counts ** 3 / 3 + counts ** 2).sum())
+
+
+def sweep_cost(support: torch.Tensor) -> float:
+    """Multiply-adds of `sweep_rows`: SparseGPT's ``d^3`` (the factor of the inverse Hessian) plus ``rows d^2`` for
+    the sweep and for each refining step."""
+    rows, width = support.shape
+    return float(width ** 3 + (1 + REFINE_STEPS) * rows * width ** 2)
+
+
+def resolve_rows(gram: torch.Tensor, cross: torch.Tensor, support: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
+    """The rows re-solved on their supports: exactly (`solve_rows`) where that costs at most `sweep_rows`
+    (SparseGPT's sweep, refined), whose batched Cholesky factors of small systems run about `EXACT_FACTOR` times
+    slower per multiply-add than its matrix products, or costs under `EXACT_BELOW` anyway; the sweep elsewhere.
+    Cost: ``O(d^3 + rows d^2)``."""
+    cost = exact_cost(support)
+    if cost <= EXACT_BELOW or EXACT_FACTOR * cost <= sweep_cost(support):
+        return solve_rows(gram, cross, support, damp)
+    return sweep_rows(gram, cross, support, damp)
+
+
+@torch.no_grad()
+def sweep_rows(gram: torch.Tensor, cross: torch.Tensor, support: torch.Tensor, damp: float = DAMP,
+               blocksize: int = 128) -> torch.Tensor:
+    r"""The rows fitted on their supports by SparseGPT's lazy-batch OBS sweep (Frantar & Alistarh 2023, Alg. 1,
+    the mask given): start from the unconstrained least squares :math:`W^* = C^	op (G + \lambda I)^{-1}`, whose
+    masked error is the squared distance to :math:`W^*` in the metric :math:`G`; then visit the columns in order,
+    zero the pruned weight ``q`` of every row and move the later columns by OBS's update
+    :math:`-rac{w_q}{U_{qq}} U_{q,q:}` (``U`` the upper Cholesky factor of :math:`(G+\lambda I)^{-1}`), in blocks
+    of ``blocksize`` columns whose updates to the rest are one matrix product. Not the exact per-row optimum
+    (a kept weight is never moved for a later column's removal), which `solve_rows` is: `_refine`'s conjugate
+    gradients then close the gap.
+
+    ``U`` is `linalg.inverse_factor` (fp32, damped by ``damp`` x mean diag, more where the factor fails).
+    Cost: ``2 d^3 / 3 + (1 + REFINE_STEPS) rows d^2`` multiply-adds; memory ``d^2 + rows d``.
+    """
+    width = gram.shape[0]
+    dead = gram.diagonal() == 0
+    h = gram.clone()
+    h[dead, dead] = 1.0
+    upper = inverse_factor(h, damp)
+    solution = (cross.T.to(upper) @ upper.T) @ upper  # W* = C^T H^-1, H^-1 = U^T U
+    solution[:, dead] = 0.0
+    pruned = ~support
+    for start in range(0, width, blocksize):
+        end = min(start + blocksize, width)
+        block, inverse = solution[:, start:end].clone(), upper[start:end, start:end]
+        errors = torch.zeros_like(block)
+        for i in range(end - start):
+            error = torch.where(pruned[:, start + i], block[:, i], 0.0) / inverse[i, i]
+            block[:, i:] -= error[:, None] * inverse[i, i:][None, :]
+            errors[:, i] = error
+        solution[:, start:end] = block
+        solution[:, end:] -= errors @ upper[start:end, end:]
+    return _refine(torch.where(support, solution, 0.0), gram, cross, support, damp).double()
+
+
+def _refine(start: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, support: torch.Tensor, damp: float,
+            steps: int = REFINE_STEPS) -> torch.Tensor:
+    r"""``steps`` of conjugate gradients from ``start`` on every row's least squares restricted to its support,
+    all rows at once, preconditioned by the diagonal (Jacobi): :math:`\min_{w_r} w_r^	op H w_r - 2 w_r^	op c_r`,
+    :math:`H = G + \lambda I`. From the sweep, 10 steps reach the exact solve's error to 0.5 % (random layers of
+    256 and 1152 inputs, 20-80 % kept: bench/prune_scale.py --solve). Cost: ``rows d^2`` per step, fp32."""
+    h = gram.float()
+    h.diagonal().add_(damp * float(gram.diagonal().mean()))
+    keep = support.to(h)
+    w = start.to(h) * keep
+    residual = (cross.T.to(h) - w @ h) * keep  # minus the gradient
+    inverse_diagonal = 1.0 / h.diagonal().clamp_min(torch.finfo(h.dtype).tiny)
+    z = residual * inverse_diagonal
+    direction, rz = z.clone(), (residual * z).sum(1)
+    for _ in range(steps):
+        q = (direction @ h) * keep
+        alpha = rz / (direction * q).sum(1).clamp_min(torch.finfo(h.dtype).tiny)
+        w += alpha[:, None] * direction
+        residual -= alpha[:, None] * q
+        z = residual * inverse_diagonal
+        new = (residual * z).sum(1)
+        direction = z + (new / rz.clamp_min(torch.finfo(h.dtype).tiny))[:, None] * direction
+        rz = new
+    return w
 
 
 @torch.no_grad()
@@ -137,7 +253,7 @@ def _refit(current: torch.Tensor, support: torch.Tensor, gram: torch.Tensor, cro
     dead = gram.diagonal() == 0  # inputs never non-zero on the calibration set: their weights stay as they are
     if rows < support.shape[1]:  # underdetermined: at least SparseGPT's damping
         damp = max(damp, DAMP)
-    solved = solve_rows(gram, cross, support & ~dead, damp)
+    solved = resolve_rows(gram, cross, support & ~dead, damp)
     solved[:, dead] = current[:, dead]
     energy = torch.zeros(len(current), dtype=torch.float64, device=gram.device)  # ||y_r||^2 cancels in the comparison
     better = row_errors(solved, gram, cross, energy) < row_errors(current, gram, cross, energy)
@@ -197,7 +313,7 @@ def _refit_output_layer(module: nn.Linear, inputs: torch.Tensor, target: torch.T
 
 def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int = SAMPLES,
                 damp: float = DAMP, reselect: bool = False, pattern: tuple[int, int] | None = None,
-                predictions: bool = True) -> nn.Module:
+                predictions: bool = True, progress: Callable[[int, int], None] | None = None) -> nn.Module:
     """Re-solve every Linear/Conv layer of ``model`` (masked or with zeroed channels; a grouped conv one
     conv-group at a time) against ``dense``, in forward order, on the first ``samples`` samples of ``data``; in
     place, returns ``model``.
@@ -207,42 +323,76 @@ def reconstruct(model: nn.Module, dense: nn.Module, data: Iterable, samples: int
     N:M. ``predictions``: the Linear whose outputs are the model's is then re-solved for the dense model's
     predicted distribution (`kdnb.engine.prune.rebuild.output_refit`), which the least squares only approximates.
 
-    Cost: one forward pass of the calibration set per layer, and a ``(d+1) x (d+1)`` fp64 Gram matrix
-    (``d`` = the layer's inputs, ``in_channels x kernel`` for a conv) plus ``(d+1) x out`` per layer at a time.
+    ``progress(done, total)`` is called after each layer.
+
+    Cost: one forward pass of the calibration set through ``model`` and one through ``dense`` in all
+    (`stream.Lockstep`), each layer's Gram matrix (`stream.statistics`: ``rows x d^2``, rows subsampled), and its
+    re-solve (`solve_rows`: at most SparseGPT's ``O(d^3 + out d^2)``). Memory: the activations live at the current
+    layer, and one layer's ``(d+1) x (d+1)`` fp64 Gram matrix plus ``(d+1) x out`` at a time (``d`` = the layer's
+    inputs, ``in_channels x kernel`` for a conv).
     """
     batches = calibration_batches(data, samples)
     count = sum(len(x) for x in batches)
     tied = tied_names(model)  # a shared weight cannot be re-solved for two layers at once: it keeps its masking
-    order = forward_order(model, batches[0])
-    for name in order:
-        module = model.get_submodule(name)
-        if not (solvable(module) or grouped(module)) or f"{name}.weight" in tied or f"{name}.weight_orig" in tied:
-            continue
-        output = output_data(model, dense, name, batches) if predictions and name == order[-1] \
-            and isinstance(module, nn.Linear) else None
-        statistics = layer_statistics if solvable(module) else group_statistics
-        gram, cross, rows = statistics(model, name, batches, dense)
-        if rows < gram.shape[-1]:
-            warn(f"calibration has {count} samples ({rows} input rows) for layer {name!r} with {gram.shape[-1]} "
-                 "inputs: its least squares is underdetermined and is damped; pass more data for a better fit",
-                 RuntimeWarning)
-        if reselect and solvable(module) and isinstance(getattr(module, "weight_mask", None), torch.Tensor):
-            mask = module.weight_mask
-            flat = _weight(module).detach().reshape(mask.shape[0], -1)
-            if pattern:  # a pattern groups a conv's input channels: sweep in that order, then put them back
-                columns = input_channel_order(mask.shape).to(gram.device)  # (the bias column left out)
-                chosen = sparsegpt(flat[:, columns], gram[columns][:, columns], 1.0 - float(mask.float().mean()),
-                                   pattern, damp=damp)
-                keep = torch.empty_like(chosen)
-                keep[:, columns] = chosen
-            else:
-                keep = sparsegpt(flat, gram[:-1, :-1], 1.0 - float(mask.float().mean()), damp=damp)  # no bias column
-            mask.copy_(keep.view_as(mask).to(mask))
-        masked = _masked(module) if output is not None else None  # what plain masking leaves, for the comparison
-        reconstruct_layer(module, gram, cross, rows, damp)
-        if output is not None:
-            _refit_output_layer(module, *output, masked)
+    order = forward_order(model, batches[0][:1])  # one sample shows the order
+    visited = [name for name in order if (solvable(model.get_submodule(name)) or grouped(model.get_submodule(name)))
+               and f"{name}.weight" not in tied and f"{name}.weight_orig" not in tied]
+    if progress is not None:
+        progress(0, len(visited))
+    with lockstep(model, visited, batches) as pruned, lockstep(dense, visited, batches, output=True) as target:
+        for done, name in enumerate(visited):
+            module = model.get_submodule(name)
+            inputs, outputs = pruned.at(name), target.at(name)
+            gram, cross, rows = statistics(module, inputs, outputs)
+            if rows < gram.shape[-1]:
+                warn(f"calibration has {count} samples ({rows} input rows) for layer {name!r} with "
+                     f"{gram.shape[-1]} inputs: its least squares is underdetermined and is damped; pass more data "
+                     "for a better fit", RuntimeWarning)
+            if reselect and solvable(module) and isinstance(getattr(module, "weight_mask", None), torch.Tensor):
+                _reselect(module, gram, pattern, damp)
+            output = _output_rows(module, inputs, outputs, target) if predictions and name == order[-1] \
+                and isinstance(module, nn.Linear) else None
+            masked = _masked(module) if output is not None else None  # what plain masking leaves, for the comparison
+            reconstruct_layer(module, gram, cross, rows, damp)
+            if output is not None:
+                _refit_output_layer(module, *output, masked)
+            del gram, cross
+            pruned.release(name)
+            target.release(name)
+            if progress is not None:
+                progress(done + 1, len(visited))
     return model
+
+
+def _reselect(module: nn.Module, gram: torch.Tensor, pattern: tuple[int, int] | None, damp: float) -> None:
+    """Re-choose a masked layer's mask at the sparsity it has by `sparsegpt` (N:M with ``pattern``)."""
+    mask = module.weight_mask
+    flat = _weight(module).detach().reshape(mask.shape[0], -1)
+    if pattern:  # a pattern groups a conv's input channels: sweep in that order, then put them back
+        columns = input_channel_order(mask.shape).to(gram.device)  # (the bias column left out)
+        chosen = sparsegpt(flat[:, columns], gram[columns][:, columns], 1.0 - float(mask.float().mean()),
+                           pattern, damp=damp)
+        keep = torch.empty_like(chosen)
+        keep[:, columns] = chosen
+    else:
+        keep = sparsegpt(flat, gram[:-1, :-1], 1.0 - float(mask.float().mean()), damp=damp)  # no bias column
+    mask.copy_(keep.view_as(mask).to(mask))
+
+
+def _output_rows(module: nn.Linear, inputs: list, outputs: list, target: Lockstep
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The output layer's calibration inputs and the dense logits, fp64, one row per prediction, when the layer's
+    outputs are the dense model's (its forward returns them, batch for batch) and the refit `fits`; else None."""
+    if any(x is None for x in inputs):
+        return None
+    results = target.finish()
+    if not all(out is result for out, result in zip(outputs, results)):
+        return None
+    rows = sum(o.numel() // o.shape[-1] for o in outputs)
+    if not fits(rows, inputs[0].shape[-1], outputs[0].shape[-1]):
+        return None
+    a = torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs]).double()
+    return a, torch.cat([o.reshape(-1, o.shape[-1]) for o in outputs]).double().to(a.device)
 
 
 def _masked(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

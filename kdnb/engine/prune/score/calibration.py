@@ -152,6 +152,8 @@ def layer_statistics(model: nn.Module, layer: str, batches: list[torch.Tensor],
     return gram, (cross if dense is not None else None), rows  # type: ignore[return-value]
 
 
+
+
 @torch.no_grad()
 def group_statistics(model: nn.Module, layer: str, batches: list[torch.Tensor], dense: nn.Module | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
@@ -172,19 +174,6 @@ def group_statistics(model: nn.Module, layer: str, batches: list[torch.Tensor], 
             rows += len(a)
     return gram, (cross if dense is not None else None), rows  # type: ignore[return-value]
 
-
-def input_grams(model: nn.Module, data: Iterable, samples: int = SAMPLES, ones: bool = False,
-                groups: bool = False) -> dict[str, torch.Tensor]:
-    """``A^T A`` (fp64, ``d x d``; ``ones``: with the ones column last, ``d+1``) of every re-solvable layer, by
-    weight name; ``groups``: also each `grouped` conv's, ``(groups, d, d)`` one conv-group at a time."""
-    batches = calibration_batches(data, samples)
-    grams = {}
-    for name in forward_order(model, batches[0]):
-        module = model.get_submodule(name)
-        if solvable(module) or groups and grouped(module):
-            gram = (layer_statistics if solvable(module) else group_statistics)(model, name, batches)[0]
-            grams[f"{name}.weight" if name else "weight"] = gram if ones else gram[..., :-1, :-1]
-    return grams
 
 
 def damped_hessian(gram: torch.Tensor) -> torch.Tensor:

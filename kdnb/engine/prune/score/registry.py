@@ -29,6 +29,7 @@ class Context:
     hessian_estimator: str
     groups: list[ChannelGroup]
     samples: int = calibration.SAMPLES
+    progress: Callable[[int, int], None] | None = None  # (layers done, layers) as a calibration pass moves on
 
     def scored(self) -> dict[str, torch.Tensor]:
         """The parameters an element criterion scores: every one when structured (BatchNorm included)."""

@@ -19,6 +19,8 @@ moves on.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import statistics
 import time
 import warnings
@@ -82,10 +84,12 @@ def paired_speed(first: nn.Module, second: nn.Module, x: torch.Tensor, rounds: i
 
 
 def choose(model: nn.Module, scores: Scores, sparsity: float, example: torch.Tensor,
-           max_layer_sparsity: float | None = None) -> str:
+           max_layer_sparsity: float | None = None, progress: Callable[[int, int], None] | None = None) -> str:
     """"cost" or "global": the ranking whose cut at ``sparsity`` runs ``example`` faster (ties: "global"). A
     cost-ranked cut that its layer cap stopped short of ``sparsity``, and of the global cut, is not a candidate:
-    it is not the size asked for."""
+    it is not the size asked for. ``progress(done, 3)``: after each candidate built, and after the timing."""
+    progress = progress or (lambda done, total: None)
+    progress(0, 3)
     candidates, reached, dense = {}, {}, prunable_count(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the cut itself warns once, when it is made
@@ -94,6 +98,10 @@ def choose(model: nn.Module, scores: Scores, sparsity: float, example: torch.Ten
             candidates[ranking] = remove_channels(copy, removal(scores, sparsity, None, ranking, max_layer_sparsity),
                                                   example)
             reached[ranking] = 1 - prunable_count(candidates[ranking]) / dense
+            progress(len(reached), 3)
     if reached["cost"] < min(sparsity, reached["global"]):
+        progress(3, 3)
         return "global"
-    return "cost" if paired_speed(candidates["cost"], candidates["global"], example) > 1 + MARGIN else "global"
+    faster = paired_speed(candidates["cost"], candidates["global"], example) > 1 + MARGIN
+    progress(3, 3)
+    return "cost" if faster else "global"

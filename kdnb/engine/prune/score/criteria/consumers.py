@@ -9,11 +9,13 @@ from torch import nn
 
 from kdnb.engine.device import eval_mode, model_device, to_device
 from kdnb.engine.prune.graph.groups import BATCHNORM, PRUNABLE, ChannelGroup, Slice
-from kdnb.engine.prune.score import calibration
+from kdnb.engine.prune.score import calibration, stream
+from kdnb.engine.prune.score.linalg import inverse_factor
 from kdnb.engine.prune.score.registry import Context, Criterion, Statistic, register
 
 
-def thinet(consumers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def thinet(consumers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], costs: torch.Tensor | None = None
+           ) -> torch.Tensor:
     r"""Greedy channel selection by the next layers' reconstruction error, each removal by group OBS.
 
     ThiNet (Luo et al. 2017) removes, one at a time, the channel whose removal least increases the error of
@@ -31,7 +33,15 @@ def thinet(consumers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> 
     and ``X``'s column of ones in ``H`` (``d+1``, never removed): the refit re-solves the bias, which absorbs
     the mean of what a removed channel fed. Score = the error accumulated when the channel goes, over the error
     of removing all but the last (which scores 2): comparable across layers, the removal order inside one.
+
+    Cost: ``count`` steps, each updating every consumer's ``d x d`` inverse Hessian by a rank-``b`` product:
+    ``O(count d^2 b)`` = ``O(d^3)`` for a consumer that reads only this layer, but ``count`` passes over ``d^2``
+    numbers (memory-bound: minutes on a ResNet's last stage). So only where `greedy_fits`; elsewhere ``costs``, each
+    channel's one-shot group-OBS cost summed over the consumers (`group_obs`), scored as the greedy would score
+    that removal order (cumulative cost over the total): ``O(count log count)``.
     """
+    if costs is not None:
+        return _cumulative(costs)
     count = consumers[0][2].shape[0]
     alive = torch.ones(count, dtype=torch.bool)
     scores = torch.zeros(count, dtype=torch.float64)
@@ -57,6 +67,40 @@ def thinet(consumers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> 
             weight -= weight[:, b] @ step
             inverse -= inverse[:, b] @ step
     return torch.where(alive, 2.0, scores / max(total, torch.finfo(torch.float64).tiny))
+
+
+GREEDY_NUMBERS = 2**26  # count x sum of the consumers' d^2 up to which `thinet` runs greedily (~0.5 GB of traffic)
+
+
+def greedy_fits(count: int, widths: list[int]) -> bool:
+    """Whether ThiNet's greedy over ``count`` channels read by consumers of ``widths`` inputs stays cheap."""
+    return count * sum(d * d for d in widths) <= GREEDY_NUMBERS
+
+
+def group_obs(weight: torch.Tensor, upper: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    r"""One-shot group-OBS cost of removing each channel alone from one consumer:
+    :math:`\Delta E_c = 	frac12 \sum_r W_{rB_c} [H^{-1}]_{B_cB_c}^{-1} W_{rB_c}^	op` (Hassibi & Stork 1993; the
+    first step of `thinet`'s greedy), with :math:`H^{-1} = U^	op U` (``upper``: `linalg.inverse_factor`) so that
+    each ``b x b`` block is :math:`U_{:B}^	op U_{:B}`. ``weight`` (out, d), ``cols`` (channels, b). Cost:
+    ``d b^2`` per channel for the blocks plus ``out b^2``: ``O(d^2 b + out d b)`` for a consumer that reads only
+    this layer.
+    """
+    u = upper[:, cols].permute(1, 0, 2).double()  # (channels, d, b)
+    blocks = u.transpose(1, 2) @ u  # (channels, b, b): [H^-1]_BB
+    rows = weight[:, cols].permute(1, 2, 0).double()  # (channels, b, out)
+    return 0.5 * (rows * torch.linalg.solve(blocks, rows)).sum((1, 2))
+
+
+def _cumulative(costs: torch.Tensor) -> torch.Tensor:
+    """Scores of channels removed in ascending ``costs``: the cost accumulated up to each one over that of removing
+    all but the costliest, which scores 2 (as `thinet` scores its greedy order)."""
+    order = torch.argsort(costs.double(), stable=True)
+    running = torch.cumsum(costs.double()[order], 0)
+    total = max(float(running[-2]) if len(costs) > 1 else 0.0, torch.finfo(torch.float64).tiny)
+    scores = torch.empty(len(costs), dtype=torch.float64)
+    scores[order] = running / total
+    scores[order[-1]] = 2.0
+    return scores
 
 
 def activation(unit_norms: list[torch.Tensor]) -> torch.Tensor:
@@ -148,22 +192,52 @@ def _consumers(ctx: Context) -> dict[str, tuple]:
     """For each group, every Linear/Conv consuming its channels: (weight (out, d) with its BatchNorm folded in,
     H^-1 (d, d), columns); a consumer with a bias gets the ones column too (its bias last, ``d+1``): the refit
     re-solves the bias, which absorbs the mean of what a removed channel fed. A grouped conv is ``groups``
-    consumers, one per conv-group, as the refit solves it (`_consumer_blocks`)."""
-    grams = calibration.input_grams(ctx.model, ctx.data, ctx.samples, ones=True, groups=True)  # type: ignore
-    found = {}
+    consumers, one per conv-group, as the refit solves it (`_consumer_blocks`). A group too large for ThiNet's
+    greedy (`greedy_fits`) gets instead each channel's one-shot group-OBS cost summed over its consumers
+    (`group_obs`), taken as each layer's Gram matrix passes (`stream.each_gram`), so that only the small
+    groups' inverse Hessians are held."""
+    readers: dict[str, list[tuple[ChannelGroup, Slice]]] = {}
     for group in ctx.groups:
-        consumers = []
         for s in group.slices:
-            if s.dim != 1 or s.param not in grams:
-                continue
-            name = s.param.rpartition(".")[0]
-            module = ctx.model.get_submodule(name)
+            if s.dim == 1 and s.param.endswith("weight"):
+                readers.setdefault(s.param, []).append((group, s))
+    greedy = {group.root: greedy_fits(group.size, [_width(ctx.model, s.param) for s in group.slices
+                                                            if s.dim == 1 and s.param in readers])
+              for group in ctx.groups}
+    blocks: dict[str, list] = {}
+    costs: dict[str, torch.Tensor] = {}
+    for param, gram in stream.each_gram(ctx.model, ctx.data, ctx.samples, ones=True, groups=True,  # type: ignore
+                                        progress=ctx.progress):
+        name = param.rpartition(".")[0]
+        module = ctx.model.get_submodule(name)
+        for group, s in readers.get(param, []):
             cols = _consumer_columns(group, module, s)
-            if cols is not None:
-                consumers += _consumer_blocks(ctx, name, module, grams[s.param], cols)
-        if consumers:
-            found[group.root] = (consumers,)
-    return found
+            if cols is None:
+                continue
+            if greedy[group.root]:
+                blocks.setdefault(group.root, []).extend(_consumer_blocks(ctx, name, module, gram, cols))
+            else:
+                cost = sum(group_obs(w, u, cols) for w, u in _consumer_factors(ctx, name, module, gram))
+                costs[group.root] = costs.get(group.root, 0) + cost
+    return {**{root: (found,) for root, found in blocks.items()}, **{root: ([], cost) for root, cost in costs.items()}}
+
+
+def _width(model: nn.Module, param: str) -> int:
+    """Inputs (plus the ones column) of the layer owning ``param``, per conv-group."""
+    return model.get_parameter(param)[0].numel() + 1
+
+
+def _consumer_factors(ctx: Context, name: str, module: nn.Module, gram: torch.Tensor
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`_consumer_blocks` for `group_obs`: (weight, upper factor of H^-1) per conv-group, fp32 factors
+    (`linalg.inverse_factor`: ``2 d^3 / 3``, where the inverse costs ``d^3``)."""
+    gram = gram if module.bias is not None else gram[..., :-1, :-1]
+    weight = module.weight.detach().double().reshape(module.weight.shape[0], -1).cpu()
+    if module.bias is not None:
+        weight = torch.cat([weight, module.bias.detach().double().cpu()[:, None]], 1)
+    weight = _normalised_rows(ctx, name, weight)
+    grams, weights = (gram, weight.chunk(len(gram))) if gram.dim() == 3 else ([gram], [weight])
+    return [(w, inverse_factor(g, calibration.DAMP).cpu()) for w, g in zip(weights, grams)]
 
 
 def _as_tokens(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:

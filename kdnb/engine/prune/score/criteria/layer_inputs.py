@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from kdnb.engine.prune.graph.groups import prunable_weights
-from kdnb.engine.prune.score import calibration
+from kdnb.engine.prune.score import calibration, stream
 from kdnb.engine.prune.score.registry import Context, Criterion, Statistic, register
 
 
@@ -39,11 +39,11 @@ def wanda(weight: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
 
 
 def _per_input(ctx: Context, of_gram: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, tuple]:
-    """A statistic of each layer's input Gram matrix ``X^T X``, one value per input, shaped as the weight."""
+    """A statistic of each layer's input Gram matrix ``X^T X``, one value per input, shaped as the weight; one
+    layer's Gram matrix held at a time (`stream.each_gram`)."""
     weights = prunable_weights(ctx.model)
-    grams = calibration.input_grams(ctx.model, ctx.data, ctx.samples)  # type: ignore[arg-type]
     return {n: (weights[n].detach(), of_gram(g).to(weights[n]).view(1, *weights[n].shape[1:]))
-            for n, g in grams.items()}
+            for n, g in stream.each_gram(ctx.model, ctx.data, ctx.samples, progress=ctx.progress)}  # type: ignore
 
 
 def _inverse_hessian_diag(gram: torch.Tensor) -> torch.Tensor:
