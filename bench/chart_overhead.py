@@ -27,6 +27,7 @@ from IPython.utils.capture import capture_output
 
 import kdnb
 from kdnb.widgets.live import LiveChart
+import report  # bench/report.py: this script's folder is on sys.path
 
 
 class Timed:
@@ -94,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(main)

@@ -27,6 +27,7 @@ import torch
 
 import kdnb
 from kdnb.engine.events import Callback
+import report  # bench/report.py: this script's folder is on sys.path
 
 STUDENTS = {"mlp [256, 256]": [256, 256], "mlp [32]": [32]}
 
@@ -113,4 +114,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(main)

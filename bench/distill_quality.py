@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import kdnb
+import report  # bench/report.py: this script's folder is on sys.path
 
 
 @dataclass(frozen=True)
@@ -196,4 +197,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(main, modes=("--regime", "--skip"))

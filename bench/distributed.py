@@ -41,6 +41,7 @@ import torch
 import kdnb
 from kdnb.engine import distributed
 from kdnb.engine.events import Callback
+import report  # bench/report.py: this script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 512  # global: 256 per rank on two processes
@@ -167,5 +168,7 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--teacher", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    arguments = parser.parse_args()
-    worker(arguments) if arguments.worker else main(arguments)
+    if "--worker" in sys.argv:  # one rank, started by main() under torchrun: it writes no section
+        worker(parser.parse_args())
+    else:
+        report.run(lambda: main(parser.parse_args()))

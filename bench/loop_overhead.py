@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import kdnb
+import report  # bench/report.py: this script's folder is on sys.path
 
 
 def hand_written(model, data, epochs, seed):
@@ -78,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(main)

@@ -25,6 +25,7 @@ import torch
 import kdnb
 from kdnb.engine.prune import export, make_permanent, prune
 from timing import alternating_times  # bench/timing.py: this script's folder is on sys.path
+import report  # bench/report.py: this script's folder is on sys.path
 
 ROUNDS = 50
 
@@ -78,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(main)

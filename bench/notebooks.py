@@ -23,6 +23,7 @@ from pathlib import Path
 import nbformat
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
+import report  # bench/report.py: this script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 TIME_BUDGET_S = 60.0
@@ -102,4 +103,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report.run(main, modes=("--all",)))

@@ -25,6 +25,7 @@ import kdnb
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.loop import fit, seed_everything
 from kdnb.engine.prune import prune
+import report  # bench/report.py: this script's folder is on sys.path
 
 torch.set_num_threads(1)
 
@@ -70,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(main)

@@ -108,6 +108,7 @@ from kdnb.engine.evaluate import evaluate
 from kdnb.engine.loop import fit
 from kdnb.engine.prune import prune, reconstruct
 from kdnb.engine.prune.cut.masks import clone
+import report  # bench/report.py: this script's folder is on sys.path
 
 torch.set_num_threads(1)
 QUICK = "--quick" in sys.argv
@@ -329,4 +330,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(main, modes=("--net", "--part", "--quick"))

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+import report  # bench/report.py: this script's folder is on sys.path
 
 THREADS = 2
 IMAGES, SIZE = 128, 224
@@ -337,4 +338,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "--one" in sys.argv:  # one model, in a child process of this bench: it writes no section
+        main()
+    else:
+        report.run(main, modes=("--part", "--models", "--methods"))

@@ -154,6 +154,7 @@ from kdnb.engine.loop import fit, seed_everything
 from kdnb.engine.prune import prune
 from kdnb.engine.prune.schedule.decay import adamw
 from kdnb.engine.prune.cut.masks import clone, current_masks
+import report  # bench/report.py: this script's folder is on sys.path
 
 torch.set_num_threads(1)
 
@@ -307,4 +308,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(main)

@@ -28,6 +28,7 @@ from kdnb.engine.prune import export, make_permanent, prune
 from kdnb.engine.prune.graph.groups import prunable_weights
 from kdnb.engine.prune.cut.masks import clone
 from timing import alternating_times  # bench/timing.py: this script's folder is on sys.path
+import report  # bench/report.py: this script's folder is on sys.path
 
 torch.set_num_threads(2)
 ROUNDS = 60
@@ -89,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(main)

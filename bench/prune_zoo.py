@@ -107,6 +107,7 @@ from timing import alternating_times  # bench/timing.py: this script's folder is
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from zoo import REFUSED, ZOO, example  # noqa: E402
+import report  # noqa: E402  (bench/report.py: this script's folder is on sys.path)
 
 THREADS = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 2
 ROUNDS = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 60
@@ -467,20 +468,21 @@ def floor_tradeoff(caps=(1.0, 0.75, 0.625, 0.5), seeds=(0, 1, 2), rounds: int = 
           f"{', '.join(chosen)}")
 
 
-if __name__ == "__main__":
+def main() -> None:
     start = time.perf_counter()
     if "--floor" in sys.argv:
         floor_tradeoff()
-        print(f"\ntotal {time.perf_counter() - start:.0f} s")
-        sys.exit()
-    if "--trained" in sys.argv:
+    elif "--trained" in sys.argv:
         trained_accuracy(int(sys.argv[sys.argv.index("--seeds") + 1]) if "--seeds" in sys.argv else 3,
                          models=sys.argv[sys.argv.index("--models") + 1].split(",") if "--models" in sys.argv else None,
                          rounds=None if "--rounds-default" in sys.argv else 1)
-        print(f"\ntotal {time.perf_counter() - start:.0f} s")
-        sys.exit()
-    verdict(zoo_table())
-    if "--zoo-only" not in sys.argv:
-        scope_tradeoff()
-        transformer_check()
+    else:
+        verdict(zoo_table())
+        if "--zoo-only" not in sys.argv:
+            scope_tradeoff()
+            transformer_check()
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    report.run(main, modes=("--floor", "--trained", "--zoo-only"))

@@ -21,6 +21,7 @@ import torch
 
 import kdnb
 from kdnb.widgets import SparsityExplorer
+import report  # bench/report.py: this script's folder is on sys.path
 
 SETTINGS = [("l1", "unstructured"), ("taylor", "unstructured"), ("l1", "structured"), ("taylor", "structured")]
 
@@ -78,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(main)

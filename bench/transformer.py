@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 import kdnb
+import report  # bench/report.py: this script's folder is on sys.path
 
 TEACHER_EPOCHS, RECOVERY_EPOCHS, LR = 20, 15, 3e-3
 SPARSITY = 0.55  # of the prunable weights: with scope "local", the units this removes halve the MACs
@@ -139,4 +140,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(main)

@@ -22,6 +22,7 @@ _VERBS = {
     "load": "kdnb.api",
     "sensitivity": "kdnb.api",
     "make_permanent": "kdnb.api",
+    "export": "kdnb.api",
     "KdnbError": "kdnb.errors",
     "Callback": "kdnb.engine.events",
 }

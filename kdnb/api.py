@@ -144,6 +144,7 @@ def leaves_rng_alone(engine_fn: F) -> F:
 measure = leaves_rng_alone(_measure)
 compare = leaves_rng_alone(_compare)
 from kdnb.engine.serialize import load, save  # noqa: E402,F401
+from kdnb.engine.export import export  # noqa: E402,F401 - checks its arguments itself; no run, no subscribers
 from kdnb.engine.distill import distill as _distill  # noqa: E402
 
 distill = with_subscribers(_distill)

@@ -27,7 +27,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from kdnb import env
 from kdnb.errors import KdnbError, first_line, is_integer
@@ -293,6 +293,18 @@ class VerbMagic:
             raise UsageError(f"%%{self.name}: {name} should be {annotation}, got {type(value).__name__} {shown}")
 
 
+@magic_arguments("kdnb export")  # usage reads %kdnb export
+@argument("model", metavar="MODEL", help="the model: a notebook variable (any Python expression without spaces)")
+@argument("path", metavar="PATH", help="where to write: *.onnx, *.pt2, *.pt, *.safetensors, or a directory for a "
+                                       "transformers model")
+@argument("--example", required=True, metavar="EXPR", help="an input batch the model takes, e.g. "
+                                                           "'next(iter(val))[0]' (quote it when it has spaces)")
+@argument("--format", default=None, metavar="NAME", help="onnx, pt2, pt, safetensors or transformers (default: "
+                                                         "from PATH)")
+def _export_arguments(line: str) -> None:
+    """Export MODEL to PATH with kdnb.export and check it by running what was written on the example."""
+
+
 @magics_class
 class KdnbMagics(Magics):
     """%%distill and %%prune (built from the verbs' signatures) and the %kdnb line magic."""
@@ -306,14 +318,50 @@ class KdnbMagics(Magics):
 
     @line_magic
     def kdnb(self, line: str) -> Any:
-        """%kdnb [version | status | help | traceback]: the installed versions, what this notebook will show,
-        the magics, or the full trace of the last error a magic reported in one line."""
-        command = line.strip() or "help"
+        """%kdnb [version | status | help | traceback | export MODEL PATH --example EXPR]: the installed versions,
+        what this notebook will show, the magics, the full trace of the last error a magic reported in one line,
+        or `kdnb.export` of a notebook variable (``%kdnb export -h`` lists its options)."""
+        command, _, rest = line.strip().partition(" ")
+        command = command or "help"
+        if command == "export":
+            return self._export(rest)
         commands = {"version": self._version, "status": self._status, "help": self._help,
                     "traceback": self._traceback}
-        if command not in commands:
-            raise UsageError(f"%kdnb {command}: unknown command; {close_match(command, commands)}")
+        if command not in commands or rest.strip():
+            raise UsageError(f"%kdnb {line.strip()}: unknown command; {close_match(command, [*commands, 'export'])}")
         print(commands[command]())
+
+    def _export(self, line: str) -> Any:
+        """``%kdnb export MODEL PATH --example EXPR [--format NAME]``: one call of `kdnb.export`."""
+        import kdnb.api
+
+        if line.strip() in ("", "-h", "--help"):
+            print(_export_arguments.parser.format_help().rstrip())
+            return None
+        try:
+            args = parse_argstring(_export_arguments, line)
+        except UsageError as error:
+            raise UsageError(f"%kdnb export: {error}") from None
+        model, example = self._value("MODEL", args.model), self._value("--example", args.example)
+        try:
+            return kdnb.api.export(model, args.path, example, format=args.format)
+        except KdnbError as error:
+            remember(error)
+            raise UsageError(f"%kdnb export: {' '.join(str(error).split())}") from None
+
+    def _value(self, name: str, text: str) -> Any:
+        """A Python expression of the notebook (a variable's name, ``next(iter(val))[0]``), in one-line errors."""
+        if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # IPython's split keeps the quotes
+            text = text[1:-1]
+        try:
+            code = compile(text, f"<%kdnb export {name}>", "eval")
+            return eval(code, self.shell.user_ns)  # noqa: S307 - the user's own notebook expression
+        except NameError as error:
+            missing = getattr(error, "name", None) or str(error)
+            raise UsageError(f"%kdnb export: {name} {text}: name {missing!r} is not defined; define it in a cell "
+                             "above first") from None
+        except Exception as error:  # noqa: BLE001 - any failure of the user's expression is one line
+            raise UsageError(f"%kdnb export: {name} {text}: {type(error).__name__}: {first_line(error)}") from None
 
     def _version(self) -> str:
         return f"kdnb {env.version()} (torch {env.version('torch')}, torch-pruning {env.version('torch-pruning')})"
@@ -340,5 +388,7 @@ class KdnbMagics(Magics):
             lines.append(f"  %%{name} [-o NAME] [--option VALUE ...], then lines `option = expression`; options: "
                          f"{', '.join(verb.params)}")
         lines.append("  %kdnb version | status | help | traceback (the full trace of the last error)")
+        lines.append("  %kdnb export MODEL PATH --example EXPR [--format NAME]: kdnb.export (ONNX, .pt2, .pt, "
+                     ".safetensors, a transformers directory), checked by running what it wrote")
         return "\n".join(lines)
 

@@ -8,8 +8,8 @@ can trace it. Shape attributes that structured pruning changes (``SelfAttention.
 - MLPs and CNNs: `mlp`, `lenet_300_100`, `cnn1d`, `cnn_bn`, `resnet_small`, `mobile_cnn`, `resnext_small`
   (grouped convs), `convnext_small` (depthwise 7x7, LayerNorm2d, layer scale); `resnet18` and `resnet50` at
   torchvision's sizes;
-- transformers: `vit_tiny` (the 8x8 digits as 16 patches; ~0.95 validation accuracy after 20 epochs,
-  ~15 s on one CPU thread: bench/prune_zoo.py) and `gpt_tiny` (a causal language model).
+- transformers: `vit_tiny` (the 8x8 digits as 16 patches; trained on them in seconds on one CPU thread:
+  bench/prune_zoo.py, bench/transformer.py) and `gpt_tiny` (a causal language model).
 """
 from __future__ import annotations
 

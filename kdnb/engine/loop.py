@@ -422,7 +422,7 @@ class _Divergence:
     (at least ``LOSS_GROWTH`` times, measured from 1 for smaller losses), or the weights' norm by
     ``WEIGHT_GROWTH`` times. Real training never does either; a too-large lr does within a few steps.
     The norm is taken every ``WEIGHTS_EVERY`` steps and at each epoch's end (it costs about a step's
-    optimizer update on a small CPU model; every step would add ~10 %)."""
+    optimizer update on a small CPU model; every step would show in bench/loop_overhead.py)."""
 
     LOSS_GROWTH = 1e3
     WEIGHT_GROWTH = 1e3

@@ -13,7 +13,7 @@ import dataclasses
 import math
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -26,11 +26,14 @@ from kdnb.engine.checks import (check_example, check_labels_in_range, check_load
 from kdnb.engine.device import eval_mode, model_device, resolve_device
 from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import evaluate
+from kdnb.engine.export import onnxruntime_model
+from kdnb.env import version
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune.graph.groups import prunable_attributes  # the weights `sparsity` counts
 from kdnb.engine.serialize import file_size, module_tensors, plain_modules
 from kdnb.engine.table import Table, format_value
 
+RUNTIMES = ("torch", "onnxruntime")
 NOISY_SPREAD = 0.25  # latency_spread above this: the machine was busy while timing, the median is unsure
 
 
@@ -57,6 +60,8 @@ class Measurement:
             ``NOISY_SPREAD`` the latency line flags the measurement as noisy.
         batch_size, device, threads: the batch, device and ``torch.get_num_threads()`` of the timing.
         accuracy: top-1 accuracy over the labelled data, None without labels.
+        runtime: what ran the timed passes: ``"torch"``, or ``"onnxruntime <version>"`` (the model exported to
+            ONNX, timed in ONNX Runtime's CPU provider).
     """
 
     params: int
@@ -73,6 +78,7 @@ class Measurement:
     threads: int
     accuracy: float | None = None
     latency_spread: float = 0.0
+    runtime: str = "torch"
 
     @property
     def latency_noisy(self) -> bool:
@@ -87,7 +93,8 @@ class Measurement:
 
     def _where(self) -> str:
         threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
-        return f"{self.device}, {threads}" if self.device == "cpu" else self.device
+        where = f"{self.device}, {threads}" if self.device == "cpu" else self.device
+        return where if self.runtime == "torch" else f"{where}, {self.runtime}"
 
     def _rows(self) -> list[tuple[str, str]]:
         return [
@@ -109,7 +116,8 @@ class Measurement:
 
 
 def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch_size: int | None = None,
-            device: str | torch.device | None = None, repeats: int = 30, warmup: int = 5) -> Measurement:
+            device: str | torch.device | None = None, repeats: int = 30, warmup: int = 5,
+            runtime: str = "torch") -> Measurement:
     """Measure ``model``'s size, cost, speed and (with labels) accuracy; the model is not changed.
 
     Args:
@@ -122,6 +130,10 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
         device: where to time and evaluate; None: the model's own device. Another device measures a copy.
         repeats: timed forward passes; the latency is their median.
         warmup: untimed forward passes first (caches, allocators, lazy initialisation).
+        runtime: "torch", or "onnxruntime": time the model exported to ONNX (`kdnb.export`, checked) in ONNX
+            Runtime's CPU provider on as many threads as torch uses. ONNX Runtime runs stored zeros like any
+            weight: unstructured sparsity does not make it faster; structured pruning (fewer channels) does, once
+            each layer keeps a multiple of 8 channels (``kdnb.prune(..., round_to=8)``; bench/export.py).
 
     Timing runs in eval mode under ``torch.inference_mode()``, synchronising CUDA around each pass.
     ``sparsity`` is the fraction of zeros among the weights of Linear and Conv layers and attention input
@@ -136,8 +148,14 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
         raise KdnbError(f"repeats should be a positive integer, got {repeats!r}; pass e.g. repeats=30")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise KdnbError(f"warmup should be a non-negative integer, got {warmup!r}; pass e.g. warmup=5")
+    if runtime not in RUNTIMES:
+        raise KdnbError(f"runtime should be 'torch' or 'onnxruntime', got {runtime!r}; "
+                        f"{suggest(str(runtime), RUNTIMES)}")
     home = _full(model_device(model))
     target = home if device is None else _full(resolve_device(device))
+    if runtime == "onnxruntime" and target.type != "cpu":
+        raise KdnbError(f"runtime='onnxruntime' times ONNX Runtime's CPU provider, but the model would run on "
+                        f"{target}; pass device='cpu'")
     net = model if target == home else copy.deepcopy(model).to(target)
 
     loader, labelled = None, False
@@ -165,7 +183,11 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
             _check_runs(net, x)
         with torch.inference_mode():
             macs, nonzero_macs = _macs(net, x)
-            latency, spread = _latency_ms(net, x, target, repeats, warmup)
+            if runtime == "onnxruntime":
+                with onnxruntime_model(net, x, torch.get_num_threads()) as exported:
+                    latency, spread = _latency_ms(exported, x, target, repeats, warmup)
+            else:
+                latency, spread = _latency_ms(net, x, target, repeats, warmup)
             accuracy = evaluate(net, loader)["accuracy"] if labelled else None
 
     params, nonzero, weights, zero_weights = parameter_counts(model)
@@ -177,6 +199,7 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
         bytes_dense=file_size(model, compact=False), bytes=file_size(model),
         latency_ms=latency, batch_size=x.shape[0], device=_device_name(target), threads=torch.get_num_threads(),
         accuracy=accuracy, latency_spread=spread,
+        runtime="torch" if runtime == "torch" else f"onnxruntime {version('onnxruntime')}",
     )
 
 
@@ -296,7 +319,7 @@ def _attention_zero_flops(module: nn.MultiheadAttention, tokens: tuple[int, int,
     return 2.0 * (zeros[0] * tokens[0] + zeros[1] * tokens[1] + zeros[2] * tokens[2] + zeros[3] * tokens[0])
 
 
-def _latency_ms(model: nn.Module, x: torch.Tensor, device: torch.device, repeats: int,
+def _latency_ms(model: Callable[[torch.Tensor], Any], x: torch.Tensor, device: torch.device, repeats: int,
                 warmup: int) -> tuple[float, float]:
     """(median ms, interquartile range / median) of ``repeats`` timed passes after ``warmup`` untimed ones.
     The median ignores the few passes a busy machine slows down; the spread says how busy it was."""
@@ -354,7 +377,7 @@ class Comparison:
 
     def latency_line(self) -> str:
         rows = self.rows
-        same = len({(r["batch_size"], r["device"], r["threads"]) for r in rows}) == 1
+        same = len({(r["batch_size"], r["device"], r["threads"], r["runtime"]) for r in rows}) == 1
         parts = []
         for i, r in enumerate(rows):
             where = "" if same else f" (batch {r['batch_size']}, {Measurement._where(self.measurements[r['model']])})"
@@ -377,8 +400,11 @@ class Comparison:
                 for r in self.rows]
         first = rows[0][0]
         notes = [f"x: {first}'s value / this model's (params x: nonzero params; MACs x: nonzero MACs; "
-                 "bytes x: kdnb.save file size); sparsity: zeros among Linear/Conv weights",
-                 self.latency_line()]
+                 "bytes x: kdnb.save file size); sparsity: zeros among Linear/Conv weights"]
+        if any(r["runtime"] != "torch" and r["nonzero_macs"] < r["macs"] for r in self.rows):
+            notes.append("ONNX Runtime multiplies stored zeros like any weight: unstructured sparsity does not speed "
+                         "it up (1.00x); fewer channels (structured pruning, round_to=8) do")
+        notes.append(self.latency_line())
         return Table(["model", "accuracy", "params", "nonzeros", "sparsity", "MACs", "nz MACs", "bytes",
                       "params x", "MACs x", "bytes x"], rows, notes=notes)
 
@@ -389,7 +415,7 @@ class Comparison:
         return self.table().to_html()
 
 
-_MEASURE_KWARGS = ("batch_size", "device", "repeats", "warmup")
+_MEASURE_KWARGS = ("batch_size", "device", "repeats", "warmup", "runtime")
 
 
 def compare(models: dict[str, nn.Module], data: Iterable | torch.Tensor, **measure_kwargs: Any) -> Comparison:
@@ -398,7 +424,7 @@ def compare(models: dict[str, nn.Module], data: Iterable | torch.Tensor, **measu
     Args:
         models: ``{"name": model, ...}``, the reference first (e.g. teacher, then students).
         data: as `measure`'s ``data_or_example``.
-        **measure_kwargs: passed to `measure` (batch_size, device, repeats, warmup).
+        **measure_kwargs: passed to `measure` (batch_size, device, repeats, warmup, runtime).
 
     Returns:
         Comparison: prints as a table; ``.rows`` / ``.as_dict()`` give the numbers.

@@ -48,6 +48,7 @@ from torch.nn.utils import parametrize, prune
 from kdnb.engine.checks import check_model
 from kdnb import models
 from kdnb.engine.distributed import is_main_process
+from kdnb.engine import plain_weights
 from kdnb.errors import KdnbError
 from kdnb.engine.prune.graph.groups import attention_layers, update_heads
 from kdnb.models import Residual
@@ -196,7 +197,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Read a file written by `save` and return the model, with the outputs it had when saved.
 
     Args:
-        path: a kdnb file.
+        path: a kdnb file, or a ``.pt`` / ``.safetensors`` state_dict that `kdnb.export` wrote (the layer
+            widths it needs are in the JSON beside it).
         model: ``None`` rebuilds the saved architecture (it must consist of `REBUILDABLE` classes).
             Otherwise the weights load *into* this module (a fresh instance of the saved model's
             class) and it is returned; its Linear/Conv/BatchNorm layers are resized first where
@@ -235,6 +237,12 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 
 # ---- writing ----
+
+def dense_payload(model: nn.Module) -> dict:
+    """What `save` would write with every tensor dense: ``tensors`` is the plain model's state_dict (masks
+    folded), ``spec`` its module tree (each layer's widths), ``tied`` the names that share a tensor."""
+    return _payload(model, compact=False, metadata={})
+
 
 @torch.no_grad()
 def _payload(model: nn.Module, *, compact: bool, metadata: dict) -> dict:
@@ -542,6 +550,10 @@ def _first_line(error: BaseException) -> str:
 
 def _read(path: Path) -> dict:
     file = str(path)
+    if plain_weights.is_plain(path):  # a state_dict kdnb.export wrote, with its layer widths beside it
+        payload = plain_weights.read(path)
+        _check_payload(payload, file)
+        return payload
     try:
         with open(path, "rb") as stream:
             head = stream.read(4)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import html
+import os
 import warnings
 from collections.abc import Iterable, MutableMapping
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from kdnb.engine.checks import check_loader, check_model, check_sparsity, first_batch, rng_preserved
 from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import evaluate
+from kdnb.engine.export import export as export_model
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune.score import criteria
 from kdnb.engine.prune.score.importance import importance
@@ -215,7 +217,8 @@ class SparsityExplorer(Explorer):
         self._current.set_data([100 * self.numbers["sparsity"]], [100 * self.numbers["accuracy"]])
         return self._figure
 
-    def apply(self, name: str | None = None, *, replace: bool = False) -> torch.nn.Module:
+    def apply(self, name: str | None = None, *, replace: bool = False,
+              export: str | os.PathLike | None = None) -> torch.nn.Module:
         """Prune a copy of the model at the current setting (`kdnb.engine.prune.prune`, one shot, no
         fine-tuning, ``reconstruct=False`` as the preview) and store it in the notebook as ``name`` (default:
         the name typed next to the button). Its accuracy is the one the preview showed; for the re-solved
@@ -223,7 +226,8 @@ class SparsityExplorer(Explorer):
 
         A notebook variable that this explorer did not make is never overwritten unless ``replace=True``:
         the model goes into the first free name (``pruned_2``, ...), and ``status`` says so.
-        Returns the pruned model.
+        ``export="pruned.onnx"`` also writes it there with `kdnb.export` (checked on the explorer's example
+        batch) before storing it. Returns the pruned model.
         """
         from kdnb.engine.prune import prune
 
@@ -235,12 +239,13 @@ class SparsityExplorer(Explorer):
         result = prune(self.model, self.setting["sparsity"], criterion=self.setting["criterion"],
                        structured=self.setting["structured"], data=self.data, val=self.val, example=self.example,
                        reconstruct=False)
+        exported = "" if export is None else f"; {html.escape(str(export_model(result.model, export, self.example)))}"
         namespace[stored] = result.model
         self._stored.add(stored)
         self.stored_as = stored
         note = "" if stored == name else f" (<code>{name}</code> holds a variable of yours: kept)"
         if self.slider is not None:
-            self.status.value = f"stored the pruned model in <code>{stored}</code>{note}"
+            self.status.value = f"stored the pruned model in <code>{stored}</code>{note}{exported}"
             self.name.value = self.free_name(name)  # the next apply does not replace this one either
         return result.model
 

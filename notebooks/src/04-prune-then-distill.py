@@ -118,3 +118,34 @@ print(f"the saved file reloads with the same accuracy: {reloaded_same}")
 
 # %%
 recovered.plot()
+
+# %% [markdown]
+# ## Out of kdnb: ONNX Runtime
+#
+# A smaller network is only useful where it runs. `kdnb.export` writes it to ONNX (pruning masks folded, any
+# batch size), runs the file in ONNX Runtime, the engine many servers and phones use, and checks that it gives
+# the network's outputs. `kdnb.compare(..., runtime="onnxruntime")` times both networks there, beside torch.
+
+# %%
+x = next(iter(val))[0]
+with tempfile.TemporaryDirectory() as folder:
+    onnx_original = kdnb.export(teacher, os.path.join(folder, "original.onnx"), example=x)
+    onnx_small = kdnb.export(small, os.path.join(folder, "small.onnx"), example=x)
+print(onnx_original)
+print(onnx_small)
+networks = {"original": teacher, "pruned + distilled": small}
+in_torch = kdnb.compare(networks, val, batch_size=1024)
+in_onnx = kdnb.compare(networks, val, batch_size=1024, runtime="onnxruntime")
+print(in_onnx.latency_line())
+print(in_torch.latency_line())
+smaller = onnx_original.bytes / onnx_small.bytes
+faster_onnx, faster_torch = in_onnx.rows[1]["speedup"], in_torch.rows[1]["speedup"]
+print(f"ONNX files: {onnx_original.bytes:,} and {onnx_small.bytes:,} bytes ({smaller:.0f}x smaller); "
+      f"{faster_onnx:.1f}x faster in ONNX Runtime, {faster_torch:.1f}x in torch")
+# fewer neurons: a much smaller file that runs faster in ONNX Runtime too
+assert smaller > 10 and faster_onnx > 1.5
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"ONNX Runtime gives the network's outputs (max difference under 1e-4): {onnx_small.max_diff < 1e-4}")
+print(f"the ONNX file is more than 10x smaller: {smaller > 10}")

@@ -32,7 +32,8 @@ def test_requirements_install_cpu_torch_then_the_package():
     assert torch_pins == ["torch==2.13.0+cpu"], "one pinned CPU build of torch"
     makefile_pin = re.search(r"^TORCH_SPEC\s*\?=\s*(\S+)", (ROOT / "Makefile").read_text(), re.MULTILINE).group(1)
     assert torch_pins[0] == makefile_pin, "Binder and `make setup` should install the same torch"
-    assert lines[-1] == ".", "the repository itself installs last, so its dependencies come from PyPI"
+    assert lines[-1] == ".[export]", "the repository itself (with the export extra, for tutorial 04) installs last, " \
+        "so its dependencies come from PyPI"
 
 
 def test_runtime_is_a_python_the_package_supports():

@@ -13,8 +13,9 @@ from kdnb.engine.prune.score import criteria
 
 DEFAULTS = dict(criterion="auto", structured=False, scope="global", max_layer_sparsity=None, pattern=None,
                 reconstruct=None, rounds=None, finetune=0, schedule="auto", steps=None, distill=False, inplace=False,
-                example=None, prune_again=False, control=False, temperature=4.0, alpha=0.5, slimming_epochs=2,
-                slimming_l1=1e-3, hessian_estimator="fisher", calibration_samples=2048, weight_decay=None)
+                example=None, prune_again=False, control=False, round_to=None, temperature=4.0, alpha=0.5,
+                slimming_epochs=2, slimming_l1=1e-3, hessian_estimator="fisher", calibration_samples=2048,
+                weight_decay=None)
 
 
 @pytest.fixture(scope="module")

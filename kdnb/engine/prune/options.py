@@ -29,7 +29,7 @@ from kdnb.engine.prune.score import calibration, criteria
 from kdnb.engine.prune.score.estimate import ESTIMATORS
 from kdnb.engine.prune.select.latency import PRUNE_SCOPES
 from kdnb.engine.prune.select.patterns import parse_pattern, pattern_misfits
-from kdnb.errors import KdnbError, is_number, warn
+from kdnb.errors import KdnbError, is_integer, is_number, warn
 
 MARKER = "kdnb_pruned"  # attribute a pruned model carries: the list of prunings it went through
 LEAST_SQUARES = "least_squares"  # reconstruct=: every layer by least squares, the output layer too
@@ -53,7 +53,8 @@ CHANNEL_SCOPES = {  # the scopes that rank whole channels, and why single weight
 @dataclass(frozen=True, kw_only=True)
 class Cut:
     """What to cut: ``sparsity`` of the prunable weights, by ``criterion`` (never "auto" here), as single weights
-    or whole channels (``structured``), ranked by ``scope``, in ``pattern`` ("N:M") or under ``max_layer_sparsity``.
+    or whole channels (``structured``), ranked by ``scope``, in ``pattern`` ("N:M") or under ``max_layer_sparsity``,
+    keeping a multiple of ``round_to`` channels per layer.
     ``fallback``: for ``criterion="auto"``, what scores every layer where the chosen criterion cannot (channels
     "l1", weights "lamp"); None: a criterion asked for by name keeps its scores."""
 
@@ -63,6 +64,7 @@ class Cut:
     scope: str = "global"
     pattern: str | None = None
     max_layer_sparsity: float | None = None
+    round_to: int | None = None
     fallback: str | None = None
     hessian_estimator: str = "fisher"
     slimming_epochs: int = 2
@@ -126,8 +128,8 @@ class PruneOptions:
 def parse_prune(model: Any, sparsity: Any, data: Any, val: Any, *, criterion: Any, structured: Any, scope: Any,
                 max_layer_sparsity: Any, pattern: Any, reconstruct: Any, rounds: Any, finetune: Any, schedule: Any,
                 steps: Any, distill: Any, inplace: Any, example: Any, prune_again: Any, control: Any,
-                temperature: Any, alpha: Any, slimming_epochs: Any, slimming_l1: Any, hessian_estimator: Any,
-                calibration_samples: Any, weight_decay: Any, settings: Settings) -> PruneOptions:
+                round_to: Any, temperature: Any, alpha: Any, slimming_epochs: Any, slimming_l1: Any,
+                hessian_estimator: Any, calibration_samples: Any, weight_decay: Any, settings: Settings) -> PruneOptions:
     """`kdnb.prune`'s keywords as records, each checked once; a one-line `KdnbError` names the problem and the fix."""
     if isinstance(model, PruneResult):
         raise KdnbError("got a PruneResult; pass its .model (with prune_again=True) to prune it further")
@@ -142,6 +144,7 @@ def parse_prune(model: Any, sparsity: Any, data: Any, val: Any, *, criterion: An
         raise KdnbError(f"criterion should be a name, got {checks.shown(criterion)}; pass e.g. "
                         "criterion='auto' (see kdnb.engine.prune.score.criteria.names())")
     check_scope(scope, structured, max_layer_sparsity, PRUNE_SCOPES)
+    check_round_to(round_to, structured)
     checks.check_choice("schedule", schedule, schedules.SCHEDULES)
     checks.check_choice("hessian_estimator", hessian_estimator, ESTIMATORS)
     checks.check_pattern(pattern)
@@ -187,7 +190,8 @@ def parse_prune(model: Any, sparsity: Any, data: Any, val: Any, *, criterion: An
                                                                                calibration_samples, rebuild.rounds))
     fallback = ("l1" if structured else DEFAULT_CRITERION[False]) if criterion == "auto" else None
     cut = Cut(sparsity=sparsity, criterion=name, structured=structured, scope=scope, pattern=pattern,
-              max_layer_sparsity=max_layer_sparsity, fallback=fallback, hessian_estimator=hessian_estimator,
+              max_layer_sparsity=max_layer_sparsity, round_to=round_to, fallback=fallback,
+              hessian_estimator=hessian_estimator,
               slimming_epochs=slimming_epochs, slimming_l1=slimming_l1)
     teacher = Teacher(temperature=float(temperature), alpha=float(alpha)) if distill else None
     return PruneOptions(cut=cut, rebuild=rebuild, schedule=plan, teacher=teacher, settings=settings,
@@ -296,6 +300,18 @@ def check_scope(scope: Any, structured: bool, max_layer_sparsity: Any, choices: 
     if not structured:
         raise KdnbError("max_layer_sparsity caps the channels a structured cut removes from each layer: pass "
                         "structured=True, or for single weights use scope='local' (the same sparsity in every layer)")
+
+
+def check_round_to(round_to: Any, structured: bool) -> None:
+    """``round_to``: None, or a positive channel count, and only for a structured cut."""
+    if round_to is None:
+        return
+    if not (is_integer(round_to) and round_to >= 1):
+        raise KdnbError(f"round_to should be a positive number of channels, got {checks.shown(round_to)}; pass e.g. "
+                        "round_to=8")
+    if not structured:
+        raise KdnbError("round_to rounds the channels a structured cut keeps: pass structured=True, or leave "
+                        "round_to out")
 
 
 def check_model_pattern(model: nn.Module, pattern: str | None, sparsity: float, structured: bool) -> None:

@@ -35,7 +35,7 @@ from kdnb.engine.prune.score.criteria.batchnorm import slimming_phase
 from kdnb.engine.prune.score.importance import compute_scores
 from kdnb.engine.prune.score.scores import Scores
 from kdnb.engine.prune.select import latency
-from kdnb.engine.prune.select.channels import layer_cap, removed_channels
+from kdnb.engine.prune.select.channels import layer_cap, removed_channels, rounded
 from kdnb.engine.prune.select.masks import masks_at
 from kdnb.errors import KdnbError, warn
 
@@ -89,6 +89,7 @@ def prune(
     structured: bool = False,
     scope: str = "global",
     max_layer_sparsity: float | None = None,
+    round_to: int | None = None,
     pattern: str | None = None,
     data: Iterable | None = None,
     val: Iterable | None = None,
@@ -171,6 +172,11 @@ def prune(
             cost-ranked cut), which alone would cut a costly layer to one channel (tutorial 03: the ResNet's
             stem, many points of accuracy lost after fine-tuning, bench/prune_zoo.py --floor); no
             cap but the one channel each layer keeps for "global" and "local".
+        round_to: structured: keep a multiple of this many channels in each layer (Torch-Pruning's ``round_to``),
+            restoring the best-scored of those the cut removed, so the sparsity reached may fall a little short.
+            Runtimes that compute in blocks of channels need it: ONNX Runtime's CPU convolutions run 8 or 16
+            channels at a time and fall back to a slower path otherwise, where a structurally pruned MobileNetV2
+            runs slower than the dense one (bench/export.py). None: 1.
         pattern: "N:M" semi-structured sparsity (unstructured only).
         data: training ``DataLoader``: statistics for the data criteria, calibration for reconstruction,
             slimming's L1 phase, fine-tuning, and (first batch) the example input for structured tracing.
@@ -221,7 +227,7 @@ def prune(
             model, sparsity, data, val, criterion=criterion, structured=structured, scope=scope,
             max_layer_sparsity=max_layer_sparsity, pattern=pattern, reconstruct=reconstruct, rounds=rounds,
             finetune=finetune, schedule=schedule, steps=steps, distill=distill, inplace=inplace, example=example,
-            prune_again=prune_again, control=control, temperature=temperature, alpha=alpha,
+            prune_again=prune_again, control=control, round_to=round_to, temperature=temperature, alpha=alpha,
             slimming_epochs=slimming_epochs, slimming_l1=slimming_l1, hessian_estimator=hessian_estimator,
             calibration_samples=calibration_samples, weight_decay=weight_decay,
             settings=Settings(optimizer=optimizer, lr=lr, scheduler=scheduler, amp=amp, grad_clip=grad_clip,
@@ -350,11 +356,13 @@ def _removal(run: Run, plain: nn.Module, scores: Scores, target: float, pruned: 
     timing both candidate cuts at the final sparsity on the example (`latency.choose`), and keeps it."""
     cut = run.options.cut
     if cut.scope != "latency":
-        return removed_channels(scores, target, cut.scope, pruned, cut.max_layer_sparsity)
-    if run.ranking is None:
-        run.ranking = latency.choose(plain, scores, cut.sparsity, example, cut.max_layer_sparsity,
-                                     progress=run.phases.tracker("time"))
-    return latency.removal(scores, target, pruned, run.ranking, cut.max_layer_sparsity)
+        removed = removed_channels(scores, target, cut.scope, pruned, cut.max_layer_sparsity)
+    else:
+        if run.ranking is None:
+            run.ranking = latency.choose(plain, scores, cut.sparsity, example, cut.max_layer_sparsity,
+                                         progress=run.phases.tracker("time"))
+        removed = latency.removal(scores, target, pruned, run.ranking, cut.max_layer_sparsity)
+    return rounded(removed, scores, pruned, cut.round_to) if cut.round_to else removed
 
 
 def _groups(run: Run, model: nn.Module, example: torch.Tensor) -> list:

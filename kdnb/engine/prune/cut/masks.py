@@ -1,7 +1,7 @@
 """Pruning by masks, with ``torch.nn.utils.prune``: each masked parameter ``w`` becomes ``w_orig * w_mask``
 on every forward. Gradients reach ``w_orig`` through the mask, so pruned entries get zero gradient and
 stay pruned through fine-tuning. `make_permanent` folds the masks into plain parameters: the model is then
-an ordinary model with zeros, as fast as the dense one (the mask multiply costs ~30 % on CPU).
+an ordinary model with zeros, as fast as the dense one (the mask multiply costs time: bench/prune_speed.py).
 `on_path` and `connected` keep a mask's weights on input-output paths (the one-shot OBS prune uses them).
 """
 from __future__ import annotations

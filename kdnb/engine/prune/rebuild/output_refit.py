@@ -14,16 +14,11 @@ distillation loss at temperature 1, for one layer), solved by L-BFGS from the le
 training samples. It reads no labels, as the least squares does not. The result is kept only where its
 divergence is below that of the least-squares and of the plainly masked weights.
 
-Measured (2026-12-02, this session's AVX-512 box, bench/prune_oneshot.py's teachers, seeds and calibration, no
-fine-tuning; the default prunes, least-squares output layer -> this):
-- the notebook-02 MLP, 50 / 75 / 90 % of the hidden neurons removed, 9 seeds: 0.9749 / 0.9734 / 0.9563 ->
-  0.9749 / 0.9746 / 0.9601 (seeds 0-2: 0.9777 / 0.9749 / 0.9601 -> 0.9772 / 0.9758 / 0.9656). Fitted once to the
-  finished model over 18 seeds: 75 % 0.9697 -> 0.9721 (12 seeds up, 3 down), 90 % 0.9520 -> 0.9562;
-- the same MLP, unstructured 90 / 95 / 98 %, 3 seeds: 0.9777 / 0.9721 / 0.9396 -> 0.9759 / 0.9814 / 0.9610;
-- cnn_bn, 50 / 75 / 90 % of the channels, 3 seeds: 0.9006 / 0.6741 / 0.3213 -> 0.9155 / 0.7317 / 0.4113.
-Without the pull (``rho = 0``) the fit to the finished 75 % MLP gained nothing (6 seeds 0.9726 -> 0.9721); rho
-1e-3 / 1e-2 gave 0.9740 / 0.9740 (9 seeds, least squares 0.9734). In every re-scored round instead of the last
-it gained nothing either (3 seeds, 75 / 90 %: 0.9749 / 0.9582): group OBS's costs assume least-squares consumers.
+Measured by bench/prune_oneshot.py (its teachers, seeds and calibration, no fine-tuning; the default prunes with
+a least-squares output layer against this one; numbers in docs/benchmarks.md): it gains on the notebook-02 MLP at
+75 and 90 % of the hidden neurons and at 95 and 98 % of its single weights, and on cnn_bn's channels at every
+sparsity. Without the pull (``rho = 0``) the fit gained nothing; a stronger pull gained less than `RIDGE`. In every
+re-scored round instead of the last it gained nothing either: group OBS's costs assume least-squares consumers.
 
 Cost: the output layer's calibration inputs and the dense logits, ``rows x (d + classes)`` numbers in fp64, and
 up to `ITERATIONS` L-BFGS steps of a few ``rows x d x classes`` products; a layer that would pass `MAX_BYTES` or
@@ -40,9 +35,9 @@ from kdnb.engine.device import eval_mode, model_device, to_device
 
 RIDGE = 1e-4  # rho (the measurements above)
 # L-BFGS iterations at most, with tolerances that fp64 allows. Only the pull bends the directions that sharpen
-# near one-hot predictions, so the tutorial teacher's refit runs all 500 (1.0-1.2 s on one thread); L-BFGS's
+# near one-hot predictions, so the tutorial teacher's refit runs all 500 (its time: bench/prune_oneshot.py); L-BFGS's
 # default tolerances stopped it after ~130 evaluations, so loosely that two processes ended 1e-4 away from one
-# (tests/test_distributed.py)
+# (tests/integration/test_distributed.py)
 ITERATIONS = 500
 MAX_BYTES = 256 * 2**20
 MAX_MACS = 2**27  # rows x inputs x outputs: a larger output layer (a 1000-class head) keeps its least squares

@@ -40,8 +40,8 @@ from kdnb.engine.prune.score.stream import Lockstep, lockstep, statistics
 
 _BLOCK_BYTES = 64 * 2**20  # bound on the (rows x k x k) fp64 systems solved at once
 # The exact per-row re-solve runs where its modelled cost is at most 1/EXACT_FACTOR of the refined sweep's: its
-# batched Cholesky factors of small systems ran 13-80x slower per modelled multiply-add than the sweep's products,
-# for 0.0-0.4 % less squared error (bench/prune_scale.py --part solve, random layers of 256-1152 inputs, shared box)
+# batched Cholesky factors of small systems ran many times slower per modelled multiply-add than the sweep's
+# products, for a fraction of a percent less squared error (bench/prune_scale.py --part solve)
 EXACT_FACTOR = 16.0
 EXACT_BELOW = 2**26  # multiply-adds under which the exact solve always runs (a fraction of a second)
 REFINE_STEPS = 10  # conjugate-gradient steps after the sweep (`_refine`)
@@ -181,8 +181,8 @@ def _refine(start: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, suppor
             steps: int = REFINE_STEPS) -> torch.Tensor:
     r"""``steps`` of conjugate gradients from ``start`` on every row's least squares restricted to its support,
     all rows at once, preconditioned by the diagonal (Jacobi): :math:`\min_{w_r} w_r^	op H w_r - 2 w_r^	op c_r`,
-    :math:`H = G + \lambda I`. From the sweep, 10 steps reach the exact solve's error to 0.5 % (random layers of
-    256 and 1152 inputs, 20-80 % kept: bench/prune_scale.py --solve). Cost: ``rows d^2`` per step, fp32."""
+    :math:`H = G + \lambda I`. From the sweep, `REFINE_STEPS` steps reach the exact solve's error
+    (bench/prune_scale.py --part solve). Cost: ``rows d^2`` per step, fp32."""
     h = gram.float()
     h.diagonal().add_(damp * float(gram.diagonal().mean()))
     keep = support.to(h)

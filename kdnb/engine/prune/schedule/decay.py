@@ -7,22 +7,15 @@ so decaying it only raises its effective learning rate (van Laarhoven 2017, "L2 
 Weight Normalization"; Zhang et al. 2019, "Three Mechanisms of Weight Decay Regularization"). Biases and the
 normalisations' own parameters are not decayed.
 
-Measured (bench/prune_sparsity.py's harness, LeNet-300-100 at 99 %, agp over 20 epochs, Adam(W) lr 1e-2, 12 seeds
-x 3 shufflings of the fine-tuning = 36 prunes, dense 0.9831; 2026-12-02, an AMD EPYC): no decay 0.9746 (the
-three 12-seed means 0.9733 / 0.9775 / 0.9731), 0.3 0.9772, 1.0 0.9814 (0.9800 / 0.9819 / 0.9824). On cnn_bn,
-every conv weight decayed too at 1.0 lost 2-8 pp (95 % 0.8997 vs 0.9777 on seed 0): the reason the weights that
-feed a normalisation are left out. With them left out, cnn_bn decays only its classifier, and that did not help
-(bench/prune_resolve.py's harness, 9 seeds, the default with the decay vs without, lr 1e-2 / 1e-3): 95 % 0.9647 /
-0.9539 vs 0.9629 / 0.9539, 98 % 0.9223 / 0.8858 vs 0.9260 / 0.8997 (-1.4 pp at prune's lr, on seeds 0-2 and 3-8
-alike), so by default a model with normalisation layers is not decayed (`default`).
-At prune's default lr 1e-3 (LeNet, 36 prunes) the decay neither helps nor hurts (1.0: 0.9700, 0.3: 0.9704, none:
-0.9705). In a short run it costs: notebook 02's agp over 3 epochs (MLP 64-256-256 at 99 %, lr 1e-3, every step
-re-solved) 0.9610 with 1.0 against 0.9638 without (the saved notebook), so the default decays only runs of
-`FROM_EPOCHS` or more. After a one-shot cut it costs too (OBS start at 98 %, 20 epochs, 12 seeds: 0.9735 vs 0.9761),
-so one-shot fine-tuning keeps Adam unless ``weight_decay`` is set; so does iterative (not measured).
-Tried and not kept (LeNet at 99 %, lr 1e-2 unless said, 12 seeds, shuffling 0 where the 1.0 default gives 0.9800):
-2.0 0.9777, 3.0 0.9756; lr 1e-3 with 3.0 0.9636, with 10 0.8916; 1.0 switched off after the ramp 0.9786; 2.0 in
-the ramp and none after 0.9819 / 0.9791 / 0.9789 over three shufflings (mean 0.9800 against 1.0's 0.9814).
+Measured by bench/prune_sparsity.py (LeNet-300-100 at 99 %, agp over 20 epochs, 36 prunes) and
+bench/prune_resolve.py (cnn_bn); their numbers are in docs/benchmarks.md. On LeNet at Adam's lr 1e-2 the decay
+brings the default to 99 % within half a point of dense; at prune's default lr 1e-3 it neither helps nor hurts.
+Decaying the weights that feed a normalisation costs cnn_bn several points, and with those left out cnn_bn decays
+only its classifier, which did not help, so by default a model with normalisation layers is not decayed
+(`default`). In a short run it costs (notebook 02's agp over 3 epochs), so the default decays only runs of
+`FROM_EPOCHS` or more; after a one-shot cut it costs too, so one-shot fine-tuning keeps Adam unless
+``weight_decay`` is set; so does iterative (not measured). Stronger decays (2.0, 3.0, 10) and a decay only during
+the ramp were tried and not kept.
 """
 from __future__ import annotations
 
@@ -41,7 +34,7 @@ FROM_EPOCHS = 10  # shorter runs have nothing to regularise: the decay only pull
 def default(model: nn.Module, schedule: str, finetune: int) -> float:
     """``prune``'s decay when ``weight_decay`` is None: `WEIGHT_DECAY` in an agp run of `FROM_EPOCHS` or more of a
     model without normalisation layers, else 0. In a normalised model the decay reaches only the weights after the
-    last normalisation (a classifier), where it regularises nothing and cost 1.4 pp (cnn_bn, see above)."""
+    last normalisation (a classifier), where it regularises nothing and cost accuracy (cnn_bn, see above)."""
     normalised = any(isinstance(m, NORMS) for m in model.modules())
     return WEIGHT_DECAY if schedule == "agp" and finetune >= FROM_EPOCHS and not normalised else 0.0
 

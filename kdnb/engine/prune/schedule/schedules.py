@@ -9,25 +9,19 @@
 - "auto" (`kdnb.prune`'s default, resolved by `resolve`): "agp" for single weights with fine-tuning at
   ``GRADUAL_FROM`` sparsity and above, "oneshot" otherwise.
 
-bench/prune_sparsity.py (LeNet-300-100 on digits, 20 fine-tuning epochs, 3 seeds, dense 0.9833): at 99 %
-one-shot pruning then fine-tuning reaches 0.874 (LAMP, re-solved), agp with 10 updates 0.970 and with 30
-updates 0.981 (hessian, Adam lr 1e-2); below 95 % a one-shot cut re-solved on the data keeps the accuracy too.
+bench/prune_sparsity.py (LeNet-300-100 on digits, 20 fine-tuning epochs): at 99 % agp keeps the accuracy where
+one-shot pruning then fine-tuning does not, and more updates do better; below 95 % a one-shot cut re-solved on the
+data keeps the accuracy too.
 
 Whether a gradual step re-solves the kept weights (by default, `resolves`) depends on the training left after it:
-a step followed by fewer than `RESOLVE_BELOW` epochs re-solves, the earlier ones only mask. Measured with
-hessian agp (2026-12-02, bench/prune_sparsity.py's harness, LeNet-300-100 at 99 %, 20 epochs, 12 seeds, dense
-0.9831; Adam at lr 1e-2 / at prune's default 1e-3): masks only 0.9752 / 0.9401, every step re-solved 0.9652 /
-0.9631, the steps with < 10 epochs left (the last 10 of 30) 0.9733 / 0.9701; only the first 5 or 15 steps 0.9745
-/ 0.9329 and 0.9726 / 0.9436, only the last 5 0.9756 / 0.9550. With 10 epochs at lr 1e-2, every step (all have
-< 10 left) 0.9631 vs masks 0.9710. On a conv net (bench/prune_oneshot.py's cnn_bn, 3 seeds, lr 1e-3) every step
-re-solved against masks only: 95 % with 5 / 10 / 20 epochs 0.9313 / 0.9526 / 0.9601 vs 0.6778 / 0.9016 /
-0.9545, 98 % with 20 epochs 0.8802 vs 0.8607; the default's last 10 of 30 steps, 20 epochs, 0.9554 at 95 % and
-0.9127 at 98 % (bench/prune_resolve.py, which has lr 1e-2 too). With 3 epochs (notebook 02's MLP 64-256-256 at
-99 %, lr 1e-3) re-solving is what makes gradual pruning work (0.969 vs 0.53 masked; LAMP 0.91 vs 0.40).
+a step followed by fewer than `RESOLVE_BELOW` epochs re-solves, the earlier ones only mask. Measured with hessian
+agp by bench/prune_sparsity.py's harness (LeNet-300-100 at 99 %) and bench/prune_resolve.py (LeNet and cnn_bn):
+masks only fall far behind at prune's default lr 1e-3, re-solving every step costs accuracy at lr 1e-2, and
+re-solving the last steps does well at both; on a conv net re-solving beats masks, by most with short fine-tuning.
+With 3 epochs (notebook 02) re-solving is what makes gradual pruning work. The numbers: docs/benchmarks.md.
 
 An agp run of 10 epochs or more, of a model without normalisation layers, fine-tunes with decoupled weight decay by
-default (`kdnb.engine.prune.schedule.decay`: LeNet-300-100 at 99 % over 20 epochs, lr 1e-2, 36 prunes, 0.9814
-against 0.9746 without).
+default (`kdnb.engine.prune.schedule.decay`, measured by bench/prune_sparsity.py).
 """
 from __future__ import annotations
 

@@ -12,11 +12,9 @@ from kdnb.engine.prune.score.scores import Scores
 
 SCOPES = ("global", "local", "macs")
 # The most of any group's channels the cost ranking ("macs", and scope="latency"'s cost-ranked cut) removes by
-# default (`layer_cap`). bench/prune_zoo.py --floor, tutorial 03's ResNet at 60 %, 2 epochs of fine-tuning, 3 seeds
-# (accuracy; speed-up over dense, CPU time): no cap 0.789 (stem 1 of 16 channels; 2.18x), 0.75 0.942 (1.92x),
-# 0.625 0.961 (1.87x), 0.5 0.975 (1.71x), the global cut 0.982 (1.13x). bench/prune_zoo.py --zoo-only (shared box):
-# scope="latency" as fast as Torch-Pruning or faster on all 16 models with 0.5, 0.75 and no cap in one run each;
-# in two of three more runs at 0.5 densenet was a hair slower, with the global cut, which no cap changes.
+# default (`layer_cap`): the cap that kept tutorial 03's ResNet within a point of the global cut's accuracy while
+# keeping most of the speed-up (bench/prune_zoo.py --floor); it leaves scope="latency" as fast as Torch-Pruning
+# across the zoo (bench/prune_zoo.py --zoo-only).
 MAX_LAYER_SPARSITY = 0.5
 
 
@@ -93,6 +91,23 @@ def removed_channels(scores: Scores, sparsity: float, scope: str = "global",
             warnings.warn(f"layer {root!r} keeps 1 of {len(mask)} channels at sparsity {sparsity} "
                           "(a layer needs at least one)", RuntimeWarning, stacklevel=3)
     return gone
+
+
+def rounded(removed: dict[str, torch.Tensor], scores: Scores, pruned: dict[str, torch.Tensor] | None,
+            multiple: int) -> dict[str, torch.Tensor]:
+    """``removed`` with each group keeping a multiple of ``multiple`` channels (or all of them): the best-scored
+    channels this cut removed come back (never one an earlier cut removed)."""
+    groups = {group.root: group for group in scores.groups}
+    result = {}
+    for root, gone in removed.items():
+        kept = int((~gone).sum())
+        missing = min(len(gone), -(-kept // multiple) * multiple) - kept
+        earlier = _already_removed(groups[root], pruned) if pruned else torch.zeros_like(gone)
+        candidates = (gone & ~earlier).nonzero().flatten()
+        best = candidates[torch.argsort(scores.channels[root][candidates], descending=True, stable=True)[:missing]]
+        result[root] = gone.clone()
+        result[root][best] = False
+    return result
 
 
 def layer_cap(scope: str, max_layer_sparsity: float | None) -> float:

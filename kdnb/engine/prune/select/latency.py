@@ -13,7 +13,7 @@ both are deleted from copies, timed on the example batch in alternating rounds, 
 kept for the whole prune (its rounds included). A tie (within `MARGIN`) goes to "global", the more accurate.
 
 The cost ranking alone would empty a costly layer down to the one channel it must keep (tutorial 03's ResNet
-stem: 1 of 16, 0.79 accuracy after fine-tuning), so by default it stops taking a layer's channels at
+stem: 1 of 16 channels, bench/prune_zoo.py --floor), so by default it stops taking a layer's channels at
 `select.channels.MAX_LAYER_SPARSITY` of them (``max_layer_sparsity``, Torch-Pruning's ``max_pruning_ratio``) and
 moves on.
 """
@@ -39,8 +39,8 @@ PRUNE_SCOPES = (*SCOPES, "latency")  # what `prune` accepts: the rankings, and t
 
 # How many MACs one activation element read or written costs in time, on a CPU (fp32): an FMA unit does
 # 16-32 MACs a cycle where memory moves 4-8 floats, and each elementwise pass has its own overhead. A one-off
-# sweep over the zoo's 9 CNNs (single-thread CPU time, busy box; kappa 0, 16, 64, 256): 0 and 16 lose on the
-# depthwise nets (mobilenet_v2 1.27x and 1.87x vs 2.19x at 64), 64 and 256 are within noise of each other.
+# sweep over the zoo's 9 CNNs (bench/prune_zoo.py's models, kappa 0, 16, 64, 256): 0 and 16 lose on the depthwise
+# nets, 64 and 256 are within noise of each other.
 TRAFFIC_MACS = 64.0
 MARGIN = 0.03  # the cost-ranked cut must be this much faster (median paired ratio) to beat "global"
 ROUNDS = 15  # alternating timed forwards of each candidate
