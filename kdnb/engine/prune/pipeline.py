@@ -31,7 +31,7 @@ from kdnb.engine.prune.result import PruneResult
 from kdnb.engine.prune.schedule import decay, schedules
 from kdnb.engine.prune.score import calibration, criteria
 from kdnb.engine.prune.score.criteria import Criterion
-from kdnb.engine.prune.score.criteria.batchnorm import slimming_phase
+from kdnb.engine.prune.schedule.slimming import slimming_phase
 from kdnb.engine.prune.score.importance import compute_scores
 from kdnb.engine.prune.score.scores import Scores
 from kdnb.engine.prune.select import latency

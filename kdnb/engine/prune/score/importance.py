@@ -18,7 +18,7 @@ from kdnb.engine.prune.graph.groups import ChannelGroup, channel_groups, channel
     prunable_weights
 from kdnb.engine.prune.phases import Phases, silent
 from kdnb.engine.prune.score import calibration, criteria, estimate
-from kdnb.engine.prune.score.criteria.batchnorm import slimming_phase
+from kdnb.engine.prune.schedule.slimming import slimming_phase
 from kdnb.engine.prune.score.scores import Scores
 
 
