@@ -40,14 +40,17 @@ ALLOW_ROOT  := $(if $(filter 0,$(shell id -u)),--allow-root)
 LAB_PORT    ?= 8888
 QUICKSTART  := lab/tree/notebooks/00-quickstart.ipynb
 
-# One URL that opens the quickstart, with the file browser at the project root (README, bench, ...).
-# The token is set here so the printed URL is the whole story; Jupyter's own banner is kept quiet.
+# One URL that opens the quickstart, with the file browser at the project root (README, bench, ...):
+# JupyterLab's `file-browser-path` query. The token is set here so the printed URL is the whole story; it is
+# printed once the server answers (tools/lab_url.py), and Jupyter's own banner is kept quiet.
 lab: setup
 	@token=$$($(PY) -c "import secrets; print(secrets.token_hex(16))"); \
-	echo; echo "    JupyterLab: http://localhost:$(LAB_PORT)/$(QUICKSTART)?token=$$token"; echo; \
 	$(VENV)/bin/jupyter lab $(ALLOW_ROOT) --no-browser --port=$(LAB_PORT) --ServerApp.port_retries=0 \
 	  --notebook-dir=. --ServerApp.default_url=/$(QUICKSTART) --IdentityProvider.token=$$token \
-	  --ServerApp.log_level=WARN
+	  --ServerApp.log_level=WARN & server=$$!; \
+	trap 'kill $$server 2>/dev/null' INT TERM; \
+	$(PY) tools/lab_url.py $(LAB_PORT) $$token "$(QUICKSTART)?file-browser-path=/" $$server || kill $$server; \
+	wait $$server
 
 test: setup browser
 	$(PY) -m pytest

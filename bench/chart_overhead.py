@@ -3,13 +3,14 @@
 Both runs have the progress bar, as a notebook user sees them. The chart renders and publishes
 exactly as in a Jupyter kernel (an IPython shell whose display publisher keeps the outputs), so
 the cost measured is Agg drawing + PNG encoding + publishing. Timed in one process, alternating
-A/B, median over rounds; the time spent inside the chart's own event handlers is reported too.
-The chart draws its first frame 0.5 s into the run (so a user sees a chart within a second), then
-steady frames within 1.5 % of the run's time, and a last frame when the run ends: about two frames
-of 50-70 ms on an idle machine for a 3 s run, so short runs pay those two frames (~4 % at 3 s, ~1.5 %
-at 10 s). ``--epochs`` sets the run's length (60 digits epochs: about 3 s on this 2-core machine).
-On a loaded machine the A/B ratio swings; the time inside the chart's handlers is the steadier number.
-Last line: the ratio chart / no chart (goal <= 1.03).
+A/B, median over rounds; the time spent inside the chart's own event handlers is reported too, and
+the longest wall-time gap between two frames (the chart promises one at least every second).
+The chart draws its first frame at the run's first event, then a frame every max(0.5 s, cost / 4 %), at most
+0.9 s apart, each repainting only the lines over a saved background (a full redraw only when an axis, a
+legend or the layout changes), and a last frame when the run ends. ``--epochs`` sets the run's length
+(60 digits epochs: about 3 s on an idle 2-core machine). On a loaded machine the A/B ratio swings; the
+time inside the chart's handlers is the steadier number. Last line: the ratio chart / no chart
+(goal <= 1.05).
 
     python bench/chart_overhead.py [--rounds 5] [--epochs 60] [--threads 1]
 """
@@ -34,7 +35,14 @@ class Timed:
     """Forwards each event to the chart and adds up the time the chart takes to handle it."""
 
     def __init__(self, chart: LiveChart):
-        self.chart, self.seconds = chart, 0.0
+        self.chart, self.seconds, self.frames = chart, 0.0, []
+        show = chart._show
+
+        def shown(*args) -> None:  # when each frame was published
+            show(*args)
+            self.frames.append(time.perf_counter())
+
+        chart._show = shown
 
     def __getattr__(self, event: str):
         handler = getattr(self.chart, event)
@@ -64,7 +72,7 @@ def main() -> None:
     data, val = kdnb.datasets.load("digits", batch_size=32, seed=0)
     make = lambda: kdnb.models.lenet_300_100(64, 10)  # noqa: E731
     times: dict[str, list[float]] = {"no chart": [], "chart": []}
-    redraws, inside = [], []
+    redraws, inside, gaps = [], [], []
     sys.stderr = open(os.devnull, "w")  # the progress bar draws to stderr; keep the report readable
     for round_ in range(args.rounds + 1):  # round 0 warms up both (matplotlib's first import and fonts)
         for name in (("no chart", "chart") if round_ % 2 else ("chart", "no chart")):
@@ -80,6 +88,7 @@ def main() -> None:
                 if chart:
                     redraws.append(chart.chart.redraws)
                     inside.append(chart.seconds / elapsed)
+                    gaps.append(max(b - a for a, b in zip([start, *chart.frames], chart.frames)))
                     assert len(captured.outputs) == chart.chart.redraws  # one display, then updates of it
     sys.stderr = sys.__stderr__
     steps = args.epochs * len(data)
@@ -89,6 +98,9 @@ def main() -> None:
     print(f"redraws per run with the chart: {redraws}")
     print(f"time inside the chart's event handlers: median {100 * statistics.median(inside):.2f} % of the run "
           f"(the cost itself, less sensitive to a busy machine than the A/B ratio)")
+    print(f"longest wait for a frame (from the start, then between frames): max {max(gaps):.2f} s, "
+          f"median {statistics.median(gaps):.2f} s")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
     ratio = statistics.median(times["chart"]) / statistics.median(times["no chart"])
     print(f"ratio chart / no chart: {ratio:.3f}")

@@ -1,10 +1,13 @@
 """kdnb: make neural networks smaller by knowledge distillation and pruning, and watch it happen.
 
-``import kdnb`` stays light: widgets and matplotlib load on first use.
+``import kdnb`` stays light: widgets and matplotlib load on first use. Inside IPython (a notebook kernel)
+it also declares the magics ``%%distill``, ``%%prune`` and ``%kdnb``, loaded on their first use, so a cell
+magic works after ``import kdnb`` as after ``%load_ext kdnb``.
 """
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 from kdnb.env import version as _version
@@ -53,3 +56,39 @@ def unload_ipython_extension(ipython: Any) -> None:
     from kdnb.magics import unload_ipython_extension as unload
 
     unload(ipython)
+
+
+MAGICS = {"distill": "cell", "prune": "cell", "kdnb": "line"}
+
+
+def _declare_magics() -> None:
+    """In an IPython shell, declare the magics lazily: IPython runs ``%load_ext kdnb`` when one is first used
+    (or asked for with ``%%distill?``); nothing heavy is imported now."""
+    if "IPython" not in sys.modules:  # never import IPython just to ask
+        return
+    shell = sys.modules["IPython"].get_ipython()
+    if shell is None:
+        return
+    from kdnb.env import in_kernel, plotting_enabled
+
+    if in_kernel() and plotting_enabled():
+        shell.events.register("post_run_cell", _warm_up_chart)
+    manager = shell.magics_manager
+    for name, kind in MAGICS.items():
+        if name not in manager.magics[kind]:
+            try:
+                manager.register_lazy(name, "kdnb", kind)
+            except (AttributeError, TypeError):  # an IPython without lazy magics of a kind: %load_ext kdnb it is
+                return
+
+
+def _warm_up_chart(*_: Any) -> None:
+    """Once, when the cell that imported kdnb ends: load matplotlib and its fonts for the live chart, so the
+    first training cell shows its chart within a second instead of paying a second or two of imports."""
+    sys.modules["IPython"].get_ipython().events.unregister("post_run_cell", _warm_up_chart)
+    from kdnb.widgets.live import warm_up
+
+    warm_up()
+
+
+_declare_magics()

@@ -22,6 +22,7 @@ import inspect
 import traceback
 import keyword
 import re
+import textwrap
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -75,6 +76,23 @@ def argument_help(verb: Callable[..., Any]) -> dict[str, str]:
         elif current and line.startswith(" " * 8):
             described.update({name: described[name] + " " + line.strip() for name in current})
     return {**SUBSCRIBER_HELP, **described}
+
+
+def plain(text: str) -> str:
+    """Docstring text as a person reads it in ``%%distill?``: no reStructuredText marks (````nn.Module````,
+    ```DistillResult```) and no literal-block ``::`` before the usage line that IPython's parser writes."""
+    text = re.sub(r"^::\n\n  ", "", text)
+    text = re.sub(r"``(.+?)``", r"\1", text)
+    return re.sub(r"`([^`\n]+)`", r"\1", text)
+
+
+def help_text(doc: str) -> str:
+    """The parser's help as ``%%distill?`` shows it: plain text, the usage lines aligned under their first line
+    (IPython indents them for a literal block) and the description wrapped."""
+    usage, _, rest = plain(doc).partition("\n\n")
+    usage = "\n".join(line[2:] if line.startswith("  ") else line for line in usage.splitlines())
+    description, _, options = rest.partition("\n\n")
+    return f"{usage}\n\n{textwrap.fill(description, 88)}\n\n{options}"
 
 
 def close_match(name: str, choices: Iterable[str]) -> str:
@@ -133,13 +151,13 @@ class VerbMagic:
 
         first = (inspect.getdoc(self.verb) or "").split("\n\n")[0]
         magic.__name__ = self.name
-        magic.__doc__ = (f"Call kdnb.{self.name} on the cell: one `name = expression` per line (any of the "
-                         f"options below, without the dashes), evaluated in the notebook. {first}")
+        magic.__doc__ = plain(f"Call kdnb.{self.name} on the cell: one 'name = expression' per line (any of the "
+                              f"options below, without the dashes), evaluated in the notebook. {first}")
         described = argument_help(self.verb)
         decorators = [argument("-o", "--output", metavar="NAME", help="store the result in this notebook variable")]
         for name, param in self.params.items():
             default = "required" if param.default is param.empty else f"default: {param.default!r}"
-            text = f"{described.get(name, '')} ({default})".strip().replace("%", "%%")
+            text = plain(f"{described.get(name, '')} ({default})".strip()).replace("%", "%%")
             if isinstance(param.default, bool):
                 decorators.append(argument(f"--{name}", nargs="?", const="True", default=argparse.SUPPRESS,
                                            metavar="BOOL", help=text))
@@ -149,6 +167,7 @@ class VerbMagic:
             magic = decorator(magic)
         magic = magic_arguments(f"%{self.name}")(magic)  # usage reads %%name
         magic.parser.allow_abbrev = False  # an option is its keyword's full name, nothing shorter
+        magic.__doc__ = help_text(magic.__doc__)  # what `%%distill?` prints
         return magic
 
     def __call__(self, line: str, cell: str) -> Any:

@@ -28,6 +28,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
 WIDGET_MANAGER = "@jupyter-widgets/jupyterlab-manager:plugin"
+PACKAGE_OVERRIDES = Path(__file__).resolve().parents[1] / "jupyter-config" / "overrides.d" / "kdnb.json"
 
 # Lab user settings for a test run: every cell attached to the DOM (no windowing), and no news
 # or update check (they would reach for the network and pop a toast over the notebook).
@@ -75,6 +76,12 @@ class JupyterLab:
             path = config_dir / "lab" / "user-settings" / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(settings))
+        # The settings defaults the package installs (pyproject's data-files: widget state saved with the
+        # notebook), as `pip install` places them in sys.prefix/share/jupyter/lab/settings, for JupyterLab and
+        # Notebook 7 alike, whether or not this environment was installed before they existed.
+        app_settings = self.home / "app-settings" / "overrides.d"
+        app_settings.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PACKAGE_OVERRIDES, app_settings / PACKAGE_OVERRIDES.name)
         env = dict(os.environ)
         env.pop("KDNB_PLOT", None)  # tests/conftest.py turns the chart off; the browser test needs it on
         env.update(
@@ -90,6 +97,8 @@ class JupyterLab:
             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root_dir}",
             "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
+            f"--LabApp.app_settings_dir={app_settings.parent}",
+            f"--JupyterNotebookApp.app_settings_dir={app_settings.parent}",
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             command.append("--allow-root")  # CI containers run as root
@@ -118,6 +127,12 @@ class JupyterLab:
     def url(self, path: str) -> str:
         """The notebook's URL in a fresh workspace (``reset``: no tabs restored from an earlier page)."""
         return f"{self.base}/lab/tree/{path}?reset&token={self.token}"
+
+    def notebook7_url(self, path: str) -> str | None:
+        """The notebook's URL in Notebook 7, or None when the notebook package is not installed."""
+        import importlib.util
+
+        return f"{self.base}/notebooks/{path}?token={self.token}" if importlib.util.find_spec("notebook") else None
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
@@ -190,7 +205,8 @@ WATCH_IMAGES_JS = """() => {
     if (!kind || !child) return;
     const output = Array.prototype.indexOf.call(child.parentElement.children, child);
     const prompt = cellNode.querySelector('.jp-InputPrompt')?.textContent || '';
-    state.srcs.push({cell, output, kind, running: prompt.includes('*'), src: img.getAttribute('src')});
+    state.srcs.push({cell, output, kind, running: prompt.includes('*'), src: img.getAttribute('src'),
+                     t: performance.now() / 1000});
   };
   const observer = new MutationObserver((mutations) => {
     for (const m of mutations) {
@@ -230,6 +246,17 @@ KERNEL_EXECUTE_JS = """async (code) => {
   };
   await future.done;
   return text;
+}"""
+
+# Run one cell (the kernel idle, so it starts at once) and return when it was asked to, in the page's clock.
+RUN_CELL_JS = """(index) => {
+  const state = window.__kdnb, content = state.panel.content;
+  content.activeCellIndex = index;
+  state.run = null;
+  const started = performance.now() / 1000;
+  window.jupyterapp.commands.execute('notebook:run-cell').then(
+    (ok) => { state.run = {ok: ok !== false}; }, (error) => { state.run = {ok: false, error: String(error)}; });
+  return started;
 }"""
 
 SAVE_JS = """async () => {
@@ -286,6 +313,30 @@ class Notebook:
         self.page.wait_for_function(KERNEL_IDLE_JS, timeout=30_000)
         if not run["ok"]:
             raise AssertionError(f"Run All Cells stopped early: {run}; errors: {self.errors()}")
+
+    def run_cell(self, index: int, timeout: float) -> float:
+        """Run one cell, wait until it ran; returns the page time (s) at which it was started."""
+        self.page.evaluate(WATCH_IMAGES_JS)
+        started = self.page.evaluate(RUN_CELL_JS, index)
+        deadline = time.monotonic() + timeout
+        while self.page.evaluate("() => window.__kdnb.run") is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"cell {index} did not finish within {timeout:.0f} s")
+            self.page.wait_for_timeout(250)
+        self.page.wait_for_function(KERNEL_IDLE_JS, timeout=30_000)
+        return started
+
+    def frames(self, index: int) -> list[tuple[float, str]]:
+        """(page time, src) of each distinct image one output of the cell showed while the cell ran."""
+        seen, frames = set(), []
+        for item in self.page.evaluate("() => window.__kdnb.srcs"):
+            if item["cell"] == index and item["running"] and item["src"] not in seen:
+                seen.add(item["src"])
+                frames.append((item["t"], item["src"]))
+        return frames
+
+    def shutdown_kernel(self) -> None:
+        self.page.evaluate("() => window.__kdnb.panel.sessionContext.shutdown()")
 
     def image_changes(self, index: int, kind: str | None = None, running: bool | None = None
                       ) -> dict[int, list[str]]:

@@ -6,7 +6,8 @@ execute them, saving their outputs.
     .venv/bin/python tools/make_notebooks.py --no-run     # write only (cells, no outputs)
 
 Rerun it after editing a source or changing what kdnb prints: tests/integration/test_notebooks.py fails when a
-committed notebook's cells differ from its source, and nbval compares the `# NBVAL_CHECK_OUTPUT` cells.
+committed notebook's cells differ from its source, and nbval compares the cells tagged `nbval-check-output`
+(a source cell that starts with `# NBVAL_CHECK_OUTPUT`).
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 
 def execute(notebook: nbformat.NotebookNode, path: Path, timeout: int = 600) -> float:
@@ -27,10 +28,15 @@ def execute(notebook: nbformat.NotebookNode, path: Path, timeout: int = 600) -> 
                             resources={"metadata": {"path": str(path.parent)}})
     started = time.perf_counter()
     with client.setup_kernel(stderr=subprocess.DEVNULL):
+        # language_info as the kernel reports it, which is what a frontend writes back on opening the notebook:
+        # saved as it will be, opening a committed notebook leaves it unchanged
+        notebook.metadata["language_info"] = client.wait_for_reply(client.kc.kernel_info())["content"]["language_info"]
         for index, cell in enumerate(notebook.cells):
             client.execute_cell(cell, index)
     elapsed = time.perf_counter() - started
-    notebook.metadata.pop("widgets", None)  # widget state is live-only; the static outputs stay
+    # The widgets' live state is not kept (the static outputs are), but the empty state JupyterLab and Notebook 7
+    # write when they save a notebook whose widgets are not running is, so opening and saving changes nothing.
+    notebook.metadata["widgets"] = {WIDGET_STATE: {"state": {}, "version_major": 2, "version_minor": 0}}
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
             data = output.get("data", {})

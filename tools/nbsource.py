@@ -12,7 +12,8 @@ solutions (``notebooks/exercises/solutions/NN-name-solutions.ipynb``), from thes
 
 so the source itself is the runnable, lintable solution. A cell tagged ``stub-only`` or ``solution-only``
 (``# %% [markdown] tags=["stub-only"]``) goes into that notebook only. A code cell whose first line is
-``# NBVAL_CHECK_OUTPUT`` has its output compared by nbval on every test run.
+``# NBVAL_CHECK_OUTPUT`` has its output compared by nbval on every test run: the notebook carries that as
+the cell's ``nbval-check-output`` tag (nbval reads either), so the students reading the code never see it.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ SOURCES = NOTEBOOKS / "src"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 BEGIN, END, STUB = "### BEGIN SOLUTION", "### END SOLUTION", "### STUB "
 ONLY = {"stub": "stub-only", "solution": "solution-only"}
+CHECK_MARKER, CHECK_TAG = "# NBVAL_CHECK_OUTPUT", "nbval-check-output"
 
 
 def variant(source: str, which: str) -> str:
@@ -55,7 +57,11 @@ def cells_of(source: Path, which: str | None = None) -> list[nbformat.NotebookNo
         if cell.cell_type == "markdown":
             cells.append(nbformat.v4.new_markdown_cell(text))
         elif cell.cell_type == "code":
-            cells.append(nbformat.v4.new_code_cell(variant(text, which).strip() if which else text))
+            code = variant(text, which).strip() if which else text
+            checked = code.startswith(CHECK_MARKER)
+            cells.append(nbformat.v4.new_code_cell(code[len(CHECK_MARKER):].strip() if checked else code))
+            if checked:
+                cells[-1].metadata["tags"] = [CHECK_TAG]
     return cells
 
 

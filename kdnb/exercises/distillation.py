@@ -5,6 +5,7 @@ is compared with the usual mistakes so the hint can name the one made.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -20,7 +21,7 @@ def _logits(seed: int, rows: int = 6, classes: int = 10, scale: float = 3.0) -> 
 
 def soft_labels(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> Report:
     """Check ``fn(logits, temperature) -> probabilities``: p^T = softmax(logits / T) over the classes (dim 1)."""
-    report = Report("soft_labels")
+    report = Report("soft_labels", checks=3)
     for temperature in (1.0, 4.0):
         z = _logits(int(temperature))
         what = f"soft_labels(logits of shape {tuple(z.shape)}, T={temperature:g})"
@@ -50,8 +51,11 @@ def soft_labels(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> Report:
             report.wrong(what, f"values differ from softmax(logits / T) by up to {worst:.3g}")
     if report.passes == 2:
         hot, cold = fn(_logits(7), 4.0), fn(_logits(7), 1.0)
+        softer = "a higher temperature gives softer labels (a lower top probability)"
         if float(hot.max(1).values.mean()) < float(cold.max(1).values.mean()):
-            report.ok("a higher temperature gives softer labels (a lower top probability)")
+            report.ok(softer)
+        else:
+            report.wrong(softer, "at T=4 the top probability should be lower than at T=1: divide the logits by T")
     return report
 
 
@@ -62,7 +66,7 @@ def kd_loss(fn: Callable[..., torch.Tensor]) -> Report:
 
     (alpha weights the hard-label term, as in `kdnb.engine.distill.losses.kd`).
     """
-    report = Report("kd_loss")
+    report = Report("kd_loss", checks=4)
     s, t = _logits(1), _logits(2)
     y = torch.randint(0, s.shape[1], (s.shape[0],), generator=torch.Generator().manual_seed(3))
     for temperature, alpha, what in ((4.0, 0.0, "soft term only (alpha=0, T=4)"),
@@ -98,35 +102,43 @@ def kd_loss(fn: Callable[..., torch.Tensor]) -> Report:
 
 def _kd_hint(mine: float, expected: float, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
              temperature: float, alpha: float) -> str:
-    """Name the likely mistake by recomputing the loss with each usual mistake."""
-    T, n = temperature, len(s)
+    """Name the likely mistakes by recomputing the loss with each usual mistake, alone and combined (a student
+    who passes probabilities to F.kl_div often also picks its default reduction)."""
+    T, n, classes = temperature, len(s), s.shape[1]
     log_ps, log_pt = F.log_softmax(s / T, 1), F.log_softmax(t / T, 1)
     kl = lambda a, b: float((a.exp() * (a - b)).sum(1).mean())  # noqa: E731 - KL(exp(a) || exp(b)), batch mean
     ce = float(F.cross_entropy(s, y))
-    soft = T**2 * kl(log_pt, log_ps)
-    mistakes = [
-        (alpha * ce + (1 - alpha) * T**4 * kl(log_pt, log_ps), f"your soft term is {T**2:g}x too big: did you multiply by T^2 twice?"),
-        (alpha * ce + (1 - alpha) * kl(log_pt, log_ps), f"your soft term is {T**2:g}x too small: multiply the KL by T^2, "
-         "so its gradients keep their size whatever T (Hinton et al. 2015, section 2)"),
-        ((1 - alpha) * ce + alpha * soft, "alpha and 1 - alpha are swapped: here alpha weights the HARD-label term, "
-         "KD = alpha * CE + (1 - alpha) * T^2 * KL"),
-        (alpha * ce + (1 - alpha) * T**2 * kl(log_ps, log_pt), "the KL is the wrong way round: the teacher is the "
-         "target, KL(p_t || p_s); in F.kl_div(input, target) the input is the student's log-probabilities"),
-        (alpha * ce + (1 - alpha) * T**2 * kl(F.log_softmax(t, 1), F.log_softmax(s, 1)),
-         "divide both the student's and the teacher's logits by T before the softmax"),
-        (alpha * ce + (1 - alpha) * T**2 * kl(log_pt, F.log_softmax(s, 1)), "divide the student's logits by T too"),
-        (alpha * ce + (1 - alpha) * T**2 * kl(F.log_softmax(t, 1), log_ps), "divide the teacher's logits by T too"),
-        (alpha * ce + (1 - alpha) * soft * n, f"your soft term is {n}x too big (the batch size): take the batch mean, "
-         "F.kl_div(..., reduction='batchmean')"),
-        (alpha * ce + (1 - alpha) * soft / s.shape[1], f"your soft term is {s.shape[1]}x too small (the number of classes): "
-         "reduction='mean' divides by batch x classes; use reduction='batchmean'"),
-        (alpha * ce * n + (1 - alpha) * soft, "the cross-entropy is summed over the batch: take its mean"),
-        (alpha * ce + (1 - alpha) * T**2 * float((F.softmax(t / T, 1) * (log_pt - F.softmax(s / T, 1))).sum(1).mean()),
-         "F.kl_div expects LOG-probabilities as its input: pass F.log_softmax(student / T, dim=1)"),
+    soft_terms = [  # the KL term as computed, and what is wrong with it ("" when nothing is)
+        (kl(log_pt, log_ps), ""),
+        (float((log_pt.exp() * (log_pt - log_ps.exp())).sum(1).mean()),
+         "F.kl_div expects LOG-probabilities as its input: pass F.log_softmax(student / T, dim=1), not softmax"),
+        (kl(log_ps, log_pt), "the KL is the wrong way round: the teacher is the target, KL(p_t || p_s); in "
+                             "F.kl_div(input, target) the input is the student's log-probabilities"),
+        (kl(F.log_softmax(t, 1), F.log_softmax(s, 1)), "divide both the student's and the teacher's logits by T "
+                                                       "before the softmax"),
+        (kl(log_pt, F.log_softmax(s, 1)), "divide the student's logits by T too"),
+        (kl(F.log_softmax(t, 1), log_ps), "divide the teacher's logits by T too"),
     ]
-    for value, hint in mistakes:
-        if abs(mine - value) <= 1e-4 * max(1.0, abs(value)):
-            return hint
+    scales = [(T**2, ""), (T**4, f"you multiplied by T^2 twice (the soft term is {T**2:g}x too big)"),
+              (1.0, f"multiply the KL by T^2, so its gradients keep their size whatever T (Hinton et al. 2015, "
+                    f"section 2): the soft term is {T**2:g}x too small"),
+              (T**2 * n, f"take the batch mean of the KL, F.kl_div(..., reduction='batchmean'): yours is summed "
+                         f"over the batch ({n}x too big)"),
+              (T**2 / classes, f"reduction='mean' divides by batch x classes ({classes}x too small): use "
+                               "reduction='batchmean'")]
+    weights = [((alpha, 1 - alpha), ""), ((1 - alpha, alpha), "alpha and 1 - alpha are swapped: here alpha weights "
+                                                              "the HARD-label term, KD = alpha * CE + (1 - alpha) * T^2 * KL")]
+    ce_terms = [(ce, ""), (ce * n, "the cross-entropy is summed over the batch: take its mean")]
+    for (soft, soft_hint), (scale, scale_hint), ((hard_w, soft_w), weight_hint), (hard, ce_hint) in \
+            itertools.product(soft_terms, scales, weights, ce_terms):
+        value = hard_w * hard + soft_w * scale * soft
+        hints = [hint for hint in (soft_hint, scale_hint, weight_hint, ce_hint) if hint]
+        if hints and abs(mine - value) <= 1e-4 * max(1.0, abs(value)):
+            return "; and ".join(hints)
+    if mine < 0:
+        return ("a cross-entropy and a KL divergence are never negative, so the loss cannot be: check that F.kl_div "
+                "gets the student's LOG-probabilities (F.log_softmax) as its input and the teacher's probabilities "
+                "as its target")
     ratio = mine / expected if expected else float("nan")
     return (f"yours is {ratio:.3g}x the reference; compare term by term: alpha * CE(y, s) + (1 - alpha) * T^2 * "
             "KL(softmax(t / T) || softmax(s / T))")
@@ -135,7 +147,7 @@ def _kd_hint(mine: float, expected: float, s: torch.Tensor, t: torch.Tensor, y: 
 def gap_closure(fn: Callable[[float, float, float], float | None]) -> Report:
     """Check ``fn(teacher_acc, scratch_acc, distilled_acc) -> fraction``:
     (distilled - scratch) / (teacher - scratch), None when there is no gap (teacher <= scratch)."""
-    report = Report("gap_closure")
+    report = Report("gap_closure", checks=5)
     cases = ((0.95, 0.85, 0.90, 0.5), (0.95, 0.85, 0.95, 1.0), (0.90, 0.80, 0.75, -0.5), (0.9, 0.7, 0.7, 0.0))
     for index, (teacher, scratch, distilled, expected) in enumerate(cases):
         what = f"gap_closure(teacher={teacher}, scratch={scratch}, distilled={distilled})"
@@ -155,5 +167,5 @@ def gap_closure(fn: Callable[[float, float, float], float | None]) -> Report:
     elif value is not FAILED and value is not NOT_DONE:
         report.wrong(what, f"got {value!r}: when teacher <= scratch there is no gap; return None (never divide by zero)")
     else:
-        report.lines[-1] += " -- when teacher <= scratch there is no gap: return None before dividing"
+        report.add_hint("when teacher <= scratch there is no gap: return None before dividing")
     return report

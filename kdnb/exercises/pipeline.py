@@ -14,7 +14,7 @@ from kdnb.exercises.report import FAILED, NOT_DONE, Report, attempt, grade_fract
 def recovered_fraction(fn: Callable[[float, float, float], float]) -> Report:
     """Check ``fn(original_acc, pruned_acc, recovered_acc) -> fraction``: the share of the accuracy that
     pruning lost and fine-tuning (or distillation) won back, (recovered - pruned) / (original - pruned)."""
-    report = Report("recovered_fraction")
+    report = Report("recovered_fraction", checks=3)
     for original, pruned, recovered, expected in ((0.96, 0.60, 0.87, 0.75), (0.9, 0.5, 0.9, 1.0), (0.9, 0.7, 0.65, -0.25)):
         what = f"recovered_fraction(original={original}, pruned={pruned}, recovered={recovered})"
         value = attempt(report, fn, original, pruned, recovered)
@@ -39,7 +39,7 @@ def compression(model: nn.Module, original: nn.Module, val: Iterable, *, max_wei
                 max_drop: float = 0.03) -> Report:
     """Check a compressed ``model`` against the ``original``: at most ``max_weights`` of its non-zero
     prunable weights, and val accuracy at most ``max_drop`` below it."""
-    report = Report("compression")
+    report = Report("compression", checks=2)
     if model is None or model is Ellipsis:
         report.stub("the compressed model is still None: run your pipeline and pass its model")
         return report

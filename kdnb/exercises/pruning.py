@@ -38,7 +38,7 @@ def _score_check(report: Report, fn: Callable[..., torch.Tensor], args: tuple[to
     scores = as_tensor(report, value, what, expected.shape)
     if scores is None:
         if isinstance(value, torch.Tensor) and value.numel() == 1:
-            report.lines[-1] += " -- one score per weight, not one for the whole layer (no .sum() or .mean())"
+            report.add_hint("one score per weight, not one for the whole layer (no .sum() or .mean())")
         return
     if close(scores, expected):
         report.ok(f"{what}: one score per weight, as the formula says")
@@ -53,7 +53,7 @@ def _score_check(report: Report, fn: Callable[..., torch.Tensor], args: tuple[to
 
 def l1_importance(fn: Callable[[torch.Tensor], torch.Tensor]) -> Report:
     """Check ``fn(weight) -> scores``: s_k = |w_k|, the same shape as ``weight``."""
-    report = Report("l1_importance")
+    report = Report("l1_importance", checks=2)
     for shape in ((8, 5), (4, 3, 3, 3)):
         w = _tensor(len(shape), *shape)
         what = f"l1_importance(weight of shape {shape})"
@@ -70,7 +70,7 @@ def l1_importance(fn: Callable[[torch.Tensor], torch.Tensor]) -> Report:
 
 def taylor_importance(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Report:
     """Check ``fn(weight, grad_sq) -> scores``: s_k = w_k^2 * mean_b(g_kb^2), ``grad_sq`` being mean_b(g_kb^2)."""
-    report = Report("taylor_importance")
+    report = Report("taylor_importance", checks=1)
     w, g2 = _tensor(1, 6, 4), _tensor(2, 6, 4).pow(2)
     _score_check(report, fn, (w, g2), criteria.taylor(w, g2), "taylor_importance(weight, grad_sq)", [
         (w * g2, "square the weight too: removing w changes the loss by about g*w, and the score is (g*w)^2 = w^2 * g^2"),
@@ -84,7 +84,7 @@ def taylor_importance(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) 
 
 def hessian_importance(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Report:
     """Check ``fn(weight, hessian_diag) -> scores``: Optimal Brain Damage, s_k = 1/2 * h_kk * w_k^2."""
-    report = Report("hessian_importance")
+    report = Report("hessian_importance", checks=1)
     w, h = _tensor(3, 6, 4), _tensor(4, 6, 4).abs()
     _score_check(report, fn, (w, h), criteria.hessian(w, h), "hessian_importance(weight, hessian_diag)", [
         (h * w.pow(2), "twice the OBD saliency: the second-order term of the Taylor series has a 1/2, s = 1/2 * h * w^2"),
@@ -99,7 +99,7 @@ def obs_update(fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]) ->
     """Check ``fn(weight, inverse_hessian, q) -> new_weight``: Optimal Brain Surgeon removes weight ``q`` of one
     output row and moves the others, w <- w - w_q / [H^-1]_qq * H^-1 e_q, so that the new w_q is 0 and the
     layer's squared output error grows by exactly w_q^2 / (2 [H^-1]_qq)."""
-    report = Report("obs_update")
+    report = Report("obs_update", checks=2)
     x = _tensor(5, 40, 6)
     x[:, 1] += 0.8 * x[:, 0]  # correlated inputs: then the update really moves the other weights
     hessian = 2 * x.T @ x
@@ -144,7 +144,7 @@ def obs_update(fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]) ->
 def magnitude_mask(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> Report:
     """Check ``fn(weight, sparsity) -> mask``: True (or 1) keeps a weight; the round(sparsity * n) weights of
     smallest |w| are removed."""
-    report = Report("magnitude_mask")
+    report = Report("magnitude_mask", checks=2)
     w = _tensor(5, 10, 10)
     for sparsity in (0.7, 0.25):
         what = f"magnitude_mask(weight of shape {tuple(w.shape)}, sparsity={sparsity})"
@@ -181,7 +181,7 @@ def magnitude_mask(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> Report:
 def sparsity(fn: Callable[[nn.Module], float]) -> Report:
     """Check ``fn(model) -> fraction``: zero weights / all weights, over the weights of Linear and Conv
     layers only (biases and BatchNorm are not counted), kdnb's definition."""
-    report = Report("sparsity")
+    report = Report("sparsity", checks=1)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
     with torch.no_grad():

@@ -5,6 +5,8 @@ with a hint that names the likely mistake), and "not done yet" for an unfilled s
 """
 from __future__ import annotations
 
+import html
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,30 +17,50 @@ FAILED = object()    # ... and when it raised an error
 
 
 class Report:
-    """The outcome of one check. ``bool(report)`` (and ``report.passed``) is True when every case passes."""
+    """The outcome of one check. ``bool(report)`` (and ``report.passed``) is True when every case passes.
 
-    def __init__(self, exercise: str):
+    An exercise has a fixed number of checks (``checks``): the ones a wrong answer stops short of are
+    counted as not run yet, so the headline always counts the same checks ("1 of 3 checks pass").
+    Shown as coloured HTML in a notebook, as text elsewhere; hints wrap between words.
+    """
+
+    def __init__(self, exercise: str, checks: int = 0):
         self.exercise = exercise
-        self.lines: list[str] = []
+        self.checks = checks
+        self.entries: list[tuple[str, str, str]] = []  # (status: "ok", "wrong", "stub"; what; hint)
         self.failures = 0
         self.passes = 0
         self.not_done = False
 
     def ok(self, what: str) -> None:
         self.passes += 1
-        self.lines.append(f"  ok     {what}")
+        self.entries.append(("ok", what, ""))
 
     def wrong(self, what: str, hint: str) -> None:
         self.failures += 1
-        self.lines.append(f"  wrong  {what}\n         hint: {hint}")
+        self.entries.append(("wrong", what, hint))
 
     def stub(self, why: str) -> None:
         self.not_done = True
-        self.lines.append(f"  not done yet: {why}")
+        self.entries.append(("stub", f"not done yet: {why}", ""))
+
+    def add_hint(self, hint: str) -> None:
+        """More advice on the last entry."""
+        status, what, old = self.entries[-1]
+        self.entries[-1] = (status, what, f"{old}; {hint}" if old else hint) if status == "wrong" else \
+            (status, f"{what}; {hint}", old)
+
+    @property
+    def total(self) -> int:
+        return max(self.checks, self.passes + self.failures)
+
+    @property
+    def not_run(self) -> int:
+        return self.total - self.passes - self.failures
 
     @property
     def passed(self) -> bool:
-        return not self.not_done and self.failures == 0 and self.passes > 0
+        return not self.not_done and self.failures == 0 and self.passes > 0 and self.not_run == 0
 
     def __bool__(self) -> bool:
         return self.passed
@@ -46,13 +68,43 @@ class Report:
     def headline(self) -> str:
         if self.not_done:
             return f"{self.exercise}: not done yet"
-        total = self.passes + self.failures
+        total = self.total
         if self.passed:
             return f"{self.exercise}: all {total} checks pass. Well done!" if total > 1 else f"{self.exercise}: the check passes. Well done!"
         return f"{self.exercise}: {self.passes} of {total} check{'s' if total > 1 else ''} pass"
 
+    def _pending(self) -> str:
+        count = self.not_run
+        return f"{count} more check{'s' if count > 1 else ''} once the ones above pass" if count and not self.not_done else ""
+
     def __repr__(self) -> str:
-        return "\n".join([self.headline(), *self.lines])
+        lines = [self.headline()]
+        for status, what, hint in self.entries:
+            mark = f"  {TEXT_MARKS[status]:7s}" if status in TEXT_MARKS else "  "
+            lines.append(textwrap.fill(what, WIDTH, initial_indent=mark, subsequent_indent=" " * len(mark)))
+            if hint:
+                lines.append(textwrap.fill(hint, WIDTH, initial_indent=" " * 9 + "hint: ", subsequent_indent=" " * 15))
+        if self._pending():
+            lines.append(f"  ...    {self._pending()}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        color = "#2e7d32" if self.passed else "#9e6a00" if self.not_done else "#c62828"
+        rows = []
+        for status, what, hint in self.entries:
+            mark, mark_color = HTML_MARKS[status]
+            advice = f"<div style='margin-left:1.6em;color:#444'>hint: {html.escape(hint)}</div>" if hint else ""
+            rows.append(f"<li style='list-style:none'><span style='color:{mark_color};font-weight:bold'>{mark}"
+                        f"</span> {html.escape(what)}{advice}</li>")
+        if self._pending():
+            rows.append(f"<li style='list-style:none;color:#777'>&hellip; {html.escape(self._pending())}</li>")
+        return (f"<div class='kdnb-check'><div style='color:{color};font-weight:bold'>{html.escape(self.headline())}"
+                f"</div><ul style='margin:0.2em 0;padding-left:0.4em'>{''.join(rows)}</ul></div>")
+
+
+WIDTH = 100  # characters per line of the text report
+TEXT_MARKS = {"ok": "ok", "wrong": "wrong"}  # a stub's line ("not done yet: ...") speaks for itself
+HTML_MARKS = {"ok": ("&#10003;", "#2e7d32"), "wrong": ("&#10007;", "#c62828"), "stub": ("&#8230;", "#9e6a00")}
 
 
 def attempt(report: Report, fn: Callable[..., Any], *args: Any, none_is_stub: bool = True) -> Any:

@@ -22,7 +22,7 @@ def _pair(seed: int = 0) -> tuple[nn.Linear, nn.Linear]:
 def shrink_linear(fn: Callable[[nn.Linear, nn.Linear, torch.Tensor], tuple[nn.Linear, nn.Linear]]) -> Report:
     """Check ``fn(fc1, fc2, keep) -> (new_fc1, new_fc2)``: keep only the hidden neurons ``keep`` between
     ``fc1`` and ``fc2`` (``fc2(relu(fc1(x)))``), with the same outputs as zeroing the other neurons."""
-    report = Report("shrink_linear")
+    report = Report("shrink_linear", checks=3)
     fc1, fc2 = _pair()
     keep = torch.tensor([0, 2, 3, 6])
     before = {k: v.clone() for k, v in [*fc1.state_dict().items(), *[("2." + k, v) for k, v in fc2.state_dict().items()]]}
@@ -74,7 +74,7 @@ def mlp_macs(fn: Callable[[Sequence[int]], int]) -> Report:
     """Check ``fn(widths) -> MACs``: multiply-accumulates per sample of an MLP with layer widths
     ``[in, hidden..., out]``: sum over layers of in_features * out_features (biases are adds, not MACs),
     the count `kdnb.measure` reports."""
-    report = Report("mlp_macs")
+    report = Report("mlp_macs", checks=3)
     for widths in ([64, 256, 256, 10], [64, 32, 10], [40, 100]):
         what = f"mlp_macs({widths})"
         value = attempt(report, fn, list(widths))

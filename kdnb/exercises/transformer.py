@@ -27,7 +27,7 @@ def head_importance(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> Report:
     """Check ``fn(outputs, heads) -> scores``: ``outputs`` (samples, tokens, heads * head_dim) are the attention
     outputs that the output projection reads, head after head; the score of head ``h`` is Minitron's
     ``sqrt(sum_n (mean_t ||x[n, t, h]||_2) ** 2)``, the formula of kdnb's "activation" criterion."""
-    report = Report("head_importance")
+    report = Report("head_importance", checks=2)
     for seed, (samples, tokens, heads, head_dim) in enumerate([(6, 5, 4, 3), (3, 7, 2, 5)]):
         outputs = _head_outputs(seed, samples, tokens, heads, head_dim)
         what = f"head_importance(outputs of shape {tuple(outputs.shape)}, heads={heads})"
@@ -67,7 +67,7 @@ def block_macs(fn: Callable[[int, int, int, int, int], int]) -> Report:
     from kdnb.engine.measure import measure
     from kdnb.models import SelfAttention, TransformerBlock
 
-    report = Report("block_macs")
+    report = Report("block_macs", checks=3)
     for tokens, dim, heads, head_dim, hidden in ((17, 32, 4, 8, 64), (17, 20, 3, 8, 40), (5, 12, 2, 4, 24)):
         what = f"block_macs(tokens={tokens}, dim={dim}, heads={heads}, head_dim={head_dim}, hidden={hidden})"
         value = attempt(report, fn, tokens, dim, heads, head_dim, hidden)

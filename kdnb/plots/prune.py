@@ -23,6 +23,15 @@ def plot_prune(result: PruneResult) -> Any:
     kept = [row[2] for row in rows]
     layers.barh(names, kept, color="tab:blue", label="kept")
     layers.barh(names, [row[1] - row[2] for row in rows], left=kept, color="lightgray", label="removed")
+    for row, (weights, kept_here) in enumerate(zip([row[1] for row in rows], kept)):
+        # the kept share is often a sliver of the bar: say it in numbers beside it
+        layers.text(weights, row, f" {kept_here:,} kept", va="center", ha="left", fontsize=8)
+    layers.set_xlim(0, 1.3 * max((row[1] for row in rows), default=1))
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    layers.xaxis.set_major_locator(MaxNLocator(4))  # counts up to millions: few ticks, in thousands
+    layers.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value / 1000:g}k" if value >= 1000
+                                                   else f"{value:g}"))
     layers.invert_yaxis()
     layers.set_xlabel("weights")
     layers.set_title(f"{result.sparsity:.1%} of prunable weights removed", fontsize=10)
@@ -48,8 +57,10 @@ def plot_prune(result: PruneResult) -> Any:
     curve.set_ylabel("validation accuracy (%)")
     curve.set_title(f"{result.criterion}, {'structured' if result.structured else 'unstructured'}, "
                     f"{result.schedule}", fontsize=10)
+    low, high = curve.get_ylim()
+    curve.set_ylim(max(0.0, min(low, high - 5)), min(100.0, max(high, low + 5)))  # a percent axis: never past 100
     if curve.lines:
-        curve.legend(fontsize=8)
+        curve.legend(fontsize=8, loc="best")
     figure.tight_layout()
     return figure
 
@@ -64,6 +75,7 @@ def plot_sensitivity(result: SensitivityResult) -> Any:
     axis.set_xlabel("% of the layer's " + ("channels" if result.structured else "weights") + " removed")
     axis.set_ylabel("validation accuracy (%)")
     axis.set_title(f"sensitivity per layer ({result.criterion})", fontsize=10)
-    axis.legend(fontsize=8, ncol=2)
+    axis.set_ylim(bottom=0, top=100)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside the data
     figure.tight_layout()
     return figure

@@ -167,11 +167,16 @@ class SparsityExplorer(Explorer):
     def _show(self) -> None:
         if self.slider is None:
             return
+        self.table.value = self.html()
+        self.image.value = png(self.figure())  # after the numbers, which the frontend already shows
+
+    def html(self) -> str:
+        """The numbers as the widget shows them: the setting on one line, the table, any message."""
         table = self.summary()
         title, table.title = table.title, ""  # above the table, on one line, not a caption as wide as the table
-        self.table.value = (f"{NUMBERS_STYLE}<div><b>{html.escape(title)}</b></div>{table.to_html()}"
-                            + (f"<div style='color:#b00'>{html.escape(self.message)}</div>" if self.message else ""))
-        self.image.value = png(self.figure())  # after the numbers, which the frontend already shows
+        return (f"{NUMBERS_STYLE}<div class='kdnb-sparsity-numbers'><div><b>{html.escape(title)}</b></div>"
+                f"{table.to_html()}</div>"
+                + (f"<div style='color:#b00'>{html.escape(self.message)}</div>" if self.message else ""))
 
     def summary(self) -> Table:
         n, d = self.numbers, self.dense

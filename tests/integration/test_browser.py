@@ -6,6 +6,7 @@ JupyterLab, watch the DOM, press keys on sliders and save screenshots (the path 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -63,6 +64,67 @@ widgets.VBox([slider, label])""",
 ]
 
 
+# Ten-second runs of each magic, cut by wall time so they last as long on any machine.
+LIVE_CELLS = [
+    """import time
+import torch
+import kdnb  # registers the magics in a kernel: no %load_ext needed
+
+
+class StopAfter(kdnb.Callback):
+    \"\"\"Ends the call's runs once `seconds` of wall time have passed since its first run started.\"\"\"
+
+    def __init__(self, seconds):
+        self.seconds, self.start = seconds, None
+
+    def on_run_start(self, state):
+        self.start = self.start or time.perf_counter()
+
+    def on_step_end(self, state):
+        state.stop = time.perf_counter() - self.start > self.seconds
+
+
+# When each magic cell started and drew its first frame, in the kernel's clock (kdnb's share of the latency).
+import kdnb.widgets.live as live
+
+marks = {}
+get_ipython().events.register("pre_run_cell", lambda info: info.raw_cell.startswith("%%") and marks.update(
+    cell=time.perf_counter(), frame=None))
+show = live.LiveChart._show
+
+
+def timed_show(chart, *args):
+    show(chart, *args)
+    marks["frame"] = marks["frame"] or time.perf_counter()
+
+
+live.LiveChart._show = timed_show
+on_phase = live.LiveChart.on_phase
+live.LiveChart.on_phase = lambda chart, state: (marks.update(phases=marks.get("phases", 0) + 1), on_phase(chart, state))
+torch.set_num_threads(1)
+train, val = kdnb.datasets.load("digits", batch_size=32, seed=0)
+torch.manual_seed(0)
+teacher = kdnb.models.mlp(64, [256, 256], 10)
+kdnb.train(teacher, train, val=val, epochs=1, progress=False, plot=False)
+student = kdnb.models.mlp(64, [32], 10)""",
+    """%%distill -o res
+teacher = teacher
+student = student
+data = train
+val = val
+epochs = 1000
+callbacks = [StopAfter(10)]""",
+    """%%prune -o pruned
+model = teacher
+sparsity = 0.9
+schedule = "agp"
+data = train
+val = val
+finetune = 1000
+callbacks = [StopAfter(10)]""",
+]
+
+
 def _notebook(cells: list[str]) -> dict:
     return {
         "cells": [{"cell_type": "code", "execution_count": None, "id": f"cell-{i}", "metadata": {},
@@ -90,6 +152,7 @@ def lab(chromium, tmp_path_factory):
     root = home / "notebooks"
     shutil.copytree(NOTEBOOKS, root)
     (root / "browser-harness.ipynb").write_text(json.dumps(_notebook(HARNESS_CELLS)))
+    (root / "live-chart.ipynb").write_text(json.dumps(_notebook(LIVE_CELLS)))
     server = JupyterLab(root, home)
     try:
         server.start()
@@ -222,7 +285,7 @@ def _explorer_numbers(outputs) -> tuple[str, str]:
     return accuracy.group(1), nonzeros.group(1)
 
 
-def test_quickstart_live_chart_and_sparsity_slider(open_notebook, shots):
+def test_quickstart_live_chart_and_sparsity_slider(lab, open_notebook, shots):
     """notebooks/00-quickstart.ipynb runs in JupyterLab: the live chart redraws, the slider responds."""
     assert (NOTEBOOKS / QUICKSTART).exists(), f"notebooks/{QUICKSTART} is missing"
     notebook = open_notebook(QUICKSTART)
@@ -283,16 +346,36 @@ def test_quickstart_live_chart_and_sparsity_slider(open_notebook, shots):
         "PruneResult", "Sequential"]
     explorer.screenshot(path=shots / "apply.png")
 
-    # Saved, closed and reopened without running: the progress bars show their last line, not `0%|`.
+    # Saved, the kernel shut down, reopened without running (as a student finds it the next day): the progress
+    # bars show their last line, not `0%|`, and no output says "Error displaying widget".
     notebook.save()
     saved_text = json.dumps(notebook.notebook_json())
     assert not re.search(r"\b0%\|", saved_text), "a progress bar was saved at 0%"
+    notebook.shutdown_kernel()
     reopened = open_notebook(QUICKSTART)
-    reopened.page.wait_for_timeout(3000)  # let the outputs render
+    reopened.page.wait_for_timeout(3000)  # let the outputs (and the saved widget state) render
     shown = reopened.text()
-    assert "100%|" in shown or "100%" in shown, "the saved progress bars show no final line"
+    assert re.search(r"distill: \d+/\d+ steps", shown), "the saved progress bars show no final line"
     assert not re.search(r"\b0%\|", shown), "the reopened notebook shows a `0%|` progress bar"
+    assert reopened.errors() == []
+    assert reopened.outputs(reopened.cell_index(r"SparsityExplorer\(")).locator(".widget-slider").count() == 1, (
+        "the explorer did not come back from the saved widget state")
     reopened.page.screenshot(path=shots / "reopened.png", full_page=True)
+
+    url = lab.notebook7_url(QUICKSTART)
+    if url is None:
+        print("Notebook 7 is not installed: its reload is not checked")
+        return
+    page = reopened.page.context.new_page()
+    page.goto(url)
+    page.locator(".jp-OutputArea-output").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(5000)
+    text = page.locator("body").inner_text()
+    sliders = page.locator(".kdnb-sparsity-slider").count()  # the explorer, down the page, came back too
+    page.screenshot(path=shots / "notebook7-reopened.png", full_page=True)
+    page.close()
+    assert "Error displaying widget" not in text and re.search(r"distill: \d+/\d+ steps", text)
+    assert sliders == 1, "Notebook 7 did not show the explorer from the saved widget state"
 
 
 TUTORIALS = sorted(path.name for path in NOTEBOOKS.glob("[0-9][0-9]-*.ipynb"))
@@ -315,3 +398,61 @@ def test_saved_tutorial_reads_as_a_report(lab, open_notebook, shots, name):
         scroller.evaluate("(node, top) => { node.scrollTop = top; }", top)
         notebook.page.wait_for_timeout(300)
         notebook.page.screenshot(path=shots / f"{Path(name).stem}-{page_number + 1:02d}.png")
+
+
+@pytest.mark.parametrize("magic", ["distill", "prune"])
+def test_a_ten_second_run_draws_a_frame_a_second(open_notebook, shots, magic):
+    """The live chart is live: during a 10 s %%distill and a 10 s %%prune at least 8 distinct frames, the
+    first within a second of pressing run."""
+    notebook = open_notebook("live-chart.ipynb")
+    notebook.run_cell(0, timeout=120)
+    cell = notebook.cell_index(rf"\A\s*%%{magic}\b")
+    started = notebook.run_cell(cell, timeout=120)
+    assert notebook.errors() == []
+    frames = [at - started for at, _ in notebook.frames(cell)]
+    in_kernel = float(notebook.kernel("print(marks['frame'] - marks['cell'])"))
+    load = os.getloadavg()[0]
+    print(f"%%{magic}: {len(frames)} frames at {', '.join(f'{t:.2f}' for t in frames)} s in the page; the first "
+          f"{in_kernel:.2f} s into the cell in the kernel; load average {load:.1f}")
+    notebook.outputs(cell).screenshot(path=shots / f"{magic}-final.png")
+    gaps = [b - a for a, b in zip(frames, frames[1:])]
+    assert len(frames) >= 8, f"%%{magic}: frames at {frames}"
+    if in_kernel > 1.0 and not int(notebook.kernel("print(marks.get('phases', 0))")):
+        pytest.xfail(f"%%{magic}: its first event came {in_kernel:.2f} s into the cell (load average {load:.1f}): "
+                     "the chart draws at the first event, and this call reported no phase (on_phase) while it "
+                     "prepared its first run")
+    assert in_kernel <= 1.0, f"%%{magic}: the first frame {in_kernel:.2f} s into the cell"
+    # In the page the frame also waits for the kernel's message and the browser's rendering; on a machine
+    # running more than one task per core those add up to seconds, so there the bound is looser.
+    slack = 1.0 if load <= os.cpu_count() else 1.5
+    assert frames[0] <= 1.0 * slack and max(gaps) <= 1.5 * slack, f"%%{magic}: frames at {frames}"
+
+
+def test_opening_a_committed_notebook_leaves_it_unchanged(lab, open_notebook):
+    """Opened, its kernel started, saved as autosave would: the file is byte for byte the committed one."""
+    name = "pristine-00-quickstart.ipynb"
+    shutil.copy(NOTEBOOKS / QUICKSTART, lab.root_dir / name)
+    notebook = open_notebook(name)
+    notebook.page.wait_for_timeout(2000)
+    notebook.save()
+    assert (lab.root_dir / name).read_bytes() == (NOTEBOOKS / QUICKSTART).read_bytes()
+
+
+def test_the_make_lab_url_opens_the_file_browser_at_the_root(lab, browser):
+    """`make lab`'s URL (`tree/<notebook>?file-browser-path=/`) opens a notebook in a folder and shows the project's
+    root in the file browser, not the notebook's folder."""
+    page = browser.new_page()
+    try:
+        page.goto(f"{lab.base}/lab/tree/exercises/00-quickstart-exercises.ipynb?file-browser-path=/"
+                  f"&token={lab.token}")
+        page.wait_for_function("() => window.jupyterapp !== undefined", timeout=60_000)
+        page.wait_for_function("""() => window.jupyterapp.shell.currentWidget?.context?.path
+                                   === 'exercises/00-quickstart-exercises.ipynb'""", timeout=60_000)
+        page.wait_for_timeout(2000)  # the file browser follows the opened file, if it does, by now
+        path = page.evaluate("""() => Array.from(window.jupyterapp.shell.widgets('left'))
+          .find((widget) => widget.id === 'filebrowser').model.path""")
+        assert path == "", f"the file browser opened at {path!r}"
+    finally:
+        page.evaluate("() => Promise.all(Array.from(window.jupyterapp.serviceManager.sessions.running())"
+                      ".map((s) => window.jupyterapp.serviceManager.sessions.shutdown(s.id)))")
+        page.close()

@@ -37,8 +37,8 @@ def text(cell):
 def test_saved_notebook_matches_its_source(path):
     """The committed .ipynb has the cells its notebooks/src/ source makes (sources compared, nothing run)."""
     source, which = targets()[path]
-    made = [(c.cell_type, c.source) for c in notebook_of(source, which).cells]
-    saved = [(c.cell_type, c.source) for c in nbformat.read(path, as_version=4).cells]
+    made = [(c.cell_type, c.source, c.metadata.get("tags")) for c in notebook_of(source, which).cells]
+    saved = [(c.cell_type, c.source, c.metadata.get("tags")) for c in nbformat.read(path, as_version=4).cells]
     assert saved == made, f"{path.name} drifted from {source.name}: run `make notebooks`"
 
 
@@ -64,7 +64,26 @@ def test_saved_executed_in_order_without_errors(path):
     assert counts == list(range(1, len(cells) + 1)), "run it top to bottom: make notebooks"
     errors = [o for c in cells for o in c.outputs if o.output_type == "error"]
     assert not errors, errors[0].get("evalue")
-    assert sum("# NBVAL_CHECK_OUTPUT" in c.source for c in cells) >= 1, "no cell's output is checked"
+    assert sum("nbval-check-output" in c.metadata.get("tags", ()) for c in cells) >= 1, "no cell's output is checked"
+    assert not any("NBVAL" in c.source for c in cells), "a test marker in the code students read: use the cell's tag"
+
+
+@pytest.mark.parametrize("path", TUTORIALS + EXERCISES + SOLUTIONS, ids=lambda p: p.name)
+def test_saved_with_the_language_info_a_kernel_reports(path):
+    """A frontend fills language_info from the kernel on opening: saved that way, opening changes nothing."""
+    info = nbformat.read(path, as_version=4).metadata.language_info
+    assert {"name", "version", "mimetype", "file_extension", "codemirror_mode", "pygments_lexer"} <= set(info)
+
+
+def test_quickstart_as_a_static_page():
+    """As GitHub and nbviewer show it (nbconvert's HTML, no kernel): each run's bar is its final line, never a
+    bar drawn in text, and the sparsity explorer keeps its numbers' table beside its curve."""
+    from nbconvert import HTMLExporter
+
+    page, _ = HTMLExporter().from_notebook_node(nbformat.read(NOTEBOOKS / "00-quickstart.ipynb", as_version=4))
+    assert "\u2588" not in page and "█" not in page  # tqdm's text bar blocks
+    assert page.count("kdnb-progress") >= 3 and "kdnb-sparsity-numbers" in page
+    assert "non-zero params" in page
 
 
 def test_quickstart_is_short_and_uses_the_magics():

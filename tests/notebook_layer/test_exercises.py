@@ -38,6 +38,10 @@ def kd_with(mistake):
         if mistake == "no temperature":
             return alpha * ce + (1 - alpha) * T**2 * F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1),
                                                                reduction="batchmean", log_target=True)
+        if mistake == "probabilities":  # F.kl_div given softmax where it wants log_softmax
+            return alpha * ce + (1 - alpha) * T**2 * F.kl_div(log_ps.exp(), log_pt.exp(), reduction="batchmean")
+        if mistake == "probabilities, default reduction":
+            return alpha * ce + (1 - alpha) * T**2 * F.kl_div(log_ps.exp(), log_pt.exp())
         if mistake == "per sample":
             return (log_pt.exp() * (log_pt - log_ps)).sum(1)
         raise AssertionError(mistake)
@@ -53,8 +57,12 @@ CASES = {
         (lambda z, T: F.softmax(z * T, dim=1), "multiplied the logits by T"),
     ]),
     "kd_loss": (kd_right, [
-        (kd_with("T^4"), "16x too big: did you multiply by T^2 twice?"),
-        (kd_with("no T^2"), "16x too small: multiply the KL by T^2"),
+        (kd_with("T^4"), "you multiplied by T^2 twice (the soft term is 16x too big)"),
+        (kd_with("no T^2"), "multiply the KL by T^2, so its gradients keep their size whatever T"),
+        (kd_with("probabilities"), "F.kl_div expects LOG-probabilities as its input"),
+        (kd_with("probabilities, default reduction"), "F.kl_div expects LOG-probabilities as its input: pass "
+                                                      "F.log_softmax(student / T, dim=1), not softmax; and "
+                                                      "reduction='mean' divides by batch x classes"),
         (kd_with("swapped alpha"), "alpha weights the HARD-label term"),
         (kd_with("reversed KL"), "the KL is the wrong way round"),
         (kd_with("no temperature"), "divide both the student's and the teacher's logits by T"),
@@ -183,8 +191,24 @@ def test_an_unfilled_stub_is_not_done_yet(name, body):
 def test_each_usual_mistake_gets_its_hint(name, mistake, hint):
     report = getattr(check, name)(mistake)
     assert not report.passed
-    assert hint in repr(report), report
+    assert hint in " ".join(repr(report).split()), report  # the text wraps between words
     assert "hint:" in repr(report)
+    assert hint in " ".join(report._repr_html_().split()).replace("&#x27;", "'")
+    assert all(len(line) <= 100 for line in repr(report).splitlines())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_exercise_counts_the_same_checks_whatever_the_answer(name):
+    right, wrong = CASES[name]
+    totals = {getattr(check, name)(answer).total for answer in [right, *(fn for fn, _ in wrong)]}
+    assert len(totals) == 1, f"{name}: {totals} checks"
+
+
+def test_the_report_is_coloured_html_with_a_text_fallback():
+    passed, failed = check.soft_labels(CASES["soft_labels"][0]), check.soft_labels(lambda z, T: F.softmax(z, dim=1))
+    assert "#2e7d32" in passed._repr_html_() and "#c62828" in failed._repr_html_()
+    assert repr(failed).startswith("soft_labels: 1 of 3 checks pass")  # T=1 is right; T=4 wrong, the third waits
+    assert "1 more check once the ones above pass" in repr(failed)
 
 
 def test_a_crash_is_reported_with_the_error_and_the_input():

@@ -88,20 +88,25 @@ def test_load_registers_the_magics_and_unload_removes_them(shell):
     assert {"distill", "prune"} <= set(shell.magics_manager.magics["cell"])
 
 
-def test_importing_kdnb_registers_nothing():
-    InteractiveShell.clear_instance()
-    sh = InteractiveShell.instance()
-    sh.run_cell("import kdnb, kdnb.magics")
-    assert "prune" not in sh.magics_manager.magics["cell"]
-    InteractiveShell.clear_instance()
-
-
 @pytest.mark.parametrize("verb", magics.VERBS)
 def test_help_lists_every_keyword_of_the_verb(shell, verb):
     doc = shell.find_cell_magic(verb).__doc__
     for name in magics.verb_parameters(getattr(kdnb.api, verb)):
         assert f"--{name}" in doc
     assert f"%%{verb}" in doc and "-o NAME" in doc
+    assert doc.startswith(f"%%{verb} [-o NAME]") and "``" not in doc and "::" not in doc  # plain text, no reST
+
+
+def test_import_kdnb_in_a_shell_declares_the_magics():
+    InteractiveShell.clear_instance()
+    sh = InteractiveShell.instance()
+    try:
+        kdnb._declare_magics()  # what `import kdnb` does inside a kernel (this process imported it long ago)
+        assert sh.find_cell_magic("distill").__doc__.startswith("%%distill")  # loaded on first use
+        assert sh.find_line_magic("kdnb") is not None and sh.find_cell_magic("prune") is not None
+    finally:
+        sh.run_line_magic("unload_ext", "kdnb")
+        InteractiveShell.clear_instance()
 
 
 # ---- option paths (recorded, no training) ----
