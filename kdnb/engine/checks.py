@@ -326,6 +326,42 @@ def check_fraction(name: str, value: Any, low: float = 0.0, high: float = 1.0, c
     return float(value)
 
 
+def check_sparsity(value: Any, name: str = "sparsity") -> float:
+    """A fraction of the prunable weights to remove, in [0, 1): `kdnb.prune`, `masks_at`, the sparsity explorer."""
+    return check_fraction(name, value, example="0.5")
+
+
+def check_sparsities(sparsities: Any) -> list[float]:
+    """A non-empty list of sparsities, each in [0, 1) (`kdnb.sensitivity`)."""
+    if isinstance(sparsities, (str, bytes)) or not isinstance(sparsities, Iterable):
+        raise KdnbError(f"sparsities should be a list of fractions in [0, 1), got {shown(sparsities)}; "
+                        "pass e.g. sparsities=[0.5, 0.9]")
+    sparsities = list(sparsities)
+    if not sparsities:
+        raise KdnbError("sparsities is empty; pass the sparsities to try, e.g. sparsities=[0.5, 0.9]")
+    return [check_sparsity(s, f"sparsities[{i}]") for i, s in enumerate(sparsities)]
+
+
+def check_layer_names(layers: Any) -> list[str] | None:
+    """None (every layer) or a non-empty list of parameter or layer names (`kdnb.sensitivity`)."""
+    if layers is not None and (isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable)
+                               or not list(layers) or not all(isinstance(n, str) for n in layers)):
+        raise KdnbError(f"layers should be None (every layer) or a non-empty list of names, got "
+                        f"{shown(layers)}; pass e.g. layers=['0.weight'] (see model.named_parameters())")
+    return None if layers is None else list(layers)
+
+
+def check_pattern(pattern: Any) -> None:
+    """None or an N:M pattern ``"N:M"`` with 0 < N < M (keep N of every M consecutive weights)."""
+    if pattern is None:
+        return
+    parts = pattern.split(":") if isinstance(pattern, str) else []
+    numbers = [int(p) for p in parts if p.strip().isdigit()] if len(parts) == 2 else []
+    if len(numbers) != 2 or not 0 < numbers[0] < numbers[1]:
+        raise KdnbError(f"pattern should be 'N:M' (keep N of every M consecutive weights, 0 < N < M), got "
+                        f"{shown(pattern)}; pass e.g. pattern='2:4' with sparsity=0.5")
+
+
 def check_count(name: str, value: Any, minimum: int = 0, example: str = "2") -> int:
     """An integer >= ``minimum`` (not a bool, a float or a string)."""
     if not is_integer(value) or value < minimum:
@@ -357,16 +393,17 @@ def check_example(example: Any, what: str = "example", empty: bool = False) -> t
 
 
 def check_data_fits(model: torch.nn.Module, data: Any, what: str, labels: str | None = None,
-                    tensor: str | None = None) -> int | None:
+                    tensor: str | None = None, first: Any = None) -> int | None:
     """``data``'s first batch runs through ``model`` (eval mode, on the model's device, no RNG moved).
 
     ``labels`` (why they are needed: training, a gradient, an accuracy) asks for labelled batches and float
     logits (batch, classes) they are in range of. Without it only the inputs are read (scoring, calibration):
     any output will do (``tensor``, why one is needed, asks for a tensor), and labels are checked when the output
-    is logits. Returns the number of classes, when known."""
+    is logits. ``first``: the first batch, when the caller drew it already. Returns the number of classes, when
+    known."""
     check_loader(data, what)
     here = model_device(model)
-    batch = to_device(first_batch(data, what), here)
+    batch = to_device(first_batch(data, what) if first is None else first, here)
     x, y = check_batch(batch, what)
     if y is None and labels is not None:
         raise KdnbError(f"{what}'s batches have no labels, but {labels} needs them; pass a loader of "

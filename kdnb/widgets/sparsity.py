@@ -19,23 +19,21 @@ from typing import Any
 
 import torch
 
-from kdnb.engine.checks import check_loader, check_model, first_batch
+from kdnb.engine.checks import check_loader, check_model, check_sparsity, first_batch, rng_preserved
 from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.export import export as export_model
 from kdnb.engine.objective import split_batch
 from kdnb.engine.prune.score import criteria
-from kdnb.engine.prune.score.calibration import loaders_untouched
 from kdnb.engine.prune.score.importance import importance
 from kdnb.engine.prune.score.scores import Scores
-from kdnb.engine.prune.select.masks import check_sparsity, masks_at
+from kdnb.engine.prune.select.masks import masks_at
 from kdnb.engine.prune.cut.masks import apply_masks
 from kdnb.engine.measure import parameter_counts
 from kdnb.engine.serialize import file_size
 from kdnb.engine.table import Table
 from kdnb.widgets._support import Explorer, png
 
-CRITERIA = criteria.names()  # the registry: a criterion added there shows up in the dropdown
 MODES = {"unstructured": False, "structured": True}
 NUMBERS_STYLE = ("<style>.kdnb-sparsity-numbers td, .kdnb-sparsity-numbers th {padding: 1px 10px}"
                  ".kdnb-sparsity-numbers td + td, .kdnb-sparsity-numbers th + th {text-align: right}</style>")
@@ -78,7 +76,7 @@ class SparsityExplorer(Explorer):
         self._check_criterion(criterion)
         self.model, self.val, self.data = model, val, data
         self.namespace = namespace
-        with loaders_untouched(data, val):  # the user's next epoch shuffles as if the explorer had not looked
+        with rng_preserved(data, val):  # the user's next epoch shuffles as if the explorer had not looked
             self.example = split_batch(first_batch(data if data is not None else val))[0]
         self.dense = {"accuracy": evaluate(model, val)["accuracy"], "bytes": file_size(model),
                       "nonzero": nonzero_params(model)[0]}
@@ -98,13 +96,14 @@ class SparsityExplorer(Explorer):
         self.at(0.0)
 
     def _check_criterion(self, criterion: str) -> None:
-        if criterion not in CRITERIA:
-            raise KdnbError(f"unknown criterion {criterion!r}; {suggest(str(criterion), CRITERIA)}")
+        if criterion not in criteria.REGISTRY:  # the registry: a criterion registered there shows up here
+            raise KdnbError(f"unknown criterion {criterion!r}; {suggest(str(criterion), criteria.names())}")
 
     def _build(self, widgets: Any) -> Any:
         self.slider = widgets.FloatSlider(value=0.0, min=0.0, max=0.99, step=0.01, description="sparsity",
                                           readout_format=".0%", continuous_update=True, layout={"width": "460px"})
-        self.criterion = widgets.Dropdown(options=CRITERIA, value=self.setting["criterion"], description="criterion")
+        self.criterion = widgets.Dropdown(options=criteria.names(), value=self.setting["criterion"],
+                                          description="criterion")
         self.mode = widgets.ToggleButtons(options=list(MODES), value="structured" if self.setting["structured"]
                                           else "unstructured", style={"button_width": "105px"})
         self.table = widgets.HTML()
@@ -156,7 +155,7 @@ class SparsityExplorer(Explorer):
             warnings.simplefilter("always")
             apply_masks(work, masks_at(scores, sparsity))
         self.message = str(caught[0].message) if caught else ""
-        with loaders_untouched(self.val):
+        with rng_preserved(self.val):
             accuracy = evaluate(work, self.val)["accuracy"]
         nonzero, total = nonzero_params(work)
         self.numbers = {"sparsity": sparsity, "accuracy": accuracy, "nonzero": nonzero, "params": total,

@@ -13,11 +13,12 @@ from kdnb.engine import checks
 from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.objective import split_batch
-from kdnb.engine.prune import arguments
+from kdnb.engine.loop import Settings
+from kdnb.engine.prune import options
 from kdnb.engine.prune.graph.groups import keep_vectors, masks_from_keep
 from kdnb.engine.prune.result import SensitivityResult
 from kdnb.engine.prune.score import calibration
-from kdnb.engine.prune.score.importance import importance
+from kdnb.engine.prune.score.importance import score
 from kdnb.engine.prune.score.scores import Scores
 from kdnb.engine.prune.select.masks import masks_at
 
@@ -67,21 +68,27 @@ def sensitivity(
         layers: names to analyse (weight names like "1.weight", or, structured, layer names like "1");
             default all.
         optimizer, lr, scheduler, amp, grad_clip, device, seed, callbacks: the training settings, as in
-            `kdnb.train`; only slimming's L1 phase trains (with ``lr``, on ``device``); ``seed`` also seeds the
-            random criterion.
+            `kdnb.train`: slimming's L1 phase trains with them; ``seed`` also seeds the random criterion.
     """
-    sparsities = arguments.check_sensitivity(model, val, dict(locals()))
-    with calibration.loaders_untouched(data, val):  # scoring and evaluating draw batches; the shuffling stays
+    sparsities = checks.check_sparsities(sparsities)
+    layers = checks.check_layer_names(layers)
+    checks.check_model(model)
+    checks.check_data_fits(model, val, "val", labels="sensitivity (it measures val accuracy)")
+    settings = Settings(optimizer=optimizer, lr=lr, scheduler=scheduler, amp=amp, grad_clip=grad_clip, device=device,
+                        seed=seed, callbacks=callbacks)
+    with checks.rng_preserved(data, val):  # scoring and evaluating draw batches; the shuffling stays
         if structured and example is None:
             example = split_batch(checks.first_batch(data if data is not None else val))[0]
+        scoring = options.parse_importance(model, criterion, data, structured=structured, example=example,
+                                           hessian_estimator="fisher", slimming_epochs=2, slimming_l1=1e-3,
+                                           calibration_samples=calibration.SAMPLES, settings=settings)
         try:
-            scores = importance(model, criterion, data, structured=structured, example=example, seed=seed, lr=lr,
-                                device=device, callbacks=callbacks)
+            scores = score(model, data, scoring)
         except KeyboardInterrupt:
             raise KeyboardInterrupt("sensitivity was interrupted while scoring, before any layer was pruned; "
                                     "nothing to return, and the model is as given") from None
         known = list(scores.channels if structured else scores.weights)
-        layers = known if layers is None else list(layers)
+        layers = known if layers is None else layers
         unknown = [name for name in layers if name not in known]
         if unknown:
             raise KdnbError(f"unknown layer {unknown[0]!r} for sensitivity; known: {', '.join(known)}; pass some "
