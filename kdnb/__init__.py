@@ -30,7 +30,7 @@ _VERBS = {
     "Callback": "kdnb.engine.events",
     "register_method": "kdnb.engine.distill.methods",
     "Method": "kdnb.engine.distill.methods",
-    "register_criterion": "kdnb.engine.prune.score.importance",
+    "register_criterion": "kdnb.engine.prune.score.registry",
     "Criterion": "kdnb.engine.prune.score.criteria",
 }
 _MODULES = ("datasets", "models", "widgets", "plots", "engine", "exercises", "api", "env", "errors")

@@ -5,16 +5,17 @@ Magics and Python calls go through these same functions, so both show the same.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from kdnb.engine import batches, checks, loop
+from kdnb.engine import batches, checks
 from kdnb.engine import distributed as ranks
 from kdnb.env import plotting_enabled
-from kdnb.errors import KdnbError
+from kdnb.errors import KdnbError, check_keywords
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,25 +73,52 @@ def reads_batches(verb: F) -> F:
     if verb.__doc__ and "inputs:" not in verb.__doc__:
         reading_verb.__doc__ = verb.__doc__.rstrip() + "\n\n    Batches and outputs of other shapes:\n" + READERS_HELP
     return reading_verb  # type: ignore[return-value]
+def keyword_names(fn: Callable[..., Any]) -> list[str]:
+    """The arguments ``fn`` takes by keyword."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds]
+
+
+def keywords_checked(fn: F) -> F:
+    """``fn`` whose unknown keyword argument is one `KdnbError` naming it and the closest argument (the name
+    another tool gives it, too: ``example_inputs`` -> 'example'), not a raw TypeError."""
+    accepted = keyword_names(fn)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()):
+        return fn  # it takes any keyword: it names its own unknown ones
+
+    @functools.wraps(fn)
+    def verb(*args: Any, **kwargs: Any) -> Any:
+        check_keywords(fn.__name__, kwargs, accepted)
+        return fn(*args, **kwargs)
+
+    return verb  # type: ignore[return-value]
 
 
 def with_subscribers(engine_fn: F) -> F:
     """Wrap an engine verb (which takes ``callbacks=``) so it also takes ``progress=``, ``plot=`` and
     ``distributed=`` (how every training run of the call is spread over processes, `kdnb.engine.distributed`)."""
 
+    signature = inspect.signature(engine_fn)
+    accepted = [*keyword_names(engine_fn), "progress", "plot", "distributed"]
+    default_seed = signature.parameters["seed"].default if "seed" in signature.parameters else None
+
     @functools.wraps(engine_fn)
     def verb(*args: Any, progress: bool = True, plot: bool | str = "auto", callbacks: Iterable[object] = (),
              distributed: bool | str = "auto", **kwargs: Any) -> Any:
+        check_keywords(engine_fn.__name__, kwargs, accepted)
         check_subscribers(progress, plot)
         ranks.check_mode(distributed)
         callbacks = checks.check_callbacks(callbacks)
-        with ranks.mode(distributed), warnings.catch_warnings():
+        # A seeded run is kdnb's own: the caller's RNGs and loaders' shuffling are as they were, success or error
+        # (seed=None draws from them, as the user's own loop would).
+        seeded = kwargs.get("seed", default_seed) is not None
+        untouched = checks.rng_preserved(*args, *kwargs.values()) if seeded else contextlib.nullcontext()
+        with ranks.mode(distributed), warnings.catch_warnings(), untouched:
             ranks.share([*args, *kwargs.values()], kwargs.get("device", "auto"))
             if not ranks.is_main_process():
                 warnings.simplefilter("ignore")  # under torchrun rank 0 warns for all, not once per process
             return engine_fn(*args, callbacks=subscribers(progress, plot, callbacks), **kwargs)
 
-    signature = inspect.signature(engine_fn)
     params = list(signature.parameters.values())
     extra = [inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=True, annotation="bool"),
              inspect.Parameter("plot", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation="bool | str"),
@@ -101,61 +129,11 @@ def with_subscribers(engine_fn: F) -> F:
     return verb  # type: ignore[return-value]
 
 
-def _train(model, data, val=None, *, epochs: int = 5, loss=None, optimizer=None, lr: float = 1e-3,
-           scheduler=None, amp: bool = False, grad_clip: float | None = None, device: str = "auto",
-           seed: int | None = 0, callbacks: Iterable[object] = ()):
-    from kdnb.engine.objective import Supervised
-
-    checks.check_loss(loss)
-    return loop.fit(model, data, val, epochs=epochs, objective=Supervised(loss) if loss is not None else None,
-                    title="train", optimizer=optimizer, lr=lr, scheduler=scheduler, amp=amp, grad_clip=grad_clip,
-                    device=device, seed=seed, callbacks=callbacks)
-
-
-_train.__doc__ = f"""Train ``model`` in place with hard labels and return its `History`.
-
-    Args:
-        model: any ``nn.Module`` that maps a batch of inputs to logits ``(batch, classes)``.
-        data: training ``DataLoader`` of ``(inputs, labels)``.
-        val: optional validation loader; val loss and accuracy are logged each epoch.
-        epochs: passes over ``data``.
-        loss: ``loss(logits, labels)``; cross-entropy by default. It may return
-            ``(loss, {{"term": value}})`` to log extra terms.
-{loop.settings_help()}
-{READERS_HELP}
-        progress: show a tqdm progress bar.
-        plot: "auto" shows the live loss chart in a notebook; True forces it, False hides it.
-        distributed: "auto" runs on every process of a torch.distributed group (under ``torchrun``):
-            DistributedDataParallel, the data sharded, the same History on each rank; True requires
-            such a group (an error otherwise); False trains each process alone on all the data.
-
-    Returns:
-        History: per-step loss, per-epoch train/val loss and accuracy, status ("completed",
-        "interrupted" by the stop button, or "diverged" on a non-finite or exploding loss or exploding
-        weights). Bad input raises a one-line `KdnbError` before anything changes; any error during the
-        run puts ``model`` back exactly as it was given.
-    """
-
-train = reads_batches(with_subscribers(_train))
-train.__name__ = train.__qualname__ = "train"
-
-@reads_batches
-def evaluate(model, data) -> dict[str, float]:
-    """``{"loss": mean cross-entropy, "accuracy": top-1}`` of ``model`` over the labelled loader ``data``,
-    in eval mode (sequence outputs: per token that counts, plus "perplexity"); the model's weights and mode are
-    left as they were. ``inputs=`` and ``logits=`` read other batches and outputs (see `kdnb.train`)."""
-    from kdnb.engine.evaluate import evaluate as evaluate_model
-
-    checks.check_model(model)
-    checks.check_loader(data, "data")
-    restore_rng = checks.rng_state(data)  # evaluating draws every batch; the loader shuffles on as before
-    try:
-        return evaluate_model(model, data)
-    finally:
-        restore_rng()
-
-
 # Each engine verb below plugs in here (one line each); see with_subscribers.
+from kdnb.engine.supervised import evaluate as _evaluate, train as _train  # noqa: E402
+
+evaluate = reads_batches(keywords_checked(_evaluate))
+train = reads_batches(with_subscribers(_train))
 from kdnb.engine.measure import compare as _compare, measure as _measure  # noqa: E402 - no run, no subscribers
 
 
@@ -174,16 +152,21 @@ def leaves_rng_alone(engine_fn: F) -> F:
     return verb  # type: ignore[return-value]
 
 
-measure = reads_batches(leaves_rng_alone(_measure))
-compare = reads_batches(leaves_rng_alone(_compare))
-from kdnb.engine.serialize import load, save  # noqa: E402,F401
-from kdnb.engine.export import export  # noqa: E402,F401 - checks its arguments itself; no run, no subscribers
+measure = reads_batches(leaves_rng_alone(keywords_checked(_measure)))
+compare = reads_batches(leaves_rng_alone(_compare))  # its own options are checked by name (``**measure_kwargs``)
+from kdnb.engine.serialize import load as _load, save as _save  # noqa: E402
+
+load, save = keywords_checked(_load), keywords_checked(_save)
+from kdnb.engine.export import export as _export  # noqa: E402 - checks its arguments itself; no run
+
+export = keywords_checked(_export)
 from kdnb.engine.distill import distill as _distill  # noqa: E402
 
 distill = reads_batches(with_subscribers(_distill))
 from kdnb.engine.prune import make_permanent as _make_permanent  # noqa: E402 - no run, so no subscribers
 
 
+@keywords_checked
 @functools.wraps(_make_permanent)
 def make_permanent(model):
     checks.check_model(model)  # the one check at the public entry; the engine folds its own copies unchecked

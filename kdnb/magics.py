@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import difflib
 import inspect
 import traceback
 import keyword
@@ -31,7 +30,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from kdnb import env
-from kdnb.errors import KdnbError, first_line, is_integer
+from kdnb.errors import KdnbError, first_line, is_integer, suggest
 
 VERBS = ("distill", "prune")
 # The two options `kdnb.api.with_subscribers` adds to every verb.
@@ -93,19 +92,6 @@ def help_text(doc: str) -> str:
     usage = "\n".join(line[2:] if line.startswith("  ") else line for line in usage.splitlines())
     description, _, options = rest.partition("\n\n")
     return f"{usage}\n\n{textwrap.fill(description, 88)}\n\n{options}"
-
-
-def close_match(name: str, choices: Iterable[str]) -> str:
-    """'did you mean 'x'?' for a close choice, else the list of choices: a unique option the name begins
-    (``--temp`` -> 'temperature'), else a near spelling (``--critrion`` -> 'criterion'); never a far one."""
-    choices = list(choices)
-    starts = [c for c in choices if c.startswith(name) and len(name) >= 3]
-    if len(starts) == 1:
-        return f"did you mean {starts[0]!r}?"
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.75)
-    if close:
-        return f"did you mean {close[0]!r}?"
-    return "choose from " + ", ".join(repr(c) for c in choices)
 
 
 _LAST_ERROR: list[BaseException] = []  # the last error a magic reported in one line, for %kdnb traceback
@@ -226,7 +212,7 @@ class VerbMagic:
             seen.add(option)
 
     def _unknown(self, name: str, where: str) -> None:
-        raise UsageError(f"%%{self.name}: unknown option {name!r} {where}; {close_match(name, self.params)}")
+        raise UsageError(f"%%{self.name}: unknown option {name!r} {where}; {suggest(name, self.params)}")
 
     def _line_source(self, name: str, text: str) -> tuple[str, ast.expr]:
         """A value on the magic's line is a Python expression; for a text option, a bare word or anything
@@ -284,7 +270,7 @@ class VerbMagic:
         except NameError as error:
             missing = getattr(error, "name", None) or str(error)
             hidden = getattr(self.shell, "user_ns_hidden", {})
-            hint = close_match(missing, [n for n in self.shell.user_ns if not n.startswith("_") and n not in hidden])
+            hint = suggest(missing, [n for n in self.shell.user_ns if not n.startswith("_") and n not in hidden])
             hint = hint if hint.startswith("did you mean") else "define it in a cell above first"
             raise UsageError(f"%%{self.name}: {where}: {name} = ...: name {missing!r} is not defined; {hint}") from None
         except Exception as error:  # noqa: BLE001 — any failure of the user's expression is reported in one line
@@ -347,7 +333,7 @@ class KdnbMagics(Magics):
         commands = {"version": self._version, "status": self._status, "help": self._help,
                     "traceback": self._traceback}
         if command not in commands or rest.strip():
-            raise UsageError(f"%kdnb {line.strip()}: unknown command; {close_match(command, [*commands, 'export'])}")
+            raise UsageError(f"%kdnb {line.strip()}: unknown command; {suggest(command, [*commands, 'export'])}")
         print(commands[command]())
 
     def _export(self, line: str) -> Any:

@@ -14,7 +14,8 @@ can trace it. Shape attributes that structured pruning changes (``SelfAttention.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -24,6 +25,33 @@ from kdnb.errors import KdnbError, is_integer, is_number
 MAX_WIDTH = 1 << 20  # no reference network here needs a layer wider than a million units
 
 
+@dataclass(frozen=True)
+class RebuildRecipe:
+    """How `kdnb.load` rebuilds a class without its user's code: the constructor ``arguments`` read off a saved
+    instance (``bias``: whether it has one), the attributes that follow its tensors' shapes after structured
+    pruning (``follows_shapes``), and a factory for a container whose constructor needs children (``empty``)."""
+
+    arguments: tuple[str, ...] = ()
+    follows_shapes: tuple[str, ...] = ()
+    empty: Callable[[], nn.Module] | None = None
+
+
+REBUILDABLE: dict[type[nn.Module], RebuildRecipe] = {}  # filled by @rebuildable; kdnb.engine.serialize reads it
+
+
+def rebuildable(*arguments: str, follows_shapes: tuple[str, ...] = (),
+                empty: Callable[[], nn.Module] | None = None) -> Callable[[type], type]:
+    """Class decorator: `kdnb.load` may rebuild the class from a file (see `RebuildRecipe`). Every class here has it;
+    a user's own module class may take it too."""
+
+    def register(cls: type) -> type:
+        REBUILDABLE[cls] = RebuildRecipe(arguments, follows_shapes, empty)
+        return cls
+
+    return register
+
+
+@rebuildable(empty=lambda: Residual(nn.Identity()))
 class Residual(nn.Module):
     """``relu(body(x) + shortcut(x))``: the add that couples channels for structured pruning."""
 
@@ -212,6 +240,7 @@ def resnext_small(num_classes: int = 10, *, width: int = 32, groups: int = 4, in
     return nn.Sequential(*layers)
 
 
+@rebuildable("normalized_shape", "eps", "elementwise_affine", "bias")
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of a (batch, channels, height, width) tensor, as ConvNeXt uses it."""
 
@@ -219,6 +248,7 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+@rebuildable("shape")
 class LayerScale(nn.Module):
     """``x * scale``, one learned scale per channel (CaiT, Touvron et al. 2021; ConvNeXt's gamma).
     ``shape`` is the scale's shape: ``(dim,)`` for tokens, ``(dim, 1, 1)`` for images."""
@@ -235,6 +265,7 @@ class LayerScale(nn.Module):
         return x * self.scale
 
 
+@rebuildable()
 class ConvNeXtBlock(Residual):
     """ConvNeXt block (Liu et al. 2022): depthwise 7x7, LayerNorm2d, 1x1 expand x4, GELU, 1x1 project,
     layer scale, added to the input."""
@@ -259,6 +290,7 @@ def convnext_small(num_classes: int = 10, *, width: int = 16, in_channels: int =
 
 # ---- transformers ----
 
+@rebuildable("dim", "num_heads", "head_dim", "causal", follows_shapes=("num_heads",))
 class SelfAttention(nn.Module):
     """Multi-head self-attention written out (Vaswani et al. 2017): ``softmax(q k^T / sqrt(d)) v`` per head,
     q, k, v from one ``qkv`` Linear laid out as (3, heads, head_dim), the heads merged by ``proj``.
@@ -291,6 +323,7 @@ class SelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(batch, length, -1))
 
 
+@rebuildable()
 class TorchAttention(nn.Module):
     """``nn.MultiheadAttention`` as self-attention on (batch, length, dim) tokens. torch requires
     ``embed_dim == num_heads * head_dim``, so structured pruning narrows its embedding dimension
@@ -304,6 +337,7 @@ class TorchAttention(nn.Module):
         return self.attn(x, x, x, need_weights=False)[0]
 
 
+@rebuildable()
 class TransformerBlock(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
 
@@ -320,6 +354,7 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+@rebuildable()
 class Tokens(nn.Module):
     """(batch, channels, *positions) -> (batch, positions, channels): patches become tokens."""
 
@@ -327,6 +362,7 @@ class Tokens(nn.Module):
         return x.flatten(2).transpose(1, 2)
 
 
+@rebuildable("dim")
 class ClassToken(nn.Module):
     """Prepends one learned token to the sequence (ViT's [class]; Dosovitskiy et al. 2021)."""
 
@@ -342,6 +378,7 @@ class ClassToken(nn.Module):
         return torch.cat([self.token.expand(x.shape[0], -1, -1), x], dim=1)
 
 
+@rebuildable("length", "dim")
 class PositionEmbedding(nn.Module):
     """Adds a learned embedding of each position (up to ``length``) to the tokens."""
 
@@ -361,6 +398,7 @@ class PositionEmbedding(nn.Module):
         return x + self.embedding[:, :x.shape[1]]
 
 
+@rebuildable()
 class VisionTransformer(nn.Module):
     """ViT: patches (a strided conv) -> tokens, a class token, position embeddings, transformer blocks,
     LayerNorm, and a Linear on the class token."""
@@ -394,6 +432,7 @@ def vit_tiny(num_classes: int = 10, *, image_size: int = 8, patch_size: int = 2,
                              torch_attention)
 
 
+@rebuildable()
 class GPT(nn.Module):
     """A GPT-style causal language model (Radford et al. 2019): token and position embeddings, causal
     `TransformerBlock`s with hand-written attention, LayerNorm, a Linear to the vocabulary."""

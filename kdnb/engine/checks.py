@@ -149,6 +149,15 @@ def check_positive(name: str, value: Any, integer: bool = False) -> None:
                         f"{'5' if integer else '0.001'}")
 
 
+def check_temperature(temperature: Any) -> float:
+    """The T of soft labels softmax(logits / T): a finite number > 0. The one check of distill, prune's
+    fine-tuning by distillation and the temperature explorer."""
+    if not is_number(temperature) or not 0 < temperature < math.inf:
+        raise KdnbError(f"temperature should be a number > 0 (soft labels are softmax(logits / T)), "
+                        f"got {shown(temperature)}; pass e.g. temperature=4.0")
+    return float(temperature)
+
+
 def check_bool(name: str, value: Any) -> None:
     if not isinstance(value, (bool, np.bool_)):
         raise KdnbError(f"{name} should be True or False, got {shown(value)}; pass {name}=True or {name}=False")
@@ -289,16 +298,22 @@ def check_model_fits_data(model: torch.nn.Module, batch: Any, device: torch.devi
     return out.shape[-1]
 
 
-def check_labels_in_range(data: Any, num_classes: int, what: str = "data") -> None:
-    """Check every label at once when the dataset holds them as a tensor (cheap), else only batch one."""
+def check_labels_in_range(data: Any, num_classes: int, what: str = "data") -> bool:
+    """Check every label at once when the dataset holds them as a tensor (cheap), else only batch one.
+    Returns whether that covered every batch's labels for the whole run (1-D class indices of a TensorDataset,
+    batched by the default collate), so the loop need not check them batch by batch."""
     dataset = getattr(data, "dataset", None)
     tensors = getattr(dataset, "tensors", None)
-    if tensors and len(tensors) > 1 and not tensors[1].dtype.is_floating_point and tensors[1].numel():
-        low, high = int(tensors[1].min()), int(tensors[1].max())
-        if low < 0 or high >= num_classes:
-            raise KdnbError(f"labels out of range: {what}'s dataset has labels {low}..{high} but the model "
-                            f"outputs {num_classes} classes; fix the labels or give the last layer one output "
-                            "per class")
+    if not (tensors and len(tensors) > 1 and not tensors[1].dtype.is_floating_point and tensors[1].numel()):
+        return False
+    low, high = int(tensors[1].min()), int(tensors[1].max())
+    if low < 0 or high >= num_classes:
+        raise KdnbError(f"labels out of range: {what}'s dataset has labels {low}..{high} but the model "
+                        f"outputs {num_classes} classes; fix the labels or give the last layer one output "
+                        "per class")
+    labels = tensors[1]
+    return (labels.dim() == 1 and labels.dtype not in (torch.bool, torch.complex64, torch.complex128)
+            and getattr(data, "collate_fn", None) is torch.utils.data.default_collate)
 
 
 def check_fraction(name: str, value: Any, low: float = 0.0, high: float = 1.0, closed: bool = False,
@@ -309,6 +324,42 @@ def check_fraction(name: str, value: Any, low: float = 0.0, high: float = 1.0, c
         interval = f"[{low:g}, {high:g}{']' if closed else ')'}"
         raise KdnbError(f"{name} should be a number in {interval}, got {shown(value)}; pass e.g. {name}={example}")
     return float(value)
+
+
+def check_sparsity(value: Any, name: str = "sparsity") -> float:
+    """A fraction of the prunable weights to remove, in [0, 1): `kdnb.prune`, `masks_at`, the sparsity explorer."""
+    return check_fraction(name, value, example="0.5")
+
+
+def check_sparsities(sparsities: Any) -> list[float]:
+    """A non-empty list of sparsities, each in [0, 1) (`kdnb.sensitivity`)."""
+    if isinstance(sparsities, (str, bytes)) or not isinstance(sparsities, Iterable):
+        raise KdnbError(f"sparsities should be a list of fractions in [0, 1), got {shown(sparsities)}; "
+                        "pass e.g. sparsities=[0.5, 0.9]")
+    sparsities = list(sparsities)
+    if not sparsities:
+        raise KdnbError("sparsities is empty; pass the sparsities to try, e.g. sparsities=[0.5, 0.9]")
+    return [check_sparsity(s, f"sparsities[{i}]") for i, s in enumerate(sparsities)]
+
+
+def check_layer_names(layers: Any) -> list[str] | None:
+    """None (every layer) or a non-empty list of parameter or layer names (`kdnb.sensitivity`)."""
+    if layers is not None and (isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable)
+                               or not list(layers) or not all(isinstance(n, str) for n in layers)):
+        raise KdnbError(f"layers should be None (every layer) or a non-empty list of names, got "
+                        f"{shown(layers)}; pass e.g. layers=['0.weight'] (see model.named_parameters())")
+    return None if layers is None else list(layers)
+
+
+def check_pattern(pattern: Any) -> None:
+    """None or an N:M pattern ``"N:M"`` with 0 < N < M (keep N of every M consecutive weights)."""
+    if pattern is None:
+        return
+    parts = pattern.split(":") if isinstance(pattern, str) else []
+    numbers = [int(p) for p in parts if p.strip().isdigit()] if len(parts) == 2 else []
+    if len(numbers) != 2 or not 0 < numbers[0] < numbers[1]:
+        raise KdnbError(f"pattern should be 'N:M' (keep N of every M consecutive weights, 0 < N < M), got "
+                        f"{shown(pattern)}; pass e.g. pattern='2:4' with sparsity=0.5")
 
 
 def check_count(name: str, value: Any, minimum: int = 0, example: str = "2") -> int:
@@ -361,16 +412,17 @@ def check_labelled(batch: Any, labels: Any, what: str, why: str) -> None:
 
 
 def check_data_fits(model: torch.nn.Module, data: Any, what: str, labels: str | None = None,
-                    tensor: str | None = None) -> int | None:
+                    tensor: str | None = None, first: Any = None) -> int | None:
     """``data``'s first batch runs through ``model`` (eval mode, on the model's device, no RNG moved).
 
     ``labels`` (why they are needed: training, a gradient, an accuracy) asks for labelled batches and float
     logits they are in range of. Without it only the inputs are read (scoring, calibration): any output will
     do (``tensor``, why logits are needed, asks for an output with logits), and labels are checked when the
-    output is logits. Returns the number of classes, when known."""
+    output is logits. ``first``: the first batch, when the caller drew it already. Returns the number of classes,
+    when known."""
     check_loader(data, what)
     here = model_device(model)
-    batch = to_device(first_batch(data, what), here)
+    batch = to_device(first_batch(data, what) if first is None else first, here)
     args, kwargs, y = check_batch(batch, what)
     if labels is not None:
         check_labelled(batch, y, what, labels)

@@ -190,8 +190,8 @@ def _check(model: torch.nn.Module, data: Iterable, val: Iterable | None, epochs:
            objective: Objective, evaluate_fn: Callable | None, check_inputs: bool) -> int | None:
     """Every argument, before anything changes: a bad input leaves the model exactly where it was.
 
-    Returns the number of classes when the first batch was checked (each batch's labels are then checked
-    against it), else None."""
+    Returns the number of classes when each batch's labels are to be checked against it (the first batch
+    was checked, and the dataset's labels were not all checked at once), else None."""
     checks.check_model(model)
     checks.check_loader(data, "data")
     if val is not None:
@@ -208,8 +208,9 @@ def _check(model: torch.nn.Module, data: Iterable, val: Iterable | None, epochs:
         if getattr(objective, "needs_labels", False):
             checks.check_labelled(batch, checks.check_batch(batch)[2], "data", "training with cross-entropy")
         num_classes = checks.check_model_fits_data(model, batch, here)
-        checks.check_labels_in_range(data, num_classes)
-        num_classes = num_classes if checks.check_batch(batch)[2] is not None else None
+        every_label_checked = checks.check_labels_in_range(data, num_classes)  # then no batch needs its own check
+        labelled = checks.check_batch(batch)[2] is not None
+        num_classes = num_classes if labelled and not every_label_checked else None
     if val is not None and evaluate_fn is None:  # the default evaluation needs labelled batches the model takes
         val_batch = to_device(checks.first_batch(val, "val"), here)
         checks.check_labelled(val_batch, checks.check_batch(val_batch, "val")[2], "val",

@@ -28,10 +28,9 @@ from kdnb.engine.checks import (check_example, check_labels_in_range, check_load
 from kdnb.engine.device import eval_mode, model_device, resolve_device, to_device
 from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import evaluate
-from kdnb.engine.export import onnxruntime_model
 from kdnb.env import version
 from kdnb.engine.prune.graph.groups import prunable_attributes  # the weights `sparsity` counts
-from kdnb.engine.serialize import file_size, module_tensors, plain_modules
+from kdnb.engine import export, serialize  # modules: serialize -> prune (its package) -> pipeline -> measure
 from kdnb.engine.table import Table, format_value
 
 Inputs = tuple[tuple, dict]  # a model's (args, kwargs) on one batch
@@ -194,7 +193,7 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
             macs, nonzero_macs = _macs(net, inputs)
         with torch.inference_mode():
             if runtime == "onnxruntime":
-                with onnxruntime_model(net, _one_tensor(inputs), torch.get_num_threads()) as exported:
+                with export.onnxruntime_model(net, _one_tensor(inputs), torch.get_num_threads()) as exported:
                     latency, spread = _latency_ms(exported, inputs, target, repeats, warmup)
             else:
                 latency, spread = _latency_ms(net, inputs, target, repeats, warmup)
@@ -206,7 +205,7 @@ def measure(model: nn.Module, data_or_example: Iterable | torch.Tensor, *, batch
         sparsity=zero_weights / weights if weights else 0.0,
         overall_sparsity=1 - nonzero / params if params else 0.0,
         macs=macs, nonzero_macs=nonzero_macs,
-        bytes_dense=file_size(model, compact=False), bytes=file_size(model),
+        bytes_dense=serialize.file_size(model, compact=False), bytes=serialize.file_size(model),
         latency_ms=latency, batch_size=batches.batch_size(*inputs), device=_device_name(target),
         threads=torch.get_num_threads(), accuracy=scores.get("accuracy"), latency_spread=spread,
         perplexity=scores.get("perplexity"),
@@ -269,8 +268,8 @@ def parameter_counts(model: nn.Module) -> tuple[int, int, int, int]:
     `kdnb.save` writes it (pruning masks folded). A parameter shared by two modules (tied weights) counts once."""
     params = nonzero = weights = zero_weights = 0
     seen = {}  # holding the tensors keeps their keys unique
-    for _, module in plain_modules(model):
-        for name, tensor, is_param in module_tensors(module):
+    for _, module in serialize.plain_modules(model):
+        for name, tensor, is_param in serialize.module_tensors(module):
             key = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride())
             if is_param and key not in seen:
                 seen[key] = tensor
@@ -319,10 +318,10 @@ def _macs(model: nn.Module, inputs: Inputs) -> tuple[int, int]:
     root = type(model).__name__
     sparse_saving = 0.0
     # A layer used at two places is counted under one of its names: look it up under all of them.
-    for path, module in plain_modules(model, remove_duplicate=False):
+    for path, module in serialize.plain_modules(model, remove_duplicate=False):
         flops = sum(per_module.get(f"{root}.{path}" if path else root, {}).values())
         if flops and isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-            weight = next(tensor for name, tensor, _ in module_tensors(module) if name == "weight")
+            weight = next(tensor for name, tensor, _ in serialize.module_tensors(module) if name == "weight")
             sparse_saving += flops * (1 - int(torch.count_nonzero(weight)) / max(weight.numel(), 1))
     for module, counts in tokens.items():
         sparse_saving += _attention_zero_flops(module, counts)
@@ -333,12 +332,12 @@ def _macs(model: nn.Module, inputs: Inputs) -> tuple[int, int]:
 def _attention_zero_flops(module: nn.MultiheadAttention, tokens: tuple[int, int, int]) -> float:
     """FLOPs an ``nn.MultiheadAttention``'s zero weights would save: 2 per zero weight per token it projects
     (q, k, v projections on the query's, key's, value's tokens; the output projection on the query's)."""
-    weights = dict((name, tensor) for name, tensor, _ in module_tensors(module))
+    weights = dict((name, tensor) for name, tensor, _ in serialize.module_tensors(module))
     if module._qkv_same_embed_dim:
         projections = weights["in_proj_weight"].chunk(3)
     else:
         projections = [weights[f"{p}_proj_weight"] for p in "qkv"]
-    out = next(tensor for name, tensor, _ in module_tensors(module.out_proj) if name == "weight")
+    out = next(tensor for name, tensor, _ in serialize.module_tensors(module.out_proj) if name == "weight")
     zeros = [w.numel() - int(torch.count_nonzero(w)) for w in (*projections, out)]
     return 2.0 * (zeros[0] * tokens[0] + zeros[1] * tokens[1] + zeros[2] * tokens[2] + zeros[3] * tokens[0])
 

@@ -1,5 +1,7 @@
 """What every result of a verb shares. Results are data: ``repr`` shows the run's own numbers (cheap);
-``summary()`` measures (latency takes a moment) once, on the device of the result's model, and keeps it;
+``summary()`` measures (latency takes a moment) once, on the device of the result's model, and keeps it,
+with the measuring function its verb handed it (``measure_with``: a result knows nothing of how models
+are measured);
 ``.plot()`` is the user's spelling (pandas does the same) and hands the result to the drawer registered
 for its type, so the engine never imports matplotlib or `kdnb.plots`.
 
@@ -15,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from kdnb.engine.device import model_device
 from kdnb.engine.table import Table
 from kdnb.errors import KdnbError
 
@@ -52,9 +55,11 @@ class Result:
     """The shared behaviour of `PruneResult` and `DistillResult` (dataclasses that declare ``_comparison``).
 
     A subclass says what it shows without measuring (`overview`), which models it compares on which data
-    (`_compared`), and whose device the measurement uses (`_home`)."""
+    (`_compared`), and whose device the measurement uses (`_home`); its verb sets ``measure_with``, a
+    ``compare(models, data, **options) -> Table`` (`kdnb.engine.measure.compare`)."""
 
     _comparison: Any = None
+    measure_with: Callable[..., Any] | None = None
 
     def overview(self) -> Table:
         raise NotImplementedError
@@ -66,16 +71,16 @@ class Result:
         raise NotImplementedError
 
     def comparison(self, **measure_kwargs: Any) -> Any:
-        """`kdnb.engine.measure.compare` of the result's models, on the device its model is on; measured on
-        the first call, then kept (set ``_comparison = None`` to measure again). ``measure_kwargs`` (see
-        `kdnb.measure`) measure anew with those options, and are not kept."""
+        """``measure_with`` (the verb's `kdnb.engine.measure.compare`) of the result's models, on the device its
+        model is on; measured on the first call, then kept (set ``_comparison = None`` to measure again).
+        ``measure_kwargs`` (see `kdnb.measure`) measure anew with those options, and are not kept."""
         if self._comparison is not None and not measure_kwargs:
             return self._comparison
-        from kdnb.engine.device import model_device
-        from kdnb.engine.measure import compare  # measured on demand: latency takes a moment
-
+        if self.measure_with is None:
+            raise KdnbError(f"this {type(self).__name__} was made without a measuring function; measure its "
+                            "models with kdnb.compare({...}, val)")
         models, data = self._compared()
-        comparison = compare(models, data, **{"device": model_device(self._home()), **measure_kwargs})
+        comparison = self.measure_with(models, data, **{"device": model_device(self._home()), **measure_kwargs})
         if not measure_kwargs:
             self._comparison = comparison
         return comparison

@@ -10,7 +10,7 @@ and dicts, so `load` reads it with ``torch.load(weights_only=True)``:
 - The **module tree** is ``{"class": "torch.nn.Linear", "config": {...}, "training": bool,
   "children": {name: tree}}`` (or ``{"alias": "path"}`` for a module used twice). The config is
   read off the module's attributes, so a layer whose shape structured pruning changed is rebuilt
-  at its new shape. Only `REBUILDABLE` classes are rebuilt from the tree; any other model loads
+  at its new shape. Only `rebuildable` classes are rebuilt from the tree; any other model loads
   into a skeleton the user passes (``model=MyNet()``).
 - **Sparse tensors** are stored as ``{"shape": [...], "mask": packed bits, 1 where non-zero (uint8),
   "values": the non-zeros}``: 1 bit per element plus the non-zeros, so a 90%-sparse float32 layer
@@ -29,14 +29,14 @@ describes: a damaged file is one `KdnbError` that names it.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 import math
 import os
-import pickle
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +48,11 @@ from torch.nn.utils import parametrize, prune
 from kdnb.engine.checks import check_model
 from kdnb import models
 from kdnb.engine.distributed import is_main_process
-from kdnb.engine import plain_weights
+from kdnb.engine.file_checks import (FORMAT, FORMAT_VERSION, damaged, first_line, join, read, shape_dtype,
+                                     place)
 from kdnb.errors import KdnbError
 from kdnb.engine.prune.graph.groups import attention_layers, update_heads
-from kdnb.models import Residual
 
-FORMAT = "kdnb"
-FORMAT_VERSION = 1
 SPARSE_MIN_NUMEL = 256  # smaller tensors stay dense: two more records in the zip file cost more than they save
 
 _CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
@@ -63,9 +61,9 @@ _BN = ("num_features", "eps", "momentum", "affine", "track_running_stats", "bias
 _MAXPOOL = ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode")
 _AVGPOOL = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")
 
-# The classes load rebuilds without user code, with the constructor arguments read off each module
-# (for "bias", whether the module has one).
-_ARGS: dict[type[nn.Module], tuple[str, ...]] = {
+# The torch.nn classes load rebuilds without user code, with the constructor arguments read off each module
+# (for "bias", whether the module has one); kdnb's own classes register themselves (`kdnb.models.rebuildable`).
+_TORCH: dict[type[nn.Module], tuple[str, ...]] = {
     nn.Linear: ("in_features", "out_features", "bias"),
     nn.modules.linear.NonDynamicallyQuantizableLinear: ("in_features", "out_features", "bias"),  # MHA's out_proj
     nn.Conv1d: _CONV, nn.Conv2d: _CONV,
@@ -77,43 +75,64 @@ _ARGS: dict[type[nn.Module], tuple[str, ...]] = {
     nn.MaxPool1d: _MAXPOOL, nn.MaxPool2d: _MAXPOOL,
     nn.AvgPool1d: _AVGPOOL, nn.AvgPool2d: (*_AVGPOOL, "divisor_override"),
     nn.AdaptiveAvgPool1d: ("output_size",), nn.AdaptiveAvgPool2d: ("output_size",),
-    nn.Sequential: (), nn.ModuleList: (), Residual: (),
+    nn.Sequential: (), nn.ModuleList: (),
     nn.GroupNorm: ("num_groups", "num_channels", "eps", "affine"), nn.ReLU6: ("inplace",),
     nn.Hardswish: ("inplace",), nn.Hardsigmoid: ("inplace",), nn.AdaptiveAvgPool3d: ("output_size",),
     nn.Embedding: ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq",
                    "sparse"),
     nn.MultiheadAttention: ("embed_dim", "num_heads", "dropout", "kdim", "vdim", "batch_first"),
-    models.LayerNorm2d: ("normalized_shape", "eps", "elementwise_affine", "bias"), models.LayerScale: ("shape",),
-    models.ConvNeXtBlock: (), models.SelfAttention: ("dim", "num_heads", "head_dim", "causal"),
-    models.TorchAttention: (), models.TransformerBlock: (), models.Tokens: (), models.ClassToken: ("dim",),
-    models.PositionEmbedding: ("length", "dim"), models.VisionTransformer: (), models.GPT: (),
 }
-# Only the arguments this torch's constructors take (BatchNorm's bias, say, is recent).
-REBUILDABLE = {cls: tuple(arg for arg in args if arg in inspect.signature(cls).parameters)
-               for cls, args in _ARGS.items()}
-# Containers whose constructor needs arguments: build them empty, then add the saved children.
-_EMPTY = {Residual: lambda: Residual(nn.Identity())}
 # Layers load(model=...) may resize when structured pruning changed a saved tensor's shape.
 # Attributes that follow the tensors' shapes (a property such as SelfAttention.head_dim follows by itself).
-_RESIZABLE: dict[type[nn.Module], tuple[str, ...]] = {
+_TORCH_RESIZABLE: dict[type[nn.Module], tuple[str, ...]] = {
     nn.Linear: ("in_features", "out_features"),
     nn.modules.conv._ConvNd: ("in_channels", "out_channels", "groups"),
     nn.modules.batchnorm._NormBase: ("num_features",),
     nn.LayerNorm: ("normalized_shape",), nn.GroupNorm: ("num_channels",), nn.Embedding: ("embedding_dim",),
-    nn.MultiheadAttention: ("embed_dim", "kdim", "vdim"), models.SelfAttention: ("num_heads",),
+    nn.MultiheadAttention: ("embed_dim", "kdim", "vdim"),
 }
+
+
+@dataclass(frozen=True)
+class _Classes:
+    """What save and load know of classes: torch's (`_TORCH`) and those registered with
+    `kdnb.models.rebuildable`, read when a call needs them (a class registered after import counts)."""
+
+    arguments: dict[type[nn.Module], tuple[str, ...]]  # only those this torch's constructors take
+    by_name: dict[str, type[nn.Module]]
+    empty: dict[type[nn.Module], Callable[[], nn.Module]]  # containers whose constructor needs children
+    resizable: dict[type[nn.Module], tuple[str, ...]]
+
+    @property
+    def known(self) -> dict[str, tuple[str, ...]]:
+        """Each class's saved name -> its arguments (what `file_checks` checks configs against)."""
+        return {name: self.arguments[cls] for name, cls in self.by_name.items()}
+
+
+def _classes() -> _Classes:
+    return _table(tuple(models.REBUILDABLE.items()))
+
+
+@functools.cache
+def _table(registered: tuple[tuple[type[nn.Module], models.RebuildRecipe], ...]) -> _Classes:
+    given = {**_TORCH, **{cls: rebuild.arguments for cls, rebuild in registered}}
+    arguments = {cls: tuple(arg for arg in args if arg in inspect.signature(cls).parameters)
+                 for cls, args in given.items()}
+    return _Classes(arguments, {class_name(cls): cls for cls in arguments},
+                    {cls: rebuild.empty for cls, rebuild in registered if rebuild.empty is not None},
+                    {**_TORCH_RESIZABLE, **{cls: r.follows_shapes for cls, r in registered if r.follows_shapes}})
+
+
+def rebuildable() -> dict[type[nn.Module], tuple[str, ...]]:
+    """Every class `load` rebuilds without user code, with the constructor arguments read off a saved module."""
+    return dict(_classes().arguments)
 
 
 def class_name(cls: type) -> str:
     """'torch.nn.Linear', 'kdnb.models.Residual', else 'module.QualName'."""
     if cls.__module__.startswith("torch.nn.modules."):
         return f"torch.nn.{cls.__name__}"
-    if cls is Residual:
-        return "kdnb.models.Residual"
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-_BY_NAME = {class_name(cls): cls for cls in REBUILDABLE}
 
 
 def plain_class(module: nn.Module) -> type:
@@ -160,7 +179,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
     """Write ``model`` (architecture and weights) to ``path``; return the path.
 
     Args:
-        model: any ``nn.Module``. Models built from `REBUILDABLE` classes (every ``kdnb.models``
+        model: any ``nn.Module``. Models built from `rebuildable` classes (every ``kdnb.models``
             network, also after structured pruning) load back without code; others load into a
             skeleton: ``kdnb.load(path, model=MyNet())``.
         path: file to write (conventionally ``*.kdnb``); its directory must exist.
@@ -199,7 +218,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     Args:
         path: a kdnb file, or a ``.pt`` / ``.safetensors`` state_dict that `kdnb.export` wrote (the layer
             widths it needs are in the JSON beside it).
-        model: ``None`` rebuilds the saved architecture (it must consist of `REBUILDABLE` classes).
+        model: ``None`` rebuilds the saved architecture (it must consist of `rebuildable` classes).
             Otherwise the weights load *into* this module (a fresh instance of the saved model's
             class) and it is returned; its Linear/Conv/BatchNorm layers are resized first where
             structured pruning changed the saved shapes.
@@ -212,7 +231,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     if model is not None:
         _check_not_meta(check_model(model, "model="), "model=")
     target = _check_path(path, writing=False)
-    payload = _read(target)
+    payload = read(target, _classes().known)
     file, spec, tied = str(path), payload["spec"], payload["tied"]
     rebuild = model is None
     if rebuild:
@@ -233,7 +252,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The ``metadata`` dict given to `save` (``{}`` when none was given)."""
-    return _read(_check_path(path, writing=False))["metadata"]
+    return read(_check_path(path, writing=False), _classes().known)["metadata"]
 
 
 # ---- writing ----
@@ -289,11 +308,11 @@ def _describe(module: nn.Module, path: str, seen: dict[int, str]) -> dict:
     if id(module) in seen:
         return {"alias": seen[id(module)]}
     seen[id(module)] = path
-    cls = plain_class(module)
+    cls, arguments = plain_class(module), _classes().arguments
     config = None
-    if cls in REBUILDABLE:
+    if cls in arguments:
         config = {attr: _plain(getattr(module, attr) is not None if attr == "bias" else getattr(module, attr))
-                  for attr in REBUILDABLE[cls]}
+                  for attr in arguments[cls]}
     children = {name: None if child is None else _describe(child, f"{path}.{name}" if path else name, seen)
                 for name, child in module._modules.items()
                 if not (name == "parametrizations" and parametrize.is_parametrized(module))}
@@ -324,9 +343,9 @@ def _build(node: dict, built: dict[str, nn.Module], path: str, file: str) -> nn.
     """The saved architecture on the meta device (shapes, no memory); `load` then assigns the saved tensors."""
     if "alias" in node:
         return built[node["alias"]]
-    if node["class"] not in _BY_NAME:
+    if node["class"] not in _classes().by_name:
         short = node["class"].rsplit(".", 1)[-1]
-        raise KdnbError(f"{file!r} holds a {node['class']} (at {_where(path)}), which kdnb cannot rebuild "
+        raise KdnbError(f"{file!r} holds a {node['class']} (at {place(path)}), which kdnb cannot rebuild "
                         f"without its code; load the weights into a fresh one: kdnb.load({file!r}, model={short}(...))")
     module = built[path] = _meta_module(node, path, file)
     for name, child in node["children"].items():
@@ -336,16 +355,17 @@ def _build(node: dict, built: dict[str, nn.Module], path: str, file: str) -> nn.
 
 
 def _meta_module(node: dict, path: str, file: str) -> nn.Module:
-    """One `REBUILDABLE` node, without its children, built from its config on the meta device."""
-    cls = _BY_NAME[node["class"]]
+    """One `rebuildable` node, without its children, built from its config on the meta device."""
+    classes = _classes()
+    cls = classes.by_name[node["class"]]
     config = {key: tuple(v) if isinstance(v, list) else v for key, v in node["config"].items()}
     try:
         with torch.device("meta"), warnings.catch_warnings():  # init's warnings (a zero size) are not the user's
             warnings.simplefilter("ignore")
-            return _EMPTY[cls]() if cls in _EMPTY else cls(**config)
+            return classes.empty[cls]() if cls in classes.empty else cls(**config)
     except (TypeError, ValueError, RuntimeError, OverflowError) as error:  # e.g. Dropout(p=2), a negative size
-        raise _damaged(file, f"the {node['class']} at {_where(path)} cannot be built from its config "
-                             f"{node['config']} ({_first_line(error)})") from None
+        raise damaged(file, f"the {node['class']} at {place(path)} cannot be built from its config "
+                             f"{node['config']} ({first_line(error)})") from None
 
 
 def _node(spec: dict, path: str) -> dict | None:
@@ -363,11 +383,11 @@ def _check_fit(expected: dict[str, torch.Tensor], payload: dict, file: str) -> N
     missing = [key for key in expected if key not in entries]
     unexpected = [key for key in entries if key not in expected]
     if missing or unexpected:
-        raise _damaged(file, f"its weights do not match its architecture ({_key_lists(missing, unexpected)})")
+        raise damaged(file, f"its weights do not match its architecture ({_key_lists(missing, unexpected)})")
     for key, tensor in expected.items():
-        shape, dtype = _shape_dtype(entries[key])
+        shape, dtype = shape_dtype(entries[key])
         if shape != tuple(tensor.shape):
-            raise _damaged(file, f"tensor {key!r} has shape {list(shape)} but its layer's config makes it "
+            raise damaged(file, f"tensor {key!r} has shape {list(shape)} but its layer's config makes it "
                                  f"{list(tensor.shape)}")
         _check_kind(key, dtype, tensor, file)
     _check_ties_fit(expected, payload["tied"], file)
@@ -387,26 +407,26 @@ def _fit_skeleton(model: nn.Module, payload: dict, file: str) -> list[tuple[nn.M
     resizes = []
     for path, module in model.named_modules():
         own = {name: tensor for name, tensor in [*module._parameters.items(), *module._buffers.items()]
-               if tensor is not None and _join(path, name) in entries}
-        declared = {name: _shape_dtype(entries[_join(path, name)]) for name in own}
+               if tensor is not None and join(path, name) in entries}
+        declared = {name: shape_dtype(entries[join(path, name)]) for name in own}
         for name, tensor in own.items():
-            _check_kind(_join(path, name), declared[name][1], tensor, file)
+            _check_kind(join(path, name), declared[name][1], tensor, file)
         changed = {name: shape for name, (shape, _) in declared.items() if shape != tuple(own[name].shape)}
-        attrs = next((attrs for cls, attrs in _RESIZABLE.items() if isinstance(module, cls)), ())
+        attrs = next((attrs for cls, attrs in _classes().resizable.items() if isinstance(module, cls)), ())
         node = _node(spec, path)
         # a module of the saved class may resize (its own tensors: a class token, a layer scale) or change the
         # attributes that follow its children's shapes (an attention's num_heads) with no tensor of its own changed
         same_class = node is not None and node.get("class") == class_name(plain_class(module))
         if changed and not same_class:
             name, shape = next(iter(changed.items()))
-            raise KdnbError(f"saved tensor {_join(path, name)!r} in {file!r} has shape {shape} but model= has "
+            raise KdnbError(f"saved tensor {join(path, name)!r} in {file!r} has shape {shape} but model= has "
                             f"{tuple(own[name].shape)}; pass a fresh instance of the class that was saved")
         if not same_class or not (changed or attrs):
             continue
         meta = _meta_module(node, path, file)  # what the saved config makes of each tensor: must be the file's
         for name, (shape, _) in declared.items():
             if shape != tuple(getattr(meta, name).shape):
-                raise _damaged(file, f"tensor {_join(path, name)!r} has shape {list(shape)} but its layer's config "
+                raise damaged(file, f"tensor {join(path, name)!r} has shape {list(shape)} but its layer's config "
                                      f"makes it {list(getattr(meta, name).shape)}")
         updates = {attr: getattr(meta, attr) for attr in attrs if getattr(module, attr) != getattr(meta, attr)}
         if changed or updates:
@@ -438,7 +458,7 @@ def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], resizes: list
                 tensor.copy_(values[key])
         if not isinstance(error, (RuntimeError, TypeError)):
             raise  # the skeleton's own code failed: its own traceback says where
-        raise KdnbError(f"cannot load {file!r} into model=: {_first_line(error)}; pass a fresh model=YourNet() "
+        raise KdnbError(f"cannot load {file!r} into model=: {first_line(error)}; pass a fresh model=YourNet() "
                         "built as when saved") from None
 
 
@@ -460,7 +480,7 @@ def _resize(resizes: list[tuple[nn.Module, dict, dict]]) -> None:
 def _check_kind(key: str, dtype: torch.dtype, tensor: torch.Tensor, file: str) -> None:
     """A float weight may come back as float16 or float64, never as integers (nor an int counter as float)."""
     if _kind(dtype) != _kind(tensor.dtype):
-        raise _damaged(file, f"tensor {key!r} holds {str(dtype).removeprefix('torch.')} but its layer needs "
+        raise damaged(file, f"tensor {key!r} holds {str(dtype).removeprefix('torch.')} but its layer needs "
                              f"{_kind(tensor.dtype)} values")
 
 
@@ -473,7 +493,7 @@ def _kind(dtype: torch.dtype) -> str:
 def _check_ties_fit(expected: dict[str, torch.Tensor], tied: dict[str, str], file: str) -> None:
     for key, first in tied.items():
         if isinstance(expected[key], nn.Parameter) != isinstance(expected[first], nn.Parameter):
-            raise _damaged(file, f"'tied' joins {key!r} and {first!r}, but only one of them is a parameter")
+            raise damaged(file, f"'tied' joins {key!r} and {first!r}, but only one of them is a parameter")
 
 
 def _decode_all(entries: dict, tied: dict[str, str]) -> dict[str, torch.Tensor]:
@@ -515,300 +535,11 @@ def _set_modes(model: nn.Module, spec: dict) -> None:
             module.training = node["training"]
 
 
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-def _where(path: str) -> str:
-    return repr(path) if path else "the top"
-
-
 def _key_lists(missing: list[str], unexpected: list[str]) -> str:
     def some(keys: list[str]) -> str:
         return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
     return "; ".join(([f"missing {some(missing)}"] if missing else []) +
                      ([f"unexpected {some(unexpected)}"] if unexpected else []))
-
-
-# ---- the file's structure, checked before anything it describes is allocated ----
-
-_KEYS = {"format", "version", "metadata", "spec", "tensors"}
-_NODE_KEYS = {"class", "config", "training", "children"}
-_COMPACT_KEYS = {"shape", "mask", "values"}
-_MAX_DEPTH = 100  # module nesting; deeper is a hostile file, not a network
-
-
-def _damaged(file: str, what: str) -> KdnbError:
-    return KdnbError(f"{file!r} is damaged: {what}; save the model again with kdnb.save(model, path) "
-                     "(or use a backup copy)")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
-
-
-def _read(path: Path) -> dict:
-    file = str(path)
-    if plain_weights.is_plain(path):  # a state_dict kdnb.export wrote, with its layer widths beside it
-        payload = plain_weights.read(path)
-        _check_payload(payload, file)
-        return payload
-    try:
-        with open(path, "rb") as stream:
-            head = stream.read(4)
-    except OSError as error:
-        raise KdnbError(f"cannot read {file!r}: {error.strerror or error}; check that it is a readable file") from None
-    if not head:
-        raise KdnbError(f"{file!r} is empty (0 bytes), not a kdnb file; save the model again with "
-                        "kdnb.save(model, path)")
-    is_zip = head.startswith(b"PK")  # torch.save's format; kdnb.save writes nothing else
-    if is_zip:
-        _check_zip(path, file)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - whatever torch.load trips on, the file is not one of ours
-        if is_zip and isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
-            raise KdnbError(f"{file!r} is not a kdnb file: it holds pickled Python objects (a model saved whole "
-                            "with torch.save?), which weights_only=True refuses to run; if you trust its source, "
-                            "torch.load(path, weights_only=False) reads it") from None
-        what = "a zip archive, but not one torch.save wrote" if is_zip else \
-            "torch.load with weights_only=True cannot read it"
-        raise KdnbError(f"{file!r} is not a kdnb file ({what}); write one with kdnb.save(model, path)") from None
-    _check_payload(payload, file)
-    return payload
-
-
-def _check_zip(path: Path, file: str) -> None:
-    """Truncation and changed bytes, found by the zip records' CRC-32 (torch.load would not notice a
-    flipped byte inside a tensor, or fail with ``OSError: Invalid argument`` on a truncated file)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            compressed = any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist())
-            bad = None if compressed else archive.testzip()  # never inflate: a zip bomb stays unopened
-    except Exception as error:  # noqa: BLE001 - zipfile raises many types on a broken archive
-        raise _damaged(file, f"it is truncated or its zip archive is broken ({_first_line(error)})") from None
-    if compressed:
-        raise _damaged(file, "its zip archive holds compressed records, which torch.save never writes")
-    if bad is not None:
-        raise _damaged(file, f"record {bad!r} fails its CRC check (bytes changed after saving)")
-
-
-def _check_payload(payload: Any, file: str) -> None:
-    if not (isinstance(payload, dict) and payload.get("format") == FORMAT):
-        hint = ("it looks like a state_dict: use model.load_state_dict(torch.load(path))"
-                if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values())
-                else "write one with kdnb.save(model, path)")
-        raise KdnbError(f"{file!r} is not a kdnb file; {hint}")
-    version = payload.get("version")
-    if type(version) is int and version > FORMAT_VERSION:
-        raise KdnbError(f"{file!r} was written by a newer kdnb (file format {version}, this kdnb reads up to "
-                        f"{FORMAT_VERSION}); upgrade kdnb: pip install -U kdnb")
-    if type(version) is not int or version < 1:
-        raise _damaged(file, f"its format version is {version!r}, where kdnb writes an integer from 1 to "
-                             f"{FORMAT_VERSION}")
-    missing, unknown = _KEYS - payload.keys(), payload.keys() - _KEYS - {"tied"}
-    if missing or unknown:
-        parts = ([f"lacks {sorted(missing)}"] if missing else []) + \
-                ([f"has unknown keys {sorted(unknown)}"] if unknown else [])
-        raise _damaged(file, "its top-level dict " + "; ".join(parts))
-    if not isinstance(payload["metadata"], dict) or not all(isinstance(k, str) for k in payload["metadata"]):
-        raise _damaged(file, f"its metadata is a {type(payload['metadata']).__name__}, not a dict with str keys")
-    _check_tensors(payload["tensors"], file)
-    if "tied" not in payload:  # a file from before ties were written down: one stored tensor was one weight
-        payload["tied"] = _stored_once(payload["tensors"])
-    _check_tied(payload["tied"], payload["tensors"], file)
-    _check_node(payload["spec"], "", set(), file, depth=0)
-
-
-def _check_tensors(entries: Any, file: str) -> None:
-    if not isinstance(entries, dict):
-        raise _damaged(file, f"its 'tensors' is a {type(entries).__name__}, not a dict of tensors")
-    for key, entry in entries.items():
-        if not isinstance(key, str) or not key or "" in key.split("."):
-            raise _damaged(file, f"it holds a tensor named {key!r}, not a dotted name like '0.weight'")
-        if isinstance(entry, torch.Tensor):
-            if entry.layout != torch.strided:
-                raise _damaged(file, f"tensor {key!r} is a {entry.layout} tensor; kdnb writes dense ones")
-            if entry.untyped_storage().nbytes() < entry.numel() * entry.element_size():  # `_encode` never does
-                raise _damaged(file, f"tensor {key!r} of shape {list(entry.shape)} is a view of "
-                                     f"{entry.untyped_storage().nbytes():,} bytes (its elements overlap)")
-        elif isinstance(entry, dict):
-            _check_compact(key, entry, file)
-        else:
-            raise _damaged(file, f"entry {key!r} is a {type(entry).__name__}, not a tensor")
-
-
-def _check_compact(key: str, entry: dict, file: str) -> None:
-    """A compact entry is ``shape`` + a bit per element + the non-zeros: the three must agree, so decoding
-    allocates exactly what the file holds (a hand-edited shape cannot ask for 931 GiB)."""
-    if entry.keys() != _COMPACT_KEYS:
-        raise _damaged(file, f"compact entry {key!r} has keys {sorted(map(str, entry))}, not {sorted(_COMPACT_KEYS)}")
-    shape, mask, values = entry["shape"], entry["mask"], entry["values"]
-    if not (isinstance(shape, list) and len(shape) <= 64 and all(type(n) is int and n >= 0 for n in shape)):
-        raise _damaged(file, f"compact entry {key!r} has shape {shape!r}, not a list of sizes >= 0")
-    _check_vector(key, "mask", mask, lambda dtype: dtype == torch.uint8, "uint8 bits", file)
-    _check_vector(key, "values", values, lambda dtype: dtype.is_floating_point, "floating-point values", file)
-    count = math.prod(shape)
-    if mask.numel() != (count + 7) // 8:
-        raise _damaged(file, f"compact entry {key!r} has shape {shape} ({count:,} elements) but a mask of "
-                             f"{mask.numel():,} bytes, which covers {mask.numel() * 8:,}")
-    kept = int(np.count_nonzero(np.unpackbits(mask.numpy(), count=count)))
-    if kept != values.numel():
-        raise _damaged(file, f"compact entry {key!r} marks {kept:,} non-zeros in its mask but holds "
-                             f"{values.numel():,} values")
-
-
-def _check_vector(key: str, part: str, tensor: Any, dtype_ok: Callable[[torch.dtype], bool], need: str,
-                  file: str) -> None:
-    if isinstance(tensor, torch.Tensor) and tensor.layout == torch.strided and tensor.dim() == 1 \
-            and dtype_ok(tensor.dtype):
-        return
-    what = (f"{str(tensor.dtype).removeprefix('torch.')} of shape {list(tensor.shape)}"
-            if isinstance(tensor, torch.Tensor) else type(tensor).__name__)
-    raise _damaged(file, f"compact entry {key!r}: its {part} is {what}, not a 1-D tensor of {need}")
-
-
-def _shape_dtype(entry: torch.Tensor | dict) -> tuple[tuple[int, ...], torch.dtype]:
-    """What a checked entry decodes to, read without decoding it."""
-    if isinstance(entry, torch.Tensor):
-        return tuple(entry.shape), entry.dtype
-    return tuple(entry["shape"]), entry["values"].dtype
-
-
-def _stored_once(entries: dict) -> dict[str, str]:
-    """``tied`` for the names whose entries unpickled as one object (`_payload` encoded them once)."""
-    first: dict[int, str] = {}
-    return {key: first[id(entry)] for key, entry in entries.items() if first.setdefault(id(entry), key) != key}
-
-
-def _check_tied(tied: Any, entries: dict, file: str) -> None:
-    if not isinstance(tied, dict):
-        raise _damaged(file, f"its 'tied' is a {type(tied).__name__}, not a dict of names")
-    for key, first in tied.items():
-        if not (isinstance(key, str) and isinstance(first, str) and key in entries and first in entries
-                and first not in tied and key != first):
-            raise _damaged(file, f"'tied' maps {key!r} to {first!r}, but both must name saved tensors (the second "
-                                 "an untied one)")
-        if _shape_dtype(entries[key]) != _shape_dtype(entries[first]):
-            raise _damaged(file, f"tied tensors {key!r} and {first!r} differ in shape or dtype")
-
-
-def _check_node(node: Any, path: str, paths: set[str], file: str, depth: int) -> None:
-    """One node of the module tree, then its children: types, names, and each config against its class."""
-    where = _where(path)
-    if depth > _MAX_DEPTH:
-        raise _damaged(file, f"its module tree nests deeper than {_MAX_DEPTH} levels")
-    if not isinstance(node, dict):
-        raise _damaged(file, f"the module at {where} is a {type(node).__name__}, not a dict")
-    if "alias" in node:  # a module used twice: a path written before this one
-        alias = node["alias"]
-        if node.keys() != {"alias"} or not isinstance(alias, str) or alias not in paths or \
-                alias == "" or path.startswith(alias + "."):  # an ancestor would make the tree a loop
-            target = _where(alias) if isinstance(alias, str) else repr(alias)
-            raise _damaged(file, f"the module at {where} refers to {target}, which is not a module saved before "
-                                 "it (nor may it be one of its parents)")
-        return
-    if node.keys() != _NODE_KEYS:
-        raise _damaged(file, f"the module at {where} has keys {sorted(map(str, node))}, not {sorted(_NODE_KEYS)}")
-    cls, config, children = node["class"], node["config"], node["children"]
-    if not isinstance(cls, str) or not cls:
-        raise _damaged(file, f"the module at {where} has class {cls!r}, not a class name")
-    if type(node["training"]) is not bool:
-        raise _damaged(file, f"the module at {where} has training={node['training']!r}, not True/False")
-    if config is not None or cls in _BY_NAME:
-        _check_config(cls, config, where, file)
-    if not isinstance(children, dict):
-        raise _damaged(file, f"the module at {where} has children {type(children).__name__}, not a dict")
-    paths.add(path)
-    for name, child in children.items():
-        if not isinstance(name, str) or not name or "." in name:
-            raise _damaged(file, f"the module at {where} has a child named {name!r}, not a module name")
-        if child is not None:
-            _check_node(child, _join(path, name), paths, file, depth + 1)
-
-
-def _check_config(cls: str, config: Any, where: str, file: str) -> None:
-    if not isinstance(config, dict):
-        raise _damaged(file, f"the {cls} at {where} has config {config!r}, not a dict of its arguments")
-    allowed = REBUILDABLE.get(_BY_NAME.get(cls), ())
-    # A missing argument would silently take its default (a Conv's padding: other outputs). Only `bias` may be
-    # missing (a file from a torch whose norm layers lacked it): whether a layer has one, its tensors tell.
-    missing = [key for key in allowed if key not in config and key != "bias"]
-    if missing:
-        raise _damaged(file, f"the {cls} at {where} lacks config key {missing[0]!r}")
-    for key, value in config.items():
-        if cls in _BY_NAME and key not in allowed:
-            raise _damaged(file, f"the {cls} at {where} has config key {key!r}, which it does not take "
-                                 f"({', '.join(allowed) or 'no arguments'})")
-        check = _CONFIG_TYPES.get(key, _is_plain)
-        if not check(value):
-            raise _damaged(file, f"the {cls} at {where} has {key}={value!r}, which is not {check.__doc__}")
-
-
-def _is_int(v: Any) -> bool:
-    """an integer"""
-    return type(v) is int
-
-
-def _is_bool(v: Any) -> bool:
-    """True or False"""
-    return type(v) is bool
-
-
-def _is_number(v: Any) -> bool:
-    """a number"""
-    return type(v) in (int, float)
-
-
-def _is_str(v: Any) -> bool:
-    """a string"""
-    return type(v) is str
-
-
-def _is_size(v: Any) -> bool:
-    """an integer or a list of integers"""
-    return _is_int(v) or (type(v) is list and all(map(_is_int, v)))
-
-
-def _is_plain(v: Any) -> bool:
-    """a str, number, bool, None or a list of them"""
-    return v is None or type(v) in (bool, int, float, str) or (type(v) is list and all(map(_is_plain, v)))
-
-
-def _or_none(check):
-    def or_none(v: Any) -> bool:
-        return v is None or check(v)
-    or_none.__doc__ = f"{check.__doc__} or None"
-    return or_none
-
-
-def _is_padding(v: Any) -> bool:
-    """an integer, a list of integers or 'same'/'valid'"""
-    return _is_size(v) or v in ("same", "valid")
-
-
-def _is_output_size(v: Any) -> bool:
-    """an integer or a list of integers/None"""
-    return _is_int(v) or (type(v) is list and all(x is None or _is_int(x) for x in v))
-
-
-# The type of each constructor argument `REBUILDABLE` reads off a module (a test keeps this complete).
-_CONFIG_TYPES = {
-    **dict.fromkeys(("in_features", "out_features", "in_channels", "out_channels", "groups", "num_features",
-                     "start_dim", "end_dim", "num_groups", "num_channels", "num_embeddings", "embedding_dim",
-                     "embed_dim", "num_heads", "head_dim", "dim", "length"), _is_int),
-    **dict.fromkeys(("kdim", "vdim", "padding_idx"), _or_none(_is_int)),
-    **dict.fromkeys(("batch_first", "causal", "scale_grad_by_freq", "sparse"), _is_bool),
-    "max_norm": _or_none(_is_number), "norm_type": _is_number, "dropout": _is_number, "shape": _is_size,
-    **dict.fromkeys(("bias", "affine", "track_running_stats", "elementwise_affine", "inplace", "return_indices",
-                     "ceil_mode", "count_include_pad"), _is_bool),
-    **dict.fromkeys(("eps", "negative_slope", "p"), _is_number),
-    **dict.fromkeys(("kernel_size", "dilation", "normalized_shape"), _is_size),
-    "momentum": _or_none(_is_number), "stride": _or_none(_is_size), "divisor_override": _or_none(_is_int),
-    "padding": _is_padding, "output_size": _or_none(_is_output_size),
-    "padding_mode": _is_str, "approximate": _is_str,
-}
 
 
 # ---- checks ----

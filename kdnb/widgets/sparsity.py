@@ -19,16 +19,15 @@ from typing import Any
 
 import torch
 
-from kdnb.engine.checks import check_loader, check_model, first_batch
+from kdnb.engine.checks import check_loader, check_model, check_sparsity, first_batch, rng_preserved
 from kdnb.errors import KdnbError, suggest
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.batches import example_of
 from kdnb.engine.export import export as export_model
 from kdnb.engine.prune.score import criteria
-from kdnb.engine.prune.score.calibration import loaders_untouched
 from kdnb.engine.prune.score.importance import importance
 from kdnb.engine.prune.score.scores import Scores
-from kdnb.engine.prune.select.masks import check_sparsity, masks_at
+from kdnb.engine.prune.select.masks import masks_at
 from kdnb.engine.prune.cut.masks import apply_masks
 from kdnb.engine.measure import parameter_counts
 from kdnb.engine.serialize import file_size
@@ -77,7 +76,7 @@ class SparsityExplorer(Explorer):
         self._check_criterion(criterion)
         self.model, self.val, self.data = model, val, data
         self.namespace = namespace
-        with loaders_untouched(data, val):  # the user's next epoch shuffles as if the explorer had not looked
+        with rng_preserved(data, val):  # the user's next epoch shuffles as if the explorer had not looked
             self.example = example_of(first_batch(data if data is not None else val))
         self.dense = {"accuracy": evaluate(model, val)["accuracy"], "bytes": file_size(model),
                       "nonzero": nonzero_params(model)[0]}
@@ -97,7 +96,7 @@ class SparsityExplorer(Explorer):
         self.at(0.0)
 
     def _check_criterion(self, criterion: str) -> None:
-        if criterion not in criteria.names():  # the registry, read now: a criterion registered later is there
+        if criterion not in criteria.REGISTRY:  # the registry: a criterion registered there shows up here
             raise KdnbError(f"unknown criterion {criterion!r}; {suggest(str(criterion), criteria.names())}")
 
     def _build(self, widgets: Any) -> Any:
@@ -156,7 +155,7 @@ class SparsityExplorer(Explorer):
             warnings.simplefilter("always")
             apply_masks(work, masks_at(scores, sparsity))
         self.message = str(caught[0].message) if caught else ""
-        with loaders_untouched(self.val):
+        with rng_preserved(self.val):
             accuracy = evaluate(work, self.val)["accuracy"]
         nonzero, total = nonzero_params(work)
         self.numbers = {"sparsity": sparsity, "accuracy": accuracy, "nonzero": nonzero, "params": total,

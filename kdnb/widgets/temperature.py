@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import default_collate
 
-from kdnb.engine.checks import check_model, check_positive
+from kdnb.engine.checks import check_model, check_temperature
 from kdnb.engine.distill.losses import soft_labels
 from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import predict
@@ -65,7 +65,7 @@ class TemperatureExplorer(Explorer):
     def __init__(self, teacher: torch.nn.Module, samples: Any, *, temperature: float = 4.0,
                  classes: Sequence[str] | None = None, max_samples: int = 32):
         check_model(teacher, "teacher")
-        check_positive("temperature", temperature)
+        check_temperature(temperature)
         logits, labels = predict(teacher, first_samples(samples, max_samples))  # sequences: one row per token
         self.logits, self.labels = logits[:max_samples], (labels[:max_samples] if labels is not None else None)
         num_classes = self.logits.shape[1]

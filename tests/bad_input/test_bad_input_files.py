@@ -19,8 +19,8 @@ from torch.nn.utils import parametrize, prune
 
 import kdnb
 from kdnb import models
-from kdnb.engine import serialize
-from kdnb.engine.serialize import FORMAT_VERSION, REBUILDABLE
+from kdnb.engine import file_checks, serialize
+from kdnb.engine.serialize import FORMAT_VERSION
 
 
 def sparse_mlp() -> nn.Sequential:
@@ -305,9 +305,9 @@ def test_a_config_without_bias_loads_as_from_an_older_torch(tmp_path):
 
 
 def test_every_config_argument_has_a_type_check():
-    """A class added to REBUILDABLE must say what its arguments are, or hand-edited configs slip through."""
-    arguments = {arg for args in REBUILDABLE.values() for arg in args}
-    assert arguments <= serialize._CONFIG_TYPES.keys(), arguments - serialize._CONFIG_TYPES.keys()
+    """A class `serialize.rebuildable` lists must say what its arguments are, or hand-edited configs slip through."""
+    arguments = {arg for args in serialize.rebuildable().values() for arg in args}
+    assert arguments <= file_checks.CONFIG_TYPES.keys(), arguments - file_checks.CONFIG_TYPES.keys()
 
 
 class UserNet(nn.Module):

@@ -3,6 +3,8 @@ is one clean KdnbError naming the argument and the fix, and the user's model (in
 bit-identical afterwards (tests/badinput.py says what that means)."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from badinput import (
@@ -419,7 +421,7 @@ def test_an_inplace_prune_that_fails_at_any_phase_restores_the_model(index, monk
 # ---- the stop button at every phase: what it has, or one clean KeyboardInterrupt with nothing changed ----
 
 NOTHING_YET = ["gradient statistics", "hessian diagonal", "calibration pass", "masking", "reconstruction",
-               "structured deletion", "slimming's L1 phase"]
+               "slimming's L1 phase"]
 
 
 @pytest.mark.parametrize("phase", NOTHING_YET)
@@ -432,6 +434,44 @@ def test_an_interrupt_before_anything_is_pruned_is_one_clean_line_and_changes_no
     error = assert_clean_error(kdnb.prune, model, 0.5, data=data, inplace=True, expect=KeyboardInterrupt,
                                progress=False, plot=False, **options)
     assert "nothing was changed" in str(error) and len(str(error).splitlines()) == 1
+    assert_unchanged(before, model, data)
+
+
+@pytest.mark.parametrize("finetune", [0, 1])
+def test_an_interrupt_while_deleting_channels_returns_the_masked_model(finetune, monkeypatch):
+    """Half-deleted layers are no model: the (fine-tuned) model comes back with its channels masked to zero,
+    which computes what deleting them would, and the result says so (it raised before)."""
+    _, options, patch = next(p for p in phases(KeyboardInterrupt) if p[0] == "structured deletion")
+    monkeypatch.setattr(*patch)
+    model, data = make_net(), make_loader()
+    x = next(iter(data))[0]
+    result = kdnb.prune(model, 0.5, data=data, val=make_loader(), finetune=finetune, progress=False, plot=False,
+                        **options)
+    assert result.history.status == "interrupted" and "masked to zero" in result.history.message
+    assert result.masks and result.sparsity > 0.3 and not result.channels
+    kept = sum(int(m.sum()) for m in result.masks.values())
+    assert kept < sum(m.numel() for m in result.masks.values())
+    assert torch.isfinite(result.model(x)).all()
+    assert "masked to zero" in str(result.summary())
+
+
+def test_an_interrupt_in_importance_is_one_clean_line_and_in_sensitivity_returns_the_layers_done(monkeypatch):
+    sensitivity_module = sys.modules["kdnb.engine.prune.sensitivity"]  # the package exports the function by that name
+    from kdnb.engine.prune.score import importance as importance_module
+
+    model, data = make_net(), make_loader()
+    before = snapshot(model, data)
+    monkeypatch.setattr(importance_module, "compute_scores", fail(KeyboardInterrupt))
+    error = assert_clean_error(importance, model, "l1", data, expect=KeyboardInterrupt)
+    assert "no scores yet, and the model is as given" in str(error)
+    error = assert_clean_error(kdnb.sensitivity, model, data, expect=KeyboardInterrupt, progress=False, plot=False)
+    assert "before any layer was pruned" in str(error)
+    assert_unchanged(before, model, data)
+    monkeypatch.undo()
+    monkeypatch.setattr(sensitivity_module, "_masked_accuracy",
+                        interrupted_on_call(sensitivity_module._masked_accuracy, 3))
+    result = kdnb.sensitivity(model, data, sparsities=[0.5, 0.9], progress=False, plot=False)
+    assert len(result.accuracy) == 1 and result.stopped and "1 of 2 layers" in repr(result)
     assert_unchanged(before, model, data)
 
 

@@ -204,3 +204,42 @@ def test_distill_on_the_gpu_leaves_the_user_models_on_the_cpu(digits):
         assert next(result.student.parameters()).is_cuda and result.history.status == "completed"
         assert result.history["val_agreement"][-1] > 0.3
     assert unchanged(teacher, before_t) and unchanged(student, before_s)
+
+
+def test_one_temperature_check_for_distill_prune_and_the_explorer():
+    """distill, prune's fine-tuning by distillation and the temperature explorer refuse a bad T with the
+    same one line (one validator, kdnb.engine.checks.check_temperature)."""
+    from kdnb.errors import KdnbError
+    from kdnb.widgets.temperature import TemperatureExplorer
+
+    train_loader, _ = kdnb.datasets.load("digits", batch_size=64, seed=0)
+    teacher, student = kdnb.models.mlp(64, [16], 10), kdnb.models.mlp(64, [8], 10)
+    x = next(iter(train_loader))[0][:4]
+    messages = set()
+    for call in (lambda: kdnb.distill(teacher, student, train_loader, temperature=-1.0, progress=False, plot=False),
+                 lambda: kdnb.prune(teacher, 0.5, data=train_loader, finetune=1, distill=True, temperature=-1.0,
+                                    progress=False, plot=False),
+                 lambda: TemperatureExplorer(teacher, x, temperature=-1.0)):
+        with pytest.raises(KdnbError) as caught:
+            call()
+        messages.add(str(caught.value))
+    assert messages == {"temperature should be a number > 0 (soft labels are softmax(logits / T)), got -1.0; "
+                        "pass e.g. temperature=4.0"}
+
+
+def test_distill_options_are_one_frozen_record():
+    """distill parses its keywords once into DistillOptions (frozen, every default resolved)."""
+    import dataclasses
+
+    from kdnb.engine.distill.options import DistillOptions, parse
+    from kdnb.engine.loop import Settings
+
+    train_loader, _ = kdnb.datasets.load("digits", batch_size=64, seed=0)
+    teacher, student = kdnb.models.mlp(64, [16], 10), kdnb.models.mlp(64, [8], 10)
+    opts = parse(teacher, student, train_loader, None, method="dkd", temperature=4, alpha=None, beta=None, epochs=20,
+                 baseline=True, cache="auto", transfer=None, features=None, warmup=None, augment=None, mixup=0.0,
+                 seeds=None, settings=Settings(device="cpu"))
+    assert isinstance(opts, DistillOptions) and (opts.alpha, opts.beta, opts.warmup) == (1.0, 8.0, 2)
+    assert opts.baselines == ("scratch",) and opts.device.type == "cpu" and opts.temperature == 4.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.temperature = 2.0  # type: ignore[misc]

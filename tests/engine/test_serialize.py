@@ -304,3 +304,30 @@ def test_cuda_model_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.allclose(net(x.cuda()).cpu(), loaded(x), atol=1e-5)
         assert torch.equal(net.cpu()(x), loaded(x))
+
+
+def test_a_class_registered_as_rebuildable_loads_without_its_code(tmp_path):
+    """Models register what load may rebuild: a user's class decorated with @kdnb.models.rebuildable is
+    rebuilt from the file (its arguments read off the saved instance), with no model= given."""
+    from kdnb import models
+    from kdnb.engine import serialize
+
+    @models.rebuildable("width")
+    class Scaled(torch.nn.Module):
+        def __init__(self, width: int = 1):
+            super().__init__()
+            self.width = width
+            self.scale = torch.nn.Parameter(torch.arange(width, dtype=torch.float32))
+
+        def forward(self, x):
+            return x * self.scale
+
+    try:
+        net = torch.nn.Sequential(torch.nn.Linear(3, 4), Scaled(4))
+        path = serialize.save(net, tmp_path / "scaled.kdnb")
+        loaded = serialize.load(path)
+        assert type(loaded[1]) is Scaled and loaded[1].width == 4
+        x = torch.randn(2, 3)
+        assert torch.equal(loaded(x), net(x))
+    finally:
+        del models.REBUILDABLE[Scaled]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 
 import pytest
 import torch
@@ -244,3 +245,16 @@ def test_kdnb_line_magic(shell, capsys):
     assert "%%distill" in capsys.readouterr().out
     with pytest.raises(UsageError, match="did you mean 'status'"):
         shell.run_line_magic("kdnb", "stauts")
+
+
+def test_a_warning_inside_a_prune_cell_points_at_the_cell(shell):
+    """kdnb's warnings are attributed to the user's line; in a magic cell that is the cell, not IPython's
+    interactiveshell.py (issue 35)."""
+    shell.user_ns["few"] = DataLoader(TensorDataset(torch.randn(4, 8), torch.tensor([0, 1, 2, 0])), batch_size=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = shell.run_cell("%%prune\nmodel = net\nsparsity = 0.5\ndata = few\nprogress = False\nplot = False\n")
+    assert result.success
+    ours = [w for w in caught if "calibration has 4 samples" in str(w.message)]
+    assert ours and all("IPython" not in w.filename and "kdnb" not in w.filename for w in ours)
+    assert all(w.filename.startswith("<") for w in ours)  # IPython's name for the cell's code

@@ -489,7 +489,7 @@ def test_temperature_explorer_takes_tensors_pairs_and_rejects_junk(trained):
     assert TemperatureExplorer(trained, (x, torch.tensor([0, 1, 2, 0, 1]))).labels.tolist() == [0, 1, 2, 0, 1]
     with pytest.raises(KdnbError, match="samples should be"):
         TemperatureExplorer(trained, 42)
-    with pytest.raises(KdnbError, match="temperature should be a positive number"):
+    with pytest.raises(KdnbError, match="temperature should be a number > 0"):
         TemperatureExplorer(trained, x, temperature=0)
 
 

@@ -249,7 +249,7 @@ def test_reading_criteria_score_a_channel_by_the_weights_that_read_it():
 def test_thinet_cost_lets_the_consumer_bias_absorb_a_removed_channels_mean():
     """A consumer with a bias: its Hessian carries the ones column, so ThiNet's cost of removing a channel is the
     error left after the refit of the other columns *and the bias* (what the reconstruction re-solves)."""
-    from kdnb.engine.prune.score import importance as scoring
+    from kdnb.engine.prune.score.criteria.consumers import CONSUMER_INVERSE_HESSIAN
     from kdnb.engine.prune.graph.groups import channel_groups, dependency_graph
 
     torch.manual_seed(0)
@@ -268,8 +268,8 @@ def test_thinet_cost_lets_the_consumer_bias_absorb_a_removed_channels_mean():
     net = nn.Sequential(nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
     data = DataLoader(TensorDataset(torch.randn(32, 6), torch.randint(0, 2, (32,))), batch_size=16)
     groups = channel_groups(net, dependency_graph(net, torch.randn(1, 6)))
-    context = scoring._Context(net, data, True, 0, "fisher", groups)
-    ((rows, inverse, cols),) = scoring.STATISTICS["consumer_inverse_hessian"](context)["0"][0]
+    context = criteria.Context(net, data, True, 0, "fisher", groups)
+    ((rows, inverse, cols),) = CONSUMER_INVERSE_HESSIAN.estimate(context)["0"][0]
     with torch.no_grad():
         hidden = torch.cat([torch.relu(net[0](xb)) for xb, _ in data])
     a = torch.cat([hidden.double(), torch.ones(32, 1, dtype=torch.float64)], 1)

@@ -120,7 +120,8 @@ def test_a_grouped_conv_consumer_is_scored_in_what_its_batchnorm_hands_on():
     """ThiNet measures a consumer's error after the BatchNorm that normalises its outputs; a grouped conv's rows
     share units (one position of every conv-group), so each row is scaled by its own BatchNorm channel."""
     from kdnb.engine.prune.graph.groups import channel_groups, dependency_graph
-    from kdnb.engine.prune.score.importance import _Context, _normalised_rows
+    from kdnb.engine.prune.score.criteria import Context
+    from kdnb.engine.prune.score.criteria.consumers import _normalised_rows
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1, groups=2),
@@ -130,7 +131,7 @@ def test_a_grouped_conv_consumer_is_scored_in_what_its_batchnorm_hands_on():
     norm.running_var.uniform_(0.5, 2.0)
     norm.weight.data.uniform_(-2.0, 2.0)
     x = torch.randn(4, 1, 6, 6)
-    context = _Context(net, None, True, 0, "fisher", channel_groups(net, dependency_graph(net, x)))
+    context = Context(net, None, True, 0, "fisher", channel_groups(net, dependency_graph(net, x)))
     rows = net[2].weight.detach().double().reshape(6, -1)
     scale = (norm.running_var.double() + norm.eps).rsqrt() * norm.weight.detach().double().abs()
     assert torch.allclose(_normalised_rows(context, "2", rows), rows * scale[:, None])

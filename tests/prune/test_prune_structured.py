@@ -226,7 +226,7 @@ def _digits_mlp(hidden=(32, 32)):
 @pytest.mark.slow
 def test_rounds_rescore_the_refit_network_and_reach_the_target(monkeypatch):
     from kdnb.engine.prune.score import criteria
-    from kdnb.engine.prune.pipeline import DEFAULT_ROUNDS
+    from kdnb.engine.prune.options import DEFAULT_ROUNDS
 
     net, train, val = _digits_mlp()
     seen = []  # the first layer's weights each round's criterion scored
@@ -236,8 +236,8 @@ def test_rounds_rescore_the_refit_network_and_reach_the_target(monkeypatch):
             seen.append(weight.clone())
         return weight.abs()
 
-    monkeypatch.setitem(criteria.REGISTRY, "spy", criteria.Criterion("spy", spy, None, False, True, True, "spy", "k",
-                                                                     normalise=True))
+    monkeypatch.setitem(criteria.REGISTRY, "spy", criteria.Criterion(name="spy", formula=spy, label="spy",
+                                                                     colour="k", normalise=True))
     result = prune(net, 0.6, criterion="spy", structured=True, data=train, val=val, rounds=3)
     reached = [step["sparsity"] for step in result.trajectory]
     assert len(seen) == 3 and reached == sorted(reached) and reached[0] < 0.6 <= reached[-1] == result.sparsity

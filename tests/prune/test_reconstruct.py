@@ -196,7 +196,7 @@ def test_a_new_criterion_is_one_function_and_one_record(monkeypatch):
     def negative_magnitude(weight):
         return -weight.abs()
 
-    record = criteria.Criterion("-w", negative_magnitude, None, False, True, True, "-|w|", "black")
+    record = criteria.Criterion(name="-w", formula=negative_magnitude, label="-|w|", colour="black")
     monkeypatch.setitem(criteria.REGISTRY, "-w", record)
     assert "-w" in criteria.names(structured=False)
     net = kdnb.models.mlp(8, [16], 3)
@@ -276,7 +276,7 @@ def test_group_taylor_squares_the_summed_gradient_times_weight_per_batch():
 def test_thinet_measures_a_consumers_error_after_its_batchnorm():
     """The consumer's rows are scaled by its BatchNorm's gamma / sqrt(var + eps): folded in, as the next layers
     read it (a channel whose output BN amplifies weighs more)."""
-    from kdnb.engine.prune.score import importance as scoring
+    from kdnb.engine.prune.score.criteria.consumers import CONSUMER_INVERSE_HESSIAN
     from kdnb.engine.prune.graph.groups import channel_groups, dependency_graph
 
     torch.manual_seed(0)
@@ -286,10 +286,10 @@ def test_thinet_measures_a_consumers_error_after_its_batchnorm():
     net.eval()
     data = DataLoader(TensorDataset(torch.randn(32, 6), torch.randint(0, 3, (32,))), batch_size=16)
     groups = channel_groups(net, dependency_graph(net, torch.randn(1, 6)))
-    context = scoring._Context(net, data, True, 0, "fisher", groups)
-    (consumers,) = scoring.STATISTICS["consumer_inverse_hessian"](context)["0"]
+    context = criteria.Context(net, data, True, 0, "fisher", groups)
+    (consumers,) = CONSUMER_INVERSE_HESSIAN.estimate(context)["0"]
     scale = net[3].weight.detach().abs() / (net[3].running_var + net[3].eps).sqrt()
     rows = torch.cat([net[2].weight.detach(), net[2].bias.detach()[:, None]], 1)  # the bias column last
     assert torch.allclose(consumers[0][0], (rows * scale[:, None]).double())
-    (last,) = scoring.STATISTICS["consumer_inverse_hessian"](context)["2"]  # no BatchNorm after the classifier
+    (last,) = CONSUMER_INVERSE_HESSIAN.estimate(context)["2"]  # no BatchNorm after the classifier
     assert torch.allclose(last[0][0][:, :-1], net[5].weight.detach().double())

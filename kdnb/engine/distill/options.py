@@ -1,19 +1,72 @@
-"""The options of `distill`: defaults per method and one-line errors for bad values."""
+"""The options of `distill`, parsed once into a frozen `DistillOptions` (defaults per method filled in,
+one-line errors for bad values) that the run trusts."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from kdnb.engine.distill import augment as augmentations
-from kdnb.engine.distill import methods
+from kdnb.engine.distill import hooks, methods
 from kdnb.engine import checks
 from kdnb.engine.checks import shown
+from kdnb.engine.device import resolve_device
+from kdnb.engine.loop import Settings
 from kdnb.errors import KdnbError, is_integer, suggest
 
 CACHE_CHOICES = ("auto", True, False, "fp16")
 BASELINES = ("scratch", "pseudo")
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """Every argument of `distill` but the models and loaders, checked, with each default resolved: the
+    method's alpha and beta, the feature pairs, DKD's warmup, the augmentation as a callable, the device."""
+
+    method: str
+    temperature: float
+    alpha: float
+    beta: float
+    epochs: int
+    baselines: tuple[str, ...]  # ("scratch",), ("pseudo",), both or ()
+    cache: bool | str
+    transfer: Any  # None, a tensor or a loader of extra inputs
+    pairs: tuple[tuple[str, str], ...]  # (teacher layer, student layer) whose outputs are matched
+    warmup: int
+    augment: augmentations.Augmentation | None
+    mixup: float
+    seeds: tuple[int, ...] | None
+    settings: Settings  # the training settings every run shares (its seed is the first run's)
+    device: torch.device
+
+
+def parse(teacher: Any, student: Any, data: Any, val: Any, *, method: Any, temperature: Any, alpha: Any, beta: Any,
+          epochs: Any, baseline: Any, cache: Any, transfer: Any, features: Any, warmup: Any, augment: Any,
+          mixup: Any, seeds: Any, settings: Settings) -> DistillOptions:
+    """Check every argument of `distill` once, before anything is copied or trained (``settings`` checked
+    itself when it was made), and resolve every default."""
+    check_models(teacher, student)
+    method = check_method(method)
+    alpha, beta = weights(method, alpha, beta)
+    check_weights(method, temperature, alpha, beta)
+    check_cache(cache)
+    check_features(method, features)
+    check_warmup(warmup)
+    check_optimizer(settings.optimizer)
+    check_mixup(mixup, method)
+    augment = check_augment(augment)
+    check_cache_with_augment(cache, augment is not None or bool(mixup))
+    checks.check_positive("epochs", epochs, integer=True)
+    checks.check_loader(data, "data")
+    if val is not None:
+        checks.check_loader(val, "val")
+    check_transfer(transfer)
+    pairs = hooks.check_names(features, method) if methods.get(method).needs_features else []
+    return DistillOptions(method, float(temperature), alpha, beta, epochs, check_baseline(baseline), cache, transfer,
+                          tuple(map(tuple, pairs)), warmup or max(1, epochs // 10), augment, mixup,
+                          check_seeds(seeds), settings, resolve_device(settings.device))
 
 
 def check_method(method: Any) -> str:
@@ -36,9 +89,7 @@ def _number(value: Any) -> bool:
 
 
 def check_weights(method: str, temperature: Any, alpha: Any, beta: Any) -> None:
-    if not _number(temperature) or temperature <= 0:
-        raise KdnbError(f"temperature should be a number > 0 (soft labels are softmax(logits / T)), "
-                        f"got {shown(temperature)}; pass e.g. temperature=4.0")
+    checks.check_temperature(temperature)
     if method == "dkd":
         for name, value in (("alpha", alpha), ("beta", beta)):
             if not _number(value) or value < 0:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,7 @@ class DistillResult(Result):
     seed_runs: list[SeedRun] = field(default_factory=list)
     stopped: str | None = None  # with seeds=: where the stop button ended the seeds
     _comparison: Any = field(default=None, compare=False)  # see Result.comparison
+    measure_with: Callable[..., Any] | None = field(default=None, compare=False)  # see Result.comparison
 
     @property
     def accuracy(self) -> dict[str, float | None]:

@@ -28,7 +28,9 @@ from kdnb.engine.distill.transfer import with_transfer
 from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import eval_mode
 from kdnb.engine.history import History
-from kdnb.engine.loop import SETTINGS, OptimizerSpec, Settings, fit
+from kdnb.engine.distill.options import DistillOptions
+from kdnb.engine.loop import OptimizerSpec, Settings, fit
+from kdnb.engine import measure
 
 
 def distill(
@@ -112,7 +114,11 @@ def distill(
         student), ``.baselines`` (every baseline by name), ``.summary()`` (teacher / baselines /
         distilled side by side, gap closure, the budget) and ``.plot()``.
     """
-    opts = _check(teacher, student, data, val, locals())
+    opts = options.parse(teacher, student, data, val, method=method, temperature=temperature, alpha=alpha, beta=beta,
+                         epochs=epochs, baseline=baseline, cache=cache, transfer=transfer, features=features,
+                         warmup=warmup, augment=augment, mixup=mixup, seeds=seeds,
+                         settings=Settings(optimizer=optimizer, lr=lr, scheduler=scheduler, amp=amp,
+                                           grad_clip=grad_clip, device=device, seed=seed, callbacks=callbacks))
     runs = _seed_runs(teacher, student, data, val, opts, opts.seeds or (seed,))
     result = runs[0]
     if opts.seeds is not None:
@@ -129,7 +135,7 @@ def _complete(result: DistillResult) -> bool:
     return all(h.status != "interrupted" for h in [result.history, *result.baseline_histories.values()])
 
 
-def _seed_runs(teacher: nn.Module, student: nn.Module, data: Iterable, val: Iterable | None, opts: _Options,
+def _seed_runs(teacher: nn.Module, student: nn.Module, data: Iterable, val: Iterable | None, opts: DistillOptions,
                seeds: Iterable[int | None]) -> list[DistillResult]:
     """One result per seed, until the stop button: an interrupted seed ends the list (it returns what it has);
     before the first seed has anything, the interrupt is one clean line (teacher and student are never touched)."""
@@ -149,54 +155,6 @@ def _seed_runs(teacher: nn.Module, student: nn.Module, data: Iterable, val: Iter
 
 
 @dataclass
-class _Options:
-    """Every argument of `distill`, checked, with defaults filled in."""
-
-    method: str
-    temperature: float
-    alpha: float
-    beta: float
-    epochs: int
-    baselines: tuple[str, ...]
-    cache: Any
-    transfer: Any
-    pairs: list[tuple[str, str]]
-    warmup: int
-    augment: augmentations.Augmentation | None
-    mixup: float
-    seeds: tuple[int, ...] | None
-    train: dict[str, Any]  # optimizer, lr, scheduler, amp, grad_clip, device, callbacks
-
-
-def _check(teacher: Any, student: Any, data: Any, val: Any, given: dict[str, Any]) -> _Options:
-    """Check every argument once, before anything is copied or trained (``given``: distill's arguments by name)."""
-    options.check_models(teacher, student)
-    method = options.check_method(given["method"])
-    alpha, beta = options.weights(method, given["alpha"], given["beta"])
-    options.check_weights(method, given["temperature"], alpha, beta)
-    options.check_cache(given["cache"])
-    options.check_features(method, given["features"])
-    options.check_warmup(given["warmup"])
-    options.check_optimizer(given["optimizer"])
-    Settings(**{name: given[name] for name in SETTINGS})  # the training settings, checked as every verb does
-    options.check_mixup(given["mixup"], method)
-    augment = options.check_augment(given["augment"])
-    options.check_cache_with_augment(given["cache"], augment is not None or bool(given["mixup"]))
-    checks.check_positive("epochs", given["epochs"], integer=True)
-    checks.check_loader(data, "data")
-    if val is not None:
-        checks.check_loader(val, "val")
-    options.check_transfer(given["transfer"])
-    pairs = hooks.check_names(given["features"], method) if methods.get(method).needs_features else []
-    train = {k: given[k] for k in ("optimizer", "lr", "scheduler", "amp", "grad_clip", "callbacks")}
-    train["device"] = resolve_device(given["device"])
-    return _Options(method, given["temperature"], alpha, beta, given["epochs"],
-                    options.check_baseline(given["baseline"]), given["cache"], given["transfer"], pairs,
-                    given["warmup"] or max(1, given["epochs"] // 10), augment, given["mixup"],
-                    options.check_seeds(given["seeds"]), train)
-
-
-@dataclass
 class _Plan:
     """What `_prepare` built for one seed: the frozen teacher, the student's copies, the loader."""
 
@@ -210,10 +168,10 @@ class _Plan:
     agreement: Agreement | None
 
 
-def _prepare(teacher: nn.Module, student: nn.Module, data: Iterable, val: Iterable | None, opts: _Options,
+def _prepare(teacher: nn.Module, student: nn.Module, data: Iterable, val: Iterable | None, opts: DistillOptions,
              seed: int | None) -> _Plan:
     """Copies, the first-batch checks (models, labels, augmentation), adapters, transfer set and cache."""
-    device = opts.train["device"]
+    device = opts.device
     frozen = FrozenTeacher(teacher, device)
     initial, trained = copy.deepcopy(student), copy.deepcopy(student).to(device)
     batch = to_device(checks.first_batch(data, "data"), device)
@@ -240,7 +198,7 @@ def _prepare(teacher: nn.Module, student: nn.Module, data: Iterable, val: Iterab
     return _Plan(frozen, initial, trained, loader, cached, how, adapters, agreement)
 
 
-def _single_input(batch: Any, opts: _Options) -> torch.Tensor | None:
+def _single_input(batch: Any, opts: DistillOptions) -> torch.Tensor | None:
     """The one input tensor of an (inputs, labels) batch, else None; a transfer set, augment and mixup need one
     (they make and mix input tensors), so with them another batch is a one-line error."""
     args, kwargs, _ = checks.check_batch(batch, "data")
@@ -254,7 +212,7 @@ def _single_input(batch: Any, opts: _Options) -> torch.Tensor | None:
     return None
 
 
-def _soft_labels(opts: _Options, frozen: FrozenTeacher, loader: Iterable, data: Iterable,
+def _soft_labels(opts: DistillOptions, frozen: FrozenTeacher, loader: Iterable, data: Iterable,
                  single: bool) -> tuple[bool, str]:
     """Whether to cache the teacher's logits (``single``: the batches are (inputs, labels) of one tensor and
     the logits one row per sample), and where the soft labels come from, in words."""
@@ -266,7 +224,7 @@ def _soft_labels(opts: _Options, frozen: FrozenTeacher, loader: Iterable, data: 
     return soft_cache.decide(opts.cache, loader, augmented, features=bool(opts.pairs), single=single)
 
 
-def _one_seed(teacher: nn.Module, student: nn.Module, data: Iterable, val: Iterable | None, opts: _Options,
+def _one_seed(teacher: nn.Module, student: nn.Module, data: Iterable, val: Iterable | None, opts: DistillOptions,
               seed: int | None) -> DistillResult:
     plan = _prepare(teacher, student, data, val, opts, seed)
     history = _run(plan, opts, val, seed)
@@ -275,19 +233,21 @@ def _one_seed(teacher: nn.Module, student: nn.Module, data: Iterable, val: Itera
 
 
 def _train(model: nn.Module, loader: Iterable, val: Iterable | None, objective: Distillation | None,
-           epochs: int, title: str, plan: _Plan, opts: _Options, seed: int | None) -> History:
+           epochs: int, title: str, plan: _Plan, opts: DistillOptions, seed: int | None) -> History:
     """One run of the loop with the shared training settings ("cosine" spans this run's epochs)."""
-    settings = dict(opts.train)
-    callbacks = [objective, *settings.pop("callbacks")] if objective is not None else list(settings.pop("callbacks"))
+    settings = opts.settings
+    callbacks = [objective, *settings.callbacks] if objective is not None else list(settings.callbacks)
     try:
         return fit(model, loader, val, objective=objective, callbacks=callbacks, title=title, epochs=epochs,
-                   seed=seed, evaluate_fn=plan.agreement, check_inputs=objective is None, **settings)
+                   seed=seed, evaluate_fn=plan.agreement, check_inputs=objective is None,
+                   optimizer=settings.optimizer, lr=settings.lr, scheduler=settings.scheduler, amp=settings.amp,
+                   grad_clip=settings.grad_clip, device=opts.device)
     finally:
         if objective is not None:
             objective.close()
 
 
-def _objective(plan: _Plan, opts: _Options, method: str, alpha: float, *, cached: bool,
+def _objective(plan: _Plan, opts: DistillOptions, method: str, alpha: float, *, cached: bool,
                unlabelled: bool) -> Distillation:
     features = {}
     if methods.get(method).needs_features:  # only the distillation itself matches features
@@ -299,13 +259,13 @@ def _objective(plan: _Plan, opts: _Options, method: str, alpha: float, *, cached
                         **features)
 
 
-def _run(plan: _Plan, opts: _Options, val: Iterable | None, seed: int | None) -> History:
+def _run(plan: _Plan, opts: DistillOptions, val: Iterable | None, seed: int | None) -> History:
     objective = _objective(plan, opts, opts.method, opts.alpha, cached=plan.cached,
                            unlabelled=opts.transfer is not None)
     return _train(plan.trained, plan.loader, val, objective, opts.epochs, "distill", plan, opts, seed)
 
 
-def _baselines(plan: _Plan, opts: _Options, data: Iterable, val: Iterable | None, seed: int | None
+def _baselines(plan: _Plan, opts: DistillOptions, data: Iterable, val: Iterable | None, seed: int | None
                ) -> dict[str, tuple[nn.Module, History]]:
     """The fair baselines, each from the student's initial weights, with the distillation's budget.
 
@@ -315,7 +275,7 @@ def _baselines(plan: _Plan, opts: _Options, data: Iterable, val: Iterable | None
     """
     done = {}
     for name in opts.baselines:
-        model = copy.deepcopy(plan.initial).to(opts.train["device"])
+        model = copy.deepcopy(plan.initial).to(opts.device)
         if name == "scratch":
             drawn = opts.augment is not None or bool(opts.mixup)
             objective = _objective(plan, opts, "scratch", 1.0, cached=False, unlabelled=False) if drawn else None
@@ -332,19 +292,19 @@ def _baselines(plan: _Plan, opts: _Options, data: Iterable, val: Iterable | None
     return done
 
 
-def _finish(plan: _Plan, opts: _Options, teacher: nn.Module, data: Iterable, val: Iterable | None,
+def _finish(plan: _Plan, opts: DistillOptions, teacher: nn.Module, data: Iterable, val: Iterable | None,
             history: History, baselines: dict[str, tuple[nn.Module, History]]) -> DistillResult:
     scratch = baselines.get("scratch")
     settings = {"temperature": opts.temperature, "alpha": opts.alpha, "beta": opts.beta, "epochs": opts.epochs,
                 "baseline_epochs": _same_steps(opts.epochs, plan.loader, data), "steps": history.num_steps,
-                "scheduler": _schedule_name(opts.train["scheduler"]),
+                "scheduler": _schedule_name(opts.settings.scheduler),
                 "augment": augmentations.describe(opts.augment, opts.mixup), "baselines": opts.baselines}
     return DistillResult(
         student=plan.trained, history=history, teacher=teacher, baseline=scratch[0] if scratch else None,
         baseline_history=scratch[1] if scratch else None, method=opts.method, settings=settings,
         soft_labels=plan.soft_labels, teacher_accuracy=plan.agreement.teacher_accuracy if plan.agreement else None,
         val=val, data=data, baselines={name: model for name, (model, _) in baselines.items()},
-        baseline_histories={name: run for name, (_, run) in baselines.items()})
+        baseline_histories={name: run for name, (_, run) in baselines.items()}, measure_with=measure.compare)
 
 
 def _schedule_name(scheduler: Any) -> str:

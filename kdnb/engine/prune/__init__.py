@@ -6,8 +6,9 @@ channels with Torch-Pruning's DependencyGraph), fine-tune with the one training 
 sparsity explorer). `sensitivity` prunes one layer at a time. `make_permanent` folds masks for inference;
 `export` makes a fast inference copy (masks and BatchNorm folded, channels-last).
 """
-from kdnb.engine.prune.score.criteria import (CRITERIA, REGISTRY, hessian, l1, lamp, obs, random, slimming, taylor,
-                                              taylor_group, wanda)
+from kdnb.engine.prune.options import Cut, PruneOptions, Rebuild, Schedule, Teacher
+from kdnb.engine.prune.score.criteria import (CRITERIA, REGISTRY, Criterion, Statistic, hessian, l1, lamp, obs, random,
+                                              register, slimming, taylor, taylor_group, wanda)
 from kdnb.engine.prune.inference import export
 from kdnb.engine.prune.pipeline import prune
 from kdnb.engine.prune.rebuild.reconstruct import reconstruct
@@ -22,5 +23,6 @@ from kdnb.engine.prune.graph.pretrained import from_pretrained
 
 __all__ = ["prune", "sensitivity", "make_permanent", "fold_batchnorm", "export", "importance", "masks_at",
            "masked_model", "apply_masks", "Scores", "PruneResult", "SensitivityResult", "CRITERIA", "REGISTRY",
-           "reconstruct", "l1", "lamp", "taylor", "taylor_group", "hessian", "obs", "wanda", "slimming", "random",
+           "reconstruct", "register", "Criterion", "Statistic", "PruneOptions", "Cut", "Rebuild", "Schedule",
+           "Teacher", "l1", "lamp", "taylor", "taylor_group", "hessian", "obs", "wanda", "slimming", "random",
            "from_pretrained"]

@@ -1,7 +1,7 @@
 """What `prune` and `sensitivity` return: the model, the numbers, a table and a picture."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,8 @@ class PruneResult(Result):
         masks: unstructured: ``{"layer.weight": bool mask}`` (True = kept); structured: empty.
         channels: structured: ``{"layer": (kept, original)}`` output channels of each layer that lost some.
         sparsity: the fraction of prunable weights removed (``target`` was asked for).
+        start_sparsity: the fraction the model's masks held at zero when it came in (torch.nn.utils.prune's or an
+            earlier prune's); they stay zero (masks only grow), so ``sparsity`` is at least this.
         history: the fine-tuning runs, one after the other (per-epoch "sparsity" included).
         trajectory: one entry per pruning step: target, sparsity reached, val accuracy right after it
             (and after fine-tuning, "finetuned_acc"), whether it re-solved the kept weights ("resolved").
@@ -66,8 +68,10 @@ class PruneResult(Result):
     pattern: str | None = None
     ranking: str | None = None
     max_layer_sparsity: float | None = None
+    start_sparsity: float = 0.0
     cost: dict[str, float] | None = None  # the prune's seconds and peak memory (`phases.cost`)
     _comparison: Any = field(default=None, compare=False)  # see Result.comparison
+    measure_with: Callable[..., Any] | None = field(default=None, compare=False)  # see Result.comparison
 
     def export(self, fold_batchnorm: bool = True, channels_last: bool = True,
                semi_structured: bool = False) -> nn.Module:
@@ -107,7 +111,7 @@ class PruneResult(Result):
         last = self.trajectory[-1] if self.trajectory else {}
         pruned_acc = self.history.last("val_acc") if self.finetune else last.get("val_acc")
         rows = [["val accuracy", self.dense_accuracy, pruned_acc],
-                ["sparsity (Linear/Conv weights)", f"{0:.2%}", f"{self.sparsity:.2%}"]]
+                ["sparsity (Linear/Conv weights)", f"{self.start_sparsity:.2%}", f"{self.sparsity:.2%}"]]
         return Table(["", "dense", "pruned"], rows, title=self._headline(),
                      notes=["summary() measures params, non-zeros, MACs, bytes on disk and latency"])
 
@@ -193,6 +197,7 @@ class SensitivityResult:
     accuracy: dict[str, list[float]]
     sizes: dict[str, int]
     dense_accuracy: float
+    stopped: str | None = None  # where the stop button ended it: ``accuracy`` holds the layers measured before
 
     def table(self) -> Table:
         unit = "channels" if self.structured else "weights"
@@ -200,7 +205,8 @@ class SensitivityResult:
         return Table(["layer", unit, *[f"{s:.0%}" for s in self.sparsities]], rows,
                      title=f"sensitivity ({self.criterion}, {'structured' if self.structured else 'unstructured'}): "
                            "val accuracy with one layer pruned",
-                     notes=[f"dense accuracy {format_value(self.dense_accuracy)}"])
+                     notes=[f"dense accuracy {format_value(self.dense_accuracy)}", *([self.stopped] if self.stopped
+                                                                                    else [])])
 
     def plot(self) -> Any:
         """Static figure: accuracy against sparsity, one line per layer."""

@@ -13,11 +13,12 @@ from kdnb.engine import checks
 from kdnb.errors import KdnbError
 from kdnb.engine.evaluate import evaluate
 from kdnb.engine.batches import example_of
-from kdnb.engine.prune import arguments
+from kdnb.engine.loop import Settings
+from kdnb.engine.prune import options
 from kdnb.engine.prune.graph.groups import keep_vectors, masks_from_keep
 from kdnb.engine.prune.result import SensitivityResult
 from kdnb.engine.prune.score import calibration
-from kdnb.engine.prune.score.importance import importance
+from kdnb.engine.prune.score.importance import score
 from kdnb.engine.prune.score.scores import Scores
 from kdnb.engine.prune.select.masks import masks_at
 
@@ -42,7 +43,7 @@ def sensitivity(
     data: Iterable | None = None,
     structured: bool = False,
     layers: Sequence[str] | None = None,
-    example: Any = None,
+    example: torch.Tensor | None = None,
     optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
     lr: float = 1e-3,
     scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
@@ -63,47 +64,69 @@ def sensitivity(
         val: labelled loader to evaluate on.
         sparsities: the sparsities to try, each in [0, 1).
         criterion: as in `prune`; taylor, hessian and slimming need ``data``.
-        example: an input batch to trace the model (structured): a tensor, a tuple of inputs or a mapping of
-            keyword inputs; by default the first batch of data or val.
+        example: an input batch to trace the model (structured); by default the first batch of data or val.
         layers: names to analyse (weight names like "1.weight", or, structured, layer names like "1");
             default all.
         optimizer, lr, scheduler, amp, grad_clip, device, seed, callbacks: the training settings, as in
-            `kdnb.train`; only slimming's L1 phase trains (with ``lr``, on ``device``); ``seed`` also seeds the
-            random criterion.
+            `kdnb.train`: slimming's L1 phase trains with them; ``seed`` also seeds the random criterion.
     """
-    sparsities = arguments.check_sensitivity(model, val, dict(locals()))
-    with calibration.loaders_untouched(data, val):  # scoring and evaluating draw batches; the shuffling stays
+    sparsities = checks.check_sparsities(sparsities)
+    layers = checks.check_layer_names(layers)
+    checks.check_model(model)
+    checks.check_data_fits(model, val, "val", labels="sensitivity (it measures val accuracy)")
+    settings = Settings(optimizer=optimizer, lr=lr, scheduler=scheduler, amp=amp, grad_clip=grad_clip, device=device,
+                        seed=seed, callbacks=callbacks)
+    with checks.rng_preserved(data, val):  # scoring and evaluating draw batches; the shuffling stays
         if structured and example is None:
             example = example_of(checks.first_batch(data if data is not None else val))
-        scores = importance(model, criterion, data, structured=structured, example=example, seed=seed, lr=lr,
-                            device=device, callbacks=callbacks)
+        scoring = options.parse_importance(model, criterion, data, structured=structured, example=example,
+                                           hessian_estimator="fisher", slimming_epochs=2, slimming_l1=1e-3,
+                                           calibration_samples=calibration.SAMPLES, settings=settings)
+        try:
+            scores = score(model, data, scoring)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt("sensitivity was interrupted while scoring, before any layer was pruned; "
+                                    "nothing to return, and the model is as given") from None
         known = list(scores.channels if structured else scores.weights)
-        layers = known if layers is None else list(layers)
+        layers = known if layers is None else layers
         unknown = [name for name in layers if name not in known]
         if unknown:
             raise KdnbError(f"unknown layer {unknown[0]!r} for sensitivity; known: {', '.join(known)}; pass some "
                             "of these as layers=")
         accuracy, dense = _accuracies(scores, layers, sparsities, val)
-    sizes = {layer: (len(scores.channels[layer]) if structured else scores.shapes[layer].numel()) for layer in layers}
-    return SensitivityResult(criterion, structured, sparsities, accuracy, sizes, dense)
+    sizes = {layer: (len(scores.channels[layer]) if structured else scores.shapes[layer].numel()) for layer in accuracy}
+    stopped = None if len(accuracy) == len(layers) else \
+        f"interrupted by the stop button: {len(accuracy)} of {len(layers)} layers measured"
+    return SensitivityResult(criterion, structured, sparsities, accuracy, sizes, dense, stopped)
 
 
 def _accuracies(scores: Scores, layers: list[str], sparsities: list[float], val: Iterable
                 ) -> tuple[dict[str, list[float]], float]:
-    """Val accuracy with each layer alone masked at each sparsity, and with none masked."""
+    """Val accuracy with each layer alone masked at each sparsity, and with none masked. The stop button ends it
+    after the last whole layer: the layers measured so far (on a copy: the model is never touched)."""
     net = copy.deepcopy(scores.model).cpu().eval()
     params = dict(net.named_parameters(remove_duplicate=False))  # a tied weight under each of its names
+    dense = evaluate(net, val)["accuracy"]
     accuracy: dict[str, list[float]] = {}
     for layer in layers:
-        accuracy[layer] = []
-        for s in sparsities:
-            masks = _layer_masks(scores, layer, s)
-            saved = {name: params[name].detach().clone() for name in masks}
-            with torch.no_grad():
-                for name, mask in masks.items():
-                    params[name].mul_(mask)
-            accuracy[layer].append(evaluate(net, val)["accuracy"])
-            with torch.no_grad():
-                for name, value in saved.items():
-                    params[name].copy_(value)
-    return accuracy, evaluate(net, val)["accuracy"]
+        try:
+            accuracy[layer] = [_masked_accuracy(scores, net, params, layer, s, val) for s in sparsities]
+        except KeyboardInterrupt:
+            break
+    return accuracy, dense
+
+
+def _masked_accuracy(scores: Scores, net: nn.Module, params: dict[str, torch.Tensor], layer: str, sparsity: float,
+                     val: Iterable) -> float:
+    """Val accuracy of ``net`` with ``layer`` alone masked at ``sparsity``; its weights are put back after."""
+    masks = _layer_masks(scores, layer, sparsity)
+    saved = {name: params[name].detach().clone() for name in masks}
+    try:
+        with torch.no_grad():
+            for name, mask in masks.items():
+                params[name].mul_(mask)
+        return evaluate(net, val)["accuracy"]
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)

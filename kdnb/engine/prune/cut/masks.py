@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
-from kdnb.engine.prune.graph.groups import ChannelGroup, channel_scores, keep_vectors, masks_from_keep
+from kdnb.engine.prune.graph.groups import ChannelGroup, channel_scores, keep_vectors, masks_from_keep, prunable_weights
 from kdnb.engine.prune.score.criteria import lamp_normalise
 from kdnb.engine.prune.score.scores import Scores
 
@@ -25,7 +25,8 @@ def _owner(model: nn.Module, param: str) -> tuple[nn.Module, str]:
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     """Mask ``model``'s parameters in place (``{"0.weight": bool mask}``, True = kept).
 
-    A parameter masked already gets the new mask (its pruned entries are expected to stay pruned);
+    A parameter masked already gets the new mask in place of its old one (the sparsity explorer moves both
+    ways; `prune` passes masks that keep every entry masked before it started pruned: masks only grow);
     others get ``torch.nn.utils.prune.custom_from_mask``.
     """
     for param, mask in _tied_consistent(model, masks).items():
@@ -82,6 +83,14 @@ def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
                 param = f"{name}.{hook._tensor_name}" if name else hook._tensor_name
                 found[param] = getattr(module, hook._tensor_name + "_mask").detach().bool().cpu()
     return found
+
+
+def mask_sparsity(model: nn.Module) -> float:
+    """The fraction of ``model``'s prunable weights that masks (torch.nn.utils.prune's, kdnb's) hold at zero."""
+    masks = current_masks(model)
+    weights = prunable_weights(model)
+    masked = sum(int((~masks[name]).sum()) for name in weights if name in masks)
+    return masked / sum(w.numel() for w in weights.values())
 
 
 def make_permanent(model: nn.Module) -> nn.Module:

@@ -11,8 +11,8 @@ Calibration = the first ``samples`` samples of ``data`` (default `SAMPLES`), run
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -26,30 +26,6 @@ from kdnb.engine.prune.graph.groups import PRUNABLE
 
 SAMPLES = 2048  # calibration samples; digits' whole training split (1438) fits
 DAMP = 0.01  # fraction of the mean Hessian diagonal added to it (SparseGPT's percdamp), in scoring and re-solving
-
-
-def _shuffle_generators(loader: object) -> list[torch.Generator]:
-    """The generators a DataLoader shuffles with: its own, and its sampler's (or batch sampler's sampler's)."""
-    sampler = getattr(loader, "sampler", None)
-    inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
-    found = [getattr(x, "generator", None) for x in (loader, sampler, inner)]
-    unique = {id(g): g for g in found if isinstance(g, torch.Generator)}
-    return list(unique.values())
-
-
-@contextmanager
-def loaders_untouched(*loaders: object) -> Iterator[None]:
-    """Iterate the user's loaders (scoring, calibration, fine-tuning) without moving their shuffling: on exit,
-    even after an error, each loader's shuffling generators and torch's global CPU generator (which a loader
-    without its own draws its shuffle seed from) are back where they were, so the user's next epoch shuffles
-    exactly as if the call had never happened."""
-    saved = [(g, g.get_state()) for loader in loaders if loader is not None for g in _shuffle_generators(loader)]
-    with torch.random.fork_rng(devices=[]):
-        try:
-            yield
-        finally:
-            for generator, state in saved:
-                generator.set_state(state)
 
 
 def solvable(module: nn.Module) -> bool:
@@ -178,6 +154,8 @@ def layer_statistics(model: nn.Module, layer: str, examples: list[Any],
     return gram, (cross if dense is not None else None), rows  # type: ignore[return-value]
 
 
+
+
 @torch.no_grad()
 def group_statistics(model: nn.Module, layer: str, examples: list[Any], dense: nn.Module | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
@@ -197,3 +175,10 @@ def group_statistics(model: nn.Module, layer: str, examples: list[Any], dense: n
                 cross = cross + (parts.transpose(1, 2) @ torch.stack(y.chunk(groups, 1))).double()
             rows += len(a)
     return gram, (cross if dense is not None else None), rows  # type: ignore[return-value]
+
+
+
+def damped_hessian(gram: torch.Tensor) -> torch.Tensor:
+    """H = 2 (X^T X + damp I), damped as the reconstruction is (so it is invertible)."""
+    scale = float(gram.diagonal().mean()) or 1.0
+    return 2 * (gram + DAMP * scale * torch.eye(len(gram), dtype=gram.dtype, device=gram.device))

@@ -5,7 +5,6 @@ given (`kdnb.prune`'s ``calibration_samples``; None: every batch).
 - `fisher_diagonal`: the Hessian diagonal by the empirical Fisher (hessian, the default estimator);
 - `hutchinson_diagonal`: the Hessian diagonal by Hutchinson's estimator (hessian, ``estimator="hutchinson"``);
 - `group_gradient_weight`: per batch, the sum of gradient x weight over each channel's parameters (taylor_group);
-- `slimming_phase`: the L1-on-BatchNorm-scales training that network slimming needs, run by the one loop.
 
 The model is scored in eval mode (BatchNorm running statistics, no dropout): the loss whose change the
 scores estimate is the loss of the model as it will be used.
@@ -18,12 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnb.engine import batches, checks, loop
+from kdnb.engine import batches, checks
 from kdnb.engine.device import eval_mode, model_device, to_device
+from kdnb.engine.prune.graph.groups import ChannelGroup, channel_scores
 from kdnb.errors import KdnbError, warn
-from kdnb.engine.objective import StepOutput, Supervised
-from kdnb.engine.prune.score.criteria import slimming_penalty
-from kdnb.engine.prune.graph.groups import BATCHNORM, ChannelGroup, channel_scores
 
 ESTIMATORS = ("fisher", "hutchinson")  # the hessian criterion's diagonals: `fisher_diagonal`, `hutchinson_diagonal`
 
@@ -200,29 +197,3 @@ def hutchinson_diagonal(model: nn.Module, data: Iterable, probes: int = 1, seed:
                         sums[i] += z * h.detach()
                 count += 1
     return under_every_name(model, {n: s / max(count, 1) for n, s in zip(names, sums)})
-
-
-class SlimmingObjective:
-    """Cross-entropy plus ``l1 * sum |gamma|`` over every BatchNorm scale (Liu et al. 2017)."""
-
-    def __init__(self, l1: float):
-        self.l1 = l1
-        self.task = Supervised()
-
-    def __call__(self, model: nn.Module, batch: object) -> StepOutput:
-        out = self.task(model, batch)
-        gammas = [m.weight for m in model.modules() if isinstance(m, BATCHNORM) and m.affine]
-        penalty = slimming_penalty(gammas)
-        return StepOutput(loss=out.loss + self.l1 * penalty, logits=out.logits, targets=out.targets,
-                          terms={"ce": out.loss.detach(), "l1_gamma": penalty.detach()})
-
-
-def slimming_phase(model: nn.Module, data: Iterable, *, epochs: int, l1: float, lr: float, device: str,
-                   seed: int | None, callbacks: Iterable[object] = ()) -> object:
-    """Train ``model`` in place for ``epochs`` with the slimming penalty; returns the run's History."""
-    history = loop.fit(model, data, epochs=epochs, lr=lr, objective=SlimmingObjective(l1), device=device,
-                       seed=seed, callbacks=callbacks, title="slimming")
-    if history.status == "interrupted":  # the scales are half-trained: scoring them would prune at random
-        raise KeyboardInterrupt("network slimming's L1 phase was interrupted before any channel was pruned; "
-                                "nothing was changed")
-    return history

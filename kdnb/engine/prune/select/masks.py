@@ -9,20 +9,14 @@ import torch
 from torch import nn
 
 from kdnb.errors import KdnbError
-from kdnb.engine.prune import arguments
+from kdnb.engine import checks
+from kdnb.engine.prune.options import check_scope
 from kdnb.engine.prune.cut.masks import clone
 from kdnb.engine.prune.graph.groups import keep_vectors, masks_from_keep
 from kdnb.engine.prune.score.scores import Scores
 from kdnb.engine.prune.select.channels import SCOPES, removed_channels
 from kdnb.engine.prune.select.patterns import parse_pattern, pattern_masks
 from kdnb.engine.prune.select.weights import weight_masks
-
-
-def check_sparsity(sparsity: object) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-        raise KdnbError(f"sparsity should be a number in [0, 1) -- the fraction of prunable weights removed -- "
-                        f"got {sparsity!r}")
-    return float(sparsity)
 
 
 def masks_at(scores: Scores, sparsity: float, scope: str = "global",
@@ -48,11 +42,11 @@ def masks_at(scores: Scores, sparsity: float, scope: str = "global",
     `MAX_LAYER_SPARSITY` for "macs", no cap but the one channel kept for the others. ``scope="latency"`` is
     `prune`'s alone: it times two cuts with their channels deleted, which masks cannot show.
     """
-    check_sparsity(sparsity)
+    checks.check_sparsity(sparsity)
     if scope == "latency":
         raise KdnbError("scope='latency' times two cuts with their channels deleted, which masks cannot show; "
                         "use scope='macs' for a cost-ranked preview, or kdnb.prune(..., scope='latency')")
-    arguments.check_scope(scope, scores.structured, max_layer_sparsity, SCOPES)
+    check_scope(scope, scores.structured, max_layer_sparsity, SCOPES)
     if scores.structured:
         removed = removed_channels(scores, sparsity, scope, pruned, max_layer_sparsity)
         return masks_from_keep(keep_vectors(scores.groups, removed, scores.shapes), scores.shapes)
