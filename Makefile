@@ -14,13 +14,17 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: lab test check setup browser notebooks bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml jupyter-config/overrides.d/kdnb.json
 	$(PYTHON) -m venv $(VENV)
 	# A local wheel or cache first (fast, offline); else the PyTorch CPU index.
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" 2>/dev/null || \
 	  $(PY) -m pip install --quiet "$(TORCH_SPEC)" --extra-index-url $(TORCH_INDEX)
 	# torch is satisfied now, so the package's own requirement pulls no other build.
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# An editable install leaves out the package's data files: the JupyterLab / Notebook 7 settings default that
+	# saves widget state with the notebook goes where they read it.
+	mkdir -p $(VENV)/share/jupyter/lab/settings/overrides.d
+	cp jupyter-config/overrides.d/kdnb.json $(VENV)/share/jupyter/lab/settings/overrides.d/
 	touch $@
 
 setup: $(VENV)/.installed
