@@ -99,6 +99,7 @@ def run(main: Callable[[], object], modes: tuple[str, ...] = ()) -> object:
     with contextlib.redirect_stdout(tee):
         result = main()
     if write:
-        script = sys.argv[0]  # not __main__.__file__: a bench that starts an IPython shell replaces __main__
+        # a bench that starts an IPython shell replaces __main__ by one without __file__: then the command line's
+        script = getattr(sys.modules["__main__"], "__file__", None) or sys.argv[0]
         print(f"written to {write_section(script, tee.copy.getvalue(), mode_of(sys.argv[1:], modes))}")
     return result
