@@ -325,7 +325,8 @@ def _cut(run: Run, target: float, resolve: bool, predictions: bool = False) -> f
         reselect = run.record.reselect and not cut.structured and rebuild.rounds == 1
         reconstruct_layers(run.work, reference, run.data, rebuild.calibration_samples, reselect=reselect,
                            pattern=cut.nm, predictions=predictions, progress=run.phases.tracker("rebuild"))
-        apply_masks(run.work, _grown(current_masks(run.work), run.prior))  # a re-chosen mask keeps them too
+        if run.prior:  # a re-chosen mask keeps the user's masks too
+            apply_masks(run.work, _grown(current_masks(run.work), run.prior))
         distributed.broadcast_from_main(run.work.state_dict().values())  # rank 0's re-solved weights everywhere
     reached = _masked_sparsity(run.work, run.weights, run.total)
     run.trajectory.append({"target": target, "sparsity": reached, "val_acc": run.accuracy(run.work),

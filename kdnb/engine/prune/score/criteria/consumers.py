@@ -136,16 +136,24 @@ def _consumer_columns(group: ChannelGroup, module: nn.Module, slice_: Any) -> to
     return (positions[:, :, None] * kernel + torch.arange(kernel)).reshape(group.size, -1)
 
 
-def _consumer_blocks(ctx: Context, name: str, module: nn.Module, gram: torch.Tensor, cols: torch.Tensor
-                     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """One consumer's (weight (out, d) with its BatchNorm folded in, H^-1 (d, d), columns), the bias last when it
-    has one; a `calibration.grouped` conv's is one block per conv-group: its rows, its own inputs' H^-1."""
+def _consumer_rows(ctx: Context, name: str, module: nn.Module, gram: torch.Tensor
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A consumer's input Gram matrices and weight rows (out, d), paired per conv-group (one pair for an ungrouped
+    layer): fp64, its bias as the last column (the Gram's ones column dropped when it has none), its BatchNorm
+    folded in (`_normalised_rows`)."""
     gram = gram if module.bias is not None else gram[..., :-1, :-1]
     weight = module.weight.detach().double().reshape(module.weight.shape[0], -1).cpu()
     if module.bias is not None:
         weight = torch.cat([weight, module.bias.detach().double().cpu()[:, None]], 1)
     weight = _normalised_rows(ctx, name, weight)
-    grams, weights = (gram, weight.chunk(len(gram))) if gram.dim() == 3 else ([gram], [weight])
+    return (list(gram), list(weight.chunk(len(gram)))) if gram.dim() == 3 else ([gram], [weight])
+
+
+def _consumer_blocks(ctx: Context, name: str, module: nn.Module, gram: torch.Tensor, cols: torch.Tensor
+                     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One consumer's (weight (out, d) with its BatchNorm folded in, H^-1 (d, d), columns), the bias last when it
+    has one; a `calibration.grouped` conv's is one block per conv-group: its rows, its own inputs' H^-1."""
+    grams, weights = _consumer_rows(ctx, name, module, gram)
     return [(w, torch.cholesky_inverse(torch.linalg.cholesky(calibration.damped_hessian(g))).cpu(), cols)
             for w, g in zip(weights, grams)]
 
@@ -232,12 +240,7 @@ def _consumer_factors(ctx: Context, name: str, module: nn.Module, gram: torch.Te
                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`_consumer_blocks` for `group_obs`: (weight, upper factor of H^-1) per conv-group, fp32 factors
     (`linalg.inverse_factor`: ``2 d^3 / 3``, where the inverse costs ``d^3``)."""
-    gram = gram if module.bias is not None else gram[..., :-1, :-1]
-    weight = module.weight.detach().double().reshape(module.weight.shape[0], -1).cpu()
-    if module.bias is not None:
-        weight = torch.cat([weight, module.bias.detach().double().cpu()[:, None]], 1)
-    weight = _normalised_rows(ctx, name, weight)
-    grams, weights = (gram, weight.chunk(len(gram))) if gram.dim() == 3 else ([gram], [weight])
+    grams, weights = _consumer_rows(ctx, name, module, gram)
     return [(w, inverse_factor(g, calibration.DAMP).cpu()) for w, g in zip(weights, grams)]
 
 
